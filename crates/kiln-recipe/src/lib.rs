@@ -13,3 +13,7 @@ pub mod syntax;
 pub use diag::{Diagnostic, Severity};
 pub use span::{LineIndex, Span};
 pub use syntax::{parse, Document, Node};
+pub mod instruction;
+pub mod mount;
+
+pub use instruction::{parse_recipe, Instruction, Kind, Recipe};

@@ -54,10 +54,10 @@ impl Flag {
     }
 }
 
-/// One argument of an instruction, with the source span it came from. For JSON form the
-/// text is the decoded string and the span is the whole array.
+/// One argument of an instruction as written (not yet expanded), with the source span it came
+/// from. For JSON form the text is the decoded string and the span is the whole array.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arg {
+pub struct Word {
     pub text: String,
     pub span: Span,
 }
@@ -96,13 +96,15 @@ pub struct Node {
     pub keyword: String,
     pub keyword_span: Span,
     pub flags: Vec<Flag>,
-    pub args: Vec<Arg>,
+    pub args: Vec<Word>,
     pub form: Form,
     /// Everything after the keyword and the flags, trimmed, as one piece.
-    pub rest: Arg,
+    pub rest: Word,
     pub heredocs: Vec<Heredoc>,
     /// For `ONBUILD`: the trigger instruction.
     pub trigger: Option<Box<Node>>,
+    /// The logical line (continuations joined, trimmed), as BuildKit keeps it for history.
+    pub original: String,
     /// From the keyword to the end of the last continuation line (heredoc bodies excluded).
     pub span: Span,
     /// 1-based, inclusive; the range covers comment and blank lines inside continuations and
@@ -314,6 +316,7 @@ pub fn parse(text: &str) -> Document {
                     // Find the next line that carries text; blank and comment lines in
                     // between are skipped but still belong to the instruction's range.
                     let mut next = None;
+                    let mut empty_lines = Vec::new();
                     while let Some(candidate) = lines.get(i) {
                         i += 1;
                         if is_comment(candidate.text) {
@@ -321,7 +324,15 @@ pub fn parse(text: &str) -> Document {
                             continue;
                         }
                         if candidate.text.trim().is_empty() {
+                            empty_lines.push(candidate.start);
                             continue;
+                        }
+                        // Empty lines only matter when the instruction goes on after them.
+                        for start in empty_lines.drain(..) {
+                            diagnostics.push(
+                                Diagnostic::warning("NoEmptyContinuation", Span::point(start), "empty line inside a continuation")
+                                    .with_help("remove the empty line; a future Dockerfile syntax may end the instruction there"),
+                            );
                         }
                         last_number = i;
                         next = Some(*candidate);
@@ -506,7 +517,7 @@ fn split_from(
     let after_keyword = start + keyword_len;
     let (flags, rest_start) = extract_flags(logical, after_keyword, end, escape);
     let rest_text = &logical.text[rest_start..end];
-    let rest = Arg {
+    let rest = Word {
         text: rest_text.to_string(),
         span: logical.span(rest_start, end),
     };
@@ -519,11 +530,12 @@ fn split_from(
         rest,
         heredocs: Vec::new(),
         trigger: None,
+        original: line.to_string(),
         span: logical.span(start, end),
         start_line: 0,
         end_line: 0,
     };
-    let sub = |a: usize, b: usize| Arg {
+    let sub = |a: usize, b: usize| Word {
         text: logical.text[a..b].to_string(),
         span: logical.span(a, b),
     };
@@ -555,7 +567,7 @@ fn split_from(
                 node.args.push(sub(rest_start, rest_start + kind_len));
                 let tail = &rest_text[kind_len..];
                 let tail_start = rest_start + kind_len + (tail.len() - tail.trim_start().len());
-                let kind_node_rest = Arg {
+                let kind_node_rest = Word {
                     text: logical.text[tail_start..end].to_string(),
                     span: logical.span(tail_start, end),
                 };
@@ -587,7 +599,7 @@ fn split_from(
                 node.trigger = Some(Box::new(trigger));
             }
         }
-        _ => node.args.push(Arg {
+        _ => node.args.push(Word {
             text: String::new(),
             span: node.rest.span,
         }),
@@ -613,7 +625,7 @@ fn command_args(
             node.args = items;
         }
         None if text.is_empty() => {}
-        None => node.args.push(Arg {
+        None => node.args.push(Word {
             text: text.to_string(),
             span: logical.span(rest_start, end),
         }),
@@ -622,7 +634,7 @@ fn command_args(
 
 /// A JSON array of strings, or `None` when the text is not a JSON array (shell form).
 /// A valid JSON array holding something other than strings is an error, as in BuildKit.
-fn json_array(text: &str, whole: &Arg, diagnostics: &mut Vec<Diagnostic>) -> Option<Vec<Arg>> {
+fn json_array(text: &str, whole: &Word, diagnostics: &mut Vec<Diagnostic>) -> Option<Vec<Word>> {
     if !text.starts_with('[') {
         return None;
     }
@@ -633,7 +645,7 @@ fn json_array(text: &str, whole: &Arg, diagnostics: &mut Vec<Diagnostic>) -> Opt
     let mut args = Vec::with_capacity(items.len());
     for item in items {
         match item {
-            serde_json::Value::String(s) => args.push(Arg {
+            serde_json::Value::String(s) => args.push(Word {
                 text: s,
                 span: whole.span,
             }),
@@ -708,10 +720,10 @@ fn key_values(
     escape: char,
     keyword: &str,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<Arg> {
+) -> Vec<Word> {
     let text = &logical.text[start..end];
     let words = split_words(text, escape);
-    let arg = |a: usize, b: usize| Arg {
+    let arg = |a: usize, b: usize| Word {
         text: logical.text[a..b].to_string(),
         span: logical.span(a, b),
     };
@@ -742,7 +754,7 @@ fn key_values(
         return vec![
             arg(start, start + key_len),
             arg(start + value_start, end),
-            Arg {
+            Word {
                 text: String::new(),
                 span: Span::point(logical.source(start + key_len)),
             },
@@ -755,7 +767,7 @@ fn key_values(
             Some(eq) => {
                 args.push(arg(start + a, start + a + eq));
                 args.push(arg(start + a + eq + 1, start + b));
-                args.push(Arg {
+                args.push(Word {
                     text: "=".to_string(),
                     span: logical.span(start + a + eq, start + a + eq + 1),
                 });
@@ -835,12 +847,13 @@ mod tests {
             flags: vec![],
             args: vec![],
             form: Form::Text,
-            rest: Arg {
+            rest: Word {
                 text: String::new(),
                 span: Span::default(),
             },
             heredocs: vec![],
             trigger: None,
+            original: String::new(),
             span: Span::default(),
             start_line: 0,
             end_line: 0,

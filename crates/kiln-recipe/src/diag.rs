@@ -21,6 +21,9 @@ pub struct Diagnostic {
     /// Advice on how to fix it ("did you mean `COPY`?").
     pub help: Option<String>,
     pub rule: Option<&'static str>,
+    /// False for findings about the build as a whole (an unused --build-arg, an unknown
+    /// --target), which have no place in the file to point at.
+    pub located: bool,
 }
 
 impl Diagnostic {
@@ -32,6 +35,7 @@ impl Diagnostic {
             label: None,
             help: None,
             rule: None,
+            located: true,
         }
     }
 
@@ -43,6 +47,7 @@ impl Diagnostic {
             label: None,
             help: None,
             rule: Some(rule),
+            located: true,
         }
     }
 
@@ -53,6 +58,11 @@ impl Diagnostic {
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    pub fn unlocated(mut self) -> Self {
+        self.located = false;
         self
     }
 
@@ -68,6 +78,68 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
         };
         write!(f, "{kind}: {}", self.message)
+    }
+}
+
+/// The `# check=` directive: `skip=Rule1,Rule2` (or `skip=all`) silences lint warnings and
+/// `error=true` makes the remaining ones fail the check, as in BuildKit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckPolicy {
+    pub skip_all: bool,
+    pub skip: Vec<String>,
+    pub error: bool,
+}
+
+impl CheckPolicy {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut policy = CheckPolicy::default();
+        for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, val) = part.split_once('=').ok_or_else(|| {
+                format!("invalid check directive part {part:?}: expected key=value")
+            })?;
+            match key.trim().to_ascii_lowercase().as_str() {
+                "skip" => {
+                    for rule in val.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                        if rule.eq_ignore_ascii_case("all") {
+                            policy.skip_all = true;
+                        } else {
+                            policy.skip.push(rule.to_string());
+                        }
+                    }
+                }
+                "error" => {
+                    policy.error =
+                        crate::instruction::parse_go_bool(val.trim()).ok_or_else(|| {
+                            format!("invalid check directive error={val:?}: expected true or false")
+                        })?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown check directive key {other:?} (use skip or error)"
+                    ))
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Drops skipped warnings and, with `error=true`, turns the rest into errors.
+    pub fn apply(&self, diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        diagnostics
+            .into_iter()
+            .filter(|d| match (d.severity, d.rule) {
+                (Severity::Warning, Some(rule)) => {
+                    !self.skip_all && !self.skip.iter().any(|s| s.eq_ignore_ascii_case(rule))
+                }
+                _ => true,
+            })
+            .map(|mut d| {
+                if self.error && d.severity == Severity::Warning && d.rule.is_some() {
+                    d.severity = Severity::Error;
+                }
+                d
+            })
+            .collect()
     }
 }
 
@@ -112,6 +184,21 @@ mod tests {
         assert_eq!(suggest("COPPY", known), Some("COPY"));
         assert_eq!(suggest("wrkdir", known), Some("WORKDIR"));
         assert_eq!(suggest("BANANA", known), None);
+    }
+
+    #[test]
+    fn check_policy_skips_and_promotes() {
+        let warn = |rule| Diagnostic::warning(rule, Span::default(), "w");
+        let policy = CheckPolicy::parse("skip=JSONArgsRecommended;error=true").unwrap();
+        let out = policy.apply(vec![warn("JSONArgsRecommended"), warn("StageNameCasing")]);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_error());
+        assert!(CheckPolicy::parse("skip=all")
+            .unwrap()
+            .apply(vec![warn("X")])
+            .is_empty());
+        assert!(CheckPolicy::parse("bogus").is_err());
+        assert!(CheckPolicy::parse("error=maybe").is_err());
     }
 
     #[test]

@@ -7,10 +7,11 @@
 
 pub mod diag;
 pub mod dump;
+pub mod expand;
 pub mod span;
 pub mod syntax;
 
-pub use diag::{Diagnostic, Severity};
+pub use diag::{CheckPolicy, Diagnostic, Severity};
 pub use span::{LineIndex, Span};
 pub use syntax::{parse, Document, Node};
 pub mod instruction;

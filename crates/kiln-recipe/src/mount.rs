@@ -218,15 +218,16 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
             }
             "id" => mount.id = Some(need(&value)?),
             "sharing" => {
-                mount.sharing =
-                    match need(&value)?.as_str() {
-                        "shared" => Sharing::Shared,
-                        "private" => Sharing::Private,
-                        "locked" => Sharing::Locked,
-                        other => return Err(format!(
+                mount.sharing = match need(&value)?.as_str() {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    other => {
+                        return Err(format!(
                             "unsupported sharing value {other:?} (use shared, private or locked)"
-                        )),
+                        ))
                     }
+                }
             }
             "mode" => {
                 let v = need(&value)?;

@@ -1,0 +1,201 @@
+//! `kiln build --check`: read the recipe, parse, plan, report.
+
+use crate::cli::BuildArgs;
+use crate::report::{self, Source};
+use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
+use kiln_plan::{plan, Base, Plan, PlanOptions, Platform};
+use kiln_recipe::parse_recipe;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Exit codes: 0 valid, 1 invalid recipe or failed build, 2 wrong usage.
+const INVALID: u8 = 1;
+const USAGE: u8 = 2;
+
+pub fn build(args: &BuildArgs) -> ExitCode {
+    if !args.check {
+        eprintln!("error: this kiln can check recipes but not yet build them: add --check");
+        return ExitCode::from(USAGE);
+    }
+    let (name, text) = match read_recipe(args) {
+        Ok(found) => found,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(INVALID);
+        }
+    };
+    let build_args = match parse_build_args(&args.build_args) {
+        Ok(values) => values,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let target_platform = match args.platform.as_deref().map(Platform::parse).transpose() {
+        Ok(platform) => platform.unwrap_or_else(Platform::host),
+        Err(message) => {
+            eprintln!("error: --platform: {message}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let recipe = parse_recipe(&text);
+    let options = PlanOptions {
+        build_args,
+        target: args.target.clone(),
+        target_platform,
+        ..PlanOptions::default()
+    };
+    let plan = plan(&recipe, &options);
+    let choice = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    let mut stderr = StandardStream::stderr(choice);
+    if let Err(error) = report::emit(
+        &mut stderr,
+        &Source {
+            name: &name,
+            text: &text,
+        },
+        &plan.diagnostics,
+    ) {
+        eprintln!("error: cannot write diagnostics: {error}");
+    }
+    let errors = plan.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = plan.diagnostics.len() - errors;
+    if errors > 0 {
+        eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
+        return ExitCode::from(INVALID);
+    }
+    print_summary(&name, &plan, warnings);
+    ExitCode::SUCCESS
+}
+
+/// `-f -` is standard input; `-f` defaults to CONTEXT/Dockerfile.
+fn read_recipe(args: &BuildArgs) -> Result<(String, String), String> {
+    let path = match &args.file {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read the recipe from standard input: {e}"))?;
+            return Ok(("<stdin>".to_string(), text));
+        }
+        Some(path) => path.clone(),
+        None => args.context.join("Dockerfile"),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        let hint = if args.file.is_none() && e.kind() == std::io::ErrorKind::NotFound {
+            " (pass the recipe with -f FILE)"
+        } else {
+            ""
+        };
+        format!("cannot read recipe {}: {e}{hint}", path.display())
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        format!(
+            "recipe {} is not valid UTF-8 (line {line}, byte {offset})",
+            path.display()
+        )
+    })?;
+    Ok((display_path(&path), text))
+}
+
+fn display_path(path: &Path) -> String {
+    path.strip_prefix("./")
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// `KEY=VALUE` or `KEY` (taken from the environment, skipped when unset), as docker does.
+fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    for item in raw {
+        let (key, value) = match item.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (item.as_str(), std::env::var(item).ok()),
+        };
+        if key.is_empty() {
+            return Err(format!("--build-arg {item:?}: the name is empty"));
+        }
+        if let Some(value) = value {
+            values.insert(key.to_string(), value);
+        }
+    }
+    Ok(values)
+}
+
+fn print_summary(name: &str, plan: &Plan, warnings: usize) {
+    let stage_word = if plan.stages.len() == 1 {
+        "stage"
+    } else {
+        "stages"
+    };
+    println!(
+        "{name}: valid, {} {stage_word}, {warnings} warning(s)",
+        plan.stages.len()
+    );
+    for stage in &plan.stages {
+        let built = plan.order.contains(&stage.index);
+        let base = match &stage.base {
+            Base::Scratch => "scratch".to_string(),
+            Base::Image(reference) => reference.clone(),
+            Base::Stage(index) => format!(
+                "stage {}",
+                plan.stages
+                    .get(*index)
+                    .map(|s| s.label())
+                    .unwrap_or_default()
+            ),
+        };
+        let layers = stage.steps.iter().filter(|s| s.makes_layer()).count();
+        let marker = if stage.index == plan.target {
+            "target"
+        } else if built {
+            "needed"
+        } else {
+            "skipped"
+        };
+        println!(
+            "  #{} {:<12} FROM {base}: {} steps, {layers} layers [{marker}]",
+            stage.index,
+            stage.name.as_deref().unwrap_or("-"),
+            stage.steps.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_take_values_or_the_environment() {
+        std::env::set_var("KILN_TEST_FROM_ENV", "env-value");
+        let args = parse_build_args(&[
+            "A=1".into(),
+            "B=".into(),
+            "KILN_TEST_FROM_ENV".into(),
+            "KILN_TEST_UNSET_X".into(),
+        ])
+        .unwrap();
+        assert_eq!(args.get("A").map(String::as_str), Some("1"));
+        assert_eq!(args.get("B").map(String::as_str), Some(""));
+        assert_eq!(
+            args.get("KILN_TEST_FROM_ENV").map(String::as_str),
+            Some("env-value")
+        );
+        assert!(!args.contains_key("KILN_TEST_UNSET_X"));
+        assert!(parse_build_args(&["=x".into()]).is_err());
+    }
+}

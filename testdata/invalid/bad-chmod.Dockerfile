@@ -1,0 +1,2 @@
+FROM alpine
+COPY --chmod=8888 a /a

@@ -1,0 +1,2 @@
+FROM alpine
+ENV X="${TOKEN:?set TOKEN with --build-arg}"

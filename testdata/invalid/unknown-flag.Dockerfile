@@ -1,0 +1,3 @@
+FROM alpine AS build
+FROM scratch
+COPY --form=build /a /b

@@ -1,0 +1,196 @@
+//! Content digests of COPY sources, for cache keys.
+//!
+//! A source's digest is a hash over its entries in walk order: for each, the length-prefixed
+//! relative path, type, permission bits, link target and the SHA-256 of the content. Owners
+//! and times are left out on purpose: COPY gives files the owner it is told (`--chown`, else
+//! root), and a `touch` that changes nothing must not invalidate the cache.
+
+use crate::{ContextError, Entry, EntryKind};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+/// What identifies a file's content without reading it: if none of these changed, neither did
+/// the content (ctime catches writes that restore the mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl StatKey {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+/// A memo of file content hashes; the store keeps a persistent one.
+pub trait HashMemo: Sync {
+    fn get(&self, key: &StatKey) -> Option<[u8; 32]>;
+    fn put(&self, key: StatKey, hash: [u8; 32]);
+}
+
+/// A memo that lives as long as the process.
+#[derive(Default)]
+pub struct MemoryMemo {
+    hashes: Mutex<HashMap<StatKey, [u8; 32]>>,
+}
+
+impl HashMemo for MemoryMemo {
+    fn get(&self, key: &StatKey) -> Option<[u8; 32]> {
+        self.hashes.lock().ok()?.get(key).copied()
+    }
+
+    fn put(&self, key: StatKey, hash: [u8; 32]) {
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(key, hash);
+        }
+    }
+}
+
+/// SHA-256 of one file's content, read in one pass.
+pub fn file_sha256(path: &std::path::Path) -> Result<([u8; 32], u64), ContextError> {
+    let to_error = |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(to_error)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(to_error)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((hasher.finalize().into(), total))
+}
+
+fn put_field(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+/// The digest of a walked source (`sha256:<hex>`). Files are hashed on all cores; hashes of
+/// files whose [`StatKey`] the memo knows are not read again.
+pub fn content_digest(entries: &[Entry], memo: &dyn HashMemo) -> Result<String, ContextError> {
+    let hashes: Vec<Option<[u8; 32]>> = entries
+        .par_iter()
+        .map(|entry| match entry.kind {
+            EntryKind::File => {
+                if let Some(hash) = memo.get(&entry.stat) {
+                    return Ok(Some(hash));
+                }
+                let (hash, _) = file_sha256(&entry.absolute)?;
+                memo.put(entry.stat, hash);
+                Ok(Some(hash))
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<_, ContextError>>()?;
+    let mut hasher = Sha256::new();
+    put_field(&mut hasher, b"kiln-context-v1");
+    for (entry, hash) in entries.iter().zip(hashes) {
+        put_field(&mut hasher, entry.relative.as_os_str().as_bytes());
+        let (kind, target): (&[u8], &[u8]) = match &entry.kind {
+            EntryKind::File => (b"f", b""),
+            EntryKind::Dir => (b"d", b""),
+            EntryKind::Symlink(target) => (b"l", target.as_os_str().as_bytes()),
+        };
+        put_field(&mut hasher, kind);
+        put_field(&mut hasher, &entry.mode.to_le_bytes());
+        put_field(&mut hasher, target);
+        put_field(&mut hasher, &hash.unwrap_or_default());
+    }
+    Ok(format!("sha256:{}", hex(&hasher.finalize())))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Context, IgnoreRules};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn digest(ctx: &Context, memo: &MemoryMemo) -> String {
+        content_digest(&ctx.walk("", &IgnoreRules::default()).unwrap(), memo).unwrap()
+    }
+
+    #[test]
+    fn same_content_same_digest_and_touch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), "one").unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let memo = MemoryMemo::default();
+        let first = digest(&ctx, &memo);
+        // Rewrite the same bytes: mtime and ctime change, content does not.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join("a"), "one").unwrap();
+        assert_eq!(digest(&ctx, &memo), first);
+    }
+
+    #[test]
+    fn content_mode_name_and_links_change_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        fs::write(&path, "one").unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let memo = MemoryMemo::default();
+        let base = digest(&ctx, &memo);
+        fs::write(&path, "two").unwrap();
+        let changed = digest(&ctx, &memo);
+        assert_ne!(changed, base);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let chmodded = digest(&ctx, &memo);
+        assert_ne!(chmodded, changed);
+        fs::rename(&path, dir.path().join("b")).unwrap();
+        assert_ne!(digest(&ctx, &memo), chmodded);
+        std::os::unix::fs::symlink("b", dir.path().join("l")).unwrap();
+        let linked = digest(&ctx, &memo);
+        fs::remove_file(dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink("c", dir.path().join("l")).unwrap();
+        assert_ne!(digest(&ctx, &memo), linked);
+    }
+
+    #[test]
+    fn memo_hit_avoids_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), "one").unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let entries = ctx.walk("", &IgnoreRules::default()).unwrap();
+        let memo = MemoryMemo::default();
+        let file = entries.iter().find(|e| e.kind == EntryKind::File).unwrap();
+        // A memo entry that lies proves the file was not read.
+        memo.put(file.stat, [7u8; 32]);
+        let lied = content_digest(&entries, &memo).unwrap();
+        let honest = content_digest(&entries, &MemoryMemo::default()).unwrap();
+        assert_ne!(lied, honest);
+    }
+}

@@ -1,0 +1,533 @@
+//! kiln-context: the build context, read safely.
+//!
+//! COPY and ADD read from the context directory. Everything here keeps them inside it: paths
+//! are cleaned so `..` stops at the root, symlinks are followed *within* the root (an absolute
+//! link target means the context root, as BuildKit scopes it), and `.dockerignore` excludes
+//! what the user asked to keep out. Content digests (for cache keys) are computed here, with
+//! each file's hash memoised by its (dev, inode, size, mtime, ctime) so an unchanged file is
+//! never read twice.
+
+pub mod hash;
+pub mod ignore;
+
+pub use hash::{content_digest, HashMemo, MemoryMemo, StatKey};
+pub use ignore::{clean, IgnoreRules};
+
+use globset::GlobMatcher;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid pattern {pattern:?}: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("{path:?}: not found in the build context")]
+    NotFound { path: String },
+    #[error("{path:?}: excluded by .dockerignore")]
+    Excluded { path: String },
+    #[error("{path:?}: no file in the build context matches")]
+    NoMatch { path: String },
+    #[error("{path:?}: too many levels of symbolic links")]
+    TooManyLinks { path: String },
+    #[error("{path:?}: not a directory")]
+    NotADirectory { path: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What kind of thing an entry is; other file types (sockets, devices) are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink(PathBuf),
+}
+
+/// One file, directory or link found by a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the walked source (empty for the source itself).
+    pub relative: PathBuf,
+    /// Where it is on disk.
+    pub absolute: PathBuf,
+    pub kind: EntryKind,
+    /// Permission bits, including setuid/setgid/sticky.
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    pub stat: StatKey,
+}
+
+pub struct Context {
+    root: PathBuf,
+    ignore: IgnoreRules,
+}
+
+const MAX_LINK_HOPS: usize = 40;
+
+fn has_wildcard(segment: &str) -> bool {
+    segment.contains(['*', '?', '['])
+}
+
+impl Context {
+    /// Opens `root` with explicit ignore rules.
+    pub fn new(root: &Path, ignore: IgnoreRules) -> Result<Self, ContextError> {
+        let root = fs::canonicalize(root).map_err(io_error(root))?;
+        if !root.is_dir() {
+            return Err(ContextError::NotADirectory {
+                path: root.display().to_string(),
+            });
+        }
+        Ok(Context { root, ignore })
+    }
+
+    /// Opens `root`, reading `<recipe>.dockerignore` beside the recipe if it exists, else
+    /// `.dockerignore` at the root, as BuildKit does.
+    pub fn open(root: &Path, recipe: Option<&Path>) -> Result<Self, ContextError> {
+        let mut candidates = Vec::new();
+        if let Some(recipe) = recipe {
+            let mut name = recipe.as_os_str().to_owned();
+            name.push(".dockerignore");
+            candidates.push(PathBuf::from(name));
+        }
+        candidates.push(root.join(".dockerignore"));
+        for candidate in candidates {
+            match fs::read_to_string(&candidate) {
+                Ok(text) => return Context::new(root, IgnoreRules::parse(&text)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&candidate)(e)),
+            }
+        }
+        Context::new(root, IgnoreRules::default())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn ignore(&self) -> &IgnoreRules {
+        &self.ignore
+    }
+
+    /// The real location of context-relative `path`. `..` stops at the root and symlinks are
+    /// followed inside the root; the last component is followed only with `follow_last`.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
+        let mut pending: Vec<OsString> = clean(path)
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(OsString::from)
+            .collect();
+        pending.reverse();
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                resolved.pop();
+                continue;
+            }
+            if part == "." || part.is_empty() {
+                continue;
+            }
+            let candidate: PathBuf = self
+                .root
+                .join(resolved.iter().collect::<PathBuf>())
+                .join(&part);
+            let is_last = pending.is_empty();
+            match fs::symlink_metadata(&candidate) {
+                Ok(meta) if meta.file_type().is_symlink() && (!is_last || follow_last) => {
+                    hops += 1;
+                    if hops > MAX_LINK_HOPS {
+                        return Err(ContextError::TooManyLinks {
+                            path: path.to_string(),
+                        });
+                    }
+                    let target = fs::read_link(&candidate).map_err(io_error(&candidate))?;
+                    if target.is_absolute() {
+                        resolved.clear();
+                    }
+                    let mut parts: Vec<OsString> = target
+                        .components()
+                        .filter_map(|c| match c {
+                            Component::Normal(p) => Some(p.to_os_string()),
+                            Component::ParentDir => Some(OsString::from("..")),
+                            _ => None,
+                        })
+                        .collect();
+                    parts.reverse();
+                    pending.extend(parts);
+                }
+                Ok(_) => resolved.push(part),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ContextError::NotFound {
+                        path: path.to_string(),
+                    });
+                }
+                Err(e) => return Err(io_error(&candidate)(e)),
+            }
+        }
+        Ok(self.root.join(resolved.iter().collect::<PathBuf>()))
+    }
+
+    /// Context-relative form of a resolved absolute path.
+    fn relative_of(&self, absolute: &Path) -> String {
+        absolute
+            .strip_prefix(&self.root)
+            .unwrap_or(absolute)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The context paths a COPY/ADD source names: the path itself, or every match of a
+    /// wildcard pattern (Go `filepath.Match` per path segment), sorted. Excluded paths do
+    /// not match; nothing matching is an error.
+    pub fn sources(&self, pattern: &str) -> Result<Vec<String>, ContextError> {
+        let cleaned = clean(pattern);
+        let segments: Vec<&str> = cleaned.split('/').filter(|s| !s.is_empty()).collect();
+        let Some(first_wild) = segments.iter().position(|s| has_wildcard(s)) else {
+            let absolute = self.resolve(&cleaned, true)?;
+            let relative = self.relative_of(&absolute);
+            if self.ignore.is_excluded(&cleaned) || self.ignore.is_excluded(&relative) {
+                return Err(ContextError::Excluded {
+                    path: pattern.to_string(),
+                });
+            }
+            return Ok(vec![cleaned]);
+        };
+        let prefix = segments[..first_wild].join("/");
+        let start = self.resolve(&prefix, true)?;
+        let mut matchers = Vec::new();
+        for segment in &segments[first_wild..] {
+            matchers.push(ignore::compile_glob(segment)?);
+        }
+        let mut found = Vec::new();
+        self.match_segments(&start, &prefix, &matchers, &mut found)?;
+        found.sort();
+        if found.is_empty() {
+            return Err(ContextError::NoMatch {
+                path: pattern.to_string(),
+            });
+        }
+        Ok(found)
+    }
+
+    fn match_segments(
+        &self,
+        dir: &Path,
+        relative: &str,
+        matchers: &[GlobMatcher],
+        found: &mut Vec<String>,
+    ) -> Result<(), ContextError> {
+        let Some((matcher, rest)) = matchers.split_first() else {
+            return Ok(());
+        };
+        let reader = match fs::read_dir(dir) {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(()),
+            Err(e) => return Err(io_error(dir)(e)),
+        };
+        for item in reader {
+            let item = item.map_err(io_error(dir))?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if !matcher.is_match(name.as_ref()) {
+                continue;
+            }
+            let child = if relative.is_empty() {
+                name.to_string()
+            } else {
+                format!("{relative}/{name}")
+            };
+            if self.ignore.is_excluded(&child) && !self.ignore.has_exceptions() {
+                continue;
+            }
+            if rest.is_empty() {
+                if !self.ignore.is_excluded(&child) {
+                    found.push(child);
+                }
+            } else if let Ok(next) = self.resolve(&child, true) {
+                if next.is_dir() {
+                    self.match_segments(&next, &child, rest, found)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry at and below the context path `source` (the source first, then its
+    /// contents sorted by name), leaving out what `.dockerignore` or `excludes` (patterns
+    /// relative to the source, as `COPY --exclude` takes them) exclude. The source itself is
+    /// followed if it is a symlink; links inside it are kept as links.
+    pub fn walk(&self, source: &str, excludes: &IgnoreRules) -> Result<Vec<Entry>, ContextError> {
+        let absolute = self.resolve(source, true)?;
+        let context_relative = self.relative_of(&absolute);
+        let mut entries = Vec::new();
+        let meta = fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?;
+        let Some(entry) = entry_of(PathBuf::new(), &absolute, &meta)? else {
+            return Ok(entries);
+        };
+        let is_dir = entry.kind == EntryKind::Dir;
+        entries.push(entry);
+        if is_dir {
+            self.walk_dir(
+                &absolute,
+                &context_relative,
+                Path::new(""),
+                excludes,
+                &mut entries,
+            )?;
+        }
+        Ok(entries)
+    }
+
+    fn walk_dir(
+        &self,
+        dir: &Path,
+        context_relative: &str,
+        relative: &Path,
+        excludes: &IgnoreRules,
+        entries: &mut Vec<Entry>,
+    ) -> Result<(), ContextError> {
+        let mut names: Vec<OsString> = Vec::new();
+        for item in fs::read_dir(dir).map_err(io_error(dir))? {
+            names.push(item.map_err(io_error(dir))?.file_name());
+        }
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        let descend_excluded = self.ignore.has_exceptions() || excludes.has_exceptions();
+        for name in names {
+            let child_relative = relative.join(&name);
+            let child_absolute = dir.join(&name);
+            let context_path = if context_relative.is_empty() {
+                child_relative.to_string_lossy().into_owned()
+            } else {
+                format!("{context_relative}/{}", child_relative.to_string_lossy())
+            };
+            let excluded = self.ignore.is_excluded(&context_path)
+                || excludes.is_excluded(&child_relative.to_string_lossy());
+            let meta = fs::symlink_metadata(&child_absolute).map_err(io_error(&child_absolute))?;
+            let Some(entry) = entry_of(child_relative.clone(), &child_absolute, &meta)? else {
+                continue;
+            };
+            if entry.kind == EntryKind::Dir {
+                if excluded && !descend_excluded {
+                    continue;
+                }
+                let position = entries.len();
+                self.walk_dir(
+                    &child_absolute,
+                    context_relative,
+                    &child_relative,
+                    excludes,
+                    entries,
+                )?;
+                // An excluded directory still appears when something inside it is re-included.
+                if !excluded || entries.len() > position {
+                    entries.insert(position, entry);
+                }
+            } else if !excluded {
+                entries.push(entry);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn entry_of(
+    relative: PathBuf,
+    absolute: &Path,
+    meta: &fs::Metadata,
+) -> Result<Option<Entry>, ContextError> {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_file() {
+        EntryKind::File
+    } else if file_type.is_symlink() {
+        EntryKind::Symlink(fs::read_link(absolute).map_err(io_error(absolute))?)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Entry {
+        relative,
+        absolute: absolute.to_path_buf(),
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: if file_type.is_file() { meta.size() } else { 0 },
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        stat: StatKey::of(meta),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn context(files: &[(&str, &str)], ignore: &str) -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            if path.ends_with('/') {
+                fs::create_dir_all(&full).unwrap();
+            } else {
+                fs::write(&full, content).unwrap();
+            }
+        }
+        let ctx = Context::new(dir.path(), IgnoreRules::parse(ignore).unwrap()).unwrap();
+        (dir, ctx)
+    }
+
+    fn rels(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.relative.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn dotdot_and_absolute_sources_stay_inside() {
+        let (_dir, ctx) = context(&[("x", "1")], "");
+        assert_eq!(ctx.sources("../x").unwrap(), ["x"]);
+        assert_eq!(ctx.sources("/x").unwrap(), ["x"]);
+        assert_eq!(ctx.sources("../../../x").unwrap(), ["x"]);
+        assert!(matches!(
+            ctx.sources("../etc/passwd"),
+            Err(ContextError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn symlinks_pointing_out_resolve_inside_the_root() {
+        let (dir, ctx) = context(&[("etc/passwd", "inside")], "");
+        symlink("/etc/passwd", dir.path().join("abs")).unwrap();
+        symlink("../../../../etc/passwd", dir.path().join("rel")).unwrap();
+        for link in ["abs", "rel"] {
+            let resolved = ctx.resolve(link, true).unwrap();
+            assert!(
+                resolved.starts_with(ctx.root()),
+                "{link} escaped to {}",
+                resolved.display()
+            );
+            assert_eq!(fs::read_to_string(resolved).unwrap(), "inside");
+        }
+    }
+
+    #[test]
+    fn symlink_loops_are_an_error() {
+        let (dir, ctx) = context(&[], "");
+        symlink("b", dir.path().join("a")).unwrap();
+        symlink("a", dir.path().join("b")).unwrap();
+        assert!(matches!(
+            ctx.resolve("a", true),
+            Err(ContextError::TooManyLinks { .. })
+        ));
+    }
+
+    #[test]
+    fn wildcards_follow_go_match_rules() {
+        let (_dir, ctx) = context(
+            &[
+                ("a.txt", ""),
+                ("b.txt", ""),
+                ("c.md", ""),
+                ("sub/d.txt", ""),
+                ("sub/e/f.txt", ""),
+            ],
+            "",
+        );
+        assert_eq!(ctx.sources("*.txt").unwrap(), ["a.txt", "b.txt"]);
+        assert_eq!(ctx.sources("sub/*.txt").unwrap(), ["sub/d.txt"]);
+        assert_eq!(ctx.sources("*/*.txt").unwrap(), ["sub/d.txt"]);
+        assert_eq!(ctx.sources("?.md").unwrap(), ["c.md"]);
+        assert_eq!(ctx.sources("[ab].txt").unwrap(), ["a.txt", "b.txt"]);
+        assert!(matches!(
+            ctx.sources("*.rs"),
+            Err(ContextError::NoMatch { .. })
+        ));
+    }
+
+    #[test]
+    fn dockerignore_hides_sources_and_walk_entries() {
+        let (_dir, ctx) = context(
+            &[
+                ("app/main.rs", ""),
+                ("app/target/big", ""),
+                ("app/notes.md", ""),
+                ("app/README.md", ""),
+                ("secret.key", ""),
+            ],
+            "**/target\n*.key\napp/*.md\n!app/README.md\n",
+        );
+        assert!(matches!(
+            ctx.sources("secret.key"),
+            Err(ContextError::Excluded { .. })
+        ));
+        assert!(matches!(
+            ctx.sources("*.key"),
+            Err(ContextError::NoMatch { .. })
+        ));
+        let walked = ctx.walk("app", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), ["", "README.md", "main.rs"]);
+    }
+
+    #[test]
+    fn excluded_directory_appears_when_an_exception_reincludes_inside() {
+        let (_dir, ctx) = context(
+            &[("docs/a.txt", ""), ("docs/keep/b.txt", "")],
+            "docs\n!docs/keep\n",
+        );
+        let walked = ctx.walk("", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), ["", "docs", "docs/keep", "docs/keep/b.txt"]);
+    }
+
+    #[test]
+    fn copy_excludes_are_relative_to_the_source() {
+        let (_dir, ctx) = context(
+            &[("src/a.rs", ""), ("src/a.txt", ""), ("src/deep/b.txt", "")],
+            "",
+        );
+        let excludes = IgnoreRules::parse("**/*.txt").unwrap();
+        assert_eq!(
+            rels(&ctx.walk("src", &excludes).unwrap()),
+            ["", "a.rs", "deep"]
+        );
+    }
+
+    #[test]
+    fn walk_keeps_inner_links_and_follows_the_source_link() {
+        let (dir, ctx) = context(&[("real/file", "x")], "");
+        symlink("file", dir.path().join("real/inner")).unwrap();
+        symlink("real", dir.path().join("alias")).unwrap();
+        let walked = ctx.walk("alias", &IgnoreRules::default()).unwrap();
+        assert_eq!(walked[0].kind, EntryKind::Dir);
+        assert_eq!(rels(&walked), ["", "file", "inner"]);
+        assert_eq!(walked[2].kind, EntryKind::Symlink(PathBuf::from("file")));
+    }
+
+    #[test]
+    fn recipe_specific_dockerignore_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".dockerignore"), "a\n").unwrap();
+        fs::write(dir.path().join("build.Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(dir.path().join("build.Dockerfile.dockerignore"), "b\n").unwrap();
+        let ctx = Context::open(dir.path(), Some(&dir.path().join("build.Dockerfile"))).unwrap();
+        assert!(ctx.ignore().is_excluded("b"));
+        assert!(!ctx.ignore().is_excluded("a"));
+        let ctx = Context::open(dir.path(), Some(&dir.path().join("Dockerfile"))).unwrap();
+        assert!(ctx.ignore().is_excluded("a"));
+    }
+}

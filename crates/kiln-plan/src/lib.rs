@@ -4,6 +4,7 @@
 //! (`FROM <stage>`, `COPY --from`, `RUN --mount=from=`), prunes what `--target` does not
 //! need and orders the rest. Every step comes out with its words expanded, ready to run.
 
+pub mod cache_key;
 pub mod graph;
 pub mod planner;
 pub mod platform;

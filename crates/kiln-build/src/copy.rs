@@ -1,0 +1,834 @@
+//! COPY and ADD: writes what a step copies into a fresh snapshot directory, which then becomes
+//! the step's layer.
+//!
+//! Nothing written here ever goes through a symlink: every parent directory is checked to be
+//! a real directory of the snapshot, and files are created new. Sources come from the build
+//! context (scoped by kiln-context) or another stage's union view (scoped by [`Rootfs`]).
+
+use crate::rootfs::Rootfs;
+use crate::BuildError;
+use kiln_context::{Context, EntryKind, IgnoreRules};
+use kiln_plan::{CopySource, CopyStep};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Numeric owner of copied files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `--chmod`: an octal mode, or symbolic clauses applied to each file's own mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chmod {
+    Octal(u32),
+    Symbolic(Vec<String>),
+}
+
+impl Chmod {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            return u32::from_str_radix(text, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .map(Chmod::Octal)
+                .ok_or_else(|| format!("invalid --chmod {text:?}"));
+        }
+        Ok(Chmod::Symbolic(
+            text.split(',').map(str::to_string).collect(),
+        ))
+    }
+
+    /// The permission bits for an entry whose current bits are `mode`.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(bits) => *bits,
+            Chmod::Symbolic(clauses) => clauses.iter().fold(mode & 0o7777, |mode, clause| {
+                apply_clause(mode, clause, is_dir)
+            }),
+        }
+    }
+}
+
+fn apply_clause(mode: u32, clause: &str, is_dir: bool) -> u32 {
+    let who_end = clause.find(['+', '-', '=']).unwrap_or(clause.len());
+    let (who, rest) = clause.split_at(who_end);
+    let mut who_mask = 0;
+    for c in who.chars() {
+        who_mask |= match c {
+            'u' => 0o4700,
+            'g' => 0o2070,
+            'o' => 0o1007,
+            _ => 0o7777,
+        };
+    }
+    if who.is_empty() {
+        who_mask = 0o7777;
+    }
+    let mut chars = rest.chars();
+    let Some(op) = chars.next() else { return mode };
+    let mut bits = 0;
+    for c in chars {
+        bits |= match c {
+            'r' => 0o444,
+            'w' => 0o222,
+            'x' => 0o111,
+            'X' if is_dir || mode & 0o111 != 0 => 0o111,
+            's' => 0o6000,
+            't' => 0o1000,
+            _ => 0,
+        };
+    }
+    let bits = bits & who_mask;
+    match op {
+        '+' => mode | bits,
+        '-' => mode & !bits,
+        _ => (mode & !(who_mask & 0o7777)) | bits,
+    }
+}
+
+/// `--chown`: `uid[:gid]` or names looked up in the image's /etc/passwd and /etc/group. A
+/// user without a group uses the same number for the group, as Docker does.
+pub fn resolve_chown(spec: &str, image: &Rootfs) -> Result<Owner, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let lookup = |file: &str, name: &str, what: &str| -> Result<(u32, Option<u32>), String> {
+        if let Ok(id) = name.parse::<u32>() {
+            return Ok((id, None));
+        }
+        let content = image
+            .read_file(file)
+            .ok_or_else(|| format!("unable to find {what} {name:?}: the image has no {file}"))?;
+        content
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.split(':').collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&name))
+            .and_then(|fields| {
+                let id = fields.get(2)?.parse().ok()?;
+                Some((id, fields.get(3).and_then(|g| g.parse().ok())))
+            })
+            .ok_or_else(|| format!("unable to find {what} {name:?}: no matching entry in {file}"))
+    };
+    let (uid, _primary_group) = lookup("/etc/passwd", user, "user")?;
+    let gid = match group {
+        Some(group) => lookup("/etc/group", group, "group")?.0,
+        None => uid,
+    };
+    Ok(Owner { uid, gid })
+}
+
+/// Everything one COPY/ADD needs besides its sources.
+pub struct CopyJob<'a> {
+    pub step: &'a CopyStep,
+    pub workdir: &'a str,
+    /// The image before this step: decides whether the destination is a directory, resolves
+    /// symlinks in it and holds /etc/passwd for --chown. Empty for `--link`.
+    pub image: &'a Rootfs,
+    /// A fresh, empty directory: the new layer.
+    pub snapshot: &'a Path,
+    /// The time given to directories and heredoc files the step creates.
+    pub now: i64,
+}
+
+pub enum CopyFrom<'a> {
+    Context(&'a Context),
+    Stage(&'a Rootfs),
+}
+
+/// What a copy wrote, for progress and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One thing to place: a source entry's data and metadata, at a destination path.
+struct Placement {
+    destination: PathBuf,
+    kind: PlacementKind,
+    mode: u32,
+    mtime: (i64, i64),
+}
+
+enum PlacementKind {
+    Dir,
+    File(PathBuf),
+    Content(String),
+    Symlink(PathBuf),
+}
+
+fn join_view(base: &str, path: &str) -> PathBuf {
+    let combined = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new(base).join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in combined.components() {
+        match component {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs one COPY/ADD into `job.snapshot`.
+pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, BuildError> {
+    let step = job.step;
+    let owner = match &step.chown {
+        Some(spec) => resolve_chown(spec, job.image).map_err(BuildError::Copy)?,
+        None => Owner::default(),
+    };
+    let chmod = step
+        .chmod
+        .as_deref()
+        .map(Chmod::parse)
+        .transpose()
+        .map_err(BuildError::Copy)?;
+    let excludes = IgnoreRules::parse(&step.excludes.join("\n"))
+        .map_err(|e| BuildError::Copy(e.to_string()))?;
+
+    // The destination, with symlinks in the image resolved inside the image.
+    let wanted = join_view(job.workdir, &step.destination);
+    let (destination, existing) = job.image.resolve(&wanted, true).map_err(BuildError::Copy)?;
+    let existing_dir = existing.as_ref().is_some_and(|f| f.meta.is_dir());
+
+    // Expand the sources first: how many there are decides what the destination means.
+    let mut expanded: Vec<(String, Option<String>)> = Vec::new(); // (source path, heredoc content)
+    for source in &step.sources {
+        match source {
+            CopySource::Path(pattern) => {
+                let matches = match from {
+                    CopyFrom::Context(context) => context.sources(pattern).map_err(|e| BuildError::Copy(e.to_string()))?,
+                    CopyFrom::Stage(rootfs) => stage_sources(rootfs, pattern)?,
+                };
+                expanded.extend(matches.into_iter().map(|m| (m, None)));
+            }
+            CopySource::Heredoc { name, content } => expanded.push((name.clone(), Some(content.clone()))),
+            CopySource::Url(url) => {
+                return Err(BuildError::Unsupported(format!(
+                    "ADD {url}: fetching URLs is not available in this version of kiln; download the file into the context and COPY it"
+                )))
+            }
+            CopySource::Git(url) => {
+                return Err(BuildError::Unsupported(format!(
+                    "ADD {url}: git sources are not available in this version of kiln; clone the repository into the context and COPY it"
+                )))
+            }
+        }
+    }
+    let into_dir = step.destination.ends_with('/')
+        || step.destination.ends_with("/.")
+        || existing_dir
+        || expanded.len() > 1;
+
+    let mut placements = Vec::new();
+    for (source, heredoc) in &expanded {
+        if let Some(content) = heredoc {
+            let target = if into_dir {
+                destination.join(source)
+            } else {
+                destination.clone()
+            };
+            placements.push(Placement {
+                destination: target,
+                kind: PlacementKind::Content(content.clone()),
+                mode: 0o644,
+                mtime: (job.now, 0),
+            });
+            continue;
+        }
+        let entries = match from {
+            CopyFrom::Context(context) => context_entries(context, source, &excludes)?,
+            CopyFrom::Stage(rootfs) => stage_entries(rootfs, source, &excludes)?,
+        };
+        let Some(first) = entries.first() else {
+            continue;
+        };
+        let source_is_dir = matches!(first.kind, PlacementKind::Dir);
+        // --parents keeps the source's path under the destination.
+        let base = if step.parents {
+            destination.join(kiln_context::clean(source))
+        } else if source_is_dir {
+            destination.clone()
+        } else if into_dir {
+            destination.join(Path::new(source).file_name().unwrap_or_default())
+        } else {
+            destination.clone()
+        };
+        for entry in entries {
+            placements.push(Placement {
+                destination: if entry.destination.as_os_str().is_empty() {
+                    base.clone()
+                } else {
+                    base.join(&entry.destination)
+                },
+                ..entry
+            });
+        }
+    }
+
+    let mut writer = SnapshotWriter {
+        root: job.snapshot,
+        image: job.image,
+        owner,
+        now: job.now,
+    };
+    let mut stats = CopyStats::default();
+    if into_dir {
+        writer.ensure_dir(&destination)?;
+    }
+    for placement in placements {
+        let mode = match &chmod {
+            Some(chmod) if !matches!(placement.kind, PlacementKind::Symlink(_)) => {
+                chmod.apply(placement.mode, matches!(placement.kind, PlacementKind::Dir))
+            }
+            _ => placement.mode,
+        };
+        writer.place(&placement, mode, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+/// A context source as placements relative to the source (the source itself first).
+fn context_entries(
+    context: &Context,
+    source: &str,
+    excludes: &IgnoreRules,
+) -> Result<Vec<Placement>, BuildError> {
+    let entries = context
+        .walk(source, excludes)
+        .map_err(|e| BuildError::Copy(e.to_string()))?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| Placement {
+            destination: entry.relative,
+            kind: match entry.kind {
+                EntryKind::Dir => PlacementKind::Dir,
+                EntryKind::File => PlacementKind::File(entry.absolute),
+                EntryKind::Symlink(target) => PlacementKind::Symlink(target),
+            },
+            mode: entry.mode,
+            mtime: (entry.mtime, entry.mtime_nsec),
+        })
+        .collect())
+}
+
+/// Matches a source pattern against a stage's filesystem (wildcards per path segment).
+fn stage_sources(rootfs: &Rootfs, pattern: &str) -> Result<Vec<String>, BuildError> {
+    let cleaned = kiln_context::clean(pattern);
+    if !cleaned.contains(['*', '?', '[']) {
+        let (_, found) = rootfs
+            .resolve(Path::new(&cleaned), true)
+            .map_err(BuildError::Copy)?;
+        if found.is_none() {
+            return Err(BuildError::Copy(format!(
+                "{pattern:?}: not found in the source stage"
+            )));
+        }
+        return Ok(vec![cleaned]);
+    }
+    let mut current = vec![String::new()];
+    for segment in cleaned.split('/') {
+        let matcher = globset::GlobBuilder::new(segment)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| BuildError::Copy(format!("invalid pattern {pattern:?}: {e}")))?
+            .compile_matcher();
+        let mut next = Vec::new();
+        for dir in current {
+            let names = match rootfs.resolve(Path::new(&dir), true) {
+                Ok((resolved, Some(found))) if found.meta.is_dir() => rootfs.list(&resolved),
+                _ => continue,
+            };
+            for name in names {
+                let name = name.to_string_lossy().into_owned();
+                if matcher.is_match(&name) {
+                    next.push(if dir.is_empty() {
+                        name
+                    } else {
+                        format!("{dir}/{name}")
+                    });
+                }
+            }
+        }
+        current = next;
+    }
+    if current.is_empty() {
+        return Err(BuildError::Copy(format!(
+            "{pattern:?}: no file in the source stage matches"
+        )));
+    }
+    Ok(current)
+}
+
+/// A stage source as placements (the source itself first, then its tree in name order).
+fn stage_entries(
+    rootfs: &Rootfs,
+    source: &str,
+    excludes: &IgnoreRules,
+) -> Result<Vec<Placement>, BuildError> {
+    let (resolved, found) = rootfs
+        .resolve(Path::new(source), true)
+        .map_err(BuildError::Copy)?;
+    let Some(found) = found else {
+        return Err(BuildError::Copy(format!(
+            "{source:?}: not found in the source stage"
+        )));
+    };
+    let mut out = Vec::new();
+    let mut stack: Vec<(PathBuf, PathBuf, kiln_layer_meta::Meta)> =
+        vec![(resolved, PathBuf::new(), kiln_layer_meta::Meta::of(&found))];
+    while let Some((view_path, relative, meta)) = stack.pop() {
+        let kind = if meta.is_dir {
+            PlacementKind::Dir
+        } else if meta.is_symlink {
+            PlacementKind::Symlink(fs::read_link(&meta.path).map_err(|e| io_at(&meta.path, e))?)
+        } else if meta.is_file {
+            PlacementKind::File(meta.path.clone())
+        } else {
+            continue;
+        };
+        out.push(Placement {
+            destination: relative.clone(),
+            kind,
+            mode: meta.mode,
+            mtime: meta.mtime,
+        });
+        if meta.is_dir {
+            let mut children: Vec<(PathBuf, PathBuf, kiln_layer_meta::Meta)> = Vec::new();
+            for name in rootfs.list(&view_path) {
+                let child_relative = relative.join(&name);
+                if excludes.is_excluded(&child_relative.to_string_lossy()) {
+                    continue;
+                }
+                let child_view = view_path.join(&name);
+                if let Some(child) = rootfs.lstat(&child_view) {
+                    children.push((
+                        child_view,
+                        child_relative,
+                        kiln_layer_meta::Meta::of(&child),
+                    ));
+                }
+            }
+            // Reverse so the stack pops them in name order.
+            stack.extend(children.into_iter().rev());
+        }
+    }
+    Ok(out)
+}
+
+/// The metadata a placement needs from a union-view entry.
+mod kiln_layer_meta {
+    use crate::rootfs::Found;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+
+    pub struct Meta {
+        pub path: PathBuf,
+        pub is_dir: bool,
+        pub is_file: bool,
+        pub is_symlink: bool,
+        pub mode: u32,
+        pub mtime: (i64, i64),
+    }
+
+    impl Meta {
+        pub fn of(found: &Found) -> Self {
+            let file_type = found.meta.file_type();
+            Meta {
+                path: found.path.clone(),
+                is_dir: file_type.is_dir(),
+                is_file: file_type.is_file(),
+                is_symlink: file_type.is_symlink(),
+                mode: found.meta.mode() & 0o7777,
+                mtime: (found.meta.mtime(), found.meta.mtime_nsec()),
+            }
+        }
+    }
+}
+
+fn io_at(path: &Path, error: io::Error) -> BuildError {
+    BuildError::Io {
+        path: path.to_path_buf(),
+        source: error,
+    }
+}
+
+/// Creates entries inside the snapshot without ever following a symlink.
+struct SnapshotWriter<'a> {
+    root: &'a Path,
+    image: &'a Rootfs,
+    owner: Owner,
+    now: i64,
+}
+
+impl SnapshotWriter<'_> {
+    /// Makes sure every component of `relative` is a real directory in the snapshot. A
+    /// directory the image already has keeps its metadata; a new one is 0755, owned by the
+    /// --chown owner.
+    fn ensure_dir(&mut self, relative: &Path) -> Result<(), BuildError> {
+        let mut path = self.root.to_path_buf();
+        let mut view = PathBuf::new();
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            path.push(name);
+            view.push(name);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => {
+                    return Err(BuildError::Copy(format!(
+                        "cannot create directory /{}: a file or symbolic link of the same name was copied earlier in this step",
+                        view.display()
+                    )))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&path, e)),
+            }
+            fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
+            match self.image.lstat(&view) {
+                Some(found) if found.meta.is_dir() => {
+                    let meta = &found.meta;
+                    set_metadata(
+                        &path,
+                        meta.mode() & 0o7777,
+                        Owner {
+                            uid: meta.uid(),
+                            gid: meta.gid(),
+                        },
+                        (meta.mtime(), meta.mtime_nsec()),
+                        false,
+                    )?;
+                }
+                _ => set_metadata(&path, 0o755, self.owner, (self.now, 0), false)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn place(
+        &mut self,
+        placement: &Placement,
+        mode: u32,
+        stats: &mut CopyStats,
+    ) -> Result<(), BuildError> {
+        let relative = &placement.destination;
+        if let Some(parent) = relative.parent() {
+            self.ensure_dir(parent)?;
+        }
+        let path = self.root.join(relative);
+        if path == self.root {
+            // Copying a directory's contents to `/`: nothing to create for the source itself.
+            return Ok(());
+        }
+        // A later source replaces an earlier one, as in Docker; never write through it.
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() && matches!(placement.kind, PlacementKind::Dir) => {
+                return set_metadata(&path, mode, self.owner, placement.mtime, false);
+            }
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?,
+            Ok(_) => fs::remove_file(&path).map_err(|e| io_at(&path, e))?,
+            Err(_) => {}
+        }
+        match &placement.kind {
+            PlacementKind::Dir => {
+                fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
+                set_metadata(&path, mode, self.owner, placement.mtime, false)
+            }
+            PlacementKind::File(source) => {
+                let mut input = File::open(source).map_err(|e| io_at(source, e))?;
+                let mut output = create_new(&path)?;
+                stats.bytes += io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?;
+                stats.files += 1;
+                drop(output);
+                set_metadata(&path, mode, self.owner, placement.mtime, false)
+            }
+            PlacementKind::Content(content) => {
+                let mut output = create_new(&path)?;
+                io::Write::write_all(&mut output, content.as_bytes())
+                    .map_err(|e| io_at(&path, e))?;
+                stats.files += 1;
+                stats.bytes += content.len() as u64;
+                drop(output);
+                set_metadata(&path, mode, self.owner, placement.mtime, false)
+            }
+            PlacementKind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &path).map_err(|e| io_at(&path, e))?;
+                set_metadata(&path, 0o777, self.owner, placement.mtime, true)
+            }
+        }
+    }
+}
+
+fn create_new(path: &Path) -> Result<File, BuildError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_at(path, e))
+}
+
+/// Owner, mode and mtime, never following a symlink.
+fn set_metadata(
+    path: &Path,
+    mode: u32,
+    owner: Owner,
+    mtime: (i64, i64),
+    is_symlink: bool,
+) -> Result<(), BuildError> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    rustix::fs::chownat(
+        CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(owner.uid)),
+        Some(rustix::fs::Gid::from_raw(owner.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_at(path, e.into()))?;
+    if !is_symlink {
+        // chown clears setuid/setgid, so the mode goes on after it.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_at(path, e))?;
+    }
+    let time = Timespec {
+        tv_sec: mtime.0,
+        tv_nsec: mtime.1,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: time,
+            last_modification: time,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_at(path, e.into()))?;
+    Ok(())
+}
+
+/// Names of a directory as `OsString`s, for tests.
+#[cfg(test)]
+fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_plan::Source;
+
+    fn step(sources: &[&str], destination: &str) -> CopyStep {
+        CopyStep {
+            is_add: false,
+            sources: sources
+                .iter()
+                .map(|s| CopySource::Path(s.to_string()))
+                .collect(),
+            destination: destination.to_string(),
+            from: Source::Context,
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            excludes: vec![],
+            checksum: None,
+            keep_git_dir: false,
+            unpack: None,
+        }
+    }
+
+    fn context(files: &[(&str, &str)]) -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, content).unwrap();
+        }
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        (dir, ctx)
+    }
+
+    fn copy(
+        step: &CopyStep,
+        ctx: &Context,
+        image: &Rootfs,
+        workdir: &str,
+    ) -> Result<tempfile::TempDir, BuildError> {
+        let snapshot = tempfile::tempdir().unwrap();
+        let job = CopyJob {
+            step,
+            workdir,
+            image,
+            snapshot: snapshot.path(),
+            now: 1_700_000_000,
+        };
+        run_copy(&job, &CopyFrom::Context(ctx))?;
+        Ok(snapshot)
+    }
+
+    fn read(dir: &Path, path: &str) -> String {
+        fs::read_to_string(dir.join(path)).unwrap()
+    }
+
+    #[test]
+    fn file_to_path_and_to_directory() {
+        let (_c, ctx) = context(&[("a.txt", "A")]);
+        let out = copy(&step(&["a.txt"], "/b.txt"), &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(read(out.path(), "b.txt"), "A");
+        let out = copy(&step(&["a.txt"], "dir/"), &ctx, &Rootfs::default(), "/app").unwrap();
+        assert_eq!(read(out.path(), "app/dir/a.txt"), "A");
+    }
+
+    #[test]
+    fn directory_copies_its_contents() {
+        let (_c, ctx) = context(&[("src/x", "1"), ("src/sub/y", "2")]);
+        let out = copy(&step(&["src"], "/dst"), &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(names(&out.path().join("dst")), ["sub", "x"]);
+        assert_eq!(read(out.path(), "dst/sub/y"), "2");
+    }
+
+    #[test]
+    fn several_sources_need_a_directory_and_wildcards_expand() {
+        let (_c, ctx) = context(&[("a.txt", "A"), ("b.txt", "B"), ("c.md", "C")]);
+        let out = copy(&step(&["*.txt"], "/d/"), &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(names(&out.path().join("d")), ["a.txt", "b.txt"]);
+    }
+
+    #[test]
+    fn existing_directory_in_the_image_receives_the_file() {
+        let (_c, ctx) = context(&[("a.txt", "A")]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("opt/app")).unwrap();
+        let image = Rootfs::new(vec![image_dir.path().into()]);
+        let out = copy(&step(&["a.txt"], "/opt/app"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "opt/app/a.txt"), "A");
+    }
+
+    #[test]
+    fn chown_by_number_and_by_name_and_chmod() {
+        let (_c, ctx) = context(&[("a.txt", "A")]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("etc")).unwrap();
+        fs::write(
+            image_dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            image_dir.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\n",
+        )
+        .unwrap();
+        let image = Rootfs::new(vec![image_dir.path().into()]);
+        let mut s = step(&["a.txt"], "/x/a.txt");
+        s.chown = Some("app:staff".into());
+        s.chmod = Some("0640".into());
+        let out = copy(&s, &ctx, &image, "/").unwrap();
+        let meta = fs::metadata(out.path().join("x/a.txt")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (1000, 50, 0o640)
+        );
+        // The directory COPY created belongs to the --chown user.
+        let dir = fs::metadata(out.path().join("x")).unwrap();
+        assert_eq!(
+            (dir.uid(), dir.gid(), dir.mode() & 0o7777),
+            (1000, 50, 0o755)
+        );
+        s.chown = Some("42".into());
+        let out = copy(&s, &ctx, &image, "/").unwrap();
+        let meta = fs::metadata(out.path().join("x/a.txt")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (42, 42));
+        s.chown = Some("nobody".into());
+        let error = copy(&s, &ctx, &image, "/").unwrap_err().to_string();
+        assert!(error.contains("unable to find user \"nobody\""), "{error}");
+    }
+
+    #[test]
+    fn symbolic_chmod() {
+        assert_eq!(Chmod::parse("u+x").unwrap().apply(0o644, false), 0o744);
+        assert_eq!(Chmod::parse("go-r").unwrap().apply(0o644, false), 0o600);
+        assert_eq!(Chmod::parse("a=rX").unwrap().apply(0o700, true), 0o555);
+        assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, false), 0o644);
+    }
+
+    #[test]
+    fn heredoc_sources_become_files() {
+        let (_c, ctx) = context(&[]);
+        let mut s = step(&[], "/etc/motd");
+        s.sources = vec![CopySource::Heredoc {
+            name: "EOF".into(),
+            content: "hi\n".into(),
+        }];
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(read(out.path(), "etc/motd"), "hi\n");
+    }
+
+    #[test]
+    fn parents_keeps_the_source_path() {
+        let (_c, ctx) = context(&[("x/y/file", "F")]);
+        let mut s = step(&["x/y/file"], "/dst/");
+        s.parents = true;
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(read(out.path(), "dst/x/y/file"), "F");
+    }
+
+    #[test]
+    fn excludes_leave_files_out() {
+        let (_c, ctx) = context(&[("src/a.rs", ""), ("src/a.log", "")]);
+        let mut s = step(&["src"], "/src");
+        s.excludes = vec!["*.log".into()];
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(names(&out.path().join("src")), ["a.rs"]);
+    }
+
+    #[test]
+    fn never_writes_through_a_symlink_copied_earlier() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("one")).unwrap();
+        std::os::unix::fs::symlink("/tmp", dir.path().join("one/x")).unwrap();
+        fs::create_dir_all(dir.path().join("two/x")).unwrap();
+        fs::write(dir.path().join("two/x/escaped"), "no").unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let result = copy(&step(&["one", "two"], "/d/"), &ctx, &Rootfs::default(), "/");
+        // Either refused or placed inside the snapshot, but never in the host's /tmp.
+        assert!(!Path::new("/tmp/escaped").exists());
+        if let Ok(out) = result {
+            assert!(fs::symlink_metadata(out.path().join("d/x"))
+                .unwrap()
+                .is_dir());
+        }
+    }
+
+    #[test]
+    fn urls_and_git_say_what_to_do() {
+        let (_c, ctx) = context(&[]);
+        let mut s = step(&[], "/x");
+        s.is_add = true;
+        s.sources = vec![CopySource::Git("https://example.com/r.git".into())];
+        let error = copy(&s, &ctx, &Rootfs::default(), "/")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("git sources are not available"), "{error}");
+    }
+}

@@ -731,32 +731,19 @@ impl Checker<'_> {
             return None;
         }
         let mut decls = Vec::new();
-        for word in &node.args {
-            let (name, default) = match word.text.split_once('=') {
-                Some((name, default)) => {
-                    let value_start = word.span.start + name.len() + 1;
-                    (
-                        Word {
-                            text: name.to_string(),
-                            span: Span::new(word.span.start, word.span.start + name.len()),
-                        },
-                        Some(Word {
-                            text: default.to_string(),
-                            span: Span::new(value_start, word.span.end),
-                        }),
-                    )
-                }
-                None => (word.clone(), None),
-            };
+        for (name, default) in &node.arg_decls {
             if name.text.is_empty() {
                 self.error(
-                    Diagnostic::error(word.span, "ARG names can not be blank")
+                    Diagnostic::error(name.span, "ARG names can not be blank")
                         .with_label("no name before `=`"),
                 );
                 return None;
             }
-            self.secret_lint(&name);
-            decls.push(ArgDecl { name, default });
+            self.secret_lint(name);
+            decls.push(ArgDecl {
+                name: name.clone(),
+                default: default.clone(),
+            });
         }
         Some(Kind::Arg(decls))
     }
@@ -1321,6 +1308,27 @@ mod tests {
         assert!(warnings("From a\n").contains(&"ConsistentInstructionCasing"));
         assert!(warnings("FROM a\nCMD run me\n").contains(&"JSONArgsRecommended"));
         assert!(warnings("FROM a\nRUN a \\\n\n b\n").contains(&"NoEmptyContinuation"));
+    }
+
+    #[test]
+    fn arg_spans_survive_continuations() {
+        // Found by the fuzzer: the name used to be located by arithmetic on the joined text.
+        let text = "ARG a\\\nPASSWD\u{2713}=x\nFROM a\n";
+        let r = recipe(text);
+        for d in &r.diagnostics {
+            assert!(
+                text.is_char_boundary(d.span.start) && text.is_char_boundary(d.span.end),
+                "{d:?}"
+            );
+        }
+        let Kind::Arg(decls) = &r.instructions[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(&text[decls[0].name.span.range()], "a\\\nPASSWD\u{2713}");
+        assert_eq!(
+            decls[0].default.as_ref().map(|d| &text[d.span.range()]),
+            Some("x")
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Node {
     pub trigger: Option<Box<Node>>,
     /// The logical line (continuations joined, trimmed), as BuildKit keeps it for history.
     pub original: String,
+    /// ARG only: each word split into name and default, with spans of their own (a word may
+    /// run over a continuation, so offsets within it cannot be computed from its start).
+    pub arg_decls: Vec<(Word, Option<Word>)>,
     /// From the keyword to the end of the last continuation line (heredoc bodies excluded).
     pub span: Span,
     /// 1-based, inclusive; the range covers comment and blank lines inside continuations and
@@ -531,6 +534,7 @@ fn split_from(
         heredocs: Vec::new(),
         trigger: None,
         original: line.to_string(),
+        arg_decls: Vec::new(),
         span: logical.span(start, end),
         start_line: 0,
         end_line: 0,
@@ -585,10 +589,15 @@ fn split_from(
             }
         }
         "ARG" => {
-            node.args = split_words(rest_text, escape)
-                .into_iter()
-                .map(|(a, b)| sub(rest_start + a, rest_start + b))
-                .collect();
+            for (a, b) in split_words(rest_text, escape) {
+                let (a, b) = (rest_start + a, rest_start + b);
+                node.args.push(sub(a, b));
+                let decl = match logical.text[a..b].find('=') {
+                    Some(eq) => (sub(a, a + eq), Some(sub(a + eq + 1, b))),
+                    None => (sub(a, b), None),
+                };
+                node.arg_decls.push(decl);
+            }
         }
         "ENV" | "LABEL" => {
             node.args = key_values(logical, rest_start, end, escape, &node.keyword, diagnostics);
@@ -854,6 +863,7 @@ mod tests {
             heredocs: vec![],
             trigger: None,
             original: String::new(),
+            arg_decls: vec![],
             span: Span::default(),
             start_line: 0,
             end_line: 0,

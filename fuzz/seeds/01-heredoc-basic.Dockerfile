@@ -1,0 +1,5 @@
+FROM alpine
+RUN <<EOF
+echo hello
+apk add curl
+EOF

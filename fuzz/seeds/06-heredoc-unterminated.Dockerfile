@@ -1,0 +1,4 @@
+FROM alpine
+RUN <<EOF cat
+never ends
+EOF2

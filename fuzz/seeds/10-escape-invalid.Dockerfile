@@ -1,0 +1,3 @@
+# escape=x
+# escape=`
+FROM a

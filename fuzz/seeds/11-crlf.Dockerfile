@@ -1,0 +1,7 @@
+FROM alpine AS base
+RUN echo a \
+    b
+ENV K=v
+RUN <<EOF
+echo x
+EOF

@@ -1,0 +1,10 @@
+ARG BASE=alpine:3.19
+ARG VERSION
+ARG A=1 B="two" C=
+FROM ${BASE} AS base
+ARG VERSION
+ARG API_TOKEN=abc
+ARG =x
+ARG
+ARG é=ü
+ARG "Q=1" 'R'=2

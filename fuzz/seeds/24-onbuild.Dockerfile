@@ -1,0 +1,10 @@
+FROM alpine
+ONBUILD ADD . /app/src
+ONBUILD RUN --mount=type=cache,target=/c make
+ONBUILD ONBUILD RUN x
+ONBUILD FROM x
+ONBUILD MAINTAINER x
+ONBUILD
+onbuild copy a b
+ONBUILD BOGUS x
+ONBUILD ENV MY_SECRET=1

@@ -1,0 +1,6 @@
+FROM a
+CMD ["a", \
+     "b", \
+     "c"]
+ENTRYPOINT [ "x" ,
+  "y" ]

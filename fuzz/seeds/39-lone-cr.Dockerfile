@@ -1,0 +1,4 @@
+FROM aRUN b
+RUN c \
+ d
+

@@ -1,0 +1,6 @@
+FROM a
+ARG a\
+PASSWORDé=1
+ENV x\
+y=1 TOK\
+EN=2

@@ -1,0 +1,3 @@
+# check=skip=StageNameCasing,FromAsCasing;error=true
+FROM a AS B
+# check=error=maybe

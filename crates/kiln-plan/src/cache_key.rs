@@ -6,7 +6,7 @@
 //! is empty. The builder chains keys: a step's key covers its parent's key, the step itself
 //! (through [`CacheKey`]) and the digests of what it reads.
 
-use crate::step::{Action, CopySource, CopyStep, RunStep, Source, Step};
+use crate::step::{Action, ConfigChange, CopySource, CopyStep, RunStep, Source, Step};
 use kiln_recipe::instruction::{Command, Network, Security};
 use kiln_recipe::mount::{Mount, MountType, Sharing};
 use sha2::{Digest, Sha256};
@@ -100,10 +100,11 @@ impl CacheKey for Step {
                 key.str("action", "copy");
                 copy.cache_key(key);
             }
-            // Config changes make no layer; the builder keys the image config separately.
+            // Config changes make no layer; their encoding is spelled out so keys never depend on
+            // a Debug format.
             Action::Config(change) => {
-                key.str("action", "config")
-                    .str("change", &format!("{change:?}"));
+                key.str("action", "config");
+                change.cache_key(key);
             }
             Action::Arg(args) => {
                 key.str("action", "arg").u64("count", args.len() as u64);
@@ -112,6 +113,42 @@ impl CacheKey for Step {
                 }
             }
         }
+    }
+}
+
+impl CacheKey for ConfigChange {
+    fn cache_key(&self, key: &mut KeyHasher) {
+        match self {
+            ConfigChange::Env(pairs) => key.str("change", "env").pairs("pairs", pairs),
+            ConfigChange::Label(pairs) => key.str("change", "label").pairs("pairs", pairs),
+            ConfigChange::Expose(ports) => key.str("change", "expose").list("ports", ports),
+            ConfigChange::Volume(volumes) => key.str("change", "volume").list("volumes", volumes),
+            ConfigChange::User(user) => key.str("change", "user").str("user", user),
+            ConfigChange::Workdir(dir) => key.str("change", "workdir").str("dir", dir),
+            ConfigChange::Cmd(args) => key.str("change", "cmd").list("args", args),
+            ConfigChange::Entrypoint(args) => key.str("change", "entrypoint").list("args", args),
+            ConfigChange::Shell(args) => key.str("change", "shell").list("args", args),
+            ConfigChange::StopSignal(signal) => {
+                key.str("change", "stopsignal").str("signal", signal)
+            }
+            ConfigChange::OnBuild(trigger) => key.str("change", "onbuild").str("trigger", trigger),
+            ConfigChange::Maintainer(name) => key.str("change", "maintainer").str("name", name),
+            ConfigChange::Healthcheck(None) => key.str("change", "healthcheck-none"),
+            ConfigChange::Healthcheck(Some(check)) => {
+                let nanos = |d: Option<std::time::Duration>| {
+                    d.map_or(u64::MAX, |d| {
+                        d.as_nanos().min(u128::from(u64::MAX - 1)) as u64
+                    })
+                };
+                key.str("change", "healthcheck")
+                    .list("test", &check.test)
+                    .u64("interval", nanos(check.interval))
+                    .u64("timeout", nanos(check.timeout))
+                    .u64("start_period", nanos(check.start_period))
+                    .u64("start_interval", nanos(check.start_interval))
+                    .u64("retries", check.retries.map_or(u64::MAX, u64::from))
+            }
+        };
     }
 }
 

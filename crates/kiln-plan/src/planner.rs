@@ -175,8 +175,9 @@ struct Planner<'a> {
     options: &'a PlanOptions<'a>,
     escape: char,
     diagnostics: Vec<Diagnostic>,
-    /// Build args some ARG declared (consumed), for the unused-arg warning.
-    declared: BTreeSet<String>,
+    /// Build args an ARG declared (consumed), with the stage that declared them (None for
+    /// global ARGs), for the unused-arg warning: only built stages consume.
+    declared: Vec<(Option<usize>, String)>,
     /// Diagnostics of each stage, reported only if the stage is built (BuildKit never looks
     /// at pruned stages either).
     staged: Vec<(usize, Diagnostic)>,
@@ -206,7 +207,7 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
         options,
         escape: recipe.directives.escape,
         diagnostics: Vec::new(),
-        declared: BTreeSet::new(),
+        declared: Vec::new(),
         staged: Vec::new(),
     };
     let mut global = Scope::default();
@@ -233,7 +234,7 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
                             .as_ref()
                             .and_then(|d| planner.expand_word(d, &global).map(|e| e.value)),
                     };
-                    planner.declared.insert(name.clone());
+                    planner.declared.push((None, name.clone()));
                     global_declared.insert(name.clone());
                     global.args.insert(name.clone(), value.clone());
                     global_args.push((name, value));
@@ -323,6 +324,14 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
                     Diagnostic::error(from.image.span, "FROM names no image after expansion")
                         .with_help("give the ARG a default or pass it with --build-arg"),
                 );
+            } else if let Err(problem) = check_reference_shape(&image) {
+                planner.diagnostics.push(
+                    Diagnostic::error(
+                        from.image.span,
+                        format!("invalid image reference {image:?}: {problem}"),
+                    )
+                    .with_help("an image is written name[:tag][@digest], e.g. alpine:3.20"),
+                );
             }
             Base::Image(image.clone())
         };
@@ -348,6 +357,7 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
         };
         // A stage starts with no ARGs of its own; ENV and the rest carry over from the base.
         state.scope.args.clear();
+        let inherited_workdir = !state.workdir.is_empty() && state.workdir != "/";
         if state.workdir.is_empty() {
             state.workdir = "/".to_string();
         }
@@ -374,7 +384,8 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
             global: &global,
             state,
             stage_count: groups.len(),
-            seen_workdir: false,
+            // A base stage or image that set a WORKDIR makes a relative one well defined.
+            seen_workdir: inherited_workdir,
             seen_single: BTreeMap::new(),
         };
         for instruction in &onbuild {
@@ -483,7 +494,13 @@ impl Planner<'_> {
             .build_args
             .keys()
             .map(String::as_str)
-            .filter(|name| !self.declared.contains(*name) && !BUILTIN_ARGS.contains(name))
+            .filter(|name| {
+                let consumed = self.declared.iter().any(|(stage, declared)| {
+                    declared == *name
+                        && stage.is_none_or(|s| built.is_empty() || built.contains(&s))
+                });
+                !consumed && !BUILTIN_ARGS.contains(name)
+            })
             .collect();
         if !unused.is_empty() {
             kept.push(
@@ -587,13 +604,16 @@ impl Planner<'_> {
     ) -> Option<Step> {
         let mut used = BTreeSet::new();
         let workdir_before = ctx.state.workdir.clone();
+        // Only ENV changes the environment; keep the names it had before, for args_used.
+        let env_before =
+            matches!(instruction.kind, Kind::Env(_)).then(|| ctx.state.scope.env_index.clone());
         let action = match &instruction.kind {
             Kind::From(_) => return None,
             Kind::Arg(decls) => {
                 let mut resolved = Vec::new();
                 for decl in decls {
                     let name = decl.name.text.clone();
-                    self.declared.insert(name.clone());
+                    self.declared.push((Some(ctx.index), name.clone()));
                     let value = if let Some(v) = self.options.build_args.get(&name) {
                         Some(v.clone())
                     } else if let Some(default) = &decl.default {
@@ -688,7 +708,7 @@ impl Planner<'_> {
                         Diagnostic::warning(
                             "WorkdirRelativePath",
                             word.span,
-                            format!("relative WORKDIR {:?} without an absolute WORKDIR before it in this stage", e.value),
+                            format!("relative WORKDIR {:?} before any WORKDIR sets a directory in this stage", e.value),
                         )
                         .with_help("its meaning depends on the base image's WORKDIR; use an absolute path"),
                     );
@@ -944,7 +964,7 @@ impl Planner<'_> {
                 }
                 let destination = self.expand_word(&copy.destination, &ctx.state.scope)?;
                 used.extend(destination.used);
-                if sources.len() > 1 && !destination.value.ends_with('/') && !copy.json {
+                if sources.len() > 1 && !destination.value.ends_with('/') {
                     // Docker rejects it too; say it clearly before touching any file.
                     let has_wildcard = sources
                         .iter()
@@ -976,9 +996,11 @@ impl Planner<'_> {
                 })
             }
         };
+        // A name ENV also sets reads the ENV value, so the build arg does not matter there.
+        let env_names = env_before.as_ref().unwrap_or(&ctx.state.scope.env_index);
         let args_used = used
             .into_iter()
-            .filter(|name| ctx.state.scope.args.contains_key(name))
+            .filter(|name| ctx.state.scope.args.contains_key(name) && !env_names.contains_key(name))
             .collect();
         Some(Step {
             action,
@@ -1063,6 +1085,75 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// The shape every image reference has, checked before anything tries to pull it. Transport
+/// prefixes (`oci-archive:`, `docker-archive:`, `oci:`) name files and are left alone.
+fn check_reference_shape(reference: &str) -> Result<(), &'static str> {
+    if ["oci-archive:", "docker-archive:", "oci:", "docker://"]
+        .iter()
+        .any(|p| reference.starts_with(p))
+    {
+        return Ok(());
+    }
+    if reference
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("it contains whitespace");
+    }
+    let (name, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let (algorithm, hex) = digest
+            .split_once(':')
+            .ok_or("the digest needs algorithm:hex")?;
+        if algorithm.is_empty() || hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("the digest is not algorithm:hex");
+        }
+    }
+    // A tag is after the last `:` that follows the last `/` (a `:` before it is a port).
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    if repository.is_empty()
+        || repository.starts_with('/')
+        || repository.ends_with('/')
+        || repository.contains("//")
+    {
+        return Err("the repository name is empty");
+    }
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err("the tag is empty or has characters a tag cannot have");
+        }
+    }
+    let path = repository
+        .split_once('/')
+        .map_or(repository, |(host, rest)| {
+            if host.contains(['.', ':']) || host == "localhost" {
+                rest
+            } else {
+                repository
+            }
+        });
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err("repository names must be lowercase");
+    }
+    Ok(())
 }
 
 /// Exec form runs as is; shell form goes through SHELL.
@@ -1280,6 +1371,32 @@ mod tests {
         assert!(check_checksum(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(check_checksum("sha256:abc").is_err());
         assert!(check_checksum("md5:abc").is_err());
+    }
+
+    #[test]
+    fn reference_shapes() {
+        for ok in [
+            "alpine",
+            "alpine:3.20",
+            "docker.io/library/alpine:latest",
+            "localhost:5000/a/b:c",
+            "MyRegistry.io/a",
+            "a@sha256:abcd",
+            "oci-archive:./x.tar",
+        ] {
+            assert!(check_reference_shape(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "alpine:",
+            "Alpine",
+            "a b",
+            "a@sha256:",
+            "/a",
+            "a:b:c!",
+            "docker.io/Library/x",
+        ] {
+            assert!(check_reference_shape(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

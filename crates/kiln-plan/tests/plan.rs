@@ -435,3 +435,50 @@ fn no_input_panics_the_planner() {
         let _ = plan_with(text, &[], Some("x"));
     }
 }
+
+#[test]
+fn relative_workdir_after_a_base_stage_workdir_is_fine() {
+    let plan = ok(
+        "FROM a AS base\nWORKDIR /app\nFROM base\nWORKDIR src\n",
+        &[],
+    );
+    assert!(!warnings(&plan).contains(&"WorkdirRelativePath"));
+    let plan = ok("FROM a\nWORKDIR src\n", &[]);
+    assert!(warnings(&plan).contains(&"WorkdirRelativePath"));
+}
+
+#[test]
+fn build_arg_used_only_by_a_pruned_stage_is_unused() {
+    let text = "FROM a AS skipped\nARG ONLY_HERE\nFROM b AS built\n";
+    let plan = plan_with(text, &[("ONLY_HERE", "1")], Some("built"));
+    assert!(warnings(&plan).contains(&"UnusedBuildArg"));
+    let plan = plan_with(text, &[("ONLY_HERE", "1")], Some("skipped"));
+    assert!(!warnings(&plan).contains(&"UnusedBuildArg"));
+}
+
+#[test]
+fn args_shadowed_by_env_are_not_recorded_as_used() {
+    let plan = ok("FROM a\nARG V=1\nENV V=$V\nWORKDIR /$V\n", &[]);
+    let steps = &plan.stages[0].steps;
+    assert_eq!(steps[1].args_used, ["V"], "ENV V=$V reads the ARG");
+    assert!(
+        steps[2].args_used.is_empty(),
+        "after ENV V, $V is the ENV value"
+    );
+}
+
+#[test]
+fn json_copy_with_several_sources_needs_a_directory() {
+    assert!(!errors("FROM a\nCOPY [\"a\", \"b\", \"/dst\"]\n", &[], None).is_empty());
+    assert!(errors("FROM a\nCOPY [\"a\", \"b\", \"/dst/\"]\n", &[], None).is_empty());
+}
+
+#[test]
+fn from_with_an_empty_tag_is_an_error() {
+    let errs = errors("ARG TAG\nFROM alpine:${TAG}\n", &[], None);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("invalid image reference \"alpine:\"")),
+        "{errs:?}"
+    );
+}

@@ -210,10 +210,21 @@ pub fn from_document(document: Document) -> Recipe {
         ..
     } = document;
     let mut instructions = Vec::with_capacity(nodes.len());
+    // BuildKit's casing rule asks for one casing throughout: the one most instructions use.
+    let upper = nodes
+        .iter()
+        .filter(|n| n.keyword == n.keyword.to_ascii_uppercase())
+        .count();
+    let lower = nodes
+        .iter()
+        .filter(|n| n.keyword == n.keyword.to_ascii_lowercase())
+        .count();
+    let majority_upper = upper >= lower;
     for node in &nodes {
         let mut checker = Checker {
             diagnostics: &mut diagnostics,
             failed: false,
+            majority_upper,
         };
         if let Some(instruction) = checker.instruction(node, false) {
             if !checker.failed {
@@ -231,6 +242,8 @@ pub fn from_document(document: Document) -> Recipe {
 struct Checker<'a> {
     diagnostics: &'a mut Vec<Diagnostic>,
     failed: bool,
+    /// Whether most instructions of the file are upper case.
+    majority_upper: bool,
 }
 
 /// The flags one instruction accepts.
@@ -250,6 +263,10 @@ impl Checker<'_> {
     }
 
     fn instruction(&mut self, node: &Node, in_onbuild: bool) -> Option<Instruction> {
+        if node.broken {
+            self.failed = true;
+            return None;
+        }
         let name = node.instruction();
         let Some(&known) = INSTRUCTIONS.iter().find(|i| **i == name) else {
             let mut diagnostic = Diagnostic::error(
@@ -264,17 +281,26 @@ impl Checker<'_> {
             return None;
         };
         let keyword = &node.keyword;
-        if keyword != &keyword.to_ascii_uppercase() && keyword != &keyword.to_ascii_lowercase() {
+        let is_upper = keyword == &keyword.to_ascii_uppercase();
+        let is_lower = keyword == &keyword.to_ascii_lowercase();
+        if !(is_upper && self.majority_upper || is_lower && !self.majority_upper) {
+            let wanted = if self.majority_upper {
+                known.to_string()
+            } else {
+                known.to_ascii_lowercase()
+            };
+            let label = if is_upper || is_lower {
+                "differs from the rest of the file"
+            } else {
+                "mixed case"
+            };
             self.warn(
                 Diagnostic::warning(
                     "ConsistentInstructionCasing",
                     node.keyword_span,
-                    format!(
-                        "instruction `{keyword}` should be written `{known}` or `{}`",
-                        known.to_ascii_lowercase()
-                    ),
+                    format!("instruction `{keyword}` should be written `{wanted}`, like the rest of the file"),
                 )
-                .with_label("mixed case"),
+                .with_label(label),
             );
         }
         let mut flags = Flags {
@@ -499,6 +525,16 @@ impl Checker<'_> {
 
     fn command(&mut self, node: &Node, name: &str) -> Option<Command> {
         match node.form {
+            Form::Json if node.args.is_empty() && name == "RUN" => {
+                self.error(
+                    Diagnostic::error(
+                        node.rest.span,
+                        "RUN requires a command: the exec form array is empty",
+                    )
+                    .with_help("write `RUN [\"executable\", \"arg\"]`"),
+                );
+                None
+            }
             Form::Json => Some(Command::Exec(
                 node.args.iter().map(|a| a.text.clone()).collect(),
             )),
@@ -596,21 +632,24 @@ impl Checker<'_> {
         Some(pairs)
     }
 
-    /// Values of ARG and ENV end up in the image config and history, where secrets leak.
+    /// Values of ARG and ENV end up in the image config and history, where secrets leak. Names
+    /// are judged by their `_`-separated words, so `DB_PASSWORD` warns and `MAX_TOKENS` does not.
     fn secret_lint(&mut self, key: &Word) {
-        let lower = key.text.to_ascii_lowercase();
-        let looks_secret = [
+        const WORDS: [&str; 11] = [
+            "apikey",
+            "auth",
+            "credential",
+            "credentials",
+            "key",
+            "pass",
             "password",
             "passwd",
+            "pword",
             "secret",
             "token",
-            "apikey",
-            "api_key",
-            "private_key",
-        ]
-        .iter()
-        .any(|w| lower.contains(w));
-        if looks_secret {
+        ];
+        let lower = key.text.to_ascii_lowercase();
+        if lower.split('_').any(|word| WORDS.contains(&word)) {
             self.warn(
                 Diagnostic::warning(
                     "SecretsUsedInArgOrEnv",
@@ -1306,6 +1345,10 @@ mod tests {
         assert!(warnings("FROM a AS Build\n").contains(&"StageNameCasing"));
         assert!(warnings("FROM a as b\n").contains(&"FromAsCasing"));
         assert!(warnings("From a\n").contains(&"ConsistentInstructionCasing"));
+        assert!(warnings("FROM a\nRUN x\nrun y\n").contains(&"ConsistentInstructionCasing"));
+        assert!(!warnings("from a\nrun y\n").contains(&"ConsistentInstructionCasing"));
+        assert!(warnings("FROM a\nARG DB_PASSWORD\n").contains(&"SecretsUsedInArgOrEnv"));
+        assert!(!warnings("FROM a\nARG MAX_TOKENS\n").contains(&"SecretsUsedInArgOrEnv"));
         assert!(warnings("FROM a\nCMD run me\n").contains(&"JSONArgsRecommended"));
         assert!(warnings("FROM a\nRUN a \\\n\n b\n").contains(&"NoEmptyContinuation"));
     }
@@ -1329,6 +1372,14 @@ mod tests {
             decls[0].default.as_ref().map(|d| &text[d.span.range()]),
             Some("x")
         );
+    }
+
+    #[test]
+    fn one_problem_gives_one_error() {
+        assert_eq!(errors("FROM a\nENV PATH\n").len(), 1);
+        assert_eq!(errors("FROM a\nSHELL [\"a\", 1]\n").len(), 1);
+        assert_eq!(errors("FROM a\nCOPY [1, 2]\n").len(), 1);
+        assert_eq!(errors("FROM a\nRUN []\n").len(), 1);
     }
 
     #[test]

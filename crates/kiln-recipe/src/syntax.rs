@@ -108,6 +108,9 @@ pub struct Node {
     /// ARG only: each word split into name and default, with spans of their own (a word may
     /// run over a continuation, so offsets within it cannot be computed from its start).
     pub arg_decls: Vec<(Word, Option<Word>)>,
+    /// The syntax layer already reported an error for this node; its arguments are unusable
+    /// and the meaning layer must not pile a second, misleading error on top.
+    pub broken: bool,
     /// From the keyword to the end of the last continuation line (heredoc bodies excluded).
     pub span: Span,
     /// 1-based, inclusive; the range covers comment and blank lines inside continuations and
@@ -236,10 +239,15 @@ fn parse_directives(lines: &[Line<'_>], diagnostics: &mut Vec<Diagnostic>) -> (D
     let mut directives = Directives::default();
     let mut consumed = 0;
     for line in lines {
-        let Ok((_, (name, value))) = directive_line(line.text) else {
+        // BuildKit trims the line first, so an indented directive still counts.
+        let Ok((_, (name, value))) = directive_line(line.text.trim_start()) else {
             break;
         };
         let value = value.trim();
+        if value.is_empty() {
+            // `# escape=` with no value is not a directive but a comment, which ends the zone.
+            break;
+        }
         let name_lower = name.to_ascii_lowercase();
         if !matches!(name_lower.as_str(), "syntax" | "escape" | "check") {
             break;
@@ -514,6 +522,7 @@ fn split_from(
     markers: &mut Vec<Marker>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
+    let errors_before = diagnostics.iter().filter(|d| d.is_error()).count();
     let line = &logical.text[start..end];
     let keyword_len = line.find(is_blank).unwrap_or(line.len());
     let keyword = &line[..keyword_len];
@@ -535,6 +544,7 @@ fn split_from(
         trigger: None,
         original: line.to_string(),
         arg_decls: Vec::new(),
+        broken: false,
         span: logical.span(start, end),
         start_line: 0,
         end_line: 0,
@@ -616,6 +626,7 @@ fn split_from(
     if node.form == Form::Text && matches!(node.instruction().as_str(), "RUN" | "COPY" | "ADD") {
         markers.extend(heredoc_markers(logical, rest_start, end, escape));
     }
+    node.broken = diagnostics.iter().filter(|d| d.is_error()).count() > errors_before;
     node
 }
 
@@ -864,6 +875,7 @@ mod tests {
             trigger: None,
             original: String::new(),
             arg_decls: vec![],
+            broken: false,
             span: Span::default(),
             start_line: 0,
             end_line: 0,
@@ -911,6 +923,14 @@ mod tests {
     #[test]
     fn directive_after_comment_is_a_comment() {
         let doc = parse("# hello\n# escape=`\nFROM a\n");
+        assert_eq!(doc.directives.escape, '\\');
+    }
+
+    #[test]
+    fn indented_directive_counts_and_empty_value_is_a_comment() {
+        assert_eq!(parse("  # escape=`\nFROM a\n").directives.escape, '`');
+        let doc = parse("# escape=\n# escape=`\nFROM a\n");
+        assert!(!doc.has_errors());
         assert_eq!(doc.directives.escape, '\\');
     }
 

@@ -233,6 +233,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         || expanded.len() > 1;
 
     let mut placements = Vec::new();
+    // ADD extracts local archives into the destination directory instead of copying them.
+    let mut archives: Vec<(PathBuf, ArchiveKind)> = Vec::new();
     for (source, heredoc) in &expanded {
         if let Some(content) = heredoc {
             let target = if into_dir {
@@ -247,6 +249,17 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 mtime: (job.now, 0),
             });
             continue;
+        }
+        if step.is_add && step.unpack != Some(false) {
+            if let CopyFrom::Context(context) = from {
+                let path = context
+                    .resolve(source, true)
+                    .map_err(|e| BuildError::Copy(e.to_string()))?;
+                if let Some(kind) = archive_kind(&path)? {
+                    archives.push((path, kind));
+                    continue;
+                }
+            }
         }
         let entries = match from {
             CopyFrom::Context(context) => context_entries(context, source, &excludes)?,
@@ -285,8 +298,17 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         now: job.now,
     };
     let mut stats = CopyStats::default();
-    if into_dir {
+    if into_dir || !archives.is_empty() {
         writer.ensure_dir(&destination)?;
+    }
+    for (path, kind) in &archives {
+        extract_archive(
+            path,
+            *kind,
+            &job.snapshot.join(&destination),
+            step.chown.as_ref().map(|_| owner),
+            &mut stats,
+        )?;
     }
     for placement in placements {
         let mode = match &chmod {
@@ -298,6 +320,112 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         writer.place(&placement, mode, &mut stats)?;
     }
     Ok(stats)
+}
+
+/// How a local archive for ADD is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Tar,
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+/// Recognises a tar archive, plain or compressed, by its first bytes (never by its name).
+pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, BuildError> {
+    let meta = fs::metadata(path).map_err(|e| io_at(path, e))?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mut head = [0u8; 512];
+    let mut file = File::open(path).map_err(|e| io_at(path, e))?;
+    let mut read = 0;
+    while read < head.len() {
+        match io::Read::read(&mut file, &mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_at(path, e)),
+        }
+    }
+    let head = &head[..read];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Some(ArchiveKind::Gzip)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(ArchiveKind::Zstd)
+    } else if head.starts_with(b"BZh") {
+        Some(ArchiveKind::Bzip2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(ArchiveKind::Xz)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(ArchiveKind::Tar)
+    } else {
+        None
+    })
+}
+
+/// Unpacks a local archive into `destination` (inside the snapshot). Entries that would land
+/// outside it — `..`, absolute names, or through a symlink the archive made — are refused by
+/// the tar crate's `unpack_in`, which checks each entry's real parent directory.
+fn extract_archive(
+    path: &Path,
+    kind: ArchiveKind,
+    destination: &Path,
+    owner: Option<Owner>,
+    stats: &mut CopyStats,
+) -> Result<(), BuildError> {
+    let file = File::open(path).map_err(|e| io_at(path, e))?;
+    let reader: Box<dyn io::Read> = match kind {
+        ArchiveKind::Tar => Box::new(file),
+        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file))),
+        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| io_at(path, e))?),
+        ArchiveKind::Bzip2 | ArchiveKind::Xz => {
+            return Err(BuildError::Unsupported(format!(
+                "ADD {}: {kind:?} archives are not unpacked by this version of kiln; recompress it as .tar.gz or .tar.zst, or add --unpack=false to copy it as a file",
+                path.display()
+            )))
+        }
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let bad = |e: io::Error| BuildError::Copy(format!("ADD {}: {e}", path.display()));
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() {
+            return Err(BuildError::Copy(format!(
+                "ADD {}: {} is a device file; archives for ADD may not contain devices",
+                path.display(),
+                name.display()
+            )));
+        }
+        if !entry.unpack_in(destination).map_err(bad)? {
+            return Err(BuildError::Copy(format!(
+                "ADD {}: entry {} would be written outside the destination",
+                path.display(),
+                name.display()
+            )));
+        }
+        stats.files += 1;
+        stats.bytes += entry.size();
+        if let Some(owner) = owner {
+            let written = destination.join(&name);
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                &written,
+                Some(rustix::fs::Uid::from_raw(owner.uid)),
+                Some(rustix::fs::Gid::from_raw(owner.gid)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_at(&written, e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A context source as placements relative to the source (the source itself first).
@@ -818,6 +946,73 @@ mod tests {
                 .unwrap()
                 .is_dir());
         }
+    }
+
+    fn tar_bytes(entries: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o640);
+            header.set_uid(7);
+            header.set_gid(8);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        if !gzip {
+            return bytes;
+        }
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        io::Write::write_all(&mut encoder, &bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn add_extracts_local_archives_and_keeps_their_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("a.tar.gz"),
+            tar_bytes(&[("x/y.txt", b"Y")], true),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("plain.tar"),
+            tar_bytes(&[("p.txt", b"P")], false),
+        )
+        .unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let mut s = step(&["a.tar.gz", "plain.tar"], "/opt/");
+        s.is_add = true;
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(read(out.path(), "opt/x/y.txt"), "Y");
+        assert_eq!(read(out.path(), "opt/p.txt"), "P");
+        let meta = fs::metadata(out.path().join("opt/x/y.txt")).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (7, 8, 0o640));
+        // --unpack=false and COPY keep the archive as a file.
+        s.unpack = Some(false);
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert!(out.path().join("opt/a.tar.gz").is_file());
+    }
+
+    #[test]
+    fn add_refuses_archives_that_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        // A raw header with a `..` name (the tar crate's builder refuses to write one).
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../../escape");
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(&[b'E'; 512]);
+        bytes.extend_from_slice(&[0u8; 1024]);
+        fs::write(dir.path().join("evil.tar"), bytes).unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let mut s = step(&["evil.tar"], "/opt/");
+        s.is_add = true;
+        let result = copy(&s, &ctx, &Rootfs::default(), "/");
+        assert!(result.is_err(), "an escaping entry must be refused");
     }
 
     #[test]

@@ -1,7 +1,14 @@
-//! kiln-build: runs a plan.
+//! kiln-build: runs a plan. Stages run in dependency order; each step's result comes from the
+//! cache when its key is known, otherwise COPY/ADD write a fresh snapshot that becomes a layer;
+//! metadata instructions change the image config.
 
+pub mod build;
 pub mod copy;
+pub mod image;
+pub mod output;
 pub mod rootfs;
+
+pub use build::{build, BuildOptions, Built, Event, Progress, StoreImages};
 
 use std::path::PathBuf;
 
@@ -16,4 +23,18 @@ pub enum BuildError {
     Copy(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Image(String),
+    #[error("writing a layer: {0}")]
+    Layer(String),
+    #[error("store: {0}")]
+    Store(#[from] kiln_store::StoreError),
+    #[error("the plan has errors; nothing was built")]
+    Plan,
+}
+
+impl BuildError {
+    fn store(error: kiln_store::StoreError) -> Self {
+        BuildError::Store(error)
+    }
 }

@@ -88,9 +88,25 @@ fn put_field(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
+/// A source's digest and the hash of each entry in it (content for files, the entry's own
+/// fields for directories and links), so a changed file can be named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailedDigest {
+    pub digest: String,
+    pub files: Vec<(std::path::PathBuf, String)>,
+}
+
 /// The digest of a walked source (`sha256:<hex>`). Files are hashed on all cores; hashes of
 /// files whose [`StatKey`] the memo knows are not read again.
 pub fn content_digest(entries: &[Entry], memo: &dyn HashMemo) -> Result<String, ContextError> {
+    Ok(content_digest_detailed(entries, memo)?.digest)
+}
+
+/// [`content_digest`] with the per-entry hashes.
+pub fn content_digest_detailed(
+    entries: &[Entry],
+    memo: &dyn HashMemo,
+) -> Result<DetailedDigest, ContextError> {
     let hashes: Vec<Option<[u8; 32]>> = entries
         .par_iter()
         .map(|entry| match entry.kind {
@@ -107,19 +123,35 @@ pub fn content_digest(entries: &[Entry], memo: &dyn HashMemo) -> Result<String, 
         .collect::<Result<_, ContextError>>()?;
     let mut hasher = Sha256::new();
     put_field(&mut hasher, b"kiln-context-v1");
+    let mut files = Vec::with_capacity(entries.len());
     for (entry, hash) in entries.iter().zip(hashes) {
-        put_field(&mut hasher, entry.relative.as_os_str().as_bytes());
+        let mut one = Sha256::new();
+        put_entry(&mut one, entry, hash);
+        files.push((
+            entry.relative.clone(),
+            format!("sha256:{}", hex(&one.finalize())),
+        ));
+        put_entry(&mut hasher, entry, hash);
+    }
+    Ok(DetailedDigest {
+        digest: format!("sha256:{}", hex(&hasher.finalize())),
+        files,
+    })
+}
+
+fn put_entry(hasher: &mut Sha256, entry: &Entry, hash: Option<[u8; 32]>) {
+    {
+        put_field(hasher, entry.relative.as_os_str().as_bytes());
         let (kind, target): (&[u8], &[u8]) = match &entry.kind {
             EntryKind::File => (b"f", b""),
             EntryKind::Dir => (b"d", b""),
             EntryKind::Symlink(target) => (b"l", target.as_os_str().as_bytes()),
         };
-        put_field(&mut hasher, kind);
-        put_field(&mut hasher, &entry.mode.to_le_bytes());
-        put_field(&mut hasher, target);
-        put_field(&mut hasher, &hash.unwrap_or_default());
+        put_field(hasher, kind);
+        put_field(hasher, &entry.mode.to_le_bytes());
+        put_field(hasher, target);
+        put_field(hasher, &hash.unwrap_or_default());
     }
-    Ok(format!("sha256:{}", hex(&hasher.finalize())))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -10,7 +10,9 @@
 pub mod hash;
 pub mod ignore;
 
-pub use hash::{content_digest, HashMemo, MemoryMemo, StatKey};
+pub use hash::{
+    content_digest, content_digest_detailed, DetailedDigest, HashMemo, MemoryMemo, StatKey,
+};
 pub use ignore::{clean, IgnoreRules};
 
 use globset::GlobMatcher;

@@ -1000,7 +1000,11 @@ impl Planner<'_> {
         let env_names = env_before.as_ref().unwrap_or(&ctx.state.scope.env_index);
         let args_used = used
             .into_iter()
-            .filter(|name| ctx.state.scope.args.contains_key(name) && !env_names.contains_key(name))
+            .filter(|name| !env_names.contains_key(name))
+            .filter_map(|name| {
+                let value = ctx.state.scope.args.get(&name)?.clone();
+                Some((name, value))
+            })
             .collect();
         Some(Step {
             action,

@@ -119,8 +119,8 @@ pub struct Step {
     pub instruction: Instruction,
     /// The WORKDIR in effect when the step runs.
     pub workdir: String,
-    /// Build args this step's expansion read, for cache keys and "build arg X changed".
-    pub args_used: Vec<String>,
+    /// Build args this step's expansion read, with their values, for "build arg X changed".
+    pub args_used: Vec<(String, Option<String>)>,
     /// Set for a step that came from an ONBUILD trigger of the base.
     pub from_onbuild: bool,
 }

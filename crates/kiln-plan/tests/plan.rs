@@ -210,7 +210,7 @@ fn unused_build_arg_is_a_warning_not_an_error() {
 fn args_used_records_only_build_args() {
     let plan = ok("FROM a\nARG V=1\nENV E=x\nWORKDIR /$V/$E\n", &[]);
     let step = plan.stages[0].steps.last().unwrap();
-    assert_eq!(step.args_used, ["V"]);
+    assert_eq!(step.args_used, [("V".to_string(), Some("1".to_string()))]);
 }
 
 #[test]
@@ -460,7 +460,11 @@ fn build_arg_used_only_by_a_pruned_stage_is_unused() {
 fn args_shadowed_by_env_are_not_recorded_as_used() {
     let plan = ok("FROM a\nARG V=1\nENV V=$V\nWORKDIR /$V\n", &[]);
     let steps = &plan.stages[0].steps;
-    assert_eq!(steps[1].args_used, ["V"], "ENV V=$V reads the ARG");
+    assert_eq!(
+        steps[1].args_used,
+        [("V".to_string(), Some("1".to_string()))],
+        "ENV V=$V reads the ARG"
+    );
     assert!(
         steps[2].args_used.is_empty(),
         "after ENV V, $V is the ENV value"

@@ -1,6 +1,6 @@
-//! The command line, in the flags people know from `docker build`.
+//! The command line, in the flags people know from `docker build` and buildx.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -10,6 +10,11 @@ use std::path::PathBuf;
     about = "Build OCI container images from Dockerfile recipes, with no daemon"
 )]
 pub struct Cli {
+    /// The store: images, layers, snapshots and the build cache. Default: $KILN_ROOT, else
+    /// $XDG_DATA_HOME/kiln, else ~/.local/share/kiln.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -17,7 +22,56 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a recipe (with --check: parse, expand and plan it only).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
+    /// List the images in the store.
+    Images,
+    /// Show an image's manifest and config as JSON.
+    Inspect {
+        /// Image name (as given to -t).
+        image: String,
+    },
+    /// Show the history of an image: one line per instruction.
+    History { image: String },
+    /// Give an image in the store another name.
+    Tag { source: String, target: String },
+    /// Remove image names from the store (the data goes with `kiln prune`).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Write an image from the store to an archive.
+    Save {
+        image: String,
+        /// The archive to write; `-` for standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Archive format.
+        #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
+        format: ArchiveKind,
+    },
+    /// Remove blobs, snapshots and cache records no image or cache record needs.
+    Prune {
+        /// Also drop the whole build cache.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show how much disk the store uses.
+    Du,
+    /// Check every blob in the store against its digest.
+    Verify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveKind {
+    Oci,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    Quiet,
 }
 
 #[derive(Debug, Args)]
@@ -45,4 +99,42 @@ pub struct BuildArgs {
     /// Only parse, expand and plan the recipe; run nothing. Exit 0 if it is valid, 1 if not.
     #[arg(long)]
     pub check: bool,
+
+    /// Name the image in the store (repeatable): name[:tag].
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+
+    /// Where the image goes, buildx style: type=oci,dest=FILE | type=docker,dest=FILE
+    /// (dest=- is standard output). Repeatable.
+    #[arg(short = 'o', long = "output", value_name = "type=TYPE,dest=PATH")]
+    pub outputs: Vec<String>,
+
+    /// Run every step, ignoring the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Ignore the cache for these stages only (repeatable, or comma-separated).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+
+    /// Clamp file times to this Unix time and use it as the image's creation time, for
+    /// reproducible images. Default: $SOURCE_DATE_EPOCH.
+    #[arg(long = "source-date-epoch", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+
+    /// Write the image ID (config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+
+    /// Write build results (digests) as JSON to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+
+    /// Progress output: plain lines, or only the image ID with quiet.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Only print the image ID (same as --progress=quiet).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }

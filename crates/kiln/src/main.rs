@@ -1,15 +1,21 @@
-//! kiln: the command line. It only reads arguments and files, calls the libraries and reports.
+//! kiln: the command line. It reads arguments, calls the libraries and reports; nothing else.
 
-mod check;
+mod build_cmd;
 mod cli;
+mod progress;
+mod recipe;
 mod report;
+mod store_cmd;
 
 use clap::Parser;
+use kiln_store::Store;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cli.command {
-        cli::Command::Build(args) => check::build(&args),
+    let root = cli.root.clone().unwrap_or_else(Store::default_root);
+    match &cli.command {
+        cli::Command::Build(args) => build_cmd::run(args, &root),
+        other => store_cmd::run(other, &root),
     }
 }

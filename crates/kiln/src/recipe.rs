@@ -1,43 +1,43 @@
-//! `kiln build --check`: read the recipe, parse, plan, report.
+//! Reading a recipe and planning it: what `kiln build` and `kiln build --check` share.
 
 use crate::cli::BuildArgs;
 use crate::report::{self, Source};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
-use kiln_plan::{plan, Base, Plan, PlanOptions, Platform};
+use kiln_plan::{plan, Base, ImageConfigs, NoImages, Plan, PlanOptions, Platform};
 use kiln_recipe::parse_recipe;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit codes: 0 valid, 1 invalid recipe or failed build, 2 wrong usage.
-const INVALID: u8 = 1;
-const USAGE: u8 = 2;
+pub const INVALID: u8 = 1;
+pub const USAGE: u8 = 2;
 
-pub fn build(args: &BuildArgs) -> ExitCode {
-    if !args.check {
-        eprintln!("error: this kiln can check recipes but not yet build them: add --check");
-        return ExitCode::from(USAGE);
-    }
-    let (name, text) = match read_recipe(args) {
-        Ok(found) => found,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(INVALID);
-        }
-    };
-    let build_args = match parse_build_args(&args.build_args) {
-        Ok(values) => values,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(USAGE);
-        }
-    };
+/// A recipe read, planned and reported on.
+pub struct Loaded {
+    pub plan: Plan,
+    /// The recipe file, when it came from one (for `<recipe>.dockerignore`).
+    pub recipe_path: Option<PathBuf>,
+    pub name: String,
+    pub warnings: usize,
+}
+
+/// Reads the recipe, plans it and prints its diagnostics. Errors come back as the exit code.
+pub fn load(args: &BuildArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitCode> {
+    let (name, text, recipe_path) = read_recipe(args).map_err(|message| {
+        eprintln!("error: {message}");
+        ExitCode::from(INVALID)
+    })?;
+    let build_args = parse_build_args(&args.build_args).map_err(|message| {
+        eprintln!("error: {message}");
+        ExitCode::from(USAGE)
+    })?;
     let target_platform = match args.platform.as_deref().map(Platform::parse).transpose() {
         Ok(platform) => platform.unwrap_or_else(Platform::host),
         Err(message) => {
             eprintln!("error: --platform: {message}");
-            return ExitCode::from(USAGE);
+            return Err(ExitCode::from(USAGE));
         }
     };
     let recipe = parse_recipe(&text);
@@ -45,6 +45,7 @@ pub fn build(args: &BuildArgs) -> ExitCode {
         build_args,
         target: args.target.clone(),
         target_platform,
+        images,
         ..PlanOptions::default()
     };
     let plan = plan(&recipe, &options);
@@ -68,21 +69,36 @@ pub fn build(args: &BuildArgs) -> ExitCode {
     let warnings = plan.diagnostics.len() - errors;
     if errors > 0 {
         eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
-        return ExitCode::from(INVALID);
+        return Err(ExitCode::from(INVALID));
     }
-    print_summary(&name, &plan, warnings);
-    ExitCode::SUCCESS
+    Ok(Loaded {
+        plan,
+        recipe_path,
+        name,
+        warnings,
+    })
+}
+
+/// `kiln build --check`.
+pub fn check(args: &BuildArgs) -> ExitCode {
+    match load(args, &NoImages) {
+        Ok(loaded) => {
+            print_summary(&loaded.name, &loaded.plan, loaded.warnings);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
 }
 
 /// `-f -` is standard input; `-f` defaults to CONTEXT/Dockerfile.
-fn read_recipe(args: &BuildArgs) -> Result<(String, String), String> {
+fn read_recipe(args: &BuildArgs) -> Result<(String, String, Option<PathBuf>), String> {
     let path = match &args.file {
         Some(path) if path.as_os_str() == "-" => {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
                 .map_err(|e| format!("cannot read the recipe from standard input: {e}"))?;
-            return Ok(("<stdin>".to_string(), text));
+            return Ok(("<stdin>".to_string(), text, None));
         }
         Some(path) => path.clone(),
         None => args.context.join("Dockerfile"),
@@ -107,7 +123,7 @@ fn read_recipe(args: &BuildArgs) -> Result<(String, String), String> {
             path.display()
         )
     })?;
-    Ok((display_path(&path), text))
+    Ok((display_path(&path), text, Some(path)))
 }
 
 fn display_path(path: &Path) -> String {

@@ -1,0 +1,653 @@
+//! Runs a plan: every needed stage in dependency order, each step from the cache when its key
+//! is known, else executed; then the image config and manifest of the target.
+
+use crate::copy::{run_copy, CopyFrom, CopyJob};
+use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
+use crate::rootfs::Rootfs;
+use crate::BuildError;
+use kiln_context::{Context, IgnoreRules, MemoryMemo};
+use kiln_layer::{write_layer, Compression, LayerOptions};
+use kiln_oci::{
+    media_types, to_canonical_json, Descriptor, Digest, ImageConfig, ImageName, Manifest,
+};
+use kiln_plan::cache_key::{CacheKey, KeyHasher};
+use kiln_plan::{Action, Base, CopySource, Plan, Platform, Source, Stage, Step};
+use kiln_store::{CacheRecord, LayerRecord, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct BuildOptions {
+    /// Run every step, ignoring the cache (results are still recorded).
+    pub no_cache: bool,
+    /// Stages (by name or index) whose steps ignore the cache.
+    pub no_cache_filter: Vec<String>,
+    /// Clamp layer mtimes to it and use it as the config's creation time.
+    pub source_date_epoch: Option<i64>,
+    pub compression: Compression,
+    pub platform: Platform,
+}
+
+/// What progress displays hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A step starts; `number` counts steps across the build, from 1.
+    Step {
+        number: usize,
+        total: usize,
+        stage: String,
+        text: String,
+    },
+    Cached {
+        number: usize,
+    },
+    /// The step runs because its key is new; `reason` says what changed.
+    Miss {
+        number: usize,
+        reason: String,
+    },
+    Done {
+        number: usize,
+        elapsed: Duration,
+    },
+}
+
+pub trait Progress {
+    fn event(&self, event: Event);
+}
+
+/// The image a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub manifest: Descriptor,
+    pub config: ImageConfig,
+    pub config_descriptor: Descriptor,
+    pub layers: Vec<Descriptor>,
+    pub steps: usize,
+    pub cached: usize,
+}
+
+/// A layer of a stage's image and where it is unpacked.
+#[derive(Debug, Clone)]
+struct LayerRef {
+    descriptor: Descriptor,
+    snapshot: PathBuf,
+}
+
+/// A stage's image while it is built.
+#[derive(Debug, Clone)]
+struct StageImage {
+    config: ImageConfig,
+    layers: Vec<LayerRef>,
+    /// The key of the filesystem so far: every layer step chains on it.
+    chain_key: String,
+    /// CMD set in this stage (a later ENTRYPOINT then keeps it).
+    cmd_set: bool,
+    /// When the newest layer so far was made: history times come from the layers, so a
+    /// cached rebuild gives the same image.
+    time: i64,
+}
+
+impl StageImage {
+    fn rootfs(&self) -> Rootfs {
+        Rootfs::new(self.layers.iter().map(|l| l.snapshot.clone()).collect())
+    }
+}
+
+struct Builder<'a> {
+    store: &'a Store,
+    context: &'a Context,
+    options: &'a BuildOptions,
+    progress: &'a dyn Progress,
+    memo: MemoryMemo,
+    now: i64,
+    results: BTreeMap<usize, StageImage>,
+    number: usize,
+    total: usize,
+    cached: usize,
+}
+
+pub fn build(
+    plan: &Plan,
+    store: &Store,
+    context: &Context,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Built, BuildError> {
+    if plan.has_errors() {
+        return Err(BuildError::Plan);
+    }
+    let now = options.source_date_epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let total = plan
+        .order
+        .iter()
+        .filter_map(|i| plan.stages.get(*i))
+        .map(|s| s.steps.len())
+        .sum();
+    let mut builder = Builder {
+        store,
+        context,
+        options,
+        progress,
+        memo: MemoryMemo::default(),
+        now,
+        results: BTreeMap::new(),
+        number: 0,
+        total,
+        cached: 0,
+    };
+    for &index in &plan.order {
+        let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
+        let image = builder.stage(stage)?;
+        builder.results.insert(index, image);
+    }
+    let image = builder
+        .results
+        .remove(&plan.target)
+        .ok_or(BuildError::Plan)?;
+    builder.finish(image)
+}
+
+impl Builder<'_> {
+    fn no_cache_for(&self, stage: &Stage) -> bool {
+        self.options.no_cache
+            || self.options.no_cache_filter.iter().any(|f| {
+                stage.name.as_deref() == Some(f.to_ascii_lowercase().as_str())
+                    || f == &stage.index.to_string()
+            })
+    }
+
+    fn base(&self, stage: &Stage) -> Result<StageImage, BuildError> {
+        let platform = self.platform_of(stage);
+        match &stage.base {
+            Base::Scratch => {
+                let mut key = KeyHasher::new("base");
+                key.str("kind", "scratch")
+                    .str("platform", &platform.to_string());
+                Ok(StageImage {
+                    config: base_config(&platform),
+                    layers: Vec::new(),
+                    chain_key: key.finish(),
+                    cmd_set: false,
+                    time: self.options.source_date_epoch.unwrap_or(0),
+                })
+            }
+            Base::Stage(parent) => {
+                let mut image = self.results.get(parent).cloned().ok_or(BuildError::Plan)?;
+                // Its ONBUILD triggers ran as this stage's first steps (the plan put them there).
+                image.config.config.on_build.clear();
+                image.cmd_set = false;
+                Ok(image)
+            }
+            Base::Image(reference) => self.image_from_store(reference),
+        }
+    }
+
+    fn platform_of(&self, stage: &Stage) -> Platform {
+        stage
+            .platform
+            .as_deref()
+            .and_then(|p| Platform::parse(p).ok())
+            .unwrap_or_else(|| self.options.platform.clone())
+    }
+
+    /// A base image from the store, usable when its layers are unpacked there (images kiln
+    /// built are).
+    fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
+        let name = ImageName::parse_normalized(reference).map_err(|e| {
+            BuildError::Image(format!("invalid image reference {reference:?}: {e}"))
+        })?;
+        let tagged = self
+            .store
+            .resolve(&name.to_string())
+            .map_err(|_| BuildError::Image(format!(
+                "image {reference:?} is not in the store ({name}); build it with `kiln build -t {reference}` first — pulling from registries is not available in this version"
+            )))?;
+        let manifest_bytes = self
+            .store
+            .read_blob(&tagged.manifest.digest)
+            .map_err(BuildError::store)?;
+        let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
+            .map_err(|e| BuildError::Image(e.to_string()))?;
+        let config_bytes = self
+            .store
+            .read_blob(&manifest.config.digest)
+            .map_err(BuildError::store)?;
+        let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
+            .map_err(|e| BuildError::Image(e.to_string()))?;
+        let mut layers = Vec::new();
+        for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let snapshot = self.store.snapshot_path(diff_id.as_str());
+            if !snapshot.is_dir() {
+                return Err(BuildError::Image(format!(
+                    "base image {reference:?}: layer {diff_id} is not unpacked in the store; unpacking images made elsewhere is not available in this version"
+                )));
+            }
+            layers.push(LayerRef {
+                descriptor: descriptor.clone(),
+                snapshot,
+            });
+        }
+        let mut key = KeyHasher::new("base");
+        key.str("kind", "image")
+            .str("manifest", tagged.manifest.digest.as_str());
+        let mut config = config;
+        // The image's ONBUILD triggers run in this stage; the child image does not keep them.
+        config.config.on_build.clear();
+        let time = self.options.source_date_epoch.unwrap_or_else(|| {
+            config
+                .created
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or(0)
+        });
+        Ok(StageImage {
+            config,
+            layers,
+            chain_key: key.finish(),
+            cmd_set: false,
+            time,
+        })
+    }
+
+    fn stage(&mut self, stage: &Stage) -> Result<StageImage, BuildError> {
+        let mut image = self.base(stage)?;
+        let no_cache = self.no_cache_for(stage);
+        let count = stage.steps.len();
+        for (position, step) in stage.steps.iter().enumerate() {
+            self.number += 1;
+            let number = self.number;
+            self.progress.event(Event::Step {
+                number,
+                total: self.total,
+                stage: format!("{} {}/{count}", stage.label(), position + 1),
+                text: step.instruction.original.clone(),
+            });
+            let started = Instant::now();
+            match &step.action {
+                Action::Config(change) => {
+                    apply_config(&mut image.config, change, &mut image.cmd_set);
+                    image.config.history.push(history_entry(step, rfc3339(image.time), true));
+                }
+                Action::Arg(_) => {}
+                Action::Run(_) => {
+                    return Err(BuildError::Unsupported(format!(
+                        "line {}: RUN needs kiln's sandbox, which is not in this version yet; this version builds images from COPY, ADD and metadata instructions",
+                        step.instruction.start_line
+                    )))
+                }
+                Action::Copy(copy) => {
+                    self.layer_step(stage, position, step, copy, &mut image, no_cache)?;
+                }
+            }
+            self.progress.event(Event::Done {
+                number,
+                elapsed: started.elapsed(),
+            });
+        }
+        Ok(image)
+    }
+
+    /// Key parts of a COPY/ADD: what it reads, named so a miss can say what changed.
+    fn copy_inputs(&self, copy: &kiln_plan::CopyStep) -> Result<Vec<(String, String)>, BuildError> {
+        let mut parts = Vec::new();
+        match &copy.from {
+            Source::Context => {
+                let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))
+                    .map_err(|e| BuildError::Copy(e.to_string()))?;
+                for source in &copy.sources {
+                    let CopySource::Path(pattern) = source else {
+                        continue;
+                    };
+                    for matched in self
+                        .context
+                        .sources(pattern)
+                        .map_err(|e| BuildError::Copy(format!("{}: {e}", copy_label(copy))))?
+                    {
+                        let entries = self
+                            .context
+                            .walk(&matched, &excludes)
+                            .map_err(|e| BuildError::Copy(e.to_string()))?;
+                        let detail =
+                            kiln_context::hash::content_digest_detailed(&entries, &self.memo)
+                                .map_err(|e| BuildError::Copy(e.to_string()))?;
+                        parts.push((format!("source {matched}"), detail.digest));
+                        // Per-file hashes let a miss name the file that changed.
+                        for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
+                            let shown = if path.as_os_str().is_empty() {
+                                matched.clone()
+                            } else {
+                                format!("{matched}/{}", path.display())
+                            };
+                            parts.push((format!("file {shown}"), hash));
+                        }
+                    }
+                }
+            }
+            Source::Stage(index) => {
+                let image = self.results.get(index).ok_or(BuildError::Plan)?;
+                parts.push(("stage".to_string(), image.chain_key.clone()));
+            }
+            Source::Image(reference) => {
+                let image = self.image_from_store(reference)?;
+                parts.push(("image".to_string(), image.chain_key));
+            }
+        }
+        Ok(parts)
+    }
+
+    fn layer_step(
+        &mut self,
+        stage: &Stage,
+        position: usize,
+        step: &Step,
+        copy: &kiln_plan::CopyStep,
+        image: &mut StageImage,
+        no_cache: bool,
+    ) -> Result<(), BuildError> {
+        let number = self.number;
+        let inputs = self.copy_inputs(copy)?;
+        let mut parts: Vec<(String, String)> = Vec::new();
+        // --link makes the layer independent of what is below it.
+        parts.push((
+            "parent".to_string(),
+            if copy.link {
+                "linked".to_string()
+            } else {
+                image.chain_key.clone()
+            },
+        ));
+        let mut instruction_key = KeyHasher::new("instruction");
+        step.cache_key(&mut instruction_key);
+        parts.push(("instruction".to_string(), instruction_key.finish()));
+        for (name, value) in &step.args_used {
+            parts.push((format!("arg {name}"), value.clone().unwrap_or_default()));
+        }
+        parts.push((
+            "compression".to_string(),
+            format!("{:?}", self.options.compression),
+        ));
+        parts.push((
+            "epoch".to_string(),
+            self.options
+                .source_date_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ));
+        parts.extend(inputs);
+        let mut key = KeyHasher::new("layer-step");
+        key.pairs("parts", &parts);
+        let key = key.finish();
+        let slot = format!("{}:{position}", stage.label());
+
+        let record = if no_cache {
+            None
+        } else {
+            self.store.cache_get(&key)
+        };
+        let (layer, created) = match record.and_then(|r| r.layer.map(|l| (l, r.created))) {
+            Some((layer, created)) => {
+                self.cached += 1;
+                self.progress.event(Event::Cached { number });
+                (layer, created)
+            }
+            None => {
+                let reason = if no_cache {
+                    "--no-cache".to_string()
+                } else {
+                    self.miss_reason(&slot, &parts)
+                };
+                self.progress.event(Event::Miss { number, reason });
+                let layer = self.execute_copy(step, copy, image)?;
+                let mut stored_parts = vec![("slot".to_string(), slot)];
+                stored_parts.extend(parts);
+                self.store
+                    .cache_put(&CacheRecord {
+                        key: key.clone(),
+                        layer: Some(layer.clone()),
+                        created_by: step.instruction.original.clone(),
+                        parts: stored_parts,
+                        created: self.now,
+                    })
+                    .map_err(BuildError::store)?;
+                (layer, self.now)
+            }
+        };
+        // SOURCE_DATE_EPOCH, when given, is the time of everything.
+        image.time = self
+            .options
+            .source_date_epoch
+            .unwrap_or(image.time.max(created));
+        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        let diff_id =
+            Digest::parse(&layer.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+        image.layers.push(LayerRef {
+            descriptor: Descriptor::new(layer.media_type.clone(), digest, layer.size),
+            snapshot: self.store.snapshot_path(&layer.diff_id),
+        });
+        image.config.rootfs.diff_ids.push(diff_id);
+        image
+            .config
+            .history
+            .push(history_entry(step, rfc3339(image.time), false));
+        image.chain_key = key;
+        Ok(())
+    }
+
+    /// Compares this step's key parts with the last record of the same step to say why it
+    /// runs: the question people most ask of a builder.
+    fn miss_reason(&self, slot: &str, parts: &[(String, String)]) -> String {
+        let previous = self
+            .store
+            .cache_records()
+            .into_iter()
+            .filter(|r| {
+                r.parts
+                    .first()
+                    .is_some_and(|(k, v)| k == "slot" && v == slot)
+            })
+            .max_by_key(|r| r.parts.len());
+        let Some(previous) = previous else {
+            return "not built before".to_string();
+        };
+        let old: BTreeMap<&str, &str> = previous
+            .parts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new: BTreeMap<&str, &str> = parts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut reasons = Vec::new();
+        for (name, value) in &new {
+            match old.get(name) {
+                Some(before) if before == value => {}
+                Some(_) if *name == "parent" => reasons.push("parent changed".to_string()),
+                Some(_) if *name == "instruction" => {
+                    reasons.push("instruction changed".to_string())
+                }
+                Some(_) => reasons.push(format!("{} changed", describe(name))),
+                None if name.starts_with("file ") => {
+                    reasons.push(format!("{} added", describe(name)))
+                }
+                None => reasons.push(format!("{} is new", describe(name))),
+            }
+        }
+        for name in old
+            .keys()
+            .filter(|n| n.starts_with("file ") && !new.contains_key(*n))
+        {
+            reasons.push(format!("{} removed", describe(name)));
+        }
+        // A changed file also changes its source's digest; the file says more.
+        if reasons
+            .iter()
+            .any(|r| r.starts_with("file ") || r.contains(" added") || r.contains(" removed"))
+        {
+            reasons.retain(|r| !r.starts_with("source "));
+        }
+        if reasons.is_empty() {
+            return "the cached layer is no longer in the store".to_string();
+        }
+        let shown: Vec<String> = reasons.iter().take(3).cloned().collect();
+        let more = reasons.len().saturating_sub(3);
+        if more > 0 {
+            format!("{} (and {more} more)", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    }
+
+    fn execute_copy(
+        &self,
+        step: &Step,
+        copy: &kiln_plan::CopyStep,
+        image: &StageImage,
+    ) -> Result<LayerRecord, BuildError> {
+        let work = self.store.work_dir().map_err(BuildError::store)?;
+        let snapshot = work.path().join("snapshot");
+        std::fs::create_dir(&snapshot).map_err(|e| BuildError::Io {
+            path: snapshot.clone(),
+            source: e,
+        })?;
+        let empty = Rootfs::default();
+        let below = image.rootfs();
+        let job = CopyJob {
+            step: copy,
+            workdir: &step.workdir,
+            image: if copy.link { &empty } else { &below },
+            snapshot: &snapshot,
+            now: self.now,
+        };
+        let from_rootfs;
+        let from = match &copy.from {
+            Source::Context => CopyFrom::Context(self.context),
+            Source::Stage(index) => {
+                from_rootfs = self.results.get(index).ok_or(BuildError::Plan)?.rootfs();
+                CopyFrom::Stage(&from_rootfs)
+            }
+            Source::Image(reference) => {
+                from_rootfs = self.image_from_store(reference)?.rootfs();
+                CopyFrom::Stage(&from_rootfs)
+            }
+        };
+        run_copy(&job, &from)?;
+        let blob = self.store.blob_writer().map_err(BuildError::store)?;
+        let options = LayerOptions {
+            compression: self.options.compression,
+            source_date_epoch: self.options.source_date_epoch,
+            threads: 0,
+        };
+        let (layer, blob) =
+            write_layer(&snapshot, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
+        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        self.store
+            .commit_blob(blob, &digest)
+            .map_err(BuildError::store)?;
+        self.store
+            .commit_snapshot(&snapshot, &layer.diff_id)
+            .map_err(BuildError::store)?;
+        Ok(LayerRecord {
+            digest: layer.digest,
+            diff_id: layer.diff_id,
+            size: layer.size,
+            media_type: layer.media_type.to_string(),
+        })
+    }
+
+    fn finish(&self, image: StageImage) -> Result<Built, BuildError> {
+        let mut config = image.config;
+        // An image of metadata alone has no layer time to inherit: it is made now.
+        let created = if image.time == 0 && self.options.source_date_epoch.is_none() {
+            self.now
+        } else {
+            image.time
+        };
+        config.created = Some(rfc3339(created));
+        let config_bytes =
+            to_canonical_json(&config).map_err(|e| BuildError::Image(e.to_string()))?;
+        let config_digest = self
+            .store
+            .put_blob(&config_bytes)
+            .map_err(BuildError::store)?;
+        let config_descriptor = Descriptor::new(
+            media_types::OCI_CONFIG,
+            config_digest,
+            config_bytes.len() as u64,
+        );
+        let layers: Vec<Descriptor> = image.layers.iter().map(|l| l.descriptor.clone()).collect();
+        let manifest = Manifest::new(config_descriptor.clone(), layers.clone());
+        let manifest_bytes =
+            to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
+        let manifest_digest = self
+            .store
+            .put_blob(&manifest_bytes)
+            .map_err(BuildError::store)?;
+        let mut descriptor = Descriptor::new(
+            media_types::OCI_MANIFEST,
+            manifest_digest,
+            manifest_bytes.len() as u64,
+        );
+        descriptor.platform = Some(config.platform());
+        Ok(Built {
+            manifest: descriptor,
+            config,
+            config_descriptor,
+            layers,
+            steps: self.number,
+            cached: self.cached,
+        })
+    }
+}
+
+/// Base image configs from the store, for planning: a stage on an image sees that image's ENV
+/// in expansion, starts in its WORKDIR with its SHELL, and runs its ONBUILD triggers.
+pub struct StoreImages<'a> {
+    pub store: &'a Store,
+}
+
+impl kiln_plan::ImageConfigs for StoreImages<'_> {
+    fn config(&self, reference: &str, _platform: &Platform) -> Option<kiln_plan::BaseConfig> {
+        let name = ImageName::parse_normalized(reference).ok()?;
+        let tagged = self.store.resolve(&name.to_string()).ok()?;
+        let image = self.store.image(&tagged.manifest).ok()?;
+        let config = image.config.config;
+        Some(kiln_plan::BaseConfig {
+            env: config
+                .env
+                .iter()
+                .map(|entry| match entry.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (entry.clone(), String::new()),
+                })
+                .collect(),
+            workdir: (!config.working_dir.is_empty()).then_some(config.working_dir),
+            shell: (!config.shell.is_empty()).then_some(config.shell),
+            onbuild: config.on_build,
+        })
+    }
+}
+
+/// Files named in a step's key parts at most; past it only each source's digest is kept.
+const MAX_FILE_PARTS: usize = 10_000;
+
+fn describe(part: &str) -> String {
+    if let Some(arg) = part.strip_prefix("arg ") {
+        return format!("build arg {arg}");
+    }
+    part.to_string()
+}
+
+fn copy_label(copy: &kiln_plan::CopyStep) -> &'static str {
+    if copy.is_add {
+        "ADD"
+    } else {
+        "COPY"
+    }
+}

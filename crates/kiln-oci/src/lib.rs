@@ -1,0 +1,40 @@
+//! kiln-oci: the OCI and Docker image documents, and the archive formats they travel in.
+//!
+//! * Documents — [`ImageConfig`], [`Manifest`], [`Index`], [`Descriptor`] — are owned types whose
+//!   JSON has a fixed key order (struct field order, `BTreeMap` for maps), so the same image
+//!   always serialises to the same bytes ([`to_canonical_json`]). They parse documents written
+//!   by Docker, BuildKit, podman and buildah too: unknown fields are ignored and Docker schema2
+//!   media types are understood.
+//! * [`Digest`] is a validated `algorithm:hex` string; [`VerifyingReader`] checks a stream
+//!   against a descriptor's digest and size as it is read.
+//! * [`ImageName`] parses image references the way Docker normalises them.
+//! * Archives: [`write_oci_archive`], [`write_docker_archive`], [`write_oci_layout_dir`] write
+//!   deterministic bytes from a [`BlobSource`]; [`read_oci_archive`] and [`read_docker_archive`]
+//!   read untrusted archives, refusing unsafe paths and verifying every blob.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod archive;
+mod config;
+mod descriptor;
+mod digest;
+mod error;
+mod json;
+pub mod media_types;
+mod reference;
+
+pub use archive::{
+    read_docker_archive, read_oci_archive, write_docker_archive, write_oci_archive,
+    write_oci_layout_dir, ArchiveFormat, ArchiveImage, BlobSource, ImageRef, LayoutBlobs,
+    MemoryBlobs, ReadOptions, WriteOptions,
+};
+pub use config::{
+    chain_ids, ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs,
+};
+pub use descriptor::{
+    annotations, is_valid_ref_name, Descriptor, DockerManifestEntry, DockerRepositories, Index,
+    Manifest, OciLayout, Platform,
+};
+pub use digest::{sha256_digest, Algorithm, Digest, DigestHasher, VerifyingReader};
+pub use error::{Error, Result};
+pub use json::{from_json_slice, json_blob, to_canonical_json, MAX_JSON_SIZE};
+pub use reference::ImageName;

@@ -1,0 +1,749 @@
+//! kiln-store: where images, layers, snapshots and cache records live.
+//!
+//! The store root is itself a valid OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/sha256/...`), so skopeo and umoci read it as `oci:ROOT:TAG`. Beside the layout:
+//!
+//! ```text
+//! snapshots/<diff_id hex>/  a layer unpacked: what COPY wrote or a RUN changed
+//! cache/<key hex>.json       a step's cache record: key → layer and snapshot
+//! tmp/                       work areas; whatever a killed build left is removed on open
+//! lock                       flock'd while index.json is rewritten
+//! ```
+//!
+//! Every file is written to tmp/, fsynced and renamed into place, so a build killed at any
+//! moment leaves either the old file or the new one.
+
+use kiln_oci::{
+    annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,
+    Index, OciLayout,
+};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Oci {
+        path: PathBuf,
+        source: kiln_oci::Error,
+    },
+    #[error("blob {expected}: content has digest {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("image {0:?} is not in the store")]
+    UnknownImage(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A step's cache record: what its key produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub key: String,
+    /// The layer blob (compressed) and its uncompressed diff_id.
+    pub layer: Option<LayerRecord>,
+    /// The instruction, for `kiln history` and miss explanations.
+    pub created_by: String,
+    /// Named parts of the key (parent, inputs, args), so a later miss can say what changed.
+    #[serde(default)]
+    pub parts: Vec<(String, String)>,
+    /// When the layer was made (Unix seconds): a cached rebuild reuses it, so the image's
+    /// history and creation time, and with them its digest, stay the same.
+    #[serde(default)]
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// An image the store knows by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub name: String,
+    pub manifest: Descriptor,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while `index.json` is read and rewritten, so concurrent builds don't lose tags.
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    /// `--root`, else `$KILN_ROOT`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(root) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
+            return PathBuf::from(root);
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|r| !r.is_empty()) {
+            return PathBuf::from(data).join("kiln");
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local/share/kiln"),
+            None => PathBuf::from("/var/lib/kiln"),
+        }
+    }
+
+    /// Opens (creating if needed) the store at `root` and clears work areas that no running
+    /// build holds.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in ["blobs/sha256", "snapshots", "cache", "tmp"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(io_at(&path))?;
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            let bytes =
+                to_canonical_json(&OciLayout::default()).map_err(|source| StoreError::Oci {
+                    path: layout.clone(),
+                    source,
+                })?;
+            store.write_atomic(&layout, &bytes)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            let _lock = store.lock()?;
+            if !index.exists() {
+                store.write_index(&Index::new(Vec::new()))?;
+            }
+        }
+        store.clean_tmp();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes work areas of builds that are gone: each work area holds a lock file while in use.
+    fn clean_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let lock_path = path.join(".lock");
+            let in_use = File::open(&lock_path)
+                .ok()
+                .map(|f| {
+                    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockShared)
+                        .is_err()
+                })
+                .unwrap_or(false);
+            if !in_use {
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
+    /// A private work directory under tmp/, removed when dropped (or by the next open if the
+    /// process dies).
+    pub fn work_dir(&self) -> Result<WorkDir> {
+        let tmp = self.root.join("tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(&tmp)
+            .map_err(io_at(&tmp))?;
+        let lock_path = dir.path().join(".lock");
+        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_at(&lock_path)(e.into()))?;
+        Ok(WorkDir { dir, _lock: lock })
+    }
+
+    pub fn lock(&self) -> Result<Lock> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_at(&path)(e.into()))?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Writes `bytes` to `path` through a temp file in tmp/: fsync, rename, fsync the directory.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.root.join("tmp");
+        let mut file = tempfile::NamedTempFile::new_in(&tmp).map_err(io_at(&tmp))?;
+        file.write_all(bytes).map_err(io_at(file.path()))?;
+        file.as_file().sync_all().map_err(io_at(path))?;
+        file.persist(path).map_err(|e| io_at(path)(e.error))?;
+        sync_parent(path)
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.blob_path())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Stores `bytes` as a blob and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let mut hasher = DigestHasher::new(Algorithm::Sha256);
+        hasher.update(bytes);
+        let digest = hasher.finish();
+        if !self.has_blob(&digest) {
+            self.write_atomic(&self.blob_path(&digest), bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// A temp file in tmp/ to stream a blob into; [`Store::commit_blob`] moves it into place.
+    pub fn blob_writer(&self) -> Result<tempfile::NamedTempFile> {
+        let tmp = self.root.join("tmp");
+        tempfile::NamedTempFile::new_in(&tmp).map_err(io_at(&tmp))
+    }
+
+    /// Moves a fully written temp file into blobs/ under the digest its writer computed.
+    pub fn commit_blob(&self, file: tempfile::NamedTempFile, digest: &Digest) -> Result<()> {
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        file.as_file().sync_all().map_err(io_at(&path))?;
+        file.persist(&path).map_err(|e| io_at(&path)(e.error))?;
+        sync_parent(&path)
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(io_at(&path))
+    }
+
+    /// Reads a JSON-sized blob and checks it against its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(kiln_oci::MAX_JSON_SIZE + 1).read_to_end(&mut bytes))
+            .map_err(io_at(&path))?;
+        let actual = digest.of_same_kind(&bytes);
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    pub fn index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        from_json_slice(&bytes).map_err(|source| StoreError::Oci { path, source })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let path = self.root.join("index.json");
+        let bytes = to_canonical_json(index).map_err(|source| StoreError::Oci {
+            path: path.clone(),
+            source,
+        })?;
+        self.write_atomic(&path, &bytes)
+    }
+
+    /// Points `name` (a full image name such as `docker.io/library/app:1.0`) at a manifest.
+    /// `ref_name` is the layout's `org.opencontainers.image.ref.name` (the tag).
+    pub fn tag(&self, name: &str, ref_name: &str, manifest: &Descriptor) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(annotations::CONTAINERD_IMAGE_NAME)
+                .map(String::as_str)
+                != Some(name)
+        });
+        let mut descriptor = manifest.clone();
+        descriptor.annotations.insert(
+            annotations::CONTAINERD_IMAGE_NAME.to_string(),
+            name.to_string(),
+        );
+        descriptor
+            .annotations
+            .insert(annotations::REF_NAME.to_string(), ref_name.to_string());
+        index.manifests.push(descriptor);
+        index
+            .manifests
+            .sort_by(|a, b| a.annotations.cmp(&b.annotations));
+        self.write_index(&index)
+    }
+
+    /// Removes the name; the blobs stay until `prune`.
+    pub fn untag(&self, name: &str) -> Result<bool> {
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(annotations::CONTAINERD_IMAGE_NAME)
+                .map(String::as_str)
+                != Some(name)
+        });
+        let removed = index.manifests.len() != before;
+        if removed {
+            self.write_index(&index)?;
+        }
+        Ok(removed)
+    }
+
+    pub fn images(&self) -> Result<Vec<Tagged>> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .filter_map(|d| {
+                let name = d
+                    .annotations
+                    .get(annotations::CONTAINERD_IMAGE_NAME)?
+                    .clone();
+                Some(Tagged { name, manifest: d })
+            })
+            .collect())
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<Tagged> {
+        self.images()?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| StoreError::UnknownImage(name.to_string()))
+    }
+
+    fn cache_path(&self, key: &str) -> PathBuf {
+        let hex: String = key
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect();
+        self.root.join("cache").join(format!("{hex}.json"))
+    }
+
+    /// The record for `key`, if its layer is still in the store.
+    pub fn cache_get(&self, key: &str) -> Option<CacheRecord> {
+        let bytes = fs::read(self.cache_path(key)).ok()?;
+        let record: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        if record.key != key {
+            return None;
+        }
+        if let Some(layer) = &record.layer {
+            let digest = Digest::parse(&layer.digest).ok()?;
+            if !self.has_blob(&digest) || !self.snapshot_path(&layer.diff_id).is_dir() {
+                return None;
+            }
+        }
+        Some(record)
+    }
+
+    pub fn cache_put(&self, record: &CacheRecord) -> Result<()> {
+        let path = self.cache_path(&record.key);
+        let bytes =
+            serde_json::to_vec_pretty(record).map_err(|e| io_at(&path)(io::Error::other(e)))?;
+        self.write_atomic(&path, &bytes)
+    }
+
+    /// All cache records, for miss explanations.
+    pub fn cache_records(&self) -> Vec<CacheRecord> {
+        let Ok(entries) = fs::read_dir(self.root.join("cache")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect()
+    }
+
+    /// Where the unpacked layer with this diff_id lives.
+    pub fn snapshot_path(&self, diff_id: &str) -> PathBuf {
+        let hex: String = diff_id
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect();
+        self.root.join("snapshots").join(hex)
+    }
+
+    /// Moves a finished snapshot directory into place; if another build already put the same
+    /// layer there, that one is kept and `dir` is removed.
+    pub fn commit_snapshot(&self, dir: &Path, diff_id: &str) -> Result<PathBuf> {
+        let target = self.snapshot_path(diff_id);
+        if target.is_dir() {
+            let _ = fs::remove_dir_all(dir);
+            return Ok(target);
+        }
+        match fs::rename(dir, &target) {
+            Ok(()) => {
+                sync_parent(&target)?;
+                Ok(target)
+            }
+            Err(_) if target.is_dir() => {
+                let _ = fs::remove_dir_all(dir);
+                Ok(target)
+            }
+            Err(e) => Err(io_at(&target)(e)),
+        }
+    }
+
+    /// Checks every blob against its digest; returns the ones that fail.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("blobs/sha256");
+        let mut bad = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(expected) = Digest::from_sha256_hex(&name) else {
+                bad.push(name);
+                continue;
+            };
+            let mut hasher = DigestHasher::new(Algorithm::Sha256);
+            let mut file = File::open(entry.path()).map_err(io_at(&entry.path()))?;
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buffer).map_err(io_at(&entry.path()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+            }
+            if hasher.finish() != expected {
+                bad.push(name);
+            }
+        }
+        Ok(bad)
+    }
+}
+
+/// What `prune` removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    pub blobs: usize,
+    pub snapshots: usize,
+    pub cache_records: usize,
+    pub bytes: u64,
+}
+
+/// Disk use of the store's parts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub blobs: u64,
+    pub snapshots: u64,
+    pub cache: u64,
+    pub blob_count: usize,
+    pub snapshot_count: usize,
+    pub cache_count: usize,
+}
+
+/// An image's manifest and config, read from the store and checked against their digests.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub manifest: kiln_oci::Manifest,
+    pub config: kiln_oci::ImageConfig,
+    pub config_digest: Digest,
+}
+
+fn tree_size(path: &Path) -> (u64, usize) {
+    let mut total = 0;
+    let mut count = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                count += 1;
+                total += meta.len();
+            }
+        }
+    }
+    (total, count)
+}
+
+impl Store {
+    /// Reads an image's manifest and config.
+    pub fn image(&self, manifest: &Descriptor) -> Result<StoredImage> {
+        let oci = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Oci { path, source }
+        };
+        let manifest_path = self.blob_path(&manifest.digest);
+        let manifest: kiln_oci::Manifest =
+            from_json_slice(&self.read_blob(&manifest.digest)?).map_err(oci(&manifest_path))?;
+        let config_path = self.blob_path(&manifest.config.digest);
+        let config = from_json_slice(&self.read_blob(&manifest.config.digest)?)
+            .map_err(oci(&config_path))?;
+        let config_digest = manifest.config.digest.clone();
+        Ok(StoredImage {
+            manifest,
+            config,
+            config_digest,
+        })
+    }
+
+    pub fn disk_usage(&self) -> DiskUsage {
+        let (blobs, blob_count) = tree_size(&self.root.join("blobs"));
+        let (snapshots, _) = tree_size(&self.root.join("snapshots"));
+        let snapshot_count = fs::read_dir(self.root.join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let (cache, cache_count) = tree_size(&self.root.join("cache"));
+        DiskUsage {
+            blobs,
+            snapshots,
+            cache,
+            blob_count,
+            snapshot_count,
+            cache_count,
+        }
+    }
+
+    /// Removes what nothing needs: blobs and snapshots no tagged image and no cache record
+    /// refers to. With `drop_cache`, the cache records go first, so only tagged images keep
+    /// their data.
+    pub fn prune(&self, drop_cache: bool) -> Result<PruneReport> {
+        let _lock = self.lock()?;
+        let mut report = PruneReport::default();
+        if drop_cache {
+            for entry in fs::read_dir(self.root.join("cache"))
+                .map_err(io_at(&self.root.join("cache")))?
+                .flatten()
+            {
+                if fs::remove_file(entry.path()).is_ok() {
+                    report.cache_records += 1;
+                }
+            }
+        }
+        let mut blobs = std::collections::BTreeSet::new();
+        let mut snapshots = std::collections::BTreeSet::new();
+        for descriptor in self.index()?.manifests {
+            blobs.insert(descriptor.digest.hex().to_string());
+            if let Ok(image) = self.image(&descriptor) {
+                blobs.insert(image.config_digest.hex().to_string());
+                blobs.extend(
+                    image
+                        .manifest
+                        .layers
+                        .iter()
+                        .map(|l| l.digest.hex().to_string()),
+                );
+                snapshots.extend(
+                    image
+                        .config
+                        .rootfs
+                        .diff_ids
+                        .iter()
+                        .map(|d| d.hex().to_string()),
+                );
+            }
+        }
+        for record in self.cache_records() {
+            if let Some(layer) = record.layer {
+                blobs.insert(layer.digest.trim_start_matches("sha256:").to_string());
+                snapshots.insert(layer.diff_id.trim_start_matches("sha256:").to_string());
+            }
+        }
+        for entry in fs::read_dir(self.root.join("blobs/sha256"))
+            .map_err(io_at(&self.root.join("blobs")))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !blobs.contains(&name) {
+                report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                if fs::remove_file(entry.path()).is_ok() {
+                    report.blobs += 1;
+                }
+            }
+        }
+        for entry in fs::read_dir(self.root.join("snapshots"))
+            .map_err(io_at(&self.root.join("snapshots")))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !snapshots.contains(&name) {
+                report.bytes += tree_size(&entry.path()).0;
+                if fs::remove_dir_all(entry.path()).is_ok() {
+                    report.snapshots += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A work directory; gone when dropped.
+pub struct WorkDir {
+    dir: tempfile::TempDir,
+    _lock: File,
+}
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(parent))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_store_is_an_oci_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("oci-layout")).unwrap(),
+            r#"{"imageLayoutVersion":"1.0.0"}"#
+        );
+        assert!(store.index().unwrap().manifests.is_empty());
+        assert!(dir.path().join("blobs/sha256").is_dir());
+    }
+
+    #[test]
+    fn blobs_are_content_addressed_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_blob(b"hello").unwrap();
+        assert_eq!(
+            digest.as_str(),
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(store.read_blob(&digest).unwrap(), b"hello");
+        assert!(store.verify().unwrap().is_empty());
+        fs::write(store.blob_path(&digest), b"tampered").unwrap();
+        assert!(store.read_blob(&digest).is_err());
+        assert_eq!(store.verify().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tags_replace_and_untag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = store.put_blob(b"{}").unwrap();
+        let two = store.put_blob(b"{\"a\":1}").unwrap();
+        let manifest =
+            |d: &Digest| Descriptor::new(kiln_oci::media_types::OCI_MANIFEST, d.clone(), 2);
+        store
+            .tag("docker.io/library/app:1", "1", &manifest(&one))
+            .unwrap();
+        store
+            .tag("docker.io/library/app:1", "1", &manifest(&two))
+            .unwrap();
+        let images = store.images().unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].manifest.digest, two);
+        assert_eq!(images[0].manifest.ref_name(), Some("1"));
+        assert!(store.untag("docker.io/library/app:1").unwrap());
+        assert!(store.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_work_dirs_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let live = store.work_dir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp/work-dead")).unwrap();
+        let _again = Store::open(dir.path()).unwrap();
+        assert!(live.path().is_dir());
+        assert!(!dir.path().join("tmp/work-dead").exists());
+    }
+
+    #[test]
+    fn prune_keeps_what_tags_and_cache_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let orphan = store.put_blob(b"orphan").unwrap();
+        let layer = store.put_blob(b"layer").unwrap();
+        store
+            .cache_put(&CacheRecord {
+                key: "sha256:01".into(),
+                layer: Some(LayerRecord {
+                    digest: layer.to_string(),
+                    diff_id: "sha256:cd".into(),
+                    size: 5,
+                    media_type: "x".into(),
+                }),
+                created_by: "COPY".into(),
+                parts: vec![],
+                created: 0,
+            })
+            .unwrap();
+        fs::create_dir_all(store.snapshot_path("sha256:cd")).unwrap();
+        fs::create_dir_all(store.snapshot_path("sha256:ef")).unwrap();
+        let report = store.prune(false).unwrap();
+        assert_eq!((report.blobs, report.snapshots), (1, 1));
+        assert!(!store.has_blob(&orphan));
+        assert!(store.has_blob(&layer));
+        let report = store.prune(true).unwrap();
+        assert_eq!(
+            (report.cache_records, report.blobs, report.snapshots),
+            (1, 1, 1)
+        );
+        assert!(store.disk_usage().blob_count == 0);
+    }
+
+    #[test]
+    fn cache_records_need_their_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = store.put_blob(b"layer").unwrap();
+        let record = CacheRecord {
+            key: "sha256:00".into(),
+            layer: Some(LayerRecord {
+                digest: blob.to_string(),
+                diff_id: "sha256:ab".into(),
+                size: 5,
+                media_type: "x".into(),
+            }),
+            created_by: "COPY a b".into(),
+            parts: vec![],
+            created: 0,
+        };
+        store.cache_put(&record).unwrap();
+        assert_eq!(store.cache_get("sha256:00"), None, "no snapshot yet");
+        fs::create_dir_all(store.snapshot_path("sha256:ab")).unwrap();
+        assert_eq!(store.cache_get("sha256:00"), Some(record));
+    }
+}

@@ -1,0 +1,143 @@
+//! `kiln build`: plan, build, name, export.
+
+use crate::cli::{BuildArgs, ProgressMode};
+use crate::progress::Plain;
+use crate::recipe::{self, INVALID, USAGE};
+use kiln_build::output::{export, OutputSpec};
+use kiln_build::{build, BuildOptions, StoreImages};
+use kiln_context::Context;
+use kiln_layer::Compression;
+use kiln_oci::ImageName;
+use kiln_plan::Platform;
+use kiln_store::Store;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
+    if args.check {
+        return recipe::check(args);
+    }
+    // Usage problems are found before any work starts.
+    let mut names = Vec::new();
+    for tag in &args.tags {
+        match ImageName::parse_normalized(tag) {
+            Ok(name) => names.push(name),
+            Err(e) => return fail(USAGE, format!("-t {tag}: {e}")),
+        }
+    }
+    let mut outputs = Vec::new();
+    for output in &args.outputs {
+        match OutputSpec::parse(output) {
+            Ok(spec) => outputs.push(spec),
+            Err(e) => return fail(USAGE, format!("-o {output}: {e}")),
+        }
+    }
+    let source_date_epoch = match args.source_date_epoch {
+        Some(epoch) => Some(epoch),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(value) if !value.is_empty() => match value.parse() {
+                Ok(epoch) => Some(epoch),
+                Err(_) => {
+                    return fail(
+                        USAGE,
+                        format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"),
+                    )
+                }
+            },
+            _ => None,
+        },
+    };
+    let store = match Store::open(root) {
+        Ok(store) => store,
+        Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
+    };
+    let loaded = match recipe::load(args, &StoreImages { store: &store }) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let context = match Context::open(&args.context, loaded.recipe_path.as_deref()) {
+        Ok(context) => context,
+        Err(e) => {
+            return fail(
+                INVALID,
+                format!("build context {}: {e}", args.context.display()),
+            )
+        }
+    };
+    let platform = match args.platform.as_deref().map(Platform::parse).transpose() {
+        Ok(platform) => platform.unwrap_or_else(Platform::host),
+        Err(e) => return fail(USAGE, format!("--platform: {e}")),
+    };
+    let options = BuildOptions {
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        source_date_epoch,
+        compression: Compression::default(),
+        platform,
+    };
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let progress = Plain::new(quiet);
+    let built = match build(&loaded.plan, &store, &context, &options, &progress) {
+        Ok(built) => built,
+        Err(e) => return fail(INVALID, e),
+    };
+    for name in &names {
+        let tag = name.tag().unwrap_or("latest");
+        if let Err(e) = store.tag(&name.to_string(), tag, &built.manifest) {
+            return fail(INVALID, format!("tagging {name}: {e}"));
+        }
+    }
+    for spec in &outputs {
+        if let Err(e) = export(spec, &built, &store, &names) {
+            return fail(INVALID, e);
+        }
+    }
+    let image_id = built.config_descriptor.digest.to_string();
+    if let Some(path) = &args.iidfile {
+        if let Err(e) = std::fs::write(path, &image_id) {
+            return fail(INVALID, format!("--iidfile {}: {e}", path.display()));
+        }
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.config.digest": image_id,
+            "containerimage.digest": built.manifest.digest.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": built.manifest.media_type,
+                "digest": built.manifest.digest.to_string(),
+                "size": built.manifest.size,
+            },
+            "image.name": names.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "kiln.layers": built.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&metadata).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            return fail(INVALID, format!("--metadata-file {}: {e}", path.display()));
+        }
+    }
+    if quiet {
+        println!("{image_id}");
+    } else {
+        let short = image_id
+            .trim_start_matches("sha256:")
+            .get(..12)
+            .unwrap_or_default()
+            .to_string();
+        eprintln!(
+            "built {short} in {:.2}s: {} steps, {} cached, {} layers",
+            progress.elapsed(),
+            built.steps,
+            built.cached,
+            built.layers.len()
+        );
+        for name in &names {
+            eprintln!("tagged {name}");
+        }
+    }
+    ExitCode::SUCCESS
+}

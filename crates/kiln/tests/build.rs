@@ -1,0 +1,582 @@
+//! `kiln build` producing real images: read back, rebuilt from cache, reproduced, and
+//! checked by the tools people feed them to (skopeo, umoci) when those are installed.
+
+// Tests fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use kiln_oci::{read_oci_archive, ImageConfig, ReadOptions};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn kiln(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run kiln");
+    Run {
+        status: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A build context in a temp dir.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let full = dir.path().join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, content).unwrap();
+    }
+    dir
+}
+
+fn build(ctx: &Path, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let root = root.to_string_lossy().into_owned();
+    let mut args = vec!["--root", root.as_str(), "build"];
+    args.extend_from_slice(extra);
+    args.push(".");
+    let run = kiln(&args, ctx, env);
+    assert_eq!(run.status, 0, "build failed:\n{}", run.stderr);
+    run
+}
+
+/// Manifest, config and each layer's entries (path → content for files).
+struct Image {
+    config: ImageConfig,
+    layers: Vec<Vec<kiln_layer::EntrySummary>>,
+    manifest_digest: String,
+}
+
+fn read_image(archive: &Path) -> Image {
+    let image = read_oci_archive(archive, &ReadOptions::default()).unwrap();
+    let mut layers = Vec::new();
+    for (i, descriptor) in image.layers().iter().enumerate() {
+        let reader = image.open_layer(i).unwrap();
+        layers.push(kiln_layer::read_layer_entries(reader, &descriptor.media_type).unwrap());
+    }
+    Image {
+        config: image.config.clone(),
+        layers,
+        manifest_digest: image.image_ref().manifest.digest.to_string(),
+    }
+}
+
+fn paths(layer: &[kiln_layer::EntrySummary]) -> Vec<String> {
+    layer
+        .iter()
+        .map(|e| e.path_str().trim_end_matches('/').to_string())
+        .collect()
+}
+
+#[test]
+fn builds_the_hello_example_into_an_oci_archive() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("hello.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    build(&example, root.path(), &["-t", "hello:1", "-o", &dest], &[]);
+    let image = read_image(&archive);
+    let config = &image.config.config;
+    assert_eq!(config.cmd.as_deref(), Some(&["/hello.txt".to_string()][..]));
+    assert_eq!(
+        config
+            .labels
+            .get("org.opencontainers.image.title")
+            .map(String::as_str),
+        Some("hello from kiln")
+    );
+    assert!(config.env.contains(&"GREETING_FILE=/hello.txt".to_string()));
+    assert_eq!(config.working_dir, "/");
+    assert_eq!(image.layers.len(), 1);
+    assert_eq!(paths(&image.layers[0]), ["hello.txt"]);
+    let entry = &image.layers[0][0];
+    assert_eq!(
+        (entry.uid, entry.gid),
+        (0, 0),
+        "COPY makes files root-owned"
+    );
+    // One history entry per instruction; only COPY made a layer.
+    let history: Vec<(String, bool)> = image
+        .config
+        .history
+        .iter()
+        .map(|h| (h.created_by.clone().unwrap_or_default(), h.empty_layer))
+        .collect();
+    assert_eq!(history.len(), 5);
+    assert_eq!(history.iter().filter(|(_, empty)| !empty).count(), 1);
+    // The store knows the image by name.
+    let root_arg = root.path().to_string_lossy().into_owned();
+    let images = kiln(&["--root", &root_arg, "images"], &example, &[]);
+    assert!(images.stdout.contains("hello:1"), "{}", images.stdout);
+}
+
+#[test]
+fn cached_rebuild_runs_nothing_and_writes_the_same_bytes() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a.txt /a.txt\nENV X=1\nCOPY dir/ /dir/\n",
+        ),
+        ("a.txt", "A"),
+        ("dir/b", "B"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let first = build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=one.tar"],
+        &[],
+    );
+    assert!(
+        first.stderr.contains("running: not built before"),
+        "{}",
+        first.stderr
+    );
+    let second = build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=two.tar"],
+        &[],
+    );
+    assert!(
+        !second.stderr.contains("running:"),
+        "a step ran again:\n{}",
+        second.stderr
+    );
+    assert_eq!(
+        second.stderr.matches("CACHED").count(),
+        2,
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("2 cached"), "{}", second.stderr);
+    assert_eq!(
+        fs::read(ctx.path().join("one.tar")).unwrap(),
+        fs::read(ctx.path().join("two.tar")).unwrap()
+    );
+}
+
+#[test]
+fn touching_a_file_changes_nothing_and_editing_one_reruns_from_its_step() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a.txt /a\nCOPY src/ /src/\nCOPY c.txt /c\n",
+        ),
+        ("a.txt", "A"),
+        ("src/main.rs", "fn main() {}"),
+        ("c.txt", "C"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &[], &[]);
+    // Same bytes, new mtime and ctime.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(ctx.path().join("src/main.rs"), "fn main() {}").unwrap();
+    let touched = build(ctx.path(), root.path(), &[], &[]);
+    assert!(!touched.stderr.contains("running:"), "{}", touched.stderr);
+    fs::write(
+        ctx.path().join("src/main.rs"),
+        "fn main() { println!(\"changed\"); }",
+    )
+    .unwrap();
+    let edited = build(ctx.path(), root.path(), &[], &[]);
+    let lines: Vec<&str> = edited.stderr.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("#1 CACHED")),
+        "{}",
+        edited.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("#2 running:") && l.contains("file src/main.rs changed")),
+        "the miss must name the file:\n{}",
+        edited.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("#3 running: parent changed")),
+        "{}",
+        edited.stderr
+    );
+}
+
+#[test]
+fn build_arg_change_is_named_as_the_reason() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nARG VERSION=1\nCOPY a.txt /v$VERSION/a\n",
+        ),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &[], &[]);
+    let changed = build(ctx.path(), root.path(), &["--build-arg", "VERSION=2"], &[]);
+    assert!(
+        changed.stderr.contains("build arg VERSION changed"),
+        "{}",
+        changed.stderr
+    );
+}
+
+#[test]
+fn no_cache_runs_every_step() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &[], &[]);
+    let again = build(ctx.path(), root.path(), &["--no-cache"], &[]);
+    assert!(
+        again.stderr.contains("running: --no-cache"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn same_recipe_in_two_places_at_two_times_gives_the_same_digest() {
+    let files = [
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY --chmod=0755 tool /usr/bin/tool\nCOPY data/ /data/\nLABEL a=b\n",
+        ),
+        ("tool", "#!/bin/sh\n"),
+        ("data/x", "1"),
+        ("data/y/z", "2"),
+    ];
+    let one = context(&files);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let two = context(&files);
+    let mut digests = Vec::new();
+    for ctx in [&one, &two] {
+        let root = tempfile::tempdir().unwrap();
+        build(
+            ctx.path(),
+            root.path(),
+            &["-o", "type=oci,dest=image.tar"],
+            &[("SOURCE_DATE_EPOCH", "1700000000")],
+        );
+        let image = read_image(&ctx.path().join("image.tar"));
+        assert_eq!(
+            image.config.created.as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
+        assert!(image
+            .layers
+            .iter()
+            .flatten()
+            .all(|e| e.mtime <= 1_700_000_000));
+        digests.push(image.manifest_digest);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[test]
+fn stages_copy_from_each_other_and_the_store() {
+    let ctx = context(&[
+        ("base.Dockerfile", "FROM scratch\nCOPY etc/ /etc/\nWORKDIR /app\nCMD [\"base\"]\n"),
+        ("Dockerfile", "FROM kiln-test-base:1 AS one\nCOPY --chown=app:staff a.txt ./\nENTRYPOINT [\"/app/run\"]\n\nFROM scratch\nCOPY --from=one /app/ /copied/\nCOPY --from=one /etc/passwd /etc/\n"),
+        ("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n"),
+        ("etc/group", "root:x:0:\nstaff:x:50:\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-f", "base.Dockerfile", "-t", "kiln-test-base:1"],
+        &[],
+    );
+    build(
+        ctx.path(),
+        root.path(),
+        &["--target", "one", "-o", "type=oci,dest=one.tar"],
+        &[],
+    );
+    let one = read_image(&ctx.path().join("one.tar"));
+    assert_eq!(one.config.config.working_dir, "/app");
+    assert_eq!(
+        one.config.config.entrypoint.as_deref(),
+        Some(&["/app/run".to_string()][..])
+    );
+    assert_eq!(
+        one.config.config.cmd, None,
+        "ENTRYPOINT resets the inherited CMD"
+    );
+    let top = one.layers.last().unwrap();
+    let file = top
+        .iter()
+        .find(|e| e.path_str() == "app/a.txt")
+        .expect("a.txt in the top layer");
+    assert_eq!((file.uid, file.gid), (1000, 50));
+    build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=final.tar"],
+        &[],
+    );
+    let last = read_image(&ctx.path().join("final.tar"));
+    let all: Vec<String> = last.layers.iter().flat_map(|l| paths(l)).collect();
+    assert!(all.contains(&"copied/a.txt".to_string()), "{all:?}");
+    assert!(all.contains(&"etc/passwd".to_string()), "{all:?}");
+}
+
+#[test]
+fn dockerignore_keeps_files_out() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /ctx/\n"),
+        (".dockerignore", "secret.key\n*.log\n"),
+        ("keep.txt", "k"),
+        ("secret.key", "s"),
+        ("debug.log", "d"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=../out.tar"],
+        &[],
+    );
+    let image = read_image(&ctx.path().join("../out.tar"));
+    let all: Vec<String> = image.layers.iter().flat_map(|l| paths(l)).collect();
+    assert!(all.contains(&"ctx/keep.txt".to_string()), "{all:?}");
+    assert!(
+        !all.iter()
+            .any(|p| p.contains("secret") || p.ends_with(".log")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn run_and_missing_sources_fail_clearly_and_leave_the_store_usable() {
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY missing.txt /x\n")]);
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = root.path().to_string_lossy().into_owned();
+    let missing = kiln(&["--root", &root_arg, "build", "."], ctx.path(), &[]);
+    assert_eq!(missing.status, 1);
+    assert!(missing.stderr.contains("missing.txt"), "{}", missing.stderr);
+    fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nRUN echo hi\n").unwrap();
+    let run = kiln(&["--root", &root_arg, "build", "."], ctx.path(), &[]);
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr.contains("RUN needs kiln's sandbox"),
+        "{}",
+        run.stderr
+    );
+    let verify = kiln(&["--root", &root_arg, "verify"], ctx.path(), &[]);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
+}
+
+#[test]
+fn store_commands_round_trip() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\nCMD [\"x\"]\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-t", "app:1", "--iidfile", "iid"],
+        &[],
+    );
+    let iid = fs::read_to_string(ctx.path().join("iid")).unwrap();
+    assert!(iid.starts_with("sha256:") && iid.len() == 71, "{iid}");
+    assert_eq!(
+        kiln(&["--root", &r, "tag", "app:1", "app:2"], ctx.path(), &[]).status,
+        0
+    );
+    let inspect = kiln(&["--root", &r, "inspect", "app:2"], ctx.path(), &[]);
+    let json: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(json["Id"].as_str(), Some(iid.as_str()));
+    let history = kiln(&["--root", &r, "history", "app:1"], ctx.path(), &[]);
+    assert!(
+        history.stdout.contains("COPY a.txt /a") && history.stdout.contains("CMD [\"x\"]"),
+        "{}",
+        history.stdout
+    );
+    let save = kiln(
+        &["--root", &r, "save", "app:1", "-o", "saved.tar"],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(save.status, 0, "{}", save.stderr);
+    assert_eq!(
+        read_image(&ctx.path().join("saved.tar"))
+            .config
+            .config
+            .cmd
+            .as_deref(),
+        Some(&["x".to_string()][..])
+    );
+    assert_eq!(
+        kiln(&["--root", &r, "rmi", "app:1", "app:2"], ctx.path(), &[]).status,
+        0
+    );
+    let prune = kiln(&["--root", &r, "prune", "--all"], ctx.path(), &[]);
+    assert!(prune.stdout.contains("removed"), "{}", prune.stdout);
+    let du = kiln(&["--root", &r, "du"], ctx.path(), &[]);
+    let blobs_line = du
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("blobs"))
+        .unwrap_or_default();
+    assert_eq!(
+        blobs_line.split_whitespace().nth(1),
+        Some("0"),
+        "{}",
+        du.stdout
+    );
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// skopeo and umoci read what kiln writes; umoci unpacks the tree the recipe describes.
+#[test]
+fn consumers_accept_the_archive_and_the_store() {
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY app/ /app/\nCOPY --chmod=0755 run.sh /usr/local/bin/run\nCMD [\"/usr/local/bin/run\"]\n"), ("app/a.txt", "A"), ("app/sub/b.txt", "B"), ("run.sh", "#!/bin/sh\n")]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-t", "consumer:1", "-o", "type=oci,dest=image.tar"],
+        &[],
+    );
+    if have("skopeo") {
+        let archive = format!("oci-archive:{}", ctx.path().join("image.tar").display());
+        let out = Command::new("skopeo")
+            .args(["inspect", &archive])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let layout = format!("oci:{}:1", root.path().display());
+        let out = Command::new("skopeo")
+            .args(["inspect", &layout])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo reads the store as a layout: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("skipped skopeo: not installed");
+    }
+    if have("umoci") {
+        let layout = tempfile::tempdir().unwrap();
+        let layout_dir = layout.path().join("layout");
+        let copy = Command::new("cp")
+            .args([
+                "-a",
+                &root.path().display().to_string(),
+                &layout_dir.display().to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(copy.success());
+        let bundle = layout.path().join("bundle");
+        let out = Command::new("umoci")
+            .args([
+                "unpack",
+                "--rootless",
+                "--image",
+                &format!("{}:1", layout_dir.display()),
+                &bundle.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rootfs: PathBuf = bundle.join("rootfs");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("app/sub/b.txt")).unwrap(),
+            "B"
+        );
+        let mode = fs::metadata(rootfs.join("usr/local/bin/run")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o755
+        );
+    } else {
+        eprintln!("skipped umoci: not installed");
+    }
+}
+
+#[test]
+fn onbuild_triggers_of_a_store_image_run_in_the_child() {
+    let ctx = context(&[
+        (
+            "base.Dockerfile",
+            "FROM scratch\nENV FROM_BASE=yes\nONBUILD COPY trigger.txt /triggered\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM kiln-onbuild-base:1\nCOPY --chmod=0600 a.txt /a-$FROM_BASE\n",
+        ),
+        ("trigger.txt", "T"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-f", "base.Dockerfile", "-t", "kiln-onbuild-base:1"],
+        &[],
+    );
+    build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=child.tar"],
+        &[],
+    );
+    let child = read_image(&ctx.path().join("child.tar"));
+    let all: Vec<String> = child.layers.iter().flat_map(|l| paths(l)).collect();
+    assert!(
+        all.contains(&"triggered".to_string()),
+        "the trigger ran: {all:?}"
+    );
+    assert!(
+        all.contains(&"a-yes".to_string()),
+        "the base's ENV reached expansion: {all:?}"
+    );
+    assert!(
+        child.config.config.on_build.is_empty(),
+        "triggers do not pass to grandchildren"
+    );
+}

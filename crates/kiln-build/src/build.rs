@@ -60,6 +60,10 @@ pub trait Progress {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub manifest: Descriptor,
+    /// Where each layer is unpacked, first to last (for the flattened outputs).
+    pub snapshots: Vec<PathBuf>,
+    /// The build's SOURCE_DATE_EPOCH: outputs clamp file times to it as the layers do.
+    pub source_date_epoch: Option<i64>,
     pub config: ImageConfig,
     pub config_descriptor: Descriptor,
     pub layers: Vec<Descriptor>,
@@ -597,6 +601,8 @@ impl Builder<'_> {
         descriptor.platform = Some(config.platform());
         Ok(Built {
             manifest: descriptor,
+            snapshots: image.layers.iter().map(|l| l.snapshot.clone()).collect(),
+            source_date_epoch: self.options.source_date_epoch,
             config,
             config_descriptor,
             layers,

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod copy;
+pub mod flatten;
 pub mod image;
 pub mod output;
 pub mod rootfs;

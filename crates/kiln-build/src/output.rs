@@ -1,11 +1,14 @@
 //! Outputs in buildx's `-o` syntax: `type=oci,dest=out.tar`, `type=docker,dest=-`.
 
 use crate::build::Built;
+use crate::flatten::{flatten, Materialize};
+use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_oci::{
     write_docker_archive, write_oci_archive, ImageName, ImageRef, LayoutBlobs, WriteOptions,
 };
 use kiln_store::Store;
+use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -15,6 +18,12 @@ pub enum OutputKind {
     Oci,
     /// A `docker save` archive.
     Docker,
+    /// The image's filesystem, flattened, as one tar.
+    Tar,
+    /// The image's filesystem, flattened, into a directory.
+    Local,
+    /// Every layer as its own tarball, plus `layers.json` describing them.
+    Layers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +56,13 @@ impl OutputSpec {
                     kind = Some(match value {
                         "oci" => OutputKind::Oci,
                         "docker" => OutputKind::Docker,
-                        "tar" | "local" | "layers" | "registry" | "image" => {
-                            return Err(format!("output type {value:?} is not available in this version; use type=oci or type=docker"))
+                        "tar" => OutputKind::Tar,
+                        "local" => OutputKind::Local,
+                        "layers" => OutputKind::Layers,
+                        "registry" | "image" => {
+                            return Err(format!("output type {value:?} is not available in this version; use oci, docker, tar, local or layers"))
                         }
-                        other => return Err(format!("unknown output type {other:?} (use oci or docker)")),
+                        other => return Err(format!("unknown output type {other:?} (use oci, docker, tar, local or layers)")),
                     })
                 }
                 "dest" => {
@@ -84,6 +96,12 @@ pub fn export(
     store: &Store,
     names: &[ImageName],
 ) -> Result<(), BuildError> {
+    match spec.kind {
+        OutputKind::Local => return export_local(&spec.destination, built),
+        OutputKind::Tar => return export_tar(&spec.destination, built, store),
+        OutputKind::Layers => return export_layers(&spec.destination, built, store),
+        OutputKind::Oci | OutputKind::Docker => {}
+    }
     let mut all = names.to_vec();
     for name in &spec.names {
         all.push(
@@ -110,11 +128,20 @@ pub fn export_image(
     let options = WriteOptions::from_env().map_err(|e| BuildError::Image(e.to_string()))?;
     let write = |out: &mut dyn Write| -> Result<(), BuildError> {
         let result = match kind {
-            OutputKind::Oci => write_oci_archive(out, &image, &blobs, &options),
             OutputKind::Docker => write_docker_archive(out, &image, &blobs, &options),
+            _ => write_oci_archive(out, &image, &blobs, &options),
         };
         result.map_err(|e| BuildError::Image(format!("writing the archive: {e}")))
     };
+    write_to(destination, write)
+}
+
+/// Runs `write` against the destination: standard output, or a temp file beside the target
+/// renamed into place when complete, so a failed build never leaves half a file.
+fn write_to(
+    destination: &Destination,
+    write: impl Fn(&mut dyn Write) -> Result<(), BuildError>,
+) -> Result<(), BuildError> {
     match destination {
         Destination::Stdout => {
             let stdout = std::io::stdout();
@@ -142,6 +169,108 @@ pub fn export_image(
             Ok(())
         }
     }
+}
+
+fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn rootfs_of(built: &Built) -> Rootfs {
+    Rootfs::new(built.snapshots.clone())
+}
+
+/// `type=local`: the flattened filesystem in a directory, which must be new or empty (so a
+/// typo never mixes an image into unrelated files).
+fn export_local(destination: &Destination, built: &Built) -> Result<(), BuildError> {
+    let Destination::File(dir) = destination else {
+        return Err(BuildError::Image("type=local needs dest=DIR".into()));
+    };
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    if fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
+        return Err(BuildError::Image(format!(
+            "type=local: {} is not empty",
+            dir.display()
+        )));
+    }
+    flatten(&rootfs_of(built), dir, Materialize::Copy)?;
+    Ok(())
+}
+
+/// `type=tar`: the flattened filesystem as one uncompressed tar, with the same deterministic
+/// headers as layers. The tree is assembled from hardlinks in a private work area.
+fn export_tar(destination: &Destination, built: &Built, store: &Store) -> Result<(), BuildError> {
+    let work = store.work_dir().map_err(BuildError::Store)?;
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).map_err(io_at(&tree))?;
+    flatten(&rootfs_of(built), &tree, Materialize::Hardlink)?;
+    let epoch = built.source_date_epoch;
+    write_to(destination, |out| {
+        let entries =
+            kiln_layer::list_entries(&tree).map_err(|e| BuildError::Layer(e.to_string()))?;
+        kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
+            .map_err(|e| BuildError::Layer(e.to_string()))
+    })
+}
+
+/// `type=layers`: every layer blob as its own file plus `layers.json`, for tools that want
+/// layers rather than images.
+fn export_layers(
+    destination: &Destination,
+    built: &Built,
+    store: &Store,
+) -> Result<(), BuildError> {
+    let Destination::File(dir) = destination else {
+        return Err(BuildError::Image("type=layers needs dest=DIR".into()));
+    };
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let made_by: Vec<String> = built
+        .config
+        .history
+        .iter()
+        .filter(|h| !h.empty_layer)
+        .map(|h| h.created_by.clone().unwrap_or_default())
+        .collect();
+    let mut listed = Vec::new();
+    for (i, (layer, diff_id)) in built
+        .layers
+        .iter()
+        .zip(&built.config.rootfs.diff_ids)
+        .enumerate()
+    {
+        let extension = match layer.media_type.as_str() {
+            t if t.ends_with("+gzip") || t.ends_with(".gzip") => "tar.gz",
+            t if t.ends_with("+zstd") => "tar.zst",
+            _ => "tar",
+        };
+        let file = format!("{:03}-{}.{extension}", i + 1, layer.digest.hex());
+        let target = dir.join(&file);
+        let mut input = store.open_blob(&layer.digest).map_err(BuildError::Store)?;
+        let mut output = tempfile::NamedTempFile::new_in(dir).map_err(io_at(dir))?;
+        std::io::copy(&mut input, output.as_file_mut()).map_err(io_at(&target))?;
+        output
+            .persist(&target)
+            .map_err(|e| io_at(&target)(e.error))?;
+        listed.push(serde_json::json!({
+            "file": file,
+            "digest": layer.digest.to_string(),
+            "diff_id": diff_id.to_string(),
+            "media_type": layer.media_type,
+            "size": layer.size,
+            "created_by": made_by.get(i).cloned().unwrap_or_default(),
+        }));
+    }
+    let index = serde_json::json!({
+        "manifest": built.manifest.digest.to_string(),
+        "config": built.config_descriptor.digest.to_string(),
+        "layers": listed,
+    });
+    let text =
+        serde_json::to_string_pretty(&index).map_err(|e| BuildError::Image(e.to_string()))?;
+    let path = dir.join("layers.json");
+    fs::write(&path, text + "\n").map_err(io_at(&path))
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use kiln_store::Store;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// The most layers `docker load` accepts.
+const DOCKER_MAX_LAYERS: usize = 125;
+
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(code)
@@ -91,6 +94,16 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         if let Err(e) = store.tag(&name.to_string(), tag, &built.manifest) {
             return fail(INVALID, format!("tagging {name}: {e}"));
         }
+    }
+    // Docker refuses images deeper than 125 layers; say so before someone tries to load one.
+    let for_docker = outputs
+        .iter()
+        .any(|o| o.kind == kiln_build::output::OutputKind::Docker);
+    if for_docker && built.layers.len() > DOCKER_MAX_LAYERS {
+        eprintln!(
+            "warning: the image has {} layers; docker cannot load more than {DOCKER_MAX_LAYERS} (merge steps to have fewer)",
+            built.layers.len()
+        );
     }
     for spec in &outputs {
         if let Err(e) = export(spec, &built, &store, &names) {

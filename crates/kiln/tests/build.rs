@@ -580,3 +580,229 @@ fn onbuild_triggers_of_a_store_image_run_in_the_child() {
         "triggers do not pass to grandchildren"
     );
 }
+
+#[test]
+fn flattened_and_per_layer_outputs() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a/ /a/\nCOPY --chmod=0600 b.txt /a/b.txt\nCOPY c.txt /c.txt\n",
+        ),
+        ("a/one", "1"),
+        ("a/b.txt", "old"),
+        ("b.txt", "new"),
+        ("c.txt", "C"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("rootfs");
+    let tar = out.path().join("fs.tar");
+    let layers = out.path().join("layers");
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "-o",
+            &format!("type=tar,dest={}", tar.display()),
+            "-o",
+            &format!("type=layers,dest={}", layers.display()),
+        ],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    // The upper layer's b.txt wins, with its mode.
+    assert_eq!(fs::read_to_string(local.join("a/b.txt")).unwrap(), "new");
+    assert_eq!(fs::read_to_string(local.join("a/one")).unwrap(), "1");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(local.join("a/b.txt")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let listing = Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for path in ["a/", "a/b.txt", "a/one", "c.txt"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {path}"))),
+            "{path} missing in:\n{listing}"
+        );
+    }
+    assert!(
+        listing.contains("2023-11-14"),
+        "times are clamped to SOURCE_DATE_EPOCH:\n{listing}"
+    );
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(layers.join("layers.json")).unwrap()).unwrap();
+    let listed = index["layers"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        listed[1]["created_by"].as_str(),
+        Some("COPY --chmod=0600 b.txt /a/b.txt")
+    );
+    for layer in listed {
+        let file = layers.join(layer["file"].as_str().unwrap());
+        let bytes = fs::read(&file).unwrap();
+        assert_eq!(
+            kiln_oci::sha256_digest(&bytes).to_string(),
+            layer["digest"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn local_output_matches_what_umoci_unpacks() {
+    if !have("umoci") {
+        eprintln!("skipped: umoci not installed");
+        return;
+    }
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY tree/ /srv/\nCOPY --chmod=4755 tool /usr/bin/tool\n",
+        ),
+        ("tree/x/y", "Y"),
+        ("tree/z", "Z"),
+        ("tool", "T"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("local");
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "-t",
+            "cmp:1",
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+        ],
+        &[],
+    );
+    let bundle = out.path().join("bundle");
+    let layout = format!("{}:1", root.path().display());
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image", &layout, &bundle.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    let describe = |base: &Path| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![base.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.path().symlink_metadata().unwrap();
+                let relative = entry
+                    .path()
+                    .strip_prefix(base)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                use std::os::unix::fs::MetadataExt;
+                let content = if meta.is_file() {
+                    fs::read_to_string(entry.path()).unwrap()
+                } else {
+                    String::new()
+                };
+                found.push(format!(
+                    "{relative} {:o} {}:{} {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid()
+                ));
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    assert_eq!(describe(&local), describe(&bundle.join("rootfs")));
+}
+
+#[test]
+fn podman_loads_both_archive_formats() {
+    if !have("podman") {
+        eprintln!("skipped: podman not installed");
+        return;
+    }
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a.txt /a.txt\nCMD [\"/a.txt\"]\n",
+        ),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "-t",
+            "kiln-podman:1",
+            "-o",
+            "type=oci,dest=oci.tar",
+            "-o",
+            "type=docker,dest=docker.tar",
+            "--iidfile",
+            "iid",
+        ],
+        &[],
+    );
+    let iid = fs::read_to_string(ctx.path().join("iid")).unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    for archive in ["oci.tar", "docker.tar"] {
+        let out = Command::new("podman")
+            .args([
+                "--root",
+                &storage.path().join("root").display().to_string(),
+                "--runroot",
+                &storage.path().join("run").display().to_string(),
+                "--storage-driver",
+                "vfs",
+                "load",
+                "-i",
+            ])
+            .arg(ctx.path().join(archive))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "podman load {archive}: {text}");
+        assert!(
+            text.contains(iid.trim_start_matches("sha256:")) || text.contains("kiln-podman"),
+            "{archive}: {text}"
+        );
+    }
+}
+
+#[test]
+fn docker_output_warns_past_125_layers() {
+    let mut recipe = String::from("FROM scratch\n");
+    for i in 0..126 {
+        recipe.push_str(&format!("COPY a.txt /l{i}\n"));
+    }
+    let ctx = context(&[("Dockerfile", &recipe), ("a.txt", "A")]);
+    let root = tempfile::tempdir().unwrap();
+    let run = build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=docker,dest=d.tar"],
+        &[],
+    );
+    assert!(
+        run.stderr
+            .contains("warning: the image has 126 layers; docker cannot load more than 125"),
+        "{}",
+        run.stderr
+    );
+    let oci_only = build(ctx.path(), root.path(), &["-o", "type=oci,dest=o.tar"], &[]);
+    assert!(!oci_only.stderr.contains("docker cannot load"));
+}

@@ -604,6 +604,44 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Copies an image read from an archive into the store: every blob is checked against its
+    /// descriptor while it is copied, and nothing is named until all of it is in. Returns the
+    /// manifest's descriptor (its layers are not unpacked: that happens when a build uses them).
+    pub fn import(&self, image: &kiln_oci::ArchiveImage) -> Result<Descriptor> {
+        for (i, layer) in image.layers().iter().enumerate() {
+            if self.has_blob(&layer.digest) {
+                continue;
+            }
+            let path = self.blob_path(&layer.digest);
+            let oci = |source| StoreError::Oci {
+                path: path.clone(),
+                source,
+            };
+            let mut reader = image.open_layer(i).map_err(oci)?;
+            let mut temp = self.blob_writer()?;
+            // The verifying reader fails at its end if the bytes do not match the digest.
+            io::copy(&mut reader, temp.as_file_mut()).map_err(io_at(&path))?;
+            self.commit_blob(temp, &layer.digest)?;
+        }
+        for (bytes, expected) in [
+            (&image.config_bytes, &image.manifest.config.digest),
+            (&image.manifest_bytes, &image.manifest_descriptor.digest),
+        ] {
+            let actual = self.put_blob(bytes)?;
+            if &actual != expected {
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        let mut descriptor = image.manifest_descriptor.clone();
+        descriptor.annotations.clear();
+        Ok(descriptor)
+    }
+}
+
 /// A work directory; gone when dropped.
 pub struct WorkDir {
     dir: tempfile::TempDir,

@@ -49,6 +49,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
         format: ArchiveKind,
     },
+    /// Read an image archive (OCI or docker format) into the store.
+    Load {
+        /// The archive to read.
+        #[arg(short = 'i', long = "input", value_name = "FILE")]
+        input: PathBuf,
+        /// Name the image (besides the names the archive carries).
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tags: Vec<String>,
+    },
     /// Remove blobs, snapshots and cache records no image or cache record needs.
     Prune {
         /// Also drop the whole build cache.

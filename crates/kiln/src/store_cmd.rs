@@ -183,6 +183,40 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
             export_image(kind, &destination, &tagged.manifest, store, &[name])
                 .map_err(|e| fail(INVALID, e))
         }
+        Command::Load { input, tags } => {
+            let options = kiln_oci::ReadOptions::default();
+            let image = match kiln_oci::read_oci_archive(input, &options) {
+                Ok(image) => image,
+                Err(oci_error) => kiln_oci::read_docker_archive(input, &options).map_err(|docker_error| {
+                    fail(
+                        INVALID,
+                        format!("{}: neither an OCI archive ({oci_error}) nor a docker archive ({docker_error})", input.display()),
+                    )
+                })?,
+            };
+            let manifest = store
+                .import(&image)
+                .map_err(|e| fail(INVALID, format!("{}: {e}", input.display())))?;
+            let mut names: Vec<ImageName> = image
+                .names
+                .iter()
+                .filter_map(|n| ImageName::parse_normalized(n).ok())
+                .collect();
+            for tag in tags {
+                names.push(full_name(tag)?);
+            }
+            for name in &names {
+                let tag = name.tag().unwrap_or("latest");
+                store
+                    .tag(&name.to_string(), tag, &manifest)
+                    .map_err(|e| fail(INVALID, e))?;
+                println!("loaded {}", name.familiar());
+            }
+            if names.is_empty() {
+                println!("loaded {} (no name: give one with -t)", manifest.digest);
+            }
+            Ok(())
+        }
         Command::Prune { all } => {
             let report = store.prune(*all).map_err(|e| fail(INVALID, e))?;
             println!(

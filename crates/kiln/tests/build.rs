@@ -806,3 +806,180 @@ fn docker_output_warns_past_125_layers() {
     let oci_only = build(ctx.path(), root.path(), &["-o", "type=oci,dest=o.tar"], &[]);
     assert!(!oci_only.stderr.contains("docker cannot load"));
 }
+
+#[test]
+fn load_reads_archives_back_into_an_empty_store_and_refuses_tampered_ones() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a.txt /a.txt\nCMD [\"/a.txt\"]\n",
+        ),
+        ("a.txt", "A"),
+    ]);
+    let built_root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        built_root.path(),
+        &[
+            "-t",
+            "moved:1",
+            "-o",
+            "type=oci,dest=oci.tar",
+            "-o",
+            "type=docker,dest=docker.tar",
+            "--iidfile",
+            "iid",
+        ],
+        &[],
+    );
+    let iid = fs::read_to_string(ctx.path().join("iid")).unwrap();
+    for archive in ["oci.tar", "docker.tar"] {
+        let fresh = tempfile::tempdir().unwrap();
+        let r = fresh.path().to_string_lossy().into_owned();
+        let load = kiln(&["--root", &r, "load", "-i", archive], ctx.path(), &[]);
+        assert_eq!(load.status, 0, "{archive}: {}", load.stderr);
+        assert!(
+            load.stdout.contains("loaded moved:1"),
+            "{archive}: {}",
+            load.stdout
+        );
+        let inspect = kiln(&["--root", &r, "inspect", "moved:1"], ctx.path(), &[]);
+        let json: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+        assert_eq!(
+            json["Id"].as_str(),
+            Some(iid.as_str()),
+            "{archive}: the image ID survives the trip"
+        );
+        assert_eq!(kiln(&["--root", &r, "verify"], ctx.path(), &[]).status, 0);
+    }
+    // Flip one byte inside the layer blob of the OCI archive: load must refuse it and name nothing.
+    let mut bytes = fs::read(ctx.path().join("oci.tar")).unwrap();
+    let image = read_oci_archive(ctx.path().join("oci.tar"), &ReadOptions::default()).unwrap();
+    let layer_hex = image.layers()[0].digest.hex().to_string();
+    let name = format!("blobs/sha256/{layer_hex}");
+    let header_at = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap();
+    let data_at = header_at + 512 + 20;
+    bytes[data_at] ^= 0xff;
+    fs::write(ctx.path().join("tampered.tar"), &bytes).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let r = fresh.path().to_string_lossy().into_owned();
+    let load = kiln(
+        &["--root", &r, "load", "-i", "tampered.tar"],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(load.status, 1, "{}", load.stdout);
+    let images = kiln(&["--root", &r, "images"], ctx.path(), &[]);
+    assert!(!images.stdout.contains("moved"), "{}", images.stdout);
+}
+
+#[test]
+fn concurrent_builds_share_one_store() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a/ /a/\nCOPY b.txt /b\n"),
+        ("a/x", "X"),
+        ("b.txt", "B"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    // Eight builds at once, half of them ignoring the cache so layers are written concurrently.
+    let spawned: Vec<_> = (0..8)
+        .map(|i| {
+            let mut args = vec!["--root".to_string(), r.clone(), "build".to_string()];
+            if i % 2 == 1 {
+                args.push("--no-cache".to_string());
+            }
+            args.extend([
+                "-t".to_string(),
+                format!("same:{i}"),
+                "--iidfile".to_string(),
+                format!("iid{i}"),
+                ".".to_string(),
+            ]);
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(&args)
+                .current_dir(ctx.path())
+                .env("SOURCE_DATE_EPOCH", "0")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in spawned {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ids: std::collections::BTreeSet<String> = (0..8)
+        .map(|i| fs::read_to_string(ctx.path().join(format!("iid{i}"))).unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "every build made the same image: {ids:?}");
+    let images = kiln(&["--root", &r, "images"], ctx.path(), &[]);
+    assert_eq!(
+        images
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("same:"))
+            .count(),
+        8,
+        "{}",
+        images.stdout
+    );
+    assert_eq!(kiln(&["--root", &r, "verify"], ctx.path(), &[]).status, 0);
+}
+
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage() {
+    let ctx = context(&[("Dockerfile", "FROM scratch AS one\nCOPY a.txt /a\nFROM scratch AS two\nCOPY --from=one /a /b\nCOPY a.txt /c\n"), ("a.txt", "A")]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &[], &[]);
+    let run = build(ctx.path(), root.path(), &["--no-cache-filter", "two"], &[]);
+    assert!(run.stderr.contains("#1 CACHED"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("#2 running: --no-cache")
+            && run.stderr.contains("#3 running: --no-cache"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_failed_build_leaves_the_store_as_it_was() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a.txt /a\nCOPY missing /m\n",
+        ),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    let failed = kiln(
+        &["--root", &r, "build", "-t", "broken:1", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(failed.status, 1);
+    assert!(
+        failed
+            .stderr
+            .contains("\"missing\": not found in the build context"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(
+        fs::read_dir(root.path().join("tmp")).unwrap().count(),
+        0,
+        "no work area is left behind"
+    );
+    assert!(!kiln(&["--root", &r, "images"], ctx.path(), &[])
+        .stdout
+        .contains("broken"));
+    assert_eq!(kiln(&["--root", &r, "verify"], ctx.path(), &[]).status, 0);
+}

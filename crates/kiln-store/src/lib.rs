@@ -81,6 +81,9 @@ pub struct Tagged {
 
 pub struct Store {
     root: PathBuf,
+    /// This process's locked work area: every temp file goes in here, so another build's
+    /// cleanup never takes a file that is still being written.
+    session: WorkDir,
 }
 
 /// Held while `index.json` is read and rewritten, so concurrent builds don't lose tags.
@@ -110,8 +113,10 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_at(&path))?;
         }
+        clean_tmp(&root.join("tmp"));
         let store = Store {
             root: root.to_path_buf(),
+            session: new_work_dir(&root.join("tmp"))?,
         };
         let layout = root.join("oci-layout");
         if !layout.exists() {
@@ -129,7 +134,6 @@ impl Store {
                 store.write_index(&Index::new(Vec::new()))?;
             }
         }
-        store.clean_tmp();
         Ok(store)
     }
 
@@ -137,44 +141,13 @@ impl Store {
         &self.root
     }
 
-    /// Removes work areas of builds that are gone: each work area holds a lock file while in use.
-    fn clean_tmp(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let lock_path = path.join(".lock");
-            let in_use = File::open(&lock_path)
-                .ok()
-                .map(|f| {
-                    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockShared)
-                        .is_err()
-                })
-                .unwrap_or(false);
-            if !in_use {
-                let _ = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-            }
-        }
-    }
-
-    /// A private work directory under tmp/, removed when dropped (or by the next open if the
-    /// process dies).
+    /// A private work directory inside this process's work area, removed when dropped.
     pub fn work_dir(&self) -> Result<WorkDir> {
-        let tmp = self.root.join("tmp");
         let dir = tempfile::Builder::new()
             .prefix("work-")
-            .tempdir_in(&tmp)
-            .map_err(io_at(&tmp))?;
-        let lock_path = dir.path().join(".lock");
-        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
-        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_at(&lock_path)(e.into()))?;
-        Ok(WorkDir { dir, _lock: lock })
+            .tempdir_in(self.session.path())
+            .map_err(io_at(self.session.path()))?;
+        Ok(WorkDir { dir, _lock: None })
     }
 
     pub fn lock(&self) -> Result<Lock> {
@@ -192,8 +165,8 @@ impl Store {
 
     /// Writes `bytes` to `path` through a temp file in tmp/: fsync, rename, fsync the directory.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let tmp = self.root.join("tmp");
-        let mut file = tempfile::NamedTempFile::new_in(&tmp).map_err(io_at(&tmp))?;
+        let tmp = self.session.path();
+        let mut file = tempfile::NamedTempFile::new_in(tmp).map_err(io_at(tmp))?;
         file.write_all(bytes).map_err(io_at(file.path()))?;
         file.as_file().sync_all().map_err(io_at(path))?;
         file.persist(path).map_err(|e| io_at(path)(e.error))?;
@@ -221,8 +194,8 @@ impl Store {
 
     /// A temp file in tmp/ to stream a blob into; [`Store::commit_blob`] moves it into place.
     pub fn blob_writer(&self) -> Result<tempfile::NamedTempFile> {
-        let tmp = self.root.join("tmp");
-        tempfile::NamedTempFile::new_in(&tmp).map_err(io_at(&tmp))
+        let tmp = self.session.path();
+        tempfile::NamedTempFile::new_in(tmp).map_err(io_at(tmp))
     }
 
     /// Moves a fully written temp file into blobs/ under the digest its writer computed.
@@ -645,7 +618,62 @@ impl Store {
 /// A work directory; gone when dropped.
 pub struct WorkDir {
     dir: tempfile::TempDir,
-    _lock: File,
+    /// Held by a process's top work area for as long as the process uses it.
+    _lock: Option<File>,
+}
+
+/// A work area of this process under `tmp`, holding an exclusive lock on its `.lock` file.
+fn new_work_dir(tmp: &Path) -> Result<WorkDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(tmp)
+        .map_err(io_at(tmp))?;
+    let lock_path = dir.path().join(".lock");
+    let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+    rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_at(&lock_path)(e.into()))?;
+    Ok(WorkDir {
+        dir,
+        _lock: Some(lock),
+    })
+}
+
+/// How long an unlocked entry of tmp/ is left alone: it may be a work area another process is
+/// creating this instant, between making the directory and locking it.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes work areas of processes that are gone: their lock is free and they are not fresh.
+fn clean_tmp(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let fresh = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < FRESH);
+        if fresh {
+            continue;
+        }
+        let removable = match File::open(path.join(".lock")) {
+            Ok(lock) => rustix::fs::flock(
+                lock.as_fd(),
+                rustix::fs::FlockOperation::NonBlockingLockShared,
+            )
+            .is_ok(),
+            Err(_) => true,
+        };
+        if removable {
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
 }
 
 impl WorkDir {
@@ -718,14 +746,34 @@ mod tests {
     }
 
     #[test]
-    fn stale_work_dirs_are_removed_and_live_ones_kept() {
+    fn stale_work_areas_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let live = store.work_dir().unwrap();
-        fs::create_dir_all(dir.path().join("tmp/work-dead")).unwrap();
+        // A dead process's area: a lock file nobody holds.
+        fs::create_dir_all(dir.path().join("tmp/build-dead")).unwrap();
+        fs::write(dir.path().join("tmp/build-dead/.lock"), "").unwrap();
+        let old = rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            dir.path().join("tmp/build-dead"),
+            &times,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        // An area being created right now, before its lock exists: too fresh to touch.
+        fs::create_dir_all(dir.path().join("tmp/build-new")).unwrap();
         let _again = Store::open(dir.path()).unwrap();
         assert!(live.path().is_dir());
-        assert!(!dir.path().join("tmp/work-dead").exists());
+        assert!(!dir.path().join("tmp/build-dead").exists());
+        assert!(dir.path().join("tmp/build-new").exists());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     pub compression: Compression,
     pub platform: Platform,
+    /// Merge the layers this recipe adds into one.
+    pub squash: bool,
 }
 
 /// What progress displays hear about.
@@ -90,6 +92,9 @@ struct StageImage {
     /// When the newest layer so far was made: history times come from the layers, so a
     /// cached rebuild gives the same image.
     time: i64,
+    /// Layers and history entries that came from the base image (not from this recipe).
+    base_layers: usize,
+    base_history: usize,
 }
 
 impl StageImage {
@@ -179,6 +184,8 @@ impl Builder<'_> {
                     chain_key: key.finish(),
                     cmd_set: false,
                     time: self.options.source_date_epoch.unwrap_or(0),
+                    base_layers: 0,
+                    base_history: 0,
                 })
             }
             Base::Stage(parent) => {
@@ -250,12 +257,15 @@ impl Builder<'_> {
                 .and_then(parse_rfc3339)
                 .unwrap_or(0)
         });
+        let (base_layers, base_history) = (layers.len(), config.history.len());
         Ok(StageImage {
             config,
             layers,
             chain_key: key.finish(),
             cmd_set: false,
             time,
+            base_layers,
+            base_history,
         })
     }
 
@@ -566,6 +576,11 @@ impl Builder<'_> {
     }
 
     fn finish(&self, image: StageImage) -> Result<Built, BuildError> {
+        let image = if self.options.squash {
+            self.squash(image)?
+        } else {
+            image
+        };
         let mut config = image.config;
         // An image of metadata alone has no layer time to inherit: it is made now.
         let created = if image.time == 0 && self.options.source_date_epoch.is_none() {
@@ -609,6 +624,69 @@ impl Builder<'_> {
             steps: self.number,
             cached: self.cached,
         })
+    }
+}
+
+impl Builder<'_> {
+    /// `--squash`: the layers this recipe added become one, made by applying each in order as
+    /// overlayfs would (whiteouts remove, opaque directories replace). History keeps every
+    /// instruction; the squashed ones are marked empty and one entry says what was merged.
+    fn squash(&self, mut image: StageImage) -> Result<StageImage, BuildError> {
+        let added = image.layers.len().saturating_sub(image.base_layers);
+        if added < 2 {
+            return Ok(image);
+        }
+        let work = self.store.work_dir().map_err(BuildError::store)?;
+        let merged = work.path().join("merged");
+        std::fs::create_dir(&merged).map_err(|e| BuildError::Io {
+            path: merged.clone(),
+            source: e,
+        })?;
+        let base = Rootfs::new(
+            image.layers[..image.base_layers]
+                .iter()
+                .map(|l| l.snapshot.clone())
+                .collect(),
+        );
+        for layer in &image.layers[image.base_layers..] {
+            crate::squash::apply_layer(&layer.snapshot, &merged, &base)?;
+        }
+        let options = LayerOptions {
+            compression: self.options.compression,
+            source_date_epoch: self.options.source_date_epoch,
+            threads: 0,
+        };
+        let blob = self.store.blob_writer().map_err(BuildError::store)?;
+        let (layer, blob) =
+            write_layer(&merged, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
+        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        let diff_id =
+            Digest::parse(&layer.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+        self.store
+            .commit_blob(blob, &digest)
+            .map_err(BuildError::store)?;
+        let snapshot = self
+            .store
+            .commit_snapshot(&merged, &layer.diff_id)
+            .map_err(BuildError::store)?;
+        image.layers.truncate(image.base_layers);
+        image.layers.push(LayerRef {
+            descriptor: Descriptor::new(layer.media_type, digest, layer.size),
+            snapshot,
+        });
+        image.config.rootfs.diff_ids.truncate(image.base_layers);
+        image.config.rootfs.diff_ids.push(diff_id);
+        for entry in image.config.history.iter_mut().skip(image.base_history) {
+            entry.empty_layer = true;
+        }
+        image.config.history.push(kiln_oci::History {
+            created: Some(rfc3339(image.time)),
+            created_by: Some(format!(
+                "kiln build --squash: {added} layers merged into one"
+            )),
+            ..kiln_oci::History::default()
+        });
+        Ok(image)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod flatten;
 pub mod image;
 pub mod output;
 pub mod rootfs;
+pub mod squash;
 
 pub use build::{build, BuildOptions, Built, Event, Progress, StoreImages};
 

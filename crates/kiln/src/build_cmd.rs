@@ -82,6 +82,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         source_date_epoch,
         compression: Compression::default(),
         platform,
+        squash: args.squash,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let progress = Plain::new(quiet);

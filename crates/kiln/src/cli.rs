@@ -131,6 +131,10 @@ pub struct BuildArgs {
     #[arg(long = "source-date-epoch", value_name = "SECONDS")]
     pub source_date_epoch: Option<i64>,
 
+    /// Merge the layers this recipe adds into one (the base image's layers stay as they are).
+    #[arg(long)]
+    pub squash: bool,
+
     /// Write the image ID (config digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,

@@ -983,3 +983,58 @@ fn a_failed_build_leaves_the_store_as_it_was() {
         .contains("broken"));
     assert_eq!(kiln(&["--root", &r, "verify"], ctx.path(), &[]).status, 0);
 }
+
+#[test]
+fn squash_merges_the_recipes_layers_over_the_base() {
+    let ctx = context(&[
+        ("base.Dockerfile", "FROM scratch\nCOPY base.txt /base.txt\n"),
+        (
+            "Dockerfile",
+            "FROM squash-base:1\nCOPY a.txt /a\nCOPY b.txt /b\nCOPY b.txt /a\nENV X=1\n",
+        ),
+        ("base.txt", "base"),
+        ("a.txt", "A"),
+        ("b.txt", "B"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-f", "base.Dockerfile", "-t", "squash-base:1"],
+        &[],
+    );
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "--squash",
+            "-o",
+            "type=oci,dest=squashed.tar",
+            "-o",
+            "type=local,dest=tree",
+        ],
+        &[],
+    );
+    let image = read_image(&ctx.path().join("squashed.tar"));
+    assert_eq!(
+        image.layers.len(),
+        2,
+        "the base layer plus one merged layer"
+    );
+    assert_eq!(paths(&image.layers[1]), ["a", "b"]);
+    assert_eq!(fs::read_to_string(ctx.path().join("tree/a")).unwrap(), "B");
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("tree/base.txt")).unwrap(),
+        "base"
+    );
+    let history = &image.config.history;
+    assert_eq!(history.iter().filter(|h| !h.empty_layer).count(), 2);
+    assert!(history
+        .last()
+        .unwrap()
+        .created_by
+        .as_deref()
+        .unwrap()
+        .contains("3 layers merged"));
+    assert_eq!(image.config.rootfs.diff_ids.len(), 2);
+}

@@ -1,0 +1,190 @@
+//! Merging layer snapshots into one, as overlayfs stacks them, for `--squash`.
+//!
+//! The merged directory is itself a snapshot in overlay form: a path a later layer deleted is
+//! gone, and stays a whiteout only if the base image (below the squashed layers) has it, so the
+//! deletion still shows. Files are hardlinked from the snapshots, which are never modified.
+
+use crate::rootfs::Rootfs;
+use crate::BuildError;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+fn io_at(path: &Path, error: io::Error) -> BuildError {
+    BuildError::Io {
+        path: path.to_path_buf(),
+        source: error,
+    }
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let mut value = [0u8; 4];
+            matches!(rustix::fs::lgetxattr(dir, *name, &mut value), Ok(1) if value[0] == b'y')
+        })
+}
+
+fn remove(path: &Path) -> Result<(), BuildError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(|e| io_at(path, e)),
+        Ok(_) => fs::remove_file(path).map_err(|e| io_at(path, e)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn whiteout(path: &Path) -> Result<(), BuildError> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0),
+        0,
+    )
+    .map_err(|e| io_at(path, e.into()))
+}
+
+/// Copies a directory's owner, mode and times.
+fn copy_dir_metadata(meta: &fs::Metadata, to: &Path) -> Result<(), BuildError> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    rustix::fs::chownat(
+        CWD,
+        to,
+        Some(rustix::fs::Uid::from_raw(meta.uid())),
+        Some(rustix::fs::Gid::from_raw(meta.gid())),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_at(to, e.into()))?;
+    fs::set_permissions(
+        to,
+        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
+    )
+    .map_err(|e| io_at(to, e))?;
+    let time = Timespec {
+        tv_sec: meta.mtime(),
+        tv_nsec: meta.mtime_nsec(),
+    };
+    rustix::fs::utimensat(
+        CWD,
+        to,
+        &Timestamps {
+            last_access: time,
+            last_modification: time,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_at(to, e.into()))
+}
+
+/// Applies one layer snapshot on top of `merged`. `base` is the image below all squashed
+/// layers: whiteouts are kept only for paths it has.
+pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), BuildError> {
+    let mut stack = vec![PathBuf::new()];
+    // Directory times are set once their contents are in place.
+    let mut directories: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    while let Some(relative) = stack.pop() {
+        let dir = snapshot.join(&relative);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(|e| io_at(&dir, e))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| io_at(&dir, e))?;
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        let mut children = Vec::new();
+        for name in names {
+            let child = relative.join(&name);
+            let source = snapshot.join(&child);
+            let target = merged.join(&child);
+            let meta = fs::symlink_metadata(&source).map_err(|e| io_at(&source, e))?;
+            if is_whiteout(&meta) {
+                remove(&target)?;
+                if base.lstat(&child).is_some() {
+                    whiteout(&target)?;
+                }
+                continue;
+            }
+            if meta.is_dir() {
+                let existing_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
+                let opaque = is_opaque(&source);
+                if !existing_dir || opaque {
+                    remove(&target)?;
+                    fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
+                }
+                if opaque && base.lstat(&child).is_some() {
+                    rustix::fs::lsetxattr(
+                        &target,
+                        "trusted.overlay.opaque",
+                        b"y",
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .map_err(|e| io_at(&target, e.into()))?;
+                }
+                directories.push((target, meta));
+                children.push(child);
+                continue;
+            }
+            remove(&target)?;
+            fs::hard_link(&source, &target)
+                .or_else(|_| {
+                    // Symlinks and special files may not be hardlinkable everywhere: recreate them.
+                    if meta.file_type().is_symlink() {
+                        let link = fs::read_link(&source)?;
+                        std::os::unix::fs::symlink(link, &target)
+                    } else {
+                        fs::copy(&source, &target).map(|_| ())
+                    }
+                })
+                .map_err(|e| io_at(&target, e))?;
+        }
+        stack.extend(children.into_iter().rev());
+    }
+    for (target, meta) in directories.iter().rev() {
+        copy_dir_metadata(meta, target)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_and_deletions_of_base_paths_stay_whiteouts() {
+        let base = tempfile::tempdir().unwrap();
+        fs::write(base.path().join("from-base"), "b").unwrap();
+        let one = tempfile::tempdir().unwrap();
+        fs::write(one.path().join("a"), "1").unwrap();
+        fs::write(one.path().join("temp"), "t").unwrap();
+        fs::create_dir(one.path().join("d")).unwrap();
+        fs::write(one.path().join("d/x"), "x").unwrap();
+        let two = tempfile::tempdir().unwrap();
+        fs::write(two.path().join("a"), "2").unwrap();
+        whiteout(&two.path().join("temp")).unwrap();
+        whiteout(&two.path().join("from-base")).unwrap();
+        fs::create_dir(two.path().join("d")).unwrap();
+        fs::write(two.path().join("d/y"), "y").unwrap();
+        let merged = tempfile::tempdir().unwrap();
+        let view = Rootfs::new(vec![base.path().into()]);
+        apply_layer(one.path(), merged.path(), &view).unwrap();
+        apply_layer(two.path(), merged.path(), &view).unwrap();
+        assert_eq!(fs::read_to_string(merged.path().join("a")).unwrap(), "2");
+        assert!(
+            !merged.path().join("temp").exists(),
+            "made and deleted within the squash: gone"
+        );
+        let gone = fs::symlink_metadata(merged.path().join("from-base")).unwrap();
+        assert!(is_whiteout(&gone), "a base path deleted stays deleted");
+        let mut names: Vec<_> = fs::read_dir(merged.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x", "y"]);
+    }
+}

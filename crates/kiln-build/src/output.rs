@@ -292,7 +292,12 @@ mod tests {
             .unwrap_err()
             .contains("unknown output type"));
         assert!(OutputSpec::parse("out.tar").is_err());
-        assert!(OutputSpec::parse("type=local,dest=x")
+        assert_eq!(
+            OutputSpec::parse("type=local,dest=x").unwrap().kind,
+            OutputKind::Local
+        );
+        assert!(OutputSpec::parse("type=layers,dest=-").is_err());
+        assert!(OutputSpec::parse("type=registry,dest=x")
             .unwrap_err()
             .contains("not available"));
     }

@@ -76,10 +76,19 @@ impl OutputSpec {
                 other => return Err(format!("unknown output option {other:?} in {text:?}")),
             }
         }
-        let kind = kind.ok_or_else(|| format!("output {text:?} needs type=oci or type=docker"))?;
-        let destination = destination.ok_or_else(|| {
-            format!("output {text:?} needs dest=FILE (or dest=- for standard output)")
+        let kind = kind.ok_or_else(|| {
+            format!("output {text:?} needs type=oci, docker, tar, local or layers")
         })?;
+        let destination = destination.ok_or_else(|| {
+            format!("output {text:?} needs dest=PATH (or dest=- for standard output)")
+        })?;
+        if matches!(kind, OutputKind::Local | OutputKind::Layers)
+            && destination == Destination::Stdout
+        {
+            return Err(format!(
+                "output {text:?} writes a directory: dest=- is not possible"
+            ));
+        }
         Ok(OutputSpec {
             kind,
             destination,

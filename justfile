@@ -16,8 +16,22 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Benchmarks; each prints kiln beside a reference measured in the same run.
-bench:
+bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
+
+# Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows
+# as the same count per line at every size, whatever else the machine is doing.
+bench-parse-instructions:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v valgrind >/dev/null || { echo "skipped: valgrind not installed"; exit 0; }
+    bin=$(cargo bench -p kiln-plan --bench scale --no-run 2>&1 | grep -o 'target/release/deps/scale-[0-9a-f]*' | head -1)
+    for n in 1000 5000 20000; do
+      out=$(KILN_BENCH_LINES=$n valgrind --tool=callgrind --toggle-collect='*parse_and_plan*' --callgrind-out-file=/dev/null "$bin" 2>&1)
+      lines=$(echo "$out" | grep -oE '^[0-9]+ lines' | grep -oE '[0-9]+')
+      refs=$(echo "$out" | grep -oE 'I\s+refs:\s+[0-9,]+' | grep -oE '[0-9,]+$' | tr -d ,)
+      echo "$lines lines: $refs instructions, $((refs / lines)) per line"
+    done
 
 # Fuzz the parser (needs cargo-fuzz; see fuzz/README.md).
 fuzz seconds="600":

@@ -20,7 +20,18 @@ fn generate(lines: usize) -> String {
     let mut text =
         String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:bookworm\nARG VERSION=1.0\n");
     let mut stage = 0;
-    while text.lines().count() < lines {
+    let mut counted = 0;
+    let mut newlines = 0;
+    loop {
+        // Count only what was appended since the last look, so generating stays linear.
+        newlines += text.as_bytes()[counted..]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        counted = text.len();
+        if newlines >= lines {
+            break;
+        }
         let _ = write!(
             text,
             "FROM ${{BASE}} AS stage{stage}\nARG VERSION\nENV APP=/srv/app{stage} VERSION=${{VERSION:-dev}}\nWORKDIR $APP\n"
@@ -47,6 +58,20 @@ fn generate(lines: usize) -> String {
     text
 }
 
+/// The measured work, in a function of its own so callgrind can count just it
+/// (`--toggle-collect=*parse_and_plan*`).
+#[inline(never)]
+fn parse_and_plan(text: &str) -> usize {
+    let recipe = parse_recipe(black_box(text));
+    let planned = plan(&recipe, &PlanOptions::default());
+    assert!(
+        !planned.has_errors(),
+        "generated recipe is invalid: {:?}",
+        planned.diagnostics.first()
+    );
+    black_box(planned.stages.len())
+}
+
 fn best_of(runs: usize, mut f: impl FnMut()) -> Duration {
     (0..runs)
         .map(|_| {
@@ -59,6 +84,17 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> Duration {
 }
 
 fn main() {
+    // `KILN_BENCH_LINES=N` parses and plans one recipe of N lines once: for instruction counts
+    // under `valgrind --tool=callgrind`, which do not depend on what else the machine runs.
+    if let Some(lines) = std::env::var("KILN_BENCH_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let text = generate(lines);
+        let stages = parse_and_plan(&text);
+        println!("{} lines, {stages} stages", text.lines().count());
+        return;
+    }
     println!("parse + plan of generated recipes (best of 7 runs)");
     println!(
         "{:>7} {:>10} {:>11} {:>12} {:>14} {:>10}",

@@ -2,6 +2,7 @@
 //! is known, else executed; then the image config and manifest of the target.
 
 use crate::copy::{run_copy, CopyFrom, CopyJob};
+use crate::fetch::{fetch_url, FetchLimits, Fetched};
 use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
@@ -71,6 +72,13 @@ pub struct Built {
     pub layers: Vec<Descriptor>,
     pub steps: usize,
     pub cached: usize,
+}
+
+/// URL sources of one ADD, downloaded; the files live as long as this does.
+#[derive(Default)]
+struct Downloads {
+    _dir: Option<kiln_store::WorkDir>,
+    files: Vec<Fetched>,
 }
 
 /// A layer of a stage's image and where it is unpacked.
@@ -308,8 +316,61 @@ impl Builder<'_> {
     }
 
     /// Key parts of a COPY/ADD: what it reads, named so a miss can say what changed.
-    fn copy_inputs(&self, copy: &kiln_plan::CopyStep) -> Result<Vec<(String, String)>, BuildError> {
+    /// Downloads every URL source of an ADD into a work area of the store.
+    fn download(&self, copy: &kiln_plan::CopyStep) -> Result<Downloads, BuildError> {
+        let dir = self.store.work_dir().map_err(BuildError::store)?;
+        let mut files = Vec::new();
+        for source in &copy.sources {
+            if let CopySource::Url(url) = source {
+                files.push(fetch_url(
+                    url,
+                    copy.checksum.as_deref(),
+                    dir.path(),
+                    &FetchLimits::default(),
+                )?);
+            }
+        }
+        Ok(Downloads {
+            _dir: Some(dir),
+            files,
+        })
+    }
+
+    fn copy_inputs(
+        &self,
+        copy: &kiln_plan::CopyStep,
+        downloads: &mut Downloads,
+    ) -> Result<Vec<(String, String)>, BuildError> {
         let mut parts = Vec::new();
+        // URL content: with --checksum the checksum is the content (a hit downloads nothing,
+        // as in BuildKit); without it the file must be fetched to know what it is.
+        let urls: Vec<&String> = copy
+            .sources
+            .iter()
+            .filter_map(|s| {
+                if let CopySource::Url(u) = s {
+                    Some(u)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if !urls.is_empty() {
+            match &copy.checksum {
+                Some(checksum) => {
+                    parts.extend(urls.iter().map(|u| (format!("url {u}"), checksum.clone())))
+                }
+                None => {
+                    *downloads = self.download(copy)?;
+                    for (url, file) in urls.iter().zip(&downloads.files) {
+                        parts.push((
+                            format!("url {url}"),
+                            format!("{} {} {:?}", file.digest, file.file_name, file.mtime),
+                        ));
+                    }
+                }
+            }
+        }
         match &copy.from {
             Source::Context => {
                 let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))
@@ -365,7 +426,8 @@ impl Builder<'_> {
         no_cache: bool,
     ) -> Result<(), BuildError> {
         let number = self.number;
-        let inputs = self.copy_inputs(copy)?;
+        let mut downloads = Downloads::default();
+        let inputs = self.copy_inputs(copy, &mut downloads)?;
         let mut parts: Vec<(String, String)> = Vec::new();
         // --link makes the layer independent of what is below it.
         parts.push((
@@ -417,7 +479,11 @@ impl Builder<'_> {
                     self.miss_reason(&slot, &parts)
                 };
                 self.progress.event(Event::Miss { number, reason });
-                let layer = self.execute_copy(step, copy, image)?;
+                let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
+                if has_urls && downloads.files.is_empty() {
+                    downloads = self.download(copy)?;
+                }
+                let layer = self.execute_copy(step, copy, image, &downloads.files)?;
                 let mut stored_parts = vec![("slot".to_string(), slot)];
                 stored_parts.extend(parts);
                 self.store
@@ -523,6 +589,7 @@ impl Builder<'_> {
         step: &Step,
         copy: &kiln_plan::CopyStep,
         image: &StageImage,
+        fetched: &[Fetched],
     ) -> Result<LayerRecord, BuildError> {
         let work = self.store.work_dir().map_err(BuildError::store)?;
         let snapshot = work.path().join("snapshot");
@@ -538,6 +605,7 @@ impl Builder<'_> {
             image: if copy.link { &empty } else { &below },
             snapshot: &snapshot,
             now: self.now,
+            fetched,
         };
         let from_rootfs;
         let from = match &copy.from {

@@ -134,6 +134,8 @@ pub struct CopyJob<'a> {
     pub snapshot: &'a Path,
     /// The time given to directories and heredoc files the step creates.
     pub now: i64,
+    /// ADD's URL sources, already downloaded (by the builder, never here), in source order.
+    pub fetched: &'a [crate::fetch::Fetched],
 }
 
 pub enum CopyFrom<'a> {
@@ -205,6 +207,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
 
     // Expand the sources first: how many there are decides what the destination means.
     let mut expanded: Vec<(String, Option<String>)> = Vec::new(); // (source path, heredoc content)
+    let mut fetched = job.fetched.iter();
+    let mut remote: Vec<&crate::fetch::Fetched> = Vec::new();
     for source in &step.sources {
         match source {
             CopySource::Path(pattern) => {
@@ -215,11 +219,9 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 expanded.extend(matches.into_iter().map(|m| (m, None)));
             }
             CopySource::Heredoc { name, content } => expanded.push((name.clone(), Some(content.clone()))),
-            CopySource::Url(url) => {
-                return Err(BuildError::Unsupported(format!(
-                    "ADD {url}: fetching URLs is not available in this version of kiln; download the file into the context and COPY it"
-                )))
-            }
+            CopySource::Url(url) => remote.push(fetched.next().ok_or_else(|| {
+                BuildError::Copy(format!("ADD {url}: the URL was not downloaded before the copy"))
+            })?),
             CopySource::Git(url) => {
                 return Err(BuildError::Unsupported(format!(
                     "ADD {url}: git sources are not available in this version of kiln; clone the repository into the context and COPY it"
@@ -230,7 +232,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
     let into_dir = step.destination.ends_with('/')
         || step.destination.ends_with("/.")
         || existing_dir
-        || expanded.len() > 1;
+        || expanded.len() + remote.len() > 1;
 
     let mut placements = Vec::new();
     // ADD extracts local archives into the destination directory instead of copying them.
@@ -289,6 +291,22 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 ..entry
             });
         }
+    }
+
+    // Downloaded files: plain files named from their URL, 0600 unless --chmod (as Docker),
+    // with the server's Last-Modified or the epoch (never the build time: same inputs, same
+    // bytes). Never unpacked.
+    for file in &remote {
+        placements.push(Placement {
+            destination: if into_dir {
+                destination.join(&file.file_name)
+            } else {
+                destination.clone()
+            },
+            kind: PlacementKind::File(file.path.clone()),
+            mode: 0o600,
+            mtime: (file.mtime.unwrap_or(0), 0),
+        });
     }
 
     let mut writer = SnapshotWriter {
@@ -809,6 +827,7 @@ mod tests {
             image,
             snapshot: snapshot.path(),
             now: 1_700_000_000,
+            fetched: &[],
         };
         run_copy(&job, &CopyFrom::Context(ctx))?;
         Ok(snapshot)

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod copy;
+pub mod fetch;
 pub mod flatten;
 pub mod image;
 pub mod output;
@@ -33,6 +34,8 @@ pub enum BuildError {
     Store(#[from] kiln_store::StoreError),
     #[error("the plan has errors; nothing was built")]
     Plan,
+    #[error("ADD: {0}")]
+    Fetch(#[from] crate::fetch::FetchError),
 }
 
 impl BuildError {

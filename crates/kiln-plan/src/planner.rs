@@ -946,6 +946,14 @@ impl Planner<'_> {
                         sources.push(CopySource::Path(value));
                     }
                 }
+                if let (Some(_), Some(word), true) = (&checksum, &copy.checksum, sources.len() != 1)
+                {
+                    self.diagnostics.push(
+                        Diagnostic::error(word.span, "ADD --checksum takes exactly one source")
+                            .with_help("split the ADD into one instruction per URL"),
+                    );
+                    return None;
+                }
                 if let (Some(sum), Some(word)) = (&checksum, &copy.checksum) {
                     if let Err(message) = check_checksum(sum) {
                         self.diagnostics.push(Diagnostic::error(word.span, message));

@@ -1038,3 +1038,82 @@ fn squash_merges_the_recipes_layers_over_the_base() {
         .contains("3 layers merged"));
     assert_eq!(image.config.rootfs.diff_ids.len(), 2);
 }
+
+/// Serves `body` on 127.0.0.1 for at most `requests` connections, then stops; returns the port
+/// and a handle that yields how many requests were served.
+fn serve(body: &'static [u8], requests: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut served = 0;
+        while served < requests && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    let mut buffer = [0u8; 4096];
+                    let _ = stream.read(&mut buffer);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(body);
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        served
+    });
+    (port, handle)
+}
+
+#[test]
+fn add_fetches_urls_and_a_checksum_makes_the_rebuild_offline() {
+    const BODY: &[u8] = b"downloaded content\n";
+    let checksum = kiln_oci::sha256_digest(BODY).to_string();
+    let (port, server) = serve(BODY, 1);
+    let recipe = format!(
+        "FROM scratch\nADD --checksum={checksum} http://127.0.0.1:{port}/files/tool.txt /opt/\n"
+    );
+    let ctx = context(&[("Dockerfile", &recipe)]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &["-o", "type=local,dest=out"], &[]);
+    assert_eq!(fs::read(ctx.path().join("out/opt/tool.txt")).unwrap(), BODY);
+    let meta = fs::metadata(ctx.path().join("out/opt/tool.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "downloaded files are 0600 unless --chmod"
+    );
+    assert_eq!(
+        meta.mtime(),
+        1_700_000_000,
+        "mtime comes from Last-Modified"
+    );
+    assert_eq!(server.join().unwrap(), 1);
+    // The server is gone: a cached rebuild must not need it.
+    let again = build(ctx.path(), root.path(), &[], &[]);
+    assert!(again.stderr.contains("#1 CACHED"), "{}", again.stderr);
+    // A wrong checksum fails the build and names both digests.
+    let (port, server) = serve(BODY, 1);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM scratch\nADD --checksum={wrong} http://127.0.0.1:{port}/x /x\n"),
+    )
+    .unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    let failed = kiln(&["--root", &r, "build", "."], ctx.path(), &[]);
+    assert_eq!(failed.status, 1);
+    assert!(
+        failed.stderr.contains(&checksum[7..]) && failed.stderr.contains(&wrong[7..]),
+        "{}",
+        failed.stderr
+    );
+    server.join().unwrap();
+}

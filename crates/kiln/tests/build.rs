@@ -1117,3 +1117,48 @@ fn add_fetches_urls_and_a_checksum_makes_the_rebuild_offline() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
+    let mount_point = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(mount_point.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    // Incompressible content, bigger than the whole filesystem.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n")]);
+    fs::write(ctx.path().join("big.bin"), &data).unwrap();
+    let root = mount_point.path().join("store");
+    let r = root.to_string_lossy().into_owned();
+    let run = kiln(
+        &["--root", &r, "build", "-t", "big:1", "."],
+        ctx.path(),
+        &[],
+    );
+    let verify = kiln(&["--root", &r, "verify"], ctx.path(), &[]);
+    let images = kiln(&["--root", &r, "images"], ctx.path(), &[]);
+    let _ = Command::new("umount").arg(mount_point.path()).status();
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("No space left on device"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
+    assert!(!images.stdout.contains("big"), "{}", images.stdout);
+}

@@ -5,13 +5,14 @@
 //! a real directory of the snapshot, and files are created new. Sources come from the build
 //! context (scoped by kiln-context) or another stage's union view (scoped by [`Rootfs`]).
 
+use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, EntryKind, IgnoreRules};
 use kiln_plan::{CopySource, CopyStep};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Numeric owner of copied files.
@@ -605,13 +606,6 @@ mod kiln_layer_meta {
     }
 }
 
-fn io_at(path: &Path, error: io::Error) -> BuildError {
-    BuildError::Io {
-        path: path.to_path_buf(),
-        source: error,
-    }
-}
-
 /// Creates entries inside the snapshot without ever following a symlink.
 struct SnapshotWriter<'a> {
     root: &'a Path,
@@ -729,7 +723,7 @@ fn create_new(path: &Path) -> Result<File, BuildError> {
         .map_err(|e| io_at(path, e))
 }
 
-/// Owner, mode and mtime, never following a symlink.
+/// Owner, mode and mtime of a copied entry, never following a symlink.
 fn set_metadata(
     path: &Path,
     mode: u32,
@@ -737,34 +731,13 @@ fn set_metadata(
     mtime: (i64, i64),
     is_symlink: bool,
 ) -> Result<(), BuildError> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
-    rustix::fs::chownat(
-        CWD,
-        path,
-        Some(rustix::fs::Uid::from_raw(owner.uid)),
-        Some(rustix::fs::Gid::from_raw(owner.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_at(path, e.into()))?;
-    if !is_symlink {
-        // chown clears setuid/setgid, so the mode goes on after it.
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_at(path, e))?;
-    }
-    let time = Timespec {
-        tv_sec: mtime.0,
-        tv_nsec: mtime.1,
+    let stamp = Stamp {
+        mode,
+        uid: owner.uid,
+        gid: owner.gid,
+        mtime,
     };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: time,
-            last_modification: time,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_at(path, e.into()))?;
-    Ok(())
+    set_stamp(path, stamp, is_symlink, true)
 }
 
 /// Names of a directory as `OsString`s, for tests.

@@ -5,12 +5,13 @@
 //! filesystem, never a directory the user will edit: a hardlink shares the snapshot's inode).
 //! Hardlinks inside the image stay hardlinks.
 
+use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How files get into the flattened tree.
@@ -24,13 +25,6 @@ pub enum Materialize {
 pub struct FlattenStats {
     pub entries: u64,
     pub bytes: u64,
-}
-
-fn io_at(path: &Path, error: io::Error) -> BuildError {
-    BuildError::Io {
-        path: path.to_path_buf(),
-        source: error,
-    }
 }
 
 /// Writes the merged tree of `rootfs` into `dest` (which must exist and be empty or a fresh
@@ -83,13 +77,13 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
                         stats.bytes +=
                             io::copy(&mut input, &mut output).map_err(|e| io_at(&target, e))?;
                         drop(output);
-                        apply(&target, &found.meta, is_root, false)?;
+                        set_stamp(&target, Stamp::of(&found.meta), false, is_root)?;
                     }
                 }
             } else if file_type.is_symlink() {
                 let link = fs::read_link(&found.path).map_err(|e| io_at(&found.path, e))?;
                 std::os::unix::fs::symlink(&link, &target).map_err(|e| io_at(&target, e))?;
-                apply(&target, &found.meta, is_root, true)?;
+                set_stamp(&target, Stamp::of(&found.meta), true, is_root)?;
             } else if (file_type.is_char_device()
                 || file_type.is_block_device()
                 || file_type.is_fifo())
@@ -110,59 +104,22 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
                     found.meta.rdev(),
                 )
                 .map_err(|e| io_at(&target, e.into()))?;
-                apply(&target, &found.meta, is_root, false)?;
+                set_stamp(&target, Stamp::of(&found.meta), false, is_root)?;
             }
         }
         // Reverse so directories are visited in name order.
         stack.extend(children.into_iter().rev());
     }
     for (path, meta) in directories.iter().rev() {
-        apply(path, meta, is_root, false)?;
+        set_stamp(path, Stamp::of(meta), false, is_root)?;
     }
     Ok(stats)
-}
-
-/// Owner (as root), mode and mtime, never following a symlink.
-fn apply(
-    path: &Path,
-    meta: &fs::Metadata,
-    is_root: bool,
-    is_symlink: bool,
-) -> Result<(), BuildError> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
-    if is_root {
-        rustix::fs::chownat(
-            CWD,
-            path,
-            Some(rustix::fs::Uid::from_raw(meta.uid())),
-            Some(rustix::fs::Gid::from_raw(meta.gid())),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_at(path, e.into()))?;
-    }
-    if !is_symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| io_at(path, e))?;
-    }
-    let time = Timespec {
-        tv_sec: meta.mtime(),
-        tv_nsec: meta.mtime_nsec(),
-    };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: time,
-            last_modification: time,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_at(path, e.into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn merges_layers_and_keeps_links_modes_and_times() {

@@ -6,6 +6,7 @@ pub mod build;
 pub mod copy;
 pub mod fetch;
 pub mod flatten;
+mod fsmeta;
 pub mod image;
 pub mod output;
 pub mod rootfs;

@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+
+use crate::fsmeta::{is_opaque, is_whiteout};
 
 const MAX_LINK_HOPS: usize = 40;
 
@@ -22,19 +23,6 @@ pub struct Rootfs {
 pub struct Found {
     pub path: PathBuf,
     pub meta: fs::Metadata,
-}
-
-fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut value = [0u8; 4];
-            matches!(rustix::fs::lgetxattr(dir, *name, &mut value), Ok(1) if value[0] == b'y')
-        })
 }
 
 /// Splits a view path into normal components; `..` is kept for the resolver to clamp.

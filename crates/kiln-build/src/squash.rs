@@ -4,32 +4,11 @@
 //! gone, and stays a whiteout only if the base image (below the squashed layers) has it, so the
 //! deletion still shows. Files are hardlinked from the snapshots, which are never modified.
 
+use crate::fsmeta::{io_at, is_opaque, is_whiteout, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use std::fs;
-use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-fn io_at(path: &Path, error: io::Error) -> BuildError {
-    BuildError::Io {
-        path: path.to_path_buf(),
-        source: error,
-    }
-}
-
-fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut value = [0u8; 4];
-            matches!(rustix::fs::lgetxattr(dir, *name, &mut value), Ok(1) if value[0] == b'y')
-        })
-}
 
 fn remove(path: &Path) -> Result<(), BuildError> {
     match fs::symlink_metadata(path) {
@@ -48,38 +27,6 @@ fn whiteout(path: &Path) -> Result<(), BuildError> {
         0,
     )
     .map_err(|e| io_at(path, e.into()))
-}
-
-/// Copies a directory's owner, mode and times.
-fn copy_dir_metadata(meta: &fs::Metadata, to: &Path) -> Result<(), BuildError> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
-    rustix::fs::chownat(
-        CWD,
-        to,
-        Some(rustix::fs::Uid::from_raw(meta.uid())),
-        Some(rustix::fs::Gid::from_raw(meta.gid())),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_at(to, e.into()))?;
-    fs::set_permissions(
-        to,
-        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
-    )
-    .map_err(|e| io_at(to, e))?;
-    let time = Timespec {
-        tv_sec: meta.mtime(),
-        tv_nsec: meta.mtime_nsec(),
-    };
-    rustix::fs::utimensat(
-        CWD,
-        to,
-        &Timestamps {
-            last_access: time,
-            last_modification: time,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_at(to, e.into()))
 }
 
 /// Applies one layer snapshot on top of `merged`. `base` is the image below all squashed
@@ -145,7 +92,7 @@ pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), 
         stack.extend(children.into_iter().rev());
     }
     for (target, meta) in directories.iter().rev() {
-        copy_dir_metadata(meta, target)?;
+        set_stamp(target, Stamp::of(meta), false, true)?;
     }
     Ok(())
 }

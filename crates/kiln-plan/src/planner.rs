@@ -630,14 +630,7 @@ impl Planner<'_> {
                 Action::Arg(resolved)
             }
             Kind::Env(pairs) => {
-                let mut values = Vec::new();
-                for pair in pairs {
-                    let key = self.expand_word(&pair.key, &ctx.state.scope)?;
-                    let value = self.expand_word(&pair.value, &ctx.state.scope)?;
-                    used.extend(key.used);
-                    used.extend(value.used);
-                    values.push((key.value, value.value));
-                }
+                let values = self.expand_pairs(pairs, &ctx.state.scope, &mut used)?;
                 // All pairs of one ENV see the values before it, as in Docker.
                 for (key, value) in &values {
                     ctx.state.scope.set_env(key.clone(), value.clone());
@@ -645,14 +638,7 @@ impl Planner<'_> {
                 Action::Config(ConfigChange::Env(values))
             }
             Kind::Label(pairs) => {
-                let mut values = Vec::new();
-                for pair in pairs {
-                    let key = self.expand_word(&pair.key, &ctx.state.scope)?;
-                    let value = self.expand_word(&pair.value, &ctx.state.scope)?;
-                    used.extend(key.used);
-                    used.extend(value.used);
-                    values.push((key.value, value.value));
-                }
+                let values = self.expand_pairs(pairs, &ctx.state.scope, &mut used)?;
                 Action::Config(ConfigChange::Label(values))
             }
             Kind::Expose(words) => {
@@ -1021,6 +1007,24 @@ impl Planner<'_> {
             args_used,
             from_onbuild: false,
         })
+    }
+
+    /// ENV and LABEL pairs, keys and values expanded.
+    fn expand_pairs(
+        &mut self,
+        pairs: &[kiln_recipe::instruction::KeyValue],
+        scope: &Scope,
+        used: &mut BTreeSet<String>,
+    ) -> Option<Vec<(String, String)>> {
+        let mut values = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let key = self.expand_word(&pair.key, scope)?;
+            let value = self.expand_word(&pair.value, scope)?;
+            used.extend(key.used);
+            used.extend(value.used);
+            values.push((key.value, value.value));
+        }
+        Some(values)
     }
 
     fn single_instruction(&mut self, ctx: &mut StageContext<'_>, name: &'static str, span: Span) {

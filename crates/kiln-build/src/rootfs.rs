@@ -6,11 +6,11 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::fsmeta::{is_opaque, is_whiteout};
-
-const MAX_LINK_HOPS: usize = 40;
+use kiln_context::scope::components;
+use kiln_context::{resolve_scoped, Node, ScopedTree};
 
 /// Snapshot directories, bottom layer first.
 #[derive(Debug, Clone, Default)]
@@ -25,15 +25,16 @@ pub struct Found {
     pub meta: fs::Metadata,
 }
 
-/// Splits a view path into normal components; `..` is kept for the resolver to clamp.
-fn components(path: &Path) -> Vec<OsString> {
-    path.components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect()
+impl ScopedTree for Rootfs {
+    fn node(&self, relative: &Path) -> std::io::Result<Node> {
+        match self.lstat(relative) {
+            None => Ok(Node::Missing),
+            Some(found) if found.meta.file_type().is_symlink() => {
+                Ok(Node::Symlink(fs::read_link(&found.path)?))
+            }
+            Some(_) => Ok(Node::Other),
+        }
+    }
 }
 
 impl Rootfs {
@@ -137,46 +138,9 @@ impl Rootfs {
         path: &Path,
         follow_last: bool,
     ) -> Result<(PathBuf, Option<Found>), String> {
-        let mut pending = components(path);
-        pending.reverse();
-        let mut resolved: Vec<OsString> = Vec::new();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                resolved.pop();
-                continue;
-            }
-            let mut candidate: PathBuf = resolved.iter().collect();
-            candidate.push(&part);
-            let is_last = pending.is_empty();
-            match self.lstat(&candidate) {
-                Some(found) if found.meta.file_type().is_symlink() && (!is_last || follow_last) => {
-                    hops += 1;
-                    if hops > MAX_LINK_HOPS {
-                        return Err(format!(
-                            "{}: too many levels of symbolic links",
-                            path.display()
-                        ));
-                    }
-                    let target = fs::read_link(&found.path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    if target.is_absolute() {
-                        resolved.clear();
-                    }
-                    let mut parts = components(&target);
-                    parts.reverse();
-                    pending.extend(parts);
-                }
-                Some(_) => resolved.push(part),
-                None => {
-                    resolved.push(part);
-                    resolved.extend(pending.into_iter().rev());
-                    return Ok((resolved.iter().collect(), None));
-                }
-            }
-        }
-        let relative: PathBuf = resolved.iter().collect();
-        let found = self.lstat(&relative);
+        let (relative, exists) =
+            resolve_scoped(self, path, follow_last).map_err(|e| e.to_string())?;
+        let found = if exists { self.lstat(&relative) } else { None };
         Ok((relative, found))
     }
 

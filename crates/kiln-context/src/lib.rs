@@ -9,17 +9,19 @@
 
 pub mod hash;
 pub mod ignore;
+pub mod scope;
 
 pub use hash::{
     content_digest, content_digest_detailed, DetailedDigest, HashMemo, MemoryMemo, StatKey,
 };
 pub use ignore::{clean, IgnoreRules};
+pub use scope::{resolve_scoped, DirTree, Node, ScopeError, ScopedTree};
 
 use globset::GlobMatcher;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -78,8 +80,6 @@ pub struct Context {
     ignore: IgnoreRules,
 }
 
-const MAX_LINK_HOPS: usize = 40;
-
 fn has_wildcard(segment: &str) -> bool {
     segment.contains(['*', '?', '['])
 }
@@ -127,60 +127,23 @@ impl Context {
     /// The real location of context-relative `path`. `..` stops at the root and symlinks are
     /// followed inside the root; the last component is followed only with `follow_last`.
     pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
-        let mut pending: Vec<OsString> = clean(path)
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(OsString::from)
-            .collect();
-        pending.reverse();
-        let mut resolved: Vec<OsString> = Vec::new();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                resolved.pop();
-                continue;
-            }
-            if part == "." || part.is_empty() {
-                continue;
-            }
-            let candidate: PathBuf = self
-                .root
-                .join(resolved.iter().collect::<PathBuf>())
-                .join(&part);
-            let is_last = pending.is_empty();
-            match fs::symlink_metadata(&candidate) {
-                Ok(meta) if meta.file_type().is_symlink() && (!is_last || follow_last) => {
-                    hops += 1;
-                    if hops > MAX_LINK_HOPS {
-                        return Err(ContextError::TooManyLinks {
-                            path: path.to_string(),
-                        });
-                    }
-                    let target = fs::read_link(&candidate).map_err(io_error(&candidate))?;
-                    if target.is_absolute() {
-                        resolved.clear();
-                    }
-                    let mut parts: Vec<OsString> = target
-                        .components()
-                        .filter_map(|c| match c {
-                            Component::Normal(p) => Some(p.to_os_string()),
-                            Component::ParentDir => Some(OsString::from("..")),
-                            _ => None,
-                        })
-                        .collect();
-                    parts.reverse();
-                    pending.extend(parts);
-                }
-                Ok(_) => resolved.push(part),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ContextError::NotFound {
-                        path: path.to_string(),
-                    });
-                }
-                Err(e) => return Err(io_error(&candidate)(e)),
-            }
+        let cleaned = clean(path);
+        match resolve_scoped(&DirTree(&self.root), Path::new(&cleaned), follow_last) {
+            Ok((relative, true)) => Ok(self.root.join(relative)),
+            Ok((_, false)) => Err(ContextError::NotFound {
+                path: path.to_string(),
+            }),
+            Err(ScopeError::TooManyLinks(_)) => Err(ContextError::TooManyLinks {
+                path: path.to_string(),
+            }),
+            Err(ScopeError::Io {
+                path: relative,
+                source,
+            }) => Err(ContextError::Io {
+                path: self.root.join(relative),
+                source,
+            }),
         }
-        Ok(self.root.join(resolved.iter().collect::<PathBuf>()))
     }
 
     /// Context-relative form of a resolved absolute path.

@@ -398,13 +398,13 @@ fn extract_archive(
     let reader: Box<dyn io::Read> = match kind {
         ArchiveKind::Tar => Box::new(file),
         ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file))),
-        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| io_at(path, e))?),
-        ArchiveKind::Bzip2 | ArchiveKind::Xz => {
-            return Err(BuildError::Unsupported(format!(
-                "ADD {}: {kind:?} archives are not unpacked by this version of kiln; recompress it as .tar.gz or .tar.zst, or add --unpack=false to copy it as a file",
-                path.display()
-            )))
+        ArchiveKind::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| io_at(path, e))?)
         }
+        ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(io::BufReader::new(file))),
+        ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+            io::BufReader::new(file),
+        )),
     };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -985,6 +985,32 @@ mod tests {
         s.unpack = Some(false);
         let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
         assert!(out.path().join("opt/a.tar.gz").is_file());
+    }
+
+    #[test]
+    fn add_extracts_bzip2_xz_and_zstd_archives() {
+        let tar = tar_bytes(&[("inner.txt", b"I")], false);
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        io::Write::write_all(&mut bz, &tar).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        io::Write::write_all(&mut xz, &tar).unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.tar.bz2"), bz.finish().unwrap()).unwrap();
+        fs::write(dir.path().join("b.tar.xz"), xz.finish().unwrap()).unwrap();
+        fs::write(dir.path().join("c.tar.zst"), zst).unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        for (name, kind) in [
+            ("a.tar.bz2", ArchiveKind::Bzip2),
+            ("b.tar.xz", ArchiveKind::Xz),
+            ("c.tar.zst", ArchiveKind::Zstd),
+        ] {
+            assert_eq!(archive_kind(&dir.path().join(name)).unwrap(), Some(kind));
+            let mut s = step(&[name], "/x/");
+            s.is_add = true;
+            let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+            assert_eq!(read(out.path(), "x/inner.txt"), "I", "{name}");
+        }
     }
 
     #[test]

@@ -482,6 +482,18 @@ fn consumers_accept_the_archive_and_the_store() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let copied = tempfile::tempdir().unwrap();
+        let dir = format!("dir:{}", copied.path().join("image").display());
+        let out = Command::new("skopeo")
+            .args(["copy", &archive, &dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(copied.path().join("image/manifest.json").is_file());
         let layout = format!("oci:{}:1", root.path().display());
         let out = Command::new("skopeo")
             .args(["inspect", &layout])

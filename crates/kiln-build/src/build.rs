@@ -515,7 +515,15 @@ impl Builder<'_> {
             .config
             .history
             .push(history_entry(step, rfc3339(image.time), false));
-        image.chain_key = key;
+        // A --link layer's own key ignores what is below it, but the filesystem after it does
+        // not: later steps chain on both.
+        image.chain_key = if copy.link {
+            let mut chain = KeyHasher::new("linked-chain");
+            chain.str("below", &image.chain_key).str("layer", &key);
+            chain.finish()
+        } else {
+            key
+        };
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, EntryKind, IgnoreRules};
-use kiln_plan::{CopySource, CopyStep};
+use kiln_plan::{Chmod, CopySource, CopyStep};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -20,75 +20,6 @@ use std::path::{Component, Path, PathBuf};
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
-}
-
-/// `--chmod`: an octal mode, or symbolic clauses applied to each file's own mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Chmod {
-    Octal(u32),
-    Symbolic(Vec<String>),
-}
-
-impl Chmod {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
-            return u32::from_str_radix(text, 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .map(Chmod::Octal)
-                .ok_or_else(|| format!("invalid --chmod {text:?}"));
-        }
-        Ok(Chmod::Symbolic(
-            text.split(',').map(str::to_string).collect(),
-        ))
-    }
-
-    /// The permission bits for an entry whose current bits are `mode`.
-    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        match self {
-            Chmod::Octal(bits) => *bits,
-            Chmod::Symbolic(clauses) => clauses.iter().fold(mode & 0o7777, |mode, clause| {
-                apply_clause(mode, clause, is_dir)
-            }),
-        }
-    }
-}
-
-fn apply_clause(mode: u32, clause: &str, is_dir: bool) -> u32 {
-    let who_end = clause.find(['+', '-', '=']).unwrap_or(clause.len());
-    let (who, rest) = clause.split_at(who_end);
-    let mut who_mask = 0;
-    for c in who.chars() {
-        who_mask |= match c {
-            'u' => 0o4700,
-            'g' => 0o2070,
-            'o' => 0o1007,
-            _ => 0o7777,
-        };
-    }
-    if who.is_empty() {
-        who_mask = 0o7777;
-    }
-    let mut chars = rest.chars();
-    let Some(op) = chars.next() else { return mode };
-    let mut bits = 0;
-    for c in chars {
-        bits |= match c {
-            'r' => 0o444,
-            'w' => 0o222,
-            'x' => 0o111,
-            'X' if is_dir || mode & 0o111 != 0 => 0o111,
-            's' => 0o6000,
-            't' => 0o1000,
-            _ => 0,
-        };
-    }
-    let bits = bits & who_mask;
-    match op {
-        '+' => mode | bits,
-        '-' => mode & !bits,
-        _ => (mode & !(who_mask & 0o7777)) | bits,
-    }
 }
 
 /// `--chown`: `uid[:gid]` or names looked up in the image's /etc/passwd and /etc/group. A
@@ -411,7 +342,15 @@ fn extract_archive(
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    let bad = |e: io::Error| BuildError::Copy(format!("ADD {}: {e}", path.display()));
+    // The tar crate wraps the cause inside its own message: show both.
+    let bad = |e: io::Error| {
+        let cause = e
+            .get_ref()
+            .and_then(|inner| inner.source())
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        BuildError::Copy(format!("ADD {}: {e}{cause}", path.display()))
+    };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let name = entry.path().map_err(bad)?.into_owned();
@@ -433,7 +372,13 @@ fn extract_archive(
         stats.files += 1;
         stats.bytes += entry.size();
         if let Some(owner) = owner {
-            let written = destination.join(&name);
+            // The tar crate strips `/` and refuses `..`; build the same relative path, so the
+            // chown lands on what was written and never on an absolute path of the host.
+            let relative: PathBuf = name
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect();
+            let written = destination.join(relative);
             rustix::fs::chownat(
                 rustix::fs::CWD,
                 &written,
@@ -885,14 +830,6 @@ mod tests {
     }
 
     #[test]
-    fn symbolic_chmod() {
-        assert_eq!(Chmod::parse("u+x").unwrap().apply(0o644, false), 0o744);
-        assert_eq!(Chmod::parse("go-r").unwrap().apply(0o644, false), 0o600);
-        assert_eq!(Chmod::parse("a=rX").unwrap().apply(0o700, true), 0o555);
-        assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, false), 0o644);
-    }
-
-    #[test]
     fn heredoc_sources_become_files() {
         let (_c, ctx) = context(&[]);
         let mut s = step(&[], "/etc/motd");
@@ -1011,6 +948,39 @@ mod tests {
             let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
             assert_eq!(read(out.path(), "x/inner.txt"), "I", "{name}");
         }
+    }
+
+    #[test]
+    fn add_chown_of_an_absolute_entry_stays_in_the_snapshot() {
+        let victim = tempfile::NamedTempFile::new().unwrap();
+        let before = fs::metadata(victim.path()).unwrap();
+        let name = victim.path().to_string_lossy().into_owned();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        // An absolute name, written raw (the builder itself would refuse it).
+        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, &b"X"[..]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("abs.tar"), builder.into_inner().unwrap()).unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let mut s = step(&["abs.tar"], "/opt/");
+        s.is_add = true;
+        s.chown = Some("4242:4242".into());
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        let after = fs::metadata(victim.path()).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid()),
+            (before.uid(), before.gid()),
+            "the host file kept its owner"
+        );
+        let inside = out.path().join("opt").join(name.trim_start_matches('/'));
+        assert_eq!(fs::metadata(inside).unwrap().uid(), 4242);
     }
 
     #[test]

@@ -25,6 +25,46 @@ pub struct Found {
     pub meta: fs::Metadata,
 }
 
+/// What one layer says about a path.
+enum InLayer {
+    /// The layer has it (never reached through a symlink: every ancestor is a real directory).
+    Entry(PathBuf, fs::Metadata),
+    /// The layer hides it from lower layers: a whiteout, an opaque ancestor, or an ancestor
+    /// that is not a directory here.
+    Covered,
+    /// The layer says nothing; look below.
+    Absent,
+}
+
+/// Looks `parts` up in one layer, checking each ancestor with lstat first, so a symlink in a
+/// layer is never followed on the host (the kernel would follow it in `layer/a/b`).
+fn probe(layer: &Path, parts: &[OsString]) -> InLayer {
+    let Some((last, ancestors)) = parts.split_last() else {
+        return match fs::symlink_metadata(layer) {
+            Ok(meta) => InLayer::Entry(layer.to_path_buf(), meta),
+            Err(_) => InLayer::Absent,
+        };
+    };
+    let mut path = layer.to_path_buf();
+    let mut opaque_above = false;
+    for part in ancestors {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => opaque_above |= is_opaque(&path),
+            Ok(_) => return InLayer::Covered,
+            Err(_) if opaque_above => return InLayer::Covered,
+            Err(_) => return InLayer::Absent,
+        }
+    }
+    path.push(last);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if is_whiteout(&meta) => InLayer::Covered,
+        Ok(meta) => InLayer::Entry(path, meta),
+        Err(_) if opaque_above => InLayer::Covered,
+        Err(_) => InLayer::Absent,
+    }
+}
+
 impl ScopedTree for Rootfs {
     fn node(&self, relative: &Path) -> std::io::Result<Node> {
         match self.lstat(relative) {
@@ -60,37 +100,13 @@ impl Rootfs {
             return Some(Found { path, meta });
         }
         for layer in self.layers.iter().rev() {
-            let path = layer.join(relative);
-            if let Ok(meta) = fs::symlink_metadata(&path) {
-                if is_whiteout(&meta) {
-                    return None;
-                }
-                return Some(Found { path, meta });
-            }
-            if self.hidden_below(layer, &parts) {
-                return None;
+            match probe(layer, &parts) {
+                InLayer::Entry(path, meta) => return Some(Found { path, meta }),
+                InLayer::Covered => return None,
+                InLayer::Absent => {}
             }
         }
         None
-    }
-
-    /// Whether this layer hides lower layers' `parts` (an ancestor is opaque or whited out,
-    /// or is something other than a directory here).
-    fn hidden_below(&self, layer: &Path, parts: &[OsString]) -> bool {
-        let mut dir = layer.to_path_buf();
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            dir.push(part);
-            match fs::symlink_metadata(&dir) {
-                Ok(meta) if meta.is_dir() => {
-                    if is_opaque(&dir) {
-                        return true;
-                    }
-                }
-                Ok(_) => return true,
-                Err(_) => return false,
-            }
-        }
-        false
     }
 
     /// Names in the directory `relative`, merged over the layers, sorted by bytes.
@@ -99,7 +115,12 @@ impl Rootfs {
         let mut names = BTreeSet::new();
         let mut hidden = BTreeSet::new();
         for layer in self.layers.iter().rev() {
-            let dir = layer.join(relative);
+            let dir = match probe(layer, &parts) {
+                InLayer::Entry(dir, meta) if meta.is_dir() => dir,
+                InLayer::Absent => continue,
+                // A file, link or whiteout here covers whatever lower layers have.
+                _ => break,
+            };
             if let Ok(reader) = fs::read_dir(&dir) {
                 for item in reader.flatten() {
                     let name = item.file_name();
@@ -115,13 +136,8 @@ impl Rootfs {
                         }
                     }
                 }
-                if is_opaque(&dir) {
-                    break;
-                }
-            } else if fs::symlink_metadata(&dir).is_ok()
-                || (!parts.is_empty() && self.hidden_below(layer, &parts))
-            {
-                // Not a directory in this layer: lower layers are covered.
+            }
+            if is_opaque(&dir) {
                 break;
             }
         }
@@ -208,6 +224,23 @@ mod tests {
         assert_eq!(view.list(Path::new("etc")), ["b"]);
         assert!(view.lstat(Path::new("var/x")).is_none());
         assert_eq!(view.list(Path::new("var")), ["y"]);
+    }
+
+    #[test]
+    fn a_symlink_in_one_layer_never_leads_to_the_host() {
+        // Reviewer's case: a lower layer has `x -> /host-dir`, an upper one a real `x/` dir.
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("secret"), "HOST").unwrap();
+        let low = tempfile::tempdir().unwrap();
+        symlink(host.path(), low.path().join("x")).unwrap();
+        let high = layer(&[("x/own", "mine")]);
+        let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
+        assert!(view.lstat(Path::new("x/secret")).is_none());
+        assert_eq!(view.list(Path::new("x")), ["own"]);
+        assert_eq!(view.read_file("x/own").as_deref(), Some("mine"));
+        // And a link to a directory of the view resolves inside the view only.
+        let alone = Rootfs::new(vec![low.path().into()]);
+        assert!(alone.read_file("x/secret").is_none());
     }
 
     #[test]

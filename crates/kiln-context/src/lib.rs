@@ -219,7 +219,12 @@ impl Context {
                 continue;
             }
             if rest.is_empty() {
-                if !self.ignore.is_excluded(&child) {
+                // Judge what the match really is, so a link into an ignored file is ignored too.
+                let resolved = self.resolve(&child, true).map(|p| self.relative_of(&p));
+                let excluded_target = resolved
+                    .as_deref()
+                    .map_or(true, |r| self.ignore.is_excluded(r));
+                if !self.ignore.is_excluded(&child) && !excluded_target {
                     found.push(child);
                 }
             } else if let Ok(next) = self.resolve(&child, true) {
@@ -447,6 +452,13 @@ mod tests {
         ));
         let walked = ctx.walk("app", &IgnoreRules::default()).unwrap();
         assert_eq!(rels(&walked), ["", "README.md", "main.rs"]);
+    }
+
+    #[test]
+    fn a_link_does_not_smuggle_an_ignored_file_past_a_wildcard() {
+        let (dir, ctx) = context(&[("secret.key", "s"), ("ok.key", "o")], "secret.key\n");
+        symlink(".", dir.path().join("alias")).unwrap();
+        assert_eq!(ctx.sources("alias/*.key").unwrap(), ["alias/ok.key"]);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! need and orders the rest. Every step comes out with its words expanded, ready to run.
 
 pub mod cache_key;
+pub mod chmod;
 pub mod graph;
 pub mod planner;
 pub mod platform;
 pub mod step;
 
+pub use chmod::Chmod;
 pub use planner::{plan, BaseConfig, ImageConfigs, NoImages, Plan, PlanOptions, Stage};
 pub use platform::Platform;
 pub use step::*;

@@ -213,7 +213,18 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         } else {
             destination.clone()
         };
+        // Copying into a directory the image already has keeps that directory as it is (owner,
+        // mode, time); only a directory the copy creates takes the source's metadata.
+        let keep_existing = source_is_dir
+            && !step.parents
+            && job
+                .image
+                .lstat(&base)
+                .is_some_and(|found| found.meta.is_dir());
         for entry in entries {
+            if keep_existing && entry.destination.as_os_str().is_empty() {
+                continue;
+            }
             placements.push(Placement {
                 destination: if entry.destination.as_os_str().is_empty() {
                     base.clone()
@@ -246,6 +257,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         image: job.image,
         owner,
         now: job.now,
+        dirs: std::collections::BTreeMap::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -269,6 +281,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         };
         writer.place(&placement, mode, &mut stats)?;
     }
+    writer.finish()?;
     Ok(stats)
 }
 
@@ -557,9 +570,22 @@ struct SnapshotWriter<'a> {
     image: &'a Rootfs,
     owner: Owner,
     now: i64,
+    /// Directory metadata, applied by `finish` once everything inside is written (writing a
+    /// child changes a directory's mtime). The last word on a directory wins.
+    dirs: std::collections::BTreeMap<PathBuf, (u32, Owner, (i64, i64))>,
 }
 
 impl SnapshotWriter<'_> {
+    /// Stamps the directories, deepest first.
+    fn finish(self) -> Result<(), BuildError> {
+        let mut dirs: Vec<_> = self.dirs.into_iter().collect();
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+        for (path, (mode, owner, mtime)) in dirs {
+            set_metadata(&path, mode, owner, mtime, false)?;
+        }
+        Ok(())
+    }
+
     /// Makes sure every component of `relative` is a real directory in the snapshot. A
     /// directory the image already has keeps its metadata; a new one is 0755, owned by the
     /// --chown owner.
@@ -584,22 +610,22 @@ impl SnapshotWriter<'_> {
                 Err(e) => return Err(io_at(&path, e)),
             }
             fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
-            match self.image.lstat(&view) {
+            let stamp = match self.image.lstat(&view) {
                 Some(found) if found.meta.is_dir() => {
                     let meta = &found.meta;
-                    set_metadata(
-                        &path,
+                    let owner = Owner {
+                        uid: meta.uid(),
+                        gid: meta.gid(),
+                    };
+                    (
                         meta.mode() & 0o7777,
-                        Owner {
-                            uid: meta.uid(),
-                            gid: meta.gid(),
-                        },
+                        owner,
                         (meta.mtime(), meta.mtime_nsec()),
-                        false,
-                    )?;
+                    )
                 }
-                _ => set_metadata(&path, 0o755, self.owner, (self.now, 0), false)?,
-            }
+                _ => (0o755, self.owner, (self.now, 0)),
+            };
+            self.dirs.insert(path.clone(), stamp);
         }
         Ok(())
     }
@@ -622,7 +648,8 @@ impl SnapshotWriter<'_> {
         // A later source replaces an earlier one, as in Docker; never write through it.
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() && matches!(placement.kind, PlacementKind::Dir) => {
-                return set_metadata(&path, mode, self.owner, placement.mtime, false);
+                self.dirs.insert(path, (mode, self.owner, placement.mtime));
+                return Ok(());
             }
             Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?,
             Ok(_) => fs::remove_file(&path).map_err(|e| io_at(&path, e))?,
@@ -631,10 +658,16 @@ impl SnapshotWriter<'_> {
         match &placement.kind {
             PlacementKind::Dir => {
                 fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
-                set_metadata(&path, mode, self.owner, placement.mtime, false)
+                self.dirs.insert(path, (mode, self.owner, placement.mtime));
+                Ok(())
             }
             PlacementKind::File(source) => {
-                let mut input = File::open(source).map_err(|e| io_at(source, e))?;
+                // Never follow a link swapped in since the source was walked.
+                let mut input = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(source)
+                    .map_err(|e| io_at(source, e))?;
                 let mut output = create_new(&path)?;
                 stats.bytes += io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?;
                 stats.files += 1;
@@ -770,6 +803,65 @@ mod tests {
         let out = copy(&step(&["src"], "/dst"), &ctx, &Rootfs::default(), "/").unwrap();
         assert_eq!(names(&out.path().join("dst")), ["sub", "x"]);
         assert_eq!(read(out.path(), "dst/sub/y"), "2");
+    }
+
+    #[test]
+    fn directory_times_survive_their_contents_being_written() {
+        let (c, ctx) = context(&[("src/sub/x", "1")]);
+        let old = rustix::fs::Timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        for dir in ["src", "src/sub"] {
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                c.path().join(dir),
+                &times,
+                rustix::fs::AtFlags::empty(),
+            )
+            .unwrap();
+        }
+        let out = copy(&step(&["src"], "/dst"), &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(
+            fs::metadata(out.path().join("dst")).unwrap().mtime(),
+            1_000_000_000
+        );
+        assert_eq!(
+            fs::metadata(out.path().join("dst/sub")).unwrap().mtime(),
+            1_000_000_000
+        );
+    }
+
+    #[test]
+    fn an_existing_destination_directory_keeps_its_owner_and_mode() {
+        let (_c, ctx) = context(&[("src/x", "1")]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("app")).unwrap();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            image_dir.path().join("app"),
+            Some(rustix::fs::Uid::from_raw(1000)),
+            Some(rustix::fs::Gid::from_raw(1000)),
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        fs::set_permissions(
+            image_dir.path().join("app"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o750),
+        )
+        .unwrap();
+        let image = Rootfs::new(vec![image_dir.path().into()]);
+        let out = copy(&step(&["src"], "/app"), &ctx, &image, "/").unwrap();
+        let app = fs::metadata(out.path().join("app")).unwrap();
+        assert_eq!(
+            (app.uid(), app.gid(), app.mode() & 0o7777),
+            (1000, 1000, 0o750)
+        );
+        assert_eq!(read(out.path(), "app/x"), "1");
     }
 
     #[test]

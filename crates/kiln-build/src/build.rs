@@ -379,11 +379,7 @@ impl Builder<'_> {
                     let CopySource::Path(pattern) = source else {
                         continue;
                     };
-                    for matched in self
-                        .context
-                        .sources(pattern)
-                        .map_err(|e| BuildError::Copy(format!("{}: {e}", copy_label(copy))))?
-                    {
+                    for matched in crate::copy::context_sources(self.context, pattern, &excludes)? {
                         let entries = self
                             .context
                             .walk(&matched, &excludes)
@@ -802,12 +798,4 @@ fn describe(part: &str) -> String {
         return format!("build arg {arg}");
     }
     part.to_string()
-}
-
-fn copy_label(copy: &kiln_plan::CopyStep) -> &'static str {
-    if copy.is_add {
-        "ADD"
-    } else {
-        "COPY"
-    }
 }

@@ -145,8 +145,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         match source {
             CopySource::Path(pattern) => {
                 let matches = match from {
-                    CopyFrom::Context(context) => context.sources(pattern).map_err(|e| BuildError::Copy(e.to_string()))?,
-                    CopyFrom::Stage(rootfs) => stage_sources(rootfs, pattern)?,
+                    CopyFrom::Context(context) => context_sources(context, pattern, &excludes)?,
+                    CopyFrom::Stage(rootfs) => without_excluded(stage_sources(rootfs, pattern)?, pattern, &excludes),
                 };
                 expanded.extend(matches.into_iter().map(|m| (m, None)));
             }
@@ -313,18 +313,76 @@ pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, BuildError> {
         }
     }
     let head = &head[..read];
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Some(ArchiveKind::Gzip)
+    let compressed = if head.starts_with(&[0x1f, 0x8b]) {
+        ArchiveKind::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(ArchiveKind::Zstd)
+        ArchiveKind::Zstd
     } else if head.starts_with(b"BZh") {
-        Some(ArchiveKind::Bzip2)
+        ArchiveKind::Bzip2
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(ArchiveKind::Xz)
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        Some(ArchiveKind::Tar)
+        ArchiveKind::Xz
     } else {
-        None
+        return Ok(looks_like_tar(head).then_some(ArchiveKind::Tar));
+    };
+    // A compressed file is unpacked only if what it holds is a tar (`data.json.gz` is copied
+    // as it is, as Docker does).
+    let mut block = [0u8; 512];
+    let mut reader = decompressor(path, compressed)?;
+    let mut filled = 0;
+    while filled < block.len() {
+        match reader.read(&mut block[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Not decompressible (or truncated): a plain file.
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(looks_like_tar(&block[..filled]).then_some(compressed))
+}
+
+/// A tar header block: a name, and a checksum that adds up (ustar magic is optional: old
+/// archives lack it).
+fn looks_like_tar(block: &[u8]) -> bool {
+    if block.len() < 512 || block[0] == 0 {
+        return false;
+    }
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .map(|b| *b as char)
+        .collect();
+    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == expected
+}
+
+/// A reader that decompresses `path` as `kind`.
+fn decompressor(path: &Path, kind: ArchiveKind) -> Result<Box<dyn io::Read>, BuildError> {
+    let file = File::open(path).map_err(|e| io_at(path, e))?;
+    Ok(match kind {
+        ArchiveKind::Tar => Box::new(file),
+        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file))),
+        ArchiveKind::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| io_at(path, e))?)
+        }
+        ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(io::BufReader::new(file))),
+        ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+            io::BufReader::new(file),
+        )),
     })
 }
 
@@ -338,18 +396,7 @@ fn extract_archive(
     owner: Option<Owner>,
     stats: &mut CopyStats,
 ) -> Result<(), BuildError> {
-    let file = File::open(path).map_err(|e| io_at(path, e))?;
-    let reader: Box<dyn io::Read> = match kind {
-        ArchiveKind::Tar => Box::new(file),
-        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file))),
-        ArchiveKind::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| io_at(path, e))?)
-        }
-        ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(io::BufReader::new(file))),
-        ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
-            io::BufReader::new(file),
-        )),
-    };
+    let reader = decompressor(path, kind)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -403,6 +450,42 @@ fn extract_archive(
         }
     }
     Ok(())
+}
+
+/// What a COPY/ADD source pattern names in the context, less what `--exclude` leaves out.
+/// The builder keys the step on exactly this list, so it must be the copy's list too.
+pub fn context_sources(
+    context: &Context,
+    pattern: &str,
+    excludes: &IgnoreRules,
+) -> Result<Vec<String>, BuildError> {
+    let matches = context
+        .sources(pattern)
+        .map_err(|e| BuildError::Copy(e.to_string()))?;
+    Ok(without_excluded(matches, pattern, excludes))
+}
+
+/// Wildcard matches minus the excluded ones; `--exclude` patterns are relative to the
+/// directory the wildcard starts in (`COPY --exclude=*.txt hom* /dst/` skips homework.txt).
+fn without_excluded(matches: Vec<String>, pattern: &str, excludes: &IgnoreRules) -> Vec<String> {
+    let cleaned = kiln_context::clean(pattern);
+    let segments: Vec<&str> = cleaned.split('/').collect();
+    let Some(first_wild) = segments.iter().position(|s| s.contains(['*', '?', '['])) else {
+        return matches;
+    };
+    let prefix = segments[..first_wild].join("/");
+    matches
+        .into_iter()
+        .filter(|m| {
+            let relative = if prefix.is_empty() {
+                m.as_str()
+            } else {
+                m.strip_prefix(&prefix)
+                    .map_or(m.as_str(), |r| r.trim_start_matches('/'))
+            };
+            !excludes.is_excluded(relative)
+        })
+        .collect()
 }
 
 /// A context source as placements relative to the source (the source itself first).
@@ -943,6 +1026,15 @@ mod tests {
     }
 
     #[test]
+    fn excludes_apply_to_wildcard_matches() {
+        let (_c, ctx) = context(&[("homework.txt", "t"), ("home.md", "m")]);
+        let mut s = step(&["hom*"], "/mydir/");
+        s.excludes = vec!["*.txt".into()];
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(names(&out.path().join("mydir")), ["home.md"]);
+    }
+
+    #[test]
     fn excludes_leave_files_out() {
         let (_c, ctx) = context(&[("src/a.rs", ""), ("src/a.log", "")]);
         let mut s = step(&["src"], "/src");
@@ -1073,6 +1165,23 @@ mod tests {
         );
         let inside = out.path().join("opt").join(name.trim_start_matches('/'));
         assert_eq!(fs::metadata(inside).unwrap().uid(), 4242);
+    }
+
+    #[test]
+    fn add_copies_compressed_files_that_are_not_archives() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        io::Write::write_all(&mut gz, b"{\"json\": true}").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("data.json.gz"), gz.finish().unwrap()).unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        assert_eq!(
+            archive_kind(&dir.path().join("data.json.gz")).unwrap(),
+            None
+        );
+        let mut s = step(&["data.json.gz"], "/d/");
+        s.is_add = true;
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        assert!(out.path().join("d/data.json.gz").is_file());
     }
 
     #[test]

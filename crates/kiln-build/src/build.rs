@@ -437,6 +437,12 @@ impl Builder<'_> {
         let mut instruction_key = KeyHasher::new("instruction");
         step.cache_key(&mut instruction_key);
         parts.push(("instruction".to_string(), instruction_key.finish()));
+        // A --chown by name depends on the image's /etc/passwd and /etc/group: key on the ids.
+        if let Some(spec) = &copy.chown {
+            let owner =
+                crate::copy::resolve_chown(spec, &image.rootfs()).map_err(BuildError::Copy)?;
+            parts.push(("chown".to_string(), format!("{}:{}", owner.uid, owner.gid)));
+        }
         for (name, value) in &step.args_used {
             parts.push((format!("arg {name}"), value.clone().unwrap_or_default()));
         }
@@ -607,6 +613,7 @@ impl Builder<'_> {
             step: copy,
             workdir: &step.workdir,
             image: if copy.link { &empty } else { &below },
+            users: &below,
             snapshot: &snapshot,
             now: self.now,
             fetched,

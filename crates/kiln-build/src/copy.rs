@@ -59,9 +59,12 @@ pub fn resolve_chown(spec: &str, image: &Rootfs) -> Result<Owner, String> {
 pub struct CopyJob<'a> {
     pub step: &'a CopyStep,
     pub workdir: &'a str,
-    /// The image before this step: decides whether the destination is a directory, resolves
-    /// symlinks in it and holds /etc/passwd for --chown. Empty for `--link`.
+    /// The image before this step: decides whether the destination is a directory and
+    /// resolves symlinks in it. Empty for `--link`.
     pub image: &'a Rootfs,
+    /// Where --chown names are looked up (/etc/passwd, /etc/group): the image before this
+    /// step, even for `--link`.
+    pub users: &'a Rootfs,
     /// A fresh, empty directory: the new layer.
     pub snapshot: &'a Path,
     /// The time given to directories and heredoc files the step creates.
@@ -88,6 +91,9 @@ struct Placement {
     kind: PlacementKind,
     mode: u32,
     mtime: (i64, i64),
+    /// The source's owner, kept when copying from a stage or image (as BuildKit does);
+    /// context files and generated ones have none and become root's, unless --chown.
+    owner: Option<Owner>,
 }
 
 enum PlacementKind {
@@ -120,7 +126,7 @@ fn join_view(base: &str, path: &str) -> PathBuf {
 pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, BuildError> {
     let step = job.step;
     let owner = match &step.chown {
-        Some(spec) => resolve_chown(spec, job.image).map_err(BuildError::Copy)?,
+        Some(spec) => resolve_chown(spec, job.users).map_err(BuildError::Copy)?,
         None => Owner::default(),
     };
     let chmod = step
@@ -181,6 +187,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 kind: PlacementKind::Content(content.clone()),
                 mode: 0o644,
                 mtime: (job.now, 0),
+                owner: None,
             });
             continue;
         }
@@ -249,6 +256,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
             kind: PlacementKind::File(file.path.clone()),
             mode: 0o600,
             mtime: (file.mtime.unwrap_or(0), 0),
+            owner: None,
         });
     }
 
@@ -256,6 +264,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         root: job.snapshot,
         image: job.image,
         owner,
+        chown: step.chown.is_some(),
         now: job.now,
         dirs: std::collections::BTreeMap::new(),
     };
@@ -508,6 +517,7 @@ fn context_entries(
             },
             mode: entry.mode,
             mtime: (entry.mtime, entry.mtime_nsec),
+            owner: None,
         })
         .collect())
 }
@@ -593,6 +603,7 @@ fn stage_entries(
             kind,
             mode: meta.mode,
             mtime: meta.mtime,
+            owner: Some(meta.owner),
         });
         if meta.is_dir {
             let mut children: Vec<(PathBuf, PathBuf, kiln_layer_meta::Meta)> = Vec::new();
@@ -630,6 +641,7 @@ mod kiln_layer_meta {
         pub is_symlink: bool,
         pub mode: u32,
         pub mtime: (i64, i64),
+        pub owner: super::Owner,
     }
 
     impl Meta {
@@ -642,6 +654,10 @@ mod kiln_layer_meta {
                 is_symlink: file_type.is_symlink(),
                 mode: found.meta.mode() & 0o7777,
                 mtime: (found.meta.mtime(), found.meta.mtime_nsec()),
+                owner: super::Owner {
+                    uid: found.meta.uid(),
+                    gid: found.meta.gid(),
+                },
             }
         }
     }
@@ -651,7 +667,10 @@ mod kiln_layer_meta {
 struct SnapshotWriter<'a> {
     root: &'a Path,
     image: &'a Rootfs,
+    /// --chown, or root for new entries without an owner of their own.
     owner: Owner,
+    /// Whether --chown was given (then it wins over a source's own owner).
+    chown: bool,
     now: i64,
     /// Directory metadata, applied by `finish` once everything inside is written (writing a
     /// child changes a directory's mtime). The last word on a directory wins.
@@ -723,6 +742,10 @@ impl SnapshotWriter<'_> {
         if let Some(parent) = relative.parent() {
             self.ensure_dir(parent)?;
         }
+        let owner = match placement.owner {
+            Some(own) if !self.chown => own,
+            _ => self.owner,
+        };
         let path = self.root.join(relative);
         if path == self.root {
             // Copying a directory's contents to `/`: nothing to create for the source itself.
@@ -731,7 +754,7 @@ impl SnapshotWriter<'_> {
         // A later source replaces an earlier one, as in Docker; never write through it.
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() && matches!(placement.kind, PlacementKind::Dir) => {
-                self.dirs.insert(path, (mode, self.owner, placement.mtime));
+                self.dirs.insert(path, (mode, owner, placement.mtime));
                 return Ok(());
             }
             Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?,
@@ -741,7 +764,7 @@ impl SnapshotWriter<'_> {
         match &placement.kind {
             PlacementKind::Dir => {
                 fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
-                self.dirs.insert(path, (mode, self.owner, placement.mtime));
+                self.dirs.insert(path, (mode, owner, placement.mtime));
                 Ok(())
             }
             PlacementKind::File(source) => {
@@ -755,7 +778,7 @@ impl SnapshotWriter<'_> {
                 stats.bytes += io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?;
                 stats.files += 1;
                 drop(output);
-                set_metadata(&path, mode, self.owner, placement.mtime, false)
+                set_metadata(&path, mode, owner, placement.mtime, false)
             }
             PlacementKind::Content(content) => {
                 let mut output = create_new(&path)?;
@@ -764,11 +787,11 @@ impl SnapshotWriter<'_> {
                 stats.files += 1;
                 stats.bytes += content.len() as u64;
                 drop(output);
-                set_metadata(&path, mode, self.owner, placement.mtime, false)
+                set_metadata(&path, mode, owner, placement.mtime, false)
             }
             PlacementKind::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &path).map_err(|e| io_at(&path, e))?;
-                set_metadata(&path, 0o777, self.owner, placement.mtime, true)
+                set_metadata(&path, 0o777, owner, placement.mtime, true)
             }
         }
     }
@@ -859,6 +882,7 @@ mod tests {
             step,
             workdir,
             image,
+            users: image,
             snapshot: snapshot.path(),
             now: 1_700_000_000,
             fetched: &[],

@@ -1174,3 +1174,38 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
     assert_eq!(verify.status, 0, "{}", verify.stderr);
     assert!(!images.stdout.contains("big"), "{}", images.stdout);
 }
+
+#[test]
+fn link_layers_are_independent_but_what_follows_is_not() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch AS s\nCOPY etc/ /etc/\nCOPY a.txt /a\nCOPY --link --chown=app b.txt /b\nFROM scratch\nCOPY --from=s / /out/\n"),
+        ("etc/passwd", "app:x:1000:1000::/:/bin/sh\n"),
+        ("etc/group", "app:x:1000:\n"),
+        ("a.txt", "v1"),
+        ("b.txt", "B"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &["-o", "type=local,dest=one"], &[]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(ctx.path().join("one/out/b")).unwrap().uid(),
+        1000,
+        "--link --chown by name resolves"
+    );
+    fs::write(ctx.path().join("a.txt"), "v2").unwrap();
+    let rebuilt = build(ctx.path(), root.path(), &["-o", "type=local,dest=two"], &[]);
+    assert!(
+        rebuilt.stderr.contains("#3 CACHED"),
+        "the linked layer does not depend on a.txt:\n{}",
+        rebuilt.stderr
+    );
+    assert!(
+        rebuilt.stderr.contains("#4 running"),
+        "the stage copying all of s must rerun:\n{}",
+        rebuilt.stderr
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("two/out/a")).unwrap(),
+        "v2"
+    );
+}

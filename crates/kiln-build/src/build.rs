@@ -72,6 +72,8 @@ pub struct Built {
     pub layers: Vec<Descriptor>,
     pub steps: usize,
     pub cached: usize,
+    /// Bytes of build-context files read to hash them (0 when every hash was memoised).
+    pub context_bytes_read: u64,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -151,7 +153,7 @@ pub fn build(
         context,
         options,
         progress,
-        memo: MemoryMemo::default(),
+        memo: MemoryMemo::load(&store.hash_memo_path()),
         now,
         results: BTreeMap::new(),
         number: 0,
@@ -167,7 +169,10 @@ pub fn build(
         .results
         .remove(&plan.target)
         .ok_or(BuildError::Plan)?;
-    builder.finish(image)
+    let built = builder.finish(image)?;
+    // Keep the file hashes for the next build; losing them only costs a re-read.
+    let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
+    Ok(built)
 }
 
 impl Builder<'_> {
@@ -702,6 +707,7 @@ impl Builder<'_> {
             layers,
             steps: self.number,
             cached: self.cached,
+            context_bytes_read: self.memo.bytes_read(),
         })
     }
 }

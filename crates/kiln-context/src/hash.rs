@@ -42,12 +42,93 @@ impl StatKey {
 pub trait HashMemo: Sync {
     fn get(&self, key: &StatKey) -> Option<[u8; 32]>;
     fn put(&self, key: StatKey, hash: [u8; 32]);
+    /// Told how many bytes were read to hash a file the memo did not know.
+    fn record_read(&self, _bytes: u64) {}
 }
 
-/// A memo that lives as long as the process.
+/// A memo of file hashes, kept in memory and, through [`MemoryMemo::load`] and
+/// [`MemoryMemo::to_bytes`], in a file between builds (the store's `hashes/memo`).
 #[derive(Default)]
 pub struct MemoryMemo {
     hashes: Mutex<HashMap<StatKey, [u8; 32]>>,
+    bytes_read: std::sync::atomic::AtomicU64,
+}
+
+/// Entries kept in a saved memo at most; beyond it the memo starts over (it is only a cache).
+const MAX_SAVED: usize = 1_000_000;
+
+impl MemoryMemo {
+    /// Reads a saved memo; a missing or damaged file gives an empty memo, never an error:
+    /// the worst a bad memo can do is make hashing read files again.
+    pub fn load(path: &std::path::Path) -> Self {
+        let memo = MemoryMemo::default();
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return memo;
+        };
+        if let Ok(mut hashes) = memo.hashes.lock() {
+            for line in text.lines() {
+                if let Some((key, hash)) = parse_line(line) {
+                    hashes.insert(key, hash);
+                }
+            }
+        }
+        memo
+    }
+
+    /// The memo as text, one `dev ino size mtime_ns ctime_ns sha256hex` line per file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use std::fmt::Write;
+        let Ok(hashes) = self.hashes.lock() else {
+            return Vec::new();
+        };
+        let mut out = String::with_capacity(hashes.len().min(MAX_SAVED) * 120);
+        for (key, hash) in hashes.iter().take(MAX_SAVED) {
+            let _ = writeln!(
+                out,
+                "{} {} {} {} {} {}",
+                key.dev,
+                key.ino,
+                key.size,
+                key.mtime_ns,
+                key.ctime_ns,
+                hex(hash)
+            );
+        }
+        out.into_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// File content read to compute hashes this memo did not have.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn parse_line(line: &str) -> Option<(StatKey, [u8; 32])> {
+    let mut fields = line.split(' ');
+    let key = StatKey {
+        dev: fields.next()?.parse().ok()?,
+        ino: fields.next()?.parse().ok()?,
+        size: fields.next()?.parse().ok()?,
+        mtime_ns: fields.next()?.parse().ok()?,
+        ctime_ns: fields.next()?.parse().ok()?,
+    };
+    let text = fields.next()?;
+    if text.len() != 64 || fields.next().is_some() {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((key, hash))
 }
 
 impl HashMemo for MemoryMemo {
@@ -59,6 +140,11 @@ impl HashMemo for MemoryMemo {
         if let Ok(mut hashes) = self.hashes.lock() {
             hashes.insert(key, hash);
         }
+    }
+
+    fn record_read(&self, bytes: u64) {
+        self.bytes_read
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -114,7 +200,8 @@ pub fn content_digest_detailed(
                 if let Some(hash) = memo.get(&entry.stat) {
                     return Ok(Some(hash));
                 }
-                let (hash, _) = file_sha256(&entry.absolute)?;
+                let (hash, read) = file_sha256(&entry.absolute)?;
+                memo.record_read(read);
                 memo.put(entry.stat, hash);
                 Ok(Some(hash))
             }
@@ -209,6 +296,28 @@ mod tests {
         fs::remove_file(dir.path().join("l")).unwrap();
         std::os::unix::fs::symlink("c", dir.path().join("l")).unwrap();
         assert_ne!(digest(&ctx, &memo), linked);
+    }
+
+    #[test]
+    fn a_saved_memo_loads_back_and_damage_is_ignored() {
+        let memo = MemoryMemo::default();
+        let key = StatKey {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: -4,
+            ctime_ns: 5,
+        };
+        memo.put(key, [9u8; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memo");
+        let mut bytes = memo.to_bytes();
+        bytes.extend_from_slice(b"garbage line\n1 2 3\n");
+        fs::write(&path, bytes).unwrap();
+        let loaded = MemoryMemo::load(&path);
+        assert_eq!(loaded.get(&key), Some([9u8; 32]));
+        assert_eq!(loaded.len(), 1);
+        assert!(MemoryMemo::load(&dir.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root` and clears work areas that no running
     /// build holds.
     pub fn open(root: &Path) -> Result<Store> {
-        for dir in ["blobs/sha256", "snapshots", "cache", "tmp"] {
+        for dir in ["blobs/sha256", "snapshots", "cache", "hashes", "tmp"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_at(&path))?;
         }
@@ -139,6 +139,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The memo of build-context file hashes, keyed by (dev, inode, size, mtime, ctime).
+    pub fn hash_memo_path(&self) -> PathBuf {
+        self.root.join("hashes/memo")
     }
 
     /// A private work directory inside this process's work area, removed when dropped.

@@ -143,11 +143,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             .unwrap_or_default()
             .to_string();
         eprintln!(
-            "built {short} in {:.2}s: {} steps, {} cached, {} layers",
+            "built {short} in {:.2}s: {} steps, {} cached, {} layers, {} bytes of context read",
             progress.elapsed(),
             built.steps,
             built.cached,
-            built.layers.len()
+            built.layers.len(),
+            built.context_bytes_read
         );
         for name in &names {
             eprintln!("tagged {name}");

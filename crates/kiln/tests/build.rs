@@ -169,6 +169,16 @@ fn cached_rebuild_runs_nothing_and_writes_the_same_bytes() {
         second.stderr
     );
     assert!(second.stderr.contains("2 cached"), "{}", second.stderr);
+    assert!(
+        first.stderr.contains(" 2 bytes of context read"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        second.stderr.contains(" 0 bytes of context read"),
+        "hashes come from the memo, no file is read again:\n{}",
+        second.stderr
+    );
     assert_eq!(
         fs::read(ctx.path().join("one.tar")).unwrap(),
         fs::read(ctx.path().join("two.tar")).unwrap()

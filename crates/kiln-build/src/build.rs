@@ -320,7 +320,6 @@ impl Builder<'_> {
         Ok(image)
     }
 
-    /// Key parts of a COPY/ADD: what it reads, named so a miss can say what changed.
     /// Downloads every URL source of an ADD into a work area of the store.
     fn download(&self, copy: &kiln_plan::CopyStep) -> Result<Downloads, BuildError> {
         let dir = self.store.work_dir().map_err(BuildError::store)?;
@@ -341,6 +340,7 @@ impl Builder<'_> {
         })
     }
 
+    /// Key parts of a COPY/ADD: what it reads, named so a miss can say what changed.
     fn copy_inputs(
         &self,
         copy: &kiln_plan::CopyStep,
@@ -546,7 +546,7 @@ impl Builder<'_> {
                     .first()
                     .is_some_and(|(k, v)| k == "slot" && v == slot)
             })
-            .max_by_key(|r| r.parts.len());
+            .max_by_key(|r| r.created);
         let Some(previous) = previous else {
             return "not built before".to_string();
         };

@@ -586,8 +586,8 @@ fn stage_entries(
         )));
     };
     let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, PathBuf, kiln_layer_meta::Meta)> =
-        vec![(resolved, PathBuf::new(), kiln_layer_meta::Meta::of(&found))];
+    let mut stack: Vec<(PathBuf, PathBuf, source_meta::Meta)> =
+        vec![(resolved, PathBuf::new(), source_meta::Meta::of(&found))];
     while let Some((view_path, relative, meta)) = stack.pop() {
         let kind = if meta.is_dir {
             PlacementKind::Dir
@@ -606,7 +606,7 @@ fn stage_entries(
             owner: Some(meta.owner),
         });
         if meta.is_dir {
-            let mut children: Vec<(PathBuf, PathBuf, kiln_layer_meta::Meta)> = Vec::new();
+            let mut children: Vec<(PathBuf, PathBuf, source_meta::Meta)> = Vec::new();
             for name in rootfs.list(&view_path) {
                 let child_relative = relative.join(&name);
                 if excludes.is_excluded(&child_relative.to_string_lossy()) {
@@ -614,11 +614,7 @@ fn stage_entries(
                 }
                 let child_view = view_path.join(&name);
                 if let Some(child) = rootfs.lstat(&child_view) {
-                    children.push((
-                        child_view,
-                        child_relative,
-                        kiln_layer_meta::Meta::of(&child),
-                    ));
+                    children.push((child_view, child_relative, source_meta::Meta::of(&child)));
                 }
             }
             // Reverse so the stack pops them in name order.
@@ -629,7 +625,7 @@ fn stage_entries(
 }
 
 /// The metadata a placement needs from a union-view entry.
-mod kiln_layer_meta {
+mod source_meta {
     use crate::rootfs::Found;
     use std::os::unix::fs::MetadataExt;
     use std::path::PathBuf;

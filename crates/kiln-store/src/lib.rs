@@ -36,6 +36,8 @@ pub enum StoreError {
     DigestMismatch { expected: String, actual: String },
     #[error("image {0:?} is not in the store")]
     UnknownImage(String),
+    #[error("another kiln process is using the store; run prune again when it has finished")]
+    Busy,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -84,6 +86,8 @@ pub struct Store {
     /// This process's locked work area: every temp file goes in here, so another build's
     /// cleanup never takes a file that is still being written.
     session: WorkDir,
+    /// A shared (or, for prune, exclusive) lock on `use.lock` for as long as the store is open.
+    _in_use: File,
 }
 
 /// Held while `index.json` is read and rewritten, so concurrent builds don't lose tags.
@@ -109,14 +113,42 @@ impl Store {
     /// Opens (creating if needed) the store at `root` and clears work areas that no running
     /// build holds.
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, false)
+    }
+
+    /// Opens the store for `prune`: no build may be using it meanwhile, since prune deletes
+    /// what no name or cache record holds, and a running build's layers are not named yet.
+    pub fn open_exclusive(root: &Path) -> Result<Store> {
+        Store::open_with(root, true)
+    }
+
+    fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
         for dir in ["blobs/sha256", "snapshots", "cache", "hashes", "tmp"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_at(&path))?;
         }
+        // Every process holds the store shared; prune holds it alone.
+        let use_path = root.join("use.lock");
+        let in_use = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&use_path)
+            .map_err(io_at(&use_path))?;
+        let operation = if exclusive {
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        } else {
+            rustix::fs::FlockOperation::LockShared
+        };
+        rustix::fs::flock(in_use.as_fd(), operation).map_err(|e| match e {
+            rustix::io::Errno::WOULDBLOCK => StoreError::Busy,
+            other => io_at(&use_path)(other.into()),
+        })?;
         clean_tmp(&root.join("tmp"));
         let store = Store {
             root: root.to_path_buf(),
             session: new_work_dir(&root.join("tmp"))?,
+            _in_use: in_use,
         };
         let layout = root.join("oci-layout");
         if !layout.exists() {
@@ -379,6 +411,10 @@ impl Store {
             let _ = fs::remove_dir_all(dir);
             return Ok(target);
         }
+        // The snapshot's files reach the disk before its name does: after a crash, a snapshot
+        // that exists is whole.
+        let handle = File::open(dir).map_err(io_at(dir))?;
+        rustix::fs::syncfs(handle.as_fd()).map_err(|e| io_at(dir)(e.into()))?;
         match fs::rename(dir, &target) {
             Ok(()) => {
                 sync_parent(&target)?;
@@ -392,8 +428,33 @@ impl Store {
         }
     }
 
-    /// Checks every blob against its digest; returns the ones that fail.
+    /// Checks every blob against its digest, and that every blob a named image needs exists;
+    /// returns a line per problem.
     pub fn verify(&self) -> Result<Vec<String>> {
+        let mut problems: Vec<String> = self
+            .verify_blobs()?
+            .into_iter()
+            .map(|b| format!("blob {b} does not match its digest"))
+            .collect();
+        for tagged in self.images()? {
+            let mut needed = vec![tagged.manifest.digest.clone()];
+            if let Ok(image) = self.image(&tagged.manifest) {
+                needed.push(image.manifest.config.digest.clone());
+                needed.extend(image.manifest.layers.iter().map(|l| l.digest.clone()));
+            }
+            for digest in needed {
+                if !self.has_blob(&digest) {
+                    problems.push(format!(
+                        "blob {digest} is missing (needed by {})",
+                        tagged.name
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    fn verify_blobs(&self) -> Result<Vec<String>> {
         let dir = self.root.join("blobs/sha256");
         let mut bad = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))?.flatten() {
@@ -573,7 +634,10 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !snapshots.contains(&name) {
                 report.bytes += tree_size(&entry.path()).0;
-                if fs::remove_dir_all(entry.path()).is_ok() {
+                // Out of sight first, then deleted: a crash midway leaves no half snapshot.
+                let doomed = self.session.path().join(format!("pruned-{name}"));
+                if fs::rename(entry.path(), &doomed).is_ok() && fs::remove_dir_all(&doomed).is_ok()
+                {
                     report.snapshots += 1;
                 }
             }
@@ -813,6 +877,37 @@ mod tests {
             (1, 1, 1)
         );
         assert!(store.disk_usage().blob_count == 0);
+    }
+
+    #[test]
+    fn prune_waits_for_no_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let building = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open_exclusive(dir.path()),
+            Err(StoreError::Busy)
+        ));
+        drop(building);
+        assert!(Store::open_exclusive(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn verify_names_missing_blobs_of_named_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_blob(b"{}").unwrap();
+        let manifest = Descriptor::new(kiln_oci::media_types::OCI_MANIFEST, digest.clone(), 2);
+        store
+            .tag("docker.io/library/gone:1", "1", &manifest)
+            .unwrap();
+        fs::remove_file(store.blob_path(&digest)).unwrap();
+        let problems = store.verify().unwrap();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("missing") && p.contains("gone:1")),
+            "{problems:?}"
+        );
     }
 
     #[test]

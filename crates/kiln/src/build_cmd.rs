@@ -90,12 +90,6 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(built) => built,
         Err(e) => return fail(INVALID, e),
     };
-    for name in &names {
-        let tag = name.tag().unwrap_or("latest");
-        if let Err(e) = store.tag(&name.to_string(), tag, &built.manifest) {
-            return fail(INVALID, format!("tagging {name}: {e}"));
-        }
-    }
     // Docker refuses images deeper than 125 layers; say so before someone tries to load one.
     let for_docker = outputs
         .iter()
@@ -111,9 +105,16 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             return fail(INVALID, e);
         }
     }
+    // Named only once every output is written: a failed export leaves no half-finished name.
+    for name in &names {
+        let tag = name.tag().unwrap_or("latest");
+        if let Err(e) = store.tag(&name.to_string(), tag, &built.manifest) {
+            return fail(INVALID, format!("tagging {name}: {e}"));
+        }
+    }
     let image_id = built.config_descriptor.digest.to_string();
     if let Some(path) = &args.iidfile {
-        if let Err(e) = std::fs::write(path, &image_id) {
+        if let Err(e) = write_file_atomic(path, image_id.as_bytes()) {
             return fail(INVALID, format!("--iidfile {}: {e}", path.display()));
         }
     }
@@ -130,7 +131,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             "kiln.layers": built.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&metadata).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, text) {
+        if let Err(e) = write_file_atomic(path, text.as_bytes()) {
             return fail(INVALID, format!("--metadata-file {}: {e}", path.display()));
         }
     }
@@ -155,4 +156,15 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Writes a small result file through a temp file beside it, so readers never see half of it.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.persist(path).map(|_| ()).map_err(|e| e.error)
 }

@@ -50,7 +50,11 @@ fn human(bytes: u64) -> String {
 }
 
 pub fn run(command: &Command, root: &Path) -> ExitCode {
-    let store = match Store::open(root) {
+    let opened = match command {
+        Command::Prune { .. } => Store::open_exclusive(root),
+        _ => Store::open(root),
+    };
+    let store = match opened {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
@@ -263,8 +267,8 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                 println!("all blobs match their digests");
                 Ok(())
             } else {
-                for blob in &bad {
-                    eprintln!("error: blob {blob} does not match its digest");
+                for problem in &bad {
+                    eprintln!("error: {problem}");
                 }
                 Err(ExitCode::from(INVALID))
             }

@@ -734,7 +734,28 @@ impl SnapshotWriter<'_> {
         mode: u32,
         stats: &mut CopyStats,
     ) -> Result<(), BuildError> {
-        let relative = &placement.destination;
+        // Directories the image has as symlinks are followed, inside the image (a tree copied
+        // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`); the entry
+        // itself, unless it is a directory, replaces whatever the image has at its name.
+        let resolved = match (
+            &placement.kind,
+            placement.destination.parent(),
+            placement.destination.file_name(),
+        ) {
+            (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
+                self.image
+                    .resolve(&placement.destination, true)
+                    .map_err(BuildError::Copy)?
+                    .0
+            }
+            (_, Some(parent), Some(name)) => self
+                .image
+                .resolve(parent, true)
+                .map_err(BuildError::Copy)?
+                .0
+                .join(name),
+        };
+        let relative = &resolved;
         if let Some(parent) = relative.parent() {
             self.ensure_dir(parent)?;
         }
@@ -965,6 +986,22 @@ mod tests {
             (1000, 1000, 0o750)
         );
         assert_eq!(read(out.path(), "app/x"), "1");
+    }
+
+    #[test]
+    fn directories_that_are_links_in_the_image_are_followed() {
+        let (_c, ctx) = context(&[("tree/lib/libfoo.so", "F"), ("tree/etc/conf", "C")]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", image_dir.path().join("lib")).unwrap();
+        let image = Rootfs::new(vec![image_dir.path().into()]);
+        let out = copy(&step(&["tree"], "/"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "usr/lib/libfoo.so"), "F");
+        assert!(
+            !out.path().join("lib").exists(),
+            "the image's /lib link stays a link"
+        );
+        assert_eq!(read(out.path(), "etc/conf"), "C");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct BuildOptions {
     pub platform: Platform,
     /// Merge the layers this recipe adds into one.
     pub squash: bool,
+    /// Names the recipe (its canonical path), so a miss is explained against earlier builds of
+    /// the same recipe only.
+    pub recipe_id: String,
 }
 
 /// What progress displays hear about.
@@ -223,9 +226,7 @@ impl Builder<'_> {
     /// A base image from the store, usable when its layers are unpacked there (images kiln
     /// built are).
     fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
-        let name = ImageName::parse_normalized(reference).map_err(|e| {
-            BuildError::Image(format!("invalid image reference {reference:?}: {e}"))
-        })?;
+        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
         let tagged = self
             .store
             .resolve(&name.to_string())
@@ -449,7 +450,11 @@ impl Builder<'_> {
             parts.push(("chown".to_string(), format!("{}:{}", owner.uid, owner.gid)));
         }
         for (name, value) in &step.args_used {
-            parts.push((format!("arg {name}"), value.clone().unwrap_or_default()));
+            // Only a hash of the value: a build arg may hold something private, and cache
+            // records are plain files.
+            let mut hashed = KeyHasher::new("build-arg");
+            hashed.opt_str("value", value.as_deref());
+            parts.push((format!("arg {name}"), hashed.finish()));
         }
         parts.push((
             "compression".to_string(),
@@ -466,7 +471,7 @@ impl Builder<'_> {
         let mut key = KeyHasher::new("layer-step");
         key.pairs("parts", &parts);
         let key = key.finish();
-        let slot = format!("{}:{position}", stage.label());
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
 
         let record = if no_cache {
             None
@@ -500,6 +505,10 @@ impl Builder<'_> {
                         created_by: step.instruction.original.clone(),
                         parts: stored_parts,
                         created: self.now,
+                        recorded: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos())
+                            .unwrap_or(0),
                     })
                     .map_err(BuildError::store)?;
                 (layer, self.now)
@@ -546,7 +555,7 @@ impl Builder<'_> {
                     .first()
                     .is_some_and(|(k, v)| k == "slot" && v == slot)
             })
-            .max_by_key(|r| r.created);
+            .max_by_key(|r| r.recorded);
         let Some(previous) = previous else {
             return "not built before".to_string();
         };
@@ -673,6 +682,16 @@ impl Builder<'_> {
             image.time
         };
         config.created = Some(rfc3339(created));
+        // Metadata steps of a FROM scratch stage before its first layer have no layer time to
+        // take: they get the image's own.
+        if self.options.source_date_epoch.is_none() {
+            let unset = rfc3339(0);
+            for entry in &mut config.history {
+                if entry.created.as_deref() == Some(unset.as_str()) {
+                    entry.created = config.created.clone();
+                }
+            }
+        }
         let config_bytes =
             to_canonical_json(&config).map_err(|e| BuildError::Image(e.to_string()))?;
         let config_digest = self
@@ -783,7 +802,7 @@ pub struct StoreImages<'a> {
 
 impl kiln_plan::ImageConfigs for StoreImages<'_> {
     fn config(&self, reference: &str, _platform: &Platform) -> Option<kiln_plan::BaseConfig> {
-        let name = ImageName::parse_normalized(reference).ok()?;
+        let name = ImageName::parse(reference).ok()?;
         let tagged = self.store.resolve(&name.to_string()).ok()?;
         let image = self.store.image(&tagged.manifest).ok()?;
         let config = image.config.config;

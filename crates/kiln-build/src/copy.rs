@@ -168,6 +168,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         }
     }
     let into_dir = step.destination.ends_with('/')
+        || step.destination == "."
         || step.destination.ends_with("/.")
         || existing_dir
         || expanded.len() + remote.len() > 1;

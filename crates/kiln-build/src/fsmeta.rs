@@ -66,7 +66,18 @@ pub(crate) fn set_stamp(
             Some(rustix::fs::Gid::from_raw(stamp.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| io_at(path, e.into()))?;
+        .map_err(|e| {
+            if e == rustix::io::Errno::PERM {
+                BuildError::Unsupported(format!(
+                    "cannot give {} to {}:{}: building as a user other than root needs user namespaces, which come with RUN support; run kiln as root for now",
+                    path.display(),
+                    stamp.uid,
+                    stamp.gid
+                ))
+            } else {
+                io_at(path, e.into())
+            }
+        })?;
     }
     if !is_symlink {
         fs::set_permissions(path, fs::Permissions::from_mode(stamp.mode))

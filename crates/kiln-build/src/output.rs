@@ -42,7 +42,7 @@ pub struct OutputSpec {
 
 impl OutputSpec {
     /// Parses `type=oci,dest=FILE[,name=NAME]`. (buildx reads a bare path as a local
-    /// directory output, which this version does not write, so a bare path is refused.)
+    /// directory output; kiln asks for `type=local,dest=DIR` to be spelled out.)
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut kind = None;
         let mut destination = None;
@@ -114,11 +114,18 @@ pub fn export(
     let mut all = names.to_vec();
     for name in &spec.names {
         all.push(
-            ImageName::parse_normalized(name)
+            ImageName::parse(name)
                 .map_err(|e| BuildError::Image(format!("output name {name:?}: {e}")))?,
         );
     }
-    export_image(spec.kind, &spec.destination, &built.manifest, store, &all)
+    export_image(
+        spec.kind,
+        &spec.destination,
+        &built.manifest,
+        store,
+        &all,
+        built.source_date_epoch,
+    )
 }
 
 /// Writes an image of the store (by its manifest descriptor) as an archive.
@@ -128,13 +135,19 @@ pub fn export_image(
     manifest: &kiln_oci::Descriptor,
     store: &Store,
     names: &[ImageName],
+    source_date_epoch: Option<i64>,
 ) -> Result<(), BuildError> {
     let mut image = ImageRef::new(manifest.clone());
     for name in names {
         image = image.with_name(name.clone());
     }
     let blobs = LayoutBlobs::new(store.root());
-    let options = WriteOptions::from_env().map_err(|e| BuildError::Image(e.to_string()))?;
+    // Archive entries carry the build's SOURCE_DATE_EPOCH (flag or environment), else 0.
+    let options = WriteOptions {
+        mtime: source_date_epoch
+            .and_then(|e| u64::try_from(e).ok())
+            .unwrap_or(0),
+    };
     let write = |out: &mut dyn Write| -> Result<(), BuildError> {
         let result = match kind {
             OutputKind::Docker => write_docker_archive(out, &image, &blobs, &options),
@@ -174,6 +187,11 @@ fn write_to(
             let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
             write(file.as_file_mut())?;
             file.as_file().sync_all().map_err(io_error)?;
+            // Temp files are private (0600); an image archive is for other tools to read.
+            use std::os::unix::fs::PermissionsExt;
+            file.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(io_error)?;
             file.persist(path).map_err(|e| io_error(e.error))?;
             Ok(())
         }
@@ -259,6 +277,10 @@ fn export_layers(
         let mut input = store.open_blob(&layer.digest).map_err(BuildError::Store)?;
         let mut output = tempfile::NamedTempFile::new_in(dir).map_err(io_at(dir))?;
         std::io::copy(&mut input, output.as_file_mut()).map_err(io_at(&target))?;
+        output
+            .as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io_at(&target))?;
         output
             .persist(&target)
             .map_err(|e| io_at(&target)(e.error))?;

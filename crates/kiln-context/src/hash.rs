@@ -54,7 +54,8 @@ pub struct MemoryMemo {
     bytes_read: std::sync::atomic::AtomicU64,
 }
 
-/// Entries kept in a saved memo at most; beyond it the memo starts over (it is only a cache).
+/// Entries kept in a saved memo at most (an arbitrary subset past it: the memo is only a
+/// cache, and a file it forgot is read again).
 const MAX_SAVED: usize = 1_000_000;
 
 impl MemoryMemo {

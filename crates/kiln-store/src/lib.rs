@@ -64,6 +64,10 @@ pub struct CacheRecord {
     /// history and creation time, and with them its digest, stay the same.
     #[serde(default)]
     pub created: i64,
+    /// When the record was written (Unix nanoseconds, wall clock, whatever the epoch): the
+    /// newest record of a step is the one a miss is explained against.
+    #[serde(default)]
+    pub recorded: u128,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +209,10 @@ impl Store {
         let tmp = self.session.path();
         let mut file = tempfile::NamedTempFile::new_in(tmp).map_err(io_at(tmp))?;
         file.write_all(bytes).map_err(io_at(file.path()))?;
+        // The store is an OCI layout other tools read; temp files start private.
+        file.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io_at(path))?;
         file.as_file().sync_all().map_err(io_at(path))?;
         file.persist(path).map_err(|e| io_at(path)(e.error))?;
         sync_parent(path)
@@ -242,6 +250,9 @@ impl Store {
             return Ok(());
         }
         file.as_file().sync_all().map_err(io_at(&path))?;
+        file.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io_at(&path))?;
         file.persist(&path).map_err(|e| io_at(&path)(e.error))?;
         sync_parent(&path)
     }
@@ -434,7 +445,7 @@ impl Store {
         let mut problems: Vec<String> = self
             .verify_blobs()?
             .into_iter()
-            .map(|b| format!("blob {b} does not match its digest"))
+            .map(|b| format!("blob sha256:{b} does not match its digest"))
             .collect();
         for tagged in self.images()? {
             let mut needed = vec![tagged.manifest.digest.clone()];
@@ -863,6 +874,7 @@ mod tests {
                 created_by: "COPY".into(),
                 parts: vec![],
                 created: 0,
+                recorded: 0,
             })
             .unwrap();
         fs::create_dir_all(store.snapshot_path("sha256:cd")).unwrap();
@@ -926,6 +938,7 @@ mod tests {
             created_by: "COPY a b".into(),
             parts: vec![],
             created: 0,
+            recorded: 0,
         };
         store.cache_put(&record).unwrap();
         assert_eq!(store.cache_get("sha256:00"), None, "no snapshot yet");

@@ -28,7 +28,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
     // Usage problems are found before any work starts.
     let mut names = Vec::new();
     for tag in &args.tags {
-        match ImageName::parse_normalized(tag) {
+        match ImageName::parse(tag) {
             Ok(name) => names.push(name),
             Err(e) => return fail(USAGE, format!("-t {tag}: {e}")),
         }
@@ -40,21 +40,28 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             Err(e) => return fail(USAGE, format!("-o {output}: {e}")),
         }
     }
-    let source_date_epoch = match args.source_date_epoch {
-        Some(epoch) => Some(epoch),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(value) if !value.is_empty() => match value.parse() {
-                Ok(epoch) => Some(epoch),
-                Err(_) => {
-                    return fail(
+    let source_date_epoch =
+        match args.source_date_epoch {
+            Some(epoch) if epoch < 0 => {
+                return fail(
+                    USAGE,
+                    format!("--source-date-epoch {epoch}: must not be negative"),
+                )
+            }
+            Some(epoch) => Some(epoch),
+            None => match std::env::var("SOURCE_DATE_EPOCH") {
+                Ok(value) if !value.is_empty() => match value.parse::<i64>() {
+                    Ok(epoch) if epoch >= 0 => Some(epoch),
+                    _ => return fail(
                         USAGE,
-                        format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"),
-                    )
-                }
+                        format!(
+                            "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
+                        ),
+                    ),
+                },
+                _ => None,
             },
-            _ => None,
-        },
-    };
+        };
     let store = match Store::open(root) {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
@@ -83,7 +90,22 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         compression: Compression::default(),
         platform,
         squash: args.squash,
+        recipe_id: loaded
+            .recipe_path
+            .as_deref()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("stdin@{}", context.root().display())),
     };
+    for wanted in &args.no_cache_filter {
+        let known = loaded.plan.stages.iter().any(|s| {
+            s.name.as_deref() == Some(wanted.to_ascii_lowercase().as_str())
+                || s.index.to_string() == *wanted
+        });
+        if !known {
+            eprintln!("warning: --no-cache-filter {wanted}: no stage has this name or index");
+        }
+    }
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let progress = Plain::new(quiet);
     let built = match build(&loaded.plan, &store, &context, &options, &progress) {
@@ -135,7 +157,13 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             return fail(INVALID, format!("--metadata-file {}: {e}", path.display()));
         }
     }
-    if quiet {
+    let stdout_taken = outputs
+        .iter()
+        .any(|o| o.destination == kiln_build::output::Destination::Stdout);
+    if quiet && stdout_taken {
+        // Standard output carries the archive: the ID must not be mixed into it.
+        eprintln!("{image_id}");
+    } else if quiet {
         println!("{image_id}");
     } else {
         let short = image_id
@@ -166,5 +194,8 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut file, bytes)?;
+    file.as_file().sync_all()?;
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     file.persist(path).map(|_| ()).map_err(|e| e.error)
 }

@@ -58,7 +58,8 @@ pub enum Command {
         #[arg(short = 't', long = "tag", value_name = "NAME")]
         tags: Vec<String>,
     },
-    /// Remove blobs, snapshots and cache records no image or cache record needs.
+    /// Remove blobs and snapshots that no named image and no cache record needs (with --all,
+    /// drop the build cache first).
     Prune {
         /// Also drop the whole build cache.
         #[arg(long)]
@@ -113,8 +114,8 @@ pub struct BuildArgs {
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     pub tags: Vec<String>,
 
-    /// Where the image goes, buildx style: type=oci,dest=FILE | type=docker,dest=FILE
-    /// (dest=- is standard output). Repeatable.
+    /// Where the image goes, buildx style: type=oci|docker|tar,dest=FILE (dest=- is standard
+    /// output), type=local|layers,dest=DIR; name=NAME names it inside archives. Repeatable.
     #[arg(short = 'o', long = "output", value_name = "type=TYPE,dest=PATH")]
     pub outputs: Vec<String>,
 

@@ -16,7 +16,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 /// Names as people type them (`app:1`) resolve to what the store keeps
 /// (`docker.io/library/app:1`).
 fn full_name(name: &str) -> Result<ImageName, ExitCode> {
-    ImageName::parse_normalized(name).map_err(|e| fail(USAGE, format!("{name:?}: {e}")))
+    ImageName::parse(name).map_err(|e| fail(USAGE, format!("{name:?}: {e}")))
 }
 
 fn find(store: &Store, name: &str) -> Result<Tagged, ExitCode> {
@@ -184,7 +184,7 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                 ArchiveKind::Oci => OutputKind::Oci,
                 ArchiveKind::Docker => OutputKind::Docker,
             };
-            export_image(kind, &destination, &tagged.manifest, store, &[name])
+            export_image(kind, &destination, &tagged.manifest, store, &[name], None)
                 .map_err(|e| fail(INVALID, e))
         }
         Command::Load { input, tags } => {
@@ -204,7 +204,7 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
             let mut names: Vec<ImageName> = image
                 .names
                 .iter()
-                .filter_map(|n| ImageName::parse_normalized(n).ok())
+                .filter_map(|n| ImageName::parse(n).ok())
                 .collect();
             for tag in tags {
                 names.push(full_name(tag)?);

@@ -1219,3 +1219,58 @@ fn link_layers_are_independent_but_what_follows_is_not() {
         "v2"
     );
 }
+
+#[test]
+fn dot_destination_and_default_tags_and_quiet_stdout() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nWORKDIR /app\nCOPY a.txt .\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-t", "plain", "-o", "type=local,dest=out"],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("out/app/a.txt")).unwrap(),
+        "A",
+        "`.` is the WORKDIR, a directory"
+    );
+    // A name without a tag is name:latest, however it is written later.
+    let inspect = kiln(&["--root", &r, "inspect", "plain:latest"], ctx.path(), &[]);
+    assert_eq!(inspect.status, 0, "{}", inspect.stderr);
+    assert_eq!(
+        kiln(
+            &["--root", &r, "inspect", "docker.io/library/plain"],
+            ctx.path(),
+            &[]
+        )
+        .status,
+        0
+    );
+    // With the archive on standard output, -q keeps the image ID out of it.
+    let quiet = kiln(
+        &["--root", &r, "build", "-q", "-o", "type=oci,dest=-", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(quiet.status, 0, "{}", quiet.stderr);
+    assert!(
+        quiet.stderr.trim().starts_with("sha256:"),
+        "{}",
+        quiet.stderr
+    );
+    let raw = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--root", &r, "build", "-q", "-o", "type=oci,dest=-", "."])
+        .current_dir(ctx.path())
+        .output()
+        .unwrap();
+    fs::write(ctx.path().join("stdout.tar"), &raw.stdout).unwrap();
+    assert!(
+        read_oci_archive(ctx.path().join("stdout.tar"), &ReadOptions::default()).is_ok(),
+        "stdout is a clean archive"
+    );
+}

@@ -40,28 +40,29 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             Err(e) => return fail(USAGE, format!("-o {output}: {e}")),
         }
     }
-    let source_date_epoch =
-        match args.source_date_epoch {
-            Some(epoch) if epoch < 0 => {
-                return fail(
-                    USAGE,
-                    format!("--source-date-epoch {epoch}: must not be negative"),
-                )
-            }
-            Some(epoch) => Some(epoch),
-            None => match std::env::var("SOURCE_DATE_EPOCH") {
-                Ok(value) if !value.is_empty() => match value.parse::<i64>() {
-                    Ok(epoch) if epoch >= 0 => Some(epoch),
-                    _ => return fail(
+    let source_date_epoch = match args.source_date_epoch {
+        Some(epoch) if epoch < 0 => {
+            return fail(
+                USAGE,
+                format!("--source-date-epoch {epoch}: must not be negative"),
+            )
+        }
+        Some(epoch) => Some(epoch),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(value) if !value.is_empty() => match value.parse::<i64>() {
+                Ok(epoch) if epoch >= 0 => Some(epoch),
+                _ => {
+                    return fail(
                         USAGE,
                         format!(
                             "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
                         ),
-                    ),
-                },
-                _ => None,
+                    )
+                }
             },
-        };
+            _ => None,
+        },
+    };
     let store = match Store::open(root) {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),

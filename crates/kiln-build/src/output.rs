@@ -38,6 +38,9 @@ pub struct OutputSpec {
     pub destination: Destination,
     /// `name=` names for the image inside the archive (besides the `-t` tags).
     pub names: Vec<String>,
+    /// `compression=gzip|zstd|uncompressed` and `compression-level=N`: how the layers are
+    /// compressed (kiln compresses layers once, as it builds them).
+    pub compression: Option<kiln_layer::Compression>,
 }
 
 impl OutputSpec {
@@ -47,6 +50,8 @@ impl OutputSpec {
         let mut kind = None;
         let mut destination = None;
         let mut names = Vec::new();
+        let mut algorithm: Option<&str> = None;
+        let mut level: Option<i32> = None;
         for field in text.split(',') {
             let (key, value) = field
                 .split_once('=')
@@ -73,6 +78,15 @@ impl OutputSpec {
                     })
                 }
                 "name" => names.extend(value.split(';').map(str::to_string)),
+                "compression" => {
+                    if !matches!(value, "gzip" | "zstd" | "uncompressed") {
+                        return Err(format!("unknown compression {value:?} (use gzip, zstd or uncompressed)"));
+                    }
+                    algorithm = Some(value);
+                }
+                "compression-level" => {
+                    level = Some(value.parse().map_err(|_| format!("compression-level={value:?} is not a number"))?);
+                }
                 other => return Err(format!("unknown output option {other:?} in {text:?}")),
             }
         }
@@ -89,10 +103,34 @@ impl OutputSpec {
                 "output {text:?} writes a directory: dest=- is not possible"
             ));
         }
+        let compression = match (algorithm, level) {
+            (None, None) => None,
+            (Some("zstd"), level) => Some(kiln_layer::Compression::Zstd {
+                level: level.unwrap_or(3),
+            }),
+            (Some("uncompressed"), _) => Some(kiln_layer::Compression::None),
+            (_, level) => {
+                let level = level.unwrap_or(6);
+                if !(0..=9).contains(&level) {
+                    return Err(format!("compression-level={level}: gzip levels are 0 to 9"));
+                }
+                Some(kiln_layer::Compression::Gzip {
+                    level: level as u32,
+                })
+            }
+        };
+        if let Some(kiln_layer::Compression::Zstd { level }) = compression {
+            if !(-7..=22).contains(&level) {
+                return Err(format!(
+                    "compression-level={level}: zstd levels are -7 to 22"
+                ));
+            }
+        }
         Ok(OutputSpec {
             kind,
             destination,
             names,
+            compression,
         })
     }
 }
@@ -328,6 +366,22 @@ mod tests {
             OutputKind::Local
         );
         assert!(OutputSpec::parse("type=layers,dest=-").is_err());
+        assert_eq!(
+            OutputSpec::parse("type=oci,dest=x,compression=zstd,compression-level=19")
+                .unwrap()
+                .compression,
+            Some(kiln_layer::Compression::Zstd { level: 19 })
+        );
+        assert_eq!(
+            OutputSpec::parse("type=oci,dest=x,compression-level=9")
+                .unwrap()
+                .compression,
+            Some(kiln_layer::Compression::Gzip { level: 9 })
+        );
+        assert!(OutputSpec::parse("type=oci,dest=x,compression=lz4").is_err());
+        assert!(
+            OutputSpec::parse("type=oci,dest=x,compression=gzip,compression-level=12").is_err()
+        );
         assert!(OutputSpec::parse("type=registry,dest=x")
             .unwrap_err()
             .contains("not available"));

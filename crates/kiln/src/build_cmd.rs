@@ -40,6 +40,18 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             Err(e) => return fail(USAGE, format!("-o {output}: {e}")),
         }
     }
+    // Layers are compressed once, as they are built: outputs that ask must agree.
+    let asked: Vec<Compression> = outputs.iter().filter_map(|o| o.compression).collect();
+    let compression = match asked.first() {
+        None => Compression::default(),
+        Some(first) if asked.iter().all(|c| c == first) => *first,
+        Some(_) => {
+            return fail(
+                USAGE,
+                "outputs ask for different compressions; kiln compresses layers once per build",
+            )
+        }
+    };
     let source_date_epoch = match args.source_date_epoch {
         Some(epoch) if epoch < 0 => {
             return fail(
@@ -88,7 +100,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         source_date_epoch,
-        compression: Compression::default(),
+        compression,
         platform,
         squash: args.squash,
         recipe_id: loaded

@@ -1274,3 +1274,59 @@ fn dot_destination_and_default_tags_and_quiet_stdout() {
         "stdout is a clean archive"
     );
 }
+
+#[test]
+fn zstd_and_uncompressed_layers_on_request() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "-o",
+            "type=oci,dest=z.tar,compression=zstd,compression-level=5",
+        ],
+        &[],
+    );
+    let image = read_oci_archive(ctx.path().join("z.tar"), &ReadOptions::default()).unwrap();
+    assert_eq!(
+        image.layers()[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(
+        paths(&read_image(&ctx.path().join("z.tar")).layers[0]),
+        ["a"]
+    );
+    build(
+        ctx.path(),
+        root.path(),
+        &["-o", "type=oci,dest=u.tar,compression=uncompressed"],
+        &[],
+    );
+    let plain = read_oci_archive(ctx.path().join("u.tar"), &ReadOptions::default()).unwrap();
+    assert_eq!(
+        plain.layers()[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let r = root.path().to_string_lossy().into_owned();
+    let conflict = kiln(
+        &[
+            "--root",
+            &r,
+            "build",
+            "-o",
+            "type=oci,dest=a.tar,compression=zstd",
+            "-o",
+            "type=oci,dest=b.tar",
+            "-o",
+            "type=docker,dest=c.tar,compression=gzip",
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(conflict.status, 2, "{}", conflict.stderr);
+}

@@ -71,6 +71,8 @@ pub struct CopyJob<'a> {
     pub now: i64,
     /// ADD's URL sources, already downloaded (by the builder, never here), in source order.
     pub fetched: &'a [crate::fetch::Fetched],
+    /// When given, context files are hashed as they are copied and their hashes memoised.
+    pub memo: Option<&'a dyn kiln_context::HashMemo>,
 }
 
 pub enum CopyFrom<'a> {
@@ -94,6 +96,9 @@ struct Placement {
     /// The source's owner, kept when copying from a stage or image (as BuildKit does);
     /// context files and generated ones have none and become root's, unless --chown.
     owner: Option<Owner>,
+    /// For context files: what identifies their content, so their hash can be taken while
+    /// they are copied (one read instead of two on a cold build).
+    stat: Option<kiln_context::StatKey>,
 }
 
 enum PlacementKind {
@@ -189,6 +194,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 mode: 0o644,
                 mtime: (job.now, 0),
                 owner: None,
+                stat: None,
             });
             continue;
         }
@@ -258,6 +264,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
             mode: 0o600,
             mtime: (file.mtime.unwrap_or(0), 0),
             owner: None,
+            stat: None,
         });
     }
 
@@ -267,6 +274,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         owner,
         chown: step.chown.is_some(),
         now: job.now,
+        memo: job.memo,
         dirs: std::collections::BTreeMap::new(),
     };
     let mut stats = CopyStats::default();
@@ -510,6 +518,7 @@ fn context_entries(
     Ok(entries
         .into_iter()
         .map(|entry| Placement {
+            stat: matches!(entry.kind, EntryKind::File).then_some(entry.stat),
             destination: entry.relative,
             kind: match entry.kind {
                 EntryKind::Dir => PlacementKind::Dir,
@@ -605,6 +614,7 @@ fn stage_entries(
             mode: meta.mode,
             mtime: meta.mtime,
             owner: Some(meta.owner),
+            stat: None,
         });
         if meta.is_dir {
             let mut children: Vec<(PathBuf, PathBuf, source_meta::Meta)> = Vec::new();
@@ -668,6 +678,7 @@ struct SnapshotWriter<'a> {
     owner: Owner,
     /// Whether --chown was given (then it wins over a source's own owner).
     chown: bool,
+    memo: Option<&'a dyn kiln_context::HashMemo>,
     now: i64,
     /// Directory metadata, applied by `finish` once everything inside is written (writing a
     /// child changes a directory's mtime). The last word on a directory wins.
@@ -793,7 +804,11 @@ impl SnapshotWriter<'_> {
                     .open(source)
                     .map_err(|e| io_at(source, e))?;
                 let mut output = create_new(&path)?;
-                stats.bytes += io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?;
+                stats.bytes += match (self.memo, placement.stat) {
+                    (Some(memo), Some(stat)) => copy_and_hash(&mut input, &mut output, stat, memo)
+                        .map_err(|e| io_at(&path, e))?,
+                    _ => io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?,
+                };
                 stats.files += 1;
                 drop(output);
                 set_metadata(&path, mode, owner, placement.mtime, false)
@@ -813,6 +828,37 @@ impl SnapshotWriter<'_> {
             }
         }
     }
+}
+
+/// Copies a context file and hashes it in the same pass; the hash is memoised only if the file
+/// still is what was walked (same dev, inode, size, mtime and ctime), so a file that changed
+/// meanwhile is hashed again by the key computation rather than trusted.
+fn copy_and_hash(
+    input: &mut File,
+    output: &mut File,
+    stat: kiln_context::StatKey,
+    memo: &dyn kiln_context::HashMemo,
+) -> io::Result<u64> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match io::Read::read(input, &mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        io::Write::write_all(output, &buffer[..n])?;
+        total += n as u64;
+    }
+    memo.record_read(total);
+    if kiln_context::StatKey::of(&input.metadata()?) == stat {
+        memo.put(stat, hasher.finalize().into());
+    }
+    Ok(total)
 }
 
 fn create_new(path: &Path) -> Result<File, BuildError> {
@@ -904,6 +950,7 @@ mod tests {
             snapshot: snapshot.path(),
             now: 1_700_000_000,
             fetched: &[],
+            memo: None,
         };
         run_copy(&job, &CopyFrom::Context(ctx))?;
         Ok(snapshot)

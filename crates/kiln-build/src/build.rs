@@ -390,9 +390,12 @@ impl Builder<'_> {
                             .context
                             .walk(&matched, &excludes)
                             .map_err(|e| BuildError::Copy(e.to_string()))?;
-                        let detail =
-                            kiln_context::hash::content_digest_detailed(&entries, &self.memo)
-                                .map_err(|e| BuildError::Copy(e.to_string()))?;
+                        let detail = kiln_context::hash::content_digest_detailed(
+                            self.context,
+                            &entries,
+                            &self.memo,
+                        )
+                        .map_err(|e| BuildError::Copy(e.to_string()))?;
                         parts.push((format!("source {matched}"), detail.digest));
                         // Per-file hashes let a miss name the file that changed.
                         for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {

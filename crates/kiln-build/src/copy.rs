@@ -275,6 +275,10 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         chown: step.chown.is_some(),
         now: job.now,
         memo: job.memo,
+        context: match from {
+            CopyFrom::Context(context) => Some(*context),
+            CopyFrom::Stage(_) => None,
+        },
         dirs: std::collections::BTreeMap::new(),
     };
     let mut stats = CopyStats::default();
@@ -678,6 +682,8 @@ struct SnapshotWriter<'a> {
     owner: Owner,
     /// Whether --chown was given (then it wins over a source's own owner).
     chown: bool,
+    /// Context files are opened through it: beneath its root, never through a symlink.
+    context: Option<&'a Context>,
     memo: Option<&'a dyn kiln_context::HashMemo>,
     now: i64,
     /// Directory metadata, applied by `finish` once everything inside is written (writing a
@@ -798,11 +804,14 @@ impl SnapshotWriter<'_> {
             }
             PlacementKind::File(source) => {
                 // Never follow a link swapped in since the source was walked.
-                let mut input = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(source)
-                    .map_err(|e| io_at(source, e))?;
+                let mut input = match (self.context, placement.stat) {
+                    (Some(context), Some(_)) => context.open_file(source),
+                    _ => OpenOptions::new()
+                        .read(true)
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(source),
+                }
+                .map_err(|e| io_at(source, e))?;
                 let mut output = create_new(&path)?;
                 stats.bytes += match (self.memo, placement.stat) {
                     (Some(memo), Some(stat)) => copy_and_hash(&mut input, &mut output, stat, memo)

@@ -9,7 +9,6 @@ use crate::{ContextError, Entry, EntryKind};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -150,12 +149,15 @@ impl HashMemo for MemoryMemo {
 }
 
 /// SHA-256 of one file's content, read in one pass.
-pub fn file_sha256(path: &std::path::Path) -> Result<([u8; 32], u64), ContextError> {
+fn file_sha256(
+    context: &crate::Context,
+    path: &std::path::Path,
+) -> Result<([u8; 32], u64), ContextError> {
     let to_error = |source| ContextError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(to_error)?;
+    let mut file = context.open_file(path).map_err(to_error)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -185,12 +187,17 @@ pub struct DetailedDigest {
 
 /// The digest of a walked source (`sha256:<hex>`). Files are hashed on all cores; hashes of
 /// files whose [`StatKey`] the memo knows are not read again.
-pub fn content_digest(entries: &[Entry], memo: &dyn HashMemo) -> Result<String, ContextError> {
-    Ok(content_digest_detailed(entries, memo)?.digest)
+pub fn content_digest(
+    context: &crate::Context,
+    entries: &[Entry],
+    memo: &dyn HashMemo,
+) -> Result<String, ContextError> {
+    Ok(content_digest_detailed(context, entries, memo)?.digest)
 }
 
 /// [`content_digest`] with the per-entry hashes.
 pub fn content_digest_detailed(
+    context: &crate::Context,
     entries: &[Entry],
     memo: &dyn HashMemo,
 ) -> Result<DetailedDigest, ContextError> {
@@ -201,7 +208,7 @@ pub fn content_digest_detailed(
                 if let Some(hash) = memo.get(&entry.stat) {
                     return Ok(Some(hash));
                 }
-                let (hash, read) = file_sha256(&entry.absolute)?;
+                let (hash, read) = file_sha256(context, &entry.absolute)?;
                 memo.record_read(read);
                 memo.put(entry.stat, hash);
                 Ok(Some(hash))
@@ -260,7 +267,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn digest(ctx: &Context, memo: &MemoryMemo) -> String {
-        content_digest(&ctx.walk("", &IgnoreRules::default()).unwrap(), memo).unwrap()
+        content_digest(ctx, &ctx.walk("", &IgnoreRules::default()).unwrap(), memo).unwrap()
     }
 
     #[test]
@@ -331,8 +338,8 @@ mod tests {
         let file = entries.iter().find(|e| e.kind == EntryKind::File).unwrap();
         // A memo entry that lies proves the file was not read.
         memo.put(file.stat, [7u8; 32]);
-        let lied = content_digest(&entries, &memo).unwrap();
-        let honest = content_digest(&entries, &MemoryMemo::default()).unwrap();
+        let lied = content_digest(&ctx, &entries, &memo).unwrap();
+        let honest = content_digest(&ctx, &entries, &MemoryMemo::default()).unwrap();
         assert_ne!(lied, honest);
     }
 }

@@ -77,6 +77,8 @@ pub struct Entry {
 
 pub struct Context {
     root: PathBuf,
+    /// The root, held open: files are opened beneath it, never through a symlink.
+    root_fd: std::os::fd::OwnedFd,
     ignore: IgnoreRules,
 }
 
@@ -93,7 +95,17 @@ impl Context {
                 path: root.display().to_string(),
             });
         }
-        Ok(Context { root, ignore })
+        let root_fd = rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_error(&root)(e.into()))?;
+        Ok(Context {
+            root,
+            root_fd,
+            ignore,
+        })
     }
 
     /// Opens `root`, reading `<recipe>.dockerignore` beside the recipe if it exists, else
@@ -118,6 +130,34 @@ impl Context {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Opens a file a walk found, for reading. The kernel resolves the path beneath the root
+    /// and refuses any symlink on the way, so a link swapped in after the walk cannot lead
+    /// out of the context.
+    pub fn open_file(&self, absolute: &Path) -> std::io::Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let relative = absolute.strip_prefix(&self.root).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is outside the build context", absolute.display()),
+            )
+        })?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&self.root_fd, relative, flags, Mode::empty(), resolve) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            // Kernels before 5.6 lack openat2: the last component is still not followed.
+            Err(rustix::io::Errno::NOSYS) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags.bits() as i32)
+                    .open(absolute)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn ignore(&self) -> &IgnoreRules {
@@ -493,6 +533,23 @@ mod tests {
         assert_eq!(walked[0].kind, EntryKind::Dir);
         assert_eq!(rels(&walked), ["", "file", "inner"]);
         assert_eq!(walked[2].kind, EntryKind::Symlink(PathBuf::from("file")));
+    }
+
+    #[test]
+    fn open_file_refuses_a_link_swapped_in_after_the_walk() {
+        let (dir, ctx) = context(&[("sub/file", "inside")], "");
+        let entries = ctx.walk("sub", &IgnoreRules::default()).unwrap();
+        let file = entries.iter().find(|e| e.kind == EntryKind::File).unwrap();
+        assert!(ctx.open_file(&file.absolute).is_ok());
+        // Replace the directory with a link to the host after the walk.
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("file"), "HOST").unwrap();
+        fs::remove_dir_all(dir.path().join("sub")).unwrap();
+        symlink(host.path(), dir.path().join("sub")).unwrap();
+        assert!(
+            ctx.open_file(&file.absolute).is_err(),
+            "the swapped-in link is refused"
+        );
     }
 
     #[test]

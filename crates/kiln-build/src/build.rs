@@ -247,11 +247,30 @@ impl Builder<'_> {
             .map_err(|e| BuildError::Image(e.to_string()))?;
         let mut layers = Vec::new();
         for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let snapshot = self.store.snapshot_path(diff_id.as_str());
+            let mut snapshot = self.store.snapshot_path(diff_id.as_str());
             if !snapshot.is_dir() {
-                return Err(BuildError::Image(format!(
-                    "base image {reference:?}: layer {diff_id} is not unpacked in the store; unpacking images made elsewhere is not available in this version"
-                )));
+                // A layer made elsewhere (kiln load): unpacked once, shared by every build after.
+                let work = self.store.work_dir().map_err(BuildError::store)?;
+                let fresh = work.path().join("snapshot");
+                std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
+                    path: fresh.clone(),
+                    source: e,
+                })?;
+                let blob = self
+                    .store
+                    .open_blob(&descriptor.digest)
+                    .map_err(BuildError::store)?;
+                crate::unpack::unpack_layer(
+                    std::io::BufReader::new(blob),
+                    &descriptor.media_type,
+                    &fresh,
+                    diff_id.as_str(),
+                )
+                .map_err(|e| BuildError::Image(format!("base image {reference:?}: {e}")))?;
+                snapshot = self
+                    .store
+                    .commit_snapshot(&fresh, diff_id.as_str())
+                    .map_err(BuildError::store)?;
             }
             layers.push(LayerRef {
                 descriptor: descriptor.clone(),

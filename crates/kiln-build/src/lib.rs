@@ -11,6 +11,7 @@ pub mod image;
 pub mod output;
 pub mod rootfs;
 pub mod squash;
+pub mod unpack;
 
 pub use build::{build, BuildOptions, Built, Event, Progress, StoreImages};
 

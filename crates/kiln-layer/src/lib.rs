@@ -35,7 +35,8 @@ pub use blob::{
 pub use entries::{list_entries, Entries, Entry, EntryKind, Xattr, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use error::LayerError;
 pub use read::{
-    decompress, encoding_of, read_layer_entries, Encoding, EntrySummary, EntryTypeSummary,
+    decompress, encoding_of, read_layer_entries, visit_layer, Encoding, EntrySummary,
+    EntryTypeSummary,
 };
 pub use tarball::write_tar;
 

@@ -121,8 +121,41 @@ pub fn read_layer_entries(
     blob: impl Read,
     media_type: &str,
 ) -> Result<Vec<EntrySummary>, LayerError> {
-    let mut archive = tar::Archive::new(decompress(blob, media_type)?);
     let mut out = Vec::new();
+    visit_layer(blob, media_type, |summary, _content| {
+        out.push(summary);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The uncompressed stream, hashed as it is read (for the diff_id).
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Calls `visit` with each entry of a layer blob and a reader of its content (what `visit`
+/// leaves unread is skipped), and returns the diff_id (`sha256:` of the uncompressed tar,
+/// trailing blocks included) so the caller can check the layer against the image config.
+pub fn visit_layer(
+    blob: impl Read,
+    media_type: &str,
+    mut visit: impl FnMut(EntrySummary, &mut dyn Read) -> Result<(), LayerError>,
+) -> Result<String, LayerError> {
+    let stream = HashingReader {
+        inner: decompress(blob, media_type)?,
+        hasher: <sha2::Sha256 as sha2::Digest>::new(),
+    };
+    let mut archive = tar::Archive::new(stream);
     let mut pax: Option<Vec<PaxRecord>> = None;
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
@@ -223,10 +256,19 @@ pub fn read_layer_entries(
                 .pax_keys
                 .push(String::from_utf8_lossy(&key).into_owned());
         }
+        visit(summary, &mut entry)?;
         io::copy(&mut entry, &mut io::sink()).map_err(LayerError::Read)?;
-        out.push(summary);
     }
-    Ok(out)
+    let mut stream = archive.into_inner();
+    io::copy(&mut stream, &mut io::sink()).map_err(LayerError::Read)?;
+    let digest = sha2::Digest::finalize(stream.hasher);
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
 }
 
 fn read_extension(entry: &mut impl Read) -> Result<Vec<u8>, LayerError> {

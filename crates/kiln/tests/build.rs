@@ -1330,3 +1330,59 @@ fn zstd_and_uncompressed_layers_on_request() {
     );
     assert_eq!(conflict.status, 2, "{}", conflict.stderr);
 }
+
+#[test]
+fn images_loaded_from_archives_are_unpacked_and_serve_as_bases() {
+    let ctx = context(&[
+        (
+            "base.Dockerfile",
+            "FROM scratch\nCOPY tree/ /\nCOPY --chmod=0700 secret /root/secret\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM moved-base:1\nCOPY extra.txt /usr/share/extra.txt\n",
+        ),
+        ("tree/usr/bin/tool", "T"),
+        ("tree/etc/conf", "C"),
+        ("secret", "S"),
+        ("extra.txt", "E"),
+    ]);
+    let first = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        first.path(),
+        &[
+            "-f",
+            "base.Dockerfile",
+            "-t",
+            "moved-base:1",
+            "-o",
+            "type=docker,dest=base.tar",
+        ],
+        &[],
+    );
+    // A store that never built the base: it only has the archive.
+    let second = tempfile::tempdir().unwrap();
+    let r = second.path().to_string_lossy().into_owned();
+    let load = kiln(&["--root", &r, "load", "-i", "base.tar"], ctx.path(), &[]);
+    assert_eq!(load.status, 0, "{}", load.stderr);
+    build(
+        ctx.path(),
+        second.path(),
+        &["-o", "type=local,dest=child"],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("child/usr/bin/tool")).unwrap(),
+        "T"
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("child/usr/share/extra.txt")).unwrap(),
+        "E"
+    );
+    let secret = fs::metadata(ctx.path().join("child/root/secret")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&secret.permissions()) & 0o777,
+        0o700
+    );
+}

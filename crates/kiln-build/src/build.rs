@@ -226,16 +226,24 @@ impl Builder<'_> {
     /// A base image from the store, usable when its layers are unpacked there (images kiln
     /// built are).
     fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
-        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-        let tagged = self
-            .store
-            .resolve(&name.to_string())
-            .map_err(|_| BuildError::Image(format!(
-                "image {reference:?} is not in the store ({name}); build it with `kiln build -t {reference}` first — pulling from registries is not available in this version"
-            )))?;
+        let manifest_descriptor = match read_transport(reference)? {
+            // `oci-archive:` and `docker-archive:` as buildah takes them: copied into the store
+            // (every blob checked) and used from there.
+            Some(archive) => self.store.import(&archive).map_err(BuildError::store)?,
+            None => {
+                let name =
+                    ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+                self.store
+                    .resolve(&name.to_string())
+                    .map_err(|_| BuildError::Image(format!(
+                        "image {reference:?} is not in the store ({name}); build it with `kiln build -t {reference}` or load it with `kiln load -i FILE` first — pulling from registries is not available in this version"
+                    )))?
+                    .manifest
+            }
+        };
         let manifest_bytes = self
             .store
-            .read_blob(&tagged.manifest.digest)
+            .read_blob(&manifest_descriptor.digest)
             .map_err(BuildError::store)?;
         let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
@@ -279,7 +287,7 @@ impl Builder<'_> {
         }
         let mut key = KeyHasher::new("base");
         key.str("kind", "image")
-            .str("manifest", tagged.manifest.digest.as_str());
+            .str("manifest", manifest_descriptor.digest.as_str());
         let mut config = config;
         // The image's ONBUILD triggers run in this stage; the child image does not keep them.
         config.config.on_build.clear();
@@ -871,6 +879,39 @@ impl Builder<'_> {
     }
 }
 
+/// Reads `oci-archive:PATH[:REF]` or `docker-archive:PATH[:REF]` (paths relative to the current
+/// directory, as buildah takes them); `None` for a plain image name.
+pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
+    let (reader, rest): (
+        fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>,
+        &str,
+    ) = if let Some(rest) = reference.strip_prefix("oci-archive:") {
+        (|p, o| kiln_oci::read_oci_archive(p, o), rest)
+    } else if let Some(rest) = reference.strip_prefix("docker-archive:") {
+        (|p, o| kiln_oci::read_docker_archive(p, o), rest)
+    } else if reference.starts_with("oci:") || reference.starts_with("docker://") {
+        return Err(BuildError::Unsupported(format!(
+                "{reference}: this transport is not available in this version; use oci-archive:, docker-archive: or `kiln load`"
+            )));
+    } else {
+        return Ok(None);
+    };
+    // `PATH:REF` names one image of the archive; both may hold `:`, so the path is the
+    // shortest prefix that is an existing file.
+    let (path, name) = rest
+        .match_indices(':')
+        .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
+        .find(|(path, name)| !name.is_empty() && Path::new(path).is_file())
+        .map_or((rest, None), |(path, name)| (path, Some(name.to_string())));
+    let options = kiln_oci::ReadOptions {
+        name,
+        ..kiln_oci::ReadOptions::default()
+    };
+    reader(Path::new(path), &options)
+        .map(Some)
+        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
+}
+
 /// Base image configs from the store, for planning: a stage on an image sees that image's ENV
 /// in expansion, starts in its WORKDIR with its SHELL, and runs its ONBUILD triggers.
 pub struct StoreImages<'a> {
@@ -879,10 +920,14 @@ pub struct StoreImages<'a> {
 
 impl kiln_plan::ImageConfigs for StoreImages<'_> {
     fn config(&self, reference: &str, _platform: &Platform) -> Option<kiln_plan::BaseConfig> {
-        let name = ImageName::parse(reference).ok()?;
-        let tagged = self.store.resolve(&name.to_string()).ok()?;
-        let image = self.store.image(&tagged.manifest).ok()?;
-        let config = image.config.config;
+        let config = match read_transport(reference).ok()? {
+            Some(archive) => archive.config.config,
+            None => {
+                let name = ImageName::parse(reference).ok()?;
+                let tagged = self.store.resolve(&name.to_string()).ok()?;
+                self.store.image(&tagged.manifest).ok()?.config.config
+            }
+        };
         Some(kiln_plan::BaseConfig {
             env: config
                 .env

@@ -1386,3 +1386,88 @@ fn images_loaded_from_archives_are_unpacked_and_serve_as_bases() {
         0o700
     );
 }
+
+#[test]
+fn from_archive_transports_as_buildah_takes_them() {
+    let ctx = context(&[
+        (
+            "base.Dockerfile",
+            "FROM scratch\nENV FROM_ARCHIVE=1\nCOPY a.txt /a.txt\n",
+        ),
+        (
+            "oci.Dockerfile",
+            "FROM oci-archive:base-oci.tar\nCOPY b.txt /b-$FROM_ARCHIVE\n",
+        ),
+        (
+            "docker.Dockerfile",
+            "FROM docker-archive:base-docker.tar:archived:1\nCOPY b.txt /b\n",
+        ),
+        ("a.txt", "A"),
+        ("b.txt", "B"),
+    ]);
+    let first = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        first.path(),
+        &[
+            "-f",
+            "base.Dockerfile",
+            "-t",
+            "archived:1",
+            "-o",
+            "type=oci,dest=base-oci.tar",
+            "-o",
+            "type=docker,dest=base-docker.tar",
+        ],
+        &[],
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        fresh.path(),
+        &["-f", "oci.Dockerfile", "-o", "type=local,dest=from-oci"],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("from-oci/a.txt")).unwrap(),
+        "A"
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("from-oci/b-1")).unwrap(),
+        "B",
+        "the archive's ENV reached expansion"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        fresh.path(),
+        &[
+            "-f",
+            "docker.Dockerfile",
+            "-o",
+            "type=local,dest=from-docker",
+        ],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(ctx.path().join("from-docker/b")).unwrap(),
+        "B"
+    );
+    let r = fresh.path().to_string_lossy().into_owned();
+    fs::write(
+        ctx.path().join("bad.Dockerfile"),
+        "FROM oci:somewhere\nCOPY b.txt /b\n",
+    )
+    .unwrap();
+    let unsupported = kiln(
+        &["--root", &r, "build", "-f", "bad.Dockerfile", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(unsupported.status, 1);
+    assert!(
+        unsupported.stderr.contains("use oci-archive:"),
+        "{}",
+        unsupported.stderr
+    );
+}

@@ -879,13 +879,15 @@ impl Builder<'_> {
     }
 }
 
+/// Reads an archive file into an image.
+type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>;
+
 /// Reads `oci-archive:PATH[:REF]` or `docker-archive:PATH[:REF]` (paths relative to the current
 /// directory, as buildah takes them); `None` for a plain image name.
 pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
-    let (reader, rest): (
-        fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>,
-        &str,
-    ) = if let Some(rest) = reference.strip_prefix("oci-archive:") {
+    let (reader, rest): (ArchiveReader, &str) = if let Some(rest) =
+        reference.strip_prefix("oci-archive:")
+    {
         (|p, o| kiln_oci::read_oci_archive(p, o), rest)
     } else if let Some(rest) = reference.strip_prefix("docker-archive:") {
         (|p, o| kiln_oci::read_docker_archive(p, o), rest)

@@ -1,7 +1,7 @@
 //! `kiln build`: plan, build, name, export.
 
 use crate::cli::{BuildArgs, ProgressMode};
-use crate::progress::Plain;
+use crate::progress::{Plain, Style};
 use crate::recipe::{self, INVALID, USAGE};
 use kiln_build::output::{export, OutputSpec};
 use kiln_build::{build, BuildOptions, StoreImages};
@@ -120,7 +120,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         }
     }
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let progress = Plain::new(quiet);
+    let style = match args.progress {
+        _ if quiet => Style::Quiet,
+        ProgressMode::Json => Style::Json,
+        _ => Style::Plain,
+    };
+    let progress = Plain::new(style);
     let built = match build(&loaded.plan, &store, &context, &options, &progress) {
         Ok(built) => built,
         Err(e) => return fail(INVALID, e),
@@ -178,6 +183,19 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         eprintln!("{image_id}");
     } else if quiet {
         println!("{image_id}");
+    } else if progress.style() == Style::Json {
+        let summary = serde_json::json!({
+            "event": "built",
+            "at": progress.elapsed(),
+            "image": image_id,
+            "manifest": built.manifest.digest.to_string(),
+            "steps": built.steps,
+            "cached": built.cached,
+            "layers": built.layers.len(),
+            "context_bytes_read": built.context_bytes_read,
+            "names": names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        eprintln!("{summary}");
     } else {
         let short = image_id
             .trim_start_matches("sha256:")

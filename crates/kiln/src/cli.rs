@@ -79,8 +79,11 @@ pub enum ArchiveKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
+    /// Plain lines (a live terminal display is yet to come).
     Auto,
     Plain,
+    /// One JSON object per line on standard error, for other tools.
+    Json,
     Quiet,
 }
 
@@ -144,7 +147,7 @@ pub struct BuildArgs {
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
 
-    /// Progress output: plain lines, or only the image ID with quiet.
+    /// Progress output: plain lines, json (one event per line), or only the image ID (quiet).
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 

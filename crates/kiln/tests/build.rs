@@ -1471,3 +1471,35 @@ fn from_archive_transports_as_buildah_takes_them() {
         unsupported.stderr
     );
 }
+
+#[test]
+fn json_progress_is_one_event_per_line() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\nENV X=1\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let first = build(ctx.path(), root.path(), &["--progress", "json"], &[]);
+    let events: Vec<serde_json::Value> = first
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["step", "running", "done", "step", "done", "built"]);
+    assert_eq!(events[0]["instruction"].as_str(), Some("COPY a.txt /a"));
+    assert_eq!(events[1]["reason"].as_str(), Some("not built before"));
+    assert_eq!(events[5]["cached"].as_u64(), Some(0));
+    let second = build(ctx.path(), root.path(), &["--progress", "json"], &[]);
+    assert!(
+        second
+            .stderr
+            .lines()
+            .any(|l| l.contains("\"event\":\"cached\"")),
+        "{}",
+        second.stderr
+    );
+}

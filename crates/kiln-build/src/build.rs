@@ -229,7 +229,7 @@ impl Builder<'_> {
         let manifest_descriptor = match read_transport(reference)? {
             // `oci-archive:` and `docker-archive:` as buildah takes them: copied into the store
             // (every blob checked) and used from there.
-            Some(archive) => self.store.import(&archive).map_err(BuildError::store)?,
+            Some(archive) => self.store.import(&archive).map_err(BuildError::Store)?,
             None => {
                 let name =
                     ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
@@ -244,13 +244,13 @@ impl Builder<'_> {
         let manifest_bytes = self
             .store
             .read_blob(&manifest_descriptor.digest)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
         let config_bytes = self
             .store
             .read_blob(&manifest.config.digest)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
         let mut layers = Vec::new();
@@ -258,7 +258,7 @@ impl Builder<'_> {
             let mut snapshot = self.store.snapshot_path(diff_id.as_str());
             if !snapshot.is_dir() {
                 // A layer made elsewhere (kiln load): unpacked once, shared by every build after.
-                let work = self.store.work_dir().map_err(BuildError::store)?;
+                let work = self.store.work_dir().map_err(BuildError::Store)?;
                 let fresh = work.path().join("snapshot");
                 std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
                     path: fresh.clone(),
@@ -267,7 +267,7 @@ impl Builder<'_> {
                 let blob = self
                     .store
                     .open_blob(&descriptor.digest)
-                    .map_err(BuildError::store)?;
+                    .map_err(BuildError::Store)?;
                 crate::unpack::unpack_layer(
                     std::io::BufReader::new(blob),
                     &descriptor.media_type,
@@ -278,7 +278,7 @@ impl Builder<'_> {
                 snapshot = self
                     .store
                     .commit_snapshot(&fresh, diff_id.as_str())
-                    .map_err(BuildError::store)?;
+                    .map_err(BuildError::Store)?;
             }
             layers.push(LayerRef {
                 descriptor: descriptor.clone(),
@@ -350,7 +350,7 @@ impl Builder<'_> {
 
     /// Downloads every URL source of an ADD into a work area of the store.
     fn download(&self, copy: &kiln_plan::CopyStep) -> Result<Downloads, BuildError> {
-        let dir = self.store.work_dir().map_err(BuildError::store)?;
+        let dir = self.store.work_dir().map_err(BuildError::Store)?;
         let mut files = Vec::new();
         for source in &copy.sources {
             if let CopySource::Url(url) = source {
@@ -554,7 +554,7 @@ impl Builder<'_> {
                             .map(|d| d.as_nanos())
                             .unwrap_or(0),
                     })
-                    .map_err(BuildError::store)?;
+                    .map_err(BuildError::Store)?;
                 (layer, self.now)
             }
         };
@@ -662,7 +662,7 @@ impl Builder<'_> {
         fetched: &[Fetched],
         memo: Option<&dyn kiln_context::HashMemo>,
     ) -> Result<(kiln_store::WorkDir, PathBuf), BuildError> {
-        let work = self.store.work_dir().map_err(BuildError::store)?;
+        let work = self.store.work_dir().map_err(BuildError::Store)?;
         let snapshot = work.path().join("snapshot");
         std::fs::create_dir(&snapshot).map_err(|e| BuildError::Io {
             path: snapshot.clone(),
@@ -698,7 +698,7 @@ impl Builder<'_> {
 
     /// Writes a snapshot as a layer blob and moves both into the store.
     fn commit_layer(&self, snapshot: &Path) -> Result<LayerRecord, BuildError> {
-        let blob = self.store.blob_writer().map_err(BuildError::store)?;
+        let blob = self.store.blob_writer().map_err(BuildError::Store)?;
         let options = LayerOptions {
             compression: self.options.compression,
             source_date_epoch: self.options.source_date_epoch,
@@ -709,10 +709,10 @@ impl Builder<'_> {
         let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
         self.store
             .commit_blob(blob, &digest)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         self.store
             .commit_snapshot(snapshot, &layer.diff_id)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         Ok(LayerRecord {
             digest: layer.digest,
             diff_id: layer.diff_id,
@@ -782,7 +782,7 @@ impl Builder<'_> {
         let config_digest = self
             .store
             .put_blob(&config_bytes)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         let config_descriptor = Descriptor::new(
             media_types::OCI_CONFIG,
             config_digest,
@@ -795,7 +795,7 @@ impl Builder<'_> {
         let manifest_digest = self
             .store
             .put_blob(&manifest_bytes)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         let mut descriptor = Descriptor::new(
             media_types::OCI_MANIFEST,
             manifest_digest,
@@ -825,7 +825,7 @@ impl Builder<'_> {
         if added < 2 {
             return Ok(image);
         }
-        let work = self.store.work_dir().map_err(BuildError::store)?;
+        let work = self.store.work_dir().map_err(BuildError::Store)?;
         let merged = work.path().join("merged");
         std::fs::create_dir(&merged).map_err(|e| BuildError::Io {
             path: merged.clone(),
@@ -845,7 +845,7 @@ impl Builder<'_> {
             source_date_epoch: self.options.source_date_epoch,
             threads: 0,
         };
-        let blob = self.store.blob_writer().map_err(BuildError::store)?;
+        let blob = self.store.blob_writer().map_err(BuildError::Store)?;
         let (layer, blob) =
             write_layer(&merged, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
         let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
@@ -853,11 +853,11 @@ impl Builder<'_> {
             Digest::parse(&layer.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
         self.store
             .commit_blob(blob, &digest)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         let snapshot = self
             .store
             .commit_snapshot(&merged, &layer.diff_id)
-            .map_err(BuildError::store)?;
+            .map_err(BuildError::Store)?;
         image.layers.truncate(image.base_layers);
         image.layers.push(LayerRef {
             descriptor: Descriptor::new(layer.media_type, digest, layer.size),

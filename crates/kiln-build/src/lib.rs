@@ -39,9 +39,3 @@ pub enum BuildError {
     #[error("ADD: {0}")]
     Fetch(#[from] crate::fetch::FetchError),
 }
-
-impl BuildError {
-    fn store(error: kiln_store::StoreError) -> Self {
-        BuildError::Store(error)
-    }
-}

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub struct BuildOptions {
+    /// Stages run at once at most (independent stages of the graph run in parallel).
+    pub jobs: usize,
     /// Run every step, ignoring the cache (results are still recorded).
     pub no_cache: bool,
     /// Stages (by name or index) whose steps ignore the cache.
@@ -58,7 +60,8 @@ pub enum Event {
     },
 }
 
-pub trait Progress {
+/// Stages run on several threads at once, so a progress display must be shareable.
+pub trait Progress: Sync {
     fn event(&self, event: Event);
 }
 
@@ -123,10 +126,10 @@ struct Builder<'a> {
     progress: &'a dyn Progress,
     memo: MemoryMemo,
     now: i64,
-    results: BTreeMap<usize, StageImage>,
-    number: usize,
+    /// Finished stages; stages of one wave read the ones before it while they run.
+    results: std::sync::RwLock<BTreeMap<usize, StageImage>>,
     total: usize,
-    cached: usize,
+    cached: std::sync::atomic::AtomicUsize,
 }
 
 pub fn build(
@@ -151,25 +154,79 @@ pub fn build(
         .filter_map(|i| plan.stages.get(*i))
         .map(|s| s.steps.len())
         .sum();
-    let mut builder = Builder {
+    let builder = Builder {
         store,
         context,
         options,
         progress,
         memo: MemoryMemo::load(&store.hash_memo_path()),
         now,
-        results: BTreeMap::new(),
-        number: 0,
+        results: std::sync::RwLock::new(BTreeMap::new()),
         total,
-        cached: 0,
+        cached: std::sync::atomic::AtomicUsize::new(0),
     };
+    // Step numbers follow the planned order whatever runs first, so logs read the same.
+    let mut first_step = BTreeMap::new();
+    let mut next = 1;
     for &index in &plan.order {
-        let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
-        let image = builder.stage(stage)?;
-        builder.results.insert(index, image);
+        first_step.insert(index, next);
+        next += plan.stages.get(index).map_or(0, |s| s.steps.len());
+    }
+    // Waves: every stage whose dependencies are built runs now, up to `jobs` at a time.
+    let mut pending: Vec<usize> = plan.order.clone();
+    while !pending.is_empty() {
+        let done: std::collections::BTreeSet<usize> =
+            builder.results_read()?.keys().copied().collect();
+        let ready: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|i| {
+                plan.stages
+                    .get(*i)
+                    .is_some_and(|s| s.dependencies.iter().all(|d| done.contains(d)))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Err(BuildError::Plan);
+        }
+        pending.retain(|i| !ready.contains(i));
+        for chunk in ready.chunks(options.jobs.max(1)) {
+            let finished: Vec<(usize, Result<StageImage, BuildError>)> =
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|&index| {
+                            let builder = &builder;
+                            let first = first_step.get(&index).copied().unwrap_or(1);
+                            scope.spawn(move || match plan.stages.get(index) {
+                                Some(stage) => (index, builder.stage(stage, first)),
+                                None => (index, Err(BuildError::Plan)),
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or((
+                                usize::MAX,
+                                Err(BuildError::Image("a stage's thread panicked".into())),
+                            ))
+                        })
+                        .collect()
+                });
+            let mut results = builder
+                .results
+                .write()
+                .map_err(|_| BuildError::Image("stage results poisoned".into()))?;
+            for (index, result) in finished {
+                results.insert(index, result?);
+            }
+        }
     }
     let image = builder
         .results
+        .write()
+        .map_err(|_| BuildError::Image("stage results poisoned".into()))?
         .remove(&plan.target)
         .ok_or(BuildError::Plan)?;
     let built = builder.finish(image)?;
@@ -205,7 +262,7 @@ impl Builder<'_> {
                 })
             }
             Base::Stage(parent) => {
-                let mut image = self.results.get(parent).cloned().ok_or(BuildError::Plan)?;
+                let mut image = self.result(*parent)?;
                 // Its ONBUILD triggers ran as this stage's first steps (the plan put them there).
                 image.config.config.on_build.clear();
                 image.cmd_set = false;
@@ -310,13 +367,27 @@ impl Builder<'_> {
         })
     }
 
-    fn stage(&mut self, stage: &Stage) -> Result<StageImage, BuildError> {
+    fn results_read(
+        &self,
+    ) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<usize, StageImage>>, BuildError> {
+        self.results
+            .read()
+            .map_err(|_| BuildError::Image("stage results poisoned".into()))
+    }
+
+    /// A finished stage's image.
+    fn result(&self, index: usize) -> Result<StageImage, BuildError> {
+        self.results_read()?
+            .get(&index)
+            .cloned()
+            .ok_or(BuildError::Plan)
+    }
+
+    fn stage(&self, stage: &Stage, first_step: usize) -> Result<StageImage, BuildError> {
         let mut image = self.base(stage)?;
-        let no_cache = self.no_cache_for(stage);
         let count = stage.steps.len();
         for (position, step) in stage.steps.iter().enumerate() {
-            self.number += 1;
-            let number = self.number;
+            let number = first_step + position;
             self.progress.event(Event::Step {
                 number,
                 total: self.total,
@@ -337,7 +408,7 @@ impl Builder<'_> {
                     )))
                 }
                 Action::Copy(copy) => {
-                    self.layer_step(stage, position, step, copy, &mut image, no_cache)?;
+                    self.layer_step(number, stage, position, step, copy, &mut image)?;
                 }
             }
             self.progress.event(Event::Done {
@@ -437,7 +508,7 @@ impl Builder<'_> {
                 }
             }
             Source::Stage(index) => {
-                let image = self.results.get(index).ok_or(BuildError::Plan)?;
+                let image = self.result(*index)?;
                 parts.push(("stage".to_string(), image.chain_key.clone()));
             }
             Source::Image(reference) => {
@@ -449,15 +520,15 @@ impl Builder<'_> {
     }
 
     fn layer_step(
-        &mut self,
+        &self,
+        number: usize,
         stage: &Stage,
         position: usize,
         step: &Step,
         copy: &kiln_plan::CopyStep,
         image: &mut StageImage,
-        no_cache: bool,
     ) -> Result<(), BuildError> {
-        let number = self.number;
+        let no_cache = self.no_cache_for(stage);
         // Files whose hash is not known yet are hashed while they are copied, before the key
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
         let speculative = if self.needs_hashing(copy)? {
@@ -517,7 +588,8 @@ impl Builder<'_> {
         };
         let (layer, created) = match record.and_then(|r| r.layer.map(|l| (l, r.created))) {
             Some((layer, created)) => {
-                self.cached += 1;
+                self.cached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.progress.event(Event::Cached { number });
                 (layer, created)
             }
@@ -684,7 +756,7 @@ impl Builder<'_> {
         let from = match &copy.from {
             Source::Context => CopyFrom::Context(self.context),
             Source::Stage(index) => {
-                from_rootfs = self.results.get(index).ok_or(BuildError::Plan)?.rootfs();
+                from_rootfs = self.result(*index)?.rootfs();
                 CopyFrom::Stage(&from_rootfs)
             }
             Source::Image(reference) => {
@@ -809,8 +881,8 @@ impl Builder<'_> {
             config,
             config_descriptor,
             layers,
-            steps: self.number,
-            cached: self.cached,
+            steps: self.total,
+            cached: self.cached.load(std::sync::atomic::Ordering::Relaxed),
             context_bytes_read: self.memo.bytes_read(),
         })
     }

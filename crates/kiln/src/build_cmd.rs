@@ -103,6 +103,9 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         compression,
         platform,
         squash: args.squash,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         recipe_id: loaded
             .recipe_path
             .as_deref()

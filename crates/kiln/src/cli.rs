@@ -135,6 +135,11 @@ pub struct BuildArgs {
     #[arg(long = "source-date-epoch", value_name = "SECONDS")]
     pub source_date_epoch: Option<i64>,
 
+    /// Stages to build at once: independent stages of the recipe run in parallel. Default: the
+    /// number of cores.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
     /// Merge the layers this recipe adds into one (the base image's layers stay as they are).
     #[arg(long)]
     pub squash: bool,

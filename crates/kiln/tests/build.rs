@@ -1503,3 +1503,74 @@ fn json_progress_is_one_event_per_line() {
         second.stderr
     );
 }
+
+/// (number, started, finished) of each layer step, from --progress=json's own timestamps.
+fn step_intervals(stderr: &str) -> Vec<(u64, f64, f64)> {
+    let mut started = std::collections::BTreeMap::new();
+    let mut intervals = Vec::new();
+    for line in stderr.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let number = event["number"].as_u64().unwrap_or(0);
+        match event["event"].as_str() {
+            Some("step") => {
+                started.insert(number, event["at"].as_f64().unwrap());
+            }
+            Some("done") => {
+                intervals.push((number, started[&number], event["at"].as_f64().unwrap()))
+            }
+            _ => {}
+        }
+    }
+    intervals
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    // Two stages that each compress 8 MB of noise, and a last stage that needs both.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let ctx = context(&[("Dockerfile", "FROM scratch AS one\nCOPY one.bin /\nFROM scratch AS two\nCOPY two.bin /\nFROM scratch\nCOPY --from=one /one.bin /\nCOPY --from=two /two.bin /\n")]);
+    fs::write(ctx.path().join("one.bin"), noise(8 << 20)).unwrap();
+    fs::write(ctx.path().join("two.bin"), noise(8 << 20)).unwrap();
+    let parallel_root = tempfile::tempdir().unwrap();
+    let parallel = build(
+        ctx.path(),
+        parallel_root.path(),
+        &["--progress", "json", "--jobs", "2"],
+        &[],
+    );
+    let steps = step_intervals(&parallel.stderr);
+    let (one, two) = (
+        steps.iter().find(|s| s.0 == 1).unwrap(),
+        steps.iter().find(|s| s.0 == 2).unwrap(),
+    );
+    assert!(
+        two.1 < one.2 && one.1 < two.2,
+        "stages one and two overlap with --jobs 2: {steps:?}"
+    );
+    let serial_root = tempfile::tempdir().unwrap();
+    let serial = build(
+        ctx.path(),
+        serial_root.path(),
+        &["--progress", "json", "--jobs", "1"],
+        &[],
+    );
+    let steps = step_intervals(&serial.stderr);
+    let (one, two) = (
+        steps.iter().find(|s| s.0 == 1).unwrap(),
+        steps.iter().find(|s| s.0 == 2).unwrap(),
+    );
+    assert!(
+        one.2 <= two.1,
+        "--jobs 1 runs them one after the other: {steps:?}"
+    );
+}

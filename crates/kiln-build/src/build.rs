@@ -612,6 +612,9 @@ impl Builder<'_> {
                         self.commit_layer(&snapshot)?
                     }
                 };
+                self.store
+                    .slot_put(&slot, &key)
+                    .map_err(BuildError::Store)?;
                 let mut stored_parts = vec![("slot".to_string(), slot)];
                 stored_parts.extend(parts);
                 self.store
@@ -662,16 +665,7 @@ impl Builder<'_> {
     /// Compares this step's key parts with the last record of the same step to say why it
     /// runs: the question people most ask of a builder.
     fn miss_reason(&self, slot: &str, parts: &[(String, String)]) -> String {
-        let previous = self
-            .store
-            .cache_records()
-            .into_iter()
-            .filter(|r| {
-                r.parts
-                    .first()
-                    .is_some_and(|(k, v)| k == "slot" && v == slot)
-            })
-            .max_by_key(|r| r.recorded);
+        let previous = self.store.slot_get(slot);
         let Some(previous) = previous else {
             return "not built before".to_string();
         };

@@ -392,7 +392,28 @@ impl Store {
         self.write_atomic(&path, &bytes)
     }
 
-    /// All cache records, for miss explanations.
+    fn slot_path(&self, slot: &str) -> PathBuf {
+        let digest = kiln_oci::sha256_digest(slot.as_bytes());
+        self.root.join("cache/slots").join(digest.hex())
+    }
+
+    /// Remembers `key` as the newest record of a step (`slot` names the recipe, stage and
+    /// position), so a later miss is explained without reading every record.
+    pub fn slot_put(&self, slot: &str, key: &str) -> Result<()> {
+        let dir = self.root.join("cache/slots");
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        self.write_atomic(&self.slot_path(slot), key.as_bytes())
+    }
+
+    /// The newest record of a step, if it is still there.
+    pub fn slot_get(&self, slot: &str) -> Option<CacheRecord> {
+        let key = fs::read_to_string(self.slot_path(slot)).ok()?;
+        let path = self.cache_path(key.trim());
+        let record: CacheRecord = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+        Some(record)
+    }
+
+    /// All cache records.
     pub fn cache_records(&self) -> Vec<CacheRecord> {
         let Ok(entries) = fs::read_dir(self.root.join("cache")) else {
             return Vec::new();
@@ -596,6 +617,7 @@ impl Store {
                     report.cache_records += 1;
                 }
             }
+            let _ = fs::remove_dir_all(self.root.join("cache/slots"));
         }
         let mut blobs = std::collections::BTreeSet::new();
         let mut snapshots = std::collections::BTreeSet::new();

@@ -443,6 +443,7 @@ impl Builder<'_> {
     fn copy_inputs(
         &self,
         copy: &kiln_plan::CopyStep,
+        walks: &[(String, Vec<kiln_context::Entry>)],
         downloads: &mut Downloads,
     ) -> Result<Vec<(String, String)>, BuildError> {
         let mut parts = Vec::new();
@@ -477,33 +478,22 @@ impl Builder<'_> {
         }
         match &copy.from {
             Source::Context => {
-                let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))
+                for (matched, entries) in walks {
+                    let detail = kiln_context::hash::content_digest_detailed(
+                        self.context,
+                        entries,
+                        &self.memo,
+                    )
                     .map_err(|e| BuildError::Copy(e.to_string()))?;
-                for source in &copy.sources {
-                    let CopySource::Path(pattern) = source else {
-                        continue;
-                    };
-                    for matched in crate::copy::context_sources(self.context, pattern, &excludes)? {
-                        let entries = self
-                            .context
-                            .walk(&matched, &excludes)
-                            .map_err(|e| BuildError::Copy(e.to_string()))?;
-                        let detail = kiln_context::hash::content_digest_detailed(
-                            self.context,
-                            &entries,
-                            &self.memo,
-                        )
-                        .map_err(|e| BuildError::Copy(e.to_string()))?;
-                        parts.push((format!("source {matched}"), detail.digest));
-                        // Per-file hashes let a miss name the file that changed.
-                        for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
-                            let shown = if path.as_os_str().is_empty() {
-                                matched.clone()
-                            } else {
-                                format!("{matched}/{}", path.display())
-                            };
-                            parts.push((format!("file {shown}"), hash));
-                        }
+                    parts.push((format!("source {matched}"), detail.digest));
+                    // Per-file hashes let a miss name the file that changed.
+                    for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
+                        let shown = if path.as_os_str().is_empty() {
+                            matched.clone()
+                        } else {
+                            format!("{matched}/{}", path.display())
+                        };
+                        parts.push((format!("file {shown}"), hash));
                     }
                 }
             }
@@ -531,13 +521,14 @@ impl Builder<'_> {
         let no_cache = self.no_cache_for(stage);
         // Files whose hash is not known yet are hashed while they are copied, before the key
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
-        let speculative = if self.needs_hashing(copy)? {
+        let walks = self.context_walks(copy)?;
+        let speculative = if self.needs_hashing(copy, &walks) {
             Some(self.copy_into_snapshot(step, copy, image, &[], Some(&self.memo))?)
         } else {
             None
         };
         let mut downloads = Downloads::default();
-        let inputs = self.copy_inputs(copy, &mut downloads)?;
+        let inputs = self.copy_inputs(copy, &walks, &mut downloads)?;
         let mut parts: Vec<(String, String)> = Vec::new();
         // --link makes the layer independent of what is below it.
         parts.push((
@@ -787,18 +778,18 @@ impl Builder<'_> {
         })
     }
 
-    /// Whether some context file a COPY reads has no memoised hash (a cold or changed file).
-    fn needs_hashing(&self, copy: &kiln_plan::CopyStep) -> Result<bool, BuildError> {
-        if copy.from != Source::Context
-            || copy
-                .sources
-                .iter()
-                .any(|s| !matches!(s, CopySource::Path(_)))
-        {
-            return Ok(false);
+    /// The context entries a COPY/ADD reads, per matched source (a metadata walk; nothing is
+    /// read). Empty for sources outside the context.
+    fn context_walks(
+        &self,
+        copy: &kiln_plan::CopyStep,
+    ) -> Result<Vec<(String, Vec<kiln_context::Entry>)>, BuildError> {
+        if copy.from != Source::Context {
+            return Ok(Vec::new());
         }
         let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))
             .map_err(|e| BuildError::Copy(e.to_string()))?;
+        let mut walks = Vec::new();
         for source in &copy.sources {
             let CopySource::Path(pattern) = source else {
                 continue;
@@ -808,15 +799,25 @@ impl Builder<'_> {
                     .context
                     .walk(&matched, &excludes)
                     .map_err(|e| BuildError::Copy(e.to_string()))?;
-                if entries.iter().any(|e| {
-                    e.kind == kiln_context::EntryKind::File
-                        && kiln_context::HashMemo::get(&self.memo, &e.stat).is_none()
-                }) {
-                    return Ok(true);
-                }
+                walks.push((matched, entries));
             }
         }
-        Ok(false)
+        Ok(walks)
+    }
+
+    /// Whether some context file the walks found has no memoised hash (a cold or changed file).
+    fn needs_hashing(
+        &self,
+        copy: &kiln_plan::CopyStep,
+        walks: &[(String, Vec<kiln_context::Entry>)],
+    ) -> bool {
+        copy.sources
+            .iter()
+            .all(|s| matches!(s, CopySource::Path(_)))
+            && walks.iter().flat_map(|(_, entries)| entries).any(|e| {
+                e.kind == kiln_context::EntryKind::File
+                    && kiln_context::HashMemo::get(&self.memo, &e.stat).is_none()
+            })
     }
 
     fn finish(&self, image: StageImage) -> Result<Built, BuildError> {

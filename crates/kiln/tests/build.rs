@@ -463,6 +463,19 @@ fn store_commands_round_trip() {
     );
 }
 
+/// Incompressible bytes from a seed (xorshift): layers that take real time to compress.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -1153,15 +1166,7 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
         return;
     }
     // Incompressible content, bigger than the whole filesystem.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = noise(0x9E37_79B9_7F4A_7C15, 4 << 20);
     let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n")]);
     fs::write(ctx.path().join("big.bin"), &data).unwrap();
     let root = mount_point.path().join("store");
@@ -1527,20 +1532,9 @@ fn step_intervals(stderr: &str) -> Vec<(u64, f64, f64)> {
 #[test]
 fn independent_stages_run_at_the_same_time() {
     // Two stages that each compress 8 MB of noise, and a last stage that needs both.
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
     let ctx = context(&[("Dockerfile", "FROM scratch AS one\nCOPY one.bin /\nFROM scratch AS two\nCOPY two.bin /\nFROM scratch\nCOPY --from=one /one.bin /\nCOPY --from=two /two.bin /\n")]);
-    fs::write(ctx.path().join("one.bin"), noise(8 << 20)).unwrap();
-    fs::write(ctx.path().join("two.bin"), noise(8 << 20)).unwrap();
+    fs::write(ctx.path().join("one.bin"), noise(1, 8 << 20)).unwrap();
+    fs::write(ctx.path().join("two.bin"), noise(2, 8 << 20)).unwrap();
     let parallel_root = tempfile::tempdir().unwrap();
     let parallel = build(
         ctx.path(),

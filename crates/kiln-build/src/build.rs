@@ -34,6 +34,8 @@ pub struct BuildOptions {
     /// Names the recipe (its canonical path), so a miss is explained against earlier builds of
     /// the same recipe only.
     pub recipe_id: String,
+    /// How RUN gets a writable root (overlay unless it cannot be mounted).
+    pub snapshotter: crate::run::Snapshotter,
 }
 
 /// What progress displays hear about.
@@ -57,6 +59,11 @@ pub enum Event {
     Done {
         number: usize,
         elapsed: Duration,
+    },
+    /// A line a RUN printed (standard output and error together).
+    Output {
+        number: usize,
+        line: String,
     },
 }
 
@@ -130,6 +137,8 @@ struct Builder<'a> {
     results: std::sync::RwLock<BTreeMap<usize, StageImage>>,
     total: usize,
     cached: std::sync::atomic::AtomicUsize,
+    /// Overlay failed once: later RUN steps copy the image straight away.
+    overlay_broken: std::sync::atomic::AtomicBool,
 }
 
 pub fn build(
@@ -164,6 +173,7 @@ pub fn build(
         results: std::sync::RwLock::new(BTreeMap::new()),
         total,
         cached: std::sync::atomic::AtomicUsize::new(0),
+        overlay_broken: std::sync::atomic::AtomicBool::new(false),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -310,38 +320,7 @@ impl Builder<'_> {
             .map_err(BuildError::Store)?;
         let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
-        let mut layers = Vec::new();
-        for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let mut snapshot = self.store.snapshot_path(diff_id.as_str());
-            if !snapshot.is_dir() {
-                // A layer made elsewhere (kiln load): unpacked once, shared by every build after.
-                let work = self.store.work_dir().map_err(BuildError::Store)?;
-                let fresh = work.path().join("snapshot");
-                std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
-                    path: fresh.clone(),
-                    source: e,
-                })?;
-                let blob = self
-                    .store
-                    .open_blob(&descriptor.digest)
-                    .map_err(BuildError::Store)?;
-                crate::unpack::unpack_layer(
-                    std::io::BufReader::new(blob),
-                    &descriptor.media_type,
-                    &fresh,
-                    diff_id.as_str(),
-                )
-                .map_err(|e| BuildError::Image(format!("base image {reference:?}: {e}")))?;
-                snapshot = self
-                    .store
-                    .commit_snapshot(&fresh, diff_id.as_str())
-                    .map_err(BuildError::Store)?;
-            }
-            layers.push(LayerRef {
-                descriptor: descriptor.clone(),
-                snapshot,
-            });
-        }
+        let layers = unpacked_layers(self.store, &manifest, &config, reference)?;
         let mut key = KeyHasher::new("base");
         key.str("kind", "image")
             .str("manifest", manifest_descriptor.digest.as_str());
@@ -398,14 +377,14 @@ impl Builder<'_> {
             match &step.action {
                 Action::Config(change) => {
                     apply_config(&mut image.config, change, &mut image.cmd_set);
-                    image.config.history.push(history_entry(step, rfc3339(image.time), true));
+                    image
+                        .config
+                        .history
+                        .push(history_entry(step, rfc3339(image.time), true));
                 }
                 Action::Arg(_) => {}
-                Action::Run(_) => {
-                    return Err(BuildError::Unsupported(format!(
-                        "line {}: RUN needs kiln's sandbox, which is not in this version yet; this version builds images from COPY, ADD and metadata instructions",
-                        step.instruction.start_line
-                    )))
+                Action::Run(run) => {
+                    self.run_step(number, stage, position, step, run, &mut image)?;
                 }
                 Action::Copy(copy) => {
                     self.layer_step(number, stage, position, step, copy, &mut image)?;
@@ -548,6 +527,89 @@ impl Builder<'_> {
                 crate::copy::resolve_chown(spec, &image.rootfs()).map_err(BuildError::Copy)?;
             parts.push(("chown".to_string(), format!("{}:{}", owner.uid, owner.gid)));
         }
+        self.common_parts(step, &mut parts);
+        parts.extend(inputs);
+        let mut key = KeyHasher::new("layer-step");
+        key.pairs("parts", &parts);
+        let key = key.finish();
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+        let (layer, created) =
+            self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
+                let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
+                if has_urls && downloads.files.is_empty() {
+                    downloads = self.download(copy)?;
+                }
+                match speculative {
+                    Some((_work, snapshot)) => self.commit_layer(&snapshot),
+                    None => {
+                        let (_work, snapshot) =
+                            self.copy_into_snapshot(step, copy, image, &downloads.files, None)?;
+                        self.commit_layer(&snapshot)
+                    }
+                }
+            })?;
+        self.push_layer(image, &layer, created, step, key, copy.link)
+    }
+
+    /// A RUN: keyed on the filesystem below, the command and everything of the config it sees
+    /// (environment, user, working directory); on a miss it runs in the sandbox.
+    fn run_step(
+        &self,
+        number: usize,
+        stage: &Stage,
+        position: usize,
+        step: &Step,
+        run: &kiln_plan::RunStep,
+        image: &mut StageImage,
+    ) -> Result<(), BuildError> {
+        let no_cache = self.no_cache_for(stage);
+        let mut config = image.config.clone();
+        if !step.workdir.is_empty() {
+            config.config.working_dir = step.workdir.clone();
+        }
+        let mut parts: Vec<(String, String)> =
+            vec![("parent".to_string(), image.chain_key.clone())];
+        let mut instruction_key = KeyHasher::new("instruction");
+        step.cache_key(&mut instruction_key);
+        parts.push(("instruction".to_string(), instruction_key.finish()));
+        let mut env_key = KeyHasher::new("env");
+        env_key.list("env", &config.config.env);
+        parts.push(("env".to_string(), env_key.finish()));
+        parts.push(("user".to_string(), config.config.user.clone()));
+        parts.push(("workdir".to_string(), config.config.working_dir.clone()));
+        self.common_parts(step, &mut parts);
+        let mut key = KeyHasher::new("run-step");
+        key.pairs("parts", &parts);
+        let key = key.finish();
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+        let rootfs = image.rootfs();
+        let on_line = |line: &str| {
+            self.progress.event(Event::Output {
+                number,
+                line: line.to_string(),
+            })
+        };
+        let (layer, created) =
+            self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
+                let job = crate::run::RunJob {
+                    store: self.store,
+                    image: &rootfs,
+                    config: &config,
+                    run,
+                    line: step.instruction.start_line,
+                    text: &step.instruction.original,
+                    snapshotter: self.options.snapshotter,
+                    overlay_broken: &self.overlay_broken,
+                    on_line: &on_line,
+                };
+                let (_work, snapshot) = crate::run::execute(&job)?;
+                self.commit_layer(&snapshot)
+            })?;
+        self.push_layer(image, &layer, created, step, key, false)
+    }
+
+    /// Key parts every layer step has: the build args it read (hashed), compression, epoch.
+    fn common_parts(&self, step: &Step, parts: &mut Vec<(String, String)>) {
         for (name, value) in &step.args_used {
             // Only a hash of the value: a build arg may hold something private, and cache
             // records are plain files.
@@ -566,64 +628,67 @@ impl Builder<'_> {
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         ));
-        parts.extend(inputs);
-        let mut key = KeyHasher::new("layer-step");
-        key.pairs("parts", &parts);
-        let key = key.finish();
-        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+    }
 
+    /// The step's layer from the cache, or made by `make` and recorded; with its time.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_or_made(
+        &self,
+        number: usize,
+        slot: &str,
+        key: &str,
+        parts: Vec<(String, String)>,
+        no_cache: bool,
+        step: &Step,
+        make: impl FnOnce() -> Result<LayerRecord, BuildError>,
+    ) -> Result<(LayerRecord, i64), BuildError> {
         let record = if no_cache {
             None
         } else {
-            self.store.cache_get(&key)
+            self.store.cache_get(key)
         };
-        let (layer, created) = match record.and_then(|r| r.layer.map(|l| (l, r.created))) {
-            Some((layer, created)) => {
-                self.cached
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.progress.event(Event::Cached { number });
-                (layer, created)
-            }
-            None => {
-                let reason = if no_cache {
-                    "--no-cache".to_string()
-                } else {
-                    self.miss_reason(&slot, &parts)
-                };
-                self.progress.event(Event::Miss { number, reason });
-                let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
-                if has_urls && downloads.files.is_empty() {
-                    downloads = self.download(copy)?;
-                }
-                let layer = match speculative {
-                    Some((_work, snapshot)) => self.commit_layer(&snapshot)?,
-                    None => {
-                        let (_work, snapshot) =
-                            self.copy_into_snapshot(step, copy, image, &downloads.files, None)?;
-                        self.commit_layer(&snapshot)?
-                    }
-                };
-                self.store
-                    .slot_put(&slot, &key)
-                    .map_err(BuildError::Store)?;
-                let mut stored_parts = vec![("slot".to_string(), slot)];
-                stored_parts.extend(parts);
-                self.store
-                    .cache_put(&CacheRecord {
-                        key: key.clone(),
-                        layer: Some(layer.clone()),
-                        created_by: step.instruction.original.clone(),
-                        parts: stored_parts,
-                        created: self.now,
-                        recorded: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos())
-                            .unwrap_or(0),
-                    })
-                    .map_err(BuildError::Store)?;
-                (layer, self.now)
-            }
+        if let Some((layer, created)) = record.and_then(|r| r.layer.map(|l| (l, r.created))) {
+            self.cached
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.progress.event(Event::Cached { number });
+            return Ok((layer, created));
+        }
+        let reason = if no_cache {
+            "--no-cache".to_string()
+        } else {
+            self.miss_reason(slot, &parts)
         };
+        self.progress.event(Event::Miss { number, reason });
+        let layer = make()?;
+        self.store.slot_put(slot, key).map_err(BuildError::Store)?;
+        let mut stored_parts = vec![("slot".to_string(), slot.to_string())];
+        stored_parts.extend(parts);
+        self.store
+            .cache_put(&CacheRecord {
+                key: key.to_string(),
+                layer: Some(layer.clone()),
+                created_by: step.instruction.original.clone(),
+                parts: stored_parts,
+                created: self.now,
+                recorded: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            })
+            .map_err(BuildError::Store)?;
+        Ok((layer, self.now))
+    }
+
+    /// Puts a step's layer on the stage's image: layer list, diff_ids, history, chain key.
+    fn push_layer(
+        &self,
+        image: &mut StageImage,
+        layer: &LayerRecord,
+        created: i64,
+        step: &Step,
+        key: String,
+        link: bool,
+    ) -> Result<(), BuildError> {
         // SOURCE_DATE_EPOCH, when given, is the time of everything.
         image.time = self
             .options
@@ -643,7 +708,7 @@ impl Builder<'_> {
             .push(history_entry(step, rfc3339(image.time), false));
         // A --link layer's own key ignores what is below it, but the filesystem after it does
         // not: later steps chain on both.
-        image.chain_key = if copy.link {
+        image.chain_key = if link {
             let mut chain = KeyHasher::new("linked-chain");
             chain.str("below", &image.chain_key).str("layer", &key);
             chain.finish()
@@ -944,6 +1009,63 @@ impl Builder<'_> {
         });
         Ok(image)
     }
+}
+
+/// The layers of an image in the store, each unpacked into a snapshot: a layer made elsewhere
+/// (kiln load) is unpacked once, and shared by every build after.
+fn unpacked_layers(
+    store: &Store,
+    manifest: &Manifest,
+    config: &ImageConfig,
+    reference: &str,
+) -> Result<Vec<LayerRef>, BuildError> {
+    let mut layers = Vec::new();
+    for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        let mut snapshot = store.snapshot_path(diff_id.as_str());
+        if !snapshot.is_dir() {
+            let work = store.work_dir().map_err(BuildError::Store)?;
+            let fresh = work.path().join("snapshot");
+            std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
+                path: fresh.clone(),
+                source: e,
+            })?;
+            let blob = store
+                .open_blob(&descriptor.digest)
+                .map_err(BuildError::Store)?;
+            crate::unpack::unpack_layer(
+                std::io::BufReader::new(blob),
+                &descriptor.media_type,
+                &fresh,
+                diff_id.as_str(),
+            )
+            .map_err(|e| BuildError::Image(format!("base image {reference:?}: {e}")))?;
+            snapshot = store
+                .commit_snapshot(&fresh, diff_id.as_str())
+                .map_err(BuildError::Store)?;
+        }
+        layers.push(LayerRef {
+            descriptor: descriptor.clone(),
+            snapshot,
+        });
+    }
+    Ok(layers)
+}
+
+/// An image of the store by name: its config and its layers' snapshots, bottom first.
+pub fn image_in_store(
+    store: &Store,
+    reference: &str,
+) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
+    let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+    let tagged = store.resolve(&name.to_string()).map_err(|_| {
+        BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
+    })?;
+    let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&tagged.manifest.digest)?)
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    let layers = unpacked_layers(store, &manifest, &config, reference)?;
+    Ok((config, layers.into_iter().map(|l| l.snapshot).collect()))
 }
 
 /// Reads an archive file into an image.

@@ -4,12 +4,14 @@
 
 pub mod build;
 pub mod copy;
+pub mod diff;
 pub mod fetch;
 pub mod flatten;
 mod fsmeta;
 pub mod image;
 pub mod output;
 pub mod rootfs;
+pub mod run;
 pub mod squash;
 pub mod unpack;
 
@@ -34,6 +36,10 @@ pub enum BuildError {
     Layer(String),
     #[error("store: {0}")]
     Store(#[from] kiln_store::StoreError),
+    /// A RUN step failed: the message names the line, the command, how it ended and its last
+    /// lines of output.
+    #[error("RUN {0}")]
+    Run(String),
     #[error("the plan has errors; nothing was built")]
     Plan,
     #[error("ADD: {0}")]

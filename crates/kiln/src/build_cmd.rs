@@ -96,7 +96,23 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(platform) => platform.unwrap_or_else(Platform::host),
         Err(e) => return fail(USAGE, format!("--platform: {e}")),
     };
+    let snapshotter_name = args
+        .snapshotter
+        .clone()
+        .or_else(|| {
+            std::env::var("KILN_SNAPSHOTTER")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| "auto".into());
+    let Some(snapshotter) = kiln_build::run::Snapshotter::parse(&snapshotter_name) else {
+        return fail(
+            USAGE,
+            format!("--snapshotter {snapshotter_name}: expected auto, overlay or copy"),
+        );
+    };
     let options = BuildOptions {
+        snapshotter,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         source_date_epoch,

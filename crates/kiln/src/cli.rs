@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a recipe (with --check: parse, expand and plan it only).
     Build(Box<BuildArgs>),
+    /// Run a command in an image of the store, in the sandbox RUN uses; its exit code is
+    /// kiln's. Changes are thrown away.
+    Run(RunArgs),
     /// List the images in the store.
     Images,
     /// Show an image's manifest and config as JSON.
@@ -159,4 +162,27 @@ pub struct BuildArgs {
     /// Only print the image ID (same as --progress=quiet).
     #[arg(short = 'q', long)]
     pub quiet: bool,
+
+    /// How RUN gets a writable root: overlay, copy (a copy of the image and a walk), or auto
+    /// (overlay, a copy where it cannot be mounted). Default: $KILN_SNAPSHOTTER, else auto.
+    #[arg(long, value_name = "auto|overlay|copy")]
+    pub snapshotter: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The network: host (default) or none.
+    #[arg(long, default_value = "host", value_name = "host|none")]
+    pub network: String,
+    /// Run as this user (name or uid[:gid]) instead of the image's USER.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Set an environment variable (repeatable): KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Image name, as given to -t.
+    pub image: String,
+    /// The command; default: the image's ENTRYPOINT and CMD.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }

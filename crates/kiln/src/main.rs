@@ -5,6 +5,7 @@ mod cli;
 mod progress;
 mod recipe;
 mod report;
+mod run_cmd;
 mod store_cmd;
 
 use clap::Parser;
@@ -12,10 +13,25 @@ use kiln_store::Store;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The sandbox's helper processes are this executable with a hidden first argument; they
+    // must start before anything creates a thread.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| a == kiln_sandbox::HELPER_ARG || a == kiln_sandbox::INIT_ARG)
+    {
+        let code = kiln_sandbox::helper_main(&args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
+    // As an ordinary user, kiln works as root of a user namespace of its own.
+    if let Some(code) = kiln_sandbox::userns::run_rootless() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = cli::Cli::parse();
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
     match &cli.command {
         cli::Command::Build(args) => build_cmd::run(args, &root),
+        cli::Command::Run(args) => run_cmd::run(args, &root),
         other => store_cmd::run(other, &root),
     }
 }

@@ -56,6 +56,7 @@ impl Progress for Plain {
             Event::Done { number, elapsed } => {
                 writeln!(out, "#{number} done in {:.2}s", elapsed.as_secs_f64())
             }
+            Event::Output { number, line } => writeln!(out, "#{number} | {line}"),
         };
     }
 }
@@ -79,6 +80,9 @@ fn json_event(event: &Event, at: f64) -> serde_json::Value {
         }
         Event::Done { number, elapsed } => serde_json::json!({
             "event": "done", "at": at, "number": number, "seconds": elapsed.as_secs_f64(),
+        }),
+        Event::Output { number, line } => serde_json::json!({
+            "event": "output", "at": at, "number": number, "line": line,
         }),
     }
 }

@@ -4,87 +4,13 @@
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use kiln_oci::{read_oci_archive, ImageConfig, ReadOptions};
+use kiln_oci::{read_oci_archive, ReadOptions};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn kiln(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    command
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("SOURCE_DATE_EPOCH");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("run kiln");
-    Run {
-        status: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-/// A build context in a temp dir.
-fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (path, content) in files {
-        let full = dir.path().join(path);
-        fs::create_dir_all(full.parent().unwrap()).unwrap();
-        fs::write(full, content).unwrap();
-    }
-    dir
-}
-
-fn build(ctx: &Path, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
-    let root = root.to_string_lossy().into_owned();
-    let mut args = vec!["--root", root.as_str(), "build"];
-    args.extend_from_slice(extra);
-    args.push(".");
-    let run = kiln(&args, ctx, env);
-    assert_eq!(run.status, 0, "build failed:\n{}", run.stderr);
-    run
-}
-
-/// Manifest, config and each layer's entries (path → content for files).
-struct Image {
-    config: ImageConfig,
-    layers: Vec<Vec<kiln_layer::EntrySummary>>,
-    manifest_digest: String,
-}
-
-fn read_image(archive: &Path) -> Image {
-    let image = read_oci_archive(archive, &ReadOptions::default()).unwrap();
-    let mut layers = Vec::new();
-    for (i, descriptor) in image.layers().iter().enumerate() {
-        let reader = image.open_layer(i).unwrap();
-        layers.push(kiln_layer::read_layer_entries(reader, &descriptor.media_type).unwrap());
-    }
-    Image {
-        config: image.config.clone(),
-        layers,
-        manifest_digest: image.image_ref().manifest.digest.to_string(),
-    }
-}
-
-fn paths(layer: &[kiln_layer::EntrySummary]) -> Vec<String> {
-    layer
-        .iter()
-        .map(|e| e.path_str().trim_end_matches('/').to_string())
-        .collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn builds_the_hello_example_into_an_oci_archive() {
@@ -392,7 +318,7 @@ fn run_and_missing_sources_fail_clearly_and_leave_the_store_usable() {
     let run = kiln(&["--root", &root_arg, "build", "."], ctx.path(), &[]);
     assert_eq!(run.status, 1);
     assert!(
-        run.stderr.contains("RUN needs kiln's sandbox"),
+        run.stderr.contains("/bin/sh: not found in the image"),
         "{}",
         run.stderr
     );
@@ -474,13 +400,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             state as u8
         })
         .collect()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// skopeo and umoci read what kiln writes; umoci unpacks the tree the recipe describes.

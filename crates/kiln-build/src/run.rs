@@ -1,0 +1,737 @@
+//! RUN: the command in kiln's sandbox over the image's snapshots, and its diff as a snapshot.
+//!
+//! Overlay first: the snapshots are the lower dirs, a fresh upper dir takes every change and
+//! *is* the diff. Where overlay cannot be mounted, the image is copied and the finished copy is
+//! compared with the layers. Both end in [`crate::diff::canonicalize`], so both give the same
+//! layer bytes.
+
+use crate::fsmeta::{io_at, set_stamp, Stamp};
+use crate::rootfs::Rootfs;
+use crate::BuildError;
+use kiln_oci::ImageConfig;
+use kiln_plan::RunStep;
+use kiln_sandbox::{Identity, Output, RootSpec, Sandbox, ScriptFile, Spec};
+use kiln_store::{Store, WorkDir};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How RUN gets a writable root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Snapshotter {
+    /// Overlay, and a copy when overlay cannot be mounted.
+    #[default]
+    Auto,
+    Overlay,
+    /// Always a copy plus a walk (slower; for filesystems overlay cannot stack on).
+    Copy,
+}
+
+impl Snapshotter {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(Snapshotter::Auto),
+            "overlay" => Some(Snapshotter::Overlay),
+            "copy" | "native" => Some(Snapshotter::Copy),
+            _ => None,
+        }
+    }
+}
+
+/// Lines of output a failed RUN shows.
+const TAIL_LINES: usize = 20;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One RUN to execute.
+pub(crate) struct RunJob<'a> {
+    pub store: &'a Store,
+    pub image: &'a Rootfs,
+    pub config: &'a ImageConfig,
+    pub run: &'a RunStep,
+    pub line: usize,
+    pub text: &'a str,
+    pub snapshotter: Snapshotter,
+    /// Set once overlay failed in this process: later steps copy straight away.
+    pub overlay_broken: &'a AtomicBool,
+    pub on_line: &'a (dyn Fn(&str) + Sync),
+}
+
+/// `user[:group]` of the image's USER, resolved in its /etc/passwd and /etc/group as Docker
+/// does: a name must exist; a number need not (then its group is 0); the user's supplementary
+/// groups come from /etc/group.
+pub fn resolve_user(spec: &str, image: &Rootfs) -> Result<Identity, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    if user.is_empty() {
+        return Ok(Identity::default());
+    }
+    let passwd = image.read_file("/etc/passwd").unwrap_or_default();
+    let groups_file = image.read_file("/etc/group").unwrap_or_default();
+    let records = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| line.split(':').map(str::to_string).collect())
+            .collect()
+    };
+    let passwd = records(&passwd);
+    let group_records = records(&groups_file);
+    let entry = passwd.iter().find(|fields| {
+        fields.first().map(String::as_str) == Some(user)
+            || (user.parse::<u32>().is_ok() && fields.get(2).map(String::as_str) == Some(user))
+    });
+    let (uid, name, primary) = match (user.parse::<u32>(), entry) {
+        (Ok(uid), entry) => (
+            uid,
+            entry.and_then(|f| f.first().cloned()),
+            entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(0),
+        ),
+        (Err(_), Some(fields)) => {
+            let uid = fields
+                .get(2)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("user {user:?}: its /etc/passwd line has no valid uid"))?;
+            let gid = fields.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+            (uid, Some(user.to_string()), gid)
+        }
+        (Err(_), None) => {
+            return Err(format!(
+                "unable to find user {user}: no matching entries in the image's /etc/passwd"
+            ))
+        }
+    };
+    let gid = match group {
+        None => primary,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_records
+                .iter()
+                .find(|fields| fields.first().map(String::as_str) == Some(group))
+                .and_then(|fields| fields.get(2)?.parse().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "unable to find group {group}: no matching entries in the image's /etc/group"
+                    )
+                })?,
+        },
+    };
+    // An explicit group replaces the supplementary ones, as in Docker.
+    let mut groups = vec![gid];
+    if group.is_none() {
+        if let Some(name) = &name {
+            for fields in &group_records {
+                let member = fields
+                    .get(3)
+                    .is_some_and(|members| members.split(',').any(|m| m == name));
+                if let Some(id) = fields.get(2).and_then(|g| g.parse().ok()) {
+                    if member && !groups.contains(&id) {
+                        groups.push(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Identity { uid, gid, groups })
+}
+
+/// The command's environment: the image's ENV, then build args that ENV does not set, and a
+/// PATH when there is none.
+fn environment(config: &ImageConfig, run: &RunStep) -> Vec<String> {
+    let mut env: Vec<String> = config.config.env.clone();
+    let has = |env: &[String], name: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == name)
+    };
+    for (name, value) in &run.build_args {
+        if !has(&env, name) {
+            env.push(format!("{name}={value}"));
+        }
+    }
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    env
+}
+
+/// The process to start and the files it needs: a `#!` heredoc runs as a script file; heredocs
+/// of a shell command are given to the shell after the command, as a shell reads them.
+fn command(run: &RunStep) -> (Vec<String>, Vec<ScriptFile>) {
+    if let Some(script) = &run.script {
+        let name = run
+            .heredocs
+            .first()
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| "script".into());
+        let file = ScriptFile {
+            name: name.clone(),
+            content: script.as_bytes().to_vec(),
+            mode: 0o755,
+        };
+        return (vec![format!("/dev/pipes/{name}")], vec![file]);
+    }
+    let mut argv = run.argv.clone();
+    let sole_script = matches!(&run.command, kiln_recipe::instruction::Command::Shell(text)
+        if argv.last() != Some(&text.text));
+    if !run.heredocs.is_empty() && !sole_script {
+        if let Some(last) = argv.last_mut() {
+            for heredoc in &run.heredocs {
+                last.push('\n');
+                last.push_str(&heredoc.content);
+                last.push_str(&heredoc.name);
+            }
+            last.push('\n');
+        }
+    }
+    (argv, Vec::new())
+}
+
+/// The xattr that marks an opaque directory for the overlays this process mounts.
+pub(crate) fn opaque_xattr() -> &'static str {
+    if in_initial_user_namespace() {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    }
+}
+
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|map| {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields == ["0", "0", "4294967295"]
+        })
+        .unwrap_or(false)
+}
+
+/// Creates in `dir` the mount points the image lacks (parents with the image's metadata, so
+/// the merged view shows the image's own). Returns the paths created, parents first.
+fn make_mount_points(image: &Rootfs, dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    let mut created = Vec::new();
+    let mut stamps = Vec::new();
+    for (relative, is_dir) in kiln_sandbox::MOUNT_POINTS {
+        let relative = Path::new(relative);
+        if image.lstat(relative).is_some() {
+            continue;
+        }
+        // Parents the image has, recreated with its metadata.
+        let mut parent = PathBuf::new();
+        for part in relative.parent().into_iter().flat_map(|p| p.components()) {
+            parent.push(part);
+            let target = dir.join(&parent);
+            if target.symlink_metadata().is_ok() {
+                continue;
+            }
+            std::fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
+            created.push(parent.clone());
+            if let Some(found) = image.lstat(&parent) {
+                stamps.push((target.clone(), Stamp::of(&found.meta)));
+            }
+        }
+        let target = dir.join(relative);
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        if *is_dir {
+            std::fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
+        } else {
+            std::fs::File::create(&target).map_err(|e| io_at(&target, e))?;
+        }
+        created.push(relative.to_path_buf());
+    }
+    let is_root = rustix::process::geteuid().is_root();
+    for (path, stamp) in stamps.into_iter().rev() {
+        set_stamp(&path, stamp, false, is_root)?;
+    }
+    Ok(created)
+}
+
+/// The overlay's lower dirs, top first: the mount points, then the layers. A layer that comes
+/// again lower down (two steps with the same diff) is given once, at its highest place: what it
+/// holds shows there already, and overlay refuses a directory twice.
+fn overlay_lowers(mounts: PathBuf, image: &Rootfs) -> Vec<PathBuf> {
+    let mut lowers = vec![mounts];
+    for layer in image.layers().iter().rev() {
+        if !lowers.contains(layer) {
+            lowers.push(layer.clone());
+        }
+    }
+    lowers
+}
+
+fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// Output lines as they come, the last ones kept for an error, all of it in a log file.
+struct OutputLog<'a> {
+    pending: Vec<u8>,
+    tail: VecDeque<String>,
+    file: Option<std::fs::File>,
+    on_line: &'a (dyn Fn(&str) + Sync),
+    lines: u64,
+}
+
+impl OutputLog<'_> {
+    fn take(&mut self, bytes: &[u8]) {
+        if let Some(file) = &mut self.file {
+            let _ = file.write_all(bytes);
+        }
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.line(&line[..line.len() - 1]);
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes)
+            .trim_end_matches('\r')
+            .to_string();
+        (self.on_line)(&text);
+        self.lines += 1;
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+    }
+
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.line(&rest);
+        }
+    }
+}
+
+/// Runs the step; returns the work area and the snapshot of its diff, in canonical form.
+pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError> {
+    let work = job.store.work_dir()?;
+    let base = work.path();
+    let hostname = "kiln".to_string();
+    let hosts = base.join("hosts");
+    std::fs::write(&hosts, hosts_file(&hostname)).map_err(|e| io_at(&hosts, e))?;
+    let resolv = base.join("resolv.conf");
+    let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(&resolv, host_resolv).map_err(|e| io_at(&resolv, e))?;
+    let identity = resolve_user(&job.config.config.user, job.image).map_err(|message| {
+        BuildError::Run(format!(
+            "line {}: USER {}: {message}",
+            job.line, job.config.config.user
+        ))
+    })?;
+    let (argv, files) = command(job.run);
+    let cwd = if job.config.config.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        job.config.config.working_dir.clone()
+    };
+    let mut spec = Spec {
+        root: RootSpec::Directory {
+            path: PathBuf::new(),
+        },
+        argv,
+        env: environment(job.config, job.run),
+        cwd,
+        identity,
+        hostname,
+        network: match job.run.network {
+            kiln_recipe::instruction::Network::None => kiln_sandbox::Network::None,
+            _ => kiln_sandbox::Network::Host,
+        },
+        hosts_file: hosts,
+        resolv_file: resolv,
+        files,
+        status_file: base.join("status"),
+    };
+    let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
+    let use_overlay = match job.snapshotter {
+        Snapshotter::Overlay => true,
+        Snapshotter::Copy => false,
+        Snapshotter::Auto => !job.overlay_broken.load(Ordering::Relaxed),
+    };
+    if use_overlay {
+        let upper = base.join("upper");
+        let mounts = base.join("mounts");
+        for dir in [&upper, &base.join("work"), &base.join("merged"), &mounts] {
+            std::fs::create_dir(dir).map_err(|e| io_at(dir, e))?;
+        }
+        make_mount_points(job.image, &mounts)?;
+        let lowers = overlay_lowers(mounts, job.image);
+        spec.root = RootSpec::Overlay {
+            lowers,
+            upper: upper.clone(),
+            work: base.join("work"),
+            merged: base.join("merged"),
+            userxattr: !in_initial_user_namespace(),
+        };
+        match run_in(&sandbox, &spec, job, base) {
+            Ok(()) => {
+                crate::diff::canonicalize(job.image, &upper, opaque_xattr())?;
+                return Ok((work, upper));
+            }
+            Err(RunFailure::Overlay(message)) if job.snapshotter == Snapshotter::Auto => {
+                job.overlay_broken.store(true, Ordering::Relaxed);
+                (job.on_line)(&format!(
+                    "kiln: overlay is not available here ({message}); copying the image instead"
+                ));
+            }
+            Err(RunFailure::Overlay(message)) => {
+                return Err(BuildError::Run(format!("line {}: {message}", job.line)))
+            }
+            Err(RunFailure::Build(error)) => return Err(error),
+        }
+    }
+    // The copy: the image flattened into a private tree, the command run there, the finished
+    // tree compared with the layers.
+    let tree = base.join("tree");
+    std::fs::create_dir(&tree).map_err(|e| io_at(&tree, e))?;
+    crate::flatten::flatten(job.image, &tree, crate::flatten::Materialize::Copy)?;
+    // Parents of the mount points as they were, to give them back their times.
+    let mut parents: Vec<(PathBuf, Stamp, Vec<std::ffi::OsString>)> = Vec::new();
+    for (relative, _) in kiln_sandbox::MOUNT_POINTS {
+        let parent = tree.join(relative).parent().map(Path::to_path_buf);
+        let Some(parent) = parent else { continue };
+        if parents.iter().any(|(p, _, _)| *p == parent) {
+            continue;
+        }
+        if let Ok(meta) = parent.symlink_metadata() {
+            if meta.is_dir() {
+                parents.push((parent.clone(), Stamp::of(&meta), listing(&parent)));
+            }
+        }
+    }
+    let created = make_mount_points(job.image, &tree)?;
+    spec.root = RootSpec::Directory { path: tree.clone() };
+    match run_in(&sandbox, &spec, job, base) {
+        Ok(()) => {}
+        Err(RunFailure::Overlay(message)) => {
+            return Err(BuildError::Run(format!("line {}: {message}", job.line)))
+        }
+        Err(RunFailure::Build(error)) => return Err(error),
+    }
+    // What was made only to mount over goes; a parent whose entries are as before gets its
+    // time back, as if nothing had been created in it.
+    for relative in created.iter().rev() {
+        let path = tree.join(relative);
+        let _ = std::fs::remove_dir(&path).or_else(|_| {
+            if path
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file() && m.len() == 0)
+            {
+                std::fs::remove_file(&path)
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let is_root = rustix::process::geteuid().is_root();
+    for (path, stamp, before) in parents {
+        if listing(&path) == before {
+            set_stamp(&path, stamp, false, is_root)?;
+        }
+    }
+    let diff = base.join("diff");
+    std::fs::create_dir(&diff).map_err(|e| io_at(&diff, e))?;
+    crate::diff::walk_diff(job.image, &tree, &diff)?;
+    crate::diff::canonicalize(job.image, &diff, opaque_xattr())?;
+    Ok((work, diff))
+}
+
+fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+enum RunFailure {
+    Overlay(String),
+    Build(BuildError),
+}
+
+fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Result<(), RunFailure> {
+    let log_path = base.join("output.log");
+    let mut log = OutputLog {
+        pending: Vec::new(),
+        tail: VecDeque::new(),
+        file: std::fs::File::create(&log_path).ok(),
+        on_line: job.on_line,
+        lines: 0,
+    };
+    let result = sandbox.run(spec, Output::Stream(&mut |bytes| log.take(bytes)));
+    log.finish();
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(error) if error.is_overlay_failure() => {
+            return Err(RunFailure::Overlay(error.to_string()))
+        }
+        Err(kiln_sandbox::SandboxError::NotStarted { program, message }) => {
+            return Err(RunFailure::Build(BuildError::Run(format!(
+                "line {}: {}\n  {program}: {message}{}",
+                job.line,
+                job.text,
+                if spec.argv.len() > 1 && job.run.script.is_none() {
+                    " (the shell comes from SHELL, default /bin/sh -c: the image must have it)"
+                } else {
+                    ""
+                }
+            ))))
+        }
+        Err(error) => {
+            return Err(RunFailure::Build(BuildError::Run(format!(
+                "line {}: {}\n  {error}",
+                job.line, job.text
+            ))))
+        }
+    };
+    if exit.success() {
+        return Ok(());
+    }
+    let mut message = format!(
+        "line {}: {}\n  the command ended with {exit}",
+        job.line, job.text
+    );
+    if !log.tail.is_empty() {
+        message.push_str(&format!(
+            "; its last {} of {} lines of output:\n",
+            log.tail.len(),
+            log.lines
+        ));
+        for line in &log.tail {
+            message.push_str("  │ ");
+            message.push_str(line);
+            message.push('\n');
+        }
+    }
+    if log.lines as usize > TAIL_LINES {
+        // The whole output stays, outside the work area that is about to go.
+        let logs = job.store.root().join("logs");
+        let kept = logs.join(format!(
+            "run-line{}-{}.log",
+            job.line,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        if std::fs::create_dir_all(&logs).is_ok() && std::fs::copy(&log_path, &kept).is_ok() {
+            message.push_str(&format!("  full output: {}\n", kept.display()));
+        }
+    }
+    Err(RunFailure::Build(BuildError::Run(
+        message.trim_end().to_string(),
+    )))
+}
+
+/// What `kiln run` asks for.
+pub struct RunImage {
+    pub reference: String,
+    /// Replaces ENTRYPOINT + CMD when not empty.
+    pub command: Vec<String>,
+    pub user: Option<String>,
+    pub env: Vec<String>,
+    pub network: kiln_sandbox::Network,
+    pub snapshotter: Snapshotter,
+}
+
+/// Runs a command in an image of the store with the caller's terminal, changes thrown away;
+/// returns how it ended.
+pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit, BuildError> {
+    let (config, layers) = crate::build::image_in_store(store, &request.reference)?;
+    let image = Rootfs::new(layers);
+    let entrypoint = config.config.entrypoint.clone().unwrap_or_default();
+    // As `docker run IMAGE ARGS`: the arguments replace CMD, the ENTRYPOINT stays.
+    let mut argv = entrypoint;
+    if request.command.is_empty() {
+        argv.extend(config.config.cmd.clone().unwrap_or_default());
+    } else {
+        argv.extend(request.command.iter().cloned());
+    }
+    if argv.is_empty() {
+        return Err(BuildError::Run(format!(
+            "{}: the image has no ENTRYPOINT or CMD; give a command",
+            request.reference
+        )));
+    }
+    let user = request.user.clone().unwrap_or(config.config.user.clone());
+    let identity = resolve_user(&user, &image).map_err(BuildError::Run)?;
+    let mut env = config.config.env.clone();
+    env.extend(request.env.iter().cloned());
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    let work = store.work_dir()?;
+    let base = work.path();
+    let hosts = base.join("hosts");
+    std::fs::write(&hosts, hosts_file("kiln")).map_err(|e| io_at(&hosts, e))?;
+    let resolv = base.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    )
+    .map_err(|e| io_at(&resolv, e))?;
+    let mut spec = Spec {
+        root: RootSpec::Directory {
+            path: PathBuf::new(),
+        },
+        argv,
+        env,
+        cwd: if config.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            config.config.working_dir.clone()
+        },
+        identity,
+        hostname: "kiln".into(),
+        network: request.network,
+        hosts_file: hosts,
+        resolv_file: resolv,
+        files: Vec::new(),
+        status_file: base.join("status"),
+    };
+    let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
+    if request.snapshotter != Snapshotter::Copy {
+        let mounts = base.join("mounts");
+        for dir in ["upper", "work", "merged", "mounts"] {
+            let dir = base.join(dir);
+            std::fs::create_dir(&dir).map_err(|e| io_at(&dir, e))?;
+        }
+        make_mount_points(&image, &mounts)?;
+        let lowers = overlay_lowers(mounts, &image);
+        spec.root = RootSpec::Overlay {
+            lowers,
+            upper: base.join("upper"),
+            work: base.join("work"),
+            merged: base.join("merged"),
+            userxattr: !in_initial_user_namespace(),
+        };
+        match sandbox.run(&spec, Output::Inherit) {
+            Ok(exit) => return Ok(exit),
+            Err(e) if e.is_overlay_failure() && request.snapshotter == Snapshotter::Auto => {}
+            Err(e) => return Err(BuildError::Run(e.to_string())),
+        }
+    }
+    let tree = base.join("tree");
+    std::fs::create_dir(&tree).map_err(|e| io_at(&tree, e))?;
+    crate::flatten::flatten(&image, &tree, crate::flatten::Materialize::Copy)?;
+    make_mount_points(&image, &tree)?;
+    spec.root = RootSpec::Directory { path: tree };
+    sandbox
+        .run(&spec, Output::Inherit)
+        .map_err(|e| BuildError::Run(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn image_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let path = dir.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let rootfs = Rootfs::new(vec![dir.path().to_path_buf()]);
+        (dir, rootfs)
+    }
+
+    #[test]
+    fn users_resolve_as_docker_does() {
+        let (_dir, image) = image_with(&[
+            (
+                "/etc/passwd",
+                "root:x:0:0::/root:/bin/sh\nbob:x:1000:100::/home/bob:/bin/sh\n",
+            ),
+            (
+                "/etc/group",
+                "root:x:0:\nusers:x:100:\nwheel:x:10:bob,alice\n",
+            ),
+        ]);
+        assert_eq!(resolve_user("", &image).unwrap(), Identity::default());
+        assert_eq!(
+            resolve_user("bob", &image).unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 100,
+                groups: vec![100, 10]
+            }
+        );
+        assert_eq!(
+            resolve_user("bob:wheel", &image).unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 10,
+                groups: vec![10]
+            }
+        );
+        // A number need not exist; its group is then 0.
+        assert_eq!(resolve_user("4242", &image).unwrap().gid, 0);
+        assert_eq!(resolve_user("1000", &image).unwrap().gid, 100);
+        let error = resolve_user("nobody", &image).unwrap_err();
+        assert!(error.contains("unable to find user nobody"), "{error}");
+        assert!(resolve_user("bob:staff", &image).is_err());
+    }
+
+    #[test]
+    fn mount_points_missing_from_the_image_are_made_aside() {
+        let (_dir, image) = image_with(&[("/etc/passwd", "root:x:0:0::/:/bin/sh\n")]);
+        let out = tempfile::tempdir().unwrap();
+        let created = make_mount_points(&image, out.path()).unwrap();
+        let names: Vec<String> = created.iter().map(|p| p.display().to_string()).collect();
+        // /etc exists in the image: only its missing files are made (and /etc to hold them).
+        assert_eq!(
+            names,
+            ["proc", "sys", "dev", "etc", "etc/hosts", "etc/resolv.conf"]
+        );
+        assert!(out.path().join("etc/hosts").is_file());
+        assert!(!out.path().join("etc/passwd").exists());
+    }
+
+    #[test]
+    fn output_is_split_into_lines_and_the_tail_kept() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let on_line = |line: &str| seen.lock().unwrap().push(line.to_string());
+        let mut log = OutputLog {
+            pending: Vec::new(),
+            tail: VecDeque::new(),
+            file: None,
+            on_line: &on_line,
+            lines: 0,
+        };
+        for i in 0..30 {
+            log.take(format!("line {i}\n").as_bytes());
+        }
+        log.take(b"partial");
+        log.finish();
+        assert_eq!(log.lines, 31);
+        assert_eq!(log.tail.len(), TAIL_LINES);
+        assert_eq!(log.tail.back().unwrap(), "partial");
+        assert_eq!(seen.lock().unwrap()[0], "line 0");
+    }
+
+    #[test]
+    fn shell_heredocs_follow_the_command() {
+        let recipe = kiln_recipe::parse_recipe("FROM scratch\nRUN cat <<EOF > /x\nhello\nEOF\n");
+        let plan = kiln_plan::plan(&recipe, &kiln_plan::PlanOptions::default());
+        let step = &plan.stages[0].steps[0];
+        let kiln_plan::Action::Run(run) = &step.action else {
+            panic!("not a RUN")
+        };
+        let (argv, files) = command(run);
+        assert!(files.is_empty());
+        assert_eq!(argv.last().unwrap(), "cat <<EOF > /x\nhello\nEOF\n");
+    }
+}

@@ -1,0 +1,269 @@
+//! kiln-sandbox: runs one command isolated from the host, with no daemon and no runtime binary.
+//!
+//! The caller (multi-threaded) cannot create namespaces itself, so the sandbox is two fresh
+//! processes of the same executable, started with a hidden first argument:
+//!
+//! ```text
+//! kiln ──spawn──▶ kiln __kiln-sandbox         unshare(mount, pid, uts, ipc[, net]); / private
+//!                   └─spawn──▶ kiln __kiln-sandbox-init    pid 1 of the new pid namespace:
+//!                                 overlay + /proc /dev /sys /etc/hosts /etc/resolv.conf,
+//!                                 hostname, pivot_root, drop to the image's user,
+//!                                 spawn the command, reap every child, write the status
+//! ```
+//!
+//! When the command exits, pid 1 exits, and the kernel kills whatever the command left behind:
+//! every process of a step is gone when the step ends. Both helpers die with their parent.
+
+mod process;
+pub mod setup;
+pub mod syscall;
+pub mod userns;
+
+pub use process::{helper_main, HELPER_ARG, INIT_ARG};
+pub use setup::MOUNT_POINTS;
+
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What the root filesystem of the sandbox is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootSpec {
+    /// An overlay of snapshot directories (top first) with a fresh upper dir: after the
+    /// command, the upper dir is the step's diff.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        merged: PathBuf,
+        /// `user.overlay.*` xattrs, for overlays mounted inside a user namespace.
+        userxattr: bool,
+    },
+    /// A private copy of the root, where overlay cannot be mounted.
+    Directory { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network (BuildKit's `--network=host`; kiln's default).
+    Host,
+    /// A network namespace of its own, with no interface up.
+    None,
+}
+
+/// Who the command runs as, already resolved from the image's passwd and group files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// A file written into the sandbox's /dev/pipes (heredoc scripts): outside every layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptFile {
+    pub name: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Everything the sandbox needs, passed to the helpers in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub root: RootSpec,
+    pub argv: Vec<String>,
+    /// `NAME=value`, the whole environment: nothing of the caller's leaks in.
+    pub env: Vec<String>,
+    /// Absolute, inside the root; created when missing.
+    pub cwd: String,
+    pub identity: Identity,
+    pub hostname: String,
+    pub network: Network,
+    pub hosts_file: PathBuf,
+    pub resolv_file: PathBuf,
+    pub files: Vec<ScriptFile>,
+    /// Where pid 1 writes how the command ended (outside the root).
+    pub status_file: PathBuf,
+}
+
+impl Spec {
+    /// The directory that becomes `/`.
+    pub fn root_dir(&self) -> PathBuf {
+        match &self.root {
+            RootSpec::Overlay { merged, .. } => merged.clone(),
+            RootSpec::Directory { path } => path.clone(),
+        }
+    }
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    /// The shell's convention: 128 + the signal's number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(signal) => {
+                write!(f, "killed by signal {signal} ({})", signal_name(*signal))
+            }
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// What pid 1 reports, as one JSON document in the status file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Status {
+    Ended(Exit),
+    SetupFailed { message: String, overlay: bool },
+    NotStarted { program: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("starting the sandbox ({exe}): {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("setting up the sandbox: {message}")]
+    Setup { message: String, overlay: bool },
+    #[error("{program}: {message}")]
+    NotStarted { program: String, message: String },
+    #[error("the sandbox ended without a result ({0})")]
+    Lost(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SandboxError {
+    /// The overlay could not be mounted: a copy of the root will do.
+    pub fn is_overlay_failure(&self) -> bool {
+        matches!(self, SandboxError::Setup { overlay: true, .. })
+    }
+}
+
+/// Where the command's output goes.
+pub enum Output<'a> {
+    /// The caller's own standard streams (and input), as `kiln run` wants.
+    Inherit,
+    /// Standard output and error together, handed over as they come.
+    Stream(&'a mut dyn FnMut(&[u8])),
+}
+
+/// Starts sandboxes by running an executable that dispatches [`HELPER_ARG`] to
+/// [`helper_main`] (the `kiln` binary does).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    exe: PathBuf,
+}
+
+impl Sandbox {
+    /// The running executable serves as the helper.
+    pub fn current() -> Result<Self, SandboxError> {
+        let exe = std::env::current_exe().map_err(|source| SandboxError::Spawn {
+            exe: PathBuf::from("/proc/self/exe"),
+            source,
+        })?;
+        Ok(Sandbox { exe })
+    }
+
+    pub fn with_executable(exe: &Path) -> Self {
+        Sandbox {
+            exe: exe.to_path_buf(),
+        }
+    }
+
+    /// Runs the spec's command and waits for it (and everything it started) to end.
+    pub fn run(&self, spec: &Spec, output: Output<'_>) -> Result<Exit, SandboxError> {
+        let _ = std::fs::remove_file(&spec.status_file);
+        let input = serde_json::to_vec(spec).map_err(|e| SandboxError::Lost(e.to_string()))?;
+        // The spec goes in a file beside the status, so the command's standard input stays
+        // free: the caller's terminal for `kiln run`, nothing for a build.
+        let spec_file = spec.status_file.with_extension("spec");
+        std::fs::write(&spec_file, &input)?;
+        let mut command = Command::new(&self.exe);
+        command.arg(HELPER_ARG).arg(&spec_file);
+        let mut stream = None;
+        match output {
+            Output::Inherit => {}
+            Output::Stream(sink) => {
+                command.stdin(Stdio::null());
+                let (reader, writer) = std::io::pipe()?;
+                command.stdout(writer.try_clone()?).stderr(writer);
+                stream = Some((reader, sink));
+            }
+        }
+        let spawn_error = |source| SandboxError::Spawn {
+            exe: self.exe.clone(),
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_error)?;
+        drop(command);
+        if let Some((mut reader, sink)) = stream {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => sink(&buffer[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        let helper = child.wait()?;
+        let status = std::fs::read(&spec.status_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Status>(&bytes).ok());
+        match status {
+            Some(Status::Ended(exit)) => Ok(exit),
+            Some(Status::SetupFailed { message, overlay }) => {
+                Err(SandboxError::Setup { message, overlay })
+            }
+            Some(Status::NotStarted { program, message }) => {
+                Err(SandboxError::NotStarted { program, message })
+            }
+            None => Err(SandboxError::Lost(format!("helper {helper}"))),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The two helper processes: one that creates the namespaces, and pid 1 inside them.
+
+use crate::setup::{enter_root, namespaces};
+use crate::syscall::Linux;
+use crate::{Exit, Spec, Status};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// First argument that makes the executable the namespace-creating helper.
+pub const HELPER_ARG: &str = "__kiln-sandbox";
+/// First argument of pid 1 inside the namespaces.
+pub const INIT_ARG: &str = "__kiln-sandbox-init";
+
+/// The helpers' entry point: `args` are the process's arguments after the executable. Returns
+/// the process's exit code. Must run before the process starts any thread (unshare needs a
+/// single-threaded process).
+pub fn helper_main(args: &[std::ffi::OsString]) -> i32 {
+    let (Some(role), Some(spec_file)) = (args.first(), args.get(1)) else {
+        return 125;
+    };
+    let spec_path = Path::new(spec_file);
+    let spec: Spec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(message) => {
+            eprintln!("kiln sandbox: reading {}: {message}", spec_path.display());
+            return 125;
+        }
+    };
+    // Die with the parent: an interrupted build leaves no sandbox behind.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if role == HELPER_ARG {
+        create_namespaces(&spec, spec_path)
+    } else if role == INIT_ARG {
+        init(&spec)
+    } else {
+        125
+    }
+}
+
+fn write_status(path: &Path, status: &Status) {
+    if let Ok(bytes) = serde_json::to_vec(status) {
+        let _ = std::fs::write(path, bytes);
+    }
+}
+
+fn setup_failed(spec: &Spec, message: String) -> i32 {
+    write_status(
+        &spec.status_file,
+        &Status::SetupFailed {
+            message,
+            overlay: false,
+        },
+    );
+    125
+}
+
+fn create_namespaces(spec: &Spec, spec_path: &Path) -> i32 {
+    use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWUTS;
+    flags |= UnshareFlags::NEWIPC;
+    if spec.network == crate::Network::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    // SAFETY: this process is single-threaded (nothing has spawned a thread before
+    // helper_main) and FILES is not among the flags, so no thread can observe a file
+    // descriptor table that was unshared from it.
+    #[allow(unsafe_code)]
+    let unshared = unsafe { rustix::thread::unshare_unsafe(flags) };
+    if let Err(e) = unshared {
+        return setup_failed(
+            spec,
+            format!(
+                "creating the {} namespaces: {e} (kiln needs root, or user namespaces when run as another user)",
+                namespaces(spec.network).join(", ")
+            ),
+        );
+    }
+    if let Err(e) = crate::syscall::Syscall::make_private(&Linux, Path::new("/")) {
+        return setup_failed(spec, format!("making / private: {e}"));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return setup_failed(spec, format!("finding kiln's executable: {e}")),
+    };
+    // The next child is pid 1 of the new pid namespace.
+    match Command::new(exe)
+        .arg(crate::INIT_ARG)
+        .arg(spec_path)
+        .status()
+    {
+        Ok(status) => status.code().unwrap_or(125),
+        Err(e) => setup_failed(spec, format!("starting the sandbox's init: {e}")),
+    }
+}
+
+fn init(spec: &Spec) -> i32 {
+    // Opened before pivot_root, which hides the host's paths.
+    let mut status_file = match std::fs::File::create(&spec.status_file) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("kiln sandbox: {}: {e}", spec.status_file.display());
+            return 125;
+        }
+    };
+    let mut report = |status: Status| {
+        if let Ok(bytes) = serde_json::to_vec(&status) {
+            let _ = status_file.write_all(&bytes);
+            let _ = status_file.sync_data();
+        }
+    };
+    if let Err(e) = enter_root(&Linux, spec, true) {
+        report(Status::SetupFailed {
+            message: e.to_string(),
+            overlay: e.overlay,
+        });
+        return 125;
+    }
+    if let Err(e) = std::fs::create_dir_all(&spec.cwd) {
+        report(Status::SetupFailed {
+            message: format!("creating the working directory {}: {e}", spec.cwd),
+            overlay: false,
+        });
+        return 125;
+    }
+    if let Err(e) = drop_to(&spec.identity) {
+        report(Status::SetupFailed {
+            message: format!(
+                "becoming uid {} gid {}: {e}",
+                spec.identity.uid, spec.identity.gid
+            ),
+            overlay: false,
+        });
+        return 125;
+    }
+    let Some((program, args)) = spec.argv.split_first() else {
+        report(Status::NotStarted {
+            program: String::new(),
+            message: "the command is empty".into(),
+        });
+        return 125;
+    };
+    let env: Vec<(&str, &str)> = spec
+        .env
+        .iter()
+        .map(|entry| entry.split_once('=').unwrap_or((entry.as_str(), "")))
+        .collect();
+    let child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::inherit())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                "not found in the image".to_string()
+            } else {
+                e.to_string()
+            };
+            report(Status::NotStarted {
+                program: program.clone(),
+                message,
+            });
+            return 125;
+        }
+    };
+    let main = rustix::process::Pid::from_child(&child);
+    // pid 1 adopts every orphan of the namespace: reap them all until the command ends.
+    let exit = loop {
+        match rustix::process::waitpid(None, rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) if pid == main => {
+                break match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::Code(125),
+                };
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                report(Status::SetupFailed {
+                    message: format!("waiting for the command: {e}"),
+                    overlay: false,
+                });
+                return 125;
+            }
+        }
+    };
+    report(Status::Ended(exit));
+    // Returning ends pid 1: the kernel kills everything left in the namespace.
+    0
+}
+
+/// Supplementary groups, then group, then user: once the uid is not 0 nothing else may change.
+fn drop_to(identity: &crate::Identity) -> std::io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let staying = identity.uid == rustix::process::getuid().as_raw();
+    if rustix::thread::set_thread_groups(&groups).is_err() && !staying {
+        // A user namespace that maps one id cannot set groups; that only matters for a change
+        // of user, which it cannot make either.
+        return Err(std::io::Error::other(
+            "cannot set supplementary groups (a user namespace without subordinate ids has no other users)",
+        ));
+    }
+    if staying && identity.gid == rustix::process::getgid().as_raw() {
+        return Ok(());
+    }
+    let gid = Gid::from_raw(identity.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+    let uid = Uid::from_raw(identity.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The root a command runs in: the mount plan, made of [`Syscall`] calls so it can be checked
+//! without privileges.
+
+use crate::syscall::{MountOptions, Syscall};
+use crate::{Network, RootSpec, Spec};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Paths inside the root that the sandbox mounts over. They must exist in the root as a
+/// directory or a file before the sandbox starts; the builder provides the missing ones in a
+/// layer of their own, so they never land in the step's diff.
+pub const MOUNT_POINTS: &[(&str, bool)] = &[
+    ("proc", true),
+    ("sys", true),
+    ("dev", true),
+    ("etc", true),
+    ("etc/hosts", false),
+    ("etc/resolv.conf", false),
+];
+
+/// Device nodes bound from the host into the sandbox's own /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct SetupError {
+    pub what: String,
+    pub source: io::Error,
+    /// Set when the overlay mount itself failed: the builder then falls back to a copy.
+    pub overlay: bool,
+}
+
+fn step<T>(what: impl FnOnce() -> String, result: io::Result<T>) -> Result<T, SetupError> {
+    result.map_err(|source| SetupError {
+        what: what(),
+        source,
+        overlay: false,
+    })
+}
+
+/// Refuses a mount target with a symbolic link on its way: the mount would land wherever the
+/// link points, maybe outside the root.
+fn check_no_symlinks(root: &Path, relative: &str) -> io::Result<()> {
+    let mut path = root.to_path_buf();
+    for part in relative.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        if std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
+            return Err(io::Error::other(format!(
+                "/{relative} is a symbolic link in the image; kiln mounts over it and will not follow it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the root filesystem and everything under it, then makes it the root. `verify`
+/// checks mount targets on the real filesystem (off for the recording fake).
+pub fn enter_root(sys: &dyn Syscall, spec: &Spec, verify: bool) -> Result<(), SetupError> {
+    let root = spec.root_dir();
+    match &spec.root {
+        RootSpec::Overlay {
+            lowers,
+            upper,
+            work,
+            userxattr,
+            ..
+        } => {
+            sys.mount_overlay(lowers, upper, work, *userxattr, &root)
+                .map_err(|source| SetupError {
+                    what: "mounting the overlay of the image's layers".into(),
+                    source,
+                    overlay: true,
+                })?;
+        }
+        RootSpec::Directory { .. } => {
+            // pivot_root needs a mount point.
+            step(
+                || "binding the root directory".into(),
+                sys.bind(&root, &root, true),
+            )?;
+        }
+    }
+    if verify {
+        for (relative, _) in MOUNT_POINTS {
+            step(
+                || format!("checking /{relative}"),
+                check_no_symlinks(&root, relative),
+            )?;
+        }
+    }
+    let at = |relative: &str| -> PathBuf { root.join(relative) };
+    step(
+        || "mounting /proc".into(),
+        sys.mount_fs("proc", &at("proc"), MountOptions::SAFE, ""),
+    )?;
+    let sys_ro = MountOptions {
+        read_only: true,
+        ..MountOptions::SAFE
+    };
+    if sys.mount_fs("sysfs", &at("sys"), sys_ro, "").is_err() {
+        // A user namespace that does not own the network namespace may not mount sysfs: the
+        // host's, read-only, instead.
+        step(
+            || "binding /sys".into(),
+            sys.bind(Path::new("/sys"), &at("sys"), true),
+        )?;
+        step(
+            || "making /sys read-only".into(),
+            sys.remount_bind_read_only(&at("sys")),
+        )?;
+    }
+    make_dev(sys, &at("dev"), spec)?;
+    for (target, source) in [
+        ("etc/hosts", &spec.hosts_file),
+        ("etc/resolv.conf", &spec.resolv_file),
+    ] {
+        step(
+            || format!("binding /{target}"),
+            sys.bind(source, &at(target), false),
+        )?;
+    }
+    step(
+        || "setting the hostname".into(),
+        sys.sethostname(&spec.hostname),
+    )?;
+    step(|| "entering the root".into(), sys.pivot_root(&root))?;
+    Ok(())
+}
+
+/// A /dev of its own: a tmpfs with the usual nodes bound from the host, a private devpts and
+/// /dev/shm; heredoc scripts are written here too, so they are never part of a layer.
+fn make_dev(sys: &dyn Syscall, dev: &Path, spec: &Spec) -> Result<(), SetupError> {
+    let dev_options = MountOptions {
+        no_exec: false,
+        ..MountOptions::SAFE
+    };
+    step(
+        || "mounting /dev".into(),
+        sys.mount_fs("tmpfs", dev, dev_options, "mode=755,size=65536k"),
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        step(
+            || format!("creating /dev/{name}"),
+            sys.create_file(&target, b"", 0o666),
+        )?;
+        step(
+            || format!("binding /dev/{name}"),
+            sys.bind(&Path::new("/dev").join(name), &target, false),
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        step(
+            || format!("linking /dev/{link}"),
+            sys.symlink(target, &dev.join(link)),
+        )?;
+    }
+    step(
+        || "creating /dev/pts".into(),
+        sys.mkdir(&dev.join("pts"), 0o755),
+    )?;
+    step(
+        || "mounting /dev/pts".into(),
+        sys.mount_fs(
+            "devpts",
+            &dev.join("pts"),
+            MountOptions {
+                no_dev: false,
+                ..MountOptions::SAFE
+            },
+            "newinstance,ptmxmode=0666,mode=0620",
+        ),
+    )?;
+    step(
+        || "creating /dev/shm".into(),
+        sys.mkdir(&dev.join("shm"), 0o1777),
+    )?;
+    step(
+        || "mounting /dev/shm".into(),
+        sys.mount_fs(
+            "tmpfs",
+            &dev.join("shm"),
+            MountOptions::SAFE,
+            "mode=1777,size=65536k",
+        ),
+    )?;
+    if !spec.files.is_empty() {
+        step(
+            || "creating /dev/pipes".into(),
+            sys.mkdir(&dev.join("pipes"), 0o755),
+        )?;
+        for file in &spec.files {
+            step(
+                || format!("writing /dev/pipes/{}", file.name),
+                sys.create_file(
+                    &dev.join("pipes").join(&file.name),
+                    &file.content,
+                    file.mode,
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The namespaces a sandbox gets: always mount, pid, uts and ipc; network unless it shares the
+/// host's.
+pub fn namespaces(network: Network) -> Vec<&'static str> {
+    let mut names = vec!["mount", "pid", "uts", "ipc"];
+    if network == Network::None {
+        names.push("net");
+    }
+    names
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::syscall::Recorder;
+    use crate::{Identity, ScriptFile};
+
+    fn spec(root: RootSpec) -> Spec {
+        Spec {
+            root,
+            argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            identity: Identity::default(),
+            hostname: "kiln".into(),
+            network: Network::Host,
+            hosts_file: "/w/hosts".into(),
+            resolv_file: "/w/resolv.conf".into(),
+            files: vec![],
+            status_file: "/w/status".into(),
+        }
+    }
+
+    fn overlay() -> RootSpec {
+        RootSpec::Overlay {
+            lowers: vec!["/s/top".into(), "/s/bottom".into()],
+            upper: "/w/upper".into(),
+            work: "/w/work".into(),
+            merged: "/w/merged".into(),
+            userxattr: false,
+        }
+    }
+
+    #[test]
+    fn overlay_root_is_mounted_first_and_entered_last() {
+        let sys = Recorder::default();
+        enter_root(&sys, &spec(overlay()), false).unwrap();
+        let calls = sys.calls.borrow();
+        assert_eq!(
+            calls.first().unwrap(),
+            "overlay lowers=/s/top:/s/bottom upper=/w/upper work=/w/work userxattr=false on /w/merged"
+        );
+        assert_eq!(calls.last().unwrap(), "pivot_root /w/merged");
+        assert!(calls.contains(&"mount proc on /w/merged/proc ro=false data=".to_string()));
+        assert!(calls.contains(&"mount sysfs on /w/merged/sys ro=true data=".to_string()));
+        assert!(calls.contains(&"bind /w/hosts on /w/merged/etc/hosts recursive=false".to_string()));
+        assert!(calls.contains(&"bind /dev/null on /w/merged/dev/null recursive=false".to_string()));
+        assert!(calls.contains(&"hostname kiln".to_string()));
+        // /dev/null is created on the tmpfs before it is bound.
+        let tmpfs = calls
+            .iter()
+            .position(|c| c.starts_with("mount tmpfs on /w/merged/dev "))
+            .unwrap();
+        let null = calls
+            .iter()
+            .position(|c| c.starts_with("file /w/merged/dev/null"))
+            .unwrap();
+        assert!(tmpfs < null);
+    }
+
+    #[test]
+    fn sysfs_refused_falls_back_to_a_read_only_bind() {
+        let sys = Recorder {
+            refuse: vec!["mount sysfs".into()],
+            ..Recorder::default()
+        };
+        enter_root(&sys, &spec(overlay()), false).unwrap();
+        let calls = sys.calls.borrow();
+        let bind = calls
+            .iter()
+            .position(|c| c == "bind /sys on /w/merged/sys recursive=true")
+            .unwrap();
+        assert_eq!(calls[bind + 1], "remount-ro /w/merged/sys");
+    }
+
+    #[test]
+    fn a_failed_overlay_says_so() {
+        let sys = Recorder {
+            refuse: vec!["overlay".into()],
+            ..Recorder::default()
+        };
+        let error = enter_root(&sys, &spec(overlay()), false).unwrap_err();
+        assert!(error.overlay);
+        assert_eq!(sys.calls.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_directory_root_is_bound_onto_itself() {
+        let sys = Recorder::default();
+        let mut s = spec(RootSpec::Directory {
+            path: "/w/copy".into(),
+        });
+        s.files.push(ScriptFile {
+            name: "EOF".into(),
+            content: b"#!/bin/sh\n".to_vec(),
+            mode: 0o755,
+        });
+        enter_root(&sys, &s, false).unwrap();
+        let calls = sys.calls.borrow();
+        assert_eq!(calls[0], "bind /w/copy on /w/copy recursive=true");
+        assert!(calls.contains(&"file /w/copy/dev/pipes/EOF 755 10 bytes".to_string()));
+    }
+
+    #[test]
+    fn a_symlinked_mount_point_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("proc")).unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("sys")).unwrap();
+        let error = check_no_symlinks(dir.path(), "sys").unwrap_err();
+        assert!(error.to_string().contains("/sys is a symbolic link"));
+        check_no_symlinks(dir.path(), "proc").unwrap();
+    }
+
+    #[test]
+    fn network_none_adds_a_network_namespace() {
+        assert_eq!(namespaces(Network::Host), ["mount", "pid", "uts", "ipc"]);
+        assert!(namespaces(Network::None).contains(&"net"));
+    }
+}

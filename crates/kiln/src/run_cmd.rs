@@ -1,0 +1,47 @@
+//! `kiln run`: a command in an image of the store, for smoke tests; its exit code is kiln's.
+
+use crate::cli::RunArgs;
+use kiln_build::run::{run_image, RunImage, Snapshotter};
+use kiln_store::Store;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// kiln's own failures (not the command's), as `docker run` reports them.
+const RUN_FAILED: u8 = 125;
+
+pub fn run(args: &RunArgs, root: &Path) -> ExitCode {
+    let network = match args.network.as_str() {
+        "host" | "default" => kiln_sandbox::Network::Host,
+        "none" => kiln_sandbox::Network::None,
+        other => {
+            eprintln!("error: --network {other}: expected host or none");
+            return ExitCode::from(2);
+        }
+    };
+    let snapshotter = std::env::var("KILN_SNAPSHOTTER")
+        .ok()
+        .and_then(|v| Snapshotter::parse(&v))
+        .unwrap_or_default();
+    let store = match Store::open(root) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: store {}: {e}", root.display());
+            return ExitCode::from(RUN_FAILED);
+        }
+    };
+    let request = RunImage {
+        reference: args.image.clone(),
+        command: args.command.clone(),
+        user: args.user.clone(),
+        env: args.env.clone(),
+        network,
+        snapshotter,
+    };
+    match run_image(&store, &request) {
+        Ok(exit) => ExitCode::from(u8::try_from(exit.code()).unwrap_or(RUN_FAILED)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(RUN_FAILED)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What the integration tests share: running kiln, making contexts, reading images back.
+
+// Tests fail by panicking; not every test file uses every helper.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use kiln_oci::{read_oci_archive, ImageConfig, ReadOptions};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn kiln(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run kiln");
+    Run {
+        status: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A build context in a temp dir.
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let full = dir.path().join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, content).unwrap();
+    }
+    dir
+}
+
+pub fn build(ctx: &Path, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let root = root.to_string_lossy().into_owned();
+    let mut args = vec!["--root", root.as_str(), "build"];
+    args.extend_from_slice(extra);
+    args.push(".");
+    let run = kiln(&args, ctx, env);
+    assert_eq!(run.status, 0, "build failed:\n{}", run.stderr);
+    run
+}
+
+/// Manifest, config and each layer's entries (path → content for files).
+pub struct Image {
+    pub config: ImageConfig,
+    pub layers: Vec<Vec<kiln_layer::EntrySummary>>,
+    pub manifest_digest: String,
+}
+
+pub fn read_image(archive: &Path) -> Image {
+    let image = read_oci_archive(archive, &ReadOptions::default()).unwrap();
+    let mut layers = Vec::new();
+    for (i, descriptor) in image.layers().iter().enumerate() {
+        let reader = image.open_layer(i).unwrap();
+        layers.push(kiln_layer::read_layer_entries(reader, &descriptor.media_type).unwrap());
+    }
+    Image {
+        config: image.config.clone(),
+        layers,
+        manifest_digest: image.image_ref().manifest.digest.to_string(),
+    }
+}
+
+pub fn paths(layer: &[kiln_layer::EntrySummary]) -> Vec<String> {
+    layer
+        .iter()
+        .map(|e| e.path_str().trim_end_matches('/').to_string())
+        .collect()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

@@ -1,0 +1,559 @@
+//! RUN in kiln's sandbox on a busybox base that kiln builds itself: what a step changes is
+//! exactly what its layer holds, with overlay and with the copy fallback (same bytes), and
+//! failures are clear and leave the store usable. Needs root (or user namespaces) and Debian's
+//! busybox-static, which `.ci/run` installs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+const EPOCH: &str = "1700000000";
+
+fn busybox_binary() -> &'static Path {
+    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
+        if Path::new(candidate).is_file() {
+            return Path::new(candidate);
+        }
+    }
+    panic!("these tests need a static busybox: apt-get install busybox-static");
+}
+
+/// A store holding `busybox:test`: FROM scratch, COPY of the static busybox, passwd and group,
+/// and a RUN that installs the applets.
+fn busybox_store(snapshotter: &str) -> tempfile::TempDir {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\n",
+        ),
+        (
+            "passwd",
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+        ),
+        ("group", "root:x:0:\nbob:x:1000:\nwheel:x:10:bob\n"),
+    ]);
+    fs::copy(busybox_binary(), ctx.path().join("busybox")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-t", "busybox:test"],
+        &[
+            ("KILN_SNAPSHOTTER", snapshotter),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+        ],
+    );
+    root
+}
+
+fn root_arg(root: &Path) -> String {
+    root.to_string_lossy().into_owned()
+}
+
+/// Builds `recipe` on the store and returns the run, expecting failure when `ok` is false.
+fn build_recipe(
+    root: &Path,
+    recipe: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    ok: bool,
+) -> (Run, tempfile::TempDir) {
+    let ctx = context(&[("Dockerfile", recipe)]);
+    let root = root_arg(root);
+    let mut args = vec!["--root", root.as_str(), "build"];
+    args.extend_from_slice(extra);
+    args.push(".");
+    let run = kiln(&args, ctx.path(), env);
+    assert_eq!(run.status == 0, ok, "build:\n{}", run.stderr);
+    (run, ctx)
+}
+
+const CHANGES: &str = r#"FROM busybox:test
+RUN mkdir -p /data/keep /data/gone /data/redo /data/dir2file && echo a > /data/keep/a && echo b > /data/gone/b && echo c > /data/redo/c && echo f > /data/file2dir && echo x > /data/dir2file/x && echo same > /data/same && echo del > /data/del
+RUN echo changed > /data/keep/a \
+ && echo new > /data/new && chmod 600 /data/new && chown 1000:10 /data/new \
+ && ln /data/new /data/hard && ln -s /data/new /data/sym \
+ && rm /data/del && rm -r /data/gone \
+ && rm -rf /data/redo && mkdir /data/redo && echo c2 > /data/redo/c2 \
+ && rm /data/file2dir && mkdir /data/file2dir && echo in > /data/file2dir/in \
+ && rm -r /data/dir2file && echo now-file > /data/dir2file \
+ && chmod 644 /data/same
+"#;
+
+/// The entries of the last layer, and the image's digest.
+fn changes_image(snapshotter: &str) -> (Image, tempfile::TempDir, tempfile::TempDir) {
+    let root = busybox_store(snapshotter);
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("image.tar");
+    let local = out.path().join("local");
+    build_recipe(
+        root.path(),
+        CHANGES,
+        &[
+            "-t",
+            "changes:1",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+        ],
+        &[
+            ("KILN_SNAPSHOTTER", snapshotter),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+        ],
+        true,
+    );
+    (read_image(&archive), root, out)
+}
+
+fn check_changes(image: &Image, local: &Path) {
+    let last = image.layers.last().unwrap();
+    let found: BTreeSet<String> = paths(last).into_iter().collect();
+    let expected: BTreeSet<String> = [
+        "data",
+        "data/.wh.del",
+        "data/.wh.gone",
+        "data/dir2file",
+        "data/file2dir",
+        "data/file2dir/in",
+        "data/hard",
+        "data/keep",
+        "data/keep/a",
+        "data/new",
+        "data/redo",
+        "data/redo/.wh..wh..opq",
+        "data/redo/c2",
+        "data/sym",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(found, expected, "entries of the RUN layer");
+    let new = last.iter().find(|e| e.path_str() == "data/new").unwrap();
+    assert_eq!((new.mode & 0o7777, new.uid, new.gid), (0o600, 1000, 10));
+    // One name of the pair is the file, the other a link to it.
+    let hard = last.iter().find(|e| e.path_str() == "data/new").unwrap();
+    let first = last.iter().find(|e| e.path_str() == "data/hard").unwrap();
+    assert_eq!(
+        hard.link_str()
+            .or(first.link_str())
+            .as_deref()
+            .map(|l| l.trim_start_matches("./"))
+            .map(|l| l == "data/new" || l == "data/hard"),
+        Some(true)
+    );
+    let sym = last.iter().find(|e| e.path_str() == "data/sym").unwrap();
+    assert_eq!(sym.link_str().as_deref(), Some("/data/new"));
+    // The flattened filesystem is what the commands left.
+    let read = |p: &str| fs::read_to_string(local.join(p)).unwrap();
+    assert_eq!(read("data/keep/a"), "changed\n");
+    assert_eq!(read("data/redo/c2"), "c2\n");
+    assert_eq!(read("data/file2dir/in"), "in\n");
+    assert_eq!(read("data/dir2file"), "now-file\n");
+    assert_eq!(read("data/same"), "same\n");
+    for gone in ["data/del", "data/gone", "data/redo/c"] {
+        assert!(!local.join(gone).exists(), "{gone} should be gone");
+    }
+    let meta = local.join("data/new").symlink_metadata().unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 10));
+    // Mount points and the files kiln provides stay out of every layer.
+    for layer in &image.layers {
+        for entry in paths(layer) {
+            assert!(
+                !["etc/hosts", "etc/resolv.conf", "proc", "sys", "dev"].contains(&entry.as_str()),
+                "{entry} leaked into a layer"
+            );
+        }
+    }
+}
+
+#[test]
+fn overlay_and_copy_give_the_expected_layer_and_the_same_bytes() {
+    let (overlay, _r1, out1) = changes_image("overlay");
+    check_changes(&overlay, &out1.path().join("local"));
+    let (copy, _r2, out2) = changes_image("copy");
+    check_changes(&copy, &out2.path().join("local"));
+    assert_eq!(
+        overlay.manifest_digest, copy.manifest_digest,
+        "overlay and copy must give the same image"
+    );
+}
+
+#[test]
+fn run_sees_the_image_config_and_a_sandbox_of_its_own() {
+    let root = busybox_store("auto");
+    let recipe = r#"FROM busybox:test
+ENV GREETING=hello
+ARG LEVEL=3
+WORKDIR /work/dir
+RUN mkdir -m 1777 /tmp
+USER bob
+RUN echo "$GREETING $LEVEL $(id -u):$(id -g) $(id -G) $(pwd) $(hostname) pid=$$" > /tmp/facts; cat /tmp/facts; test -e /proc/1/status
+USER root
+RUN test -c /dev/null && grep -q localhost /etc/hosts && ! env | grep -q CARGO && echo sandboxed
+RUN sleep 600 & echo "left a process behind"
+"#;
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        recipe,
+        &["-t", "facts:1"],
+        &[("PARENT_SECRET", "x")],
+        true,
+    );
+    assert!(
+        run.stderr
+            .contains("hello 3 1000:1000 1000 10 /work/dir kiln pid=2"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("sandboxed"), "{}", run.stderr);
+    // The process left behind died with the step: nothing of the build is still running.
+    let ps = Command::new("ps").args(["-eo", "args"]).output();
+    if let Ok(ps) = ps {
+        assert!(!String::from_utf8_lossy(&ps.stdout).contains("sleep 600"));
+    }
+    // A rebuild runs nothing.
+    let (again, _ctx) = build_recipe(root.path(), recipe, &["-t", "facts:1"], &[], true);
+    assert!(!again.stderr.contains("| sandboxed"), "{}", again.stderr);
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    // kiln run: the same sandbox, the exit code passes through.
+    let r = root_arg(root.path());
+    let facts = kiln(
+        &["--root", &r, "run", "facts:1", "cat", "/tmp/facts"],
+        root.path(),
+        &[],
+    );
+    assert_eq!(facts.status, 0, "{}", facts.stderr);
+    assert!(facts.stdout.contains("/work/dir kiln"), "{}", facts.stdout);
+    let code = kiln(
+        &["--root", &r, "run", "facts:1", "sh", "-c", "exit 7"],
+        root.path(),
+        &[],
+    );
+    assert_eq!(code.status, 7, "{}", code.stderr);
+    let none = kiln(
+        &[
+            "--root",
+            &r,
+            "run",
+            "--network",
+            "none",
+            "busybox:test",
+            "sh",
+            "-c",
+            "cat /proc/net/dev | wc -l",
+        ],
+        root.path(),
+        &[],
+    );
+    assert_eq!(none.status, 0, "{}", none.stderr);
+    assert_eq!(
+        none.stdout.trim(),
+        "3",
+        "only lo in a network namespace of its own"
+    );
+}
+
+#[test]
+fn heredocs_run_as_scripts() {
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test\nRUN <<EOF\necho one > /one\necho two >> /one\nEOF\nRUN <<EOT\n#!/bin/sh\necho script > /two\nEOT\nRUN cat <<EOF > /three\nthree\nEOF\n";
+    let out = tempfile::tempdir().unwrap();
+    build_recipe(
+        root.path(),
+        recipe,
+        &["-o", &format!("type=local,dest={}", out.path().display())],
+        &[],
+        true,
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("one")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("two")).unwrap(),
+        "script\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("three")).unwrap(),
+        "three\n"
+    );
+    assert!(!out.path().join("dev/pipes").exists());
+}
+
+#[test]
+fn failures_are_clear_and_leave_the_store_consistent() {
+    let root = busybox_store("auto");
+    let r = root_arg(root.path());
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "FROM busybox:test\nRUN echo working; for i in 1 2 3 4 5; do echo line $i; done; exit 3\n",
+            &["exit code 3", "line 5", "RUN line 2"],
+        ),
+        (
+            "FROM busybox:test\nRUN kill -9 $$\n",
+            &["killed by signal 9 (SIGKILL)"],
+        ),
+        (
+            "FROM busybox:test\nUSER nobody\nRUN true\n",
+            &["unable to find user nobody"],
+        ),
+        (
+            "FROM busybox:test\nSHELL [\"/bin/bash\", \"-c\"]\nRUN true\n",
+            &["/bin/bash: not found in the image"],
+        ),
+        (
+            "FROM scratch\nRUN echo hi\n",
+            &["/bin/sh: not found in the image"],
+        ),
+    ];
+    for (recipe, wanted) in cases {
+        let (run, _ctx) = build_recipe(root.path(), recipe, &[], &[], false);
+        for text in *wanted {
+            assert!(
+                run.stderr.contains(text),
+                "{recipe}: no {text:?} in\n{}",
+                run.stderr
+            );
+        }
+    }
+    // Long output: the whole log stays and the error says where.
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        "FROM busybox:test\nRUN seq 1 500; false\n",
+        &[],
+        &[],
+        false,
+    );
+    let log = run
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("full output: "))
+        .unwrap_or_else(|| panic!("no log named in\n{}", run.stderr));
+    assert_eq!(fs::read_to_string(log).unwrap().lines().count(), 500);
+    let verify = kiln(&["--root", &r, "verify"], root.path(), &[]);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
+    // Nothing is left in the work areas.
+    let tmp = root.path().join("tmp");
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "work areas left behind: {left:?}");
+}
+
+#[test]
+fn a_hundred_and_fifty_run_steps_build_and_mount() {
+    let root = busybox_store("auto");
+    let mut recipe = String::from("FROM busybox:test\n");
+    for i in 0..150 {
+        recipe.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    recipe.push_str("RUN cat /f0 /f75 /f149 > /sum\n");
+    let out = tempfile::tempdir().unwrap();
+    build_recipe(
+        root.path(),
+        &recipe,
+        &["-o", &format!("type=local,dest={}", out.path().display())],
+        &[],
+        true,
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("sum")).unwrap(),
+        "0\n75\n149\n"
+    );
+}
+
+#[test]
+fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
+    let (_image, root, out) = changes_image("auto");
+    let archive = out.path().join("image.tar");
+    if have("umoci") {
+        let bundle = out.path().join("bundle");
+        let layout = format!("{}:1", root.path().display());
+        let unpack = Command::new("umoci")
+            .args(["unpack", "--image", &layout, &bundle.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            unpack.status.success(),
+            "{}",
+            String::from_utf8_lossy(&unpack.stderr)
+        );
+        let tree = |base: &Path| -> BTreeSet<String> {
+            walk(base)
+                .into_iter()
+                .map(|(p, m)| format!("{p} {:o} {}:{}", m.mode(), m.uid(), m.gid()))
+                .collect()
+        };
+        assert_eq!(
+            tree(&out.path().join("local")),
+            tree(&bundle.join("rootfs"))
+        );
+    } else {
+        eprintln!("skipped umoci: not installed");
+    }
+    if !have("podman") {
+        eprintln!("skipped podman: not installed");
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let conf = storage.path().join("containers.conf");
+    fs::write(
+        &conf,
+        "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
+            .arg("--root")
+            .arg(storage.path().join("root"))
+            .arg("--runroot")
+            .arg(storage.path().join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--runtime",
+                "runc",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "podman {args:?}: {text}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let loaded = podman(&["load", "-i", &archive.display().to_string()]);
+    let image = loaded
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Loaded image: ")
+                .or(l.strip_prefix("Loaded image(s): "))
+        })
+        .unwrap_or_else(|| panic!("podman load said: {loaded}"))
+        .trim()
+        .to_string();
+    let output = podman(&[
+        "run", "--rm", "--network", "none", &image, "sh", "-c",
+        "cat /data/keep/a /data/redo/c2 /data/dir2file; ls /data/redo; test ! -e /data/del && echo ok",
+    ]);
+    assert_eq!(output, "changed\nc2\nnow-file\nc2\nok\n");
+}
+
+/// Every entry under `base`, relative path → metadata.
+fn walk(base: &Path) -> Vec<(String, fs::Metadata)> {
+    let mut found = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            let relative = entry
+                .path()
+                .strip_prefix(base)
+                .unwrap()
+                .display()
+                .to_string();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            found.push((relative, meta));
+        }
+    }
+    found
+}
+
+/// As an ordinary user (KILN_TEST_USER, which `.ci/run` creates with subordinate ids), kiln
+/// builds in a user namespace of its own: RUN works, root-owned files stay uid 0 in the layer
+/// and other ids exist too.
+#[test]
+fn rootless_builds_keep_image_owners() {
+    let Ok(user) = std::env::var("KILN_TEST_USER") else {
+        eprintln!("skipped: KILN_TEST_USER names no user to build as");
+        return;
+    };
+    assert!(
+        rustix_is_root(),
+        "KILN_TEST_USER needs the tests to run as root"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-rootless")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let base = dir.path();
+    // A copy of kiln the user can reach, whatever the permissions of the checkout.
+    fs::copy(env!("CARGO_BIN_EXE_kiln"), base.join("kiln")).unwrap();
+    let ctx = base.join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::copy(busybox_binary(), ctx.join("busybox")).unwrap();
+    fs::write(
+        ctx.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(ctx.join("group"), "root:x:0:\nbob:x:1000:\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p /home/bob && chown 1000:1000 /home/bob && id -u > /whoami && echo x > /etc/motd && rm /etc/group\nUSER bob\nRUN touch /home/bob/by-bob\n",
+    )
+    .unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{user}:")])
+        .arg(base)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = Command::new("runuser")
+        .args(["-u", &user, "--"])
+        .arg(base.join("kiln"))
+        .arg("--root")
+        .arg(base.join("store"))
+        .arg("build")
+        .arg("-o")
+        .arg(format!(
+            "type=oci,dest={}",
+            base.join("image.tar").display()
+        ))
+        .arg(&ctx)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rootless build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = read_image(&base.join("image.tar"));
+    let owner = |layer: usize, path: &str| {
+        let entry = image.layers[layer]
+            .iter()
+            .find(|e| e.path_str().trim_end_matches('/') == path)
+            .unwrap_or_else(|| panic!("{path} not in layer {layer}"));
+        (entry.uid, entry.gid)
+    };
+    assert_eq!(owner(0, "bin/busybox"), (0, 0));
+    assert_eq!(owner(3, "home/bob"), (1000, 1000));
+    assert_eq!(owner(3, "etc/motd"), (0, 0));
+    assert!(paths(&image.layers[3]).contains(&"etc/.wh.group".to_string()));
+    assert_eq!(owner(4, "home/bob/by-bob"), (1000, 1000));
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}

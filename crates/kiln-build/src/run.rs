@@ -346,6 +346,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
         hosts_file: hosts,
         resolv_file: resolv,
         files,
+        privileged: job.run.security == kiln_recipe::instruction::Security::Insecure,
         status_file: base.join("status"),
     };
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
@@ -598,6 +599,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
         hosts_file: hosts,
         resolv_file: resolv,
         files: Vec::new(),
+        privileged: false,
         status_file: base.join("status"),
     };
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;

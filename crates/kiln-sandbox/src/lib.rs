@@ -83,6 +83,8 @@ pub struct Spec {
     pub hosts_file: PathBuf,
     pub resolv_file: PathBuf,
     pub files: Vec<ScriptFile>,
+    /// `RUN --security=insecure`: every capability of the caller stays.
+    pub privileged: bool,
     /// Where pid 1 writes how the command ended (outside the root).
     pub status_file: PathBuf,
 }

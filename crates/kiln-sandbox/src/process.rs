@@ -126,6 +126,15 @@ fn init(spec: &Spec) -> i32 {
         });
         return 125;
     }
+    if !spec.privileged {
+        if let Err(e) = limit_capabilities() {
+            report(Status::SetupFailed {
+                message: format!("dropping capabilities: {e}"),
+                overlay: false,
+            });
+            return 125;
+        }
+    }
     if let Err(e) = drop_to(&spec.identity) {
         report(Status::SetupFailed {
             message: format!(
@@ -195,6 +204,42 @@ fn init(spec: &Spec) -> i32 {
     report(Status::Ended(exit));
     // Returning ends pid 1: the kernel kills everything left in the namespace.
     0
+}
+
+/// What a RUN may do as root: Docker's default capabilities, less MKNOD (with no device
+/// cgroup here, a device node would reach the host's disks). No SYS_ADMIN: no mounts.
+const KEPT: rustix::thread::CapabilitySet = {
+    use rustix::thread::CapabilitySet as C;
+    C::CHOWN
+        .union(C::DAC_OVERRIDE)
+        .union(C::FSETID)
+        .union(C::FOWNER)
+        .union(C::NET_RAW)
+        .union(C::SETGID)
+        .union(C::SETUID)
+        .union(C::SETFCAP)
+        .union(C::SETPCAP)
+        .union(C::NET_BIND_SERVICE)
+        .union(C::SYS_CHROOT)
+        .union(C::KILL)
+        .union(C::AUDIT_WRITE)
+};
+
+/// Takes every other capability out of the bounding set: the command, exec'd after this, can
+/// never have them.
+fn limit_capabilities() -> std::io::Result<()> {
+    for bit in 0..64 {
+        let capability = rustix::thread::CapabilitySet::from_bits_retain(1 << bit);
+        if KEPT.contains(capability) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(capability) {
+            // Past the kernel's last capability: nothing to drop.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Supplementary groups, then group, then user: once the uid is not 0 nothing else may change.

@@ -238,6 +238,7 @@ mod tests {
             hosts_file: "/w/hosts".into(),
             resolv_file: "/w/resolv.conf".into(),
             files: vec![],
+            privileged: false,
             status_file: "/w/status".into(),
         }
     }

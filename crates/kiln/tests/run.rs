@@ -198,6 +198,7 @@ USER bob
 RUN echo "$GREETING $LEVEL $(id -u):$(id -g) $(id -G) $(pwd) $(hostname) pid=$$" > /tmp/facts; cat /tmp/facts; test -e /proc/1/status
 USER root
 RUN test -c /dev/null && grep -q localhost /etc/hosts && ! env | grep -q CARGO && echo sandboxed
+RUN mkdir /mnt && ! mount -t tmpfs t /mnt 2>/dev/null && ! mknod /disk b 8 0 2>/dev/null && echo contained
 RUN sleep 600 & echo "left a process behind"
 "#;
     let (run, _ctx) = build_recipe(
@@ -213,7 +214,8 @@ RUN sleep 600 & echo "left a process behind"
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("sandboxed"), "{}", run.stderr);
+    assert!(run.stderr.contains("| sandboxed"), "{}", run.stderr);
+    assert!(run.stderr.contains("| contained"), "root in RUN may not mount or make devices:\n{}", run.stderr);
     // The process left behind died with the step: nothing of the build is still running.
     let ps = Command::new("ps").args(["-eo", "args"]).output();
     if let Ok(ps) = ps {

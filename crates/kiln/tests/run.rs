@@ -215,7 +215,11 @@ RUN sleep 600 & echo "left a process behind"
         run.stderr
     );
     assert!(run.stderr.contains("| sandboxed"), "{}", run.stderr);
-    assert!(run.stderr.contains("| contained"), "root in RUN may not mount or make devices:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("| contained"),
+        "root in RUN may not mount or make devices:\n{}",
+        run.stderr
+    );
     // The process left behind died with the step: nothing of the build is still running.
     let ps = Command::new("ps").args(["-eo", "args"]).output();
     if let Ok(ps) = ps {
@@ -558,4 +562,130 @@ fn rustix_is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// A ustar member written by hand, so a test can make entries no well-behaved tool would.
+fn tar_member(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, content: &[u8]) {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |field: &mut [u8], value: u64| {
+        let text = format!("{:0width$o}\0", value, width = field.len() - 1);
+        field.copy_from_slice(text.as_bytes());
+    };
+    octal(&mut header[100..108], 0o644);
+    octal(&mut header[108..116], 0);
+    octal(&mut header[116..124], 0);
+    octal(&mut header[124..136], content.len() as u64);
+    octal(&mut header[136..148], 1_700_000_000);
+    header[156] = kind;
+    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+/// An OCI archive of one image whose single layer holds `members`.
+fn hostile_archive(members: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+    let mut layer = Vec::new();
+    for (name, kind, link, content) in members {
+        tar_member(&mut layer, name, *kind, link, content);
+    }
+    layer.extend_from_slice(&[0u8; 1024]);
+    let layer_digest = kiln_oci::sha256_digest(&layer).to_string();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
+    let config_digest = kiln_oci::sha256_digest(config.as_bytes()).to_string();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let manifest_digest = kiln_oci::sha256_digest(manifest.as_bytes()).to_string();
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"1"}}}}]}}"#,
+        manifest.len()
+    );
+    let mut archive = Vec::new();
+    tar_member(
+        &mut archive,
+        "oci-layout",
+        b'0',
+        "",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
+    tar_member(&mut archive, "index.json", b'0', "", index.as_bytes());
+    for (digest, bytes) in [
+        (&layer_digest, layer.as_slice()),
+        (&config_digest, config.as_bytes()),
+        (&manifest_digest, manifest.as_bytes()),
+    ] {
+        let name = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        tar_member(&mut archive, &name, b'0', "", bytes);
+    }
+    archive.extend_from_slice(&[0u8; 1024]);
+    archive
+}
+
+#[test]
+fn base_image_entries_that_leave_the_root_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root_arg(root.path());
+    let outside = tempfile::tempdir().unwrap();
+    let planted = outside.path().join("planted");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "dotdot",
+            hostile_archive(&[("../../escape", b'0', "", b"X")]),
+        ),
+        (
+            "symlink",
+            hostile_archive(&[
+                ("out", b'2', &outside.path().display().to_string(), b""),
+                ("out/planted", b'0', "", b"X"),
+            ]),
+        ),
+        (
+            "hardlink",
+            hostile_archive(&[("h", b'1', "../../../etc/passwd", b"")]),
+        ),
+    ];
+    for (name, archive) in cases {
+        let file = root.path().join(format!("{name}.tar"));
+        fs::write(&file, archive).unwrap();
+        let load = kiln(
+            &[
+                "--root",
+                &r,
+                "load",
+                "-i",
+                &file.display().to_string(),
+                "-t",
+                &format!("evil-{name}:1"),
+            ],
+            root.path(),
+            &[],
+        );
+        assert_eq!(load.status, 0, "{name}: {}", load.stderr);
+        let (run, _ctx) = build_recipe(
+            root.path(),
+            &format!("FROM evil-{name}:1\nRUN true\n"),
+            &[],
+            &[],
+            false,
+        );
+        assert!(
+            run.stderr.contains("base image layer entry"),
+            "{name}: {}",
+            run.stderr
+        );
+        assert!(!planted.exists(), "{name}: wrote outside the root");
+    }
+    let verify = kiln(&["--root", &r, "verify"], root.path(), &[]);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
 }

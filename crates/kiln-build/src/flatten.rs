@@ -4,13 +4,21 @@
 //! Files are copied, or hardlinked when the caller asks (a private work area on the store's
 //! filesystem, never a directory the user will edit: a hardlink shares the snapshot's inode).
 //! Hardlinks inside the image stay hardlinks.
+//!
+//! Every entry keeps its extended attributes except overlayfs' own (`trusted.overlay.*`,
+//! `user.overlay.*`: layer markers, not content), and `dest` itself gets the metadata of the
+//! image's root directory, so the RUN fallback's diff sees nothing changed that the command
+//! did not change.
 
 use crate::fsmeta::{io_at, set_stamp, Stamp};
-use crate::rootfs::Rootfs;
+use crate::rootfs::{Found, Rootfs};
 use crate::BuildError;
+use rustix::io::Errno;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -27,14 +35,124 @@ pub struct FlattenStats {
     pub bytes: u64,
 }
 
+/// Overlayfs' own xattrs (opaque markers, redirects, origins...), never part of the image.
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+/// Whether an xattr the destination refused may be left out: only a `trusted.*` or
+/// `security.*` one, refused as unsupported or not permitted, when not running as root
+/// (such attributes need privileges a plain user does not have).
+fn may_skip_xattr(name: &[u8], error: Errno, is_root: bool) -> bool {
+    !is_root
+        && matches!(error, Errno::NOTSUP | Errno::PERM)
+        && (name.starts_with(b"trusted.") || name.starts_with(b"security."))
+}
+
+fn xattr_error(path: &Path, error: Errno) -> BuildError {
+    io_at(path, error.into())
+}
+
+/// The xattr names of `path` (never following a symlink). A filesystem without xattrs has none.
+fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, BuildError> {
+    let mut list = Vec::new();
+    loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(n) => n,
+            Err(Errno::NOTSUP | Errno::NOSYS) => return Ok(Vec::new()),
+            Err(e) => return Err(xattr_error(path, e)),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        list.resize(size, 0);
+        match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(n) => {
+                list.truncate(n);
+                break;
+            }
+            // The list grew between the two calls.
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(xattr_error(path, e)),
+        }
+    }
+    Ok(list
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// The value of the xattr `name` of `path` (never following a symlink), `None` when it went
+/// away since it was listed.
+fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, BuildError> {
+    let mut value = Vec::new();
+    loop {
+        let size = match rustix::fs::lgetxattr_query(path, name) {
+            Ok(n) => n,
+            Err(Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(xattr_error(path, e)),
+        };
+        value.resize(size, 0);
+        match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            Ok(n) => {
+                value.truncate(n);
+                return Ok(Some(value));
+            }
+            // The value grew between the two calls.
+            Err(Errno::RANGE) => continue,
+            Err(Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(xattr_error(path, e)),
+        }
+    }
+}
+
+/// Copies the xattrs of `from` to `to` (neither followed if a symlink), overlayfs' own left out.
+fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), BuildError> {
+    for name in xattr_names(from)? {
+        if is_overlay_xattr(&name) {
+            continue;
+        }
+        let name_os = OsStr::from_bytes(&name);
+        let Some(value) = xattr_value(from, name_os)? else {
+            continue;
+        };
+        match rustix::fs::lsetxattr(to, name_os, &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if may_skip_xattr(&name, e, is_root) => {}
+            Err(e) => return Err(xattr_error(to, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Gives `target` the owner (when root), mode, mtime and xattrs of the entry `found`. As root
+/// the xattrs go on after the owner, because chown drops `security.capability`; otherwise they
+/// go on before the mode, which may take away the write permission that setting a `user.*`
+/// xattr needs (no chown happens then). Setting xattrs does not touch the mtime.
+fn finish(target: &Path, found: &Found, is_root: bool) -> Result<(), BuildError> {
+    let is_symlink = found.meta.file_type().is_symlink();
+    if is_root {
+        set_stamp(target, Stamp::of(&found.meta), is_symlink, is_root)?;
+        copy_xattrs(&found.path, target, is_root)
+    } else {
+        copy_xattrs(&found.path, target, is_root)?;
+        set_stamp(target, Stamp::of(&found.meta), is_symlink, is_root)
+    }
+}
+
 /// Writes the merged tree of `rootfs` into `dest` (which must exist and be empty or a fresh
 /// directory). Owners are set when running as root; otherwise files belong to the caller.
+/// Entries keep their xattrs (overlayfs' own left out; `trusted.*` and `security.*` ones the
+/// destination refuses are left out when not root). `dest` gets the mode, owner (when root),
+/// mtime and xattrs of the image's root directory, applied last. A hardlinked file
+/// ([`Materialize::Hardlink`]) shares the snapshot's inode, and so its metadata, untouched.
 pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<FlattenStats, BuildError> {
     let mut stats = FlattenStats::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let is_root = rustix::process::geteuid().is_root();
     // Directory metadata is applied after their contents are written (writing changes mtime).
-    let mut directories: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    let mut directories: Vec<(PathBuf, Found)> = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
         let mut children = Vec::new();
@@ -48,7 +166,7 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
             stats.entries += 1;
             if file_type.is_dir() {
                 fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
-                directories.push((target, found.meta.clone()));
+                directories.push((target, found));
                 children.push(child);
                 continue;
             }
@@ -77,13 +195,14 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
                         stats.bytes +=
                             io::copy(&mut input, &mut output).map_err(|e| io_at(&target, e))?;
                         drop(output);
-                        set_stamp(&target, Stamp::of(&found.meta), false, is_root)?;
+                        // After the data: writing drops security.capability.
+                        finish(&target, &found, is_root)?;
                     }
                 }
             } else if file_type.is_symlink() {
                 let link = fs::read_link(&found.path).map_err(|e| io_at(&found.path, e))?;
                 std::os::unix::fs::symlink(&link, &target).map_err(|e| io_at(&target, e))?;
-                set_stamp(&target, Stamp::of(&found.meta), true, is_root)?;
+                finish(&target, &found, is_root)?;
             } else if (file_type.is_char_device()
                 || file_type.is_block_device()
                 || file_type.is_fifo())
@@ -104,14 +223,21 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
                     found.meta.rdev(),
                 )
                 .map_err(|e| io_at(&target, e.into()))?;
-                set_stamp(&target, Stamp::of(&found.meta), false, is_root)?;
+                finish(&target, &found, is_root)?;
             }
         }
         // Reverse so directories are visited in name order.
         stack.extend(children.into_iter().rev());
     }
-    for (path, meta) in directories.iter().rev() {
-        set_stamp(path, Stamp::of(meta), false, is_root)?;
+    for (path, found) in directories.iter().rev() {
+        finish(path, found, is_root)?;
+    }
+    // The image's root directory (the top layer's snapshot root), last: writing into `dest`
+    // changed its mtime, and its mode may forbid writing.
+    if let Some(root) = rootfs.lstat(Path::new("")) {
+        if root.meta.is_dir() {
+            finish(dest, &root, is_root)?;
+        }
     }
     Ok(stats)
 }
@@ -157,5 +283,232 @@ mod tests {
             fs::metadata(high.path().join("etc/a")).unwrap().ino(),
             "copies, not links to the store"
         );
+    }
+
+    fn setx(path: &Path, name: &str, value: &[u8]) {
+        rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
+
+    fn getx(path: &Path, name: &str) -> Option<Vec<u8>> {
+        xattr_value(path, OsStr::new(name)).unwrap()
+    }
+
+    fn names(path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = xattr_names(path)
+            .unwrap()
+            .into_iter()
+            .map(|n| String::from_utf8(n).unwrap())
+            .filter(|n| !n.starts_with("security.selinux"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn set_mtime(path: &Path, seconds: i64, nanos: i64) {
+        let time = rustix::fs::Timespec {
+            tv_sec: seconds,
+            tv_nsec: nanos,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            path,
+            &rustix::fs::Timestamps {
+                last_access: time,
+                last_modification: time,
+            },
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+
+    /// Whether the temp dir's filesystem takes `user.*` xattrs (and, for the `trusted.*`
+    /// parts, whether we are root); prints why a test is skipped otherwise.
+    fn xattrs_supported() -> bool {
+        let probe = tempfile::tempdir().unwrap();
+        let file = probe.path().join("probe");
+        fs::write(&file, "").unwrap();
+        match rustix::fs::lsetxattr(
+            &file,
+            "user.kiln.probe",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("skipped: the temp dir's filesystem refuses user xattrs ({e})");
+                return false;
+            }
+        }
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root (trusted.* xattrs, chown)");
+            return false;
+        }
+        true
+    }
+
+    #[test]
+    fn keeps_xattrs_of_files_dirs_and_links_but_not_overlays() {
+        if !xattrs_supported() {
+            return;
+        }
+        let low = tempfile::tempdir().unwrap();
+        let high = tempfile::tempdir().unwrap();
+        // Lower layer: a file and a directory with xattrs of their own, plus overlay ones.
+        fs::create_dir_all(low.path().join("etc")).unwrap();
+        fs::write(low.path().join("etc/conf"), "conf").unwrap();
+        setx(&low.path().join("etc/conf"), "user.kiln.note", b"file");
+        setx(&low.path().join("etc/conf"), "trusted.kiln.t", b"trusted");
+        setx(&low.path().join("etc/conf"), "trusted.overlay.origin", b"x");
+        setx(&low.path().join("etc/conf"), "user.overlay.origin", b"x");
+        setx(&low.path().join("etc"), "user.kiln.dir", b"dir");
+        setx(&low.path().join("etc"), "user.overlay.opaque", b"x");
+        // Upper layer: an opaque directory (its marker must not reach the tree), a symlink
+        // with an xattr (only trusted.* and security.* are allowed on symlinks), and a file
+        // owned by someone else whose capability must survive the chown.
+        fs::create_dir_all(high.path().join("var")).unwrap();
+        fs::write(high.path().join("var/data"), "data").unwrap();
+        setx(&high.path().join("var"), "trusted.overlay.opaque", b"y");
+        setx(&high.path().join("var"), "user.kiln.dir", b"var");
+        std::os::unix::fs::symlink("../etc/conf", high.path().join("var/link")).unwrap();
+        setx(&high.path().join("var/link"), "trusted.kiln.link", b"link");
+        fs::create_dir_all(high.path().join("bin")).unwrap();
+        let ping = high.path().join("bin/ping");
+        fs::write(&ping, "ping").unwrap();
+        fs::set_permissions(&ping, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &ping,
+            Some(rustix::fs::Uid::from_raw(1000)),
+            Some(rustix::fs::Gid::from_raw(1000)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        // VFS_CAP_REVISION_2 | effective, permitted = cap_net_raw (13).
+        let capability: [u8; 20] = [
+            0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let has_capability = match rustix::fs::lsetxattr(
+            &ping,
+            "security.capability",
+            &capability,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("security.capability not checked: cannot set it here ({e})");
+                false
+            }
+        };
+        setx(&ping, "user.kiln.note", b"ping");
+        let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
+        for how in [Materialize::Copy, Materialize::Hardlink] {
+            let out = tempfile::tempdir().unwrap();
+            flatten(&view, out.path(), how).unwrap();
+            let conf = out.path().join("etc/conf");
+            assert_eq!(getx(&conf, "user.kiln.note").as_deref(), Some(&b"file"[..]));
+            assert_eq!(
+                getx(&conf, "trusted.kiln.t").as_deref(),
+                Some(&b"trusted"[..])
+            );
+            let etc = out.path().join("etc");
+            assert_eq!(names(&etc), ["user.kiln.dir"], "{how:?}");
+            assert_eq!(getx(&etc, "user.kiln.dir").as_deref(), Some(&b"dir"[..]));
+            let var = out.path().join("var");
+            assert_eq!(names(&var), ["user.kiln.dir"], "{how:?}");
+            assert_eq!(getx(&var, "user.kiln.dir").as_deref(), Some(&b"var"[..]));
+            let link = out.path().join("var/link");
+            assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+            assert_eq!(names(&link), ["trusted.kiln.link"], "{how:?}");
+            assert_eq!(
+                getx(&link, "trusted.kiln.link").as_deref(),
+                Some(&b"link"[..])
+            );
+            let copied = out.path().join("bin/ping");
+            let meta = fs::symlink_metadata(&copied).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+            assert_eq!(meta.mode() & 0o7777, 0o755);
+            assert_eq!(
+                getx(&copied, "user.kiln.note").as_deref(),
+                Some(&b"ping"[..])
+            );
+            if has_capability {
+                assert_eq!(
+                    getx(&copied, "security.capability").as_deref(),
+                    Some(&capability[..]),
+                    "{how:?}: the capability survives the copy and the chown"
+                );
+            }
+            if how == Materialize::Copy {
+                // A copy, unlike a hardlink, has no overlay xattrs of the snapshot's inode.
+                assert_eq!(
+                    names(&conf),
+                    ["trusted.kiln.t", "user.kiln.note"],
+                    "{how:?}"
+                );
+                assert_ne!(
+                    meta.ino(),
+                    fs::symlink_metadata(&ping).unwrap().ino(),
+                    "a copy"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dest_gets_the_image_roots_metadata() {
+        let low = tempfile::tempdir().unwrap();
+        let high = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("file"), "x").unwrap();
+        fs::create_dir(high.path().join("dir")).unwrap();
+        fs::set_permissions(low.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        set_mtime(low.path(), 1_000_000, 1);
+        // The top layer's root is the image's root.
+        fs::set_permissions(high.path(), fs::Permissions::from_mode(0o751)).unwrap();
+        set_mtime(high.path(), 1_234_567_890, 123_456_789);
+        let user_xattrs = xattrs_supported();
+        if user_xattrs {
+            setx(high.path(), "user.kiln.root", b"root");
+            setx(high.path(), "user.overlay.origin", b"x");
+        }
+        let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
+        for how in [Materialize::Copy, Materialize::Hardlink] {
+            let out = tempfile::tempdir().unwrap();
+            // Leave the tempdir's own mode and time different from the image's root.
+            fs::set_permissions(out.path(), fs::Permissions::from_mode(0o700)).unwrap();
+            flatten(&view, out.path(), how).unwrap();
+            assert!(out.path().join("file").is_file());
+            assert!(out.path().join("dir").is_dir());
+            let meta = fs::symlink_metadata(out.path()).unwrap();
+            let root = fs::symlink_metadata(high.path()).unwrap();
+            assert_eq!(meta.mode() & 0o7777, 0o751, "{how:?}");
+            assert_eq!(
+                (meta.mtime(), meta.mtime_nsec()),
+                (1_234_567_890, 123_456_789)
+            );
+            assert_eq!((meta.uid(), meta.gid()), (root.uid(), root.gid()));
+            if user_xattrs {
+                assert_eq!(names(out.path()), ["user.kiln.root"], "{how:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_privileged_xattrs_may_be_skipped_and_only_when_not_root() {
+        assert!(may_skip_xattr(b"trusted.x", Errno::PERM, false));
+        assert!(may_skip_xattr(b"security.capability", Errno::NOTSUP, false));
+        assert!(!may_skip_xattr(b"security.capability", Errno::PERM, true));
+        assert!(!may_skip_xattr(b"trusted.x", Errno::NOTSUP, true));
+        assert!(!may_skip_xattr(b"user.x", Errno::NOTSUP, false));
+        assert!(!may_skip_xattr(b"user.x", Errno::PERM, false));
+        assert!(!may_skip_xattr(b"trusted.x", Errno::IO, false));
+        assert!(!may_skip_xattr(
+            b"system.posix_acl_access",
+            Errno::PERM,
+            false
+        ));
+        assert!(is_overlay_xattr(b"trusted.overlay.opaque"));
+        assert!(is_overlay_xattr(b"user.overlay.redirect"));
+        assert!(!is_overlay_xattr(b"user.overlayish"));
+        assert!(!is_overlay_xattr(b"security.overlay.x"));
     }
 }

@@ -261,6 +261,62 @@ fn overlay_lowers(mounts: PathBuf, image: &Rootfs) -> Vec<PathBuf> {
     lowers
 }
 
+/// An overlay of the image in the work area `base`: a fresh upper dir (`base/upper`), its work
+/// dir, the merged mount point and the layer of missing mount points.
+fn overlay_root(base: &Path, image: &Rootfs) -> Result<RootSpec, BuildError> {
+    for dir in ["upper", "work", "merged", "mounts"] {
+        let dir = base.join(dir);
+        std::fs::create_dir(&dir).map_err(|e| io_at(&dir, e))?;
+    }
+    make_mount_points(image, &base.join("mounts"))?;
+    Ok(RootSpec::Overlay {
+        lowers: overlay_lowers(base.join("mounts"), image),
+        upper: base.join("upper"),
+        work: base.join("work"),
+        merged: base.join("merged"),
+        userxattr: !in_initial_user_namespace(),
+    })
+}
+
+/// What every sandbox of a build or of `kiln run` gets: its /etc/hosts and /etc/resolv.conf
+/// (files of the work area `base`, bound into the root), the image's working directory, the
+/// hostname; the root is filled in by the caller.
+fn base_spec(
+    base: &Path,
+    config: &ImageConfig,
+    argv: Vec<String>,
+    env: Vec<String>,
+    identity: Identity,
+    network: kiln_sandbox::Network,
+) -> Result<Spec, BuildError> {
+    let hostname = "kiln".to_string();
+    let hosts = base.join("hosts");
+    std::fs::write(&hosts, hosts_file(&hostname)).map_err(|e| io_at(&hosts, e))?;
+    let resolv = base.join("resolv.conf");
+    let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(&resolv, host_resolv).map_err(|e| io_at(&resolv, e))?;
+    Ok(Spec {
+        root: RootSpec::Directory {
+            path: PathBuf::new(),
+        },
+        argv,
+        env,
+        cwd: if config.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            config.config.working_dir.clone()
+        },
+        identity,
+        hostname,
+        network,
+        hosts_file: hosts,
+        resolv_file: resolv,
+        files: Vec::new(),
+        privileged: false,
+        status_file: base.join("status"),
+    })
+}
+
 fn hosts_file(hostname: &str) -> String {
     format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
@@ -312,12 +368,6 @@ impl OutputLog<'_> {
 pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError> {
     let work = job.store.work_dir()?;
     let base = work.path();
-    let hostname = "kiln".to_string();
-    let hosts = base.join("hosts");
-    std::fs::write(&hosts, hosts_file(&hostname)).map_err(|e| io_at(&hosts, e))?;
-    let resolv = base.join("resolv.conf");
-    let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(&resolv, host_resolv).map_err(|e| io_at(&resolv, e))?;
     let identity = resolve_user(&job.config.config.user, job.image).map_err(|message| {
         BuildError::Run(format!(
             "line {}: USER {}: {message}",
@@ -325,30 +375,20 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
         ))
     })?;
     let (argv, files) = command(job.run);
-    let cwd = if job.config.config.working_dir.is_empty() {
-        "/".to_string()
-    } else {
-        job.config.config.working_dir.clone()
+    let network = match job.run.network {
+        kiln_recipe::instruction::Network::None => kiln_sandbox::Network::None,
+        _ => kiln_sandbox::Network::Host,
     };
-    let mut spec = Spec {
-        root: RootSpec::Directory {
-            path: PathBuf::new(),
-        },
+    let mut spec = base_spec(
+        base,
+        job.config,
         argv,
-        env: environment(job.config, job.run),
-        cwd,
+        environment(job.config, job.run),
         identity,
-        hostname,
-        network: match job.run.network {
-            kiln_recipe::instruction::Network::None => kiln_sandbox::Network::None,
-            _ => kiln_sandbox::Network::Host,
-        },
-        hosts_file: hosts,
-        resolv_file: resolv,
-        files,
-        privileged: job.run.security == kiln_recipe::instruction::Security::Insecure,
-        status_file: base.join("status"),
-    };
+        network,
+    )?;
+    spec.files = files;
+    spec.privileged = job.run.security == kiln_recipe::instruction::Security::Insecure;
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
     let use_overlay = match job.snapshotter {
         Snapshotter::Overlay => true,
@@ -356,20 +396,8 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
         Snapshotter::Auto => !job.overlay_broken.load(Ordering::Relaxed),
     };
     if use_overlay {
+        spec.root = overlay_root(base, job.image)?;
         let upper = base.join("upper");
-        let mounts = base.join("mounts");
-        for dir in [&upper, &base.join("work"), &base.join("merged"), &mounts] {
-            std::fs::create_dir(dir).map_err(|e| io_at(dir, e))?;
-        }
-        make_mount_points(job.image, &mounts)?;
-        let lowers = overlay_lowers(mounts, job.image);
-        spec.root = RootSpec::Overlay {
-            lowers,
-            upper: upper.clone(),
-            work: base.join("work"),
-            merged: base.join("merged"),
-            userxattr: !in_initial_user_namespace(),
-        };
         match run_in(&sandbox, &spec, job, base) {
             Ok(()) => {
                 crate::diff::canonicalize(job.image, &upper, opaque_xattr())?;
@@ -574,50 +602,10 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     }
     let work = store.work_dir()?;
     let base = work.path();
-    let hosts = base.join("hosts");
-    std::fs::write(&hosts, hosts_file("kiln")).map_err(|e| io_at(&hosts, e))?;
-    let resolv = base.join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-    )
-    .map_err(|e| io_at(&resolv, e))?;
-    let mut spec = Spec {
-        root: RootSpec::Directory {
-            path: PathBuf::new(),
-        },
-        argv,
-        env,
-        cwd: if config.config.working_dir.is_empty() {
-            "/".into()
-        } else {
-            config.config.working_dir.clone()
-        },
-        identity,
-        hostname: "kiln".into(),
-        network: request.network,
-        hosts_file: hosts,
-        resolv_file: resolv,
-        files: Vec::new(),
-        privileged: false,
-        status_file: base.join("status"),
-    };
+    let mut spec = base_spec(base, &config, argv, env, identity, request.network)?;
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
     if request.snapshotter != Snapshotter::Copy {
-        let mounts = base.join("mounts");
-        for dir in ["upper", "work", "merged", "mounts"] {
-            let dir = base.join(dir);
-            std::fs::create_dir(&dir).map_err(|e| io_at(&dir, e))?;
-        }
-        make_mount_points(&image, &mounts)?;
-        let lowers = overlay_lowers(mounts, &image);
-        spec.root = RootSpec::Overlay {
-            lowers,
-            upper: base.join("upper"),
-            work: base.join("work"),
-            merged: base.join("merged"),
-            userxattr: !in_initial_user_namespace(),
-        };
+        spec.root = overlay_root(base, &image)?;
         match sandbox.run(&spec, Output::Inherit) {
             Ok(exit) => return Ok(exit),
             Err(e) if e.is_overlay_failure() && request.snapshotter == Snapshotter::Auto => {}

@@ -631,51 +631,8 @@ fn local_output_matches_what_umoci_unpacks() {
         ],
         &[],
     );
-    let bundle = out.path().join("bundle");
-    let layout = format!("{}:1", root.path().display());
-    let unpack = Command::new("umoci")
-        .args(["unpack", "--image", &layout, &bundle.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        unpack.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unpack.stderr)
-    );
-    let describe = |base: &Path| -> Vec<String> {
-        let mut found = Vec::new();
-        let mut stack = vec![base.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir).unwrap() {
-                let entry = entry.unwrap();
-                let meta = entry.path().symlink_metadata().unwrap();
-                let relative = entry
-                    .path()
-                    .strip_prefix(base)
-                    .unwrap()
-                    .display()
-                    .to_string();
-                use std::os::unix::fs::MetadataExt;
-                let content = if meta.is_file() {
-                    fs::read_to_string(entry.path()).unwrap()
-                } else {
-                    String::new()
-                };
-                found.push(format!(
-                    "{relative} {:o} {}:{} {content}",
-                    meta.mode(),
-                    meta.uid(),
-                    meta.gid()
-                ));
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        found.sort();
-        found
-    };
-    assert_eq!(describe(&local), describe(&bundle.join("rootfs")));
+    let bundle = umoci_unpack(root.path(), "1", out.path());
+    assert_eq!(describe_tree(&local), describe_tree(&bundle.join("rootfs")));
 }
 
 #[test]
@@ -1380,7 +1337,7 @@ fn from_archive_transports_as_buildah_takes_them() {
     let r = fresh.path().to_string_lossy().into_owned();
     fs::write(
         ctx.path().join("bad.Dockerfile"),
-        "FROM oci:somewhere\nCOPY b.txt /b\n",
+        "FROM docker://somewhere\nCOPY b.txt /b\n",
     )
     .unwrap();
     let unsupported = kiln(

@@ -381,26 +381,10 @@ fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
     let (_image, root, out) = changes_image("auto");
     let archive = out.path().join("image.tar");
     if have("umoci") {
-        let bundle = out.path().join("bundle");
-        let layout = format!("{}:1", root.path().display());
-        let unpack = Command::new("umoci")
-            .args(["unpack", "--image", &layout, &bundle.display().to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            unpack.status.success(),
-            "{}",
-            String::from_utf8_lossy(&unpack.stderr)
-        );
-        let tree = |base: &Path| -> BTreeSet<String> {
-            walk(base)
-                .into_iter()
-                .map(|(p, m)| format!("{p} {:o} {}:{}", m.mode(), m.uid(), m.gid()))
-                .collect()
-        };
+        let bundle = umoci_unpack(root.path(), "1", out.path());
         assert_eq!(
-            tree(&out.path().join("local")),
-            tree(&bundle.join("rootfs"))
+            describe_tree(&out.path().join("local")),
+            describe_tree(&bundle.join("rootfs"))
         );
     } else {
         eprintln!("skipped umoci: not installed");
@@ -457,29 +441,6 @@ fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
         "cat /data/keep/a /data/redo/c2 /data/dir2file; ls /data/redo; test ! -e /data/del && echo ok",
     ]);
     assert_eq!(output, "changed\nc2\nnow-file\nc2\nok\n");
-}
-
-/// Every entry under `base`, relative path → metadata.
-fn walk(base: &Path) -> Vec<(String, fs::Metadata)> {
-    let mut found = Vec::new();
-    let mut stack = vec![base.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.path().symlink_metadata().unwrap();
-            let relative = entry
-                .path()
-                .strip_prefix(base)
-                .unwrap()
-                .display()
-                .to_string();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-            found.push((relative, meta));
-        }
-    }
-    found
 }
 
 /// As an ordinary user (KILN_TEST_USER, which `.ci/run` creates with subordinate ids), kiln

@@ -91,3 +91,55 @@ pub fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// `umoci unpack` of the store's image tagged `tag` into a bundle under `dir`; its rootfs path.
+pub fn umoci_unpack(store: &Path, tag: &str, dir: &Path) -> std::path::PathBuf {
+    let bundle = dir.join("bundle");
+    let layout = format!("{}:{tag}", store.display());
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image", &layout, &bundle.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    bundle
+}
+
+/// Every entry under `base` as "path mode uid:gid content", sorted: two trees that print the
+/// same hold the same files with the same metadata.
+pub fn describe_tree(base: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            let relative = entry
+                .path()
+                .strip_prefix(base)
+                .unwrap()
+                .display()
+                .to_string();
+            let content = if meta.is_file() {
+                String::from_utf8_lossy(&fs::read(entry.path()).unwrap()).into_owned()
+            } else {
+                String::new()
+            };
+            found.push(format!(
+                "{relative} {:o} {}:{} {content}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid()
+            ));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}

@@ -17,7 +17,10 @@
 //! calls with `AT_SYMLINK_NOFOLLOW`, files are opened with `O_NOFOLLOW`, and every lower lookup
 //! goes through [`Rootfs`].
 
-use crate::fsmeta::{io_at, is_opaque, is_whiteout, set_stamp, Stamp};
+use crate::fsmeta::{
+    copy_xattrs, io_at, is_opaque, is_whiteout, overlay_xattr_key, set_stamp, xattr_error,
+    xattr_names, xattr_value, Stamp,
+};
 use crate::rootfs::{Found, Rootfs};
 use crate::BuildError;
 use rustix::io::Errno;
@@ -48,72 +51,24 @@ const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque
 /// Extended attributes sorted by name, overlayfs' own left out.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn overlay_key(name: &[u8]) -> Option<&[u8]> {
-    name.strip_prefix(b"trusted.overlay.")
-        .or_else(|| name.strip_prefix(b"user.overlay."))
-}
-
-fn xattr_error(path: &Path, e: Errno) -> BuildError {
-    io_at(path, e.into())
-}
-
 /// The xattrs of `path` (never following a symlink) that are content, sorted by name. With
 /// `strict`, an overlayfs redirect or metacopy xattr is an error: such an entry's data or
 /// lower counterpart lives elsewhere, and a diff holding one cannot be made a layer.
 fn read_xattrs(path: &Path, strict: bool) -> Result<Xattrs, BuildError> {
-    let mut list = Vec::new();
-    loop {
-        let size = match rustix::fs::llistxattr_query(path) {
-            Ok(n) => n,
-            Err(Errno::NOTSUP | Errno::NOSYS) => return Ok(Vec::new()),
-            Err(e) => return Err(xattr_error(path, e)),
-        };
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        list.resize(size, 0);
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(n) => {
-                list.truncate(n);
-                break;
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(xattr_error(path, e)),
-        }
-    }
     let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if let Some(key) = overlay_key(name) {
+    for name in xattr_names(path)? {
+        if let Some(key) = overlay_xattr_key(&name) {
             if strict && (key == b"redirect" || key == b"metacopy") {
                 return Err(BuildError::Unsupported(format!(
                     "{}: overlayfs left a {} xattr; RUN needs overlayfs mounted with redirect_dir=off and metacopy=off",
                     path.display(),
-                    String::from_utf8_lossy(name)
+                    String::from_utf8_lossy(&name)
                 )));
             }
             continue;
         }
-        let name_os = OsStr::from_bytes(name);
-        let mut value = Vec::new();
-        let found = loop {
-            let size = match rustix::fs::lgetxattr_query(path, name_os) {
-                Ok(n) => n,
-                Err(Errno::NODATA) => break false,
-                Err(e) => return Err(xattr_error(path, e)),
-            };
-            value.resize(size, 0);
-            match rustix::fs::lgetxattr(path, name_os, &mut value[..]) {
-                Ok(n) => {
-                    value.truncate(n);
-                    break true;
-                }
-                Err(Errno::RANGE) => continue,
-                Err(Errno::NODATA) => break false,
-                Err(e) => return Err(xattr_error(path, e)),
-            }
-        };
-        if found {
-            out.push((name.to_vec(), value));
+        if let Some(value) = xattr_value(path, OsStr::from_bytes(&name))? {
+            out.push((name, value));
         }
     }
     out.sort();
@@ -248,19 +203,6 @@ fn normalize_whiteout(
     set_stamp(path, stamp, false, is_root)
 }
 
-fn copy_xattrs(from: &Path, to: &Path) -> Result<(), BuildError> {
-    for (name, value) in read_xattrs(from, false)? {
-        rustix::fs::lsetxattr(
-            to,
-            OsStr::from_bytes(&name),
-            &value,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(|e| xattr_error(to, e))?;
-    }
-    Ok(())
-}
-
 /// Recreates a symlink, fifo, socket or device node `from` (with `meta`) at `to`.
 fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Result<(), BuildError> {
     let ft = meta.file_type();
@@ -293,8 +235,9 @@ fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Resul
         .map_err(|e| io_at(to, e.into()))?;
         set_stamp(to, Stamp::of(meta), false, is_root)?;
     }
-    // After the owner: chown drops security.capability.
-    copy_xattrs(from, to)
+    // After the owner: chown drops security.capability. `is_root` is `true` here whoever
+    // runs: a diff keeps every xattr, so a refused one is an error, never skipped.
+    copy_xattrs(from, to, true)
 }
 
 /// Compares the finished `tree` (a private copy of the root filesystem the command ran in;
@@ -406,7 +349,8 @@ impl Walk<'_> {
             }
         }
         set_stamp(&target, Stamp::of(meta), false, self.is_root)?;
-        copy_xattrs(&source, &target)?;
+        // Never skipping a refused xattr (see `recreate`).
+        copy_xattrs(&source, &target, true)?;
         if !top {
             self.stats.entries += 1;
         }
@@ -720,11 +664,11 @@ mod tests {
         if meta.is_dir() {
             fs::create_dir(to).unwrap();
             set_stamp(to, Stamp::of(&meta), false, true).unwrap();
-            copy_xattrs(from, to).unwrap();
+            copy_xattrs(from, to, true).unwrap();
         } else if meta.is_file() {
             fs::copy(from, to).unwrap();
             set_stamp(to, Stamp::of(&meta), false, true).unwrap();
-            copy_xattrs(from, to).unwrap();
+            copy_xattrs(from, to, true).unwrap();
         } else {
             recreate(from, &meta, to, true).unwrap();
         }

@@ -10,15 +10,12 @@
 //! image's root directory, so the RUN fallback's diff sees nothing changed that the command
 //! did not change.
 
-use crate::fsmeta::{io_at, set_stamp, Stamp};
+use crate::fsmeta::{copy_xattrs, io_at, set_stamp, Stamp};
 use crate::rootfs::{Found, Rootfs};
 use crate::BuildError;
-use rustix::io::Errno;
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,97 +30,6 @@ pub enum Materialize {
 pub struct FlattenStats {
     pub entries: u64,
     pub bytes: u64,
-}
-
-/// Overlayfs' own xattrs (opaque markers, redirects, origins...), never part of the image.
-fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
-}
-
-/// Whether an xattr the destination refused may be left out: only a `trusted.*` or
-/// `security.*` one, refused as unsupported or not permitted, when not running as root
-/// (such attributes need privileges a plain user does not have).
-fn may_skip_xattr(name: &[u8], error: Errno, is_root: bool) -> bool {
-    !is_root
-        && matches!(error, Errno::NOTSUP | Errno::PERM)
-        && (name.starts_with(b"trusted.") || name.starts_with(b"security."))
-}
-
-fn xattr_error(path: &Path, error: Errno) -> BuildError {
-    io_at(path, error.into())
-}
-
-/// The xattr names of `path` (never following a symlink). A filesystem without xattrs has none.
-fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, BuildError> {
-    let mut list = Vec::new();
-    loop {
-        let size = match rustix::fs::llistxattr_query(path) {
-            Ok(n) => n,
-            Err(Errno::NOTSUP | Errno::NOSYS) => return Ok(Vec::new()),
-            Err(e) => return Err(xattr_error(path, e)),
-        };
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        list.resize(size, 0);
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(n) => {
-                list.truncate(n);
-                break;
-            }
-            // The list grew between the two calls.
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(xattr_error(path, e)),
-        }
-    }
-    Ok(list
-        .split(|&b| b == 0)
-        .filter(|name| !name.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
-/// The value of the xattr `name` of `path` (never following a symlink), `None` when it went
-/// away since it was listed.
-fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, BuildError> {
-    let mut value = Vec::new();
-    loop {
-        let size = match rustix::fs::lgetxattr_query(path, name) {
-            Ok(n) => n,
-            Err(Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(xattr_error(path, e)),
-        };
-        value.resize(size, 0);
-        match rustix::fs::lgetxattr(path, name, &mut value[..]) {
-            Ok(n) => {
-                value.truncate(n);
-                return Ok(Some(value));
-            }
-            // The value grew between the two calls.
-            Err(Errno::RANGE) => continue,
-            Err(Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(xattr_error(path, e)),
-        }
-    }
-}
-
-/// Copies the xattrs of `from` to `to` (neither followed if a symlink), overlayfs' own left out.
-fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), BuildError> {
-    for name in xattr_names(from)? {
-        if is_overlay_xattr(&name) {
-            continue;
-        }
-        let name_os = OsStr::from_bytes(&name);
-        let Some(value) = xattr_value(from, name_os)? else {
-            continue;
-        };
-        match rustix::fs::lsetxattr(to, name_os, &value, rustix::fs::XattrFlags::empty()) {
-            Ok(()) => {}
-            Err(e) if may_skip_xattr(&name, e, is_root) => {}
-            Err(e) => return Err(xattr_error(to, e)),
-        }
-    }
-    Ok(())
 }
 
 /// Gives `target` the owner (when root), mode, mtime and xattrs of the entry `found`. As root
@@ -245,6 +151,8 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsmeta::{xattr_names, xattr_value};
+    use std::ffi::OsStr;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -490,25 +398,5 @@ mod tests {
                 assert_eq!(names(out.path()), ["user.kiln.root"], "{how:?}");
             }
         }
-    }
-
-    #[test]
-    fn only_privileged_xattrs_may_be_skipped_and_only_when_not_root() {
-        assert!(may_skip_xattr(b"trusted.x", Errno::PERM, false));
-        assert!(may_skip_xattr(b"security.capability", Errno::NOTSUP, false));
-        assert!(!may_skip_xattr(b"security.capability", Errno::PERM, true));
-        assert!(!may_skip_xattr(b"trusted.x", Errno::NOTSUP, true));
-        assert!(!may_skip_xattr(b"user.x", Errno::NOTSUP, false));
-        assert!(!may_skip_xattr(b"user.x", Errno::PERM, false));
-        assert!(!may_skip_xattr(b"trusted.x", Errno::IO, false));
-        assert!(!may_skip_xattr(
-            b"system.posix_acl_access",
-            Errno::PERM,
-            false
-        ));
-        assert!(is_overlay_xattr(b"trusted.overlay.opaque"));
-        assert!(is_overlay_xattr(b"user.overlay.redirect"));
-        assert!(!is_overlay_xattr(b"user.overlayish"));
-        assert!(!is_overlay_xattr(b"security.overlay.x"));
     }
 }

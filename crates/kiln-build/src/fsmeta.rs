@@ -1,9 +1,13 @@
 //! Small filesystem facts and edits shared by COPY, flattening and squashing: overlay markers,
-//! and setting an entry's owner, mode and time without ever following a symlink.
+//! extended attributes (listing, reading, copying), and setting an entry's owner, mode and time
+//! without ever following a symlink.
 
 use crate::BuildError;
+use rustix::io::Errno;
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -27,6 +31,107 @@ pub(crate) fn is_opaque(dir: &Path) -> bool {
             let mut value = [0u8; 4];
             matches!(rustix::fs::lgetxattr(dir, *name, &mut value), Ok(1) if value[0] == b'y')
         })
+}
+
+/// The part of an overlayfs xattr name after `trusted.overlay.` or `user.overlay.` (`opaque`,
+/// `redirect`, `origin`...); `None` for any other name.
+pub(crate) fn overlay_xattr_key(name: &[u8]) -> Option<&[u8]> {
+    name.strip_prefix(b"trusted.overlay.")
+        .or_else(|| name.strip_prefix(b"user.overlay."))
+}
+
+/// Overlayfs' own xattrs (opaque markers, redirects, origins...): layer markers, not content.
+pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
+    overlay_xattr_key(name).is_some()
+}
+
+/// Whether an xattr the destination refused may be left out: only a `trusted.*` or
+/// `security.*` one, refused as unsupported or not permitted, when not running as root
+/// (such attributes need privileges a plain user does not have).
+pub(crate) fn may_skip_xattr(name: &[u8], error: Errno, is_root: bool) -> bool {
+    !is_root
+        && matches!(error, Errno::NOTSUP | Errno::PERM)
+        && (name.starts_with(b"trusted.") || name.starts_with(b"security."))
+}
+
+pub(crate) fn xattr_error(path: &Path, error: Errno) -> BuildError {
+    io_at(path, error.into())
+}
+
+/// The xattr names of `path` (never following a symlink), as listed. A filesystem without
+/// xattrs has none.
+pub(crate) fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, BuildError> {
+    let mut list = Vec::new();
+    loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(n) => n,
+            Err(Errno::NOTSUP | Errno::NOSYS) => return Ok(Vec::new()),
+            Err(e) => return Err(xattr_error(path, e)),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        list.resize(size, 0);
+        match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(n) => {
+                list.truncate(n);
+                break;
+            }
+            // The list grew between the two calls.
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(xattr_error(path, e)),
+        }
+    }
+    Ok(list
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// The value of the xattr `name` of `path` (never following a symlink), `None` when it went
+/// away since it was listed.
+pub(crate) fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, BuildError> {
+    let mut value = Vec::new();
+    loop {
+        let size = match rustix::fs::lgetxattr_query(path, name) {
+            Ok(n) => n,
+            Err(Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(xattr_error(path, e)),
+        };
+        value.resize(size, 0);
+        match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            Ok(n) => {
+                value.truncate(n);
+                return Ok(Some(value));
+            }
+            // The value grew between the two calls.
+            Err(Errno::RANGE) => continue,
+            Err(Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(xattr_error(path, e)),
+        }
+    }
+}
+
+/// Copies the xattrs of `from` to `to` (neither followed if a symlink), overlayfs' own left
+/// out, and so is one that went away since it was listed. A refusal to set one is an error,
+/// unless [`may_skip_xattr`] (never when `is_root`).
+pub(crate) fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), BuildError> {
+    for name in xattr_names(from)? {
+        if is_overlay_xattr(&name) {
+            continue;
+        }
+        let name_os = OsStr::from_bytes(&name);
+        let Some(value) = xattr_value(from, name_os)? else {
+            continue;
+        };
+        match rustix::fs::lsetxattr(to, name_os, &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if may_skip_xattr(&name, e, is_root) => {}
+            Err(e) => return Err(xattr_error(to, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Owner and times of an entry.
@@ -97,4 +202,38 @@ pub(crate) fn set_stamp(
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io_at(path, e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_privileged_xattrs_may_be_skipped_and_only_when_not_root() {
+        assert!(may_skip_xattr(b"trusted.x", Errno::PERM, false));
+        assert!(may_skip_xattr(b"security.capability", Errno::NOTSUP, false));
+        assert!(!may_skip_xattr(b"security.capability", Errno::PERM, true));
+        assert!(!may_skip_xattr(b"trusted.x", Errno::NOTSUP, true));
+        assert!(!may_skip_xattr(b"user.x", Errno::NOTSUP, false));
+        assert!(!may_skip_xattr(b"user.x", Errno::PERM, false));
+        assert!(!may_skip_xattr(b"trusted.x", Errno::IO, false));
+        assert!(!may_skip_xattr(
+            b"system.posix_acl_access",
+            Errno::PERM,
+            false
+        ));
+    }
+
+    #[test]
+    fn overlay_xattrs_are_the_trusted_and_user_overlay_namespaces() {
+        assert!(is_overlay_xattr(b"trusted.overlay.opaque"));
+        assert!(is_overlay_xattr(b"user.overlay.redirect"));
+        assert!(!is_overlay_xattr(b"user.overlayish"));
+        assert!(!is_overlay_xattr(b"security.overlay.x"));
+        assert_eq!(
+            overlay_xattr_key(b"trusted.overlay.metacopy"),
+            Some(&b"metacopy"[..])
+        );
+        assert_eq!(overlay_xattr_key(b"user.kiln.test"), None);
+    }
 }

@@ -294,9 +294,11 @@ impl Builder<'_> {
     /// built are).
     fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
         let manifest_descriptor = match read_transport(reference)? {
-            // `oci-archive:` and `docker-archive:` as buildah takes them: copied into the store
-            // (every blob checked) and used from there.
-            Some(archive) => self.store.import(&archive).map_err(BuildError::Store)?,
+            // `oci:`, `oci-archive:` and `docker-archive:` as buildah takes them: copied into
+            // the store (every blob checked) and used from there.
+            Some(archive) => self.store.import(&archive).map_err(|e| {
+                BuildError::Image(format!("{reference}: cannot copy it into the store: {e}"))
+            })?,
             None => {
                 let name =
                     ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
@@ -1068,31 +1070,43 @@ pub fn image_in_store(
     Ok((config, layers.into_iter().map(|l| l.snapshot).collect()))
 }
 
-/// Reads an archive file into an image.
+/// Reads an archive file or layout directory into an image.
 type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>;
 
-/// Reads `oci-archive:PATH[:REF]` or `docker-archive:PATH[:REF]` (paths relative to the current
-/// directory, as buildah takes them); `None` for a plain image name.
+/// Reads `oci-archive:PATH[:REF]`, `docker-archive:PATH[:REF]` or `oci:DIR[:REF]` (an OCI image
+/// layout directory), paths relative to the current directory, as buildah takes them; `None`
+/// for a plain image name. What is read is untrusted: the manifest and config are verified
+/// here, each layer as it is streamed (by `Store::import`).
 pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
-    let (reader, rest): (ArchiveReader, &str) = if let Some(rest) =
+    let (reader, rest, is_dir): (ArchiveReader, &str, bool) = if let Some(rest) =
         reference.strip_prefix("oci-archive:")
     {
-        (|p, o| kiln_oci::read_oci_archive(p, o), rest)
+        (|p, o| kiln_oci::read_oci_archive(p, o), rest, false)
     } else if let Some(rest) = reference.strip_prefix("docker-archive:") {
-        (|p, o| kiln_oci::read_docker_archive(p, o), rest)
-    } else if reference.starts_with("oci:") || reference.starts_with("docker://") {
+        (|p, o| kiln_oci::read_docker_archive(p, o), rest, false)
+    } else if let Some(rest) = reference.strip_prefix("oci:") {
+        (|p, o| kiln_oci::read_oci_layout_dir(p, o), rest, true)
+    } else if reference.starts_with("docker://") {
         return Err(BuildError::Unsupported(format!(
-                "{reference}: this transport is not available in this version; use oci-archive:, docker-archive: or `kiln load`"
+                "{reference}: this transport is not available in this version; use oci-archive:, docker-archive:, oci: (a layout directory) or `kiln load`"
             )));
     } else {
         return Ok(None);
     };
-    // `PATH:REF` names one image of the archive; both may hold `:`, so the path is the
-    // shortest prefix that is an existing file.
+    // `PATH:REF` names one image of the archive or layout; both may hold `:`, so the path is
+    // the shortest prefix that is an existing file (a directory for `oci:`).
+    let exists = |path: &str| {
+        let path = Path::new(path);
+        if is_dir {
+            path.is_dir()
+        } else {
+            path.is_file()
+        }
+    };
     let (path, name) = rest
         .match_indices(':')
         .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
-        .find(|(path, name)| !name.is_empty() && Path::new(path).is_file())
+        .find(|(path, name)| !name.is_empty() && exists(path))
         .map_or((rest, None), |(path, name)| (path, Some(name.to_string())));
     let options = kiln_oci::ReadOptions {
         name,

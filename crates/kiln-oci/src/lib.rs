@@ -9,8 +9,8 @@
 //!   against a descriptor's digest and size as it is read.
 //! * [`ImageName`] parses image references the way Docker normalises them.
 //! * Archives: [`write_oci_archive`], [`write_docker_archive`], [`write_oci_layout_dir`] write
-//!   deterministic bytes from a [`BlobSource`]; [`read_oci_archive`] and [`read_docker_archive`]
-//!   read untrusted archives, refusing unsafe paths and verifying every blob.
+//!   deterministic bytes from a [`BlobSource`]; [`read_oci_archive`], [`read_oci_layout_dir`] and
+//!   [`read_docker_archive`] read untrusted archives and layout directories, refusing unsafe paths and verifying every blob.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod archive;
@@ -23,9 +23,9 @@ pub mod media_types;
 mod reference;
 
 pub use archive::{
-    read_docker_archive, read_oci_archive, write_docker_archive, write_oci_archive,
-    write_oci_layout_dir, ArchiveFormat, ArchiveImage, BlobSource, ImageRef, LayoutBlobs,
-    MemoryBlobs, ReadOptions, WriteOptions,
+    read_docker_archive, read_oci_archive, read_oci_layout_dir, write_docker_archive,
+    write_oci_archive, write_oci_layout_dir, ArchiveFormat, ArchiveImage, BlobSource, ImageRef,
+    LayoutBlobs, MemoryBlobs, ReadOptions, WriteOptions,
 };
 pub use config::{
     chain_ids, ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs,

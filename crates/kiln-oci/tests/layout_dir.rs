@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::*;
 use kiln_oci::{
-    read_oci_archive, write_oci_archive, write_oci_layout_dir, Error, Index, LayoutBlobs,
-    ReadOptions, WriteOptions,
+    read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_layout_dir, Error, Index,
+    LayoutBlobs, ReadOptions, WriteOptions,
 };
 
 fn files(dir: &Path) -> Vec<String> {
@@ -169,4 +169,108 @@ fn archive_of_a_layout_reads_back() {
         fs::read(root.join(t.manifest.layers[0].digest.blob_path())).unwrap(),
         t.layers[0].1
     );
+}
+
+#[test]
+fn layout_dir_reads_back_as_the_archive_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("layout");
+    let t = image_with(&[b"one", b"two"], &["kiln-test/app:1.0"]);
+    write_oci_layout_dir(&root, &t.image, &t.blobs).unwrap();
+    for name in [None, Some("1.0".to_string())] {
+        let img = read_oci_layout_dir(
+            &root,
+            &ReadOptions {
+                name,
+                ..ReadOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(img.manifest_descriptor.digest, t.image.manifest.digest);
+        assert_eq!(img.config, t.config);
+        assert_eq!(img.path(), fs::canonicalize(&root).unwrap());
+        img.verify_layers().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut img.open_layer(1).unwrap(), &mut got).unwrap();
+        assert_eq!(got, t.layers[1].1);
+    }
+    let missing = read_oci_layout_dir(
+        &root,
+        &ReadOptions {
+            name: Some("2.0".into()),
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(missing.to_string().contains("\"2.0\""), "{missing}");
+
+    // Two images, no name: refused, listing the refs.
+    let other = image_with(&[b"three"], &["kiln-test/app:2.0"]);
+    write_oci_layout_dir(&root, &other.image, &other.blobs).unwrap();
+    let ambiguous = read_oci_layout_dir(&root, &ReadOptions::default()).unwrap_err();
+    assert!(
+        ambiguous.to_string().contains("refs: 1.0, 2.0"),
+        "{ambiguous}"
+    );
+    assert!(read_oci_layout_dir(dir.path(), &ReadOptions::default())
+        .unwrap_err()
+        .to_string()
+        .contains("no oci-layout"));
+}
+
+#[test]
+fn layout_dir_blobs_are_verified_and_stay_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("layout");
+    let t = image_with(&[b"one"], &["kiln-test/app:1.0"]);
+    write_oci_layout_dir(&root, &t.image, &t.blobs).unwrap();
+    let layer = root.join(t.manifest.layers[0].digest.blob_path());
+    let good = fs::read(&layer).unwrap();
+
+    // Same size, other bytes: the layer reader fails at its end.
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    fs::write(&layer, &bad).unwrap();
+    let img = read_oci_layout_dir(&root, &ReadOptions::default()).unwrap();
+    assert!(matches!(
+        img.verify_layers(),
+        Err(Error::Io { .. } | Error::DigestMismatch { .. })
+    ));
+
+    // Another size is refused when the layout is read.
+    fs::write(&layer, &good[1..]).unwrap();
+    assert!(matches!(
+        read_oci_layout_dir(&root, &ReadOptions::default()),
+        Err(Error::SizeMismatch { .. })
+    ));
+
+    // A blob that links out of the layout is not followed.
+    let outside = dir.path().join("outside");
+    fs::write(&outside, &good).unwrap();
+    fs::remove_file(&layer).unwrap();
+    std::os::unix::fs::symlink(&outside, &layer).unwrap();
+    assert!(matches!(
+        read_oci_layout_dir(&root, &ReadOptions::default()),
+        Err(Error::UnsafePath(_))
+    ));
+    // A link inside it is.
+    let inside = root.join("inside");
+    fs::write(&inside, &good).unwrap();
+    fs::remove_file(&layer).unwrap();
+    std::os::unix::fs::symlink("../../inside", &layer).unwrap();
+    read_oci_layout_dir(&root, &ReadOptions::default())
+        .unwrap()
+        .verify_layers()
+        .unwrap();
+
+    // The config is checked against its digest.
+    let config = root.join(t.manifest.config.digest.blob_path());
+    let mut bytes = fs::read(&config).unwrap();
+    bytes[0] = b' ';
+    fs::write(&config, bytes).unwrap();
+    assert!(matches!(
+        read_oci_layout_dir(&root, &ReadOptions::default()),
+        Err(Error::DigestMismatch { .. } | Error::Io { .. })
+    ));
 }

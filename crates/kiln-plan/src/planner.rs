@@ -42,6 +42,27 @@ pub struct PlanOptions<'a> {
     pub target_platform: Platform,
     pub build_platform: Platform,
     pub images: &'a dyn ImageConfigs,
+    /// Named build contexts that are images (`--build-context NAME=…`): NAME → the image
+    /// reference it stands for (`oci:DIR:TAG`, a store image). `FROM NAME`, `COPY --from=NAME`
+    /// and `RUN --mount=from=NAME` take that image, even where a stage has the same name (as
+    /// buildx does).
+    pub contexts: BTreeMap<String, String>,
+}
+
+impl PlanOptions<'_> {
+    /// The image a named build context gives `name`, if any (names compare case-insensitively,
+    /// as stage names do).
+    pub fn named_context(&self, name: &str) -> Option<&str> {
+        self.contexts
+            .get(name)
+            .or_else(|| {
+                self.contexts
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+            .map(String::as_str)
+    }
 }
 
 impl Default for PlanOptions<'_> {
@@ -52,6 +73,7 @@ impl Default for PlanOptions<'_> {
             target_platform: Platform::host(),
             build_platform: Platform::host(),
             images: &NoImages,
+            contexts: BTreeMap::new(),
         }
     }
 }
@@ -313,10 +335,15 @@ fn plan_stages(recipe: &Recipe, options: &PlanOptions<'_>) -> Plan {
                     .push(Diagnostic::error(word.span, message));
             }
         }
+        // A named build context stands for its image, before any stage of that name.
+        let (image, from_context) = match options.named_context(&image) {
+            Some(reference) => (reference.to_string(), true),
+            None => (image, false),
+        };
         let lowered = image.to_ascii_lowercase();
-        let base = if lowered == "scratch" {
+        let base = if lowered == "scratch" && !from_context {
             Base::Scratch
-        } else if let Some(&stage) = names.get(&lowered).filter(|&&s| s < index) {
+        } else if let Some(&stage) = names.get(&lowered).filter(|&&s| s < index && !from_context) {
             Base::Stage(stage)
         } else {
             if image.is_empty() {
@@ -1066,6 +1093,9 @@ impl Planner<'_> {
             }
             return Some(Source::Stage(index));
         }
+        if let Some(reference) = self.options.named_context(value) {
+            return Some(Source::Image(reference.to_string()));
+        }
         let lowered = value.to_ascii_lowercase();
         match ctx.names.get(&lowered) {
             Some(&index) if index == ctx.index => {
@@ -1389,5 +1419,49 @@ mod tests {
         assert!(is_git_url("https://github.com/a/b.git#main"));
         assert!(is_git_url("git@github.com:a/b.git"));
         assert!(!is_git_url("https://example.com/file.tar.gz"));
+    }
+
+    #[test]
+    fn named_contexts_stand_for_their_images() {
+        let recipe = parse_recipe(
+            "FROM alpine AS base\nRUN true\nFROM base\nCOPY --from=tools /t /t\n\
+             RUN --mount=from=tools,target=/m true\n",
+        );
+        let mut contexts = BTreeMap::new();
+        contexts.insert("base".to_string(), "oci:layout:v1".to_string());
+        contexts.insert("Tools".to_string(), "tools-image:2".to_string());
+        let options = PlanOptions {
+            contexts,
+            ..PlanOptions::default()
+        };
+        let plan = plan(&recipe, &options);
+        assert!(
+            plan.diagnostics.iter().all(|d| !d.is_error()),
+            "{:?}",
+            plan.diagnostics
+        );
+        let last = &plan.stages[1];
+        assert_eq!(last.base, Base::Image("oci:layout:v1".into()));
+        assert!(
+            last.dependencies.is_empty(),
+            "the stage `base` is not needed"
+        );
+        assert_eq!(plan.order, vec![1]);
+        let copy = last.steps.iter().find_map(|s| match &s.action {
+            Action::Copy(c) => Some(c),
+            _ => None,
+        });
+        assert_eq!(
+            copy.map(|c| &c.from),
+            Some(&Source::Image("tools-image:2".into()))
+        );
+        let run = last.steps.iter().find_map(|s| match &s.action {
+            Action::Run(r) => Some(r),
+            _ => None,
+        });
+        assert_eq!(
+            run.map(|r| r.mount_sources.clone()),
+            Some(vec![Some(Source::Image("tools-image:2".into()))])
+        );
     }
 }

@@ -104,6 +104,13 @@ pub struct BuildArgs {
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
 
+    /// A named build context, buildx style (repeatable): NAME=oci-layout://DIR[:TAG] (an OCI
+    /// image layout directory) or NAME=docker-image://REF (an image of the store). `FROM NAME`,
+    /// `COPY --from=NAME` and `RUN --mount=from=NAME` then take that image, even where a stage
+    /// has the same name. (Local directories as named contexts are not available yet.)
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+
     /// Build this stage and the stages it needs, not the last one.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,

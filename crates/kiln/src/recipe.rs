@@ -33,6 +33,10 @@ pub fn load(args: &BuildArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitC
         eprintln!("error: {message}");
         ExitCode::from(USAGE)
     })?;
+    let contexts = parse_build_contexts(&args.build_contexts).map_err(|message| {
+        eprintln!("error: {message}");
+        ExitCode::from(USAGE)
+    })?;
     let target_platform = match args.platform.as_deref().map(Platform::parse).transpose() {
         Ok(platform) => platform.unwrap_or_else(Platform::host),
         Err(message) => {
@@ -46,6 +50,7 @@ pub fn load(args: &BuildArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitC
         target: args.target.clone(),
         target_platform,
         images,
+        contexts,
         ..PlanOptions::default()
     };
     let plan = plan(&recipe, &options);
@@ -151,6 +156,80 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> 
     Ok(values)
 }
 
+/// `--build-context NAME=VALUE` as buildx takes it, for the values that are images:
+/// `oci-layout://DIR[:TAG]` becomes the `oci:DIR[:TAG]` transport, `docker-image://REF` the
+/// image REF of the store. NAME → the image reference the planner uses for it.
+fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut contexts = BTreeMap::new();
+    for item in raw {
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(format!(
+                "--build-context {item:?}: expected NAME=VALUE (NAME=oci-layout://DIR[:TAG] or NAME=docker-image://REF)"
+            ));
+        };
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "--build-context {item:?}: the name is empty or has whitespace"
+            ));
+        }
+        let reference = if let Some(dir) = value.strip_prefix("oci-layout://") {
+            if dir.is_empty() {
+                return Err(format!(
+                    "--build-context {item:?}: oci-layout:// needs a directory"
+                ));
+            }
+            if dir.contains(':') {
+                format!("oci:{dir}")
+            } else {
+                // As buildx: no tag is `latest` if the layout has it, else its only image.
+                if has_latest(Path::new(dir)) {
+                    format!("oci:{dir}:latest")
+                } else {
+                    format!("oci:{dir}")
+                }
+            }
+        } else if let Some(image) = value.strip_prefix("docker-image://") {
+            if image.is_empty() {
+                return Err(format!(
+                    "--build-context {item:?}: docker-image:// needs an image name"
+                ));
+            }
+            image.to_string()
+        } else if value.contains("://") || value.starts_with("target:") {
+            return Err(format!(
+                "--build-context {item:?}: this kind of context is not available in this version; use oci-layout://DIR[:TAG] or docker-image://REF"
+            ));
+        } else {
+            return Err(format!(
+                "--build-context {item:?}: local directories as named contexts are not available in this version; use oci-layout://DIR[:TAG] or docker-image://REF"
+            ));
+        };
+        let key = name.to_ascii_lowercase();
+        if contexts.insert(key, reference).is_some() {
+            return Err(format!("--build-context {name}: given twice"));
+        }
+    }
+    Ok(contexts)
+}
+
+/// Whether the layout directory's `index.json` names an image `latest` (only to choose the
+/// ref: the layout is read and checked when the build uses it).
+fn has_latest(dir: &Path) -> bool {
+    let path = dir.join("index.json");
+    let small =
+        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= kiln_oci::MAX_JSON_SIZE);
+    small
+        && std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| kiln_oci::from_json_slice::<kiln_oci::Index>(&bytes).ok())
+            .is_some_and(|index| {
+                index
+                    .manifests
+                    .iter()
+                    .any(|d| d.ref_name() == Some("latest"))
+            })
+}
+
 fn print_summary(name: &str, plan: &Plan, warnings: usize) {
     let stage_word = if plan.stages.len() == 1 {
         "stage"
@@ -213,5 +292,41 @@ mod tests {
         );
         assert!(!args.contains_key("KILN_TEST_UNSET_X"));
         assert!(parse_build_args(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn build_contexts_name_images() {
+        let contexts = parse_build_contexts(&[
+            "base=oci-layout://./layout:v1".into(),
+            "Tools=docker-image://docker.io/library/alpine:3.20".into(),
+            "untagged=oci-layout://no-such-layout".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            contexts.get("base").map(String::as_str),
+            Some("oci:./layout:v1")
+        );
+        assert_eq!(
+            contexts.get("tools").map(String::as_str),
+            Some("docker.io/library/alpine:3.20")
+        );
+        assert_eq!(
+            contexts.get("untagged").map(String::as_str),
+            Some("oci:no-such-layout")
+        );
+        for bad in [
+            "base",
+            "=oci-layout://x",
+            "a=oci-layout://",
+            "a=docker-image://",
+            "a=https://example.com/x.tar",
+            "a=./some/dir",
+        ] {
+            assert!(parse_build_contexts(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(
+            parse_build_contexts(&["a=docker-image://x".into(), "A=docker-image://y".into()])
+                .is_err()
+        );
     }
 }

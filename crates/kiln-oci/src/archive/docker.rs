@@ -17,6 +17,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::files::{Extent, Files};
 use super::image::{ArchiveFormat, ArchiveImage};
 use super::tar_in::{normalize, read_up_to, TarIndex};
 use super::{
@@ -182,7 +183,7 @@ pub fn read_docker_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result
     }
 
     let mut layers = Vec::with_capacity(entry.layers.len());
-    let mut layer_ranges = Vec::with_capacity(entry.layers.len());
+    let mut layer_extents = Vec::with_capacity(entry.layers.len());
     for (i, (layer_path, diff_id)) in entry.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
         let (offset, size) = index.resolve(layer_path)?;
         let mut head = [0u8; 4];
@@ -206,7 +207,7 @@ pub fn read_docker_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result
             LayerCompression::Zstd => media_types::DOCKER_LAYER_TAR_ZSTD,
         };
         layers.push(Descriptor::new(media_type, digest, size));
-        layer_ranges.push((offset, size));
+        layer_extents.push(Extent::InTar { offset, size });
     }
 
     let config_desc = Descriptor::new(
@@ -225,8 +226,8 @@ pub fn read_docker_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result
         config,
         config_bytes,
         names: entry.repo_tags.clone(),
-        index,
-        layer_ranges,
+        files: Files::Tar(index),
+        layer_extents,
     })
 }
 

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
-use super::tar_in::TarIndex;
+use super::files::{Extent, Files};
 use super::{BlobSource, ImageRef};
 use crate::error::io_ctx;
 use crate::{Descriptor, Digest, Error, ImageConfig, ImageName, Manifest, Result, VerifyingReader};
@@ -34,15 +34,16 @@ pub struct ArchiveImage {
     /// The names the archive gives the image, as written there (untrusted): `RepoTags`,
     /// `io.containerd.image.name`, or a bare `org.opencontainers.image.ref.name`.
     pub names: Vec<String>,
-    pub(crate) index: TarIndex,
-    /// (offset, size) in the archive of each of `manifest.layers`.
-    pub(crate) layer_ranges: Vec<(u64, u64)>,
+    /// The archive or layout directory the layers are read from.
+    pub(crate) files: Files,
+    /// Where each of `manifest.layers` lies there.
+    pub(crate) layer_extents: Vec<Extent>,
 }
 
 impl ArchiveImage {
-    /// The archive file.
+    /// The archive file, or the layout directory.
     pub fn path(&self) -> &Path {
-        self.index.path()
+        self.files.path()
     }
 
     /// The layer descriptors, first to last.
@@ -54,13 +55,13 @@ impl ArchiveImage {
     /// ending, if the content does not match the layer's digest: read it to the end before
     /// trusting it.
     pub fn open_layer(&self, i: usize) -> Result<VerifyingReader<io::Take<BufReader<File>>>> {
-        let (desc, (offset, size)) = self
+        let (desc, extent) = self
             .manifest
             .layers
             .get(i)
-            .zip(self.layer_ranges.get(i))
+            .zip(self.layer_extents.get(i))
             .ok_or_else(|| Error::InvalidImage(format!("no layer {i}")))?;
-        let range = self.index.open_range(*offset, *size)?;
+        let range = self.files.open(extent)?;
         Ok(VerifyingReader::new(
             range,
             desc.digest.clone(),
@@ -91,13 +92,13 @@ impl ArchiveImage {
         r
     }
 
-    fn layer_range(&self, digest: &Digest) -> Option<(u64, u64)> {
+    fn layer_extent(&self, digest: &Digest) -> Option<&Extent> {
         self.manifest
             .layers
             .iter()
-            .zip(&self.layer_ranges)
+            .zip(&self.layer_extents)
             .find(|(d, _)| &d.digest == digest)
-            .map(|(_, r)| *r)
+            .map(|(_, e)| e)
     }
 }
 
@@ -110,11 +111,11 @@ impl BlobSource for ArchiveImage {
         if digest == &self.manifest.config.digest {
             return Ok(Box::new(&self.config_bytes[..]));
         }
-        match self.layer_range(digest) {
-            Some((offset, size)) => {
+        match self.layer_extent(digest) {
+            Some(extent) => {
                 let r = self
-                    .index
-                    .open_range(offset, size)
+                    .files
+                    .open(extent)
                     .map_err(|e| io::Error::other(e.to_string()))?;
                 Ok(Box::new(r))
             }

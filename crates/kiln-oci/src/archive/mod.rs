@@ -9,6 +9,7 @@
 //! writer fails, what it wrote so far is incomplete and must be discarded.
 
 mod docker;
+mod files;
 mod image;
 mod oci;
 mod tar_in;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 
 pub use docker::{read_docker_archive, write_docker_archive};
 pub use image::{ArchiveFormat, ArchiveImage};
-pub use oci::{read_oci_archive, write_oci_archive, write_oci_layout_dir};
+pub use oci::{read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_layout_dir};
 
 use crate::error::io_ctx;
 use crate::json::{parse_json, read_bounded};

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::files::{Files, LayoutDir};
 use super::image::{ArchiveFormat, ArchiveImage};
 use super::tar_in::TarIndex;
 use super::{
@@ -274,11 +275,24 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// aside). The manifest and config are verified; each layer's size is checked now and its
 /// digest as it is streamed.
 pub fn read_oci_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<ArchiveImage> {
-    let index = TarIndex::scan(path.as_ref())?;
+    read_layout(Files::Tar(TarIndex::scan(path.as_ref())?), opts, "archive")
+}
+
+/// Reads one image from an OCI image layout directory (as `skopeo copy … oci:DIR:TAG` and
+/// [`write_oci_layout_dir`] write), untrusted, exactly as [`read_oci_archive`] reads the same
+/// layout in a tar. Files are looked up inside `dir` only: names with `..`, absolute names,
+/// symlinks leading out of it and anything but regular files are refused.
+pub fn read_oci_layout_dir(dir: impl AsRef<Path>, opts: &ReadOptions) -> Result<ArchiveImage> {
+    read_layout(Files::Dir(LayoutDir::open(dir.as_ref())?), opts, "layout")
+}
+
+/// The OCI layout reader shared by archives and directories; `what` names the container in
+/// messages.
+fn read_layout(index: Files, opts: &ReadOptions, what: &str) -> Result<ArchiveImage> {
     if !index.contains("oci-layout") {
-        return Err(Error::InvalidArchive(
-            "no oci-layout file: not an OCI archive".into(),
-        ));
+        return Err(Error::InvalidArchive(format!(
+            "no oci-layout file: not an OCI {what}"
+        )));
     }
     let layout: OciLayout = index.read_json("oci-layout")?;
     check_layout_version(&layout)?;
@@ -312,10 +326,21 @@ pub fn read_oci_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Ar
         }
         [one] => (*one).clone(),
         many => {
+            let mut refs: Vec<&str> = Vec::new();
+            for r in candidates.iter().filter_map(|d| d.ref_name()) {
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+            let listed = if refs.is_empty() {
+                String::new()
+            } else {
+                format!(" (refs: {})", refs.join(", "))
+            };
             return Err(Error::InvalidArchive(format!(
-                "the archive holds {} images; choose one by name",
+                "the {what} holds {} images{listed}; choose one by name",
                 many.len()
-            )))
+            )));
         }
     };
     let mut names: Vec<String> = Vec::new();
@@ -339,17 +364,17 @@ pub fn read_oci_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Ar
     let config: ImageConfig = parse_json("config", &config_bytes)?;
     check_config(&manifest, &config)?;
 
-    let mut layer_ranges = Vec::with_capacity(manifest.layers.len());
+    let mut layer_extents = Vec::with_capacity(manifest.layers.len());
     for layer in &manifest.layers {
-        let (offset, size) = index.resolve(&layer.digest.blob_path())?;
-        if size != layer.size {
+        let extent = index.resolve(&layer.digest.blob_path())?;
+        if extent.size() != layer.size {
             return Err(Error::SizeMismatch {
                 what: format!("layer {}", layer.digest),
                 expected: layer.size,
-                actual: size,
+                actual: extent.size(),
             });
         }
-        layer_ranges.push((offset, size));
+        layer_extents.push(extent);
     }
     Ok(ArchiveImage {
         format: ArchiveFormat::Oci,
@@ -359,8 +384,8 @@ pub fn read_oci_archive(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Ar
         config,
         config_bytes,
         names,
-        index,
-        layer_ranges,
+        files: index,
+        layer_extents,
     })
 }
 
@@ -376,7 +401,7 @@ fn distinct_by_digest<'a>(ds: &[&'a Descriptor]) -> Vec<&'a Descriptor> {
 
 /// Follows nested indexes (at most 4 deep) down to one image manifest.
 fn descend_to_manifest(
-    index: &TarIndex,
+    index: &Files,
     mut desc: Descriptor,
     opts: &ReadOptions,
 ) -> Result<Descriptor> {
@@ -427,10 +452,11 @@ fn descend_to_manifest(
     ))
 }
 
-/// A small blob of the archive, checked against its descriptor.
-fn read_blob(index: &TarIndex, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
+/// A small blob of the archive or directory, checked against its descriptor.
+fn read_blob(index: &Files, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
     let what = format!("{what} {}", desc.digest);
-    let (offset, size) = index.resolve(&desc.digest.blob_path())?;
+    let extent = index.resolve(&desc.digest.blob_path())?;
+    let size = extent.size();
     if size != desc.size {
         return Err(Error::SizeMismatch {
             what,
@@ -446,7 +472,7 @@ fn read_blob(index: &TarIndex, desc: &Descriptor, what: &str) -> Result<Vec<u8>>
         });
     }
     let r = VerifyingReader::new(
-        index.open_range(offset, size)?,
+        index.open(&extent)?,
         desc.digest.clone(),
         size,
         what.clone(),

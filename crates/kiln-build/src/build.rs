@@ -302,12 +302,9 @@ impl Builder<'_> {
             None => {
                 let name =
                     ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-                self.store
-                    .resolve(&name.to_string())
-                    .map_err(|_| BuildError::Image(format!(
+                find_in_store(self.store, &name).ok_or_else(|| BuildError::Image(format!(
                         "image {reference:?} is not in the store ({name}); build it with `kiln build -t {reference}` or load it with `kiln load -i FILE` first — pulling from registries is not available in this version"
                     )))?
-                    .manifest
             }
         };
         let manifest_bytes = self
@@ -1053,16 +1050,40 @@ fn unpacked_layers(
     Ok(layers)
 }
 
+/// The manifest an image name means in the store: by its name, or, for `name@sha256:...`, the
+/// manifest with that digest (named in the store or only held as a blob of it).
+fn find_in_store(store: &Store, name: &ImageName) -> Option<Descriptor> {
+    if let Ok(tagged) = store.resolve(&name.to_string()) {
+        return Some(tagged.manifest);
+    }
+    let digest = name.digest()?;
+    if let Some(tagged) = store
+        .images()
+        .ok()?
+        .into_iter()
+        .find(|t| &t.manifest.digest == digest)
+    {
+        return Some(tagged.manifest);
+    }
+    let bytes = store.read_blob(digest).ok()?;
+    let manifest: Manifest = kiln_oci::from_json_slice(&bytes).ok()?;
+    let media_type = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
+    Some(Descriptor::new(media_type, digest.clone(), bytes.len() as u64))
+}
+
 /// An image of the store by name: its config and its layers' snapshots, bottom first.
 pub fn image_in_store(
     store: &Store,
     reference: &str,
 ) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
     let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-    let tagged = store.resolve(&name.to_string()).map_err(|_| {
+    let found = find_in_store(store, &name).ok_or_else(|| {
         BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
     })?;
-    let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&tagged.manifest.digest)?)
+    let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
         .map_err(|e| BuildError::Image(e.to_string()))?;
     let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
         .map_err(|e| BuildError::Image(e.to_string()))?;
@@ -1129,8 +1150,8 @@ impl kiln_plan::ImageConfigs for StoreImages<'_> {
             Some(archive) => archive.config.config,
             None => {
                 let name = ImageName::parse(reference).ok()?;
-                let tagged = self.store.resolve(&name.to_string()).ok()?;
-                self.store.image(&tagged.manifest).ok()?.config.config
+                let manifest = find_in_store(self.store, &name)?;
+                self.store.image(&manifest).ok()?.config.config
             }
         };
         Some(kiln_plan::BaseConfig {

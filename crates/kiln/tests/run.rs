@@ -650,3 +650,107 @@ fn base_image_entries_that_leave_the_root_are_refused() {
     let verify = kiln(&["--root", &r, "verify"], root.path(), &[]);
     assert_eq!(verify.status, 0, "{}", verify.stderr);
 }
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A store on overlayfs cannot hold an overlay's upper dir: `auto` finds out at the first RUN,
+/// says so, and the copy gives the image overlay gives elsewhere.
+#[test]
+fn auto_falls_back_to_a_copy_where_overlay_cannot_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["l", "u", "w", "m"] {
+        fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dir.path().join("l").display(),
+        dir.path().join("u").display(),
+        dir.path().join("w").display()
+    );
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(dir.path().join("m"))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mounting an overlay for the test store (needs root)"
+    );
+    let mounted = Mounted(dir.path().join("m"));
+    let on_overlay = mounted.0.join("store");
+    let ctx = context(&[("Dockerfile", CHANGES)]);
+    // The base, then the recipe, both on the store that sits on overlayfs.
+    let reference = busybox_store("overlay");
+    let base = tempfile::tempdir().unwrap();
+    let archive = base.path().join("base.tar");
+    let r = root_arg(reference.path());
+    let save = kiln(
+        &[
+            "--root",
+            &r,
+            "save",
+            "busybox:test",
+            "-o",
+            &archive.display().to_string(),
+        ],
+        base.path(),
+        &[],
+    );
+    assert_eq!(save.status, 0, "{}", save.stderr);
+    let o = root_arg(&on_overlay);
+    let load = kiln(
+        &["--root", &o, "load", "-i", &archive.display().to_string()],
+        base.path(),
+        &[],
+    );
+    assert_eq!(load.status, 0, "{}", load.stderr);
+    let env = [("KILN_SNAPSHOTTER", "auto"), ("SOURCE_DATE_EPOCH", EPOCH)];
+    let fallback = base.path().join("fallback.tar");
+    let run = kiln(
+        &[
+            "--root",
+            &o,
+            "build",
+            "-o",
+            &format!("type=oci,dest={}", fallback.display()),
+            ".",
+        ],
+        ctx.path(),
+        &env,
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("overlay is not available here"),
+        "{}",
+        run.stderr
+    );
+    let (overlay, _r, _out) = changes_image("overlay");
+    assert_eq!(
+        read_image(&fallback).manifest_digest,
+        overlay.manifest_digest
+    );
+}
+
+#[test]
+fn from_an_image_by_digest() {
+    let root = busybox_store("auto");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.path().join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recipe = format!("FROM busybox@{digest}\nRUN echo by-digest\n");
+    let (run, _ctx) = build_recipe(root.path(), &recipe, &[], &[], true);
+    assert!(run.stderr.contains("| by-digest"), "{}", run.stderr);
+    let unknown = format!("FROM busybox@sha256:{}\nRUN true\n", "0".repeat(64));
+    let (run, _ctx) = build_recipe(root.path(), &unknown, &[], &[], false);
+    assert!(run.stderr.contains("is not in the store"), "{}", run.stderr);
+}

@@ -18,9 +18,12 @@ lint:
 # Benchmarks; each prints kiln beside a reference measured in the same run. benches/copy.sh
 # (COPY of 20,000 files + 300 MB, beside buildah and tar|gzip|sha256sum; about 8 minutes) installs
 # buildah with apt when it is missing and kiln runs as root; KILN_BENCH_INSTALL=0 turns that off.
+# benches/run.sh (RUN steps on busybox and Debian bases beside buildah, a 1 GB RUN, diff cost
+# against root size; about 10 minutes) installs busybox-static, time and debootstrap the same way.
 bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh
+    bash benches/run.sh
 
 # Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows
 # as the same count per line at every size, whatever else the machine is doing.

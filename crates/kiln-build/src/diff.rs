@@ -18,8 +18,9 @@
 //! goes through [`Rootfs`].
 
 use crate::fsmeta::{
-    copy_xattrs, io_at, is_opaque, is_whiteout, overlay_xattr_key, set_stamp, xattr_error,
-    xattr_names, xattr_value, Stamp,
+    copy_xattrs, io_at, is_opaque, is_opaque_marker, make_opaque, make_whiteout, overlay_xattr_key,
+    remove_opaque_marker, set_stamp, whiteout_of, xattr_error, xattr_names, xattr_value, Stamp,
+    WHITEOUT_PREFIX,
 };
 use crate::rootfs::{Found, Rootfs};
 use crate::BuildError;
@@ -170,30 +171,23 @@ fn children(dir: &Path) -> Result<BTreeMap<OsString, fs::Metadata>, BuildError> 
     Ok(out)
 }
 
-fn make_whiteout(path: &Path) -> Result<(), BuildError> {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::empty(),
-        0,
-    )
-    .map_err(|e| io_at(path, e.into()))
-}
-
 /// Gives a whiteout its canonical metadata: 0:0 (when root), mode 0, its directory's mtime.
 /// Overlayfs may share one whiteout inode between many names; such a link is replaced first,
 /// so each whiteout can carry its own directory's time.
+/// `marker` is the whiteout itself (`hidden`, or `.wh.NAME` beside it in OCI form).
 fn normalize_whiteout(
-    path: &Path,
+    hidden: &Path,
+    marker: &Path,
     meta: &fs::Metadata,
     mtime: (i64, i64),
     is_root: bool,
 ) -> Result<(), BuildError> {
+    let mut path = marker.to_path_buf();
     if meta.nlink() > 1 {
-        fs::remove_file(path).map_err(|e| io_at(path, e))?;
-        make_whiteout(path)?;
+        fs::remove_file(marker).map_err(|e| io_at(marker, e))?;
+        path = make_whiteout(hidden)?;
     }
+    let path = path.as_path();
     let stamp = Stamp {
         mode: 0,
         uid: 0,
@@ -295,6 +289,12 @@ impl Walk<'_> {
         let entries = children(&source)?;
         let mut emitted = false;
         for (name, child_meta) in &entries {
+            if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                return Err(BuildError::Unsupported(format!(
+                    "{}: `.wh.` names are reserved for layer whiteouts",
+                    source.join(name).display()
+                )));
+            }
             let child = rel.join(name);
             let lower_child = match lower_dir {
                 Some(_) => self.lower.lstat(&child),
@@ -326,9 +326,15 @@ impl Walk<'_> {
                     continue;
                 }
                 let path = target.join(&name);
-                make_whiteout(&path)?;
-                let whiteout = fs::symlink_metadata(&path).map_err(|e| io_at(&path, e))?;
-                normalize_whiteout(&path, &whiteout, Stamp::of(meta).mtime, self.is_root)?;
+                let marker = make_whiteout(&path)?;
+                let whiteout = fs::symlink_metadata(&marker).map_err(|e| io_at(&marker, e))?;
+                normalize_whiteout(
+                    &path,
+                    &marker,
+                    &whiteout,
+                    Stamp::of(meta).mtime,
+                    self.is_root,
+                )?;
                 self.stats.entries += 1;
                 self.stats.whiteouts += 1;
                 emitted = true;
@@ -400,12 +406,14 @@ struct Canon<'a> {
 }
 
 impl Canon<'_> {
-    /// Sets (`true`) or clears the opaque marker of `dir`, leaving only `opaque_xattr`.
-    fn mark(&self, dir: &Path, opaque: bool) -> Result<(), BuildError> {
+    /// Sets (`true`) or clears the opaque marker of `dir`, leaving only `opaque_xattr`, or
+    /// only the `.wh..wh..opq` file where setting that xattr is refused. Returns whether
+    /// `dir`'s entries changed (the marker file made or removed).
+    fn mark(&self, dir: &Path, opaque: bool) -> Result<bool, BuildError> {
+        let mut file = false;
         for name in OPAQUE_XATTRS {
             if opaque && name == self.opaque_xattr {
-                rustix::fs::lsetxattr(dir, name, b"y", rustix::fs::XattrFlags::empty())
-                    .map_err(|e| xattr_error(dir, e))?;
+                file = make_opaque(dir, name)?;
                 continue;
             }
             match rustix::fs::lremovexattr(dir, name) {
@@ -413,7 +421,11 @@ impl Canon<'_> {
                 Err(e) => return Err(xattr_error(dir, e)),
             }
         }
-        Ok(())
+        Ok(if file {
+            true
+        } else {
+            remove_opaque_marker(dir)?
+        })
     }
 
     /// Canonicalizes the upper directory `rel` (with `meta`, as found before any change), top
@@ -432,17 +444,22 @@ impl Canon<'_> {
             Some(_) => self.lower.list(rel).into_iter().collect(),
             None => BTreeSet::new(),
         };
-        let mut whiteouts = BTreeMap::new();
+        // Whiteouts by the name they delete, with the marker's own path (either form).
+        let mut whiteouts: BTreeMap<OsString, (std::path::PathBuf, fs::Metadata)> = BTreeMap::new();
         let mut others = BTreeMap::new();
+        // A marker file, made by a parent's `mark` or an earlier pass, changed the mtime.
+        let mut touched = false;
         for (name, child_meta) in children(&path)? {
-            if is_whiteout(&child_meta) {
-                whiteouts.insert(name, child_meta);
+            if is_opaque_marker(&name, &child_meta) {
+                touched = true;
+            } else if let Some(gone) = whiteout_of(&name, &child_meta) {
+                let gone = gone.to_os_string();
+                whiteouts.insert(gone, (path.join(&name), child_meta));
             } else {
                 others.insert(name, child_meta);
             }
         }
         let was_opaque = is_opaque(&path);
-        let mut touched = false;
 
         // Whiteouts of names the lower view does not show (all of them, in an opaque dir).
         let stale: Vec<OsString> = whiteouts
@@ -451,9 +468,9 @@ impl Canon<'_> {
             .cloned()
             .collect();
         for name in stale {
-            let child = path.join(&name);
-            fs::remove_file(&child).map_err(|e| io_at(&child, e))?;
-            whiteouts.remove(&name);
+            if let Some((child, _)) = whiteouts.remove(&name) {
+                fs::remove_file(&child).map_err(|e| io_at(&child, e))?;
+            }
             self.stats.stale_whiteouts += 1;
             touched = true;
         }
@@ -470,10 +487,10 @@ impl Canon<'_> {
                     match others.get(name) {
                         None => {
                             let child = path.join(name);
-                            make_whiteout(&child)?;
+                            let marker = make_whiteout(&child)?;
                             let made =
-                                fs::symlink_metadata(&child).map_err(|e| io_at(&child, e))?;
-                            whiteouts.insert(name.clone(), made);
+                                fs::symlink_metadata(&marker).map_err(|e| io_at(&marker, e))?;
+                            whiteouts.insert(name.clone(), (marker, made));
                             touched = true;
                         }
                         Some(child_meta) if child_meta.is_dir() => {
@@ -488,16 +505,16 @@ impl Canon<'_> {
             }
         } else if !top && lower_names.iter().all(|name| whiteouts.contains_key(name)) {
             opaque = true;
-            for name in std::mem::take(&mut whiteouts).into_keys() {
-                let child = path.join(&name);
+            for (child, _) in std::mem::take(&mut whiteouts).into_values() {
                 fs::remove_file(&child).map_err(|e| io_at(&child, e))?;
                 touched = true;
             }
         }
         if opaque || was_opaque {
-            self.mark(&path, opaque)?;
+            touched |= self.mark(&path, opaque)?;
         }
         for name in &make_opaque {
+            // The child's own pass puts its mtime back if a marker file went in.
             self.mark(&path.join(name), true)?;
         }
 
@@ -542,12 +559,12 @@ impl Canon<'_> {
             }
         }
         let mtime = Stamp::of(meta).mtime;
-        for (name, whiteout) in &whiteouts {
+        for (name, (marker, whiteout)) in &whiteouts {
             let child = path.join(name);
             if whiteout.nlink() > 1 {
                 touched = true;
             }
-            normalize_whiteout(&child, whiteout, mtime, self.is_root)?;
+            normalize_whiteout(&child, marker, whiteout, mtime, self.is_root)?;
             self.stats.entries += 1;
             self.stats.whiteouts += 1;
         }
@@ -568,6 +585,7 @@ fn is_empty_dir(path: &Path) -> Result<bool, BuildError> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::fsmeta::is_whiteout;
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use std::os::unix::fs::symlink;

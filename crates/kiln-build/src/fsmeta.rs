@@ -9,7 +9,7 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(crate) fn io_at(path: &Path, error: io::Error) -> BuildError {
     BuildError::Io {
@@ -18,19 +18,133 @@ pub(crate) fn io_at(path: &Path, error: io::Error) -> BuildError {
     }
 }
 
-/// An overlayfs whiteout: a character device 0/0.
+/// Prefix of a whiteout in OCI form: the empty regular file `.wh.NAME` deletes `NAME`.
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The empty regular file that marks its directory opaque, in OCI form.
+pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// An overlayfs whiteout: a character device 0/0. A snapshot may also hold the OCI form
+/// (see [`whiteout_of`]), written where the overlay form is refused.
 pub(crate) fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-/// An overlayfs opaque directory (`trusted.` or `user.overlay.opaque` = `y`).
+/// The name a directory entry `name` (lstat'ed as `meta`) deletes, if it is a whiteout: a
+/// char device 0/0 deletes its own name, an empty regular file `.wh.NAME` deletes `NAME`.
+pub(crate) fn whiteout_of<'a>(name: &'a OsStr, meta: &fs::Metadata) -> Option<&'a OsStr> {
+    if is_whiteout(meta) {
+        return Some(name);
+    }
+    if is_opaque_marker(name, meta) || !meta.is_file() || meta.len() != 0 {
+        return None;
+    }
+    let hidden = name.as_bytes().strip_prefix(WHITEOUT_PREFIX)?;
+    (!hidden.is_empty()).then(|| OsStr::from_bytes(hidden))
+}
+
+/// Whether a directory entry is the OCI-form opaque marker of its directory.
+pub(crate) fn is_opaque_marker(name: &OsStr, meta: &fs::Metadata) -> bool {
+    name.as_bytes() == OPAQUE_MARKER && meta.is_file() && meta.len() == 0
+}
+
+/// The OCI-form whiteout file that deletes `path` (`parent/.wh.NAME`).
+pub(crate) fn oci_whiteout_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let mut marker = WHITEOUT_PREFIX.to_vec();
+    marker.extend_from_slice(name.as_bytes());
+    Some(path.with_file_name(OsStr::from_bytes(&marker)))
+}
+
+/// The whiteout deleting `path` in its snapshot directory, in either form, if there is one.
+pub(crate) fn find_whiteout(path: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        return is_whiteout(&meta).then(|| (path.to_path_buf(), meta));
+    }
+    let marker = oci_whiteout_path(path)?;
+    let meta = fs::symlink_metadata(&marker).ok()?;
+    let name = marker.file_name()?;
+    whiteout_of(name, &meta).is_some().then_some((marker, meta))
+}
+
+fn refused(error: Errno) -> bool {
+    // ENOTSUP and EOPNOTSUPP are one value on Linux.
+    matches!(error, Errno::PERM | Errno::NOTSUP)
+}
+
+fn create_empty(path: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map(drop)
+        .map_err(|e| io_at(path, e))
+}
+
+/// Makes a whiteout deleting `path`: a char device 0/0 there, or, where that is refused
+/// (overlayfs refuses it), the empty file `.wh.NAME` beside it. Returns the marker's path.
+pub(crate) fn make_whiteout(path: &Path) -> Result<PathBuf, BuildError> {
+    match rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    ) {
+        Ok(()) => Ok(path.to_path_buf()),
+        Err(e) if refused(e) => {
+            let marker = oci_whiteout_path(path).ok_or_else(|| io_at(path, e.into()))?;
+            create_empty(&marker)?;
+            Ok(marker)
+        }
+        Err(e) => Err(io_at(path, e.into())),
+    }
+}
+
+/// Marks `dir` opaque: the xattr `xattr` = `y`, or, where setting it is refused, the empty
+/// file `.wh..wh..opq` in it (kept if already there). Returns whether the OCI file is used
+/// (then the directory's entries, and so its mtime, may have changed).
+pub(crate) fn make_opaque(dir: &Path, xattr: &str) -> Result<bool, BuildError> {
+    match rustix::fs::lsetxattr(dir, xattr, b"y", rustix::fs::XattrFlags::empty()) {
+        Ok(()) => Ok(false),
+        Err(e) if refused(e) => {
+            let marker = dir.join(OsStr::from_bytes(OPAQUE_MARKER));
+            match fs::symlink_metadata(&marker) {
+                Ok(meta) if is_opaque_marker(OsStr::from_bytes(OPAQUE_MARKER), &meta) => {}
+                _ => create_empty(&marker)?,
+            }
+            Ok(true)
+        }
+        Err(e) => Err(xattr_error(dir, e)),
+    }
+}
+
+/// Removes the OCI-form opaque marker of `dir`, if any. Returns whether there was one.
+pub(crate) fn remove_opaque_marker(dir: &Path) -> Result<bool, BuildError> {
+    let marker = dir.join(OsStr::from_bytes(OPAQUE_MARKER));
+    match fs::symlink_metadata(&marker) {
+        Ok(meta) if is_opaque_marker(OsStr::from_bytes(OPAQUE_MARKER), &meta) => {
+            fs::remove_file(&marker).map_err(|e| io_at(&marker, e))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// An opaque directory: `trusted.` or `user.overlay.opaque` = `y`, or an empty regular file
+/// `.wh..wh..opq` in it.
 pub(crate) fn is_opaque(dir: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
+    let xattr = ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
         .any(|name| {
             let mut value = [0u8; 4];
             matches!(rustix::fs::lgetxattr(dir, *name, &mut value), Ok(1) if value[0] == b'y')
-        })
+        });
+    xattr
+        || fs::symlink_metadata(dir.join(OsStr::from_bytes(OPAQUE_MARKER)))
+            .is_ok_and(|meta| is_opaque_marker(OsStr::from_bytes(OPAQUE_MARKER), &meta))
 }
 
 /// The part of an overlayfs xattr name after `trusted.overlay.` or `user.overlay.` (`opaque`,

@@ -8,9 +8,10 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::fsmeta::{is_opaque, is_whiteout};
+use crate::fsmeta::{find_whiteout, is_opaque, whiteout_of, WHITEOUT_PREFIX};
 use kiln_context::scope::components;
 use kiln_context::{resolve_scoped, Node, ScopedTree};
+use std::os::unix::ffi::OsStrExt;
 
 /// Snapshot directories, bottom layer first.
 #[derive(Debug, Clone, Default)]
@@ -52,15 +53,23 @@ fn probe(layer: &Path, parts: &[OsString]) -> InLayer {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => opaque_above |= is_opaque(&path),
             Ok(_) => return InLayer::Covered,
-            Err(_) if opaque_above => return InLayer::Covered,
+            Err(_) if opaque_above || find_whiteout(&path).is_some() => return InLayer::Covered,
             Err(_) => return InLayer::Absent,
         }
     }
+    // `.wh.` names are markers (OCI-form whiteouts and opaque markers), never entries.
+    if last.as_bytes().starts_with(WHITEOUT_PREFIX) {
+        return if opaque_above {
+            InLayer::Covered
+        } else {
+            InLayer::Absent
+        };
+    }
     path.push(last);
     match fs::symlink_metadata(&path) {
-        Ok(meta) if is_whiteout(&meta) => InLayer::Covered,
+        Ok(meta) if whiteout_of(last, &meta).is_some() => InLayer::Covered,
         Ok(meta) => InLayer::Entry(path, meta),
-        Err(_) if opaque_above => InLayer::Covered,
+        Err(_) if opaque_above || find_whiteout(&path).is_some() => InLayer::Covered,
         Err(_) => InLayer::Absent,
     }
 }
@@ -127,14 +136,16 @@ impl Rootfs {
                     if hidden.contains(&name) || names.contains(&name) {
                         continue;
                     }
-                    match item.metadata() {
-                        Ok(meta) if is_whiteout(&meta) => {
-                            hidden.insert(name);
-                        }
-                        _ => {
-                            names.insert(name);
-                        }
+                    let meta = item.metadata().ok();
+                    if let Some(gone) = meta.as_ref().and_then(|m| whiteout_of(&name, m)) {
+                        hidden.insert(gone.to_os_string());
+                        continue;
                     }
+                    // Other `.wh.` names (the opaque marker) are markers too, never entries.
+                    if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                        continue;
+                    }
+                    names.insert(name);
                 }
             }
             if is_opaque(&dir) {
@@ -195,6 +206,31 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn oci_form_markers_hide_like_overlay_ones() {
+        let low = layer(&[
+            ("etc/a", "low"),
+            ("etc/b", "low"),
+            ("var/x", "low"),
+            ("d/e/f", "low"),
+        ]);
+        let high = layer(&[
+            ("var/y", "high"),
+            ("etc/.wh.a", ""),
+            ("var/.wh..wh..opq", ""),
+        ]);
+        fs::write(high.path().join(".wh.d"), "").unwrap();
+        let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
+        assert!(view.lstat(Path::new("etc/a")).is_none());
+        assert!(view.lstat(Path::new("etc/.wh.a")).is_none());
+        assert_eq!(view.list(Path::new("etc")), ["b"]);
+        assert!(view.lstat(Path::new("var/x")).is_none());
+        assert_eq!(view.list(Path::new("var")), ["y"]);
+        assert!(view.lstat(Path::new("d")).is_none());
+        assert!(view.lstat(Path::new("d/e/f")).is_none());
+        assert_eq!(view.list(Path::new("")), ["etc", "var"]);
     }
 
     #[test]

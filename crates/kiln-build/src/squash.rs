@@ -4,7 +4,10 @@
 //! gone, and stays a whiteout only if the base image (below the squashed layers) has it, so the
 //! deletion still shows. Files are hardlinked from the snapshots, which are never modified.
 
-use crate::fsmeta::{io_at, is_opaque, is_whiteout, set_stamp, Stamp};
+use crate::fsmeta::{
+    find_whiteout, io_at, is_opaque, is_opaque_marker, make_opaque, make_whiteout, set_stamp,
+    whiteout_of, Stamp,
+};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use std::fs;
@@ -18,15 +21,18 @@ fn remove(path: &Path) -> Result<(), BuildError> {
     }
 }
 
+/// Removes `path` and any whiteout of it (in either form).
+fn remove_all(path: &Path) -> Result<(), BuildError> {
+    remove(path)?;
+    if let Some((marker, _)) = find_whiteout(path) {
+        remove(&marker)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
 fn whiteout(path: &Path) -> Result<(), BuildError> {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::from_raw_mode(0),
-        0,
-    )
-    .map_err(|e| io_at(path, e.into()))
+    make_whiteout(path).map(drop)
 }
 
 /// Applies one layer snapshot on top of `merged`. `base` is the image below all squashed
@@ -49,10 +55,15 @@ pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), 
             let source = snapshot.join(&child);
             let target = merged.join(&child);
             let meta = fs::symlink_metadata(&source).map_err(|e| io_at(&source, e))?;
-            if is_whiteout(&meta) {
-                remove(&target)?;
+            if is_opaque_marker(&name, &meta) {
+                continue; // read through `is_opaque` of its directory
+            }
+            if let Some(gone) = whiteout_of(&name, &meta) {
+                let child = relative.join(gone);
+                let target = merged.join(&child);
+                remove_all(&target)?;
                 if base.lstat(&child).is_some() {
-                    whiteout(&target)?;
+                    make_whiteout(&target)?;
                 }
                 continue;
             }
@@ -60,23 +71,17 @@ pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), 
                 let existing_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
                 let opaque = is_opaque(&source);
                 if !existing_dir || opaque {
-                    remove(&target)?;
+                    remove_all(&target)?;
                     fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
                 }
                 if opaque && base.lstat(&child).is_some() {
-                    rustix::fs::lsetxattr(
-                        &target,
-                        "trusted.overlay.opaque",
-                        b"y",
-                        rustix::fs::XattrFlags::empty(),
-                    )
-                    .map_err(|e| io_at(&target, e.into()))?;
+                    make_opaque(&target, "trusted.overlay.opaque")?;
                 }
                 directories.push((target, meta));
                 children.push(child);
                 continue;
             }
-            remove(&target)?;
+            remove_all(&target)?;
             fs::hard_link(&source, &target)
                 .or_else(|_| {
                     // Symlinks and special files may not be hardlinkable everywhere: recreate them.
@@ -100,6 +105,7 @@ pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsmeta::is_whiteout;
 
     #[test]
     fn later_layers_win_and_deletions_of_base_paths_stay_whiteouts() {

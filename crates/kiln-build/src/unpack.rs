@@ -4,7 +4,10 @@
 //! xattrs the layer itself carries are dropped, and the result must hash to the diff_id the
 //! image config names.
 
-use crate::fsmeta::{io_at, set_stamp, Stamp};
+use crate::fsmeta::{
+    find_whiteout, io_at, make_opaque, make_whiteout, set_stamp, Stamp, OPAQUE_MARKER as OPAQUE,
+    WHITEOUT_PREFIX,
+};
 use crate::BuildError;
 use kiln_layer::{visit_layer, EntrySummary, EntryTypeSummary};
 use std::collections::BTreeMap;
@@ -14,9 +17,6 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE: &[u8] = b".wh..wh..opq";
 
 fn refuse(path: &[u8], why: &str) -> BuildError {
     BuildError::Image(format!(
@@ -85,27 +85,19 @@ impl Unpacker<'_> {
         let parent = self.ensure_parents(&entry.path, parents)?;
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE {
-            rustix::fs::lsetxattr(
-                &parent,
-                "trusted.overlay.opaque",
-                b"y",
-                rustix::fs::XattrFlags::empty(),
-            )
-            .map_err(|e| io_at(&parent, e.into()))?;
+            // Where the store refuses overlay's marker, the OCI form (`.wh..wh..opq`) stays.
+            make_opaque(&parent, "trusted.overlay.opaque")?;
             return Ok(());
         }
         let target = parent.join(name);
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX) {
             let hidden = parent.join(OsStr::from_bytes(hidden));
             self.remove(&hidden)?;
-            return rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &hidden,
-                rustix::fs::FileType::CharacterDevice,
-                rustix::fs::Mode::empty(),
-                0,
-            )
-            .map_err(|e| io_at(&hidden, e.into()));
+            if find_whiteout(&hidden).is_some() {
+                return Ok(());
+            }
+            // A char device 0/0, or `.wh.NAME` itself where the store refuses that.
+            return make_whiteout(&hidden).map(drop);
         }
         let stamp = Stamp {
             mode: entry.mode & 0o7777,

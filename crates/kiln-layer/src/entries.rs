@@ -211,7 +211,12 @@ fn push_children(stack: &mut Vec<Entry>, dir: &Path, prefix: &[u8]) -> Result<()
         let name = item.file_name();
         if let Some(entry) = describe(dir, prefix, &name)? {
             let not_whiteout = entry.kind != EntryKind::Whiteout;
-            children.push((not_whiteout, name, entry));
+            // Whiteouts sort by the name they delete, whichever form they have on disk.
+            let key = match name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
+                Some(hidden) if !not_whiteout => OsStr::from_bytes(hidden).to_os_string(),
+                _ => name,
+            };
+            children.push((not_whiteout, key, entry));
         }
     }
     children.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
@@ -227,8 +232,21 @@ fn describe(dir: &Path, prefix: &[u8], name: &OsStr) -> Result<Option<Entry>, La
     if ft.is_socket() {
         return Ok(None);
     }
-    if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
-        return Err(LayerError::ReservedName { path: source });
+    if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
+        // The OCI forms a snapshot may hold where overlay's are refused: the empty file
+        // `.wh..wh..opq` (read with its directory, see `oci_opaque`) and the empty file
+        // `.wh.NAME`, the same entry as a char device 0/0 `NAME`. Any other `.wh.` name is
+        // reserved.
+        let empty_file = ft.is_file() && md.len() == 0;
+        if empty_file && name.as_bytes() == OPAQUE_MARKER {
+            return Ok(None);
+        }
+        if !empty_file || hidden.is_empty() {
+            return Err(LayerError::ReservedName { path: source });
+        }
+        let mut path = prefix.to_vec();
+        path.extend_from_slice(name.as_bytes());
+        return Ok(Some(marker_entry(path, &md, source)));
     }
     let device_whiteout = ft.is_char_device() && md.rdev() == 0;
     let attrs = if device_whiteout {
@@ -272,6 +290,7 @@ fn describe(dir: &Path, prefix: &[u8], name: &OsStr) -> Result<Option<Entry>, La
     if kind == EntryKind::Dir {
         path.push(b'/');
     }
+    let opaque = ft.is_dir() && (attrs.opaque || oci_opaque(&source));
     Ok(Some(Entry {
         path,
         size: if kind == EntryKind::File { md.len() } else { 0 },
@@ -284,8 +303,14 @@ fn describe(dir: &Path, prefix: &[u8], name: &OsStr) -> Result<Option<Entry>, La
         source,
         ident: (md.dev(), md.ino()),
         nlink: md.nlink(),
-        opaque: attrs.opaque && ft.is_dir(),
+        opaque,
     }))
+}
+
+/// Whether the directory `dir` holds the OCI-form opaque marker, an empty `.wh..wh..opq`.
+fn oci_opaque(dir: &Path) -> bool {
+    fs::symlink_metadata(dir.join(OsStr::from_bytes(OPAQUE_MARKER)))
+        .is_ok_and(|md| md.is_file() && md.len() == 0)
 }
 
 fn marker_entry(path: Vec<u8>, md: &Metadata, source: PathBuf) -> Entry {

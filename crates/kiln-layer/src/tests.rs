@@ -439,7 +439,8 @@ fn overlay_redirects_and_reserved_names_are_refused() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("sub/.wh.sneaky"), b"");
+    // An empty `.wh.NAME` file is a whiteout in OCI form; anything else by that name is not.
+    write(&dir.path().join("sub/.wh.sneaky"), b"not empty");
     let err = write_layer(dir.path(), &LayerOptions::default(), Vec::new()).unwrap_err();
     assert!(matches!(err, LayerError::ReservedName { .. }), "{err}");
     assert!(err.to_string().contains(".wh.sneaky"));
@@ -866,4 +867,77 @@ fn xattr_values_with_newlines_cannot_forge_records() {
     assert_eq!(names(&e), ["innocent"]);
     assert_eq!(e[0].xattrs, [("user.evil".to_string(), forged)]);
     assert_eq!(e[0].pax_keys, ["path", "SCHILY.xattr.user.evil"]);
+}
+
+#[test]
+fn oci_form_markers_give_the_same_layer_as_overlay_form() {
+    require_root!();
+    let build = |oci: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(&r.join("etc/keep"), b"k");
+        write(&r.join("etc/-first"), b"sorts before .wh.");
+        write(&r.join("etc/zz"), b"z");
+        fs::create_dir_all(r.join("opq/sub")).unwrap();
+        write(&r.join("opq/new"), b"n");
+        for gone in ["etc/gone", "etc/a-gone", "etc/zzz", "top-gone"] {
+            let path = r.join(gone);
+            if oci {
+                let name = format!(".wh.{}", path.file_name().unwrap().to_str().unwrap());
+                write(&path.with_file_name(name), b"");
+            } else {
+                mknod(&path, FileType::CharacterDevice, 0, 0);
+            }
+        }
+        for opq in ["opq", "opq/sub"] {
+            if oci {
+                write(&r.join(opq).join(".wh..wh..opq"), b"");
+            } else {
+                setxattr(&r.join(opq), "trusted.overlay.opaque", b"y");
+            }
+        }
+        // Same owner, mode and time on every entry and marker, whichever form.
+        let mut all = Vec::new();
+        let mut stack = vec![r.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for item in fs::read_dir(&d).unwrap() {
+                let path = item.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                all.push(path);
+            }
+        }
+        all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in all.iter().chain([&r.to_path_buf()]) {
+            std::os::unix::fs::lchown(path, Some(7), Some(8)).unwrap();
+            let mode = if path.is_dir() { 0o755 } else { 0o600 };
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            set_mtime(path, 1_700_000_000);
+        }
+        let (layer, bytes) = write_layer(r, &opts(Compression::None), Vec::new()).unwrap();
+        (dir, layer, bytes)
+    };
+    let (_a, overlay, overlay_bytes) = build(false);
+    let (b, oci, oci_bytes) = build(true);
+    assert_eq!(
+        names(&summaries(b.path())),
+        [
+            ".wh.top-gone",
+            "etc/",
+            "etc/.wh.a-gone",
+            "etc/.wh.gone",
+            "etc/.wh.zzz",
+            "etc/-first",
+            "etc/keep",
+            "etc/zz",
+            "opq/",
+            "opq/.wh..wh..opq",
+            "opq/new",
+            "opq/sub/",
+            "opq/sub/.wh..wh..opq",
+        ]
+    );
+    assert!(overlay_bytes == oci_bytes, "byte-identical layers");
+    assert_eq!(overlay.diff_id, oci.diff_id);
 }

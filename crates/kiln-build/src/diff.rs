@@ -25,13 +25,13 @@ use crate::fsmeta::{
 use crate::rootfs::{Found, Rootfs};
 use crate::BuildError;
 use rustix::io::Errno;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a diff holds once written or canonicalized.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +159,43 @@ fn identical(lower: &Found, path: &Path, meta: &fs::Metadata) -> Result<bool, Bu
     Ok(true)
 }
 
+/// Names of hard-link groups under `root` (regular files with more than one name there) that
+/// must all be in the diff because one of them is: a name that is new or changed keeps its
+/// unchanged partners, so the link survives in the layer. Both paths use it, so both agree.
+fn linked_names_to_keep(lower: &Rootfs, root: &Path) -> Result<HashSet<PathBuf>, BuildError> {
+    let mut groups: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for (name, meta) in children(&root.join(&rel))? {
+            let child = rel.join(&name);
+            if meta.is_dir() {
+                stack.push(child);
+            } else if meta.is_file() && meta.nlink() > 1 {
+                groups
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(child);
+            }
+        }
+    }
+    let mut keep = HashSet::new();
+    for names in groups.into_values().filter(|names| names.len() > 1) {
+        let mut changed = false;
+        for name in &names {
+            let path = root.join(name);
+            let meta = fs::symlink_metadata(&path).map_err(|e| io_at(&path, e))?;
+            changed |= match lower.lstat(name) {
+                Some(found) => !identical(&found, &path, &meta)?,
+                None => true,
+            };
+        }
+        if changed {
+            keep.extend(names);
+        }
+    }
+    Ok(keep)
+}
+
 /// The entries of the directory `dir`, lstat'ed, sorted by name (bytes).
 fn children(dir: &Path) -> Result<BTreeMap<OsString, fs::Metadata>, BuildError> {
     let mut out = BTreeMap::new();
@@ -255,6 +292,7 @@ pub fn walk_diff(lower: &Rootfs, tree: &Path, out: &Path) -> Result<DiffStats, B
         out,
         is_root: rustix::process::geteuid().is_root(),
         stats: DiffStats::default(),
+        keep_links: linked_names_to_keep(lower, tree)?,
     };
     let root = lower.lstat(Path::new(""));
     walk.dir(Path::new(""), &meta, root.as_ref())?;
@@ -267,6 +305,7 @@ struct Walk<'a> {
     out: &'a Path,
     is_root: bool,
     stats: DiffStats,
+    keep_links: HashSet<PathBuf>,
 }
 
 impl Walk<'_> {
@@ -305,7 +344,10 @@ impl Walk<'_> {
                 continue;
             }
             let from = source.join(name);
-            if let Some(found) = &lower_child {
+            if let Some(found) = lower_child
+                .as_ref()
+                .filter(|_| !self.keep_links.contains(&child))
+            {
                 if identical(found, &from, child_meta)? {
                     self.stats.removed_unchanged += 1;
                     continue;
@@ -391,6 +433,7 @@ pub fn canonicalize(
         opaque_xattr,
         is_root: rustix::process::geteuid().is_root(),
         stats: DiffStats::default(),
+        keep_links: linked_names_to_keep(lower, upper)?,
     };
     read_xattrs(upper, true)?;
     canon.dir(Path::new(""), &meta, true)?;
@@ -403,6 +446,7 @@ struct Canon<'a> {
     opaque_xattr: &'a str,
     is_root: bool,
     stats: DiffStats,
+    keep_links: HashSet<PathBuf>,
 }
 
 impl Canon<'_> {
@@ -542,6 +586,7 @@ impl Canon<'_> {
                 }
             } else {
                 match &lower_child {
+                    Some(_) if self.keep_links.contains(&child) => false,
                     Some(found) => identical(found, &child_path, child_meta)?,
                     None => false,
                 }

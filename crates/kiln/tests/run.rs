@@ -76,10 +76,10 @@ fn build_recipe(
 }
 
 const CHANGES: &str = r#"FROM busybox:test
-RUN mkdir -p /data/keep /data/gone /data/redo /data/dir2file && echo a > /data/keep/a && echo b > /data/gone/b && echo c > /data/redo/c && echo f > /data/file2dir && echo x > /data/dir2file/x && echo same > /data/same && echo del > /data/del
+RUN mkdir -p /data/keep /data/gone /data/redo /data/dir2file && echo a > /data/keep/a && echo b > /data/gone/b && echo c > /data/redo/c && echo f > /data/file2dir && echo x > /data/dir2file/x && echo same > /data/same && echo del > /data/del && echo old > /data/linked
 RUN echo changed > /data/keep/a \
  && echo new > /data/new && chmod 600 /data/new && chown 1000:10 /data/new \
- && ln /data/new /data/hard && ln -s /data/new /data/sym \
+ && ln /data/new /data/hard && ln -s /data/new /data/sym && ln /data/linked /data/hard2 \
  && rm /data/del && rm -r /data/gone \
  && rm -rf /data/redo && mkdir /data/redo && echo c2 > /data/redo/c2 \
  && rm /data/file2dir && mkdir /data/file2dir && echo in > /data/file2dir/in \
@@ -124,8 +124,10 @@ fn check_changes(image: &Image, local: &Path) {
         "data/file2dir",
         "data/file2dir/in",
         "data/hard",
+        "data/hard2",
         "data/keep",
         "data/keep/a",
+        "data/linked",
         "data/new",
         "data/redo",
         "data/redo/.wh..wh..opq",
@@ -151,6 +153,9 @@ fn check_changes(image: &Image, local: &Path) {
     );
     let sym = last.iter().find(|e| e.path_str() == "data/sym").unwrap();
     assert_eq!(sym.link_str().as_deref(), Some("/data/new"));
+    // A new name for a file from below keeps the link: both names are in the layer.
+    let linked = last.iter().find(|e| e.path_str() == "data/linked").unwrap();
+    assert_eq!(linked.link_str().as_deref(), Some("data/hard2"));
     // The flattened filesystem is what the commands left.
     let read = |p: &str| fs::read_to_string(local.join(p)).unwrap();
     assert_eq!(read("data/keep/a"), "changed\n");

@@ -1071,7 +1071,11 @@ fn find_in_store(store: &Store, name: &ImageName) -> Option<Descriptor> {
         .media_type
         .clone()
         .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
-    Some(Descriptor::new(media_type, digest.clone(), bytes.len() as u64))
+    Some(Descriptor::new(
+        media_type,
+        digest.clone(),
+        bytes.len() as u64,
+    ))
 }
 
 /// An image of the store by name: its config and its layers' snapshots, bottom first.

@@ -332,9 +332,40 @@ impl<W: Write> Write for ParallelGzip<W> {
 }
 
 /// Deflates one block (raw deflate, no zlib header) ending in a sync flush, and its CRC-32.
+/// Whether a block is so close to uniformly random bytes (already compressed or encrypted data)
+/// that deflate cannot shrink it: a chi-square test of its byte counts against uniform, in
+/// integers so the answer, and so the output, is the same on every machine. Random data scores
+/// about 255; text and code score in the millions.
+fn looks_incompressible(input: &[u8]) -> bool {
+    const THRESHOLD: u128 = 1024;
+    if input.len() < 64 * 1024 {
+        return false;
+    }
+    let mut counts = [0u64; 256];
+    for byte in input {
+        counts[usize::from(*byte)] += 1;
+    }
+    let n = input.len() as u128;
+    let scaled: u128 = counts
+        .iter()
+        .map(|c| {
+            let d = (256 * u128::from(*c)).abs_diff(n);
+            d * d
+        })
+        .sum();
+    // chi² = Σ (c - n/256)² / (n/256) = scaled / (256 n)
+    scaled < THRESHOLD * 256 * n
+}
+
 fn deflate_block(level: u32, dict: Option<&[u8]>, input: &[u8]) -> BlockResult {
     let mut crc = crc32fast::Hasher::new();
     crc.update(input);
+    // Deflating random bytes costs the most time and saves nothing: store them.
+    let level = if looks_incompressible(input) {
+        0
+    } else {
+        level
+    };
     let mut c = Compress::new(flate2::Compression::new(level), false);
     if let Some(dict) = dict {
         c.set_dictionary(dict).map_err(|e| e.to_string())?;
@@ -530,6 +561,29 @@ mod tests {
     /// Pinned output: the same bytes on every machine and with every thread count. A change
     /// here (a flate2/zlib-rs/zstd upgrade that compresses differently, a format change of ours)
     /// changes every layer digest kiln produces, so it must be deliberate.
+    #[test]
+    fn random_blocks_are_stored_and_text_is_compressed() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..3 * 1024 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        assert!(looks_incompressible(&random[..1024 * 1024]));
+        assert!(!looks_incompressible(&pseudo_text(1024 * 1024, 3)));
+        let gz = gzip_with(&random, 6, 2, 1 << 16);
+        assert_eq!(gunzip(&gz), random);
+        // Stored: a few bytes of framing per 64 KiB, never a deflate search.
+        assert!(gz.len() < random.len() + random.len() / 1000 + 64);
+        // Mixed input still round-trips.
+        let mut mixed = pseudo_text(1024 * 1024, 9);
+        mixed.extend_from_slice(&random[..1024 * 1024]);
+        assert_eq!(gunzip(&gzip_with(&mixed, 6, 2, 4096)), mixed);
+    }
+
     #[test]
     fn compressed_bytes_are_pinned() {
         let data = pseudo_text(2 * GZIP_BLOCK_SIZE + 5000, 42);

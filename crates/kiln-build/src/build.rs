@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub recipe_id: String,
     /// How RUN gets a writable root (overlay unless it cannot be mounted).
     pub snapshotter: crate::run::Snapshotter,
+    /// `--secret id=ID,...`: what `RUN --mount=type=secret` reads. Only ids reach keys.
+    pub secrets: BTreeMap<String, crate::run::SecretSource>,
 }
 
 /// What progress displays hear about.
@@ -577,6 +579,7 @@ impl Builder<'_> {
         parts.push(("user".to_string(), config.config.user.clone()));
         parts.push(("workdir".to_string(), config.config.working_dir.clone()));
         self.common_parts(step, &mut parts);
+        let mount_inputs = self.mount_inputs(run, &mut parts)?;
         let mut key = KeyHasher::new("run-step");
         key.pairs("parts", &parts);
         let key = key.finish();
@@ -600,11 +603,77 @@ impl Builder<'_> {
                     snapshotter: self.options.snapshotter,
                     overlay_broken: &self.overlay_broken,
                     on_line: &on_line,
+                    mount_inputs: &mount_inputs,
+                    context: Some(self.context),
+                    secrets: &self.options.secrets,
                 };
                 let (_work, snapshot) = crate::run::execute(&job)?;
                 self.commit_layer(&snapshot)
             })?;
         self.push_layer(image, &layer, created, step, key, false)
+    }
+
+    /// The sources of a RUN's bind mounts, and their key parts: the content digest of a context
+    /// source, the chain key of a stage or image. Secrets add nothing (their ids are in the
+    /// instruction's key).
+    fn mount_inputs(
+        &self,
+        run: &kiln_plan::RunStep,
+        parts: &mut Vec<(String, String)>,
+    ) -> Result<Vec<crate::run::MountInput>, BuildError> {
+        use crate::run::MountInput;
+        use kiln_recipe::mount::MountType;
+        let mut inputs = Vec::new();
+        for (index, (mount, source)) in run.mounts.iter().zip(&run.mount_sources).enumerate() {
+            if mount.kind != MountType::Bind {
+                inputs.push(MountInput::None);
+                continue;
+            }
+            let path = mount.source.clone().unwrap_or_default();
+            let input = match source {
+                None => MountInput::None,
+                Some(Source::Context) => {
+                    let shown = if path.is_empty() { "." } else { path.as_str() };
+                    let bad = |e: kiln_context::ContextError| {
+                        BuildError::Run(format!("--mount source {shown} in the build context: {e}"))
+                    };
+                    let resolved = self.context.resolve(&path, true).map_err(bad)?;
+                    let entries = self
+                        .context
+                        .walk(&path, &IgnoreRules::default())
+                        .map_err(bad)?;
+                    let detail = kiln_context::hash::content_digest_detailed(
+                        self.context,
+                        &entries,
+                        &self.memo,
+                    )
+                    .map_err(bad)?;
+                    parts.push((format!("mount {index} source {shown}"), detail.digest));
+                    // What `.dockerignore` leaves out is not seen through the mount either.
+                    let filtered = if self.context.ignore().is_empty() {
+                        None
+                    } else {
+                        Some(entries)
+                    };
+                    MountInput::Context {
+                        path: resolved,
+                        filtered,
+                    }
+                }
+                Some(Source::Stage(stage)) => {
+                    let image = self.result(*stage)?;
+                    parts.push((format!("mount {index} stage"), image.chain_key.clone()));
+                    MountInput::Image(image.rootfs())
+                }
+                Some(Source::Image(reference)) => {
+                    let image = self.image_from_store(reference)?;
+                    parts.push((format!("mount {index} image"), image.chain_key.clone()));
+                    MountInput::Image(image.rootfs())
+                }
+            };
+            inputs.push(input);
+        }
+        Ok(inputs)
     }
 
     /// Key parts every layer step has: the build args it read (hashed), compression, epoch.

@@ -10,7 +10,8 @@ use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_oci::ImageConfig;
 use kiln_plan::RunStep;
-use kiln_sandbox::{Identity, Output, RootSpec, Sandbox, ScriptFile, Spec};
+use kiln_recipe::mount::{MountType, Sharing};
+use kiln_sandbox::{Identity, MountKind, MountSpec, Output, RootSpec, Sandbox, ScriptFile, Spec};
 use kiln_store::{Store, WorkDir};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -44,6 +45,356 @@ const TAIL_LINES: usize = 20;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Where a `kiln build --secret` takes the secret's bytes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// A `RUN --mount` source the builder resolved, parallel to `RunStep.mounts`.
+#[derive(Debug, Clone)]
+pub(crate) enum MountInput {
+    None,
+    /// A bind from the build context: the source, resolved inside the context directory, and,
+    /// when `.dockerignore` applies, the entries it leaves (a filtered copy is bound then).
+    Context {
+        path: PathBuf,
+        filtered: Option<Vec<kiln_context::Entry>>,
+    },
+    /// A bind from a stage or an image: its filesystem.
+    Image(Rootfs),
+}
+
+/// The `--mount`s of a RUN, made ready: what the sandbox mounts, the targets the image lacks
+/// (made outside every layer), environment additions, and the locks held for the step.
+#[derive(Default)]
+struct PreparedMounts {
+    mounts: Vec<MountSpec>,
+    points: Vec<(String, bool)>,
+    env: Vec<(String, String)>,
+    _locks: Vec<std::fs::File>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A target's path below `/`, `.` parts dropped; relative targets are relative to the working
+/// directory. `..` is refused.
+fn clean_target(target: &str, workdir: &str) -> Result<String, String> {
+    let full = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("{workdir}/{target}")
+    };
+    let mut parts = Vec::new();
+    for part in full.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err(format!("mount target {target}: \"..\" is not allowed"));
+        }
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return Err(format!("mount target {target}: cannot mount over /"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// A private copy of `source` (a file or a directory tree) at `dest`.
+fn private_copy(source: &Path, dest: &Path) -> Result<(), BuildError> {
+    let meta = source.metadata().map_err(|e| io_at(source, e))?;
+    if meta.is_dir() {
+        std::fs::create_dir(dest).map_err(|e| io_at(dest, e))?;
+        let view = Rootfs::new(vec![source.to_path_buf()]);
+        crate::flatten::flatten(&view, dest, crate::flatten::Materialize::Copy)?;
+    } else {
+        std::fs::copy(source, dest).map_err(|e| io_at(dest, e))?;
+    }
+    Ok(())
+}
+
+/// A copy of the context entries a walk kept (what `.dockerignore` leaves out is not there),
+/// files opened beneath the context root.
+fn filtered_copy(
+    context: Option<&kiln_context::Context>,
+    entries: &[kiln_context::Entry],
+    dest: &Path,
+) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(context) = context else {
+        return Err(BuildError::Run(
+            "RUN --mount from the build context: no context".to_string(),
+        ));
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let target = if entry.relative.as_os_str().is_empty() {
+            dest.to_path_buf()
+        } else {
+            dest.join(&entry.relative)
+        };
+        match &entry.kind {
+            kiln_context::EntryKind::Dir => {
+                std::fs::create_dir_all(&target).map_err(|e| io_at(&target, e))?;
+                dirs.push((target, entry.mode));
+            }
+            kiln_context::EntryKind::File => {
+                let mut from = context
+                    .open_file(&entry.absolute)
+                    .map_err(|e| io_at(&entry.absolute, e))?;
+                let mut to = std::fs::File::create(&target).map_err(|e| io_at(&target, e))?;
+                std::io::copy(&mut from, &mut to).map_err(|e| io_at(&target, e))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(entry.mode))
+                    .map_err(|e| io_at(&target, e))?;
+            }
+            kiln_context::EntryKind::Symlink(link) => {
+                std::os::unix::fs::symlink(link, &target).map_err(|e| io_at(&target, e))?;
+            }
+        }
+    }
+    // Modes last, so a read-only directory does not stop its own entries.
+    for (dir, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_at(&dir, e))?;
+    }
+    Ok(())
+}
+
+fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, BuildError> {
+    let mut prepared = PreparedMounts::default();
+    let fail = |message: String| BuildError::Run(format!("line {}: {message}", job.line));
+    let workdir = if job.config.config.working_dir.is_empty() {
+        "/"
+    } else {
+        job.config.config.working_dir.as_str()
+    };
+    let is_root = rustix::process::geteuid().is_root();
+    for (index, mount) in job.run.mounts.iter().enumerate() {
+        let input = job.mount_inputs.get(index).unwrap_or(&MountInput::None);
+        let target = match mount.effective_target() {
+            Some(target) => Some(clean_target(&target, workdir).map_err(&fail)?),
+            None => None,
+        };
+        let need_target = || {
+            target
+                .clone()
+                .ok_or_else(|| fail("RUN --mount needs target=<path>".to_string()))
+        };
+        match mount.kind {
+            MountType::Cache => {
+                let target = need_target()?;
+                if mount.from.is_some() || mount.source.is_some() {
+                    return Err(fail(
+                        "RUN --mount=type=cache with from= or source= is not supported yet"
+                            .to_string(),
+                    ));
+                }
+                let id = mount.id.clone().unwrap_or_else(|| format!("/{target}"));
+                let caches = job.store.root().join("cache-mounts");
+                std::fs::create_dir_all(&caches).map_err(|e| io_at(&caches, e))?;
+                let dir = caches.join(sha256_hex(id.as_bytes()));
+                if mount.sharing == Sharing::Locked {
+                    let lock_path = caches.join(format!("{}.lock", sha256_hex(id.as_bytes())));
+                    let lock = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)
+                        .map_err(|e| io_at(&lock_path, e))?;
+                    lock.lock().map_err(|e| io_at(&lock_path, e))?;
+                    prepared._locks.push(lock);
+                }
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {
+                        use std::os::unix::fs::PermissionsExt;
+                        let mode = mount.mode.unwrap_or(0o755);
+                        if is_root || mount.uid.is_some() || mount.gid.is_some() {
+                            std::os::unix::fs::chown(
+                                &dir,
+                                Some(mount.uid.unwrap_or(0)),
+                                Some(mount.gid.unwrap_or(0)),
+                            )
+                            .map_err(|e| io_at(&dir, e))?;
+                        }
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                            .map_err(|e| io_at(&dir, e))?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_at(&dir, e)),
+                }
+                prepared.points.push((target.clone(), true));
+                prepared.mounts.push(MountSpec {
+                    target: format!("/{target}"),
+                    kind: MountKind::Bind {
+                        source: dir,
+                        read_only: mount.readonly,
+                    },
+                });
+            }
+            MountType::Tmpfs => {
+                let target = need_target()?;
+                prepared.points.push((target.clone(), true));
+                prepared.mounts.push(MountSpec {
+                    target: format!("/{target}"),
+                    kind: MountKind::Tmpfs { size: mount.size },
+                });
+            }
+            MountType::Bind => {
+                let target = need_target()?;
+                let source = mount.source.clone().unwrap_or_default();
+                let path = match input {
+                    MountInput::Context {
+                        filtered: Some(entries),
+                        ..
+                    } => {
+                        let copy = base.join(format!("mount-{index}"));
+                        filtered_copy(job.context, entries, &copy)?;
+                        copy
+                    }
+                    MountInput::Context {
+                        path,
+                        filtered: None,
+                    } => {
+                        if mount.readonly {
+                            path.clone()
+                        } else {
+                            let copy = base.join(format!("mount-{index}"));
+                            private_copy(path, &copy)?;
+                            copy
+                        }
+                    }
+                    MountInput::Image(rootfs) => {
+                        let (relative, found) = rootfs
+                            .resolve(Path::new(&source), true)
+                            .map_err(|e| fail(format!("RUN --mount source {source}: {e}")))?;
+                        let Some(found) = found else {
+                            return Err(fail(format!(
+                                "RUN --mount source {source:?} does not exist in {}",
+                                mount.from.as_deref().unwrap_or("the image")
+                            )));
+                        };
+                        if rootfs.layers().len() == 1 && mount.readonly {
+                            found.path
+                        } else {
+                            let tree = base.join(format!("mount-{index}"));
+                            std::fs::create_dir(&tree).map_err(|e| io_at(&tree, e))?;
+                            let how = if mount.readonly {
+                                crate::flatten::Materialize::Hardlink
+                            } else {
+                                crate::flatten::Materialize::Copy
+                            };
+                            crate::flatten::flatten(rootfs, &tree, how)?;
+                            tree.join(relative)
+                        }
+                    }
+                    MountInput::None => {
+                        return Err(fail(format!(
+                            "RUN --mount=type=bind at /{target}: its source was not resolved"
+                        )))
+                    }
+                };
+                prepared.points.push((target.clone(), path.is_dir()));
+                prepared.mounts.push(MountSpec {
+                    target: format!("/{target}"),
+                    kind: MountKind::Bind {
+                        source: path,
+                        read_only: mount.readonly,
+                    },
+                });
+            }
+            MountType::Secret => {
+                let id = mount.id.clone().or_else(|| {
+                    target
+                        .as_deref()
+                        .and_then(|t| t.rsplit('/').next())
+                        .map(str::to_string)
+                });
+                let Some(id) = id else {
+                    return Err(fail("RUN --mount=type=secret needs id=<name>".to_string()));
+                };
+                let bytes = match job.secrets.get(&id) {
+                    None => None,
+                    Some(SecretSource::File(path)) => Some(std::fs::read(path).map_err(|e| {
+                        fail(format!("secret {id}: reading {}: {e}", path.display()))
+                    })?),
+                    Some(SecretSource::Env(name)) => std::env::var_os(name).map(|v| {
+                        use std::os::unix::ffi::OsStringExt;
+                        v.into_vec()
+                    }),
+                };
+                let Some(bytes) = bytes else {
+                    if mount.required {
+                        return Err(fail(format!(
+                            "secret {id} is required but was not given (kiln build --secret id={id},src=PATH or id={id},env=VAR)"
+                        )));
+                    }
+                    continue;
+                };
+                if let Some(name) = &mount.env {
+                    prepared
+                        .env
+                        .push((name.clone(), String::from_utf8_lossy(&bytes).into_owned()));
+                }
+                if let Some(target) = target {
+                    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                    let dir = base.join("secrets");
+                    std::fs::create_dir_all(&dir).map_err(|e| io_at(&dir, e))?;
+                    let file = dir.join(index.to_string());
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&file)
+                        .map_err(|e| io_at(&file, e))?;
+                    out.write_all(&bytes).map_err(|e| io_at(&file, e))?;
+                    drop(out);
+                    if mount.uid.is_some() || mount.gid.is_some() {
+                        std::os::unix::fs::chown(&file, mount.uid, mount.gid)
+                            .map_err(|e| io_at(&file, e))?;
+                    }
+                    if let Some(mode) = mount.mode {
+                        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                            .map_err(|e| io_at(&file, e))?;
+                    }
+                    prepared.points.push((target.clone(), false));
+                    prepared.mounts.push(MountSpec {
+                        target: format!("/{target}"),
+                        kind: MountKind::Bind {
+                            source: file,
+                            read_only: true,
+                        },
+                    });
+                }
+            }
+            MountType::Ssh => {
+                let target = need_target()?;
+                let Some(socket) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty())
+                else {
+                    return Err(fail(
+                        "RUN --mount=type=ssh needs an ssh agent: SSH_AUTH_SOCK is not set"
+                            .to_string(),
+                    ));
+                };
+                prepared.points.push((target.clone(), false));
+                prepared
+                    .env
+                    .push(("SSH_AUTH_SOCK".to_string(), format!("/{target}")));
+                prepared.mounts.push(MountSpec {
+                    target: format!("/{target}"),
+                    kind: MountKind::Bind {
+                        source: PathBuf::from(socket),
+                        read_only: false,
+                    },
+                });
+            }
+        }
+    }
+    Ok(prepared)
+}
+
 /// One RUN to execute.
 pub(crate) struct RunJob<'a> {
     pub store: &'a Store,
@@ -56,6 +407,11 @@ pub(crate) struct RunJob<'a> {
     /// Set once overlay failed in this process: later steps copy straight away.
     pub overlay_broken: &'a AtomicBool,
     pub on_line: &'a (dyn Fn(&str) + Sync),
+    /// The sources of `run.mounts`, resolved (same order).
+    pub mount_inputs: &'a [MountInput],
+    /// The build context, for binds of files `.dockerignore` filters.
+    pub context: Option<&'a kiln_context::Context>,
+    pub secrets: &'a std::collections::BTreeMap<String, SecretSource>,
 }
 
 /// `user[:group]` of the image's USER, resolved in its /etc/passwd and /etc/group as Docker
@@ -206,12 +562,52 @@ fn in_initial_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
+/// Refuses a `RUN --mount` target whose way crosses a symbolic link (or a non-directory) of
+/// the image.
+fn check_target(image: &Rootfs, relative: &str) -> Result<(), BuildError> {
+    let mut path = PathBuf::new();
+    let parts: Vec<&str> = relative.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let Some(found) = image.lstat(&path) else {
+            return Ok(());
+        };
+        let kind = found.meta.file_type();
+        if kind.is_symlink() {
+            return Err(BuildError::Run(format!(
+                "RUN --mount target /{relative}: /{} is a symbolic link in the image; kiln mounts over it and will not follow it",
+                path.display()
+            )));
+        }
+        if i + 1 < parts.len() && !kind.is_dir() {
+            return Err(BuildError::Run(format!(
+                "RUN --mount target /{relative}: /{} is not a directory in the image",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Creates in `dir` the mount points the image lacks (parents with the image's metadata, so
-/// the merged view shows the image's own). Returns the paths created, parents first.
-fn make_mount_points(image: &Rootfs, dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+/// the merged view shows the image's own): the sandbox's own and `extra` (`RUN --mount`
+/// targets, relative, with whether each is a directory). Returns the paths created, parents
+/// first.
+fn make_mount_points(
+    image: &Rootfs,
+    dir: &Path,
+    extra: &[(String, bool)],
+) -> Result<Vec<PathBuf>, BuildError> {
     let mut created = Vec::new();
     let mut stamps = Vec::new();
-    for (relative, is_dir) in kiln_sandbox::MOUNT_POINTS {
+    for (relative, _) in extra {
+        check_target(image, relative)?;
+    }
+    let points = kiln_sandbox::MOUNT_POINTS
+        .iter()
+        .map(|(p, d)| (*p, *d))
+        .chain(extra.iter().map(|(p, d)| (p.as_str(), *d)));
+    for (relative, is_dir) in points {
         let relative = Path::new(relative);
         if image.lstat(relative).is_some() {
             continue;
@@ -234,7 +630,7 @@ fn make_mount_points(image: &Rootfs, dir: &Path) -> Result<Vec<PathBuf>, BuildEr
         if target.symlink_metadata().is_ok() {
             continue;
         }
-        if *is_dir {
+        if is_dir {
             std::fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
         } else {
             std::fs::File::create(&target).map_err(|e| io_at(&target, e))?;
@@ -263,12 +659,16 @@ fn overlay_lowers(mounts: PathBuf, image: &Rootfs) -> Vec<PathBuf> {
 
 /// An overlay of the image in the work area `base`: a fresh upper dir (`base/upper`), its work
 /// dir, the merged mount point and the layer of missing mount points.
-fn overlay_root(base: &Path, image: &Rootfs) -> Result<RootSpec, BuildError> {
+fn overlay_root(
+    base: &Path,
+    image: &Rootfs,
+    extra: &[(String, bool)],
+) -> Result<RootSpec, BuildError> {
     for dir in ["upper", "work", "merged", "mounts"] {
         let dir = base.join(dir);
         std::fs::create_dir(&dir).map_err(|e| io_at(&dir, e))?;
     }
-    make_mount_points(image, &base.join("mounts"))?;
+    make_mount_points(image, &base.join("mounts"), extra)?;
     Ok(RootSpec::Overlay {
         lowers: overlay_lowers(base.join("mounts"), image),
         upper: base.join("upper"),
@@ -312,6 +712,7 @@ fn base_spec(
         hosts_file: hosts,
         resolv_file: resolv,
         files: Vec::new(),
+        mounts: Vec::new(),
         privileged: false,
         status_file: base.join("status"),
     })
@@ -389,6 +790,14 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     )?;
     spec.files = files;
     spec.privileged = job.run.security == kiln_recipe::instruction::Security::Insecure;
+    let prepared = prepare_mounts(job, base)?;
+    for (name, value) in &prepared.env {
+        let prefix = format!("{name}=");
+        spec.env.retain(|e| !e.starts_with(&prefix));
+        spec.env.push(format!("{name}={value}"));
+    }
+    spec.mounts = prepared.mounts.clone();
+    let points = prepared.points.clone();
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
     let use_overlay = match job.snapshotter {
         Snapshotter::Overlay => true,
@@ -396,7 +805,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
         Snapshotter::Auto => !job.overlay_broken.load(Ordering::Relaxed),
     };
     if use_overlay {
-        spec.root = overlay_root(base, job.image)?;
+        spec.root = overlay_root(base, job.image, &points)?;
         let upper = base.join("upper");
         match run_in(&sandbox, &spec, job, base) {
             Ok(()) => {
@@ -422,19 +831,27 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     crate::flatten::flatten(job.image, &tree, crate::flatten::Materialize::Copy)?;
     // Parents of the mount points as they were, to give them back their times.
     let mut parents: Vec<(PathBuf, Stamp, Vec<std::ffi::OsString>)> = Vec::new();
-    for (relative, _) in kiln_sandbox::MOUNT_POINTS {
-        let parent = tree.join(relative).parent().map(Path::to_path_buf);
-        let Some(parent) = parent else { continue };
-        if parents.iter().any(|(p, _, _)| *p == parent) {
-            continue;
-        }
-        if let Ok(meta) = parent.symlink_metadata() {
-            if meta.is_dir() {
-                parents.push((parent.clone(), Stamp::of(&meta), listing(&parent)));
+    let all_points = kiln_sandbox::MOUNT_POINTS
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(points.iter().map(|(p, _)| p.as_str()));
+    for relative in all_points {
+        for parent in tree.join(relative).ancestors().skip(1) {
+            if !parent.starts_with(&tree) {
+                break;
+            }
+            let parent = parent.to_path_buf();
+            if parents.iter().any(|(p, _, _)| *p == parent) {
+                continue;
+            }
+            if let Ok(meta) = parent.symlink_metadata() {
+                if meta.is_dir() {
+                    parents.push((parent.clone(), Stamp::of(&meta), listing(&parent)));
+                }
             }
         }
     }
-    let created = make_mount_points(job.image, &tree)?;
+    let created = make_mount_points(job.image, &tree, &points)?;
     spec.root = RootSpec::Directory { path: tree.clone() };
     match run_in(&sandbox, &spec, job, base) {
         Ok(()) => {}
@@ -605,7 +1022,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     let mut spec = base_spec(base, &config, argv, env, identity, request.network)?;
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
     if request.snapshotter != Snapshotter::Copy {
-        spec.root = overlay_root(base, &image)?;
+        spec.root = overlay_root(base, &image, &[])?;
         match sandbox.run(&spec, Output::Inherit) {
             Ok(exit) => return Ok(exit),
             Err(e) if e.is_overlay_failure() && request.snapshotter == Snapshotter::Auto => {}
@@ -615,7 +1032,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     let tree = base.join("tree");
     std::fs::create_dir(&tree).map_err(|e| io_at(&tree, e))?;
     crate::flatten::flatten(&image, &tree, crate::flatten::Materialize::Copy)?;
-    make_mount_points(&image, &tree)?;
+    make_mount_points(&image, &tree, &[])?;
     spec.root = RootSpec::Directory { path: tree };
     sandbox
         .run(&spec, Output::Inherit)
@@ -679,7 +1096,7 @@ mod tests {
     fn mount_points_missing_from_the_image_are_made_aside() {
         let (_dir, image) = image_with(&[("/etc/passwd", "root:x:0:0::/:/bin/sh\n")]);
         let out = tempfile::tempdir().unwrap();
-        let created = make_mount_points(&image, out.path()).unwrap();
+        let created = make_mount_points(&image, out.path(), &[]).unwrap();
         let names: Vec<String> = created.iter().map(|p| p.display().to_string()).collect();
         // /etc exists in the image: only its missing files are made (and /etc to hold them).
         assert_eq!(
@@ -688,6 +1105,50 @@ mod tests {
         );
         assert!(out.path().join("etc/hosts").is_file());
         assert!(!out.path().join("etc/passwd").exists());
+    }
+
+    #[test]
+    fn mount_targets_are_made_aside_and_symlinks_refused() {
+        let (dir, image) = image_with(&[("/etc/passwd", "root:x:0:0::/:/bin/sh\n")]);
+        let out = tempfile::tempdir().unwrap();
+        let extra = vec![
+            ("run/secrets/tok".to_string(), false),
+            ("var/cache/x".to_string(), true),
+            ("etc/app".to_string(), true),
+        ];
+        let created = make_mount_points(&image, out.path(), &extra).unwrap();
+        let names: Vec<String> = created.iter().map(|p| p.display().to_string()).collect();
+        for expected in [
+            "run",
+            "run/secrets",
+            "run/secrets/tok",
+            "var/cache/x",
+            "etc/app",
+        ] {
+            assert!(names.contains(&expected.to_string()), "{names:?}");
+        }
+        assert!(out.path().join("run/secrets/tok").is_file());
+        assert!(out.path().join("var/cache/x").is_dir());
+        std::os::unix::fs::symlink("/", dir.path().join("link")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let error =
+            make_mount_points(&image, out.path(), &[("link/x".to_string(), true)]).unwrap_err();
+        assert!(
+            error.to_string().contains("/link is a symbolic link"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let error =
+            make_mount_points(&image, out.path(), &[("file/x".to_string(), true)]).unwrap_err();
+        assert!(error.to_string().contains("not a directory"), "{error}");
+    }
+
+    #[test]
+    fn mount_targets_are_cleaned() {
+        assert_eq!(clean_target("/a/./b/", "/").unwrap(), "a/b");
+        assert_eq!(clean_target("rel", "/work").unwrap(), "work/rel");
+        assert!(clean_target("/a/../b", "/").is_err());
+        assert!(clean_target("/", "/").is_err());
     }
 
     #[test]

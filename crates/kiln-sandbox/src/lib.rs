@@ -68,6 +68,24 @@ pub struct ScriptFile {
     pub mode: u32,
 }
 
+/// What a `RUN --mount` puts at its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host file or directory (or socket), bound; read-only binds are remounted read-only.
+    Bind { source: PathBuf, read_only: bool },
+    /// A fresh tmpfs, `size` bytes at most when given.
+    Tmpfs { size: Option<u64> },
+}
+
+/// One mount the sandbox makes inside the root, after the root's own mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute, inside the root. The caller provides it (outside every layer) when the image
+    /// lacks it; a symbolic link on its way is refused.
+    pub target: String,
+    pub kind: MountKind,
+}
+
 /// Everything the sandbox needs, passed to the helpers in a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
@@ -83,6 +101,9 @@ pub struct Spec {
     pub hosts_file: PathBuf,
     pub resolv_file: PathBuf,
     pub files: Vec<ScriptFile>,
+    /// `RUN --mount`s, made in order.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
     /// `RUN --security=insecure`: every capability of the caller stays.
     pub privileged: bool,
     /// Where pid 1 writes how the command ended (outside the root).

@@ -2,7 +2,7 @@
 //! without privileges.
 
 use crate::syscall::{MountOptions, Syscall};
-use crate::{Network, RootSpec, Spec};
+use crate::{MountKind, MountSpec, Network, RootSpec, Spec};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -119,11 +119,118 @@ pub fn enter_root(sys: &dyn Syscall, spec: &Spec, verify: bool) -> Result<(), Se
             sys.bind(source, &at(target), false),
         )?;
     }
+    for mount in &spec.mounts {
+        make_mount(sys, &root, mount, verify)?;
+    }
     step(
         || "setting the hostname".into(),
         sys.sethostname(&spec.hostname),
     )?;
     step(|| "entering the root".into(), sys.pivot_root(&root))?;
+    Ok(())
+}
+
+/// One `RUN --mount`: its target checked (no symbolic link on the way), then the bind (made
+/// read-only when asked) or the tmpfs.
+fn make_mount(
+    sys: &dyn Syscall,
+    root: &Path,
+    mount: &MountSpec,
+    verify: bool,
+) -> Result<(), SetupError> {
+    let relative = mount.target.trim_start_matches('/');
+    let shown = format!("/{relative}");
+    if relative.is_empty() || relative.split('/').any(|part| part == "..") {
+        return Err(SetupError {
+            what: format!("mount target {shown}"),
+            source: io::Error::other("a mount target must be an absolute path below /"),
+            overlay: false,
+        });
+    }
+    let target = root.join(relative);
+    if verify {
+        match check_no_symlinks(root, relative) {
+            Ok(()) => {}
+            // Below an earlier mount (a tmpfs, a cache): made there, on that mount.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let is_dir = match &mount.kind {
+                    MountKind::Bind { source, .. } => source.is_dir(),
+                    MountKind::Tmpfs { .. } => true,
+                };
+                create_missing(sys, root, relative, is_dir).map_err(|source| SetupError {
+                    what: format!("creating the mount target {shown}"),
+                    source,
+                    overlay: false,
+                })?;
+            }
+            Err(source) => {
+                return Err(SetupError {
+                    what: format!("checking the mount target {shown}"),
+                    source,
+                    overlay: false,
+                })
+            }
+        }
+    }
+    match &mount.kind {
+        MountKind::Bind { source, read_only } => {
+            step(
+                || format!("binding {} on {shown}", source.display()),
+                sys.bind(source, &target, true),
+            )?;
+            if *read_only {
+                step(
+                    || format!("making {shown} read-only"),
+                    sys.remount_bind_read_only(&target),
+                )?;
+            }
+        }
+        MountKind::Tmpfs { size } => {
+            let mut data = "mode=755".to_string();
+            if let Some(size) = size {
+                data.push_str(&format!(",size={size}"));
+            }
+            step(
+                || format!("mounting a tmpfs on {shown}"),
+                sys.mount_fs(
+                    "tmpfs",
+                    &target,
+                    MountOptions {
+                        no_exec: false,
+                        ..MountOptions::SAFE
+                    },
+                    &data,
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the missing part of `relative` (a mount target below an earlier mount), refusing
+/// symbolic links on the way.
+fn create_missing(sys: &dyn Syscall, root: &Path, relative: &str, is_dir: bool) -> io::Result<()> {
+    let parts: Vec<&str> = relative.split('/').filter(|p| !p.is_empty()).collect();
+    let mut path = root.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "/{relative} goes through a symbolic link; kiln will not follow it"
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if i + 1 < parts.len() || is_dir {
+                    sys.mkdir(&path, 0o755)?;
+                } else {
+                    sys.create_file(&path, b"", 0o644)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -238,6 +345,7 @@ mod tests {
             hosts_file: "/w/hosts".into(),
             resolv_file: "/w/resolv.conf".into(),
             files: vec![],
+            mounts: vec![],
             privileged: false,
             status_file: "/w/status".into(),
         }
@@ -331,6 +439,85 @@ mod tests {
         let error = check_no_symlinks(dir.path(), "sys").unwrap_err();
         assert!(error.to_string().contains("/sys is a symbolic link"));
         check_no_symlinks(dir.path(), "proc").unwrap();
+    }
+
+    #[test]
+    fn run_mounts_come_after_the_root_mounts_and_before_pivot_root() {
+        let sys = Recorder::default();
+        let mut s = spec(overlay());
+        s.mounts = vec![
+            MountSpec {
+                target: "/cache".into(),
+                kind: MountKind::Bind {
+                    source: "/store/cache-mounts/abc".into(),
+                    read_only: false,
+                },
+            },
+            MountSpec {
+                target: "/run/secrets/token".into(),
+                kind: MountKind::Bind {
+                    source: "/w/secrets/token".into(),
+                    read_only: true,
+                },
+            },
+            MountSpec {
+                target: "/scratch".into(),
+                kind: MountKind::Tmpfs {
+                    size: Some(1 << 20),
+                },
+            },
+        ];
+        enter_root(&sys, &s, false).unwrap();
+        let calls = sys.calls.borrow();
+        let at = |call: &str| calls.iter().position(|c| c == call).unwrap();
+        let resolv = at("bind /w/resolv.conf on /w/merged/etc/resolv.conf recursive=false");
+        let cache = at("bind /store/cache-mounts/abc on /w/merged/cache recursive=true");
+        let secret = at("bind /w/secrets/token on /w/merged/run/secrets/token recursive=true");
+        let tmpfs = at("mount tmpfs on /w/merged/scratch ro=false data=mode=755,size=1048576");
+        let pivot = at("pivot_root /w/merged");
+        assert!(resolv < cache && cache < secret && secret < tmpfs && tmpfs < pivot);
+        assert_eq!(calls[secret + 1], "remount-ro /w/merged/run/secrets/token");
+        // A read-write bind is not remounted.
+        assert_ne!(calls[cache + 1], "remount-ro /w/merged/cache");
+    }
+
+    #[test]
+    fn a_mount_target_must_stay_below_the_root() {
+        let sys = Recorder::default();
+        let mut s = spec(overlay());
+        s.mounts = vec![MountSpec {
+            target: "/../etc".into(),
+            kind: MountKind::Tmpfs { size: None },
+        }];
+        let error = enter_root(&sys, &s, false).unwrap_err();
+        assert!(error.to_string().contains("below /"), "{error}");
+        assert!(!sys
+            .calls
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("pivot_root")));
+    }
+
+    #[test]
+    fn a_mount_target_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["proc", "sys", "dev", "etc"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        for name in ["etc/hosts", "etc/resolv.conf"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        std::os::unix::fs::symlink("/", dir.path().join("cache")).unwrap();
+        let sys = Recorder::default();
+        let mut s = spec(RootSpec::Directory {
+            path: dir.path().to_path_buf(),
+        });
+        s.mounts = vec![MountSpec {
+            target: "/cache/x".into(),
+            kind: MountKind::Tmpfs { size: None },
+        }];
+        let error = enter_root(&sys, &s, true).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
     }
 
     #[test]

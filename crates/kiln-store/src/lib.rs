@@ -603,8 +603,8 @@ impl Store {
     }
 
     /// Removes what nothing needs: blobs and snapshots no tagged image and no cache record
-    /// refers to. With `drop_cache`, the cache records go first, so only tagged images keep
-    /// their data.
+    /// refers to. With `drop_cache`, the cache records (and the `RUN --mount=type=cache`
+    /// directories, `cache-mounts/`) go first, so only tagged images keep their data.
     pub fn prune(&self, drop_cache: bool) -> Result<PruneReport> {
         let _lock = self.lock()?;
         let mut report = PruneReport::default();
@@ -618,6 +618,15 @@ impl Store {
                 }
             }
             let _ = fs::remove_dir_all(self.root.join("cache/slots"));
+            // `RUN --mount=type=cache` directories are cache too.
+            let mounts = self.root.join("cache-mounts");
+            if mounts.exists() {
+                report.bytes += tree_size(&mounts).0;
+                let doomed = self.session.path().join("pruned-cache-mounts");
+                if fs::rename(&mounts, &doomed).is_ok() {
+                    let _ = fs::remove_dir_all(&doomed);
+                }
+            }
         }
         let mut blobs = std::collections::BTreeSet::new();
         let mut snapshots = std::collections::BTreeSet::new();

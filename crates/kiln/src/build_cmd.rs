@@ -111,7 +111,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             format!("--snapshotter {snapshotter_name}: expected auto, overlay or copy"),
         );
     };
+    let secrets = match parse_secrets(&args.secrets) {
+        Ok(secrets) => secrets,
+        Err(message) => return fail(USAGE, message),
+    };
     let options = BuildOptions {
+        secrets,
         snapshotter,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
@@ -142,10 +147,15 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
     let style = match args.progress {
         _ if quiet => Style::Quiet,
         ProgressMode::Json => Style::Json,
-        _ => Style::Plain,
+        ProgressMode::Tty => Style::Tty,
+        ProgressMode::Auto => crate::progress::auto_style(),
+        ProgressMode::Plain | ProgressMode::Quiet => Style::Plain,
     };
     let progress = Plain::new(style);
-    let built = match build(&loaded.plan, &store, &context, &options, &progress) {
+    let result = build(&loaded.plan, &store, &context, &options, &progress);
+    // The live display is cleared before the error or the summary is printed.
+    progress.finish();
+    let built = match result {
         Ok(built) => built,
         Err(e) => return fail(INVALID, e),
     };
@@ -248,4 +258,54 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.as_file()
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     file.persist(path).map(|_| ()).map_err(|e| e.error)
+}
+
+/// `--secret id=ID,src=PATH` / `--secret id=ID,env=VAR` (buildx's `source=` and `type=file|env`
+/// too).
+fn parse_secrets(
+    values: &[String],
+) -> Result<std::collections::BTreeMap<String, kiln_build::run::SecretSource>, String> {
+    use kiln_build::run::SecretSource;
+    let mut secrets = std::collections::BTreeMap::new();
+    for value in values {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        let mut kind = None;
+        for field in value.split(',').filter(|f| !f.is_empty()) {
+            let Some((key, v)) = field.split_once('=') else {
+                return Err(format!(
+                    "--secret {value}: expected key=value fields, got {field:?}"
+                ));
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => src = Some(v.to_string()),
+                "env" => env = Some(v.to_string()),
+                "type" => kind = Some(v.to_string()),
+                other => return Err(format!("--secret {value}: unknown key {other:?}")),
+            }
+        }
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            return Err(format!("--secret {value}: id=ID is required"));
+        };
+        let source = match (kind.as_deref(), src, env) {
+            (_, Some(_), Some(_)) => {
+                return Err(format!("--secret {value}: give src= or env=, not both"))
+            }
+            (Some("env"), Some(name), None) | (_, None, Some(name)) => SecretSource::Env(name),
+            (None | Some("file"), Some(path), None) => SecretSource::File(path.into()),
+            (Some("env"), None, None) => SecretSource::Env(id.clone()),
+            (Some(other), _, _) if other != "file" && other != "env" => {
+                return Err(format!(
+                    "--secret {value}: type is file or env, not {other:?}"
+                ))
+            }
+            _ => return Err(format!("--secret {value}: give src=PATH or env=VAR")),
+        };
+        if secrets.insert(id.clone(), source).is_some() {
+            return Err(format!("--secret id={id} given twice"));
+        }
+    }
+    Ok(secrets)
 }

@@ -82,8 +82,10 @@ pub enum ArchiveKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
-    /// Plain lines (a live terminal display is yet to come).
+    /// The live display on a terminal, plain lines elsewhere.
     Auto,
+    /// The live display: one line per running step with the tail of its output.
+    Tty,
     Plain,
     /// One JSON object per line on standard error, for other tools.
     Json,
@@ -110,6 +112,12 @@ pub struct BuildArgs {
     /// has the same name. (Local directories as named contexts are not available yet.)
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+
+    /// A secret for `RUN --mount=type=secret,id=ID` (repeatable): id=ID,src=PATH (a file) or
+    /// id=ID,env=VAR (an environment variable). Its content never reaches a layer, the cache
+    /// or the output; only the id is part of the cache key.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH|env=VAR")]
+    pub secrets: Vec<String>,
 
     /// Build this stage and the stages it needs, not the last one.
     #[arg(long, value_name = "STAGE")]

@@ -12,6 +12,26 @@ use clap::Parser;
 use kiln_store::Store;
 use std::process::ExitCode;
 
+/// SIGINT and SIGTERM end kiln at once, whatever the caller's dispositions: the sandbox helpers
+/// die with it (parent-death signal), nothing half-written is ever named in the store, and the
+/// next build reuses every step that finished and clears the work area left behind.
+fn stop_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            // Never eprintln!: it panics when standard error is gone, and the exit must happen.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"\ninterrupted: kiln stopped; the steps that finished are cached\n",
+            );
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     // The sandbox's helper processes are this executable with a hidden first argument; they
     // must start before anything creates a thread.
@@ -27,6 +47,7 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_sandbox::userns::run_rootless() {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    stop_on_signals();
     let cli = cli::Cli::parse();
     let root = cli.root.clone().unwrap_or_else(Store::default_root);
     match &cli.command {

@@ -1,13 +1,19 @@
-//! Progress for people and for tools: plain lines for terminals and CI logs (one line per step,
-//! then CACHED or why it ran and how long it took), or one JSON object per line.
+//! Progress for people and for tools: a live display on terminals (one line per running step
+//! with a tail of its output, like BuildKit's), plain lines for CI logs (one line per step, then
+//! CACHED or why it ran and how long it took), or one JSON object per line.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_build::{Event, Progress};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
+    /// The live display (see [`Tty`]).
+    Tty,
     Plain,
     Json,
     Quiet,
@@ -17,24 +23,40 @@ pub struct Plain {
     started: Instant,
     style: Style,
     out: Mutex<std::io::Stderr>,
+    tty: Option<Tty>,
 }
 
 impl Plain {
     pub fn new(style: Style) -> Self {
+        let started = Instant::now();
         Plain {
-            started: Instant::now(),
+            started,
             style,
             out: Mutex::new(std::io::stderr()),
+            tty: (style == Style::Tty).then(|| Tty::new(started)),
         }
     }
 
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
+
+    /// Clears the live display (and prints the steps a failed build left unfinished, with their
+    /// output): call it once the build returns, before printing its error or summary. Does
+    /// nothing for the other styles.
+    pub fn finish(&self) {
+        if let Some(tty) = &self.tty {
+            tty.finish();
+        }
+    }
 }
 
 impl Progress for Plain {
     fn event(&self, event: Event) {
+        if let Some(tty) = &self.tty {
+            tty.event(event);
+            return;
+        }
         let Ok(mut out) = self.out.lock() else { return };
         match self.style {
             Style::Quiet => return,
@@ -42,7 +64,7 @@ impl Progress for Plain {
                 let _ = writeln!(out, "{}", json_event(&event, self.elapsed()));
                 return;
             }
-            Style::Plain => {}
+            Style::Plain | Style::Tty => {}
         }
         let _ = match event {
             Event::Step {
@@ -90,5 +112,620 @@ fn json_event(event: &Event, at: f64) -> serde_json::Value {
 impl Plain {
     pub fn style(&self) -> Style {
         self.style
+    }
+}
+
+/// The style for `--progress auto`: the live display when standard error is a terminal that can
+/// move its cursor, plain lines otherwise (pipes, CI logs, `TERM=dumb`).
+pub fn auto_style() -> Style {
+    use std::io::IsTerminal;
+    let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    if std::io::stderr().is_terminal() && !dumb {
+        Style::Tty
+    } else {
+        Style::Plain
+    }
+}
+
+/// How many output lines of a running step the live display shows under it.
+pub const TAIL_LINES: usize = 5;
+
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StepState {
+    Running,
+    Cached,
+    Done(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct StepView {
+    stage: String,
+    text: String,
+    started: Instant,
+    cached: bool,
+    state: StepState,
+    /// Every line the step printed, in order: shown in full when the build fails.
+    output: Vec<String>,
+}
+
+/// What the live display knows: the steps seen so far, their state, times and output. Plain
+/// data, so that what is drawn can be checked without a terminal (see [`Board::render`]).
+#[derive(Debug, Clone)]
+pub struct Board {
+    started: Instant,
+    total: usize,
+    steps: BTreeMap<usize, StepView>,
+}
+
+impl Board {
+    pub fn new(started: Instant) -> Self {
+        Board {
+            started,
+            total: 0,
+            steps: BTreeMap::new(),
+        }
+    }
+
+    fn view(&mut self, number: usize, now: Instant) -> &mut StepView {
+        self.steps.entry(number).or_insert_with(|| StepView {
+            stage: String::new(),
+            text: String::new(),
+            started: now,
+            cached: false,
+            state: StepState::Running,
+            output: Vec::new(),
+        })
+    }
+
+    /// Takes in one event; returns the step's number when the event finished a step.
+    pub fn apply(&mut self, event: Event, now: Instant) -> Option<usize> {
+        match event {
+            Event::Step {
+                number,
+                total,
+                stage,
+                text,
+            } => {
+                self.total = self.total.max(total);
+                let view = self.view(number, now);
+                view.stage = one_line(&stage);
+                view.text = one_line(&text);
+                view.started = now;
+                view.state = StepState::Running;
+                None
+            }
+            Event::Cached { number } => {
+                self.view(number, now).cached = true;
+                None
+            }
+            Event::Miss { number, .. } => {
+                self.view(number, now);
+                None
+            }
+            Event::Output { number, line } => {
+                self.view(number, now).output.push(clean(&line));
+                None
+            }
+            Event::Done { number, elapsed } => {
+                let view = self.view(number, now);
+                view.state = if view.cached {
+                    StepState::Cached
+                } else {
+                    StepState::Done(elapsed)
+                };
+                Some(number)
+            }
+        }
+    }
+
+    /// The live region at `width` columns: a header, then each running step with the last
+    /// [`TAIL_LINES`] lines of its output (dimmed) under it. Finished steps are not in it: they
+    /// are printed once, above it (see [`Board::step_line`]).
+    pub fn render(&self, width: usize, now: Instant) -> Vec<String> {
+        let finished = self
+            .steps
+            .values()
+            .filter(|s| s.state != StepState::Running)
+            .count();
+        let header = format!(
+            "[+] Building {} ({finished}/{})",
+            seconds(now.saturating_duration_since(self.started)),
+            self.total.max(self.steps.len())
+        );
+        let mut lines = vec![truncate(&header, width)];
+        for (number, step) in &self.steps {
+            if step.state != StepState::Running {
+                continue;
+            }
+            lines.push(self.line(*number, step, width, now));
+            let skip = step.output.len().saturating_sub(TAIL_LINES);
+            for out in &step.output[skip..] {
+                let shown = truncate(&format!("#{number} {out}"), width);
+                lines.push(format!("{DIM}{shown}{RESET}"));
+            }
+        }
+        lines
+    }
+
+    /// One step's line at `width` columns: number, stage, instruction, state and time.
+    pub fn step_line(&self, number: usize, width: usize, now: Instant) -> Option<String> {
+        self.steps
+            .get(&number)
+            .map(|step| self.line(number, step, width, now))
+    }
+
+    fn line(&self, number: usize, step: &StepView, width: usize, now: Instant) -> String {
+        let state = match step.state {
+            StepState::Running => format!(
+                "running {}",
+                seconds(now.saturating_duration_since(step.started))
+            ),
+            StepState::Cached => "CACHED".to_string(),
+            StepState::Done(elapsed) => format!("DONE {}", seconds(elapsed)),
+        };
+        let left = if step.stage.is_empty() {
+            format!("#{number} {}", step.text)
+        } else {
+            format!("#{number} [{}] {}", step.stage, step.text)
+        };
+        let state_len = state.chars().count();
+        let room = width.saturating_sub(state_len + 1);
+        if room < 4 {
+            return truncate(&format!("{left} {state}"), width);
+        }
+        let left = truncate(&left, room);
+        let gap = width
+            .saturating_sub(left.chars().count() + state_len)
+            .max(1);
+        format!("{left}{}{state}", " ".repeat(gap))
+    }
+
+    /// Every step that started and did not finish, each with all of its output: what a failed
+    /// build prints before its error.
+    pub fn unfinished(&self, now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (number, step) in &self.steps {
+            if step.state != StepState::Running {
+                continue;
+            }
+            lines.push(format!(
+                "#{number} [{}] {} (stopped after {})",
+                step.stage,
+                step.text,
+                seconds(now.saturating_duration_since(step.started))
+            ));
+            for out in &step.output {
+                lines.push(format!("#{number} | {out}"));
+            }
+        }
+        lines
+    }
+
+    /// All the output a step printed so far.
+    #[cfg(test)]
+    pub fn output(&self, number: usize) -> &[String] {
+        self.steps.get(&number).map_or(&[], |s| s.output.as_slice())
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// At most `width` characters, ending in `…` when something was cut.
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// An instruction on one line: line breaks (continuations, heredocs) become spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An output line without what would upset the display: escape sequences and control
+/// characters go, tabs become spaces.
+fn clean(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // A CSI sequence ends with a byte in @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push_str("    "),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Shared {
+    board: Mutex<Board>,
+    bar: ProgressBar,
+    /// Whether finished steps and the failure report go to standard error when the bar is
+    /// hidden (standard error is no terminal): `--progress tty` into a pipe still says something.
+    echo: bool,
+}
+
+impl Shared {
+    fn size() -> (usize, usize) {
+        let (rows, cols) = console::Term::stderr().size();
+        (usize::from(rows.max(2)), usize::from(cols.max(20)))
+    }
+
+    fn redraw(&self, board: &Board) {
+        let (rows, cols) = Self::size();
+        let mut lines = board.render(cols, Instant::now());
+        // Keep the live region on the screen, or the terminal scrolls it into the history.
+        lines.truncate(rows - 1);
+        self.bar.set_message(lines.join("\n"));
+    }
+
+    /// Prints a line above the live region (straight to standard error when there is none).
+    fn print(&self, line: &str) {
+        if self.bar.is_hidden() {
+            if self.echo {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+/// The live display: one line per running step with a tail of its output, redrawn several
+/// times a second; each step leaves one line behind when it finishes.
+pub struct Tty {
+    shared: Arc<Shared>,
+    finished: AtomicBool,
+    ticker: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+impl Tty {
+    pub fn new(started: Instant) -> Self {
+        Self::with_target(started, ProgressDrawTarget::stderr(), true)
+    }
+
+    fn with_target(started: Instant, target: ProgressDrawTarget, echo: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(None, target);
+        if let Ok(style) = ProgressStyle::with_template("{msg}") {
+            bar.set_style(style);
+        }
+        let shared = Arc::new(Shared {
+            board: Mutex::new(Board::new(started)),
+            bar,
+            echo,
+        });
+        let (stop, stopped) = mpsc::channel::<()>();
+        let ticking = Arc::clone(&shared);
+        let ticker = std::thread::Builder::new()
+            .name("kiln-progress".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_millis(100))
+                {
+                    if let Ok(board) = ticking.board.lock() {
+                        ticking.redraw(&board);
+                    }
+                }
+            })
+            .ok()
+            .map(|handle| (stop, handle));
+        Tty {
+            shared,
+            finished: AtomicBool::new(false),
+            ticker: Mutex::new(ticker),
+        }
+    }
+
+    pub fn event(&self, event: Event) {
+        let Ok(mut board) = self.shared.board.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let finished_step = board.apply(event, now);
+        if self.finished.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(number) = finished_step {
+            let (_, cols) = Shared::size();
+            if let Some(line) = board.step_line(number, cols, now) {
+                self.shared.print(&line);
+            }
+        }
+        self.shared.redraw(&board);
+    }
+
+    /// Stops the display and clears it; steps that did not finish (a failed build) are printed
+    /// with all their output. Call it before printing the error or the summary; calling it
+    /// again does nothing.
+    pub fn finish(&self) {
+        // Taken under the board's lock, so that no event is drawing while the display stops.
+        let board = self.shared.board.lock();
+        let already = self.finished.swap(true, Ordering::SeqCst);
+        drop(board);
+        if already {
+            return;
+        }
+        if let Some((stop, handle)) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
+            drop(stop);
+            let _ = handle.join();
+        }
+        self.shared.bar.finish_and_clear();
+        if let Ok(board) = self.shared.board.lock() {
+            if !self.shared.echo && self.shared.bar.is_hidden() {
+                return;
+            }
+            let mut err = std::io::stderr().lock();
+            for line in board.unfinished(Instant::now()) {
+                let _ = writeln!(err, "{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(number: usize, stage: &str, text: &str) -> Event {
+        Event::Step {
+            number,
+            total: 4,
+            stage: stage.into(),
+            text: text.into(),
+        }
+    }
+
+    fn output(number: usize, line: &str) -> Event {
+        Event::Output {
+            number,
+            line: line.into(),
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_running_step_shows_its_number_stage_instruction_and_ticking_time() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        assert_eq!(board.apply(step(1, "build 1/2", "RUN make"), t0), None);
+        let lines = board.render(60, t0 + secs(2.34));
+        assert_eq!(lines[0], "[+] Building 2.3s (0/4)");
+        assert_eq!(lines[1].chars().count(), 60);
+        assert!(
+            lines[1].starts_with("#1 [build 1/2] RUN make "),
+            "{lines:?}"
+        );
+        assert!(lines[1].ends_with(" running 2.3s"), "{lines:?}");
+        let later = board.render(60, t0 + secs(5.0));
+        assert!(later[1].ends_with(" running 5.0s"), "{later:?}");
+    }
+
+    #[test]
+    fn a_long_instruction_is_cut_to_the_width_and_keeps_the_state_visible() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        let long = format!("RUN echo {}", "x".repeat(200));
+        board.apply(step(3, "0 1/1", &long), t0);
+        for width in [30, 80, 100] {
+            let lines = board.render(width, t0 + secs(1.0));
+            for line in &lines {
+                assert!(line.chars().count() <= width, "{width}: {line:?}");
+            }
+            assert!(lines[1].contains('…'), "{lines:?}");
+            assert!(lines[1].ends_with("running 1.0s"), "{lines:?}");
+        }
+        // Too narrow for both: still no wider than the terminal.
+        let lines = board.render(8, t0);
+        assert!(lines.iter().all(|l| l.chars().count() <= 8), "{lines:?}");
+    }
+
+    #[test]
+    fn a_multi_line_instruction_is_drawn_on_one_line() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(1, "0 1/1", "RUN a \\\n    && b"), t0);
+        let lines = board.render(80, t0);
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[1].starts_with("#1 [0 1/1] RUN a \\ && b "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_running_step_shows_a_dimmed_tail_and_keeps_all_its_output() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(2, "0 2/3", "RUN ./build.sh"), t0);
+        board.apply(
+            Event::Miss {
+                number: 2,
+                reason: "new".into(),
+            },
+            t0,
+        );
+        for i in 1..=12 {
+            board.apply(output(2, &format!("line {i}")), t0);
+        }
+        let lines = board.render(40, t0);
+        assert_eq!(lines.len(), 2 + TAIL_LINES, "{lines:?}");
+        assert_eq!(lines[2], format!("{DIM}#2 line 8{RESET}"));
+        assert_eq!(lines[6], format!("{DIM}#2 line 12{RESET}"));
+        assert_eq!(board.output(2).len(), 12);
+        assert_eq!(board.output(2)[0], "line 1");
+    }
+
+    #[test]
+    fn output_lines_lose_escapes_and_control_characters() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(1, "0 1/1", "RUN x"), t0);
+        board.apply(output(1, "\x1b[31mred\x1b[0m\tdone\r"), t0);
+        assert_eq!(board.output(1), ["red    done"]);
+        let tail = &board.render(80, t0)[2];
+        assert_eq!(tail, &format!("{DIM}#1 red    done{RESET}"));
+    }
+
+    #[test]
+    fn a_tail_line_is_cut_to_the_width() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(1, "0 1/1", "RUN x"), t0);
+        board.apply(output(1, &"y".repeat(300)), t0);
+        let tail = &board.render(50, t0)[2];
+        let visible = tail.trim_start_matches(DIM).trim_end_matches(RESET);
+        assert_eq!(visible.chars().count(), 50);
+        assert!(visible.ends_with('…'));
+    }
+
+    #[test]
+    fn finished_steps_leave_the_live_region_and_get_their_own_line() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(1, "0 1/2", "COPY a /a"), t0);
+        board.apply(Event::Cached { number: 1 }, t0);
+        assert_eq!(
+            board.apply(
+                Event::Done {
+                    number: 1,
+                    elapsed: secs(0.01)
+                },
+                t0
+            ),
+            Some(1)
+        );
+        board.apply(step(2, "0 2/2", "COPY b /b"), t0);
+        board.apply(
+            Event::Miss {
+                number: 2,
+                reason: "new".into(),
+            },
+            t0,
+        );
+        board.apply(output(2, "hidden once done"), t0);
+        assert_eq!(
+            board.apply(
+                Event::Done {
+                    number: 2,
+                    elapsed: secs(1.25)
+                },
+                t0
+            ),
+            Some(2)
+        );
+        let lines = board.render(40, t0 + secs(3.0));
+        assert_eq!(lines, ["[+] Building 3.0s (2/4)"]);
+        let cached = board.step_line(1, 40, t0).unwrap_or_default();
+        assert!(cached.starts_with("#1 [0 1/2] COPY a /a "), "{cached:?}");
+        assert!(cached.ends_with(" CACHED"), "{cached:?}");
+        let done = board.step_line(2, 40, t0).unwrap_or_default();
+        assert!(
+            done.ends_with(" DONE 1.2s") || done.ends_with(" DONE 1.3s"),
+            "{done:?}"
+        );
+        assert_eq!(board.step_line(9, 40, t0), None);
+        assert!(board.unfinished(t0).is_empty());
+    }
+
+    #[test]
+    fn steps_of_several_stages_run_at_once_in_step_order() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(4, "app 1/2", "RUN b"), t0);
+        board.apply(step(1, "deps 1/3", "RUN a"), t0 + secs(1.0));
+        board.apply(output(4, "from b"), t0);
+        board.apply(output(1, "from a"), t0);
+        let lines = board.render(40, t0 + secs(2.0));
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(lines[1].starts_with("#1 [deps 1/3] RUN a"));
+        assert!(lines[1].ends_with("running 1.0s"));
+        assert!(lines[2].contains("#1 from a"));
+        assert!(lines[3].starts_with("#4 [app 1/2] RUN b"));
+        assert!(lines[3].ends_with("running 2.0s"));
+        assert!(lines[4].contains("#4 from b"));
+    }
+
+    #[test]
+    fn a_failed_step_is_reported_with_all_its_output() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        board.apply(step(1, "0 1/2", "COPY a /a"), t0);
+        board.apply(
+            Event::Done {
+                number: 1,
+                elapsed: secs(0.1),
+            },
+            t0,
+        );
+        board.apply(step(2, "0 2/2", "RUN false"), t0);
+        for i in 1..=8 {
+            board.apply(output(2, &format!("out {i}")), t0);
+        }
+        let report = board.unfinished(t0 + secs(1.5));
+        assert_eq!(report.len(), 9, "{report:?}");
+        assert_eq!(report[0], "#2 [0 2/2] RUN false (stopped after 1.5s)");
+        assert_eq!(report[1], "#2 | out 1");
+        assert_eq!(report[8], "#2 | out 8");
+    }
+
+    #[test]
+    fn the_live_display_takes_events_from_several_threads() {
+        let tty = Tty::with_target(Instant::now(), ProgressDrawTarget::hidden(), false);
+        std::thread::scope(|scope| {
+            for stage in 0..4 {
+                let tty = &tty;
+                scope.spawn(move || {
+                    for i in 0..3 {
+                        let number = stage * 3 + i + 1;
+                        tty.event(step(number, &format!("{stage} {i}/3"), "RUN x"));
+                        tty.event(output(number, "hello"));
+                        tty.event(Event::Done {
+                            number,
+                            elapsed: secs(0.0),
+                        });
+                    }
+                });
+            }
+        });
+        tty.finish();
+        tty.finish();
+        let board = tty.shared.board.lock().map(|b| b.clone());
+        let Ok(board) = board else { return };
+        assert_eq!(board.steps.len(), 12);
+        assert!(board.unfinished(Instant::now()).is_empty());
+        assert_eq!(board.output(7), ["hello"]);
     }
 }

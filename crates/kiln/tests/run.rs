@@ -14,45 +14,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-const EPOCH: &str = "1700000000";
-
-fn busybox_binary() -> &'static Path {
-    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
-        if Path::new(candidate).is_file() {
-            return Path::new(candidate);
-        }
-    }
-    panic!("these tests need a static busybox: apt-get install busybox-static");
-}
-
-/// A store holding `busybox:test`: FROM scratch, COPY of the static busybox, passwd and group,
-/// and a RUN that installs the applets.
-fn busybox_store(snapshotter: &str) -> tempfile::TempDir {
-    let ctx = context(&[
-        (
-            "Dockerfile",
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\n",
-        ),
-        (
-            "passwd",
-            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
-        ),
-        ("group", "root:x:0:\nbob:x:1000:\nwheel:x:10:bob\n"),
-    ]);
-    fs::copy(busybox_binary(), ctx.path().join("busybox")).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    build(
-        ctx.path(),
-        root.path(),
-        &["-t", "busybox:test"],
-        &[
-            ("KILN_SNAPSHOTTER", snapshotter),
-            ("SOURCE_DATE_EPOCH", EPOCH),
-        ],
-    );
-    root
-}
-
 fn root_arg(root: &Path) -> String {
     root.to_string_lossy().into_owned()
 }
@@ -758,4 +719,322 @@ fn from_an_image_by_digest() {
     let unknown = format!("FROM busybox@sha256:{}\nRUN true\n", "0".repeat(64));
     let (run, _ctx) = build_recipe(root.path(), &unknown, &[], &[], false);
     assert!(run.stderr.contains("is not in the store"), "{}", run.stderr);
+}
+
+/// Builds `recipe` with a context holding `files` too; expects failure when `ok` is false.
+fn build_with_files(
+    root: &Path,
+    recipe: &str,
+    files: &[(&str, &str)],
+    extra: &[&str],
+    env: &[(&str, &str)],
+    ok: bool,
+) -> (Run, tempfile::TempDir) {
+    let mut all = vec![("Dockerfile", recipe)];
+    all.extend_from_slice(files);
+    let ctx = context(&all);
+    let root = root_arg(root);
+    let mut args = vec!["--root", root.as_str(), "build"];
+    args.extend_from_slice(extra);
+    args.push(".");
+    let run = kiln(&args, ctx.path(), env);
+    assert_eq!(run.status == 0, ok, "build:\n{}", run.stderr);
+    (run, ctx)
+}
+
+fn oci_out(dir: &Path, name: &str) -> String {
+    format!("type=oci,dest={}", dir.join(name).display())
+}
+
+fn local_out(dir: &Path, name: &str) -> String {
+    format!("type=local,dest={}", dir.join(name).display())
+}
+
+/// Every path of every layer of the image.
+fn all_paths(image: &Image) -> Vec<String> {
+    image.layers.iter().flat_map(|l| paths(l)).collect()
+}
+
+#[test]
+fn cache_mounts_survive_between_builds_and_stay_out_of_layers() {
+    let root = busybox_store("auto");
+    for mode in ["auto", "copy"] {
+        let out = tempfile::tempdir().unwrap();
+        let env = [("KILN_SNAPSHOTTER", mode)];
+        let first = format!(
+            "FROM busybox:test\nRUN --mount=type=cache,id=c-{mode},target=/var/cache/thing echo first-{mode} > /var/cache/thing/seen && echo one > /one\n"
+        );
+        let a = oci_out(out.path(), "a.tar");
+        build_recipe(root.path(), &first, &["-o", &a], &env, true);
+        let second = format!(
+            "FROM busybox:test\nRUN --mount=type=cache,id=c-{mode},target=/elsewhere,sharing=locked cat /elsewhere/seen > /copied\n"
+        );
+        let b = oci_out(out.path(), "b.tar");
+        let l = local_out(out.path(), "local");
+        build_recipe(root.path(), &second, &["-o", &b, "-o", &l], &env, true);
+        assert_eq!(
+            fs::read_to_string(out.path().join("local/copied")).unwrap(),
+            format!("first-{mode}\n")
+        );
+        for archive in ["a.tar", "b.tar"] {
+            let image = read_image(&out.path().join(archive));
+            let last: Vec<String> = paths(image.layers.last().unwrap());
+            assert!(
+                !last
+                    .iter()
+                    .any(|p| p.starts_with("var") || p.starts_with("elsewhere")),
+                "{mode} {archive}: {last:?}"
+            );
+            assert!(!all_paths(&image).iter().any(|p| p.ends_with("seen")));
+        }
+        assert!(!out.path().join("local/elsewhere").exists());
+    }
+    assert!(root.path().join("cache-mounts").is_dir());
+    let r = root_arg(root.path());
+    let prune = kiln(&["--root", &r, "prune", "--all"], root.path(), &[]);
+    assert_eq!(prune.status, 0, "{}", prune.stderr);
+    assert!(!root.path().join("cache-mounts").exists());
+}
+
+/// Whether `needle` is in any file under `dir`, compressed layer blobs read decompressed.
+fn store_holds(dir: &Path, needle: &[u8]) -> Option<String> {
+    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            if let Some(found) = store_holds(&path, needle) {
+                return Some(found);
+            }
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        let bytes = fs::read(&path).unwrap_or_default();
+        if contains(&bytes) {
+            return Some(path.display().to_string());
+        }
+        let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
+            Some("application/vnd.oci.image.layer.v1.tar+gzip")
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some("application/vnd.oci.image.layer.v1.tar+zstd")
+        } else {
+            None
+        };
+        if let Some(media_type) = media_type {
+            let mut plain = Vec::new();
+            if let Ok(mut reader) = kiln_layer::decompress(&bytes[..], media_type) {
+                let _ = std::io::Read::read_to_end(&mut reader, &mut plain);
+            }
+            if contains(&plain) {
+                return Some(format!("{} (decompressed)", path.display()));
+            }
+        }
+    }
+    None
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn secrets_are_readable_and_reach_nothing_else() {
+    let root = busybox_store("auto");
+    let secrets = tempfile::tempdir().unwrap();
+    let file_secret = "file-secret-5d1c8e77a0f34b29";
+    let env_secret = "env-secret-91b2e04c7d6a3f58";
+    fs::write(secrets.path().join("tok"), file_secret).unwrap();
+    fs::write(secrets.path().join("envtok"), env_secret).unwrap();
+    let file_sum = sha256_of(&secrets.path().join("tok"));
+    let env_sum = sha256_of(&secrets.path().join("envtok"));
+    let src = format!("id=tok,src={}", secrets.path().join("tok").display());
+    for mode in ["auto", "copy"] {
+        let out = tempfile::tempdir().unwrap();
+        let recipe = format!(
+            "FROM busybox:test\n\
+             RUN --mount=type=secret,id=tok test \"$(sha256sum < /run/secrets/tok | cut -d' ' -f1)\" = {file_sum} && echo file-secret-ok-{mode}\n\
+             RUN --mount=type=secret,id=envtok,required=true,target=/etc/app/token test \"$(sha256sum < /etc/app/token | cut -d' ' -f1)\" = {env_sum} && ! sh -c 'echo x > /etc/app/token' 2>/dev/null && echo env-secret-ok\n\
+             RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo absent-ok\n"
+        );
+        let o = oci_out(out.path(), "image.tar");
+        let (run, _ctx) = build_recipe(
+            root.path(),
+            &recipe,
+            &[
+                "--secret",
+                &src,
+                "--secret",
+                "id=envtok,env=KILN_TEST_TOKEN",
+                "-o",
+                &o,
+            ],
+            &[("KILN_TEST_TOKEN", env_secret), ("KILN_SNAPSHOTTER", mode)],
+            true,
+        );
+        assert!(
+            run.stderr.contains(&format!("file-secret-ok-{mode}")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("env-secret-ok"), "{}", run.stderr);
+        assert!(run.stderr.contains("absent-ok"), "{}", run.stderr);
+        for secret in [file_secret, env_secret] {
+            assert!(!run.stderr.contains(secret));
+            assert!(!run.stdout.contains(secret));
+            assert_eq!(store_holds(root.path(), secret.as_bytes()), None);
+            assert_eq!(store_holds(out.path(), secret.as_bytes()), None);
+        }
+        let image = read_image(&out.path().join("image.tar"));
+        let added: Vec<String> = image.layers[image.layers.len() - 3..]
+            .iter()
+            .flat_map(|l| paths(l))
+            .collect();
+        assert!(
+            !added
+                .iter()
+                .any(|p| p.starts_with("run") || p.starts_with("etc/app")),
+            "{added:?}"
+        );
+    }
+    // A required secret that was not given: an error naming it.
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        "FROM busybox:test\nRUN --mount=type=secret,id=missing,required=true true\n",
+        &[],
+        &[],
+        false,
+    );
+    assert!(
+        run.stderr.contains("secret missing is required"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn tmpfs_mounts_are_empty_and_leave_nothing() {
+    let root = busybox_store("auto");
+    for mode in ["auto", "copy"] {
+        let out = tempfile::tempdir().unwrap();
+        let recipe = format!(
+            "FROM busybox:test\nRUN --mount=type=tmpfs,target=/scratch,size=1m test -z \"$(ls -A /scratch)\" && echo {mode} > /scratch/x && grep -q ' /scratch tmpfs ' /proc/mounts && echo tmpfs-ok > /marker\n"
+        );
+        let o = oci_out(out.path(), "image.tar");
+        build_recipe(
+            root.path(),
+            &recipe,
+            &["-o", &o],
+            &[("KILN_SNAPSHOTTER", mode)],
+            true,
+        );
+        let image = read_image(&out.path().join("image.tar"));
+        let last = paths(image.layers.last().unwrap());
+        assert_eq!(last, ["marker"], "{mode}");
+    }
+}
+
+#[test]
+fn bind_mounts_from_the_context_and_from_stages() {
+    let root = busybox_store("auto");
+    for mode in ["auto", "copy"] {
+        let out = tempfile::tempdir().unwrap();
+        let recipe = "FROM scratch AS one\nCOPY data.txt /one.txt\n\
+                      FROM busybox:test AS tools\nRUN echo tool > /tool.txt\n\
+                      FROM busybox:test\n\
+                      RUN --mount=type=bind,source=data.txt,target=/ctx/data.txt cat /ctx/data.txt > /seen-ctx && ! sh -c 'echo x > /ctx/data.txt' 2>/dev/null\n\
+                      RUN --mount=type=bind,target=/c,rw echo changed > /c/data.txt && cat /c/data.txt > /seen-rw\n\
+                      RUN --mount=type=bind,from=tools,source=/tool.txt,target=/t/tool.txt cat /t/tool.txt > /seen-tool\n\
+                      RUN --mount=type=bind,from=one,target=/o cat /o/one.txt > /seen-one && ! touch /o/new 2>/dev/null\n";
+        let o = oci_out(out.path(), "image.tar");
+        let l = local_out(out.path(), "local");
+        let (_run, ctx) = build_with_files(
+            root.path(),
+            recipe,
+            &[("data.txt", "from-context\n")],
+            &["-o", &o, "-o", &l],
+            &[("KILN_SNAPSHOTTER", mode)],
+            true,
+        );
+        let local = out.path().join("local");
+        let read = |name: &str| fs::read_to_string(local.join(name)).unwrap();
+        assert_eq!(read("seen-ctx"), "from-context\n");
+        assert_eq!(read("seen-rw"), "changed\n");
+        assert_eq!(read("seen-tool"), "tool\n");
+        assert_eq!(read("seen-one"), "from-context\n");
+        // rw writes went to a private copy.
+        assert_eq!(
+            fs::read_to_string(ctx.path().join("data.txt")).unwrap(),
+            "from-context\n"
+        );
+        for gone in ["ctx", "c", "t", "o"] {
+            assert!(!local.join(gone).exists(), "{mode}: /{gone}");
+        }
+        let image = read_image(&out.path().join("image.tar"));
+        let added: Vec<String> = image.layers[image.layers.len() - 4..]
+            .iter()
+            .flat_map(|l| paths(l))
+            .collect();
+        let mut sorted = added.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            ["seen-ctx", "seen-one", "seen-rw", "seen-tool"],
+            "{mode}"
+        );
+    }
+    // A changed context file makes the bind step run again.
+    let recipe = "FROM busybox:test\nRUN --mount=type=bind,source=data.txt,target=/d cat /d > /seen && echo ran-bind\n";
+    let (first, _c) = build_with_files(root.path(), recipe, &[("data.txt", "a\n")], &[], &[], true);
+    assert!(first.stderr.contains("| ran-bind"), "{}", first.stderr);
+    let (same, _c) = build_with_files(root.path(), recipe, &[("data.txt", "a\n")], &[], &[], true);
+    assert!(!same.stderr.contains("| ran-bind"), "{}", same.stderr);
+    let (changed, _c) =
+        build_with_files(root.path(), recipe, &[("data.txt", "b\n")], &[], &[], true);
+    assert!(changed.stderr.contains("| ran-bind"), "{}", changed.stderr);
+    // What .dockerignore leaves out is not seen through a context bind.
+    let recipe = "FROM busybox:test\nRUN --mount=type=bind,target=/c test ! -e /c/hidden.txt && test -f /c/sub/kept.txt && cat /c/data.txt && echo ignored-ok\n";
+    let (run, _c) = build_with_files(
+        root.path(),
+        recipe,
+        &[
+            ("data.txt", "visible\n"),
+            ("hidden.txt", "nope\n"),
+            ("sub/kept.txt", "k\n"),
+            (".dockerignore", "hidden.txt\n"),
+        ],
+        &[],
+        &[],
+        true,
+    );
+    assert!(run.stderr.contains("| ignored-ok"), "{}", run.stderr);
+    assert!(run.stderr.contains("| visible"), "{}", run.stderr);
+}
+
+#[test]
+fn ssh_mounts_need_an_agent() {
+    let root = busybox_store("auto");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN --mount=type=ssh true\n",
+    )]);
+    let r = root_arg(root.path());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(["--root", &r, "build", "."])
+        .current_dir(ctx.path())
+        .env_remove("SSH_AUTH_SOCK");
+    let out = command.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RUN --mount=type=ssh needs an ssh agent: SSH_AUTH_SOCK is not set"),
+        "{stderr}"
+    );
 }

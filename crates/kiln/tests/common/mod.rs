@@ -143,3 +143,43 @@ pub fn describe_tree(base: &Path) -> Vec<String> {
     found.sort();
     found
 }
+
+/// The epoch the RUN tests build with, so images can be compared by digest.
+pub const EPOCH: &str = "1700000000";
+
+pub fn busybox_binary() -> &'static Path {
+    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
+        if Path::new(candidate).is_file() {
+            return Path::new(candidate);
+        }
+    }
+    panic!("these tests need a static busybox: apt-get install busybox-static");
+}
+
+/// A store holding `busybox:test`: FROM scratch, COPY of the static busybox, passwd and group,
+/// and a RUN that installs the applets. kiln makes its own base, so no test needs a registry.
+pub fn busybox_store(snapshotter: &str) -> tempfile::TempDir {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\n",
+        ),
+        (
+            "passwd",
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+        ),
+        ("group", "root:x:0:\nbob:x:1000:\nwheel:x:10:bob\n"),
+    ]);
+    fs::copy(busybox_binary(), ctx.path().join("busybox")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &["-t", "busybox:test"],
+        &[
+            ("KILN_SNAPSHOTTER", snapshotter),
+            ("SOURCE_DATE_EPOCH", EPOCH),
+        ],
+    );
+    root
+}

@@ -1,0 +1,94 @@
+//! A build stopped in the middle of a RUN (SIGINT or SIGTERM) leaves nothing running and a
+//! store the next build uses: every step that finished is reused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn interrupted_then_rebuilt(signal: &str) {
+    let root = busybox_store("auto");
+    let recipe =
+        format!("FROM busybox:test\nRUN echo one > /one\nRUN echo started; sleep 600 # {signal}\n");
+    let ctx = context(&[("Dockerfile", &recipe)]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["build", "--progress", "json", "."])
+        .current_dir(ctx.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the second RUN to print, then interrupt kiln alone; its output is read to the
+    // end, so kiln never writes into a closed pipe.
+    let stderr = child.stderr.take().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"line\":\"started\"") {
+                let _ = started_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the second RUN never started");
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "kiln did not stop on SIG{signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = reader.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("interrupted")),
+        "kiln should say it was interrupted: {lines:?}"
+    );
+    // The sandbox went with it: no `sleep 600` of this build is left.
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&format!("sleep 600 # {signal}")),
+        "the RUN's process outlived the build"
+    );
+    let r = root.path().to_string_lossy().into_owned();
+    let verify = kiln(&["--root", &r, "verify"], ctx.path(), &[]);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
+    // The rebuild reuses the step that finished and runs the interrupted one again.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM busybox:test\nRUN echo one > /one\nRUN echo again # {signal}\n"),
+    )
+    .unwrap();
+    let again = kiln(&["--root", &r, "build", "."], ctx.path(), &[]);
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("#1 CACHED"), "{}", again.stderr);
+    assert!(again.stderr.contains("#2 | again"), "{}", again.stderr);
+}
+
+#[test]
+fn sigint_in_the_middle_of_a_run() {
+    interrupted_then_rebuilt("INT");
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_run() {
+    interrupted_then_rebuilt("TERM");
+}

@@ -1038,3 +1038,22 @@ fn ssh_mounts_need_an_agent() {
         "{stderr}"
     );
 }
+
+/// `--target` builds what the target needs and nothing else: a failing stage it does not need
+/// never runs, while one it needs (through COPY --from) does.
+#[test]
+fn target_pruning_skips_stages_the_target_does_not_need() {
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test AS broken\nRUN echo broken-ran; exit 1\n\
+                  FROM busybox:test AS helper\nRUN echo helper-ran > /h\n\
+                  FROM busybox:test AS app\nCOPY --from=helper /h /h\nRUN cat /h\n";
+    let (run, _ctx) = build_recipe(root.path(), recipe, &["--target", "app"], &[], true);
+    assert!(!run.stderr.contains("| broken-ran"), "{}", run.stderr);
+    assert!(run.stderr.contains("| helper-ran"), "{}", run.stderr);
+    // Without --target the last stage is the target, and the broken one is still not needed.
+    let (run, _ctx) = build_recipe(root.path(), recipe, &[], &[], true);
+    assert!(!run.stderr.contains("broken-ran"), "{}", run.stderr);
+    // Asked for, it runs and fails.
+    let (run, _ctx) = build_recipe(root.path(), recipe, &["--target", "broken"], &[], false);
+    assert!(run.stderr.contains("| broken-ran"), "{}", run.stderr);
+}

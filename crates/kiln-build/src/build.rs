@@ -141,6 +141,8 @@ struct Builder<'a> {
     cached: std::sync::atomic::AtomicUsize,
     /// Overlay failed once: later RUN steps copy the image straight away.
     overlay_broken: std::sync::atomic::AtomicBool,
+    /// `plan_cache`: compute keys and look them up, but copy, download, unpack and run nothing.
+    dry_run: bool,
 }
 
 pub fn build(
@@ -176,6 +178,7 @@ pub fn build(
         total,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
+        dry_run: false,
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -247,6 +250,192 @@ pub fn build(
     Ok(built)
 }
 
+/// What a build would do with one step, as `plan_cache` finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepState {
+    /// The stage's index in the plan.
+    pub stage: usize,
+    /// The step's position in its stage, from 0.
+    pub position: usize,
+    /// The step's number in the build (as `kiln build` prints it), from 1.
+    pub number: usize,
+    /// The instruction as written.
+    pub text: String,
+    /// `Some(true)`: the cache holds the layer; `Some(false)`: the step would run; `None`: a
+    /// metadata step, which makes no layer.
+    pub cached: Option<bool>,
+    /// Why the answer is not certain: an ADD of a URL without `--checksum` is not downloaded
+    /// to key it, so it counts as running.
+    pub note: Option<String>,
+}
+
+/// Says nothing: a dry run has no progress to show.
+struct Silent;
+
+impl Progress for Silent {
+    fn event(&self, _event: Event) {}
+}
+
+/// A dry run of `build`: walks the stages the target needs, in plan order, computes each layer
+/// step's key as a build would and looks it up in the store's cache. Nothing is copied,
+/// downloaded, unpacked or run, and nothing is written: a miss puts a placeholder layer under
+/// the computed key, so the steps after it are keyed as the build would key them. Context files
+/// without a memoised hash are read to hash them.
+pub fn plan_cache(
+    plan: &Plan,
+    store: &Store,
+    context: &Context,
+    options: &BuildOptions,
+) -> Result<Vec<StepState>, BuildError> {
+    if plan.has_errors() {
+        return Err(BuildError::Plan);
+    }
+    let now = options.source_date_epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let builder = Builder {
+        store,
+        context,
+        options,
+        progress: &Silent,
+        memo: MemoryMemo::load(&store.hash_memo_path()),
+        now,
+        results: std::sync::RwLock::new(BTreeMap::new()),
+        total: 0,
+        cached: std::sync::atomic::AtomicUsize::new(0),
+        overlay_broken: std::sync::atomic::AtomicBool::new(false),
+        dry_run: true,
+    };
+    let mut states = Vec::new();
+    let mut number = 1;
+    // The order puts every stage after the stages it needs.
+    for &index in &plan.order {
+        let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
+        let image = builder.plan_stage(stage, number, &mut states)?;
+        number += stage.steps.len();
+        builder
+            .results
+            .write()
+            .map_err(|_| BuildError::Image("stage results poisoned".into()))?
+            .insert(index, image);
+    }
+    Ok(states)
+}
+
+impl Builder<'_> {
+    /// One stage of `plan_cache`.
+    fn plan_stage(
+        &self,
+        stage: &Stage,
+        first_step: usize,
+        states: &mut Vec<StepState>,
+    ) -> Result<StageImage, BuildError> {
+        let mut image = self.base(stage)?;
+        for (position, step) in stage.steps.iter().enumerate() {
+            let mut state = StepState {
+                stage: stage.index,
+                position,
+                number: first_step + position,
+                text: step.instruction.original.clone(),
+                cached: None,
+                note: None,
+            };
+            match &step.action {
+                Action::Config(change) => {
+                    apply_config(&mut image.config, change, &mut image.cmd_set);
+                    image
+                        .config
+                        .history
+                        .push(history_entry(step, rfc3339(image.time), true));
+                }
+                Action::Arg(_) => {}
+                Action::Run(run) => {
+                    let (key, _, _, _) = self.run_key(step, run, &image)?;
+                    state.cached = Some(self.plan_layer(stage, step, key, false, &mut image)?);
+                }
+                Action::Copy(copy) => {
+                    let unchecked_url = copy.checksum.is_none()
+                        && copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
+                    // Below a placeholder there is no /etc/passwd to resolve a --chown name in;
+                    // such a step runs anyway unless it is --link.
+                    let placeholder_below = image.layers.iter().any(|l| !l.snapshot.is_dir());
+                    let key = if unchecked_url {
+                        state.note = Some("URL not checked".to_string());
+                        None
+                    } else {
+                        let walks = self.context_walks(copy)?;
+                        let inputs = self.copy_inputs(copy, &walks, &mut Downloads::default())?;
+                        match self.copy_key(step, copy, &image, inputs) {
+                            Ok((key, _)) => Some(key),
+                            Err(_) if placeholder_below => None,
+                            Err(e) => return Err(e),
+                        }
+                    };
+                    state.cached = Some(match key {
+                        Some(key) => self.plan_layer(stage, step, key, copy.link, &mut image)?,
+                        None => {
+                            // Not known without running: a key of its own, found nowhere.
+                            let mut unknown = KeyHasher::new("unknown-step");
+                            unknown
+                                .str("parent", &image.chain_key)
+                                .str("stage", &stage.index.to_string())
+                                .str("position", &position.to_string());
+                            let key = unknown.finish();
+                            self.push_layer(
+                                &mut image,
+                                &placeholder_layer(&key),
+                                self.now,
+                                step,
+                                key,
+                                false,
+                            )?;
+                            false
+                        }
+                    });
+                }
+            }
+            states.push(state);
+        }
+        Ok(image)
+    }
+
+    /// Looks a layer step's key up; on a miss a placeholder layer stands for what it would
+    /// make. Whether it was found.
+    fn plan_layer(
+        &self,
+        stage: &Stage,
+        step: &Step,
+        key: String,
+        link: bool,
+        image: &mut StageImage,
+    ) -> Result<bool, BuildError> {
+        let record = if self.no_cache_for(stage) {
+            None
+        } else {
+            self.store
+                .cache_get(&key)
+                .and_then(|r| r.layer.map(|l| (l, r.created)))
+        };
+        let cached = record.is_some();
+        let (layer, created) = record.unwrap_or_else(|| (placeholder_layer(&key), self.now));
+        self.push_layer(image, &layer, created, step, key, link)?;
+        Ok(cached)
+    }
+}
+
+/// A layer that was not made: named by the step's key, unpacked nowhere.
+fn placeholder_layer(key: &str) -> LayerRecord {
+    LayerRecord {
+        digest: key.to_string(),
+        diff_id: key.to_string(),
+        size: 0,
+        media_type: media_types::OCI_LAYER_TAR_GZIP.to_string(),
+    }
+}
+
 impl Builder<'_> {
     fn no_cache_for(&self, stage: &Stage) -> bool {
         self.options.no_cache
@@ -296,6 +485,11 @@ impl Builder<'_> {
     /// built are).
     fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
         let manifest_descriptor = match read_transport(reference)? {
+            // A dry run keys on the archive's manifest and copies nothing into the store.
+            Some(archive) if self.dry_run => {
+                let layers = planned_layers(self.store, &archive.manifest, &archive.config);
+                return Ok(self.store_image(archive.manifest_descriptor, archive.config, layers));
+            }
             // `oci:`, `oci-archive:` and `docker-archive:` as buildah takes them: copied into
             // the store (every blob checked) and used from there.
             Some(archive) => self.store.import(&archive).map_err(|e| {
@@ -321,7 +515,21 @@ impl Builder<'_> {
             .map_err(BuildError::Store)?;
         let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
-        let layers = unpacked_layers(self.store, &manifest, &config, reference)?;
+        let layers = if self.dry_run {
+            planned_layers(self.store, &manifest, &config)
+        } else {
+            unpacked_layers(self.store, &manifest, &config, reference)?
+        };
+        Ok(self.store_image(manifest_descriptor, config, layers))
+    }
+
+    /// A base image's starting point: its config and layers, keyed by its manifest.
+    fn store_image(
+        &self,
+        manifest_descriptor: Descriptor,
+        config: ImageConfig,
+        layers: Vec<LayerRef>,
+    ) -> StageImage {
         let mut key = KeyHasher::new("base");
         key.str("kind", "image")
             .str("manifest", manifest_descriptor.digest.as_str());
@@ -336,7 +544,7 @@ impl Builder<'_> {
                 .unwrap_or(0)
         });
         let (base_layers, base_history) = (layers.len(), config.history.len());
-        Ok(StageImage {
+        StageImage {
             config,
             layers,
             chain_key: key.finish(),
@@ -344,7 +552,7 @@ impl Builder<'_> {
             time,
             base_layers,
             base_history,
-        })
+        }
     }
 
     fn results_read(
@@ -509,6 +717,34 @@ impl Builder<'_> {
         };
         let mut downloads = Downloads::default();
         let inputs = self.copy_inputs(copy, &walks, &mut downloads)?;
+        let (key, parts) = self.copy_key(step, copy, image, inputs)?;
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+        let (layer, created) =
+            self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
+                let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
+                if has_urls && downloads.files.is_empty() {
+                    downloads = self.download(copy)?;
+                }
+                match speculative {
+                    Some((_work, snapshot)) => self.commit_layer(&snapshot),
+                    None => {
+                        let (_work, snapshot) =
+                            self.copy_into_snapshot(step, copy, image, &downloads.files, None)?;
+                        self.commit_layer(&snapshot)
+                    }
+                }
+            })?;
+        self.push_layer(image, &layer, created, step, key, copy.link)
+    }
+
+    /// A COPY/ADD's key and its parts, given what it reads (`copy_inputs`).
+    fn copy_key(
+        &self,
+        step: &Step,
+        copy: &kiln_plan::CopyStep,
+        image: &StageImage,
+        inputs: Vec<(String, String)>,
+    ) -> Result<(String, Vec<(String, String)>), BuildError> {
         let mut parts: Vec<(String, String)> = Vec::new();
         // --link makes the layer independent of what is below it.
         parts.push((
@@ -532,38 +768,25 @@ impl Builder<'_> {
         parts.extend(inputs);
         let mut key = KeyHasher::new("layer-step");
         key.pairs("parts", &parts);
-        let key = key.finish();
-        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
-        let (layer, created) =
-            self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
-                let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
-                if has_urls && downloads.files.is_empty() {
-                    downloads = self.download(copy)?;
-                }
-                match speculative {
-                    Some((_work, snapshot)) => self.commit_layer(&snapshot),
-                    None => {
-                        let (_work, snapshot) =
-                            self.copy_into_snapshot(step, copy, image, &downloads.files, None)?;
-                        self.commit_layer(&snapshot)
-                    }
-                }
-            })?;
-        self.push_layer(image, &layer, created, step, key, copy.link)
+        Ok((key.finish(), parts))
     }
 
-    /// A RUN: keyed on the filesystem below, the command and everything of the config it sees
-    /// (environment, user, working directory); on a miss it runs in the sandbox.
-    fn run_step(
+    /// A RUN's key and its parts, the config it runs with and its bind mounts' sources.
+    #[allow(clippy::type_complexity)]
+    fn run_key(
         &self,
-        number: usize,
-        stage: &Stage,
-        position: usize,
         step: &Step,
         run: &kiln_plan::RunStep,
-        image: &mut StageImage,
-    ) -> Result<(), BuildError> {
-        let no_cache = self.no_cache_for(stage);
+        image: &StageImage,
+    ) -> Result<
+        (
+            String,
+            Vec<(String, String)>,
+            ImageConfig,
+            Vec<crate::run::MountInput>,
+        ),
+        BuildError,
+    > {
         let mut config = image.config.clone();
         if !step.workdir.is_empty() {
             config.config.working_dir = step.workdir.clone();
@@ -582,7 +805,22 @@ impl Builder<'_> {
         let mount_inputs = self.mount_inputs(run, &mut parts)?;
         let mut key = KeyHasher::new("run-step");
         key.pairs("parts", &parts);
-        let key = key.finish();
+        Ok((key.finish(), parts, config, mount_inputs))
+    }
+
+    /// A RUN: keyed on the filesystem below, the command and everything of the config it sees
+    /// (environment, user, working directory); on a miss it runs in the sandbox.
+    fn run_step(
+        &self,
+        number: usize,
+        stage: &Stage,
+        position: usize,
+        step: &Step,
+        run: &kiln_plan::RunStep,
+        image: &mut StageImage,
+    ) -> Result<(), BuildError> {
+        let no_cache = self.no_cache_for(stage);
+        let (key, parts, config, mount_inputs) = self.run_key(step, run, image)?;
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let rootfs = image.rootfs();
         let on_line = |line: &str| {
@@ -1077,6 +1315,20 @@ impl Builder<'_> {
         });
         Ok(image)
     }
+}
+
+/// The layers of an image where they are (or would be) unpacked, unpacking nothing: a dry run
+/// only needs their places.
+fn planned_layers(store: &Store, manifest: &Manifest, config: &ImageConfig) -> Vec<LayerRef> {
+    manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| LayerRef {
+            descriptor: descriptor.clone(),
+            snapshot: store.snapshot_path(diff_id.as_str()),
+        })
+        .collect()
 }
 
 /// The layers of an image in the store, each unpacked into a snapshot: a layer made elsewhere

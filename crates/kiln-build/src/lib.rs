@@ -15,7 +15,7 @@ pub mod run;
 pub mod squash;
 pub mod unpack;
 
-pub use build::{build, BuildOptions, Built, Event, Progress, StoreImages};
+pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
 
 use std::path::PathBuf;
 

@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a recipe (with --check: parse, expand and plan it only).
     Build(Box<BuildArgs>),
+    /// Show a recipe's stages, steps and what depends on what, and which layer steps the
+    /// cache already holds; runs nothing and writes nothing.
+    Graph(GraphArgs),
     /// Run a command in an image of the store, in the sandbox RUN uses; its exit code is
     /// kiln's. Changes are thrown away.
     Run(RunArgs),
@@ -200,4 +203,48 @@ pub struct RunArgs {
     /// The command; default: the image's ENTRYPOINT and CMD.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// One block of lines per stage.
+    Text,
+    /// A Graphviz digraph.
+    Dot,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GraphArgs {
+    /// The build context directory.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+
+    /// The recipe; `-` reads it from standard input. Default: CONTEXT/Dockerfile.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Set a build argument: KEY=VALUE, or KEY to take the value from the environment.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+
+    /// A named build context, as for `kiln build`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+
+    /// Show what building this stage would do, not the last one.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// The platform to build for (os/arch[/variant]). Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// The SOURCE_DATE_EPOCH the build would use (it is part of every key). Default:
+    /// $SOURCE_DATE_EPOCH.
+    #[arg(long = "source-date-epoch", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
 }

@@ -2,6 +2,7 @@
 
 mod build_cmd;
 mod cli;
+mod graph_cmd;
 mod progress;
 mod recipe;
 mod report;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
     match &cli.command {
         cli::Command::Build(args) => build_cmd::run(args, &root),
         cli::Command::Run(args) => run_cmd::run(args, &root),
+        cli::Command::Graph(args) => graph_cmd::run(args, &root),
         other => store_cmd::run(other, &root),
     }
 }

@@ -66,7 +66,7 @@ pub fn run(command: &Command, root: &Path) -> ExitCode {
 
 fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
     match command {
-        Command::Build(_) | Command::Run(_) => Ok(()),
+        Command::Build(_) | Command::Run(_) | Command::Graph(_) => Ok(()),
         Command::Images => {
             let images = store.images().map_err(|e| fail(INVALID, e))?;
             println!(

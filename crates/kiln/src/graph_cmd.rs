@@ -1,0 +1,363 @@
+//! `kiln graph`: the recipe's stages and steps, what depends on what, which stages the target
+//! builds, and which layer steps the cache already holds. Nothing runs and nothing is written.
+
+use crate::cli::{BuildArgs, GraphArgs, GraphFormat, ProgressMode};
+use crate::recipe::{self, INVALID, USAGE};
+use kiln_build::{plan_cache, BuildOptions, StepState, StoreImages};
+use kiln_context::Context;
+use kiln_layer::Compression;
+use kiln_plan::{Action, Base, Plan, Platform, Source, Stage};
+use kiln_store::Store;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+/// The `kiln build` arguments that load the same recipe the same way.
+fn build_args(args: &GraphArgs) -> BuildArgs {
+    BuildArgs {
+        context: args.context.clone(),
+        file: args.file.clone(),
+        build_args: args.build_args.clone(),
+        build_contexts: args.build_contexts.clone(),
+        secrets: Vec::new(),
+        target: args.target.clone(),
+        platform: args.platform.clone(),
+        check: false,
+        tags: Vec::new(),
+        outputs: Vec::new(),
+        no_cache: false,
+        no_cache_filter: Vec::new(),
+        source_date_epoch: args.source_date_epoch,
+        jobs: None,
+        squash: false,
+        iidfile: None,
+        metadata_file: None,
+        progress: ProgressMode::Quiet,
+        quiet: true,
+        snapshotter: None,
+    }
+}
+
+fn source_date_epoch(args: &GraphArgs) -> Result<Option<i64>, String> {
+    match args.source_date_epoch {
+        Some(epoch) if epoch < 0 => {
+            Err(format!("--source-date-epoch {epoch}: must not be negative"))
+        }
+        Some(epoch) => Ok(Some(epoch)),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(value) if !value.is_empty() => match value.parse::<i64>() {
+                Ok(epoch) if epoch >= 0 => Ok(Some(epoch)),
+                _ => Err(format!(
+                    "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
+                )),
+            },
+            _ => Ok(None),
+        },
+    }
+}
+
+pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
+    let epoch = match source_date_epoch(args) {
+        Ok(epoch) => epoch,
+        Err(message) => return fail(USAGE, message),
+    };
+    let platform = match args.platform.as_deref().map(Platform::parse).transpose() {
+        Ok(platform) => platform.unwrap_or_else(Platform::host),
+        Err(e) => return fail(USAGE, format!("--platform: {e}")),
+    };
+    let store = match Store::open(root) {
+        Ok(store) => store,
+        Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
+    };
+    let build_args = build_args(args);
+    let loaded = match recipe::load(&build_args, &StoreImages { store: &store }) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let context = match Context::open(&args.context, loaded.recipe_path.as_deref()) {
+        Ok(context) => context,
+        Err(e) => {
+            return fail(
+                INVALID,
+                format!("build context {}: {e}", args.context.display()),
+            )
+        }
+    };
+    // Everything that reaches a key is what `kiln build` would use.
+    let options = BuildOptions {
+        jobs: 1,
+        no_cache: false,
+        no_cache_filter: Vec::new(),
+        source_date_epoch: epoch,
+        compression: Compression::default(),
+        platform,
+        squash: false,
+        recipe_id: String::new(),
+        snapshotter: kiln_build::run::Snapshotter::Copy,
+        secrets: BTreeMap::new(),
+    };
+    let states = match plan_cache(&loaded.plan, &store, &context, &options) {
+        Ok(states) => states,
+        Err(e) => return fail(INVALID, e),
+    };
+    let out = match args.format {
+        GraphFormat::Text => text(&loaded.plan, &states),
+        GraphFormat::Dot => dot(&loaded.plan, &states),
+    };
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// `name (#i)` for a named stage, `#i` for another.
+fn stage_title(stage: &Stage) -> String {
+    match &stage.name {
+        Some(name) => format!("{name} (#{})", stage.index),
+        None => format!("#{}", stage.index),
+    }
+}
+
+fn base_text(plan: &Plan, stage: &Stage) -> String {
+    match &stage.base {
+        Base::Scratch => "scratch".to_string(),
+        Base::Image(reference) => reference.clone(),
+        Base::Stage(index) => plan
+            .stages
+            .get(*index)
+            .map_or_else(|| format!("#{index}"), Stage::label),
+    }
+}
+
+/// The instruction on one line: continuation and heredoc lines are cut off.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default().trim_end();
+    if lines.next().is_some() {
+        format!("{first} ...")
+    } else {
+        first.to_string()
+    }
+}
+
+fn state_word(state: &StepState) -> &'static str {
+    match state.cached {
+        Some(true) => "CACHED",
+        Some(false) => "RUN",
+        None => "-",
+    }
+}
+
+fn pruned(plan: &Plan) -> Vec<String> {
+    plan.stages
+        .iter()
+        .filter(|s| !plan.order.contains(&s.index))
+        .map(Stage::label)
+        .collect()
+}
+
+fn target_label(plan: &Plan) -> String {
+    plan.stages
+        .get(plan.target)
+        .map_or_else(|| format!("#{}", plan.target), Stage::label)
+}
+
+fn text(plan: &Plan, states: &[StepState]) -> String {
+    let mut out = String::new();
+    for &index in &plan.order {
+        let Some(stage) = plan.stages.get(index) else {
+            continue;
+        };
+        let _ = write!(
+            out,
+            "stage {} FROM {}",
+            stage_title(stage),
+            base_text(plan, stage)
+        );
+        if !stage.dependencies.is_empty() {
+            let needs: Vec<String> = stage
+                .dependencies
+                .iter()
+                .filter_map(|d| plan.stages.get(*d))
+                .map(Stage::label)
+                .collect();
+            let _ = write!(out, "  [needs: {}]", needs.join(", "));
+        }
+        out.push('\n');
+        for state in states.iter().filter(|s| s.stage == index) {
+            let _ = write!(
+                out,
+                "  #{} {}  {}",
+                state.number,
+                state_word(state),
+                one_line(&state.text)
+            );
+            if let Some(note) = &state.note {
+                let _ = write!(out, "  (would run: {note})");
+            }
+            out.push('\n');
+        }
+    }
+    let pruned = pruned(plan);
+    if !pruned.is_empty() {
+        let _ = writeln!(
+            out,
+            "not built for target {}: {}",
+            target_label(plan),
+            pruned.join(", ")
+        );
+    }
+    out
+}
+
+/// A DOT string literal's content.
+fn escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The node of a step: `s<stage>_<position>`; a stage without steps has `s<stage>_from`.
+fn node(stage: usize, position: usize) -> String {
+    format!("s{stage}_{position}")
+}
+
+fn dot(plan: &Plan, states: &[StepState]) -> String {
+    // Each built stage's first and last node, for the edges between stages.
+    let mut ends: BTreeMap<usize, (String, String)> = BTreeMap::new();
+    let mut out = String::from(
+        "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n",
+    );
+    for &index in &plan.order {
+        let Some(stage) = plan.stages.get(index) else {
+            continue;
+        };
+        let title = format!(
+            "stage {} FROM {}",
+            stage_title(stage),
+            base_text(plan, stage)
+        );
+        let _ = writeln!(out, "  subgraph cluster_{index} {{");
+        let _ = writeln!(out, "    label=\"{}\";", escape(&title));
+        let steps: Vec<&StepState> = states.iter().filter(|s| s.stage == index).collect();
+        if steps.is_empty() {
+            let from = format!("s{index}_from");
+            let _ = writeln!(
+                out,
+                "    {from} [label=\"{}\", shape=ellipse];",
+                escape(&format!("FROM {}", base_text(plan, stage)))
+            );
+            ends.insert(index, (from.clone(), from));
+        }
+        for state in &steps {
+            let mut label = format!("#{} {}", state.number, state.text);
+            if let Some(note) = &state.note {
+                let _ = write!(label, "\n(would run: {note})");
+            }
+            let style = if state.cached == Some(true) {
+                ", style=filled, fillcolor=lightgrey"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "    {} [label=\"{}\"{style}];",
+                node(index, state.position),
+                escape(&label)
+            );
+        }
+        for pair in steps.windows(2) {
+            let _ = writeln!(
+                out,
+                "    {} -> {};",
+                node(index, pair[0].position),
+                node(index, pair[1].position)
+            );
+        }
+        if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
+            ends.insert(
+                index,
+                (node(index, first.position), node(index, last.position)),
+            );
+        }
+        out.push_str("  }\n");
+    }
+    // Stage dependencies: from the source stage's last step to the step that reads it.
+    for &index in &plan.order {
+        let Some(stage) = plan.stages.get(index) else {
+            continue;
+        };
+        let Some((first, _)) = ends.get(&index) else {
+            continue;
+        };
+        if let Base::Stage(parent) = stage.base {
+            if let Some((_, last)) = ends.get(&parent) {
+                let _ = writeln!(out, "  {last} -> {first} [label=\"FROM\", style=dashed];");
+            }
+        }
+        for (position, step) in stage.steps.iter().enumerate() {
+            let sources: Vec<(usize, &str)> = match &step.action {
+                Action::Copy(copy) => match copy.from {
+                    Source::Stage(from) => vec![(from, "COPY --from")],
+                    _ => Vec::new(),
+                },
+                Action::Run(run) => run
+                    .mount_sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        Some(Source::Stage(from)) => Some((*from, "RUN --mount from")),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (from, label) in sources {
+                if let Some((_, last)) = ends.get(&from) {
+                    let _ = writeln!(
+                        out,
+                        "  {last} -> {} [label=\"{label}\", style=dashed];",
+                        node(index, position)
+                    );
+                }
+            }
+        }
+    }
+    let pruned = pruned(plan);
+    if !pruned.is_empty() {
+        let _ = writeln!(
+            out,
+            "  pruned [shape=note, label=\"{}\"];",
+            escape(&format!(
+                "not built for target {}: {}",
+                target_label(plan),
+                pruned.join(", ")
+            ))
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_makes_dot_string_content() {
+        assert_eq!(escape("a\"b\\c\nd\r"), "a\\\"b\\\\c\\nd");
+        assert_eq!(one_line("RUN a\nb"), "RUN a ...");
+        assert_eq!(one_line("RUN a"), "RUN a");
+    }
+}

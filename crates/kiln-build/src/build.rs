@@ -141,6 +141,8 @@ struct Builder<'a> {
     cached: std::sync::atomic::AtomicUsize,
     /// Overlay failed once: later RUN steps copy the image straight away.
     overlay_broken: std::sync::atomic::AtomicBool,
+    /// A stage failed: the others stop at their next step, and a running RUN is killed.
+    failed: std::sync::atomic::AtomicBool,
     /// `plan_cache`: compute keys and look them up, but copy, download, unpack and run nothing.
     dry_run: bool,
 }
@@ -178,6 +180,7 @@ pub fn build(
         total,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
+        failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: false,
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
@@ -214,7 +217,15 @@ pub fn build(
                             let builder = &builder;
                             let first = first_step.get(&index).copied().unwrap_or(1);
                             scope.spawn(move || match plan.stages.get(index) {
-                                Some(stage) => (index, builder.stage(stage, first)),
+                                Some(stage) => {
+                                    let result = builder.stage(stage, first);
+                                    if result.is_err() {
+                                        builder
+                                            .failed
+                                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    (index, result)
+                                }
                                 None => (index, Err(BuildError::Plan)),
                             })
                         })
@@ -233,8 +244,19 @@ pub fn build(
                 .results
                 .write()
                 .map_err(|_| BuildError::Image("stage results poisoned".into()))?;
+            // The stage that failed says why; the ones it stopped only say that they stopped.
+            let mut stopped = None;
             for (index, result) in finished {
-                results.insert(index, result?);
+                match result {
+                    Ok(image) => {
+                        results.insert(index, image);
+                    }
+                    Err(BuildError::Cancelled) => stopped = Some(BuildError::Cancelled),
+                    Err(error) => return Err(error),
+                }
+            }
+            if let Some(error) = stopped {
+                return Err(error);
             }
         }
     }
@@ -307,6 +329,7 @@ pub fn plan_cache(
         total: 0,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
+        failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: true,
     };
     let mut states = Vec::new();
@@ -575,6 +598,9 @@ impl Builder<'_> {
         let mut image = self.base(stage)?;
         let count = stage.steps.len();
         for (position, step) in stage.steps.iter().enumerate() {
+            if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(BuildError::Cancelled);
+            }
             let number = first_step + position;
             self.progress.event(Event::Step {
                 number,
@@ -840,6 +866,7 @@ impl Builder<'_> {
                     text: &step.instruction.original,
                     snapshotter: self.options.snapshotter,
                     overlay_broken: &self.overlay_broken,
+                    cancel: &self.failed,
                     on_line: &on_line,
                     mount_inputs: &mount_inputs,
                     context: Some(self.context),

@@ -40,6 +40,9 @@ pub enum BuildError {
     /// lines of output.
     #[error("RUN {0}")]
     Run(String),
+    /// Another stage failed first; this one stopped.
+    #[error("stopped: another stage of the build failed")]
+    Cancelled,
     #[error("the plan has errors; nothing was built")]
     Plan,
     #[error("ADD: {0}")]

@@ -195,18 +195,27 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                 let id = mount.id.clone().unwrap_or_else(|| format!("/{target}"));
                 let caches = job.store.root().join("cache-mounts");
                 std::fs::create_dir_all(&caches).map_err(|e| io_at(&caches, e))?;
-                let dir = caches.join(sha256_hex(id.as_bytes()));
-                if mount.sharing == Sharing::Locked {
-                    let lock_path = caches.join(format!("{}.lock", sha256_hex(id.as_bytes())));
-                    let lock = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&lock_path)
-                        .map_err(|e| io_at(&lock_path, e))?;
-                    lock.lock().map_err(|e| io_at(&lock_path, e))?;
-                    prepared._locks.push(lock);
+                let mut dir = caches.join(sha256_hex(id.as_bytes()));
+                // Every user holds the cache's lock: shared ones together, `locked` alone
+                // (waiting for the others), `private` alone or else with a fresh directory of
+                // its own that is thrown away.
+                let lock_path = caches.join(format!("{}.lock", sha256_hex(id.as_bytes())));
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| io_at(&lock_path, e))?;
+                match mount.sharing {
+                    Sharing::Locked => lock.lock().map_err(|e| io_at(&lock_path, e))?,
+                    Sharing::Shared => lock.lock_shared().map_err(|e| io_at(&lock_path, e))?,
+                    Sharing::Private => {
+                        if lock.try_lock().is_err() {
+                            dir = base.join(format!("private-cache-{index}"));
+                        }
+                    }
                 }
+                prepared._locks.push(lock);
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {
                         use std::os::unix::fs::PermissionsExt;
@@ -406,6 +415,8 @@ pub(crate) struct RunJob<'a> {
     pub snapshotter: Snapshotter,
     /// Set once overlay failed in this process: later steps copy straight away.
     pub overlay_broken: &'a AtomicBool,
+    /// Set when another stage failed: the command is killed.
+    pub cancel: &'a AtomicBool,
     pub on_line: &'a (dyn Fn(&str) + Sync),
     /// The sources of `run.mounts`, resolved (same order).
     pub mount_inputs: &'a [MountInput],
@@ -915,10 +926,17 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
         on_line: job.on_line,
         lines: 0,
     };
-    let result = sandbox.run(spec, Output::Stream(&mut |bytes| log.take(bytes)));
+    let result = sandbox.run_until(
+        spec,
+        Output::Stream(&mut |bytes| log.take(bytes)),
+        job.cancel,
+    );
     log.finish();
     let exit = match result {
         Ok(exit) => exit,
+        Err(kiln_sandbox::SandboxError::Cancelled) => {
+            return Err(RunFailure::Build(BuildError::Cancelled))
+        }
         Err(error) if error.is_overlay_failure() => {
             return Err(RunFailure::Overlay(error.to_string()))
         }

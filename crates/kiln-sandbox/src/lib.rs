@@ -189,6 +189,8 @@ pub enum SandboxError {
     Setup { message: String, overlay: bool },
     #[error("{program}: {message}")]
     NotStarted { program: String, message: String },
+    #[error("stopped: another stage of the build failed")]
+    Cancelled,
     #[error("the sandbox ended without a result ({0})")]
     Lost(String),
     #[error("{0}")]
@@ -201,6 +203,9 @@ impl SandboxError {
         matches!(self, SandboxError::Setup { overlay: true, .. })
     }
 }
+
+/// The read end of the output pipe and who takes what comes out of it.
+type OutputPipe<'a> = (std::io::PipeReader, &'a mut dyn FnMut(&[u8]));
 
 /// Where the command's output goes.
 pub enum Output<'a> {
@@ -235,6 +240,18 @@ impl Sandbox {
 
     /// Runs the spec's command and waits for it (and everything it started) to end.
     pub fn run(&self, spec: &Spec, output: Output<'_>) -> Result<Exit, SandboxError> {
+        self.run_until(spec, output, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Sandbox::run`], but the moment `cancel` is set the sandbox is killed, with everything
+    /// in it, and the run ends with [`SandboxError::Cancelled`].
+    pub fn run_until(
+        &self,
+        spec: &Spec,
+        output: Output<'_>,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Exit, SandboxError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let _ = std::fs::remove_file(&spec.status_file);
         let input = serde_json::to_vec(spec).map_err(|e| SandboxError::Lost(e.to_string()))?;
         // The spec goes in a file beside the status, so the command's standard input stays
@@ -259,20 +276,28 @@ impl Sandbox {
         };
         let mut child = command.spawn().map_err(spawn_error)?;
         drop(command);
-        if let Some((mut reader, sink)) = stream {
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                match reader.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => sink(&buffer[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(e.into());
+        let pid = rustix::process::Pid::from_child(&child);
+        let finished = AtomicBool::new(false);
+        let cancelled = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Killing the helper kills pid 1 (its parent-death signal), and with it the
+            // whole pid namespace: the output pipe then ends and the wait below returns.
+            scope.spawn(|| {
+                while !finished.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) {
+                        cancelled.store(true, Ordering::Relaxed);
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        return;
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-            }
+            });
+            let result = self.collect(&mut child, stream);
+            finished.store(true, Ordering::Relaxed);
+            result
+        })?;
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(SandboxError::Cancelled);
         }
         let helper = child.wait()?;
         let status = std::fs::read(&spec.status_file)
@@ -288,5 +313,31 @@ impl Sandbox {
             }
             None => Err(SandboxError::Lost(format!("helper {helper}"))),
         }
+    }
+
+    /// Streams the output (if it is piped) until the sandbox closes it, then waits for the
+    /// helper.
+    fn collect(
+        &self,
+        child: &mut std::process::Child,
+        stream: Option<OutputPipe<'_>>,
+    ) -> Result<(), SandboxError> {
+        if let Some((mut reader, sink)) = stream {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => sink(&buffer[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        child.wait()?;
+        Ok(())
     }
 }

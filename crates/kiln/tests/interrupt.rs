@@ -92,3 +92,41 @@ fn sigint_in_the_middle_of_a_run() {
 fn sigterm_in_the_middle_of_a_run() {
     interrupted_then_rebuilt("TERM");
 }
+
+/// A failing stage stops the others: the long RUN of a stage beside it is killed at once, the
+/// error is the failing stage's own, and the stage that stopped is rebuilt next time.
+#[test]
+fn a_failing_stage_stops_the_ones_beside_it() {
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test AS slow\nRUN echo slow-started; sleep 600 # beside\n\
+                  FROM busybox:test AS bad\nRUN sleep 1; echo bad-failed; exit 3\n\
+                  FROM busybox:test\nCOPY --from=slow /etc/passwd /a\nCOPY --from=bad /etc/passwd /b\n";
+    let ctx = context(&[("Dockerfile", recipe)]);
+    let r = root.path().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let run = kiln(
+        &["--root", &r, "build", "--jobs", "2", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the slow stage was not stopped"
+    );
+    assert!(run.stderr.contains("exit code 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("bad-failed"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("another stage of the build failed\n"),
+        "{}",
+        run.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("sleep 600 # beside"),
+        "the slow stage's RUN outlived the build"
+    );
+    let verify = kiln(&["--root", &r, "verify"], ctx.path(), &[]);
+    assert_eq!(verify.status, 0, "{}", verify.stderr);
+}

@@ -1057,3 +1057,43 @@ fn target_pruning_skips_stages_the_target_does_not_need() {
     let (run, _ctx) = build_recipe(root.path(), recipe, &["--target", "broken"], &[], false);
     assert!(run.stderr.contains("| broken-ran"), "{}", run.stderr);
 }
+
+/// `sharing=private` takes the cache alone when it can, and a fresh directory of its own when
+/// someone else is using it; `locked` waits; `shared` runs beside other users.
+#[test]
+fn private_cache_mounts_never_share_with_a_user_that_holds_the_cache() {
+    let root = busybox_store("auto");
+    // A first build makes the cache directory and its lock file.
+    let make = "FROM busybox:test\nRUN --mount=type=cache,id=pkgs,target=/c echo one > /c/one\n";
+    build_recipe(root.path(), make, &[], &[], true);
+    let caches = root.path().join("cache-mounts");
+    let lock_file = fs::read_dir(&caches)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .unwrap()
+        .path();
+    let dir = lock_file.with_extension("");
+    assert!(dir.join("one").is_file());
+    // Someone holds the cache: private gets an empty directory, and what it writes goes away.
+    let holder = fs::File::open(&lock_file).unwrap();
+    holder.lock_shared().unwrap();
+    let private = "FROM busybox:test\nRUN --mount=type=cache,id=pkgs,target=/c,sharing=private ls /c | wc -l; echo two > /c/two\n";
+    let (run, _ctx) = build_recipe(root.path(), private, &[], &[], true);
+    assert!(
+        run.stderr.contains("| 0"),
+        "a private cache in use is fresh:\n{}",
+        run.stderr
+    );
+    assert!(!dir.join("two").exists());
+    // Shared runs beside the holder and sees the cache.
+    let shared =
+        "FROM busybox:test\nRUN --mount=type=cache,id=pkgs,target=/c,sharing=shared cat /c/one\n";
+    let (run, _ctx) = build_recipe(root.path(), shared, &[], &[], true);
+    assert!(run.stderr.contains("| one"), "{}", run.stderr);
+    drop(holder);
+    // Free again: private uses the cache itself.
+    let private_free = "FROM busybox:test\nRUN --mount=type=cache,id=pkgs,target=/c,sharing=private cat /c/one # free\n";
+    let (run, _ctx) = build_recipe(root.path(), private_free, &[], &[], true);
+    assert!(run.stderr.contains("| one"), "{}", run.stderr);
+}

@@ -29,18 +29,29 @@
 #              step runs); kiln's time for that step from its --progress json "done" event. The
 #              two should be about equal (the snapshotter is kiln's default: $KILN_SNAPSHOTTER,
 #              else auto).
+#   5 parallel 4 independent CPU-bound stages FROM the busybox base (each `RUN` a shell loop of
+#              KILN_BENCH_PAR_ITERS iterations, ~5 s of CPU, writing /n) and a final stage
+#              `COPY --from=s1 /n /s1` ... `/s4`. Cold and cached, kiln `build --jobs 4` against
+#              `buildah bud --layers --jobs 4`; buildah `--jobs 1` cold once (reference row).
+#              Targets: cold no more than BuildKit's span (BuildKit is not measured here: the
+#              kiln/buildah ratio, and kiln's cold time against the ideal sum/cores, the sum of
+#              the four RUN steps' "done" seconds over min(cores, 4), are printed as
+#              information; those are wall times, stretched when 4 steps share fewer cores, so
+#              kiln's CPU time over min(cores, 4) is printed too), cached <= 0.1x.
 #
 # Bases are built, not timed, except the "base build" rows (kiln -t, buildah bud; no archive).
 # Every timed command starts after an untimed sync. Rounds alternate kiln and buildah; the
 # table shows medians, and kiln/buildah is the median of the per-round ratios.
 #
 # Knobs (environment):
-#   KILN_BENCH_ROUNDS=3          rounds for cases 1, 2 and 4
+#   KILN_BENCH_ROUNDS=3          rounds for cases 1, 2, 4 and 5
 #   KILN_BENCH_BIG_ROUNDS=1      rounds for case 3
 #   KILN_BENCH_RUN_FILES=2000    files the 8-RUN recipe makes (at least 300)
 #   KILN_BENCH_BIG_MB=1024       size of case 3's file, MiB
 #   KILN_BENCH_DIFF_SMALL_MB=100 KILN_BENCH_DIFF_LARGE_MB=1024 KILN_BENCH_DIFF_FILE_KB=64
-#   KILN_BENCH_CASES="1 2 3 4"   which cases run
+#   KILN_BENCH_PAR_ITERS=3000000 loop iterations of each of case 5's RUN steps (busybox ash
+#                                does ~600k a second here)
+#   KILN_BENCH_CASES="1 2 3 4 5" which cases run
 #   KILN_BENCH_CACHE=/var/tmp/kiln-bench   where the Debian rootfs tar is kept between runs
 #   KILN_BENCH_DEBIAN_MIRROR=http://deb.debian.org/debian
 #   KILN_BENCH_STEP_TIMEOUT=600  seconds allowed to any one timed command
@@ -65,7 +76,8 @@ BIG_MB=${KILN_BENCH_BIG_MB:-1024}
 DIFF_SMALL_MB=${KILN_BENCH_DIFF_SMALL_MB:-100}
 DIFF_LARGE_MB=${KILN_BENCH_DIFF_LARGE_MB:-1024}
 DIFF_FILE_KB=${KILN_BENCH_DIFF_FILE_KB:-64}
-CASES=${KILN_BENCH_CASES:-1 2 3 4}
+PAR_ITERS=${KILN_BENCH_PAR_ITERS:-3000000}
+CASES=${KILN_BENCH_CASES:-1 2 3 4 5}
 CACHE=${KILN_BENCH_CACHE:-/var/tmp/kiln-bench}
 MIRROR=${KILN_BENCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STEP_TIMEOUT=${KILN_BENCH_STEP_TIMEOUT:-600}
@@ -75,6 +87,7 @@ DO_INSTALL=${KILN_BENCH_INSTALL:-1}
 STRICT=${KILN_BENCH_STRICT:-0}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 [ "$RUN_FILES" -ge 300 ] 2>/dev/null || { echo "run bench: KILN_BENCH_RUN_FILES must be >= 300" >&2; exit 1; }
+[ "$PAR_ITERS" -ge 1 ] 2>/dev/null || { echo "run bench: KILN_BENCH_PAR_ITERS must be a positive number" >&2; exit 1; }
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'run bench: %s\n' "$*" >&2; exit 1; }
@@ -178,6 +191,23 @@ for line in open(sys.argv[1], errors="replace"):
     elif e.get("event") == "done" and number is not None and e.get("number") == number:
         out = "%.3f" % e["seconds"]
 print(out)
+PY
+
+# The "done" seconds of every step whose instruction starts with $2, from a --progress json log:
+# "sum s1 s2 ..." (in the order they finished), or "-".
+cat >"$work/steps.py" <<'PY'
+import json, sys
+prefix, names, times = sys.argv[2], {}, []
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("event") == "step":
+        names[e.get("number")] = e.get("instruction", "")
+    elif e.get("event") == "done" and names.get(e.get("number"), "").startswith(prefix):
+        times.append(e["seconds"])
+print(" ".join(["%.3f" % sum(times)] + ["%.3f" % t for t in times]) if times else "-")
 PY
 
 # The built event's "cached of steps", from a --progress json log.
@@ -433,6 +463,17 @@ RUN cd /data && chmod 600 d0/f1 d0/f3 && echo more >> d0/f22 && mv d\$((N / 100 
 # 8. a file replaced by a directory, a directory by a file
 RUN cd /data && rm d0/f21 && mkdir d0/f21 && echo x > d0/f21/inner && rm -rf d\$((N / 100 - 2)) && echo was-a-dir > d\$((N / 100 - 2))
 EOF
+# Case 5: four independent CPU-bound stages and a final stage that takes one file from each. The
+# stage name is in each RUN (distinct cache keys: no stage is a cache hit on another).
+mkdir -p "$work/ctx/par"
+{
+    for s in 1 2 3 4; do
+        printf 'FROM bbase AS s%s\n' "$s"
+        printf 'RUN i=0; while [ $i -lt %s ]; do i=$((i+1)); done; echo "s%s $i" > /n\n' "$PAR_ITERS" "$s"
+    done
+    printf 'FROM bbase\n'
+    for s in 1 2 3 4; do printf 'COPY --from=s%s /n /s%s\n' "$s" "$s"; done
+} >"$work/ctx/par/Dockerfile"
 cat >"$work/ctx/big/Dockerfile" <<EOF
 FROM bbase
 RUN head -c $((BIG_MB * 1048576)) /dev/urandom > /big
@@ -653,6 +694,84 @@ if has_case 4 && ! over_budget; then
         # "about equal": the large-root step within 1.5x (+ 50 ms) of the small-root one.
         verdict "${DSTEP[$DIFF_LARGE_MB]} <= 1.5 * ${DSTEP[$DIFF_SMALL_MB]} + 0.05"
         ROWS+=("$(row "diff: step on ${DIFF_LARGE_MB} / on ${DIFF_SMALL_MB} MiB" "" "" "${r}x" "~1x" "$V")")
+    fi
+fi
+
+# --- case 5: four independent CPU-bound stages ----------------------------------------------
+
+if has_case 5 && ! over_budget; then
+    say ""
+    say "== case 5: 4 independent stages (RUN loop of $PAR_ITERS iterations each) + COPY --from each, --jobs 4"
+    par_cores=$(nproc)
+    ((par_cores > 4)) && par_cores=4
+    PK=() PB=() PKW=() PBW=() PSUM=() PIDEAL=() PCPU=() pser="" par_ok=1
+    for round in $(seq 1 "$ROUNDS"); do
+        if over_budget; then say "  (over KILN_BENCH_BUDGET=${BUDGET}s: rounds $round.. skipped)"; break; fi
+        say "-- parallel, round $round of $ROUNDS"
+        logs=$work/logs/par-$round
+        mkdir -p "$logs"
+        kiln_fresh
+        buildah_fresh
+        kiln_build "kiln base build (untimed setup)" "$logs/k-base.log" "$work/ctx/base" bbase - || { par_ok=0; break; }
+        buildah_build "buildah base build (untimed setup)" "$logs/b-base.log" "$work/ctx/base" bbase -
+        kiln_build "kiln 4 stages, cold, --jobs 4" "$logs/k-cold.log" "$work/ctx/par" par "$work/k.tar" \
+            --jobs 4 || { par_ok=0; break; }
+        PK+=("$K_WALL")
+        PCPU+=("$(calc %.3f "$R_CPU / $par_cores")")
+        read -r psum pstages <<<"$(python3 "$work/steps.py" "$logs/k-cold.log" "RUN ")"
+        if [ "$psum" != - ]; then
+            PSUM+=("$psum")
+            PIDEAL+=("$(calc %.3f "$psum / $par_cores")")
+            say "    kiln RUN steps: ${pstages// /s, }s; sum ${psum}s, ideal sum/$par_cores ${PIDEAL[-1]}s"
+        fi
+        buildah_build "buildah 4 stages, cold, --jobs 4" "$logs/b-cold.log" "$work/ctx/par" par "$work/b.tar" \
+            --jobs 4
+        [ -z "$B_WALL" ] || PB+=("$B_WALL")
+        kiln_build "kiln 4 stages, cached, --jobs 4" "$logs/k-cached.log" "$work/ctx/par" par "$work/k2.tar" \
+            --jobs 4 || { par_ok=0; break; }
+        PKW+=("$K_WALL")
+        say "    kiln cached steps: $(cached_of "$logs/k-cached.log")"
+        buildah_build "buildah 4 stages, cached, --jobs 4" "$logs/b-cached.log" "$work/ctx/par" par "$work/b2.tar" \
+            --jobs 4
+        if [ -n "$B_WALL" ]; then
+            PBW+=("$B_WALL")
+            say "    buildah cache hits: $(grep -c 'Using cache' "$logs/b-cached.log" || true)"
+        fi
+        if [ "$round" = 1 ]; then
+            cmp -s "$work/k.tar" "$work/k2.tar" && same="identical to" || same="DIFFERENT from"
+            say "    archives: kiln $(mb "$(file_size "$work/k.tar")") (cached one $same the cold one), buildah $(mb "$(file_size "$work/b.tar")")"
+        fi
+        rm -f "$work"/*.tar
+    done
+    # The serial reference, once: buildah --jobs 1 from a fresh store (only the base in it).
+    if [ "$par_ok" = 1 ] && [ "$buildah_on" = 1 ] && ! over_budget; then
+        say "-- parallel, buildah serial reference"
+        logs=$work/logs/par-serial
+        mkdir -p "$logs"
+        buildah_fresh
+        buildah_build "buildah base build (untimed setup)" "$logs/b-base.log" "$work/ctx/base" bbase -
+        buildah_build "buildah 4 stages, cold, --jobs 1" "$logs/b-serial.log" "$work/ctx/par" par "$work/b.tar" \
+            --jobs 1
+        pser=$B_WALL
+        rm -f "$work"/*.tar
+    fi
+    kiln_fresh
+    buildah_drop
+    add_row "par: 4 stages cold, --jobs 4, archive" "${PK[*]}" "${PB[*]}" "" "-"
+    ROWS[-1]="${ROWS[-1]%-}(info: target <= BuildKit's span; no BuildKit here)"
+    add_row "par: 4 stages cached, --jobs 4, archive" "${PKW[*]}" "${PBW[*]}" "<= 0.1" "<= 0.1"
+    if [ -n "$pser" ] && ((${#PK[@]})); then
+        ROWS+=("$(row "par: kiln cold --jobs 4 vs buildah --jobs 1" "$(secs "$(median "${PK[@]}")")" "$(secs "$pser")" "$(calc %.3f "$(median "${PK[@]}") / $pser")" "-" "(info: buildah serial, once)")")
+        SAMPLES+=("$(printf '  %-40s buildah %.2f' "par: buildah cold --jobs 1" "$pser")")
+    fi
+    if ((${#PIDEAL[@]})) && [ "${#PIDEAL[@]}" = "${#PK[@]}" ]; then
+        ROWS+=("$(row "par: kiln cold vs ideal RUN sum/$par_cores" "$(secs "$(median "${PK[@]}")")" "$(secs "$(median "${PIDEAL[@]}")")" "$(pratios "${PK[*]}" "${PIDEAL[*]}")" "-" "(info: RUN sum $(secs "$(median "${PSUM[@]}")")s, json done)")")
+        SAMPLES+=("$(printf '  %-40s ideal %s| RUN sum %s' "par: kiln RUN steps" "$(printf '%.2f ' "${PIDEAL[@]}")" "$(printf '%.2f ' "${PSUM[@]}")")")
+    fi
+    # The RUN steps' "done" seconds are wall times, stretched when four share fewer cores; the
+    # kiln build's CPU time (wait4, its children included) over the cores is the other ideal.
+    if ((${#PCPU[@]})); then
+        ROWS+=("$(row "par: kiln cold vs ideal CPU/$par_cores" "$(secs "$(median "${PK[@]}")")" "$(secs "$(median "${PCPU[@]}")")" "$(pratios "${PK[*]}" "${PCPU[*]}")" "-" "(info: kiln build's CPU time, wait4)")")
     fi
 fi
 

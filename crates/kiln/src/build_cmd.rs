@@ -23,7 +23,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
     if args.check {
-        return recipe::check(args);
+        return recipe::check(&args.recipe);
     }
     // Usage problems are found before any work starts.
     let mut names = Vec::new();
@@ -52,47 +52,34 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             )
         }
     };
-    let source_date_epoch = match args.source_date_epoch {
-        Some(epoch) if epoch < 0 => {
-            return fail(
-                USAGE,
-                format!("--source-date-epoch {epoch}: must not be negative"),
-            )
-        }
-        Some(epoch) => Some(epoch),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(value) if !value.is_empty() => match value.parse::<i64>() {
-                Ok(epoch) if epoch >= 0 => Some(epoch),
-                _ => {
-                    return fail(
-                        USAGE,
-                        format!(
-                            "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
-                        ),
-                    )
-                }
-            },
-            _ => None,
-        },
+    let source_date_epoch = match recipe::source_date_epoch(args.source_date_epoch) {
+        Ok(epoch) => epoch,
+        Err(message) => return fail(USAGE, message),
     };
     let store = match Store::open(root) {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
-    let loaded = match recipe::load(args, &StoreImages { store: &store }) {
+    let loaded = match recipe::load(&args.recipe, &StoreImages { store: &store }) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let context = match Context::open(&args.context, loaded.recipe_path.as_deref()) {
+    let context = match Context::open(&args.recipe.context, loaded.recipe_path.as_deref()) {
         Ok(context) => context,
         Err(e) => {
             return fail(
                 INVALID,
-                format!("build context {}: {e}", args.context.display()),
+                format!("build context {}: {e}", args.recipe.context.display()),
             )
         }
     };
-    let platform = match args.platform.as_deref().map(Platform::parse).transpose() {
+    let platform = match args
+        .recipe
+        .platform
+        .as_deref()
+        .map(Platform::parse)
+        .transpose()
+    {
         Ok(platform) => platform.unwrap_or_else(Platform::host),
         Err(e) => return fail(USAGE, format!("--platform: {e}")),
     };

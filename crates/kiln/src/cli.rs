@@ -95,8 +95,9 @@ pub enum ProgressMode {
     Quiet,
 }
 
+/// What loads and plans a recipe: the same for `kiln build` and `kiln graph`.
 #[derive(Debug, Args)]
-pub struct BuildArgs {
+pub struct RecipeArgs {
     /// The build context directory.
     #[arg(default_value = ".")]
     pub context: PathBuf,
@@ -116,12 +117,6 @@ pub struct BuildArgs {
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
 
-    /// A secret for `RUN --mount=type=secret,id=ID` (repeatable): id=ID,src=PATH (a file) or
-    /// id=ID,env=VAR (an environment variable). Its content never reaches a layer, the cache
-    /// or the output; only the id is part of the cache key.
-    #[arg(long = "secret", value_name = "id=ID,src=PATH|env=VAR")]
-    pub secrets: Vec<String>,
-
     /// Build this stage and the stages it needs, not the last one.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
@@ -129,6 +124,18 @@ pub struct BuildArgs {
     /// The platform to build for (os/arch[/variant]). Default: this machine's.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+
+    /// A secret for `RUN --mount=type=secret,id=ID` (repeatable): id=ID,src=PATH (a file) or
+    /// id=ID,env=VAR (an environment variable). Its content never reaches a layer, the cache
+    /// or the output; only the id is part of the cache key.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH|env=VAR")]
+    pub secrets: Vec<String>,
 
     /// Only parse, expand and plan the recipe; run nothing. Exit 0 if it is valid, 1 if not.
     #[arg(long)]
@@ -215,29 +222,8 @@ pub enum GraphFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct GraphArgs {
-    /// The build context directory.
-    #[arg(default_value = ".")]
-    pub context: PathBuf,
-
-    /// The recipe; `-` reads it from standard input. Default: CONTEXT/Dockerfile.
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: Option<PathBuf>,
-
-    /// Set a build argument: KEY=VALUE, or KEY to take the value from the environment.
-    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
-    pub build_args: Vec<String>,
-
-    /// A named build context, as for `kiln build`.
-    #[arg(long = "build-context", value_name = "NAME=VALUE")]
-    pub build_contexts: Vec<String>,
-
-    /// Show what building this stage would do, not the last one.
-    #[arg(long, value_name = "STAGE")]
-    pub target: Option<String>,
-
-    /// The platform to build for (os/arch[/variant]). Default: this machine's.
-    #[arg(long, value_name = "PLATFORM")]
-    pub platform: Option<String>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
 
     /// The SOURCE_DATE_EPOCH the build would use (it is part of every key). Default:
     /// $SOURCE_DATE_EPOCH.

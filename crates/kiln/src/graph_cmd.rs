@@ -1,7 +1,7 @@
 //! `kiln graph`: the recipe's stages and steps, what depends on what, which stages the target
 //! builds, and which layer steps the cache already holds. Nothing runs and nothing is written.
 
-use crate::cli::{BuildArgs, GraphArgs, GraphFormat, ProgressMode};
+use crate::cli::{GraphArgs, GraphFormat};
 use crate::recipe::{self, INVALID, USAGE};
 use kiln_build::{plan_cache, BuildOptions, StepState, StoreImages};
 use kiln_context::Context;
@@ -18,56 +18,18 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The `kiln build` arguments that load the same recipe the same way.
-fn build_args(args: &GraphArgs) -> BuildArgs {
-    BuildArgs {
-        context: args.context.clone(),
-        file: args.file.clone(),
-        build_args: args.build_args.clone(),
-        build_contexts: args.build_contexts.clone(),
-        secrets: Vec::new(),
-        target: args.target.clone(),
-        platform: args.platform.clone(),
-        check: false,
-        tags: Vec::new(),
-        outputs: Vec::new(),
-        no_cache: false,
-        no_cache_filter: Vec::new(),
-        source_date_epoch: args.source_date_epoch,
-        jobs: None,
-        squash: false,
-        iidfile: None,
-        metadata_file: None,
-        progress: ProgressMode::Quiet,
-        quiet: true,
-        snapshotter: None,
-    }
-}
-
-fn source_date_epoch(args: &GraphArgs) -> Result<Option<i64>, String> {
-    match args.source_date_epoch {
-        Some(epoch) if epoch < 0 => {
-            Err(format!("--source-date-epoch {epoch}: must not be negative"))
-        }
-        Some(epoch) => Ok(Some(epoch)),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(value) if !value.is_empty() => match value.parse::<i64>() {
-                Ok(epoch) if epoch >= 0 => Ok(Some(epoch)),
-                _ => Err(format!(
-                    "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
-                )),
-            },
-            _ => Ok(None),
-        },
-    }
-}
-
 pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
-    let epoch = match source_date_epoch(args) {
+    let epoch = match recipe::source_date_epoch(args.source_date_epoch) {
         Ok(epoch) => epoch,
         Err(message) => return fail(USAGE, message),
     };
-    let platform = match args.platform.as_deref().map(Platform::parse).transpose() {
+    let platform = match args
+        .recipe
+        .platform
+        .as_deref()
+        .map(Platform::parse)
+        .transpose()
+    {
         Ok(platform) => platform.unwrap_or_else(Platform::host),
         Err(e) => return fail(USAGE, format!("--platform: {e}")),
     };
@@ -75,17 +37,16 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
-    let build_args = build_args(args);
-    let loaded = match recipe::load(&build_args, &StoreImages { store: &store }) {
+    let loaded = match recipe::load(&args.recipe, &StoreImages { store: &store }) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let context = match Context::open(&args.context, loaded.recipe_path.as_deref()) {
+    let context = match Context::open(&args.recipe.context, loaded.recipe_path.as_deref()) {
         Ok(context) => context,
         Err(e) => {
             return fail(
                 INVALID,
-                format!("build context {}: {e}", args.context.display()),
+                format!("build context {}: {e}", args.recipe.context.display()),
             )
         }
     };

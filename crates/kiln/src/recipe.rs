@@ -1,6 +1,6 @@
 //! Reading a recipe and planning it: what `kiln build` and `kiln build --check` share.
 
-use crate::cli::BuildArgs;
+use crate::cli::RecipeArgs;
 use crate::report::{self, Source};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 use kiln_plan::{plan, Base, ImageConfigs, NoImages, Plan, PlanOptions, Platform};
@@ -24,7 +24,7 @@ pub struct Loaded {
 }
 
 /// Reads the recipe, plans it and prints its diagnostics. Errors come back as the exit code.
-pub fn load(args: &BuildArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitCode> {
+pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitCode> {
     let (name, text, recipe_path) = read_recipe(args).map_err(|message| {
         eprintln!("error: {message}");
         ExitCode::from(INVALID)
@@ -84,8 +84,27 @@ pub fn load(args: &BuildArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitC
     })
 }
 
+/// `--source-date-epoch`, else `$SOURCE_DATE_EPOCH`: seconds, never negative.
+pub fn source_date_epoch(flag: Option<i64>) -> Result<Option<i64>, String> {
+    match flag {
+        Some(epoch) if epoch < 0 => {
+            Err(format!("--source-date-epoch {epoch}: must not be negative"))
+        }
+        Some(epoch) => Ok(Some(epoch)),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(value) if !value.is_empty() => match value.parse::<i64>() {
+                Ok(epoch) if epoch >= 0 => Ok(Some(epoch)),
+                _ => Err(format!(
+                    "SOURCE_DATE_EPOCH={value:?} is not a non-negative number of seconds"
+                )),
+            },
+            _ => Ok(None),
+        },
+    }
+}
+
 /// `kiln build --check`.
-pub fn check(args: &BuildArgs) -> ExitCode {
+pub fn check(args: &RecipeArgs) -> ExitCode {
     match load(args, &NoImages) {
         Ok(loaded) => {
             print_summary(&loaded.name, &loaded.plan, loaded.warnings);
@@ -96,7 +115,7 @@ pub fn check(args: &BuildArgs) -> ExitCode {
 }
 
 /// `-f -` is standard input; `-f` defaults to CONTEXT/Dockerfile.
-fn read_recipe(args: &BuildArgs) -> Result<(String, String, Option<PathBuf>), String> {
+fn read_recipe(args: &RecipeArgs) -> Result<(String, String, Option<PathBuf>), String> {
     let path = match &args.file {
         Some(path) if path.as_os_str() == "-" => {
             let mut text = String::new();

@@ -123,6 +123,14 @@ struct StageImage {
 }
 
 impl StageImage {
+    /// A metadata step: the config changes, and history gets an entry with no layer.
+    fn apply_metadata(&mut self, step: &Step, change: &kiln_plan::ConfigChange) {
+        apply_config(&mut self.config, change, &mut self.cmd_set);
+        self.config
+            .history
+            .push(history_entry(step, rfc3339(self.time), true));
+    }
+
     fn rootfs(&self) -> Rootfs {
         Rootfs::new(self.layers.iter().map(|l| l.snapshot.clone()).collect())
     }
@@ -367,13 +375,7 @@ impl Builder<'_> {
                 note: None,
             };
             match &step.action {
-                Action::Config(change) => {
-                    apply_config(&mut image.config, change, &mut image.cmd_set);
-                    image
-                        .config
-                        .history
-                        .push(history_entry(step, rfc3339(image.time), true));
-                }
+                Action::Config(change) => image.apply_metadata(step, change),
                 Action::Arg(_) => {}
                 Action::Run(run) => {
                     let (key, _, _, _) = self.run_key(step, run, &image)?;
@@ -610,13 +612,7 @@ impl Builder<'_> {
             });
             let started = Instant::now();
             match &step.action {
-                Action::Config(change) => {
-                    apply_config(&mut image.config, change, &mut image.cmd_set);
-                    image
-                        .config
-                        .history
-                        .push(history_entry(step, rfc3339(image.time), true));
-                }
+                Action::Config(change) => image.apply_metadata(step, change),
                 Action::Arg(_) => {}
                 Action::Run(run) => {
                     self.run_step(number, stage, position, step, run, &mut image)?;

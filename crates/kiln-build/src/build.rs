@@ -4,6 +4,7 @@
 use crate::copy::{run_copy, CopyFrom, CopyJob};
 use crate::fetch::{fetch_url, FetchLimits, Fetched};
 use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
+use crate::remote::find_in_store;
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, IgnoreRules, MemoryMemo};
@@ -38,6 +39,8 @@ pub struct BuildOptions {
     pub snapshotter: crate::run::Snapshotter,
     /// `--secret id=ID,...`: what `RUN --mount=type=secret` reads. Only ids reach keys.
     pub secrets: BTreeMap<String, crate::run::SecretSource>,
+    /// Registries: pulling base images, `--cache-from`, `--cache-to type=inline`.
+    pub remote: crate::remote::RemoteOptions,
 }
 
 /// What progress displays hear about.
@@ -67,6 +70,12 @@ pub enum Event {
         number: usize,
         line: String,
     },
+    /// A blob moves from or to a registry.
+    Transfer(kiln_registry::TransferEvent),
+    /// Something to know that does not stop the build (a cache that cannot be read, say).
+    Warning {
+        message: String,
+    },
 }
 
 /// Stages run on several threads at once, so a progress display must be shareable.
@@ -89,6 +98,11 @@ pub struct Built {
     pub cached: usize,
     /// Bytes of build-context files read to hash them (0 when every hash was memoised).
     pub context_bytes_read: u64,
+    /// Every cache record the build used or made, in the order the steps finished: what
+    /// `--cache-to` exports.
+    pub records: Vec<CacheRecord>,
+    /// The ids of the cache mounts the build's RUN steps name.
+    pub mount_ids: Vec<String>,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -130,10 +144,6 @@ impl StageImage {
             .history
             .push(history_entry(step, rfc3339(self.time), true));
     }
-
-    fn rootfs(&self) -> Rootfs {
-        Rootfs::new(self.layers.iter().map(|l| l.snapshot.clone()).collect())
-    }
 }
 
 struct Builder<'a> {
@@ -153,6 +163,10 @@ struct Builder<'a> {
     failed: std::sync::atomic::AtomicBool,
     /// `plan_cache`: compute keys and look them up, but copy, download, unpack and run nothing.
     dry_run: bool,
+    /// The cache records this build used or made, for `--cache-to`.
+    records: std::sync::Mutex<Vec<CacheRecord>>,
+    /// The cache mounts its RUN steps name.
+    mount_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 pub fn build(
@@ -190,6 +204,8 @@ pub fn build(
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
         failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: false,
+        records: std::sync::Mutex::new(Vec::new()),
+        mount_ids: std::sync::Mutex::new(std::collections::BTreeSet::new()),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -198,76 +214,7 @@ pub fn build(
         first_step.insert(index, next);
         next += plan.stages.get(index).map_or(0, |s| s.steps.len());
     }
-    // Waves: every stage whose dependencies are built runs now, up to `jobs` at a time.
-    let mut pending: Vec<usize> = plan.order.clone();
-    while !pending.is_empty() {
-        let done: std::collections::BTreeSet<usize> =
-            builder.results_read()?.keys().copied().collect();
-        let ready: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|i| {
-                plan.stages
-                    .get(*i)
-                    .is_some_and(|s| s.dependencies.iter().all(|d| done.contains(d)))
-            })
-            .collect();
-        if ready.is_empty() {
-            return Err(BuildError::Plan);
-        }
-        pending.retain(|i| !ready.contains(i));
-        for chunk in ready.chunks(options.jobs.max(1)) {
-            let finished: Vec<(usize, Result<StageImage, BuildError>)> =
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|&index| {
-                            let builder = &builder;
-                            let first = first_step.get(&index).copied().unwrap_or(1);
-                            scope.spawn(move || match plan.stages.get(index) {
-                                Some(stage) => {
-                                    let result = builder.stage(stage, first);
-                                    if result.is_err() {
-                                        builder
-                                            .failed
-                                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                                    }
-                                    (index, result)
-                                }
-                                None => (index, Err(BuildError::Plan)),
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or((
-                                usize::MAX,
-                                Err(BuildError::Image("a stage's thread panicked".into())),
-                            ))
-                        })
-                        .collect()
-                });
-            let mut results = builder
-                .results
-                .write()
-                .map_err(|_| BuildError::Image("stage results poisoned".into()))?;
-            // The stage that failed says why; the ones it stopped only say that they stopped.
-            let mut stopped = None;
-            for (index, result) in finished {
-                match result {
-                    Ok(image) => {
-                        results.insert(index, image);
-                    }
-                    Err(BuildError::Cancelled) => stopped = Some(BuildError::Cancelled),
-                    Err(error) => return Err(error),
-                }
-            }
-            if let Some(error) = stopped {
-                return Err(error);
-            }
-        }
-    }
+    schedule(plan, &builder, &first_step, options.jobs.max(1))?;
     let image = builder
         .results
         .write()
@@ -278,6 +225,100 @@ pub fn build(
     // Keep the file hashes for the next build; losing them only costs a re-read.
     let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
     Ok(built)
+}
+
+/// Runs the stages: each starts as soon as the stages it needs are built, up to `jobs` at a
+/// time (no wave waits for its slowest member). When one fails, the others stop at their next
+/// step; the error returned is the failure's, not the "stopped" of the others.
+fn schedule(
+    plan: &Plan,
+    builder: &Builder<'_>,
+    first_step: &BTreeMap<usize, usize>,
+    jobs: usize,
+) -> Result<(), BuildError> {
+    let mut pending: Vec<usize> = plan.order.clone();
+    let mut built = std::collections::BTreeSet::new();
+    let mut failure: Option<BuildError> = None;
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) =
+            std::sync::mpsc::channel::<(usize, Result<StageImage, BuildError>)>();
+        let mut running = 0usize;
+        loop {
+            if failure.is_none() {
+                // In plan order, so step numbers and logs read the same from run to run.
+                let ready: Vec<usize> = pending
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        plan.stages
+                            .get(*i)
+                            .is_some_and(|s| s.dependencies.iter().all(|d| built.contains(d)))
+                    })
+                    .take(jobs.saturating_sub(running))
+                    .collect();
+                for index in ready {
+                    pending.retain(|i| *i != index);
+                    running += 1;
+                    let done_tx = done_tx.clone();
+                    let first = first_step.get(&index).copied().unwrap_or(1);
+                    scope.spawn(move || {
+                        // A panic must still report, or the loop would wait for it forever.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            match plan.stages.get(index) {
+                                Some(stage) => builder.stage(stage, first),
+                                None => Err(BuildError::Plan),
+                            }
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(BuildError::Image("a stage's thread panicked".into()))
+                        });
+                        if result.is_err() {
+                            builder
+                                .failed
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let _ = done_tx.send((index, result));
+                    });
+                }
+            }
+            if running == 0 {
+                if failure.is_none() && !pending.is_empty() {
+                    // Nothing runs and nothing can start: the plan's dependencies are broken.
+                    failure = Some(BuildError::Plan);
+                }
+                break;
+            }
+            let Ok((index, result)) = done_rx.recv() else {
+                failure.get_or_insert(BuildError::Image("a stage's thread ended early".into()));
+                break;
+            };
+            running -= 1;
+            match result {
+                Ok(image) => match builder.results.write() {
+                    Ok(mut results) => {
+                        results.insert(index, image);
+                        built.insert(index);
+                    }
+                    Err(_) => {
+                        failure = Some(BuildError::Image("stage results poisoned".into()));
+                    }
+                },
+                // The stage that failed says why; the ones it stopped only say that they stopped.
+                Err(BuildError::Cancelled) => {
+                    failure.get_or_insert(BuildError::Cancelled);
+                }
+                Err(error) => {
+                    if matches!(failure, None | Some(BuildError::Cancelled)) {
+                        failure = Some(error);
+                    }
+                }
+            }
+        }
+    });
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// What a build would do with one step, as `plan_cache` finds it.
@@ -339,6 +380,8 @@ pub fn plan_cache(
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
         failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: true,
+        records: std::sync::Mutex::new(Vec::new()),
+        mount_ids: std::sync::Mutex::new(std::collections::BTreeSet::new()),
     };
     let mut states = Vec::new();
     let mut number = 1;
@@ -451,6 +494,14 @@ impl Builder<'_> {
     }
 }
 
+/// Wall-clock nanoseconds, for a record's `recorded`.
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 /// A layer that was not made: named by the step's key, unpacked nowhere.
 fn placeholder_layer(key: &str) -> LayerRecord {
     LayerRecord {
@@ -462,6 +513,22 @@ fn placeholder_layer(key: &str) -> LayerRecord {
 }
 
 impl Builder<'_> {
+    /// The image's filesystem, its layers unpacked: a layer that came from a `--cache-from`
+    /// cache, or whose snapshot was pruned, is unpacked from its blob now. A dry run unpacks
+    /// nothing (its placeholders have no blob).
+    fn rootfs(&self, image: &StageImage) -> Result<Rootfs, BuildError> {
+        if !self.dry_run {
+            for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
+                if !layer.snapshot.is_dir() && self.store.has_blob(&layer.descriptor.digest) {
+                    ensure_snapshot(self.store, &layer.descriptor, diff_id.as_str(), "layer")?;
+                }
+            }
+        }
+        Ok(Rootfs::new(
+            image.layers.iter().map(|l| l.snapshot.clone()).collect(),
+        ))
+    }
+
     fn no_cache_for(&self, stage: &Stage) -> bool {
         self.options.no_cache
             || self.options.no_cache_filter.iter().any(|f| {
@@ -494,7 +561,7 @@ impl Builder<'_> {
                 image.cmd_set = false;
                 Ok(image)
             }
-            Base::Image(reference) => self.image_from_store(reference),
+            Base::Image(reference) => self.image_from_store(reference, &self.platform_of(stage)),
         }
     }
 
@@ -506,9 +573,13 @@ impl Builder<'_> {
             .unwrap_or_else(|| self.options.platform.clone())
     }
 
-    /// A base image from the store, usable when its layers are unpacked there (images kiln
-    /// built are).
-    fn image_from_store(&self, reference: &str) -> Result<StageImage, BuildError> {
+    /// A base image: from the store, or pulled into it (see [`crate::remote`]); its layers
+    /// unpacked there.
+    fn image_from_store(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<StageImage, BuildError> {
         let manifest_descriptor = match read_transport(reference)? {
             // A dry run keys on the archive's manifest and copies nothing into the store.
             Some(archive) if self.dry_run => {
@@ -521,11 +592,13 @@ impl Builder<'_> {
                 BuildError::Image(format!("{reference}: cannot copy it into the store: {e}"))
             })?,
             None => {
-                let name =
-                    ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-                find_in_store(self.store, &name).ok_or_else(|| BuildError::Image(format!(
-                        "image {reference:?} is not in the store ({name}); build it with `kiln build -t {reference}` or load it with `kiln load -i FILE` first — pulling from registries is not available in this version"
-                    )))?
+                let remote = &self.options.remote;
+                let sink = |event| self.progress.event(Event::Transfer(event));
+                let manifest = remote.manifest(self.store, reference, platform, &sink)?;
+                if !self.dry_run {
+                    remote.complete(self.store, reference, &manifest, platform, &sink)?;
+                }
+                manifest
             }
         };
         let manifest_bytes = self
@@ -559,8 +632,10 @@ impl Builder<'_> {
         key.str("kind", "image")
             .str("manifest", manifest_descriptor.digest.as_str());
         let mut config = config;
-        // The image's ONBUILD triggers run in this stage; the child image does not keep them.
+        // The image's ONBUILD triggers run in this stage; the child image does not keep them,
+        // nor the base's inline cache, which is of the base's layers.
         config.config.on_build.clear();
+        config.inline_cache = None;
         let time = self.options.source_date_epoch.unwrap_or_else(|| {
             config
                 .created
@@ -712,7 +787,7 @@ impl Builder<'_> {
                 parts.push(("stage".to_string(), image.chain_key.clone()));
             }
             Source::Image(reference) => {
-                let image = self.image_from_store(reference)?;
+                let image = self.image_from_store(reference, &self.options.platform)?;
                 parts.push(("image".to_string(), image.chain_key));
             }
         }
@@ -783,7 +858,7 @@ impl Builder<'_> {
         // A --chown by name depends on the image's /etc/passwd and /etc/group: key on the ids.
         if let Some(spec) = &copy.chown {
             let owner =
-                crate::copy::resolve_chown(spec, &image.rootfs()).map_err(BuildError::Copy)?;
+                crate::copy::resolve_chown(spec, &self.rootfs(image)?).map_err(BuildError::Copy)?;
             parts.push(("chown".to_string(), format!("{}:{}", owner.uid, owner.gid)));
         }
         self.common_parts(step, &mut parts);
@@ -843,8 +918,10 @@ impl Builder<'_> {
     ) -> Result<(), BuildError> {
         let no_cache = self.no_cache_for(stage);
         let (key, parts, config, mount_inputs) = self.run_key(step, run, image)?;
+        if let Ok(mut ids) = self.mount_ids.lock() {
+            ids.extend(crate::run::cache_mount_ids(run, &config));
+        }
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
-        let rootfs = image.rootfs();
         let on_line = |line: &str| {
             self.progress.event(Event::Output {
                 number,
@@ -853,6 +930,7 @@ impl Builder<'_> {
         };
         let (layer, created) =
             self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
+                let rootfs = self.rootfs(image)?;
                 let job = crate::run::RunJob {
                     store: self.store,
                     image: &rootfs,
@@ -924,12 +1002,12 @@ impl Builder<'_> {
                 Some(Source::Stage(stage)) => {
                     let image = self.result(*stage)?;
                     parts.push((format!("mount {index} stage"), image.chain_key.clone()));
-                    MountInput::Image(image.rootfs())
+                    MountInput::Image(self.rootfs(&image)?)
                 }
                 Some(Source::Image(reference)) => {
-                    let image = self.image_from_store(reference)?;
+                    let image = self.image_from_store(reference, &self.options.platform)?;
                     parts.push((format!("mount {index} image"), image.chain_key.clone()));
-                    MountInput::Image(image.rootfs())
+                    MountInput::Image(self.rootfs(&image)?)
                 }
             };
             inputs.push(input);
@@ -974,13 +1052,17 @@ impl Builder<'_> {
         let record = if no_cache {
             None
         } else {
-            self.store.cache_get(key)
+            self.cache_lookup(key)
         };
-        if let Some((layer, created)) = record.and_then(|r| r.layer.map(|l| (l, r.created))) {
+        if let Some(record) = record.filter(|r| r.layer.is_some()) {
             self.cached
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.progress.event(Event::Cached { number });
-            return Ok((layer, created));
+            let (layer, created) = (record.layer.clone(), record.created);
+            self.keep_record(record);
+            if let Some(layer) = layer {
+                return Ok((layer, created));
+            }
         }
         let reason = if no_cache {
             "--no-cache".to_string()
@@ -992,20 +1074,48 @@ impl Builder<'_> {
         self.store.slot_put(slot, key).map_err(BuildError::Store)?;
         let mut stored_parts = vec![("slot".to_string(), slot.to_string())];
         stored_parts.extend(parts);
-        self.store
-            .cache_put(&CacheRecord {
-                key: key.to_string(),
-                layer: Some(layer.clone()),
-                created_by: step.instruction.original.clone(),
-                parts: stored_parts,
-                created: self.now,
-                recorded: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0),
-            })
-            .map_err(BuildError::Store)?;
+        let record = CacheRecord {
+            key: key.to_string(),
+            layer: Some(layer.clone()),
+            created_by: step.instruction.original.clone(),
+            parts: stored_parts,
+            created: self.now,
+            recorded: now_nanos(),
+        };
+        self.store.cache_put(&record).map_err(BuildError::Store)?;
+        self.keep_record(record);
         Ok((layer, self.now))
+    }
+
+    fn keep_record(&self, record: CacheRecord) {
+        if let Ok(mut records) = self.records.lock() {
+            records.push(record);
+        }
+    }
+
+    /// A step's record: from the store's cache, else from a `--cache-from` cache (its layer
+    /// fetched into the store, the record kept there too). A cache that fails to give a layer
+    /// only warns: the step runs.
+    fn cache_lookup(&self, key: &str) -> Option<CacheRecord> {
+        if let Some(record) = self.store.cache_get(key) {
+            return Some(record);
+        }
+        let sink = |event| self.progress.event(Event::Transfer(event));
+        for imported in &self.options.remote.cache_from {
+            let Some(hit) = imported.hit(key, self.store, now_nanos(), &sink) else {
+                continue;
+            };
+            match hit {
+                Ok(record) => {
+                    let _ = self.store.cache_put(&record);
+                    return Some(record);
+                }
+                Err(message) => self.progress.event(Event::Warning {
+                    message: format!("cache {}: {message}", imported.name()),
+                }),
+            }
+        }
+        None
     }
 
     /// Puts a step's layer on the stage's image: layer list, diff_ids, history, chain key.
@@ -1120,7 +1230,7 @@ impl Builder<'_> {
             source: e,
         })?;
         let empty = Rootfs::default();
-        let below = image.rootfs();
+        let below = self.rootfs(image)?;
         let job = CopyJob {
             step: copy,
             workdir: &step.workdir,
@@ -1135,11 +1245,12 @@ impl Builder<'_> {
         let from = match &copy.from {
             Source::Context => CopyFrom::Context(self.context),
             Source::Stage(index) => {
-                from_rootfs = self.result(*index)?.rootfs();
+                from_rootfs = self.rootfs(&self.result(*index)?)?;
                 CopyFrom::Stage(&from_rootfs)
             }
             Source::Image(reference) => {
-                from_rootfs = self.image_from_store(reference)?.rootfs();
+                from_rootfs =
+                    self.rootfs(&self.image_from_store(reference, &self.options.platform)?)?;
                 CopyFrom::Stage(&from_rootfs)
             }
         };
@@ -1238,6 +1349,11 @@ impl Builder<'_> {
                 }
             }
         }
+        let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
+        let layers: Vec<Descriptor> = image.layers.iter().map(|l| l.descriptor.clone()).collect();
+        if self.options.remote.inline_cache {
+            config.inline_cache = Some(crate::shared_cache::inline_value(&records, &layers));
+        }
         let config_bytes =
             to_canonical_json(&config).map_err(|e| BuildError::Image(e.to_string()))?;
         let config_digest = self
@@ -1249,7 +1365,6 @@ impl Builder<'_> {
             config_digest,
             config_bytes.len() as u64,
         );
-        let layers: Vec<Descriptor> = image.layers.iter().map(|l| l.descriptor.clone()).collect();
         let manifest = Manifest::new(config_descriptor.clone(), layers.clone());
         let manifest_bytes =
             to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
@@ -1273,6 +1388,12 @@ impl Builder<'_> {
             steps: self.total,
             cached: self.cached.load(std::sync::atomic::Ordering::Relaxed),
             context_bytes_read: self.memo.bytes_read(),
+            records,
+            mount_ids: self
+                .mount_ids
+                .lock()
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -1355,71 +1476,69 @@ fn planned_layers(store: &Store, manifest: &Manifest, config: &ImageConfig) -> V
 }
 
 /// The layers of an image in the store, each unpacked into a snapshot: a layer made elsewhere
-/// (kiln load) is unpacked once, and shared by every build after.
+/// (kiln load, a pull) is unpacked once, and shared by every build after.
 fn unpacked_layers(
     store: &Store,
     manifest: &Manifest,
     config: &ImageConfig,
     reference: &str,
 ) -> Result<Vec<LayerRef>, BuildError> {
-    let mut layers = Vec::new();
-    for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        let mut snapshot = store.snapshot_path(diff_id.as_str());
-        if !snapshot.is_dir() {
-            let work = store.work_dir().map_err(BuildError::Store)?;
-            let fresh = work.path().join("snapshot");
-            std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
-                path: fresh.clone(),
-                source: e,
-            })?;
-            let blob = store
-                .open_blob(&descriptor.digest)
-                .map_err(BuildError::Store)?;
-            crate::unpack::unpack_layer(
-                std::io::BufReader::new(blob),
-                &descriptor.media_type,
-                &fresh,
-                diff_id.as_str(),
-            )
-            .map_err(|e| BuildError::Image(format!("base image {reference:?}: {e}")))?;
-            snapshot = store
-                .commit_snapshot(&fresh, diff_id.as_str())
-                .map_err(BuildError::Store)?;
-        }
-        layers.push(LayerRef {
-            descriptor: descriptor.clone(),
-            snapshot,
-        });
-    }
-    Ok(layers)
+    manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| {
+            Ok(LayerRef {
+                descriptor: descriptor.clone(),
+                snapshot: ensure_snapshot(
+                    store,
+                    descriptor,
+                    diff_id.as_str(),
+                    &format!("base image {reference:?}"),
+                )?,
+            })
+        })
+        .collect()
 }
 
-/// The manifest an image name means in the store: by its name, or, for `name@sha256:...`, the
-/// manifest with that digest (named in the store or only held as a blob of it).
-fn find_in_store(store: &Store, name: &ImageName) -> Option<Descriptor> {
-    if let Ok(tagged) = store.resolve(&name.to_string()) {
-        return Some(tagged.manifest);
+/// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
+fn ensure_snapshot(
+    store: &Store,
+    descriptor: &Descriptor,
+    diff_id: &str,
+    what: &str,
+) -> Result<PathBuf, BuildError> {
+    let snapshot = store.snapshot_path(diff_id);
+    if snapshot.is_dir() {
+        return Ok(snapshot);
     }
-    let digest = name.digest()?;
-    if let Some(tagged) = store
-        .images()
-        .ok()?
-        .into_iter()
-        .find(|t| &t.manifest.digest == digest)
-    {
-        return Some(tagged.manifest);
+    let work = store.work_dir().map_err(BuildError::Store)?;
+    let fresh = work.path().join("snapshot");
+    std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
+        path: fresh.clone(),
+        source: e,
+    })?;
+    let blob = store
+        .open_blob(&descriptor.digest)
+        .map_err(BuildError::Store)?;
+    crate::unpack::unpack_layer(
+        std::io::BufReader::new(blob),
+        &descriptor.media_type,
+        &fresh,
+        diff_id,
+    )
+    .map_err(|e| BuildError::Image(format!("{what}: {e}")))?;
+    store
+        .commit_snapshot(&fresh, diff_id)
+        .map_err(BuildError::Store)
+}
+
+/// Unpacks what the flattened outputs read: every layer of a built image.
+pub fn ensure_unpacked(store: &Store, built: &Built) -> Result<(), BuildError> {
+    for (descriptor, diff_id) in built.layers.iter().zip(&built.config.rootfs.diff_ids) {
+        ensure_snapshot(store, descriptor, diff_id.as_str(), "layer")?;
     }
-    let bytes = store.read_blob(digest).ok()?;
-    let manifest: Manifest = kiln_oci::from_json_slice(&bytes).ok()?;
-    let media_type = manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
-    Some(Descriptor::new(
-        media_type,
-        digest.clone(),
-        bytes.len() as u64,
-    ))
+    Ok(())
 }
 
 /// An image of the store by name: its config and its layers' snapshots, bottom first.
@@ -1428,7 +1547,7 @@ pub fn image_in_store(
     reference: &str,
 ) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
     let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-    let found = find_in_store(store, &name).ok_or_else(|| {
+    let found = find_in_store(store, &name, &Platform::host()).ok_or_else(|| {
         BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
     })?;
     let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
@@ -1488,17 +1607,23 @@ pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>,
 
 /// Base image configs from the store, for planning: a stage on an image sees that image's ENV
 /// in expansion, starts in its WORKDIR with its SHELL, and runs its ONBUILD triggers.
+/// An image the store lacks is asked of the registry (manifest and config only).
 pub struct StoreImages<'a> {
     pub store: &'a Store,
+    pub remote: &'a crate::remote::RemoteOptions,
+    pub progress: &'a dyn Progress,
 }
 
 impl kiln_plan::ImageConfigs for StoreImages<'_> {
-    fn config(&self, reference: &str, _platform: &Platform) -> Option<kiln_plan::BaseConfig> {
+    fn config(&self, reference: &str, platform: &Platform) -> Option<kiln_plan::BaseConfig> {
         let config = match read_transport(reference).ok()? {
             Some(archive) => archive.config.config,
             None => {
-                let name = ImageName::parse(reference).ok()?;
-                let manifest = find_in_store(self.store, &name)?;
+                let sink = |event| self.progress.event(Event::Transfer(event));
+                let manifest = self
+                    .remote
+                    .manifest(self.store, reference, platform, &sink)
+                    .ok()?;
                 self.store.image(&manifest).ok()?.config.config
             }
         };

@@ -10,12 +10,17 @@ pub mod flatten;
 mod fsmeta;
 pub mod image;
 pub mod output;
+pub mod remote;
 pub mod rootfs;
 pub mod run;
+pub mod shared_cache;
 pub mod squash;
 pub mod unpack;
 
-pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
+pub use build::{
+    build, ensure_unpacked, plan_cache, BuildOptions, Built, Event, Progress, StepState,
+    StoreImages,
+};
 
 use std::path::PathBuf;
 
@@ -45,6 +50,10 @@ pub enum BuildError {
     Cancelled,
     #[error("the plan has errors; nothing was built")]
     Plan,
+    #[error("pull: {0}")]
+    Pull(String),
+    #[error("push: {0}")]
+    Push(String),
     #[error("ADD: {0}")]
     Fetch(#[from] crate::fetch::FetchError),
 }

@@ -24,12 +24,16 @@ pub enum OutputKind {
     Local,
     /// Every layer as its own tarball, plus `layers.json` describing them.
     Layers,
+    /// Pushed to a registry under `name=` (or the `-t` names).
+    Registry,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     Stdout,
     File(PathBuf),
+    /// The registries the image's names point at.
+    Registry,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,7 @@ impl OutputSpec {
         let mut names = Vec::new();
         let mut algorithm: Option<&str> = None;
         let mut level: Option<i32> = None;
+        let mut push = None;
         for field in text.split(',') {
             let (key, value) = field
                 .split_once('=')
@@ -64,10 +69,13 @@ impl OutputSpec {
                         "tar" => OutputKind::Tar,
                         "local" => OutputKind::Local,
                         "layers" => OutputKind::Layers,
-                        "registry" | "image" => {
-                            return Err(format!("output type {value:?} is not available in this version; use oci, docker, tar, local or layers"))
+                        "registry" => OutputKind::Registry,
+                        // buildx's `type=image,push=true` is `type=registry`.
+                        "image" => {
+                            push.get_or_insert(false);
+                            OutputKind::Registry
                         }
-                        other => return Err(format!("unknown output type {other:?} (use oci, docker, tar, local or layers)")),
+                        other => return Err(format!("unknown output type {other:?} (use oci, docker, tar, local, layers or registry)")),
                     })
                 }
                 "dest" => {
@@ -78,21 +86,41 @@ impl OutputSpec {
                     })
                 }
                 "name" => names.extend(value.split(';').map(str::to_string)),
+                "push" => push = Some(matches!(value, "true" | "1")),
                 "compression" => {
                     if !matches!(value, "gzip" | "zstd" | "uncompressed") {
-                        return Err(format!("unknown compression {value:?} (use gzip, zstd or uncompressed)"));
+                        return Err(format!(
+                            "unknown compression {value:?} (use gzip, zstd or uncompressed)"
+                        ));
                     }
                     algorithm = Some(value);
                 }
                 "compression-level" => {
-                    level = Some(value.parse().map_err(|_| format!("compression-level={value:?} is not a number"))?);
+                    level = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("compression-level={value:?} is not a number"))?,
+                    );
                 }
                 other => return Err(format!("unknown output option {other:?} in {text:?}")),
             }
         }
         let kind = kind.ok_or_else(|| {
-            format!("output {text:?} needs type=oci, docker, tar, local or layers")
+            format!("output {text:?} needs type=oci, docker, tar, local, layers or registry")
         })?;
+        if kind == OutputKind::Registry {
+            if push == Some(false) {
+                return Err(format!(
+                    "output {text:?}: type=image without push=true only names the image; use -t NAME for that"
+                ));
+            }
+            if destination.is_some() {
+                return Err(format!(
+                    "output {text:?}: type=registry pushes to name=NAME, not to dest="
+                ));
+            }
+            destination = Some(Destination::Registry);
+        }
         let destination = destination.ok_or_else(|| {
             format!("output {text:?} needs dest=PATH (or dest=- for standard output)")
         })?;
@@ -144,9 +172,20 @@ pub fn export(
     names: &[ImageName],
 ) -> Result<(), BuildError> {
     match spec.kind {
-        OutputKind::Local => return export_local(&spec.destination, built),
-        OutputKind::Tar => return export_tar(&spec.destination, built, store),
+        OutputKind::Local => {
+            crate::build::ensure_unpacked(store, built)?;
+            return export_local(&spec.destination, built);
+        }
+        OutputKind::Tar => {
+            crate::build::ensure_unpacked(store, built)?;
+            return export_tar(&spec.destination, built, store);
+        }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),
+        OutputKind::Registry => {
+            return Err(BuildError::Image(
+                "type=registry is pushed by the caller, with a registry client".into(),
+            ))
+        }
         OutputKind::Oci | OutputKind::Docker => {}
     }
     let mut all = names.to_vec();
@@ -212,6 +251,9 @@ fn write_to(
                 source: e,
             })
         }
+        Destination::Registry => Err(BuildError::Image(
+            "an archive output needs dest=FILE".into(),
+        )),
         Destination::File(path) => {
             // Written beside the target and renamed: a failed build never leaves half an archive.
             let dir = path
@@ -384,6 +426,16 @@ mod tests {
         );
         assert!(OutputSpec::parse("type=registry,dest=x")
             .unwrap_err()
-            .contains("not available"));
+            .contains("name=NAME"));
+        let push = OutputSpec::parse("type=registry,name=127.0.0.1:5000/a:1").unwrap();
+        assert_eq!(push.kind, OutputKind::Registry);
+        assert_eq!(push.names, ["127.0.0.1:5000/a:1"]);
+        assert_eq!(
+            OutputSpec::parse("type=image,name=a,push=true")
+                .unwrap()
+                .kind,
+            OutputKind::Registry
+        );
+        assert!(OutputSpec::parse("type=image,name=a").is_err());
     }
 }

@@ -76,6 +76,35 @@ struct PreparedMounts {
     _locks: Vec<std::fs::File>,
 }
 
+/// A cache mount's id: `id=`, else its target.
+fn cache_id(mount: &kiln_recipe::mount::Mount, target: &str) -> String {
+    mount.id.clone().unwrap_or_else(|| format!("/{target}"))
+}
+
+/// Where the store keeps the cache mount `id`, and the lock file its users hold.
+pub(crate) fn cache_mount_paths(store: &Store, id: &str) -> (PathBuf, PathBuf) {
+    let caches = store.root().join("cache-mounts");
+    let hex = sha256_hex(id.as_bytes());
+    (caches.join(&hex), caches.join(format!("{hex}.lock")))
+}
+
+/// The ids of the cache mounts a RUN step uses, for `--cache-to ...,cache-mounts=true`.
+pub(crate) fn cache_mount_ids(run: &kiln_plan::RunStep, config: &ImageConfig) -> Vec<String> {
+    let workdir = if config.config.working_dir.is_empty() {
+        "/"
+    } else {
+        config.config.working_dir.as_str()
+    };
+    run.mounts
+        .iter()
+        .filter(|m| m.kind == MountType::Cache)
+        .filter_map(|m| {
+            let target = clean_target(&m.effective_target()?, workdir).ok()?;
+            Some(cache_id(m, &target))
+        })
+        .collect()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(bytes);
@@ -192,14 +221,14 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                             .to_string(),
                     ));
                 }
-                let id = mount.id.clone().unwrap_or_else(|| format!("/{target}"));
-                let caches = job.store.root().join("cache-mounts");
-                std::fs::create_dir_all(&caches).map_err(|e| io_at(&caches, e))?;
-                let mut dir = caches.join(sha256_hex(id.as_bytes()));
+                let id = cache_id(mount, &target);
+                let (mut dir, lock_path) = cache_mount_paths(job.store, &id);
+                if let Some(caches) = dir.parent() {
+                    std::fs::create_dir_all(caches).map_err(|e| io_at(caches, e))?;
+                }
                 // Every user holds the cache's lock: shared ones together, `locked` alone
                 // (waiting for the others), `private` alone or else with a fresh directory of
                 // its own that is thrown away.
-                let lock_path = caches.join(format!("{}.lock", sha256_hex(id.as_bytes())));
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)

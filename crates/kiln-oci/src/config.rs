@@ -44,6 +44,14 @@ pub struct ImageConfig {
         deserialize_with = "null_default"
     )]
     pub history: Vec<History>,
+    /// kiln's inline build cache (`--cache-to type=inline`): the cache records of this image's
+    /// layers, so a later build can use the image as its cache. Other tools ignore the field.
+    #[serde(
+        rename = "dev.kiln.cache.v1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 impl ImageConfig {

@@ -3,8 +3,12 @@
 use crate::cli::{BuildArgs, ProgressMode};
 use crate::progress::{Plain, Style};
 use crate::recipe::{self, INVALID, USAGE};
-use kiln_build::output::{export, OutputSpec};
-use kiln_build::{build, BuildOptions, StoreImages};
+use kiln_build::output::{export, OutputKind, OutputSpec};
+use kiln_build::remote::{PullPolicy, RemoteOptions};
+use kiln_build::shared_cache::{
+    CacheExport, CacheImport, CacheLocation, ExportInput, ImportedCache,
+};
+use kiln_build::{build, BuildOptions, Event, Progress, StoreImages};
 use kiln_context::Context;
 use kiln_layer::Compression;
 use kiln_oci::ImageName;
@@ -12,6 +16,7 @@ use kiln_plan::Platform;
 use kiln_store::Store;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The most layers `docker load` accepts.
 const DOCKER_MAX_LAYERS: usize = 125;
@@ -52,6 +57,47 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             )
         }
     };
+    let mut cache_exports = Vec::new();
+    for text in &args.cache_to {
+        match CacheExport::parse(text) {
+            Ok(export) => cache_exports.push(export),
+            Err(e) => return fail(USAGE, format!("--cache-to {text}: {e}")),
+        }
+    }
+    let mut cache_imports = Vec::new();
+    for text in &args.cache_from {
+        match CacheImport::parse(text) {
+            Ok(import) => cache_imports.push(import),
+            Err(e) => return fail(USAGE, format!("--cache-from {text}: {e}")),
+        }
+    }
+    // Where the image is pushed: `-o type=registry,name=...`, and every -t name with --push.
+    let mut push_to: Vec<ImageName> = Vec::new();
+    for spec in outputs.iter().filter(|o| o.kind == OutputKind::Registry) {
+        let spec_names = if spec.names.is_empty() {
+            names.clone()
+        } else {
+            let mut parsed = Vec::new();
+            for name in &spec.names {
+                match ImageName::parse(name) {
+                    Ok(name) => parsed.push(name),
+                    Err(e) => return fail(USAGE, format!("-o name={name}: {e}")),
+                }
+            }
+            parsed
+        };
+        if spec_names.is_empty() {
+            return fail(USAGE, "-o type=registry needs name=NAME (or -t NAME)");
+        }
+        push_to.extend(spec_names);
+    }
+    if args.push {
+        if names.is_empty() {
+            return fail(USAGE, "--push needs -t NAME: the name says where to push");
+        }
+        push_to.extend(names.iter().cloned());
+    }
+    push_to.dedup();
     let source_date_epoch = match recipe::source_date_epoch(args.source_date_epoch) {
         Ok(epoch) => epoch,
         Err(message) => return fail(USAGE, message),
@@ -60,9 +106,46 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
-    let loaded = match recipe::load(&args.recipe, &StoreImages { store: &store }) {
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let style = match args.progress {
+        _ if quiet => Style::Quiet,
+        ProgressMode::Json => Style::Json,
+        ProgressMode::Tty => Style::Tty,
+        ProgressMode::Auto => crate::progress::auto_style(),
+        ProgressMode::Plain | ProgressMode::Quiet => Style::Plain,
+    };
+    let progress = Plain::new(style);
+    let registry = crate::registry_cmd::client(&args.registry);
+    let pull = match args.pull.as_deref() {
+        None | Some("missing") => Some(PullPolicy::Missing),
+        Some("always" | "true") => Some(PullPolicy::Always),
+        Some("never" | "false") => None,
+        Some(other) => {
+            return fail(
+                USAGE,
+                format!("--pull={other}: expected always, missing or never"),
+            )
+        }
+    };
+    // `--pull=never`: no registry is asked for a base image (a cache may still be read).
+    let mut remote = match pull {
+        Some(policy) => RemoteOptions::new(Some(Arc::clone(&registry)), policy),
+        None => RemoteOptions::new(None, PullPolicy::Missing),
+    };
+    remote.inline_cache = cache_exports
+        .iter()
+        .any(|e| e.location == CacheLocation::Inline);
+    let images = StoreImages {
+        store: &store,
+        remote: &remote,
+        progress: &progress,
+    };
+    let loaded = match recipe::load(&args.recipe, &images) {
         Ok(loaded) => loaded,
-        Err(code) => return code,
+        Err(code) => {
+            progress.finish();
+            return code;
+        }
     };
     let context = match Context::open(&args.recipe.context, loaded.recipe_path.as_deref()) {
         Ok(context) => context,
@@ -102,8 +185,29 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(secrets) => secrets,
         Err(message) => return fail(USAGE, message),
     };
+    // A cache that cannot be read only warns, as with docker build: the steps run instead.
+    let sink = |event| progress.event(Event::Transfer(event));
+    for import in &cache_imports {
+        match ImportedCache::load(import, Some(&registry), &platform, &store, &sink) {
+            Ok(cache) => {
+                if let Err(message) = cache.restore_mounts(&store, &sink) {
+                    progress.event(Event::Warning {
+                        message: format!("cache {}: cache mounts: {message}", cache.name()),
+                    });
+                }
+                remote.cache_from.push(Arc::new(cache));
+            }
+            Err(message) => progress.event(Event::Warning {
+                message: format!(
+                    "--cache-from {}: {message}",
+                    describe_location(&import.location)
+                ),
+            }),
+        }
+    }
     let options = BuildOptions {
         secrets,
+        remote,
         snapshotter,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
@@ -130,21 +234,14 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             eprintln!("warning: --no-cache-filter {wanted}: no stage has this name or index");
         }
     }
-    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let style = match args.progress {
-        _ if quiet => Style::Quiet,
-        ProgressMode::Json => Style::Json,
-        ProgressMode::Tty => Style::Tty,
-        ProgressMode::Auto => crate::progress::auto_style(),
-        ProgressMode::Plain | ProgressMode::Quiet => Style::Plain,
-    };
-    let progress = Plain::new(style);
     let result = build(&loaded.plan, &store, &context, &options, &progress);
-    // The live display is cleared before the error or the summary is printed.
-    progress.finish();
     let built = match result {
         Ok(built) => built,
-        Err(e) => return fail(INVALID, e),
+        Err(e) => {
+            // The live display is cleared before the error is printed.
+            progress.finish();
+            return fail(INVALID, e);
+        }
     };
     // Docker refuses images deeper than 125 layers; say so before someone tries to load one.
     let for_docker = outputs
@@ -156,11 +253,58 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
             built.layers.len()
         );
     }
-    for spec in &outputs {
+    for spec in outputs.iter().filter(|o| o.kind != OutputKind::Registry) {
         if let Err(e) = export(spec, &built, &store, &names) {
+            progress.finish();
             return fail(INVALID, e);
         }
     }
+    for destination in &push_to {
+        if let Err(e) = crate::registry_cmd::push_image(
+            &registry,
+            &store,
+            &built.manifest,
+            destination,
+            &progress,
+        ) {
+            progress.finish();
+            return fail(INVALID, e);
+        }
+    }
+    let input = ExportInput {
+        store: &store,
+        records: &built.records,
+        image_layers: &built.layers,
+        mount_ids: &built.mount_ids,
+    };
+    for export in cache_exports
+        .iter()
+        .filter(|e| e.location != CacheLocation::Inline)
+    {
+        match kiln_build::shared_cache::export(export, &input, Some(&registry), &sink) {
+            Ok(report) => {
+                for id in &report.mounts_skipped {
+                    progress.event(Event::Warning {
+                        message: format!(
+                            "--cache-to {}: cache mount {id:?} is larger than cache-mounts-max; left out",
+                            describe_location(&export.location)
+                        ),
+                    });
+                }
+            }
+            Err(e) if export.ignore_error => progress.event(Event::Warning {
+                message: format!("--cache-to {}: {e}", describe_location(&export.location)),
+            }),
+            Err(e) => {
+                progress.finish();
+                return fail(
+                    INVALID,
+                    format!("--cache-to {}: {e}", describe_location(&export.location)),
+                );
+            }
+        }
+    }
+    progress.finish();
     // Named only once every output is written: a failed export leaves no half-finished name.
     for name in &names {
         let tag = name.tag().unwrap_or("latest");
@@ -231,6 +375,14 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn describe_location(location: &CacheLocation) -> String {
+    match location {
+        CacheLocation::Registry(name) => name.to_string(),
+        CacheLocation::Local(dir) => dir.display().to_string(),
+        CacheLocation::Inline => "inline".into(),
+    }
 }
 
 /// Writes a small result file through a temp file beside it, so readers never see half of it.

@@ -71,10 +71,80 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Pull an image from a registry into the store.
+    Pull(PullArgs),
+    /// Push an image of the store to a registry: to its own name, or to DEST.
+    Push(PushArgs),
+    /// Save credentials for a registry (in $DOCKER_CONFIG/config.json, or its credential
+    /// helper), after checking them with the registry.
+    Login(LoginArgs),
+    /// Remove the saved credentials of a registry.
+    Logout {
+        /// The registry, e.g. registry.example.com:5000 (default: docker.io).
+        server: Option<String>,
+    },
     /// Show how much disk the store uses.
     Du,
     /// Check every blob in the store against its digest.
     Verify,
+}
+
+/// How kiln talks to registries.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Verify registries' TLS certificates and use https only. --tls-verify=false allows
+    /// plain http and unverified TLS (for every registry; localhost and 127.0.0.1 are
+    /// allowed both always).
+    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image, as docker names it: alpine, registry:5000/team/app:1, name@sha256:...
+    pub image: String,
+    /// The platform to pull from a multi-platform image. Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image of the store.
+    pub image: String,
+    /// Where to push it (a registry reference; `docker://` in front is allowed). Default:
+    /// the image's own name.
+    pub destination: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Write the pushed manifest's digest to this file.
+    #[arg(long = "digestfile", value_name = "FILE")]
+    pub digest_file: Option<PathBuf>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry, e.g. registry.example.com:5000 (default: docker.io).
+    pub server: Option<String>,
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// The password (visible to other users of this machine in the process list: prefer
+    /// --password-stdin).
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,6 +262,31 @@ pub struct BuildArgs {
     /// (overlay, a copy where it cannot be mounted). Default: $KILN_SNAPSHOTTER, else auto.
     #[arg(long, value_name = "auto|overlay|copy")]
     pub snapshotter: Option<String>,
+
+    /// When to ask registries for base images: always (what bare --pull means: even those
+    /// the store holds), missing (the default: only those it does not hold), never (offline:
+    /// the store only).
+    #[arg(long, value_name = "always|missing|never", num_args = 0..=1, default_missing_value = "always")]
+    pub pull: Option<String>,
+
+    /// Push the image to the registry of each -t name (same as -o type=registry).
+    #[arg(long)]
+    pub push: bool,
+
+    /// Read build cache from here (repeatable): type=registry,ref=NAME, type=local,src=DIR,
+    /// or an image name (an image built with --cache-to type=inline).
+    #[arg(long = "cache-from", value_name = "type=TYPE,...")]
+    pub cache_from: Vec<String>,
+
+    /// Write the build cache here (repeatable): type=registry,ref=NAME or
+    /// type=local,dest=DIR, with mode=max (every stage's layers, the default) or mode=min
+    /// (the image's), cache-mounts=true to carry RUN --mount=type=cache contents (up to
+    /// cache-mounts-max=SIZE, default 1g); or type=inline (in the image's config).
+    #[arg(long = "cache-to", value_name = "type=TYPE,...")]
+    pub cache_to: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]

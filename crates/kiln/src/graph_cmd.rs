@@ -37,7 +37,15 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
-    let loaded = match recipe::load(&args.recipe, &StoreImages { store: &store }) {
+    // A dry run asks no registry: it knows what the store knows.
+    let remote = kiln_build::remote::RemoteOptions::default();
+    let silent = crate::progress::Plain::new(crate::progress::Style::Quiet);
+    let images = StoreImages {
+        store: &store,
+        remote: &remote,
+        progress: &silent,
+    };
+    let loaded = match recipe::load(&args.recipe, &images) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -62,6 +70,7 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         recipe_id: String::new(),
         snapshotter: kiln_build::run::Snapshotter::Copy,
         secrets: BTreeMap::new(),
+        remote,
     };
     let states = match plan_cache(&loaded.plan, &store, &context, &options) {
         Ok(states) => states,

@@ -5,6 +5,7 @@ mod cli;
 mod graph_cmd;
 mod progress;
 mod recipe;
+mod registry_cmd;
 mod report;
 mod run_cmd;
 mod store_cmd;
@@ -55,6 +56,10 @@ fn main() -> ExitCode {
         cli::Command::Build(args) => build_cmd::run(args, &root),
         cli::Command::Run(args) => run_cmd::run(args, &root),
         cli::Command::Graph(args) => graph_cmd::run(args, &root),
+        cli::Command::Pull(args) => registry_cmd::pull(args, &root),
+        cli::Command::Push(args) => registry_cmd::push(args, &root),
+        cli::Command::Login(args) => registry_cmd::login(args),
+        cli::Command::Logout { server } => registry_cmd::logout(server.as_deref()),
         other => store_cmd::run(other, &root),
     }
 }

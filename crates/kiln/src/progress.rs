@@ -4,6 +4,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_build::{Event, Progress};
+use kiln_registry::{Action, Outcome, TransferEvent};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ pub struct Plain {
     style: Style,
     out: Mutex<std::io::Stderr>,
     tty: Option<Tty>,
+    transfers: Mutex<Transfers>,
 }
 
 impl Plain {
@@ -34,6 +36,7 @@ impl Plain {
             style,
             out: Mutex::new(std::io::stderr()),
             tty: (style == Style::Tty).then(|| Tty::new(started)),
+            transfers: Mutex::new(Transfers::default()),
         }
     }
 
@@ -79,7 +82,142 @@ impl Progress for Plain {
                 writeln!(out, "#{number} done in {:.2}s", elapsed.as_secs_f64())
             }
             Event::Output { number, line } => writeln!(out, "#{number} | {line}"),
+            Event::Warning { message } => writeln!(out, "warning: {message}"),
+            Event::Transfer(transfer) => {
+                let line = self
+                    .transfers
+                    .lock()
+                    .ok()
+                    .and_then(|mut t| t.apply(&transfer, Instant::now()));
+                match line {
+                    Some(line) => writeln!(out, "{line}"),
+                    None => Ok(()),
+                }
+            }
         };
+    }
+}
+
+/// A blob on its way to or from a registry.
+#[derive(Debug, Clone)]
+struct TransferView {
+    push: bool,
+    total: u64,
+    done: u64,
+    started: Instant,
+}
+
+/// The transfers under way, and the line each leaves when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct Transfers {
+    open: BTreeMap<String, TransferView>,
+}
+
+fn short_digest(id: &str) -> String {
+    let hex = id.split_once(':').map_or(id, |(_, hex)| hex);
+    hex.chars().take(12).collect()
+}
+
+/// Bytes as people read them: 812 B, 4.2 MB, 1.31 GB (powers of 1000, as registries show).
+pub fn bytes(n: u64) -> String {
+    let n = n as f64;
+    if n < 1e3 {
+        format!("{n} B")
+    } else if n < 1e6 {
+        format!("{:.1} kB", n / 1e3)
+    } else if n < 1e9 {
+        format!("{:.1} MB", n / 1e6)
+    } else {
+        format!("{:.2} GB", n / 1e9)
+    }
+}
+
+impl Transfers {
+    /// Takes in one event; returns the line to leave in the log: when a transfer ends (with
+    /// its size, time and rate), or is retried.
+    pub fn apply(&mut self, event: &TransferEvent, now: Instant) -> Option<String> {
+        match event {
+            TransferEvent::Start { id, action, total } => {
+                self.open.insert(
+                    id.clone(),
+                    TransferView {
+                        push: matches!(action, Action::Push),
+                        total: *total,
+                        done: 0,
+                        started: now,
+                    },
+                );
+                None
+            }
+            TransferEvent::Progress { id, done, total } => {
+                if let Some(view) = self.open.get_mut(id) {
+                    view.done = *done;
+                    view.total = (*total).max(view.total);
+                }
+                None
+            }
+            TransferEvent::Retry { id, attempt, error } => {
+                Some(format!("{} retry {attempt}: {error}", short_digest(id)))
+            }
+            TransferEvent::Done { id, outcome } => {
+                let view = self.open.remove(id)?;
+                let verb = match (outcome, view.push) {
+                    (Outcome::Existed, _) => {
+                        return Some(format!("{} already there", short_digest(id)))
+                    }
+                    (Outcome::Mounted, _) => {
+                        return Some(format!(
+                            "{} mounted from another repository",
+                            short_digest(id)
+                        ))
+                    }
+                    (_, true) => "pushed",
+                    (_, false) => "pulled",
+                };
+                let secs = now.saturating_duration_since(view.started).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    format!(", {}/s", bytes((view.total as f64 / secs) as u64))
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "{verb} {} {} in {secs:.2}s{rate}",
+                    short_digest(id),
+                    bytes(view.total)
+                ))
+            }
+        }
+    }
+
+    /// One line per transfer under way, with a bar: what the live display shows.
+    fn render(&self, width: usize, now: Instant) -> Vec<String> {
+        self.open
+            .iter()
+            .map(|(id, view)| {
+                let secs = now.saturating_duration_since(view.started).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    bytes((view.done as f64 / secs) as u64)
+                } else {
+                    bytes(0)
+                };
+                const BAR: usize = 20;
+                let filled = if view.total > 0 {
+                    ((view.done.min(view.total) as f64 / view.total as f64) * BAR as f64) as usize
+                } else {
+                    0
+                };
+                let line = format!(
+                    "{} {} [{}{}] {} / {} {rate}/s",
+                    if view.push { "push" } else { "pull" },
+                    short_digest(id),
+                    "=".repeat(filled),
+                    " ".repeat(BAR - filled),
+                    bytes(view.done),
+                    bytes(view.total),
+                );
+                truncate(&line, width)
+            })
+            .collect()
     }
 }
 
@@ -106,6 +244,30 @@ fn json_event(event: &Event, at: f64) -> serde_json::Value {
         Event::Output { number, line } => serde_json::json!({
             "event": "output", "at": at, "number": number, "line": line,
         }),
+        Event::Warning { message } => {
+            serde_json::json!({"event": "warning", "at": at, "message": message})
+        }
+        Event::Transfer(transfer) => match transfer {
+            TransferEvent::Start { id, action, total } => serde_json::json!({
+                "event": "transfer", "at": at, "state": "start", "id": id,
+                "action": if matches!(action, Action::Push) { "push" } else { "pull" }, "total": total,
+            }),
+            TransferEvent::Progress { id, done, total } => serde_json::json!({
+                "event": "transfer", "at": at, "state": "progress", "id": id, "done": done, "total": total,
+            }),
+            TransferEvent::Done { id, outcome } => serde_json::json!({
+                "event": "transfer", "at": at, "state": "done", "id": id,
+                "outcome": match outcome {
+                    Outcome::Fetched => "fetched",
+                    Outcome::Uploaded => "uploaded",
+                    Outcome::Existed => "existed",
+                    Outcome::Mounted => "mounted",
+                },
+            }),
+            TransferEvent::Retry { id, attempt, error } => serde_json::json!({
+                "event": "transfer", "at": at, "state": "retry", "id": id, "attempt": attempt, "error": error,
+            }),
+        },
     }
 }
 
@@ -158,6 +320,14 @@ pub struct Board {
     started: Instant,
     total: usize,
     steps: BTreeMap<usize, StepView>,
+    transfers: Transfers,
+}
+
+/// What an event finished, to be printed once above the live region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    Step(usize),
+    Line(String),
 }
 
 impl Board {
@@ -166,6 +336,7 @@ impl Board {
             started,
             total: 0,
             steps: BTreeMap::new(),
+            transfers: Transfers::default(),
         }
     }
 
@@ -180,8 +351,8 @@ impl Board {
         })
     }
 
-    /// Takes in one event; returns the step's number when the event finished a step.
-    pub fn apply(&mut self, event: Event, now: Instant) -> Option<usize> {
+    /// Takes in one event; returns what it finished (a step, or a line to keep).
+    pub fn apply(&mut self, event: Event, now: Instant) -> Option<Finished> {
         match event {
             Event::Step {
                 number,
@@ -216,8 +387,10 @@ impl Board {
                 } else {
                     StepState::Done(elapsed)
                 };
-                Some(number)
+                Some(Finished::Step(number))
             }
+            Event::Warning { message } => Some(Finished::Line(format!("warning: {message}"))),
+            Event::Transfer(transfer) => self.transfers.apply(&transfer, now).map(Finished::Line),
         }
     }
 
@@ -247,6 +420,7 @@ impl Board {
                 lines.push(format!("{DIM}{shown}{RESET}"));
             }
         }
+        lines.extend(self.transfers.render(width, now));
         lines
     }
 
@@ -449,11 +623,15 @@ impl Tty {
         if self.finished.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(number) = finished_step {
-            let (_, cols) = Shared::size();
-            if let Some(line) = board.step_line(number, cols, now) {
-                self.shared.print(&line);
+        match finished_step {
+            Some(Finished::Step(number)) => {
+                let (_, cols) = Shared::size();
+                if let Some(line) = board.step_line(number, cols, now) {
+                    self.shared.print(&line);
+                }
             }
+            Some(Finished::Line(line)) => self.shared.print(&line),
+            None => {}
         }
         self.shared.redraw(&board);
     }
@@ -625,7 +803,7 @@ mod tests {
                 },
                 t0
             ),
-            Some(1)
+            Some(Finished::Step(1))
         );
         board.apply(step(2, "0 2/2", "COPY b /b"), t0);
         board.apply(
@@ -644,7 +822,7 @@ mod tests {
                 },
                 t0
             ),
-            Some(2)
+            Some(Finished::Step(2))
         );
         let lines = board.render(40, t0 + secs(3.0));
         assert_eq!(lines, ["[+] Building 3.0s (2/4)"]);
@@ -727,5 +905,51 @@ mod tests {
         assert_eq!(board.steps.len(), 12);
         assert!(board.unfinished(Instant::now()).is_empty());
         assert_eq!(board.output(7), ["hello"]);
+    }
+
+    #[test]
+    fn a_transfer_shows_a_bar_while_it_moves_and_leaves_its_rate_when_done() {
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        let id = format!("sha256:{}", "ab".repeat(32));
+        board.apply(
+            Event::Transfer(TransferEvent::Start {
+                id: id.clone(),
+                action: Action::Pull,
+                total: 10_000_000,
+            }),
+            t0,
+        );
+        board.apply(
+            Event::Transfer(TransferEvent::Progress {
+                id: id.clone(),
+                done: 5_000_000,
+                total: 10_000_000,
+            }),
+            t0,
+        );
+        let lines = board.render(100, t0 + secs(1.0));
+        assert_eq!(
+            lines[1], "pull abababababab [==========          ] 5.0 MB / 10.0 MB 5.0 MB/s",
+            "{lines:?}"
+        );
+        let finished = board.apply(
+            Event::Transfer(TransferEvent::Done {
+                id,
+                outcome: Outcome::Fetched,
+            }),
+            t0 + secs(2.0),
+        );
+        assert_eq!(
+            finished,
+            Some(Finished::Line(
+                "pulled abababababab 10.0 MB in 2.00s, 5.0 MB/s".into()
+            ))
+        );
+        assert_eq!(
+            board.render(100, t0 + secs(2.0)).len(),
+            1,
+            "the bar is gone"
+        );
     }
 }

@@ -66,7 +66,13 @@ pub fn run(command: &Command, root: &Path) -> ExitCode {
 
 fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
     match command {
-        Command::Build(_) | Command::Run(_) | Command::Graph(_) => Ok(()),
+        Command::Build(_)
+        | Command::Run(_)
+        | Command::Graph(_)
+        | Command::Pull(_)
+        | Command::Push(_)
+        | Command::Login(_)
+        | Command::Logout { .. } => Ok(()),
         Command::Images => {
             let images = store.images().map_err(|e| fail(INVALID, e))?;
             println!(

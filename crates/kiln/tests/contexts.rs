@@ -207,6 +207,8 @@ fn build_context_oci_layout_overrides_a_stage() {
         ctx.path(),
         fresh.path(),
         &[
+            // Offline: the stage the context replaces names an image no registry here has.
+            "--pull=never",
             "--build-context",
             "base=oci-layout://layout:v1",
             "-o",

@@ -1,0 +1,234 @@
+//! Base images from registries. A `FROM` image is looked up in the store first (so builds work
+//! offline with what the store holds) and pulled when it is missing, or always with `--pull`.
+//! The plan only needs the manifest and config (for the base's ENV, WORKDIR, SHELL, ONBUILD);
+//! the layers are pulled when the stage runs, beside the other stages. One reference is
+//! resolved once per build, so the plan and the build see the same image even if its tag moves
+//! meanwhile.
+
+use crate::BuildError;
+use kiln_oci::{media_types, Descriptor, ImageName, Index, Manifest};
+use kiln_plan::Platform;
+use kiln_registry::{Registry, TransferEvent};
+use kiln_store::Store;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// When a base image is asked of the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Only when the store does not hold it (docker build's default).
+    #[default]
+    Missing,
+    /// Every build asks the registry what the tag means now (`--pull`).
+    Always,
+}
+
+/// How a build reaches registries; the default is offline (the store only).
+#[derive(Default)]
+pub struct RemoteOptions {
+    /// `None`: nothing is pulled; a base image must be in the store.
+    pub registry: Option<Arc<Registry>>,
+    pub pull: PullPolicy,
+    /// `--cache-from`: caches read before the build, asked when the store's cache misses.
+    pub cache_from: Vec<Arc<crate::shared_cache::ImportedCache>>,
+    /// `--cache-to type=inline`: the image's config carries the cache records of its layers.
+    pub inline_cache: bool,
+    /// Manifests resolved in this build: reference → (manifest, whether it came from a
+    /// registry and still needs its layers).
+    resolved: Mutex<BTreeMap<String, Resolution>>,
+}
+
+#[derive(Debug, Clone)]
+struct Resolution {
+    manifest: Descriptor,
+    pulled: bool,
+}
+
+/// Where transfer progress goes.
+pub type TransferSink<'a> = &'a (dyn Fn(TransferEvent) + Sync);
+
+impl RemoteOptions {
+    pub fn new(registry: Option<Arc<Registry>>, pull: PullPolicy) -> RemoteOptions {
+        RemoteOptions {
+            registry,
+            pull,
+            ..RemoteOptions::default()
+        }
+    }
+
+    fn remembered(&self, reference: &str) -> Option<Resolution> {
+        self.resolved
+            .lock()
+            .ok()
+            .and_then(|map| map.get(reference).cloned())
+    }
+
+    fn remember(&self, reference: &str, resolution: Resolution) {
+        if let Ok(mut map) = self.resolved.lock() {
+            map.insert(reference.to_string(), resolution);
+        }
+    }
+
+    /// The manifest `reference` means for this build, with its manifest and config blobs in
+    /// the store (its layers may still be missing: see [`RemoteOptions::complete`]).
+    pub fn manifest(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: TransferSink,
+    ) -> Result<Descriptor, BuildError> {
+        if let Some(known) = self.remembered(reference) {
+            return Ok(known.manifest);
+        }
+        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+        if self.pull == PullPolicy::Missing || self.registry.is_none() {
+            if let Some(found) = find_in_store(store, &name, platform) {
+                self.remember(
+                    reference,
+                    Resolution {
+                        manifest: found.clone(),
+                        pulled: false,
+                    },
+                );
+                return Ok(found);
+            }
+        }
+        let Some(registry) = &self.registry else {
+            return Err(BuildError::Image(format!(
+                "image {reference:?} is not in the store ({name}); pull it with `kiln pull {reference}`, build it with `kiln build -t {reference}`, or load it with `kiln load -i FILE`"
+            )));
+        };
+        let resolved = registry
+            .resolve(&name, &oci_platform(platform))
+            .map_err(|e| BuildError::Pull(e.to_string()))?;
+        if let Some((_, index_bytes)) = &resolved.index {
+            store.put_blob(index_bytes)?;
+        }
+        store.put_blob(&resolved.manifest_bytes)?;
+        let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
+            .map_err(|e| BuildError::Pull(format!("{name}: {e}")))?;
+        registry
+            .fetch_blob(&name, &manifest.config, store, progress)
+            .map_err(|e| BuildError::Pull(e.to_string()))?;
+        self.remember(
+            reference,
+            Resolution {
+                manifest: resolved.manifest.clone(),
+                pulled: true,
+            },
+        );
+        Ok(resolved.manifest)
+    }
+
+    /// Makes sure every layer of the image `reference` resolved to is in the store, pulling
+    /// the missing ones (several at once), and names the image in the store so later builds
+    /// find it offline.
+    pub fn complete(
+        &self,
+        store: &Store,
+        reference: &str,
+        manifest: &Descriptor,
+        platform: &Platform,
+        progress: TransferSink,
+    ) -> Result<(), BuildError> {
+        let parsed: Manifest = kiln_oci::from_json_slice(&store.read_blob(&manifest.digest)?)
+            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+        let missing = parsed.layers.iter().any(|l| !store.has_blob(&l.digest));
+        let pulled = self.remembered(reference).is_some_and(|r| r.pulled);
+        if !missing && !pulled {
+            return Ok(());
+        }
+        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+        if missing {
+            let Some(registry) = &self.registry else {
+                return Err(BuildError::Image(format!(
+                    "image {reference:?}: the store lacks some of its layers and no registry may be asked"
+                )));
+            };
+            registry
+                .pull(
+                    &name.with_digest(manifest.digest.clone()),
+                    &oci_platform(platform),
+                    store,
+                    progress,
+                )
+                .map_err(|e| BuildError::Pull(e.to_string()))?;
+        }
+        if name.tag().is_some() {
+            name_in_store(store, &name, manifest)?;
+        }
+        self.remember(
+            reference,
+            Resolution {
+                manifest: manifest.clone(),
+                pulled: false,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Names an image in the store under its full reference (`docker.io/library/x:1`): one pulled
+/// from there, or pushed there.
+pub fn name_in_store(
+    store: &Store,
+    name: &ImageName,
+    manifest: &Descriptor,
+) -> Result<(), BuildError> {
+    let untagged = ImageName::parse_normalized(&format!("{}/{}", name.domain(), name.path()))
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    let tag = name.tag().unwrap_or("latest");
+    let full = untagged
+        .with_tag(tag)
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    store.tag(&full.to_string(), tag, manifest)?;
+    Ok(())
+}
+
+/// The manifest an image name means in the store: by its name, or, for `name@sha256:...`, the
+/// manifest with that digest (named in the store or only held as a blob of it); a digest of an
+/// index gives its entry for `platform`.
+pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Option<Descriptor> {
+    if let Ok(tagged) = store.resolve(&name.to_string()) {
+        return Some(tagged.manifest);
+    }
+    let digest = name.digest()?;
+    if let Some(tagged) = store
+        .images()
+        .ok()?
+        .into_iter()
+        .find(|t| &t.manifest.digest == digest)
+    {
+        return Some(tagged.manifest);
+    }
+    let bytes = store.read_blob(digest).ok()?;
+    let document: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if document.get("manifests").is_some() {
+        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
+        let wanted = oci_platform(platform);
+        let entry = index
+            .manifests
+            .into_iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.satisfies(&wanted)))?;
+        return store.has_blob(&entry.digest).then_some(entry);
+    }
+    let manifest: Manifest = kiln_oci::from_json_slice(&bytes).ok()?;
+    let media_type = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
+    Some(Descriptor::new(
+        media_type,
+        digest.clone(),
+        bytes.len() as u64,
+    ))
+}
+
+/// The OCI form of a build platform, as registries and indexes name it.
+pub fn oci_platform(platform: &Platform) -> kiln_oci::Platform {
+    kiln_oci::Platform {
+        variant: platform.variant.clone(),
+        ..kiln_oci::Platform::new(platform.os.clone(), platform.architecture.clone())
+    }
+}

@@ -1,0 +1,825 @@
+//! The build cache, shared between machines. `--cache-to` writes a build's cache records with
+//! their layers as a plain OCI image manifest — to a registry, or to an OCI layout directory —
+//! and `--cache-from` reads one back, so a build on an empty store finds its steps there and
+//! runs none of them. It works because cache keys hold only content (base manifest digests,
+//! file hashes, instructions, arguments), never a path or a time of this machine.
+//!
+//! The manifest's config blob ([`CACHE_CONFIG_MEDIA_TYPE`]) lists the records: key → layer
+//! (digest, diff_id, size, media type), instruction and creation time; its layers are those
+//! layers, so every registry keeps the blobs alive. With `cache-mounts=true`, the contents of
+//! the build's `RUN --mount=type=cache` directories travel too, one gzip tar each (annotated
+//! with the mount's id), up to a size cap. `type=inline` puts the records of an image's own
+//! layers into its config instead (field `dev.kiln.cache.v1`).
+
+use crate::remote::TransferSink;
+use crate::BuildError;
+use kiln_oci::{
+    media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
+};
+use kiln_plan::Platform;
+use kiln_registry::Registry;
+use kiln_store::{CacheRecord, LayerRecord, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The media type of a cache manifest's config blob.
+pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+/// Names the cache mount a layer of a cache manifest holds.
+pub const MOUNT_ID_ANNOTATION: &str = "dev.kiln.cache-mount.id";
+/// The name of the cache manifest in a `type=local` layout directory.
+const LAYOUT_REF: &str = "kiln-cache";
+/// The default cap on the cache mounts an export carries.
+const DEFAULT_MOUNTS_MAX: u64 = 1 << 30;
+
+/// Which records an export carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Only the layers of the image built.
+    Min,
+    /// Every layer of every stage the build ran, so multi-stage builds hit too.
+    #[default]
+    Max,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    Registry(ImageName),
+    /// An OCI image layout directory.
+    Local(PathBuf),
+    /// In the built image's own config.
+    Inline,
+}
+
+/// `--cache-to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheExport {
+    pub location: CacheLocation,
+    pub mode: CacheMode,
+    /// Carry the contents of the build's cache mounts, up to `mounts_max` bytes in all.
+    pub mounts: bool,
+    pub mounts_max: u64,
+    /// A failed export only warns.
+    pub ignore_error: bool,
+}
+
+/// `--cache-from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheImport {
+    pub location: CacheLocation,
+}
+
+/// Splits buildx's `key=value,key=value` form.
+fn fields(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|f| !f.trim().is_empty())
+        .map(|field| {
+            field
+                .split_once('=')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .ok_or_else(|| format!("expected key=value, got {field:?}"))
+        })
+        .collect()
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{key}={other:?}: expected true or false")),
+    }
+}
+
+/// `512m`, `2g`, `1048576`, `1GiB`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits: String = lower.chars().take_while(char::is_ascii_digit).collect();
+    let number: u64 = digits.parse().ok()?;
+    let unit = match lower[digits.len()..]
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
+fn registry_ref(value: &str) -> Result<CacheLocation, String> {
+    ImageName::parse(value)
+        .map(CacheLocation::Registry)
+        .map_err(|e| format!("ref={value}: {e}"))
+}
+
+impl CacheExport {
+    /// `type=registry,ref=NAME[,mode=min|max][,cache-mounts=true][,cache-mounts-max=SIZE]`,
+    /// `type=local,dest=DIR[,...]`, `type=inline`.
+    pub fn parse(text: &str) -> Result<CacheExport, String> {
+        let mut kind = None;
+        let mut reference = None;
+        let mut dest = None;
+        let mut export = CacheExport {
+            location: CacheLocation::Inline,
+            mode: CacheMode::Max,
+            mounts: false,
+            mounts_max: DEFAULT_MOUNTS_MAX,
+            ignore_error: false,
+        };
+        for (key, value) in fields(text)? {
+            match key.as_str() {
+                "type" => kind = Some(value),
+                "ref" => reference = Some(value),
+                "dest" => dest = Some(value),
+                "mode" => {
+                    export.mode = match value.as_str() {
+                        "min" => CacheMode::Min,
+                        "max" => CacheMode::Max,
+                        other => return Err(format!("mode={other:?}: expected min or max")),
+                    }
+                }
+                "cache-mounts" => export.mounts = parse_bool(&key, &value)?,
+                "cache-mounts-max" => {
+                    export.mounts_max = parse_size(&value)
+                        .ok_or_else(|| format!("cache-mounts-max={value:?}: not a size"))?
+                }
+                "ignore-error" => export.ignore_error = parse_bool(&key, &value)?,
+                // What kiln always does: OCI media types in a plain image manifest.
+                "oci-mediatypes" | "image-manifest" | "compression" => {}
+                other => return Err(format!("unknown cache option {other:?}")),
+            }
+        }
+        export.location = match kind.as_deref() {
+            Some("registry") => registry_ref(
+                &reference.ok_or("type=registry needs ref=NAME (a registry reference)")?,
+            )?,
+            Some("local") => {
+                CacheLocation::Local(PathBuf::from(dest.ok_or("type=local needs dest=DIR")?))
+            }
+            Some("inline") => CacheLocation::Inline,
+            Some(other) => {
+                return Err(format!(
+                    "cache type {other:?} is not known (use registry, local or inline)"
+                ))
+            }
+            None => return Err("needs type=registry, local or inline".into()),
+        };
+        if export.location == CacheLocation::Inline && export.mounts {
+            return Err("cache-mounts=true needs type=registry or type=local".into());
+        }
+        Ok(export)
+    }
+}
+
+impl CacheImport {
+    /// `type=registry,ref=NAME`, `type=local,src=DIR`, or a bare image name (docker's
+    /// `--cache-from IMAGE`, for an image with an inline cache or a cache manifest).
+    pub fn parse(text: &str) -> Result<CacheImport, String> {
+        if !text.contains('=') {
+            return Ok(CacheImport {
+                location: registry_ref(text)?,
+            });
+        }
+        let mut kind = None;
+        let mut reference = None;
+        let mut src = None;
+        for (key, value) in fields(text)? {
+            match key.as_str() {
+                "type" => kind = Some(value),
+                "ref" => reference = Some(value),
+                "src" => src = Some(value),
+                "digest" | "tag" => {}
+                other => return Err(format!("unknown cache option {other:?}")),
+            }
+        }
+        let location = match kind.as_deref() {
+            Some("registry") | None if reference.is_some() => {
+                registry_ref(reference.as_deref().unwrap_or_default())?
+            }
+            Some("registry") => return Err("type=registry needs ref=NAME".into()),
+            Some("local") => {
+                CacheLocation::Local(PathBuf::from(src.ok_or("type=local needs src=DIR")?))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "cache type {other:?} is not known (use registry or local)"
+                ))
+            }
+            None => return Err("needs type=registry,ref=NAME or type=local,src=DIR".into()),
+        };
+        Ok(CacheImport { location })
+    }
+}
+
+/// A cache record as it travels: no machine's paths, no explanation parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRecord {
+    pub key: String,
+    pub layer: LayerRecord,
+    pub created_by: String,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMount {
+    pub id: String,
+    pub layer: LayerRecord,
+}
+
+/// The cache manifest's config blob (and the inline cache's value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDocument {
+    #[serde(default)]
+    pub records: Vec<SharedRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<SharedMount>,
+}
+
+impl CacheDocument {
+    /// The records of a build to carry: every one (`max`), or only those of the image's layers
+    /// (`min`); each key once.
+    pub fn select(records: &[CacheRecord], image_layers: &[Descriptor], mode: CacheMode) -> Self {
+        let in_image: BTreeSet<&str> = image_layers.iter().map(|l| l.digest.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        let records = records
+            .iter()
+            .filter_map(|r| Some((r, r.layer.as_ref()?)))
+            .filter(|(_, layer)| mode == CacheMode::Max || in_image.contains(layer.digest.as_str()))
+            .filter(|(r, _)| seen.insert(r.key.clone()))
+            .map(|(r, layer)| SharedRecord {
+                key: r.key.clone(),
+                layer: layer.clone(),
+                created_by: r.created_by.clone(),
+                created: r.created,
+            })
+            .collect();
+        CacheDocument {
+            records,
+            mounts: Vec::new(),
+        }
+    }
+}
+
+fn layer_descriptor(layer: &LayerRecord) -> Result<Descriptor, String> {
+    let digest = Digest::parse(&layer.digest).map_err(|e| e.to_string())?;
+    Ok(Descriptor::new(
+        layer.media_type.clone(),
+        digest,
+        layer.size,
+    ))
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    pub records: usize,
+    pub layers: usize,
+    pub mounts: usize,
+    /// Cache mounts left out because they would pass the cap.
+    pub mounts_skipped: Vec<String>,
+}
+
+/// What a build hands an export.
+pub struct ExportInput<'a> {
+    pub store: &'a Store,
+    /// Every cache record the build used or made, in build order.
+    pub records: &'a [CacheRecord],
+    /// The built image's layers (for `mode=min`).
+    pub image_layers: &'a [Descriptor],
+    /// The ids of the cache mounts the build's RUN steps name.
+    pub mount_ids: &'a [String],
+}
+
+/// Writes `export` (registry or local; inline is the build's job) from a finished build.
+pub fn export(
+    export: &CacheExport,
+    input: &ExportInput,
+    registry: Option<&Registry>,
+    progress: TransferSink,
+) -> Result<ExportReport, BuildError> {
+    let store = input.store;
+    let mut document = CacheDocument::select(input.records, input.image_layers, export.mode);
+    let mut report = ExportReport {
+        records: document.records.len(),
+        ..ExportReport::default()
+    };
+    let mut layers: Vec<Descriptor> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for record in &document.records {
+        if seen.insert(record.layer.digest.clone()) {
+            layers.push(layer_descriptor(&record.layer).map_err(BuildError::Image)?);
+        }
+    }
+    report.layers = layers.len();
+    if export.mounts {
+        let mut budget = export.mounts_max;
+        for id in input.mount_ids.iter().collect::<BTreeSet<_>>() {
+            match pack_mount(store, id, budget)? {
+                Packed::Layer(layer) => {
+                    budget = budget.saturating_sub(layer.size);
+                    let mut descriptor = layer_descriptor(&layer).map_err(BuildError::Image)?;
+                    descriptor
+                        .annotations
+                        .insert(MOUNT_ID_ANNOTATION.to_string(), id.clone());
+                    layers.push(descriptor);
+                    document.mounts.push(SharedMount {
+                        id: id.clone(),
+                        layer,
+                    });
+                    report.mounts += 1;
+                }
+                Packed::Empty => {}
+                Packed::TooBig => report.mounts_skipped.push(id.clone()),
+            }
+        }
+    }
+    let config_bytes = serde_json::to_vec(&document)
+        .map_err(|e| BuildError::Image(format!("cache document: {e}")))?;
+    let config_digest = store.put_blob(&config_bytes)?;
+    let config = Descriptor::new(
+        CACHE_CONFIG_MEDIA_TYPE,
+        config_digest,
+        config_bytes.len() as u64,
+    );
+    let manifest = Manifest::new(config, layers);
+    let manifest_bytes =
+        kiln_oci::to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
+    let manifest_digest = store.put_blob(&manifest_bytes)?;
+    let descriptor = Descriptor::new(
+        media_types::OCI_MANIFEST,
+        manifest_digest,
+        manifest_bytes.len() as u64,
+    );
+    match &export.location {
+        CacheLocation::Registry(name) => {
+            let registry = registry.ok_or_else(|| {
+                BuildError::Image("--cache-to type=registry: no registry client".into())
+            })?;
+            registry
+                .push(store, &descriptor, name, progress)
+                .map_err(|e| BuildError::Push(e.to_string()))?;
+        }
+        CacheLocation::Local(dir) => write_layout(store, dir, &descriptor, &manifest)?,
+        CacheLocation::Inline => {}
+    }
+    Ok(report)
+}
+
+enum Packed {
+    Layer(LayerRecord),
+    Empty,
+    TooBig,
+}
+
+/// A cache mount's directory as one gzip tar in the store, unless it is empty or its files
+/// pass `budget` bytes (compressed, it would still be too big to be worth the transfer).
+fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError> {
+    let (dir, lock_path) = crate::run::cache_mount_paths(store, id);
+    if !dir.is_dir() {
+        return Ok(Packed::Empty);
+    }
+    let mut total = 0u64;
+    let mut entries = 0usize;
+    for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
+        let entry = entry.map_err(|e| BuildError::Image(format!("cache mount {id}: {e}")))?;
+        entries += 1;
+        if let Ok(meta) = entry.metadata() {
+            total = total.saturating_add(meta.len());
+        }
+    }
+    if entries == 0 {
+        return Ok(Packed::Empty);
+    }
+    if total > budget {
+        return Ok(Packed::TooBig);
+    }
+    // Shared, as RUN steps that share the cache take it: a `locked` user is not mid-write.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_at(&lock_path, e))?;
+    lock.lock_shared().map_err(|e| io_at(&lock_path, e))?;
+    let file = store.blob_writer()?;
+    let options = kiln_layer::LayerOptions {
+        source_date_epoch: Some(0),
+        ..kiln_layer::LayerOptions::default()
+    };
+    let (layer, file) = kiln_layer::write_layer(&dir, &options, file)
+        .map_err(|e| BuildError::Layer(format!("cache mount {id}: {e}")))?;
+    let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+    store.commit_blob(file, &digest)?;
+    Ok(Packed::Layer(LayerRecord {
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+        size: layer.size,
+        media_type: layer.media_type.to_string(),
+    }))
+}
+
+fn io_at(path: &Path, source: std::io::Error) -> BuildError {
+    BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the cache manifest and its blobs as an OCI layout in `dir` (blobs already there are
+/// kept; `index.json` is replaced last, atomically).
+fn write_layout(
+    store: &Store,
+    dir: &Path,
+    descriptor: &Descriptor,
+    manifest: &Manifest,
+) -> Result<(), BuildError> {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).map_err(|e| io_at(&blobs, e))?;
+    let mut digests = vec![&descriptor.digest, &manifest.config.digest];
+    digests.extend(manifest.layers.iter().map(|l| &l.digest));
+    for digest in digests {
+        let path = dir.join(digest.blob_path());
+        if path.is_file() {
+            continue;
+        }
+        let mut temp = tempfile::NamedTempFile::new_in(&blobs).map_err(|e| io_at(&blobs, e))?;
+        let mut source = store.open_blob(digest)?;
+        std::io::copy(&mut source, &mut temp).map_err(|e| io_at(&path, e))?;
+        temp.persist(&path).map_err(|e| io_at(&path, e.error))?;
+    }
+    let mut entry = descriptor.clone();
+    entry.annotations.insert(
+        kiln_oci::annotations::REF_NAME.to_string(),
+        LAYOUT_REF.to_string(),
+    );
+    let index = Index::new(vec![entry]);
+    let index_bytes =
+        kiln_oci::to_canonical_json(&index).map_err(|e| BuildError::Image(e.to_string()))?;
+    let layout = dir.join("oci-layout");
+    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| io_at(&layout, e))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_at(dir, e))?;
+    std::io::Write::write_all(&mut temp, &index_bytes).map_err(|e| io_at(dir, e))?;
+    let index_path = dir.join("index.json");
+    temp.persist(&index_path)
+        .map_err(|e| io_at(&index_path, e.error))?;
+    Ok(())
+}
+
+/// Where an imported cache's blobs come from.
+enum Origin {
+    Registry {
+        registry: Arc<Registry>,
+        repository: ImageName,
+    },
+    Layout(PathBuf),
+}
+
+/// A cache read with `--cache-from`: its records by key; a layer's blob is fetched only when
+/// its record is hit.
+pub struct ImportedCache {
+    name: String,
+    records: BTreeMap<String, SharedRecord>,
+    mounts: Vec<SharedMount>,
+    origin: Origin,
+}
+
+/// JSON documents read from an untrusted source are at most this big.
+const MAX_DOCUMENT: u64 = kiln_oci::MAX_JSON_SIZE;
+
+impl ImportedCache {
+    /// Reads the cache a `--cache-from` names: a cache manifest, or an image (its config's
+    /// inline cache). The registry's manifest and config are checked against their digests.
+    pub fn load(
+        import: &CacheImport,
+        registry: Option<&Arc<Registry>>,
+        platform: &Platform,
+        store: &Store,
+        progress: TransferSink,
+    ) -> Result<ImportedCache, String> {
+        match &import.location {
+            CacheLocation::Registry(name) => {
+                let registry = registry.ok_or("no registry client")?;
+                let (_, bytes) = registry.fetch_manifest(name).map_err(|e| e.to_string())?;
+                let manifest_bytes = if is_index(&bytes) {
+                    registry
+                        .resolve(name, &crate::remote::oci_platform(platform))
+                        .map_err(|e| e.to_string())?
+                        .manifest_bytes
+                } else {
+                    bytes
+                };
+                let manifest: Manifest =
+                    kiln_oci::from_json_slice(&manifest_bytes).map_err(|e| e.to_string())?;
+                registry
+                    .fetch_blob(name, &manifest.config, store, progress)
+                    .map_err(|e| e.to_string())?;
+                let config = store
+                    .read_blob(&manifest.config.digest)
+                    .map_err(|e| e.to_string())?;
+                let document = document_of(&manifest, &config)?;
+                Ok(ImportedCache::new(
+                    name.to_string(),
+                    document,
+                    Origin::Registry {
+                        registry: Arc::clone(registry),
+                        repository: name.clone(),
+                    },
+                ))
+            }
+            CacheLocation::Local(dir) => {
+                let index_bytes = read_bounded(&dir.join("index.json"))?;
+                let index: Index =
+                    kiln_oci::from_json_slice(&index_bytes).map_err(|e| e.to_string())?;
+                let entry = index
+                    .manifests
+                    .iter()
+                    .find(|m| m.ref_name() == Some(LAYOUT_REF))
+                    .or(index.manifests.first())
+                    .ok_or("index.json names no manifest")?;
+                let manifest_bytes = read_layout_blob(dir, entry)?;
+                let manifest: Manifest =
+                    kiln_oci::from_json_slice(&manifest_bytes).map_err(|e| e.to_string())?;
+                let config = read_layout_blob(dir, &manifest.config)?;
+                let document = document_of(&manifest, &config)?;
+                Ok(ImportedCache::new(
+                    dir.display().to_string(),
+                    document,
+                    Origin::Layout(dir.clone()),
+                ))
+            }
+            CacheLocation::Inline => {
+                Err("a cache is imported from a registry or a directory".into())
+            }
+        }
+    }
+
+    fn new(name: String, document: CacheDocument, origin: Origin) -> ImportedCache {
+        ImportedCache {
+            name,
+            records: document
+                .records
+                .into_iter()
+                .map(|r| (r.key.clone(), r))
+                .collect(),
+            mounts: document.mounts,
+            origin,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The record of `key`, its layer fetched into the store (digest checked), as a store
+    /// record.
+    pub fn hit(
+        &self,
+        key: &str,
+        store: &Store,
+        now_nanos: u128,
+        progress: TransferSink,
+    ) -> Option<Result<CacheRecord, String>> {
+        let shared = self.records.get(key)?;
+        Some(
+            self.fetch(&shared.layer, store, progress)
+                .map(|()| CacheRecord {
+                    key: shared.key.clone(),
+                    layer: Some(shared.layer.clone()),
+                    created_by: shared.created_by.clone(),
+                    parts: Vec::new(),
+                    created: shared.created,
+                    recorded: now_nanos,
+                }),
+        )
+    }
+
+    fn fetch(
+        &self,
+        layer: &LayerRecord,
+        store: &Store,
+        progress: TransferSink,
+    ) -> Result<(), String> {
+        let descriptor = layer_descriptor(layer)?;
+        if store.has_blob(&descriptor.digest) {
+            return Ok(());
+        }
+        match &self.origin {
+            Origin::Registry {
+                registry,
+                repository,
+            } => registry
+                .fetch_blob(repository, &descriptor, store, progress)
+                .map_err(|e| e.to_string()),
+            Origin::Layout(dir) => {
+                let path = dir.join(descriptor.digest.blob_path());
+                let file =
+                    std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut reader = VerifyingReader::new(
+                    BufReader::new(file),
+                    descriptor.digest.clone(),
+                    descriptor.size,
+                    path.display().to_string(),
+                );
+                let mut temp = store.blob_writer().map_err(|e| e.to_string())?;
+                std::io::copy(&mut reader, &mut temp)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                store
+                    .commit_blob(temp, &descriptor.digest)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Puts the cache mounts this cache carries where RUN finds them, unless the store has a
+    /// non-empty one of the same id already (local contents are newer). How many were restored.
+    pub fn restore_mounts(&self, store: &Store, progress: TransferSink) -> Result<usize, String> {
+        let mut restored = 0;
+        for mount in &self.mounts {
+            let (dir, lock_path) = crate::run::cache_mount_paths(store, &mount.id);
+            let occupied = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+            if occupied {
+                continue;
+            }
+            self.fetch(&mount.layer, store, progress)?;
+            let caches = dir.parent().ok_or("cache mount directory")?;
+            std::fs::create_dir_all(caches).map_err(|e| format!("{}: {e}", caches.display()))?;
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            lock.lock()
+                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            let work = store.work_dir().map_err(|e| e.to_string())?;
+            let fresh = work.path().join("mount");
+            std::fs::create_dir(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
+            let digest = Digest::parse(&mount.layer.digest).map_err(|e| e.to_string())?;
+            let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
+            crate::unpack::unpack_layer(
+                BufReader::new(blob),
+                &mount.layer.media_type,
+                &fresh,
+                &mount.layer.diff_id,
+            )
+            .map_err(|e| format!("cache mount {}: {e}", mount.id))?;
+            // An empty directory left by an earlier build gives way.
+            let _ = std::fs::remove_dir(&dir);
+            std::fs::rename(&fresh, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+}
+
+fn is_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .is_some_and(|v| v.get("manifests").is_some())
+}
+
+/// The cache document of a manifest: its config if it is a cache manifest, else an image's
+/// inline cache.
+fn document_of(manifest: &Manifest, config: &[u8]) -> Result<CacheDocument, String> {
+    if manifest.config.media_type == CACHE_CONFIG_MEDIA_TYPE {
+        return serde_json::from_slice(config).map_err(|e| format!("cache document: {e}"));
+    }
+    let image: ImageConfig = kiln_oci::from_json_slice(config).map_err(|e| e.to_string())?;
+    let inline = image.inline_cache.ok_or(
+        "neither a cache manifest nor an image with an inline cache (--cache-to type=inline)",
+    )?;
+    serde_json::from_value(inline).map_err(|e| format!("inline cache: {e}"))
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_DOCUMENT {
+        return Err(format!(
+            "{}: larger than {MAX_DOCUMENT} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A small blob of a layout directory, checked against its descriptor.
+fn read_layout_blob(dir: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, String> {
+    let path = dir.join(descriptor.digest.blob_path());
+    let bytes = read_bounded(&path)?;
+    if descriptor.digest.of_same_kind(&bytes) != descriptor.digest {
+        return Err(format!("{}: digest mismatch", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// The inline cache value for an image's config: the records of its layers.
+pub fn inline_value(records: &[CacheRecord], image_layers: &[Descriptor]) -> serde_json::Value {
+    serde_json::to_value(CacheDocument::select(records, image_layers, CacheMode::Min))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cache_to_like_buildx() {
+        let export = CacheExport::parse("type=registry,ref=127.0.0.1:5000/app:cache,mode=min")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(export.mode, CacheMode::Min);
+        assert_eq!(
+            export.location,
+            CacheLocation::Registry(
+                ImageName::parse("127.0.0.1:5000/app:cache").unwrap_or_else(|e| panic!("{e}"))
+            )
+        );
+        let local =
+            CacheExport::parse("type=local,dest=/tmp/c,cache-mounts=true,cache-mounts-max=64m")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(local.mode, CacheMode::Max, "max is the default");
+        assert!(local.mounts);
+        assert_eq!(local.mounts_max, 64 << 20);
+        assert!(CacheExport::parse("type=inline").is_ok());
+        assert!(CacheExport::parse("type=registry").is_err());
+        assert!(CacheExport::parse("type=s3,ref=x").is_err());
+        assert!(CacheExport::parse("type=local,dest=d,mode=all").is_err());
+        assert!(CacheExport::parse("type=inline,cache-mounts=true").is_err());
+    }
+
+    #[test]
+    fn parses_cache_from_forms() {
+        let bare = CacheImport::parse("app:cache").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(bare.location, CacheLocation::Registry(n) if n.to_string() == "docker.io/library/app:cache")
+        );
+        let local = CacheImport::parse("type=local,src=dir").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(local.location, CacheLocation::Local("dir".into()));
+        assert!(CacheImport::parse("type=local").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("ten"), None);
+    }
+
+    fn record(key: &str, digest: char) -> CacheRecord {
+        CacheRecord {
+            key: key.into(),
+            layer: Some(LayerRecord {
+                digest: format!("sha256:{}", digest.to_string().repeat(64)),
+                diff_id: format!("sha256:{}", digest.to_string().repeat(64)),
+                size: 1,
+                media_type: media_types::OCI_LAYER_TAR_GZIP.into(),
+            }),
+            created_by: "RUN x".into(),
+            parts: vec![("slot".into(), "/home/me/Dockerfile#0".into())],
+            created: 7,
+            recorded: 9,
+        }
+    }
+
+    #[test]
+    fn min_keeps_the_image_layers_and_nothing_of_this_machine() {
+        let records = [record("k1", 'a'), record("k2", 'b'), record("k1", 'a')];
+        let image = [Descriptor::new(
+            media_types::OCI_LAYER_TAR_GZIP,
+            Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap_or_else(|e| panic!("{e}")),
+            1,
+        )];
+        let max = CacheDocument::select(&records, &image, CacheMode::Max);
+        assert_eq!(max.records.len(), 2, "each key once");
+        let min = CacheDocument::select(&records, &image, CacheMode::Min);
+        assert_eq!(
+            min.records
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
+            ["k2"]
+        );
+        let text = serde_json::to_string(&max).unwrap_or_default();
+        assert!(
+            !text.contains("/home/me"),
+            "no paths of this machine: {text}"
+        );
+    }
+}

@@ -1,0 +1,480 @@
+//! The client against a scripted HTTP server on 127.0.0.1: challenges, tokens, retries,
+//! resumed downloads, garbage answers. Real registries are tested in crates/kiln/tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use kiln_oci::{sha256_digest, Descriptor, ImageName, Platform};
+use kiln_store::Store;
+
+use crate::{Outcome, Registry, RegistryError, RegistryOptions, TransferEvent};
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the script answers: status, headers, body, and whether to cut the connection after
+/// `Some(n)` body bytes.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    cut_after: Option<usize>,
+}
+
+fn answer(status: u16, body: &[u8]) -> Answer {
+    Answer {
+        status,
+        headers: Vec::new(),
+        body: body.to_vec(),
+        cut_after: None,
+    }
+}
+
+impl Answer {
+    fn with(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+type Script = dyn Fn(&Request, usize) -> Answer + Send + Sync;
+
+/// Serves `script` (given each request and how many came before it) until dropped.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Server {
+    fn start(script: impl Fn(&Request, usize) -> Answer + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (script, log) = (script.clone(), log.clone());
+                std::thread::spawn(move || serve(stream, &*script, &log));
+            }
+        });
+        Server { port, seen }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
+        else {
+            // A TLS hello or other garbage: answer like a plain http server does.
+            let _ = out.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+            return;
+        };
+        if !version.starts_with("HTTP/") {
+            let _ = out.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+            return;
+        }
+        let mut request = Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: Vec::new(),
+        };
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                request
+                    .headers
+                    .push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let index = {
+            let mut log = log.lock().unwrap();
+            log.push(request.clone());
+            log.len() - 1
+        };
+        let a = script(&request, index);
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+            a.status,
+            a.body.len()
+        );
+        for (k, v) in &a.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = out.write_all(head.as_bytes());
+        if request.method != "HEAD" {
+            let send = a.cut_after.unwrap_or(a.body.len()).min(a.body.len());
+            let _ = out.write_all(&a.body[..send]);
+            if a.cut_after.is_some() {
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+fn registry(config_dir: &std::path::Path) -> Registry {
+    Registry::new(RegistryOptions {
+        docker_config_dir: Some(config_dir.to_path_buf()),
+        retries: 3,
+        ..RegistryOptions::default()
+    })
+}
+
+fn manifest_bytes() -> Vec<u8> {
+    let config = sha256_digest(b"{}");
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
+    )
+    .into_bytes()
+}
+
+#[test]
+fn bearer_challenge_token_and_cache() {
+    let tokens = Server::start(|r, _| {
+        if r.path.starts_with("/token?") {
+            answer(200, br#"{"token":"T1","expires_in":300}"#)
+        } else {
+            answer(404, b"")
+        }
+    });
+    let realm = format!("http://{}/token", tokens.host());
+    let manifest = manifest_bytes();
+    let registry_server = Server::start(move |r, _| {
+        let challenge =
+            format!("Bearer realm=\"{realm}\",service=\"svc\",scope=\"repository:x:pull\"");
+        match r.header("authorization") {
+            Some("Bearer T1") if r.path != "/v2/" => answer(200, &manifest)
+                .with("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
+            _ => answer(
+                401,
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            )
+            .with("WWW-Authenticate", &challenge),
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    // "not:this", for the registry's host, not the token service's.
+    std::fs::write(
+        tmp.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"bm90OnRoaXM="}}}}}}"#,
+            registry_server.host()
+        ),
+    )
+    .unwrap();
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/x:1", registry_server.host())).unwrap();
+    let (desc, bytes) = reg.fetch_manifest(&name).unwrap();
+    assert_eq!(bytes, manifest_bytes());
+    assert_eq!(desc.digest, sha256_digest(&bytes));
+    assert_eq!(desc.media_type, kiln_oci::media_types::OCI_MANIFEST);
+    // Again: the token is cached.
+    reg.fetch_manifest(&name).unwrap();
+    let token_requests = tokens.requests();
+    assert_eq!(token_requests.len(), 1, "{token_requests:?}");
+    let t = &token_requests[0];
+    assert_eq!(t.path, "/token?service=svc&scope=repository%3Ax%3Apull");
+    // The registry's credentials go to its token service, and never to the registry.
+    assert_eq!(t.header("authorization"), Some("Basic bm90OnRoaXM="));
+    assert!(registry_server
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization").is_none_or(|a| a == "Bearer T1")));
+}
+
+#[test]
+fn basic_auth_and_refused_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = manifest_bytes();
+    let server = Server::start(move |r, _| match r.header("authorization") {
+        Some("Basic YWxpY2U6cHc=") => answer(200, &manifest), // alice:pw
+        _ => answer(
+            401,
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#,
+        )
+        .with("WWW-Authenticate", "Basic realm=\"r\""),
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let err = reg.fetch_manifest(&name).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{text}");
+    assert!(
+        text.contains("requires authentication")
+            && text.contains(&format!("`kiln login {}`", server.host())),
+        "{text}"
+    );
+    // Wrong password: login refuses and saves nothing.
+    let err = reg
+        .login(&server.host(), "alice", "wrong")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("wrong"), "{err}");
+    assert!(!tmp.path().join("config.json").exists());
+    reg.login(&server.host(), "alice", "pw").unwrap();
+    let (_, bytes) = reg.fetch_manifest(&name).unwrap();
+    assert_eq!(bytes, manifest_bytes());
+    assert!(reg.logout(&server.host()).unwrap());
+    assert!(reg.fetch_manifest(&name).is_err());
+}
+
+#[test]
+fn garbage_answers_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(|r, _| {
+        if r.path.contains("/manifests/") {
+            answer(200, b"<html><body>Sign in</body></html>").with("Content-Type", "text/html")
+        } else {
+            answer(200, b"{}")
+        }
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let err = reg
+        .resolve(&name, &Platform::new("linux", "amd64"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}/foo:1: the registry's answer is not a manifest: text/html that is not JSON",
+            server.host()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_by_digest_is_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(|_, _| answer(200, &manifest_bytes()));
+    let reg = registry(tmp.path());
+    let good = sha256_digest(&manifest_bytes());
+    let name = ImageName::parse(&format!("{}/foo@{good}", server.host())).unwrap();
+    assert_eq!(reg.fetch_manifest(&name).unwrap().0.digest, good);
+    let other = sha256_digest(b"other");
+    let name = ImageName::parse(&format!("{}/foo@{other}", server.host())).unwrap();
+    let err = reg.fetch_manifest(&name).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "manifest {other} from {}/foo: digest mismatch (got {good})",
+            server.host()
+        )
+    );
+}
+
+fn events() -> (
+    Arc<Mutex<Vec<TransferEvent>>>,
+    impl Fn(TransferEvent) + Sync,
+) {
+    let all = Arc::new(Mutex::new(Vec::new()));
+    let sink = all.clone();
+    (all, move |e| sink.lock().unwrap().push(e))
+}
+
+#[test]
+fn blob_download_resumes_with_range_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let blob = Descriptor::new(
+        "application/octet-stream",
+        sha256_digest(&data),
+        data.len() as u64,
+    );
+    let body = data.clone();
+    let server = Server::start(move |r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        match r.header("range") {
+            None => Answer {
+                cut_after: Some(70_000),
+                ..answer(200, &body)
+            },
+            Some(range) => {
+                let start: usize = range
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .unwrap();
+                answer(206, &body[start..]).with(
+                    "Content-Range",
+                    &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+                )
+            }
+        }
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
+    let ranges: Vec<_> = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("range").map(String::from))
+        .collect();
+    assert_eq!(ranges, vec!["bytes=70000-".to_string()]);
+    let seen = seen.lock().unwrap();
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, TransferEvent::Retry { attempt: 1, .. })));
+    assert!(matches!(
+        seen.last(),
+        Some(TransferEvent::Done {
+            outcome: Outcome::Fetched,
+            ..
+        })
+    ));
+    drop(seen);
+    // Present now: nothing is asked.
+    let before = server.requests().len();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    assert_eq!(server.requests().len(), before);
+}
+
+#[test]
+fn a_wrong_blob_is_not_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let server = Server::start(|_, _| answer(200, b"hello blog"));
+    let reg = registry(tmp.path());
+    let blob = Descriptor::new("x", sha256_digest(b"hello blob"), 10);
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let err = reg
+        .fetch_blob(&name, &blob, &store, &progress)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "blob {} from {}/foo: digest mismatch (got {})",
+            blob.digest,
+            server.host(),
+            sha256_digest(b"hello blog")
+        )
+    );
+    assert!(!store.has_blob(&blob.digest));
+    assert!(!store.has_blob(&sha256_digest(b"hello blog")));
+}
+
+#[test]
+fn server_errors_are_retried_then_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let data = b"retried blob".to_vec();
+    let blob = Descriptor::new("x", sha256_digest(&data), data.len() as u64);
+    let body = data.clone();
+    let failures = Arc::new(Mutex::new(0));
+    let count = failures.clone();
+    let server = Server::start(move |r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        let mut n = count.lock().unwrap();
+        *n += 1;
+        if *n <= 2 {
+            answer(
+                503,
+                br#"{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}"#,
+            )
+        } else {
+            answer(200, &body)
+        }
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    let retries: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            TransferEvent::Retry { attempt, error, .. } => Some(format!("{attempt} {error}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        vec![
+            "1 the registry answered 503: UNAVAILABLE: busy".to_string(),
+            "2 the registry answered 503: UNAVAILABLE: busy".to_string()
+        ]
+    );
+
+    // Always failing: the status and the server's words, after `retries` more attempts.
+    let always = Server::start(|r, _| {
+        if r.path == "/v2/" {
+            answer(200, b"{}")
+        } else {
+            answer(500, b"<h1>oops</h1>")
+        }
+    });
+    let name = ImageName::parse(&format!("{}/foo:1", always.host())).unwrap();
+    let err = reg.fetch_manifest(&name).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}/foo: fetching manifest 1: the registry answered 500: <h1>oops</h1>",
+            always.host()
+        )
+    );
+    let tries = always
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/manifests/"))
+        .count();
+    assert_eq!(tries, 4);
+}

@@ -109,6 +109,7 @@ unmount_under() { # anything buildah's storage left mounted under a directory, i
 }
 cleanup() {
     set +e
+    buildkit_stop
     if ((${#buildah_cmd[@]})); then
         timeout 120 "${buildah_cmd[@]}" rm -a >/dev/null 2>&1
         timeout 120 "${buildah_cmd[@]}" rmi -a -f >/dev/null 2>&1
@@ -388,6 +389,65 @@ buildah_build() { # label log ctx tag archive|- [extra bud args...]; sets B_WALL
         buildah_note="buildah failed in \"$label\" (exit $ok/$R_EXIT): $(tail -n 1 "$log")"
         buildah_on=0
         say "  $buildah_note"
+    fi
+}
+
+# BuildKit, the fastest peer: Debian's docker.io (dockerd 20.10 with its BuildKit), started
+# here on a socket and data root of its own (`--bridge=none --iptables=false`), stopped at exit.
+buildkit_on=0 buildkit_note="" dockerd_pid=""
+docker_cmd=()
+buildkit_start() {
+    local dockerd=/usr/sbin/dockerd docker=/usr/bin/docker
+    if [ ! -x "$dockerd" ] || [ ! -x "$docker" ]; then
+        apt_install docker.io || { buildkit_note="docker.io not installed and not installable here"; return 0; }
+    fi
+    [ "$(id -u)" = 0 ] || { buildkit_note="dockerd needs root"; return 0; }
+    mkdir -p "$work/dockerd"
+    "$dockerd" --data-root "$work/dockerd/root" --exec-root "$work/dockerd/exec" \
+        --pidfile "$work/dockerd/pid" -H "unix://$work/dockerd/sock" \
+        --containerd-namespace kiln-bench --containerd-plugins-namespace kiln-bench-plugins \
+        --bridge=none --iptables=false --ip-masq=false >"$work/dockerd/log" 2>&1 &
+    dockerd_pid=$!
+    docker_cmd=("$docker" -H "unix://$work/dockerd/sock")
+    local i
+    for i in $(seq 1 60); do
+        if timeout 5 "${docker_cmd[@]}" info >/dev/null 2>&1; then
+            buildkit_on=1
+            say "  BuildKit: $("${docker_cmd[@]}" version --format '{{.Server.Version}}' 2>/dev/null) (dockerd on $work/dockerd/sock)"
+            return 0
+        fi
+        sleep 0.5
+    done
+    buildkit_note="dockerd did not come up: $(tail -n 2 "$work/dockerd/log" | tr '\n' ' ')"
+    buildkit_stop
+}
+buildkit_stop() {
+    [ -n "$dockerd_pid" ] || return 0
+    kill "$dockerd_pid" 2>/dev/null
+    local i
+    for i in $(seq 1 40); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$dockerd_pid" 2>/dev/null
+    dockerd_pid="" buildkit_on=0
+    unmount_under "$work/dockerd"
+}
+# label log ctx tag archive [extra build args...]; sets D_WALL (build + docker save), "" on failure
+buildkit_build() {
+    local label=$1 log=$2 ctx=$3 tag=$4 out=$5
+    shift 5
+    D_WALL=""
+    [ "$buildkit_on" = 1 ] || return 0
+    DOCKER_BUILDKIT=1 measure "$label: build" "$log" "${docker_cmd[@]}" build --network none -q -t "$tag" "$@" "$ctx"
+    local ok=$R_EXIT build=$R_WALL
+    if [ "$ok" = 0 ]; then
+        rm -f "$out"
+        measure "$label: save" "$log" "${docker_cmd[@]}" save -o "$out" "$tag"
+    fi
+    if [ "$ok" = 0 ] && [ "$R_EXIT" = 0 ]; then
+        D_WALL=$(calc %.3f "$build + $R_WALL")
+    else
+        buildkit_note="BuildKit failed in \"$label\" (exit $ok/$R_EXIT): $(tail -n 1 "$log")"
+        buildkit_on=0
+        say "  $buildkit_note"
     fi
 }
 
@@ -704,7 +764,8 @@ if has_case 5 && ! over_budget; then
     say "== case 5: 4 independent stages (RUN loop of $PAR_ITERS iterations each) + COPY --from each, --jobs 4"
     par_cores=$(nproc)
     ((par_cores > 4)) && par_cores=4
-    PK=() PB=() PKW=() PBW=() PSUM=() PIDEAL=() PCPU=() pser="" par_ok=1
+    PK=() PB=() PKW=() PBW=() PSUM=() PIDEAL=() PCPU=() PD=() PDW=() pser="" par_ok=1
+    buildkit_start
     for round in $(seq 1 "$ROUNDS"); do
         if over_budget; then say "  (over KILN_BENCH_BUDGET=${BUDGET}s: rounds $round.. skipped)"; break; fi
         say "-- parallel, round $round of $ROUNDS"
@@ -714,6 +775,14 @@ if has_case 5 && ! over_budget; then
         buildah_fresh
         kiln_build "kiln base build (untimed setup)" "$logs/k-base.log" "$work/ctx/base" bbase - || { par_ok=0; break; }
         buildah_build "buildah base build (untimed setup)" "$logs/b-base.log" "$work/ctx/base" bbase -
+        if [ "$buildkit_on" = 1 ]; then
+            # BuildKit starts from kiln's base, loaded as a docker archive, with no build cache.
+            timeout 120 "${docker_cmd[@]}" builder prune -af >/dev/null 2>&1 || true
+            timeout 120 "${docker_cmd[@]}" rmi -f par >/dev/null 2>&1 || true
+            "$kiln" --root "$kstore" save --format docker -o "$work/bbase-docker.tar" bbase >/dev/null 2>&1 &&
+                timeout 120 "${docker_cmd[@]}" load -i "$work/bbase-docker.tar" >/dev/null 2>&1 ||
+                { buildkit_note="docker load of the base failed"; buildkit_stop; }
+        fi
         kiln_build "kiln 4 stages, cold, --jobs 4" "$logs/k-cold.log" "$work/ctx/par" par "$work/k.tar" \
             --jobs 4 || { par_ok=0; break; }
         PK+=("$K_WALL")
@@ -727,6 +796,8 @@ if has_case 5 && ! over_budget; then
         buildah_build "buildah 4 stages, cold, --jobs 4" "$logs/b-cold.log" "$work/ctx/par" par "$work/b.tar" \
             --jobs 4
         [ -z "$B_WALL" ] || PB+=("$B_WALL")
+        buildkit_build "BuildKit 4 stages, cold" "$logs/d-cold.log" "$work/ctx/par" par "$work/d.tar"
+        [ -z "$D_WALL" ] || PD+=("$D_WALL")
         kiln_build "kiln 4 stages, cached, --jobs 4" "$logs/k-cached.log" "$work/ctx/par" par "$work/k2.tar" \
             --jobs 4 || { par_ok=0; break; }
         PKW+=("$K_WALL")
@@ -737,6 +808,8 @@ if has_case 5 && ! over_budget; then
             PBW+=("$B_WALL")
             say "    buildah cache hits: $(grep -c 'Using cache' "$logs/b-cached.log" || true)"
         fi
+        buildkit_build "BuildKit 4 stages, cached" "$logs/d-cached.log" "$work/ctx/par" par "$work/d2.tar"
+        [ -z "$D_WALL" ] || PDW+=("$D_WALL")
         if [ "$round" = 1 ]; then
             cmp -s "$work/k.tar" "$work/k2.tar" && same="identical to" || same="DIFFERENT from"
             say "    archives: kiln $(mb "$(file_size "$work/k.tar")") (cached one $same the cold one), buildah $(mb "$(file_size "$work/b.tar")")"
@@ -757,9 +830,20 @@ if has_case 5 && ! over_budget; then
     fi
     kiln_fresh
     buildah_drop
+    buildkit_stop
     add_row "par: 4 stages cold, --jobs 4, archive" "${PK[*]}" "${PB[*]}" "" "-"
-    ROWS[-1]="${ROWS[-1]%-}(info: target <= BuildKit's span; no BuildKit here)"
     add_row "par: 4 stages cached, --jobs 4, archive" "${PKW[*]}" "${PBW[*]}" "<= 0.1" "<= 0.1"
+    # The same rows against BuildKit (build + docker save); kiln's target: no more than its span.
+    if ((${#PD[@]})) && [ "${#PD[@]}" = "${#PK[@]}" ]; then
+        add_row "par: 4 stages cold vs BuildKit" "${PK[*]}" "${PD[*]}" "<= 1.0" "<= 1.0"
+        SAMPLES[-1]="${SAMPLES[-1]/buildah/BuildKit}"
+    else
+        ROWS+=("$(row "par: 4 stages cold vs BuildKit" "-" "-" "-" "<= 1.0" "(no BuildKit: ${buildkit_note:-not run})")")
+    fi
+    if ((${#PDW[@]})) && [ "${#PDW[@]}" = "${#PKW[@]}" ]; then
+        add_row "par: 4 stages cached vs BuildKit" "${PKW[*]}" "${PDW[*]}" "" "-"
+        SAMPLES[-1]="${SAMPLES[-1]/buildah/BuildKit}"
+    fi
     if [ -n "$pser" ] && ((${#PK[@]})); then
         ROWS+=("$(row "par: kiln cold --jobs 4 vs buildah --jobs 1" "$(secs "$(median "${PK[@]}")")" "$(secs "$pser")" "$(calc %.3f "$(median "${PK[@]}") / $pser")" "-" "(info: buildah serial, once)")")
         SAMPLES+=("$(printf '  %-40s buildah %.2f' "par: buildah cold --jobs 1" "$pser")")

@@ -36,6 +36,10 @@ pub struct RemoteOptions {
     /// Manifests resolved in this build: reference → (manifest, whether it came from a
     /// registry and still needs its layers).
     resolved: Mutex<BTreeMap<String, Resolution>>,
+    /// References that failed to resolve, with the error: the plan goes on without their
+    /// config (a stage the target does not need may name an image nobody can pull), and the
+    /// build that needs one fails with that error instead of asking again.
+    failed: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +85,30 @@ impl RemoteOptions {
         if let Some(known) = self.remembered(reference) {
             return Ok(known.manifest);
         }
+        if let Some(message) = self
+            .failed
+            .lock()
+            .ok()
+            .and_then(|f| f.get(reference).cloned())
+        {
+            return Err(BuildError::Pull(message));
+        }
+        let result = self.resolve(store, reference, platform, progress);
+        if let Err(error) = &result {
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.insert(reference.to_string(), error.to_string());
+            }
+        }
+        result
+    }
+
+    fn resolve(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: TransferSink,
+    ) -> Result<Descriptor, BuildError> {
         let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
         if self.pull == PullPolicy::Missing || self.registry.is_none() {
             if let Some(found) = find_in_store(store, &name, platform) {
@@ -108,6 +136,13 @@ impl RemoteOptions {
         store.put_blob(&resolved.manifest_bytes)?;
         let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
             .map_err(|e| BuildError::Pull(format!("{name}: {e}")))?;
+        // A config is a small JSON document; a manifest may not make kiln download more.
+        if manifest.config.size > kiln_oci::MAX_JSON_SIZE {
+            return Err(BuildError::Pull(format!(
+                "{name}: the manifest gives its config {} bytes, more than a config may have",
+                manifest.config.size
+            )));
+        }
         registry
             .fetch_blob(&name, &manifest.config, store, progress)
             .map_err(|e| BuildError::Pull(e.to_string()))?;

@@ -90,11 +90,26 @@ pub(crate) fn cache_mount_paths(store: &Store, id: &str) -> (PathBuf, PathBuf) {
 
 /// The ids of the cache mounts a RUN step uses, for `--cache-to ...,cache-mounts=true`.
 pub(crate) fn cache_mount_ids(run: &kiln_plan::RunStep, config: &ImageConfig) -> Vec<String> {
-    let workdir = if config.config.working_dir.is_empty() {
-        "/"
-    } else {
-        config.config.working_dir.as_str()
-    };
+    cache_mount_ids_in(run, &config.config.working_dir)
+}
+
+/// The ids of the cache mounts the RUN steps of the stages a plan builds use: the ones a
+/// `--cache-from` may restore.
+pub fn planned_cache_mount_ids(plan: &kiln_plan::Plan) -> std::collections::BTreeSet<String> {
+    plan.order
+        .iter()
+        .filter_map(|i| plan.stages.get(*i))
+        .flat_map(|stage| &stage.steps)
+        .filter_map(|step| match &step.action {
+            kiln_plan::Action::Run(run) => Some(cache_mount_ids_in(run, &step.workdir)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn cache_mount_ids_in(run: &kiln_plan::RunStep, workdir: &str) -> Vec<String> {
+    let workdir = if workdir.is_empty() { "/" } else { workdir };
     run.mounts
         .iter()
         .filter(|m| m.kind == MountType::Cache)

@@ -430,8 +430,9 @@ fn io_at(path: &Path, source: std::io::Error) -> BuildError {
     }
 }
 
-/// Writes the cache manifest and its blobs as an OCI layout in `dir` (blobs already there are
-/// kept; `index.json` is replaced last, atomically).
+/// Writes the cache manifest and its blobs as an OCI layout in `dir`: blobs already there
+/// (with the right size) are kept; `index.json` is replaced last, atomically, keeping the
+/// layout's other images. Files are 0644: a cache directory is for other users and machines.
 fn write_layout(
     store: &Store,
     dir: &Path,
@@ -440,34 +441,56 @@ fn write_layout(
 ) -> Result<(), BuildError> {
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| io_at(&blobs, e))?;
-    let mut digests = vec![&descriptor.digest, &manifest.config.digest];
-    digests.extend(manifest.layers.iter().map(|l| &l.digest));
-    for digest in digests {
+    let publish = |temp: tempfile::NamedTempFile, path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file().sync_all().map_err(|e| io_at(path, e))?;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io_at(path, e))?;
+        temp.persist(path).map_err(|e| io_at(path, e.error))?;
+        Ok::<(), BuildError>(())
+    };
+    let sizes: BTreeMap<&Digest, u64> = [
+        (&descriptor.digest, descriptor.size),
+        (&manifest.config.digest, manifest.config.size),
+    ]
+    .into_iter()
+    .chain(manifest.layers.iter().map(|l| (&l.digest, l.size)))
+    .collect();
+    for (digest, size) in sizes {
         let path = dir.join(digest.blob_path());
-        if path.is_file() {
+        // Its digest is checked when it is read back.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
             continue;
         }
         let mut temp = tempfile::NamedTempFile::new_in(&blobs).map_err(|e| io_at(&blobs, e))?;
         let mut source = store.open_blob(digest)?;
         std::io::copy(&mut source, &mut temp).map_err(|e| io_at(&path, e))?;
-        temp.persist(&path).map_err(|e| io_at(&path, e.error))?;
+        publish(temp, &path)?;
     }
     let mut entry = descriptor.clone();
     entry.annotations.insert(
         kiln_oci::annotations::REF_NAME.to_string(),
         LAYOUT_REF.to_string(),
     );
-    let index = Index::new(vec![entry]);
-    let index_bytes =
-        kiln_oci::to_canonical_json(&index).map_err(|e| BuildError::Image(e.to_string()))?;
+    let index_path = dir.join("index.json");
+    let mut manifests: Vec<Descriptor> = read_bounded(&index_path)
+        .ok()
+        .and_then(|bytes| kiln_oci::from_json_slice::<Index>(&bytes).ok())
+        .map(|index| index.manifests)
+        .unwrap_or_default();
+    manifests.retain(|m| m.ref_name() != Some(LAYOUT_REF));
+    manifests.push(entry);
+    let index_bytes = kiln_oci::to_canonical_json(&Index::new(manifests))
+        .map_err(|e| BuildError::Image(e.to_string()))?;
     let layout = dir.join("oci-layout");
-    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| io_at(&layout, e))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_at(dir, e))?;
+    std::io::Write::write_all(&mut temp, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| io_at(&layout, e))?;
+    publish(temp, &layout)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_at(dir, e))?;
     std::io::Write::write_all(&mut temp, &index_bytes).map_err(|e| io_at(dir, e))?;
-    let index_path = dir.join("index.json");
-    temp.persist(&index_path)
-        .map_err(|e| io_at(&index_path, e.error))?;
-    Ok(())
+    publish(temp, &index_path)
 }
 
 /// Where an imported cache's blobs come from.
@@ -515,6 +538,12 @@ impl ImportedCache {
                 };
                 let manifest: Manifest =
                     kiln_oci::from_json_slice(&manifest_bytes).map_err(|e| e.to_string())?;
+                if manifest.config.size > MAX_DOCUMENT {
+                    return Err(format!(
+                        "the manifest gives its config {} bytes, more than a cache document may have",
+                        manifest.config.size
+                    ));
+                }
                 registry
                     .fetch_blob(name, &manifest.config, store, progress)
                     .map_err(|e| e.to_string())?;
@@ -583,7 +612,9 @@ impl ImportedCache {
         self.records.is_empty()
     }
 
-    /// The record of `key`, its layer fetched into the store (digest checked), as a store
+    /// The record of `key`, its layer fetched into the store and checked — the blob against
+    /// its digest, the tar inside against the diff_id the record claims (the cache is
+    /// untrusted: a record must not pair a layer with another layer's files) — as a store
     /// record.
     pub fn hit(
         &self,
@@ -593,17 +624,23 @@ impl ImportedCache {
         progress: TransferSink,
     ) -> Option<Result<CacheRecord, String>> {
         let shared = self.records.get(key)?;
-        Some(
-            self.fetch(&shared.layer, store, progress)
-                .map(|()| CacheRecord {
-                    key: shared.key.clone(),
-                    layer: Some(shared.layer.clone()),
-                    created_by: shared.created_by.clone(),
-                    parts: Vec::new(),
-                    created: shared.created,
-                    recorded: now_nanos,
-                }),
-        )
+        if !(0..=MAX_CREATED).contains(&shared.created) {
+            return Some(Err(format!(
+                "record {key}: creation time {} is out of range",
+                shared.created
+            )));
+        }
+        let checked = self
+            .fetch(&shared.layer, store, progress)
+            .and_then(|()| check_diff_id(store, &shared.layer));
+        Some(checked.map(|()| CacheRecord {
+            key: shared.key.clone(),
+            layer: Some(shared.layer.clone()),
+            created_by: shared.created_by.clone(),
+            parts: Vec::new(),
+            created: shared.created,
+            recorded: now_nanos,
+        }))
     }
 
     fn fetch(
@@ -643,16 +680,31 @@ impl ImportedCache {
         }
     }
 
-    /// Puts the cache mounts this cache carries where RUN finds them, unless the store has a
-    /// non-empty one of the same id already (local contents are newer). How many were restored.
-    pub fn restore_mounts(&self, store: &Store, progress: TransferSink) -> Result<usize, String> {
-        let mut restored = 0;
-        for mount in &self.mounts {
+    /// Puts the cache mounts this cache carries where RUN finds them — only those of `wanted`
+    /// (the ids the build's RUN steps name), `max` bytes of blobs at most — unless the store has
+    /// a non-empty one of the same id already (local contents are newer). The ids restored,
+    /// and those left out for the cap.
+    pub fn restore_mounts(
+        &self,
+        store: &Store,
+        wanted: &BTreeSet<String>,
+        max: u64,
+        progress: TransferSink,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let occupied = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        let mut restored = Vec::new();
+        let mut skipped = Vec::new();
+        let mut budget = max;
+        for mount in self.mounts.iter().filter(|m| wanted.contains(&m.id)) {
             let (dir, lock_path) = crate::run::cache_mount_paths(store, &mount.id);
-            let occupied = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-            if occupied {
+            if occupied(&dir) {
                 continue;
             }
+            if mount.layer.size > budget {
+                skipped.push(mount.id.clone());
+                continue;
+            }
+            budget -= mount.layer.size;
             self.fetch(&mount.layer, store, progress)?;
             let caches = dir.parent().ok_or("cache mount directory")?;
             std::fs::create_dir_all(caches).map_err(|e| format!("{}: {e}", caches.display()))?;
@@ -664,12 +716,16 @@ impl ImportedCache {
                 .map_err(|e| format!("{}: {e}", lock_path.display()))?;
             lock.lock()
                 .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            // Another build may have filled it while this one waited for the lock.
+            if occupied(&dir) {
+                continue;
+            }
             let work = store.work_dir().map_err(|e| e.to_string())?;
             let fresh = work.path().join("mount");
             std::fs::create_dir(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
             let digest = Digest::parse(&mount.layer.digest).map_err(|e| e.to_string())?;
             let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
-            crate::unpack::unpack_layer(
+            crate::unpack::unpack_cache_mount(
                 BufReader::new(blob),
                 &mount.layer.media_type,
                 &fresh,
@@ -679,10 +735,28 @@ impl ImportedCache {
             // An empty directory left by an earlier build gives way.
             let _ = std::fs::remove_dir(&dir);
             std::fs::rename(&fresh, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            restored += 1;
+            restored.push(mount.id.clone());
         }
-        Ok(restored)
+        Ok((restored, skipped))
     }
+}
+
+/// The latest creation time a record may carry: the end of year 9999, as RFC 3339 allows.
+const MAX_CREATED: i64 = 253_402_300_799;
+
+/// Checks that a layer blob of the store holds a tar whose digest is `layer.diff_id`.
+fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), String> {
+    let digest = Digest::parse(&layer.digest).map_err(|e| e.to_string())?;
+    let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
+    let actual = kiln_layer::visit_layer(BufReader::new(blob), &layer.media_type, |_, _| Ok(()))
+        .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+    if actual != layer.diff_id {
+        return Err(format!(
+            "layer {} holds a tar of digest {actual}, not the diff_id {} the record names",
+            layer.digest, layer.diff_id
+        ));
+    }
+    Ok(())
 }
 
 fn is_index(bytes: &[u8]) -> bool {

@@ -42,6 +42,9 @@ fn components(path: &[u8]) -> Result<Vec<&OsStr>, BuildError> {
 struct Unpacker<'a> {
     root: &'a Path,
     is_root: bool,
+    /// Whether device nodes are made (a base image's `/dev` may hold some; a cache mount,
+    /// bound into RUN steps, never does).
+    devices: bool,
     dirs: BTreeMap<PathBuf, Stamp>,
 }
 
@@ -69,7 +72,10 @@ impl Unpacker<'_> {
         Ok(dir)
     }
 
-    fn remove(&self, path: &Path) -> Result<(), BuildError> {
+    fn remove(&mut self, path: &Path) -> Result<(), BuildError> {
+        // A directory that goes (a later entry replaces it, say with a symlink) takes its
+        // pending stamps along: they must never be applied through what replaced it.
+        self.dirs.retain(|dir, _| !dir.starts_with(path));
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(|e| io_at(path, e)),
             Ok(_) => fs::remove_file(path).map_err(|e| io_at(path, e)),
@@ -91,6 +97,9 @@ impl Unpacker<'_> {
         }
         let target = parent.join(name);
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX) {
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(refuse(&entry.path, "is a whiteout of no name"));
+            }
             let hidden = parent.join(OsStr::from_bytes(hidden));
             self.remove(&hidden)?;
             if find_whiteout(&hidden).is_some() {
@@ -169,6 +178,9 @@ impl Unpacker<'_> {
                     EntryTypeSummary::BlockDevice => rustix::fs::FileType::BlockDevice,
                     _ => rustix::fs::FileType::Fifo,
                 };
+                if kind != rustix::fs::FileType::Fifo && !self.devices {
+                    return Err(refuse(&entry.path, "is a device file, refused here"));
+                }
                 if kind != rustix::fs::FileType::Fifo && !self.is_root {
                     return Err(refuse(
                         &entry.path,
@@ -224,9 +236,30 @@ pub fn unpack_layer(
     dest: &Path,
     diff_id: &str,
 ) -> Result<(), BuildError> {
+    unpack(blob, media_type, dest, diff_id, true)
+}
+
+/// [`unpack_layer`] for a cache mount's contents from a shared cache: no device files.
+pub fn unpack_cache_mount(
+    blob: impl Read,
+    media_type: &str,
+    dest: &Path,
+    diff_id: &str,
+) -> Result<(), BuildError> {
+    unpack(blob, media_type, dest, diff_id, false)
+}
+
+fn unpack(
+    blob: impl Read,
+    media_type: &str,
+    dest: &Path,
+    diff_id: &str,
+    devices: bool,
+) -> Result<(), BuildError> {
     let mut unpacker = Unpacker {
         root: dest,
         is_root: rustix::process::geteuid().is_root(),
+        devices,
         dirs: BTreeMap::new(),
     };
     let mut failure: Option<BuildError> = None;
@@ -250,7 +283,10 @@ pub fn unpack_layer(
     let mut dirs: Vec<_> = unpacker.dirs.into_iter().collect();
     dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, stamp) in dirs {
-        set_stamp(&path, stamp, false, unpacker.is_root)?;
+        // Only a real directory is stamped (chmod follows symlinks).
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            set_stamp(&path, stamp, false, unpacker.is_root)?;
+        }
     }
     Ok(())
 }
@@ -387,5 +423,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("diff_id"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_never_stamps_what_the_link_points_at() {
+        use std::os::unix::fs::PermissionsExt;
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        fs::write(&victim, "host file").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = victim.to_string_lossy().into_owned();
+        // `a/` and `a/b/` are directories (stamped at the end), then `a` becomes a symlink.
+        let bytes = tar(&[
+            ("a/", T::Directory, "", b""),
+            ("a/b/", T::Directory, "", b""),
+            ("a", T::Symlink, &link, b""),
+        ]);
+        let (dest, result) = unpack(&bytes);
+        result.unwrap();
+        assert!(fs::symlink_metadata(dest.path().join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the host file's mode is untouched");
+    }
+
+    #[test]
+    fn whiteouts_of_no_name_are_refused() {
+        for name in ["d/.wh.", "d/.wh..", "d/.wh..."] {
+            let bytes = tar(&[("d/", T::Directory, "", b""), (name, T::Regular, "", b"")]);
+            let (dest, result) = unpack(&bytes);
+            assert!(result.is_err(), "{name}");
+            assert!(dest.path().exists(), "{name}: the root is still there");
+        }
     }
 }

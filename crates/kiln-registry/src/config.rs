@@ -3,9 +3,11 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -19,12 +21,20 @@ const CONFIG_MAX: u64 = 4 << 20;
 /// The key docker uses for Docker Hub in `auths`, and the server it hands helpers.
 const HUB_KEY: &str = "https://index.docker.io/v1/";
 
+/// How long a credential helper may take before it is killed.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A helper's answer is a small JSON object; more output than this is an error.
+const HELPER_STDOUT_MAX: u64 = 1 << 20;
+/// What is kept of a helper's stderr for its error message (the rest is read and dropped).
+const HELPER_STDERR_MAX: u64 = 64 << 10;
+
 /// The docker configuration directory and where to look for `docker-credential-*` programs.
 #[derive(Debug, Clone)]
 pub(crate) struct DockerConfig {
     dir: PathBuf,
     /// `None`: the helper is run by name, found through `$PATH`.
     helper_path: Option<OsString>,
+    helper_timeout: Duration,
 }
 
 /// The directory docker reads: `$DOCKER_CONFIG`, else `~/.docker`.
@@ -52,7 +62,14 @@ impl DockerConfig {
         DockerConfig {
             dir,
             helper_path: None,
+            helper_timeout: HELPER_TIMEOUT,
         }
+    }
+
+    #[cfg(test)]
+    pub fn with_helper_timeout(mut self, timeout: Duration) -> DockerConfig {
+        self.helper_timeout = timeout;
+        self
     }
 
     /// Looks helpers up in `path` (a `$PATH`-style list) instead of `$PATH`.
@@ -195,10 +212,13 @@ impl DockerConfig {
             return Ok(false);
         };
         let mut removed = false;
-        if let Some((helper, _)) = self.helper(&config, host) {
+        if let Some((helper, per_host)) = self.helper(&config, host) {
             match self.run_helper(&helper, "erase", server_key(host).as_bytes()) {
                 Ok(_) => removed = true,
                 Err(HelperError::NotFound) => {}
+                // As for get: a default store that is not installed holds nothing, and the
+                // `auths` entry below is still removed.
+                Err(HelperError::Missing) if !per_host => {}
                 Err(e) => return Err(self.err(host, e.describe(&helper))),
             }
         }
@@ -278,6 +298,8 @@ impl DockerConfig {
     }
 
     /// Runs `docker-credential-<helper> <action>` with `input` on stdin; its stdout on success.
+    /// A helper that runs longer than the timeout, or writes more than
+    /// [`HELPER_STDOUT_MAX`] bytes, is killed.
     fn run_helper(
         &self,
         helper: &str,
@@ -311,24 +333,117 @@ impl DockerConfig {
                     HelperError::Run(e.to_string())
                 }
             })?;
+        let deadline = Instant::now() + self.helper_timeout;
+        let kill = |child: &mut std::process::Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        // Threads feed and drain the pipes, so a helper that does neither cannot block us;
+        // they end when the helper (or whatever inherited its pipes) closes them.
+        let spawn = |f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name("credential-helper".into())
+                .spawn(f)
+                .map(drop)
+        };
+        // (stdout or stderr, what was read)
+        let (tx, rx) = mpsc::channel::<(bool, io::Result<Option<Vec<u8>>>)>();
+        let mut pending = 0;
+        let mut started = Ok(());
         if let Some(mut stdin) = child.stdin.take() {
+            let input = input.to_vec();
             // A helper that exits without reading its input is judged by its exit status.
-            let _ = stdin.write_all(input);
+            started = started.and(spawn(Box::new(move || {
+                let _ = stdin.write_all(&input);
+            })));
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| HelperError::Run(e.to_string()))?;
-        if out.status.success() {
-            return Ok(out.stdout);
+        if let Some(stdout) = child.stdout.take() {
+            let tx = tx.clone();
+            pending += 1;
+            started = started.and(spawn(Box::new(move || {
+                let _ = tx.send((true, read_capped(stdout, HELPER_STDOUT_MAX, false)));
+            })));
         }
-        let said = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        if let Some(stderr) = child.stderr.take() {
+            let tx = tx.clone();
+            pending += 1;
+            started = started.and(spawn(Box::new(move || {
+                let _ = tx.send((false, read_capped(stderr, HELPER_STDERR_MAX, true)));
+            })));
+        }
+        drop(tx);
+        if let Err(e) = started {
+            kill(&mut child);
+            return Err(HelperError::Run(e.to_string()));
+        }
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((true, Ok(Some(bytes)))) => stdout = bytes,
+                Ok((false, Ok(Some(bytes)))) => stderr = bytes,
+                Ok((true, Ok(None))) => {
+                    kill(&mut child);
+                    return Err(HelperError::TooLarge);
+                }
+                Ok((true, Err(e))) => {
+                    kill(&mut child);
+                    return Err(HelperError::Run(format!("reading its output: {e}")));
+                }
+                // Stderr only words a failure; the exit status still says whether it was one.
+                Ok((false, _)) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    kill(&mut child);
+                    return Err(HelperError::Timeout(self.helper_timeout));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            pending -= 1;
+        }
+        // Its pipes are closed: it has exited or is about to.
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(None) => {
+                    kill(&mut child);
+                    return Err(HelperError::Timeout(self.helper_timeout));
+                }
+                Err(e) => {
+                    kill(&mut child);
+                    return Err(HelperError::Run(e.to_string()));
+                }
+            }
+        };
+        if status.success() {
+            return Ok(stdout);
+        }
+        let said = String::from_utf8_lossy(&stdout).to_string() + &String::from_utf8_lossy(&stderr);
         if said.to_ascii_lowercase().contains("credentials not found") {
             return Err(HelperError::NotFound);
         }
         // Helpers print their message, never the secret, on failure; still keep it short.
         Err(HelperError::Failed(crate::error::clean_text(&said, 200)))
     }
+}
+
+/// Reads at most `max` bytes: `None` when there is more, unless `drain`, which reads and
+/// drops the rest.
+fn read_capped(mut pipe: impl Read, max: u64, drain: bool) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    (&mut pipe)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        if !drain {
+            return Ok(None);
+        }
+        bytes.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        io::copy(&mut pipe, &mut io::sink())?;
+    }
+    Ok(Some(bytes))
 }
 
 /// Credentials from an `auths` entry: `auth` (base64 `user:pass`), else `username` and
@@ -365,6 +480,10 @@ enum HelperError {
     Missing,
     BadName,
     BadAnswer,
+    /// It ran longer than this, and was killed.
+    Timeout(Duration),
+    /// It wrote more than [`HELPER_STDOUT_MAX`] bytes, and was killed.
+    TooLarge,
     Run(String),
     Failed(String),
 }
@@ -377,6 +496,14 @@ impl HelperError {
             HelperError::Missing => format!("{program} is not installed (or not on PATH)"),
             HelperError::BadName => format!("invalid credential helper name {helper:?}"),
             HelperError::BadAnswer => format!("{program} answered something that is not JSON"),
+            HelperError::Timeout(t) => format!(
+                "{program} did not finish within {} s, and was stopped",
+                t.as_secs_f64()
+            ),
+            HelperError::TooLarge => format!(
+                "{program} wrote more than {} KiB, and was stopped",
+                HELPER_STDOUT_MAX >> 10
+            ),
             HelperError::Run(e) => format!("cannot run {program}: {e}"),
             HelperError::Failed(said) => format!("{program} failed: {said}"),
         }
@@ -548,6 +675,101 @@ esac
             "reg.example"
         );
         assert!(!c.erase("other.example").unwrap());
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) {
+        let path = dir.join(format!("docker-credential-{name}"));
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_hanging_helper_is_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        // Reads nothing, answers nothing.
+        script(&bin, "hang", "exec sleep 30");
+        let c = config(tmp.path(), r#"{"credsStore":"hang"}"#)
+            .with_helper_path(&bin)
+            .with_helper_timeout(Duration::from_millis(300));
+        for run in [
+            Box::new(|| c.get("reg.example").map(drop)) as Box<dyn Fn() -> Result<()>>,
+            Box::new(|| c.store("reg.example", &creds("a", "b"))),
+            Box::new(|| c.erase("reg.example").map(drop)),
+        ] {
+            let started = Instant::now();
+            let e = run().unwrap_err().to_string();
+            assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+            assert!(
+                e.contains("docker-credential-hang did not finish within 0.3 s"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_helper_that_says_too_much_is_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        script(&bin, "loud", "exec cat /dev/zero");
+        // Just over the limit, then exiting: still refused.
+        script(
+            &bin,
+            "big",
+            "head -c 1048577 /dev/zero; echo '{\"Username\":\"u\",\"Secret\":\"s\"}'",
+        );
+        for helper in ["loud", "big"] {
+            let c = config(tmp.path(), &format!(r#"{{"credsStore":"{helper}"}}"#))
+                .with_helper_path(&bin);
+            let e = c.get("reg.example").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "docker-credential-{helper} wrote more than 1024 KiB"
+                )),
+                "{e}"
+            );
+        }
+        // Noise on stderr is read past, and cut in the message.
+        script(
+            &bin,
+            "noisy",
+            "head -c 3000000 /dev/zero | tr '\\0' x >&2; exit 1",
+        );
+        let c = config(tmp.path(), r#"{"credsStore":"noisy"}"#).with_helper_path(&bin);
+        let e = c.get("reg.example").unwrap_err().to_string();
+        assert!(e.contains("docker-credential-noisy failed: xxx"), "{e}");
+        assert!(e.len() < 1000, "{e}");
+    }
+
+    #[test]
+    fn erase_without_the_default_store_still_clears_auths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let c = config(
+            tmp.path(),
+            r#"{"credsStore":"desktop","auths":{"x.example":{"auth":"dXNlcjpwYXNz"},"y.example":{}}}"#,
+        )
+        .with_helper_path(&bin);
+        assert!(c.erase("x.example").unwrap());
+        assert_eq!(
+            read(tmp.path()),
+            serde_json::json!({"credsStore":"desktop","auths":{"y.example":{}}})
+        );
+        assert!(!c.erase("x.example").unwrap());
+        // A helper named for the host that is missing is still an error.
+        let c = config(
+            tmp.path(),
+            r#"{"credHelpers":{"x.example":"absent"},"auths":{"x.example":{}}}"#,
+        )
+        .with_helper_path(&bin);
+        let e = c.erase("x.example").unwrap_err().to_string();
+        assert!(
+            e.contains("docker-credential-absent is not installed"),
+            "{e}"
+        );
     }
 
     #[test]

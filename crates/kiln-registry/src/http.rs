@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ureq::http::{Method, Request, Response, Uri};
@@ -23,6 +23,10 @@ const MAX_REDIRECTS: usize = 10;
 /// The first pause between attempts, doubled each time up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// The longest `Retry-After` honoured.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(10);
+/// How much of a plain-http probe's answer is read to tell a TLS port's complaint.
+const PROBE_BODY_MAX: u64 = 4 << 10;
 
 /// A repository on a registry: `host` is the image name's domain as [`crate::normalize_server`]
 /// gives it (`docker.io`, `127.0.0.1:5000`), `path` the repository path.
@@ -155,6 +159,9 @@ enum Scheme {
     Http,
 }
 
+/// Held while one (host, scopes) token is fetched.
+type FetchLock = Arc<Mutex<()>>;
+
 /// Why a send produced no response to act on.
 enum Failure {
     Transport(ureq::Error),
@@ -172,8 +179,9 @@ pub(crate) struct Client {
     schemes: Mutex<HashMap<String, Scheme>>,
     challenges: Mutex<HashMap<String, Vec<Challenge>>>,
     tokens: TokenCache,
-    /// Held while a token is fetched, so parallel transfers starting together ask once.
-    token_fetch: Mutex<()>,
+    /// Per (host, scopes), held while that token is fetched, so parallel transfers starting
+    /// together ask once, while a slow token service only holds up the requests needing it.
+    token_fetch: Mutex<HashMap<(String, String), FetchLock>>,
     credentials: Mutex<HashMap<String, Option<Credentials>>>,
 }
 
@@ -211,7 +219,7 @@ impl Client {
             schemes: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
             tokens: TokenCache::default(),
-            token_fetch: Mutex::new(()),
+            token_fetch: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashMap::new()),
         }
     }
@@ -246,36 +254,56 @@ impl Client {
         }
         let https = format!("https://{api}");
         let first = match self.probe(host, &https) {
-            Ok(()) => {
+            Ok(_) => {
                 self.remember_scheme(host, Scheme::Https);
                 return Ok(https);
             }
             Err(e) => e,
         };
+        // Only a server that is there but does not speak TLS is asked in plain http; a
+        // timeout, an unknown host or a refusal on the port named is the error itself (which
+        // the caller may retry). Without a port, https (443) refused may still mean a plain
+        // http registry on 80.
+        let refused =
+            matches!(&first, ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused);
+        if !(not_tls(&first) || (refused && !has_port(&api))) {
+            return Err(first);
+        }
         let http = format!("http://{api}");
         match self.probe(host, &http) {
-            Ok(()) => {
+            Ok(true) => {
                 self.remember_scheme(host, Scheme::Http);
                 Ok(http)
             }
-            // Nothing listens at all: the https error says so as well as any.
-            Err(_) => Err(first),
+            // A TLS port complaining about plain http, or nothing there either: the https
+            // error says what is wrong as well as any.
+            Ok(false) | Err(_) => Err(first),
         }
     }
 
-    fn probe(&self, host: &str, base: &str) -> std::result::Result<(), ureq::Error> {
+    /// `GET /v2/` at `base`, learning the challenge; `false` when the answer is a TLS port's
+    /// complaint about a plain http request (nginx's and Go's 400s).
+    fn probe(&self, host: &str, base: &str) -> std::result::Result<bool, ureq::Error> {
         let agent = self.agent_for(host);
         let request = Request::get(format!("{base}/v2/"))
             .body(())
             .map_err(ureq::Error::Http)?;
         let response = agent.run(request)?;
-        if response.status().as_u16() == 401 {
-            let challenges = challenges_of(&response);
-            if !challenges.is_empty() {
-                self.set_challenges(host, challenges);
+        match response.status().as_u16() {
+            401 => {
+                let challenges = challenges_of(&response);
+                if !challenges.is_empty() {
+                    self.set_challenges(host, challenges);
+                }
             }
+            400 if base.starts_with("http://") => {
+                let body = read_bounded(response, PROBE_BODY_MAX).unwrap_or_default();
+                let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+                return Ok(!text.contains("https"));
+            }
+            _ => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     fn remember_scheme(&self, host: &str, scheme: Scheme) {
@@ -345,8 +373,13 @@ impl Client {
                     }
                 },
                 Target::Url(url) => {
-                    let to_registry = authority(url)
-                        .is_some_and(|a| a.eq_ignore_ascii_case(&api_host(&repo.host)));
+                    // Only a URL on the registry's own host gets its credentials; one with
+                    // user information is refused when sent.
+                    let to_registry = url
+                        .parse::<Uri>()
+                        .ok()
+                        .and_then(|u| url_host(&u).ok())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(&api_host(&repo.host)));
                     (url.clone(), to_registry)
                 }
             };
@@ -407,12 +440,14 @@ impl Client {
                 return Err(self.unauthorized(repo, what, response, with_credentials));
             }
             if call.retry && retryable_status(status) && attempt < self.options.retries {
+                let asked = retry_after(&response);
                 let said = error_summary(response);
                 attempt += 1;
-                self.pause(
+                self.pause_at_least(
                     attempt,
                     &format!("the registry answered {status}{}", colon(&said)),
                     call.on_retry,
+                    asked,
                 );
                 continue;
             }
@@ -421,10 +456,21 @@ impl Client {
     }
 
     fn pause(&self, attempt: u32, why: &str, on_retry: Option<OnRetry<'_>>) {
+        self.pause_at_least(attempt, why, on_retry, None);
+    }
+
+    /// The backoff, or what the server asked for (`Retry-After`) when that is longer.
+    fn pause_at_least(
+        &self,
+        attempt: u32,
+        why: &str,
+        on_retry: Option<OnRetry<'_>>,
+        asked: Option<Duration>,
+    ) {
         if let Some(f) = on_retry {
             f(attempt, why);
         }
-        std::thread::sleep(backoff(attempt));
+        std::thread::sleep(backoff(attempt).max(asked.unwrap_or_default()));
     }
 
     /// The Authorization header for a registry request, as far as the known challenge
@@ -450,14 +496,32 @@ impl Client {
             if let Some(token) = self.tokens.get(&repo.host, scope_key) {
                 return Ok(Some((format!("Bearer {token}"), creds.is_some())));
             }
-            let _fetching = self.token_fetch.lock();
-            if let Some(token) = self.tokens.get(&repo.host, scope_key) {
-                return Ok(Some((format!("Bearer {token}"), creds.is_some())));
+            let key = (repo.host.clone(), scope_key.to_string());
+            let lock = self
+                .token_fetch
+                .lock()
+                .map(|mut locks| locks.entry(key.clone()).or_default().clone())
+                .unwrap_or_default();
+            let fetched = {
+                let _fetching = lock.lock();
+                match self.tokens.get(&repo.host, scope_key) {
+                    Some(token) => Ok(format!("Bearer {token}")),
+                    None => self
+                        .fetch_token(repo, what, bearer, scopes, creds.as_ref())
+                        .map(|token| {
+                            let value = format!("Bearer {}", token.value);
+                            self.tokens.put(&repo.host, scope_key, token);
+                            value
+                        }),
+                }
+            };
+            // The last one out removes the lock: only the map and this thread hold it.
+            if let Ok(mut locks) = self.token_fetch.lock() {
+                if Arc::strong_count(&lock) <= 2 {
+                    locks.remove(&key);
+                }
             }
-            let token = self.fetch_token(repo, what, bearer, scopes, creds.as_ref())?;
-            let value = format!("Bearer {}", token.value);
-            self.tokens.put(&repo.host, scope_key, token);
-            return Ok(Some((value, creds.is_some())));
+            return fetched.map(|value| Some((value, creds.is_some())));
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             return Ok(self.credentials(&repo.host)?.map(|c| (c.basic(), true)));
@@ -486,24 +550,27 @@ impl Client {
             .ok_or_else(|| {
                 protocol("the registry's Bearer challenge names no token service (realm)".into())
             })?;
+        let shown = strip_query(realm);
         let realm_uri: Uri = realm
             .parse()
-            .map_err(|_| protocol(format!("the token service {realm:?} is not a URL")))?;
-        let realm_host = realm_uri
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        match realm_uri.scheme_str() {
+            .map_err(|_| protocol(format!("the token service {shown:?} is not a URL")))?;
+        let realm_host = url_host(&realm_uri)
+            .map_err(|why| protocol(format!("refusing the token service {shown:?}: {why}")))?;
+        // Credentials go to an http realm only when the realm itself is a host we talk to
+        // without TLS checks: a loopback registry (say port-forwarded) does not make
+        // `http://auth.corp` safe.
+        match realm_uri
+            .scheme_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("https") => {}
-            Some("http") if self.is_insecure(&realm_host) || self.is_insecure(&repo.host) => {}
+            Some("http") if self.is_insecure(&realm_host) => {}
             _ => {
                 return Err(protocol(format!(
-                    "refusing the token service {realm:?}: only https is used for it"
+                    "refusing the token service {shown:?}: only https is used for it"
                 )))
             }
-        }
-        if realm_host.is_empty() {
-            return Err(protocol(format!("the token service {realm:?} has no host")));
         }
         let mut query = Vec::new();
         if let Some(service) = challenge.param("service") {
@@ -649,7 +716,8 @@ impl Client {
         let uri: Uri = url
             .parse()
             .map_err(|_| Failure::Refused(format!("invalid URL {:?}", strip_query(url))))?;
-        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let host = url_host(&uri)
+            .map_err(|why| Failure::Refused(format!("refusing {:?}: {why}", strip_query(url))))?;
         let agent = self.agent_for(&host);
         let mut builder = Request::builder().method(method.clone()).uri(uri);
         for (name, value) in headers {
@@ -708,17 +776,78 @@ pub(crate) fn api_host(host: &str) -> String {
     }
 }
 
-/// `localhost`, `127.0.0.0/8` or `::1`, with or without a port.
+/// `localhost`, `127.0.0.0/8` or `::1`, with or without a port; nothing else (not
+/// `localhost:1@evil.example`, whose host is `evil.example`).
 pub(crate) fn is_loopback(host: &str) -> bool {
-    let bare = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else if host.matches(':').count() > 1 {
-        host
-    } else {
-        host.split(':').next().unwrap_or_default()
+    let Some((bare, _)) = split_host_port(host) else {
+        return false;
     };
     bare.eq_ignore_ascii_case("localhost")
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `host[:port]`, `[v6][:port]` or a bare IPv6 address as host and port; `None` for
+/// anything else (user information, a port that is not a number, text after `]`).
+fn split_host_port(host: &str) -> Option<(&str, Option<u16>)> {
+    let port = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+    };
+    let (bare, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (inside, None),
+            _ => (inside, Some(port(after.strip_prefix(':')?)?)),
+        }
+    } else if host.matches(':').count() > 1 {
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        (host, None)
+    } else {
+        match host.split_once(':') {
+            Some((h, p)) => (h, Some(port(p)?)),
+            None => (host, None),
+        }
+    };
+    let name_ok = bare
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    (!bare.is_empty() && name_ok).then_some((bare, port))
+}
+
+/// Whether `host` names its port (so https and http would go to the same one).
+fn has_port(host: &str) -> bool {
+    split_host_port(host).is_some_and(|(_, port)| port.is_some())
+}
+
+/// The `host[:port]` a URL goes to, for the loopback and insecure checks, the host
+/// lowercased. A URL with user information is refused: `http://localhost:1@evil.example/`
+/// goes to `evil.example`, and registries have no business sending one.
+pub(crate) fn url_host(uri: &Uri) -> std::result::Result<String, String> {
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if authority.contains('@') {
+        return Err("it carries user information (user@host)".to_string());
+    }
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() {
+        return Err("it has no host".to_string());
+    }
+    let rest = authority.get(host.len()..).unwrap_or_default();
+    let port = match rest.strip_prefix(':') {
+        _ if rest.is_empty() => None,
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(
+            p.parse::<u16>()
+                .map_err(|_| format!("its port {p:?} is invalid"))?,
+        ),
+        _ => return Err("its host is invalid".to_string()),
+    };
+    let host = host.to_ascii_lowercase();
+    Ok(match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
 }
 
 /// 5xx and 429: the registry is overloaded, restarting, or behind a failing proxy.
@@ -733,6 +862,39 @@ pub(crate) fn retryable_transport(e: &ureq::Error) -> bool {
         ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed | ureq::Error::Protocol(_) => true,
         _ => false,
     }
+}
+
+/// Whether an https attempt failed in a way that says something is there but does not
+/// speak TLS: a handshake failure, a record that is not TLS (a plain http server's answer),
+/// the connection reset or closed during the handshake. Not a timeout, an unknown host, or
+/// a refused connection: those say nothing about http.
+pub(crate) fn not_tls(e: &ureq::Error) -> bool {
+    use io::ErrorKind::*;
+    match e {
+        ureq::Error::Io(e) => matches!(
+            e.kind(),
+            InvalidData | ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+        ),
+        ureq::Error::Rustls(_)
+        | ureq::Error::Tls(_)
+        | ureq::Error::Protocol(_)
+        | ureq::Error::TlsRequired => true,
+        _ => false,
+    }
+}
+
+/// `Retry-After` in seconds on a 429 or 503, at most [`RETRY_AFTER_MAX`]. The date form is
+/// not read (the backoff applies).
+pub(crate) fn retry_after(response: &Response<Body>) -> Option<Duration> {
+    parse_retry_after(response.status().as_u16(), header(response, "retry-after"))
+}
+
+fn parse_retry_after(status: u16, value: Option<&str>) -> Option<Duration> {
+    if !matches!(status, 429 | 503) {
+        return None;
+    }
+    let secs: u64 = value?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
 }
 
 pub(crate) fn retryable_io(kind: io::ErrorKind) -> bool {
@@ -767,6 +929,8 @@ pub(crate) fn describe_transport(e: &ureq::Error) -> String {
         ureq::Error::HostNotFound => "the host name does not resolve".to_string(),
         ureq::Error::Rustls(e) => tls_hint(e.to_string()),
         ureq::Error::Tls(e) => tls_hint(e.to_string()),
+        // The one ureq error that names a URL.
+        ureq::Error::BadUri(uri) => format!("invalid URL {:?}", strip_query(uri)),
         other => other.to_string(),
     }
 }
@@ -866,7 +1030,8 @@ pub(crate) fn unexpected(repo: &Repo, what: &str, response: Response<Body>) -> R
 
 /// Resolves a `Location` (or redirect) against the URL it answered: absolute, scheme-relative
 /// (`//host/p`), absolute-path (`/p`) or relative (`p`). Plain http after https is refused
-/// unless `insecure` allows it for the new host; schemes other than http(s) always are.
+/// unless `insecure` allows it for the new host; schemes other than http(s) always are, as
+/// are URLs with user information and going from another host to a loopback one.
 pub(crate) fn resolve_location(
     current: &str,
     location: &str,
@@ -905,9 +1070,19 @@ pub(crate) fn resolve_location(
     let uri: Uri = resolved
         .parse()
         .map_err(|_| format!("the registry sent an invalid Location {:?}", shown()))?;
-    let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    if host.is_empty() {
-        return Err(format!("the Location {:?} has no host", shown()));
+    let host = url_host(&uri)
+        .map_err(|why| format!("refusing to follow {:?}: {why}", strip_query(&resolved)))?;
+    let current_host = current
+        .parse::<Uri>()
+        .ok()
+        .and_then(|u| url_host(&u).ok())
+        .unwrap_or_default();
+    // A remote registry must not steer us to this machine's own services.
+    if is_loopback(&host) && !is_loopback(&current_host) {
+        return Err(format!(
+            "refusing to follow {:?}: it goes from {current_host} to a loopback address",
+            strip_query(&resolved)
+        ));
     }
     let new_scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
     if new_scheme == "http" && scheme.eq_ignore_ascii_case("https") && !insecure(&host) {
@@ -939,15 +1114,20 @@ fn origin(url: &str) -> String {
     )
 }
 
-fn authority(url: &str) -> Option<String> {
-    let o = origin(url);
-    o.split_once("://").map(|(_, a)| a.to_string())
-}
-
-/// A URL for messages: signed storage URLs and upload states carry secrets in the query.
+/// A URL for messages: signed storage URLs and upload states carry secrets in the query,
+/// and user information may be a password; both are cut.
 pub(crate) fn strip_query(url: &str) -> String {
     let end = url.find(['?', '#']).unwrap_or(url.len());
-    url.get(..end).unwrap_or(url).to_string()
+    let url = url.get(..end).unwrap_or(url);
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let auth_end = rest.find('/').unwrap_or(rest.len());
+        let authority = rest.get(..auth_end).unwrap_or(rest);
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let path = rest.get(auth_end..).unwrap_or_default();
+            return format!("{scheme}://{host}{path}");
+        }
+    }
+    url.to_string()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -1019,7 +1199,13 @@ mod tests {
         assert!(e.contains("https to plain http"), "{e}");
         assert!(!e.contains("secret"), "{e}");
         // Allowed for an insecure host.
-        assert!(resolve_location(cur, "http://localhost:5000/x", is_loopback).is_ok());
+        assert!(resolve_location(
+            "https://localhost:5000/v2/",
+            "http://localhost:5000/x",
+            is_loopback
+        )
+        .is_ok());
+        assert!(resolve_location(cur, "http://other.example/x", |_| true).is_ok());
         assert!(resolve_location(cur, "ftp://reg.example/x", never).is_err());
         assert!(resolve_location(cur, "file:///etc/passwd", never).is_err());
         assert!(resolve_location(cur, "", never).is_err());
@@ -1049,9 +1235,116 @@ mod tests {
             "localhost.example",
             "[::2]:5000",
             "128.0.0.1",
+            // User information: the host is what follows the @.
+            "localhost:1@x",
+            "localhost:1@evil.example",
+            "[::1]@x",
+            "[::1]:5000@x",
+            "127.0.0.1@evil",
+            "localhost@evil",
+            // Not a host[:port] at all.
+            "localhost:",
+            "localhost:abc",
+            "localhost:99999",
+            "[::1]x",
+            "[localhost]",
+            "",
         ] {
             assert!(!is_loopback(h), "{h}");
         }
+        assert!(has_port("localhost:5000") && has_port("[::1]:1"));
+        assert!(!has_port("localhost") && !has_port("[::1]") && !has_port("::1"));
+    }
+
+    #[test]
+    fn url_hosts() {
+        let host = |u: &str| url_host(&u.parse::<Uri>().unwrap());
+        assert_eq!(
+            host("https://Reg.Example:5000/v2/").unwrap(),
+            "reg.example:5000"
+        );
+        assert_eq!(host("https://[::1]:5000/x").unwrap(), "[::1]:5000");
+        assert_eq!(host("http://127.0.0.1/x?q").unwrap(), "127.0.0.1");
+        for bad in [
+            "http://localhost:1@x/t",
+            "http://localhost:1@evil.example/token",
+            "http://[::1]@x/t",
+            "http://127.0.0.1@evil/t",
+            "https://user:pw@reg.example/x",
+            "http://h:99999/x",
+        ] {
+            let e = host(bad).unwrap_err();
+            assert!(!e.contains("pw"), "{e}");
+        }
+        assert!(host("http://localhost:1@x/t")
+            .unwrap_err()
+            .contains("user information"));
+    }
+
+    #[test]
+    fn locations_with_user_information_are_refused() {
+        // Even where plain http would be allowed: the real host is not loopback.
+        for cur in ["https://localhost:5000/v2/x/", "https://reg.example/v2/x/"] {
+            for location in [
+                "http://localhost:1@evil.example/x",
+                "http://[::1]@x/y",
+                "http://127.0.0.1@evil/y",
+                "https://user:secret@reg.example/y?s=1",
+                "//localhost:1@evil.example/x",
+            ] {
+                let e = resolve_location(cur, location, is_loopback).unwrap_err();
+                assert!(e.contains("user information"), "{location}: {e}");
+                assert!(!e.contains("secret") && !e.contains("s=1"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_redirects_from_elsewhere_to_loopback() {
+        let cur = "https://reg.example/v2/x/blobs/sha256:a";
+        for location in [
+            "https://127.0.0.1:5000/x",
+            "https://localhost/x",
+            "http://[::1]:80/x",
+            "//127.1.2.3/x",
+        ] {
+            let e = resolve_location(cur, location, |_| true).unwrap_err();
+            assert!(e.contains("loopback"), "{location}: {e}");
+        }
+        // Loopback to loopback, and loopback to elsewhere, are fine.
+        let local = "http://127.0.0.1:5000/v2/x/";
+        assert!(resolve_location(local, "http://localhost:5000/y", is_loopback).is_ok());
+        assert!(resolve_location(local, "https://cdn.example/y", never).is_ok());
+    }
+
+    #[test]
+    fn plain_http_only_after_a_tls_failure() {
+        let io = |k| ureq::Error::Io(io::Error::from(k));
+        // Something there that does not speak TLS.
+        assert!(not_tls(&io(io::ErrorKind::InvalidData)));
+        assert!(not_tls(&io(io::ErrorKind::ConnectionReset)));
+        assert!(not_tls(&io(io::ErrorKind::UnexpectedEof)));
+        assert!(not_tls(&ureq::Error::Tls("handshake failure")));
+        // Nothing said about TLS: the error stands.
+        assert!(!not_tls(&io(io::ErrorKind::ConnectionRefused)));
+        assert!(!not_tls(&io(io::ErrorKind::TimedOut)));
+        assert!(!not_tls(&io(io::ErrorKind::WouldBlock)));
+        assert!(!not_tls(&ureq::Error::Timeout(ureq::Timeout::Connect)));
+        assert!(!not_tls(&ureq::Error::HostNotFound));
+        assert!(!not_tls(&ureq::Error::ConnectionFailed));
+    }
+
+    #[test]
+    fn retry_after_seconds_capped() {
+        let d = |s, v| parse_retry_after(s, v).map(|d: Duration| d.as_secs());
+        assert_eq!(d(503, Some("3")), Some(3));
+        assert_eq!(d(429, Some(" 0 ")), Some(0));
+        assert_eq!(d(429, Some("3600")), Some(10));
+        assert_eq!(d(503, Some("18446744073709551615")), Some(10));
+        assert_eq!(d(503, Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(d(503, Some("-1")), None);
+        assert_eq!(d(503, None), None);
+        assert_eq!(d(500, Some("3")), None);
     }
 
     #[test]
@@ -1097,8 +1390,14 @@ mod tests {
         );
         assert_eq!(with_query("https://h/u", "a", "b c"), "https://h/u?a=b%20c");
         assert_eq!(strip_query("https://h/p?secret#f"), "https://h/p");
+        assert_eq!(strip_query("https://u:pw@h:1/p?s"), "https://h:1/p");
+        assert_eq!(strip_query("https://a@b@h"), "https://h");
+        assert_eq!(strip_query("/v2/x?s=1"), "/v2/x");
+        assert_eq!(
+            describe_transport(&ureq::Error::BadUri("https://h/p?sig=secret".into())),
+            "invalid URL \"https://h/p\""
+        );
         assert_eq!(origin("HTTPS://H:1/p?q"), "https://h:1");
-        assert_eq!(authority("https://h:1/p").as_deref(), Some("h:1"));
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::http::{AuthMode, Call, Client, Repo, Target};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryOptions {
     /// `false`: TLS without certificate checks, and plain http allowed, for every host.
-    /// Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are always treated so.
+    /// Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are always treated so. Plain
+    /// http is used for such a host only when it answers https without speaking TLS.
     pub tls_verify: bool,
     /// Where `config.json` is; `None` means `$DOCKER_CONFIG`, else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,

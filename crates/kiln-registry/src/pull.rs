@@ -1,7 +1,7 @@
 //! Manifests and blobs from a registry: resolving a name for a platform, verified downloads
 //! into the store, whole pulls.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use kiln_oci::{
@@ -369,12 +369,19 @@ impl Client {
                 _ => return Err(http::unexpected(repo, &what, response)),
             }
             if let Some(len) = response.body().content_length() {
-                if done + len > blob.size {
+                let Some(total) = done.checked_add(len) else {
+                    return Err(RegistryError::Protocol {
+                        repo: repo.to_string(),
+                        what,
+                        message: format!("the registry announces a body of {len} bytes"),
+                    });
+                };
+                if total > blob.size {
                     return Err(RegistryError::SizeMismatch {
                         what: format!("blob {}", blob.digest),
                         repo: repo.to_string(),
                         expected: blob.size,
-                        actual: done + len,
+                        actual: total,
                     });
                 }
             }
@@ -387,7 +394,7 @@ impl Client {
                     Err(e) => break Some(e.to_string()),
                 };
                 let chunk = buffer.get(..n).unwrap_or_default();
-                done += n as u64;
+                done = done.saturating_add(chunk.len() as u64);
                 if done > blob.size {
                     return Err(RegistryError::SizeMismatch {
                         what: format!("blob {}", blob.digest),
@@ -446,16 +453,13 @@ impl Client {
         let (resolved, manifest) = self.resolve_parsed(name, platform)?;
         // Layers first, the config, then the documents that name them: a manifest in the
         // store always has its blobs.
-        let mut blobs: Vec<&Descriptor> = Vec::new();
-        for blob in manifest
+        let mut seen = HashSet::new();
+        let blobs: Vec<&Descriptor> = manifest
             .layers
             .iter()
             .chain(std::iter::once(&manifest.config))
-        {
-            if !blobs.iter().any(|b| b.digest == blob.digest) {
-                blobs.push(blob);
-            }
-        }
+            .filter(|blob| seen.insert(&blob.digest))
+            .collect();
         for_each_parallel(&blobs, self.options.parallel, |blob| {
             self.fetch_blob(&repo, blob, store, progress)
         })?;

@@ -1,7 +1,7 @@
 //! Pushing an image from the store: blobs (skipped when present, mounted when another
 //! repository of the registry has them, else uploaded whole or in chunks), then manifests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 
 use kiln_oci::{from_json_slice, media_types, Descriptor, Digest, ImageName, Index, Manifest};
@@ -156,12 +156,11 @@ impl Client {
             }
         } else if media_types::is_manifest(&media_type) {
             let manifest: Manifest = from_json_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-            let mut blobs: Vec<&Descriptor> = Vec::new();
-            for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-                if !blobs.iter().any(|b| b.digest == blob.digest) {
-                    blobs.push(blob);
-                }
-            }
+            let mut seen = HashSet::new();
+            let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .filter(|blob| seen.insert(&blob.digest))
+                .collect();
             for_each_parallel(&blobs, self.options.parallel, |blob| {
                 self.push_blob(push, blob)
             })?;
@@ -241,8 +240,11 @@ impl Client {
             )));
         }
         let mut restarts = 0u32;
+        // Chunk recoveries for this blob, over all its sessions: a registry that keeps
+        // losing what it took cannot keep us sending it forever.
+        let mut recoveries = 0u32;
         loop {
-            match self.push_blob_once(push, blob, &meter) {
+            match self.push_blob_once(push, blob, &meter, &mut recoveries) {
                 Ok(outcome) => {
                     if outcome == Outcome::Uploaded {
                         meter.complete();
@@ -268,10 +270,11 @@ impl Client {
         push: &Push,
         blob: &Descriptor,
         meter: &Meter,
+        recoveries: &mut u32,
     ) -> std::result::Result<Outcome, Failed> {
         let repo = &push.repo;
         let on_retry = |n: u32, why: &str| meter.retry(n, why);
-        if self.blob_exists(repo, &blob.digest, &on_retry)? {
+        if self.blob_exists(repo, blob, &on_retry)? {
             return Ok(Outcome::Existed);
         }
         let mut location = None;
@@ -320,17 +323,20 @@ impl Client {
         if blob.size <= CHUNK {
             self.upload_whole(push, blob, &location, meter)?;
         } else {
-            self.upload_chunks(push, blob, location, meter)?;
+            self.upload_chunks(push, blob, location, meter, recoveries)?;
         }
         Ok(Outcome::Uploaded)
     }
 
+    /// Whether the registry has the blob, at its size: one it says is another length is
+    /// taken as not there, and uploaded.
     fn blob_exists(
         &self,
         repo: &Repo,
-        digest: &Digest,
+        blob: &Descriptor,
         on_retry: http::OnRetry<'_>,
     ) -> Result<bool> {
+        let digest = &blob.digest;
         let what = format!("checking for blob {digest}");
         let call = Call::new(
             Method::HEAD,
@@ -340,10 +346,39 @@ impl Client {
         .on_retry(Some(on_retry));
         let response = self.call(repo, &what, &call)?;
         match response.status().as_u16() {
-            200 => Ok(true),
+            200 => Ok(http::header(&response, "content-length")
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .is_none_or(|len| len == blob.size)),
             404 => Ok(false),
             _ => Err(http::unexpected(repo, &what, response)),
         }
+    }
+
+    /// A blob PUT's answer: 201 (or 204), with the registry's `Docker-Content-Digest`, when
+    /// it sends one, the blob's.
+    fn check_put(
+        &self,
+        repo: &Repo,
+        what: &str,
+        blob: &Descriptor,
+        response: ureq::http::Response<ureq::Body>,
+    ) -> Result<()> {
+        if !matches!(response.status().as_u16(), 201 | 204) {
+            return Err(http::unexpected(repo, what, response));
+        }
+        // As for manifests: a digest of another kind, or one kiln cannot read, says nothing.
+        if let Some(said) = http::header(&response, "docker-content-digest")
+            .and_then(|d| Digest::parse(d.trim()).ok())
+        {
+            if said.algorithm() == blob.digest.algorithm() && said != blob.digest {
+                return Err(RegistryError::DigestMismatch {
+                    what: format!("blob {} as pushed", blob.digest),
+                    repo: repo.to_string(),
+                    actual: said.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// POST …/blobs/uploads/: the new session's URL.
@@ -406,31 +441,35 @@ impl Client {
             .no_retry();
         call.on_sent = Some(&on_sent);
         let response = self.call(repo, &what, &call)?;
-        match response.status().as_u16() {
-            201 | 204 => Ok(()),
-            _ => Err(http::unexpected(repo, &what, response).into()),
-        }
+        Ok(self.check_put(repo, &what, blob, response)?)
     }
 
     /// PATCHes of [`CHUNK`] bytes with `Content-Range`, then PUT `?digest=`. A chunk that
-    /// fails is followed by asking the session how much it has, and going on from there.
+    /// fails is followed by asking the session how much it has, and going on from there, at
+    /// most `2 × retries` times for the blob (`recoveries` counts them, over its sessions).
     fn upload_chunks(
         &self,
         push: &Push,
         blob: &Descriptor,
         mut location: String,
         meter: &Meter,
+        recoveries: &mut u32,
     ) -> std::result::Result<(), Failed> {
         let repo = &push.repo;
         let what = format!("uploading blob {}", blob.digest);
+        let protocol = |what: &str, message: String| RegistryError::Protocol {
+            repo: repo.to_string(),
+            what: what.to_string(),
+            message,
+        };
         let on_retry = |n: u32, why: &str| meter.retry(n, why);
+        let max_recoveries = self.options.retries.saturating_mul(2);
         let mut offset = 0u64;
-        let mut recoveries = 0u32;
         while offset < blob.size {
-            let end = blob.size.min(offset + CHUNK);
+            let end = blob.size.min(offset.saturating_add(CHUNK));
             let data = read_range(push, blob, offset, end).map_err(Failed::Fatal)?;
             let start = offset;
-            let on_sent = |n: u64| meter.update(start + n);
+            let on_sent = |n: u64| meter.update(start.saturating_add(n));
             let mut call = Call::new(Method::PATCH, Target::Url(location.clone()))
                 .header("content-type", "application/octet-stream")
                 .header("content-range", format!("{offset}-{}", end - 1))
@@ -443,13 +482,8 @@ impl Client {
                     if let Ok(next) = self.location(repo, &what, &location, &response) {
                         location = next;
                     }
-                    // The registry's own count wins over ours if it says one.
-                    offset = http::header(&response, "range")
-                        .and_then(range_end)
-                        .map(|e| e + 1)
-                        .filter(|&o| o > start && o <= end)
-                        .unwrap_or(end);
-                    recoveries = 0;
+                    offset = next_offset(http::header(&response, "range"), start, end)
+                        .map_err(|message| Failed::Fatal(protocol(&what, message)))?;
                     continue;
                 }
                 Ok(response) => http::unexpected(repo, &what, response),
@@ -458,12 +492,12 @@ impl Client {
             if !restartable(&failure) {
                 return Err(Failed::Fatal(failure));
             }
-            if recoveries >= self.options.retries {
+            if *recoveries >= max_recoveries {
                 return Err(Failed::Restart(failure));
             }
-            recoveries += 1;
-            meter.retry(recoveries, &failure.to_string());
-            std::thread::sleep(http::backoff(recoveries));
+            *recoveries += 1;
+            meter.retry(*recoveries, &failure.to_string());
+            std::thread::sleep(http::backoff(*recoveries));
             // Ask the session where it is; one that cannot say means starting over.
             let status_what = format!("asking how much of blob {} arrived", blob.digest);
             let call = Call::new(Method::GET, Target::Url(location.clone()))
@@ -477,13 +511,16 @@ impl Client {
                     response,
                 )));
             }
-            offset = http::header(&response, "range").map_or(0, received);
+            offset = match http::header(&response, "range").map(received) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(message)) => return Err(Failed::Fatal(protocol(&status_what, message))),
+            };
             if offset > blob.size {
-                return Err(Failed::Restart(RegistryError::Protocol {
-                    repo: repo.to_string(),
-                    what: status_what,
-                    message: format!("the registry says it has {offset} of {} bytes", blob.size),
-                }));
+                return Err(Failed::Restart(protocol(
+                    &status_what,
+                    format!("the registry says it has {offset} of {} bytes", blob.size),
+                )));
             }
             if let Ok(next) = self.location(repo, &what, &location, &response) {
                 location = next;
@@ -495,13 +532,15 @@ impl Client {
             .body(&[])
             .push()
             .no_retry();
-        let failure = match self.call(repo, &what, &call) {
-            Ok(response) if matches!(response.status().as_u16(), 201 | 204) => return Ok(()),
-            Ok(response) => http::unexpected(repo, &what, response),
+        let failure = match self
+            .call(repo, &what, &call)
+            .and_then(|response| self.check_put(repo, &what, blob, response))
+        {
+            Ok(()) => return Ok(()),
             Err(e) => e,
         };
         // The PUT may have been taken before its answer was lost.
-        if restartable(&failure) && self.blob_exists(repo, &blob.digest, &on_retry)? {
+        if restartable(&failure) && self.blob_exists(repo, blob, &on_retry)? {
             return Ok(());
         }
         Err(failure.into())
@@ -544,11 +583,30 @@ fn read_range(push: &Push, blob: &Descriptor, start: u64, end: u64) -> Result<Ve
 /// How many bytes an upload session holds, from its `Range: 0-N`. docker-registry says
 /// `0-0` for an empty session as well as for one byte: taken as empty, since sending one byte
 /// again is refused (416) and leads to a fresh start, while skipping one would corrupt the blob.
-fn received(range: &str) -> u64 {
+/// An unreadable range is empty too; one past any count is an error.
+fn received(range: &str) -> std::result::Result<u64, String> {
     match range_end(range) {
-        Some(0) | None => 0,
-        Some(end) => end + 1,
+        Some(0) | None => Ok(0),
+        Some(end) => end
+            .checked_add(1)
+            .ok_or_else(|| format!("the registry says its upload holds bytes {range:?}")),
     }
+}
+
+/// Where the next chunk starts after a PATCH of `start..end` was taken: the registry's own
+/// count (`Range: 0-N`) if it says one within the chunk, else `end`.
+fn next_offset(range: Option<&str>, start: u64, end: u64) -> std::result::Result<u64, String> {
+    let Some(last) = range.and_then(range_end) else {
+        return Ok(end);
+    };
+    let next = last
+        .checked_add(1)
+        .ok_or_else(|| format!("the registry says its upload holds bytes 0-{last}"))?;
+    Ok(if next > start && next <= end {
+        next
+    } else {
+        end
+    })
 }
 
 /// The last byte of `Range: 0-N` (also `bytes=0-N`).
@@ -616,9 +674,27 @@ mod tests {
         assert_eq!(range_end("bytes 0-5"), Some(5));
         assert_eq!(range_end("0-"), None);
         assert_eq!(range_end("junk"), None);
-        assert_eq!(received("0-0"), 0);
-        assert_eq!(received("0-99"), 100);
-        assert_eq!(received("bogus"), 0);
+        assert_eq!(received("0-0"), Ok(0));
+        assert_eq!(received("0-99"), Ok(100));
+        assert_eq!(received("bogus"), Ok(0));
+    }
+
+    #[test]
+    fn upload_ranges_past_any_count_are_errors() {
+        let max = "0-18446744073709551615";
+        assert_eq!(range_end(max), Some(u64::MAX));
+        assert!(received(max).is_err());
+        assert!(next_offset(Some(max), 0, 10).is_err());
+        assert!(next_offset(Some("bytes=0-18446744073709551615"), 0, 10).is_err());
+        // Within the chunk the registry's count wins; outside it, or unreadable, ours.
+        assert_eq!(next_offset(Some("0-4"), 0, 10), Ok(5));
+        assert_eq!(next_offset(Some("0-9"), 0, 10), Ok(10));
+        assert_eq!(next_offset(Some("0-20"), 0, 10), Ok(10));
+        assert_eq!(next_offset(Some("0-2"), 5, 10), Ok(10));
+        assert_eq!(next_offset(Some("junk"), 0, 10), Ok(10));
+        assert_eq!(next_offset(None, 0, 10), Ok(10));
+        // A number too big for u64 does not parse: no count given.
+        assert_eq!(next_offset(Some("0-99999999999999999999"), 0, 10), Ok(10));
     }
 
     #[test]

@@ -27,13 +27,14 @@ impl Request {
     }
 }
 
-/// What the script answers: status, headers, body, and whether to cut the connection after
-/// `Some(n)` body bytes.
+/// What the script answers: status, headers, body, whether to cut the connection after
+/// `Some(n)` body bytes, and a `Content-Length` to claim instead of the body's.
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     cut_after: Option<usize>,
+    length: Option<String>,
 }
 
 fn answer(status: u16, body: &[u8]) -> Answer {
@@ -42,6 +43,7 @@ fn answer(status: u16, body: &[u8]) -> Answer {
         headers: Vec::new(),
         body: body.to_vec(),
         cut_after: None,
+        length: None,
     }
 }
 
@@ -142,7 +144,7 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
         let mut head = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
             a.status,
-            a.body.len()
+            a.length.clone().unwrap_or_else(|| a.body.len().to_string())
         );
         for (k, v) in &a.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -161,9 +163,13 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
 }
 
 fn registry(config_dir: &std::path::Path) -> Registry {
+    registry_with_retries(config_dir, 3)
+}
+
+fn registry_with_retries(config_dir: &std::path::Path, retries: u32) -> Registry {
     Registry::new(RegistryOptions {
         docker_config_dir: Some(config_dir.to_path_buf()),
-        retries: 3,
+        retries,
         ..RegistryOptions::default()
     })
 }
@@ -477,4 +483,346 @@ fn server_errors_are_retried_then_reported() {
         .filter(|r| r.path.contains("/manifests/"))
         .count();
     assert_eq!(tries, 4);
+}
+
+/// A Bearer challenge naming `realm`, for everything.
+fn challenging(realm: &str) -> Server {
+    let challenge = format!("Bearer realm=\"{realm}\",service=\"svc\"");
+    Server::start(move |_, _| answer(401, b"").with("WWW-Authenticate", &challenge))
+}
+
+fn with_credentials(dir: &std::path::Path, host: &str) {
+    // "user:secret"
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"dXNlcjpzZWNyZXQ="}}}}}}"#),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_realm_with_user_information_is_refused() {
+    for realm in [
+        "http://localhost:1@evil.example/token",
+        "http://[::1]@evil.example/token",
+        "http://127.0.0.1@evil/token",
+        "https://user:pw@auth.example/token",
+    ] {
+        let server = challenging(realm);
+        let tmp = tempfile::tempdir().unwrap();
+        with_credentials(tmp.path(), &server.host());
+        let reg = registry(tmp.path());
+        let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+        let err = reg.fetch_manifest(&name).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RegistryError::Protocol { .. }), "{text}");
+        assert!(text.contains("user information"), "{realm}: {text}");
+        assert!(!text.contains("pw"), "{text}");
+    }
+}
+
+#[test]
+fn an_http_realm_elsewhere_gets_no_credentials_even_for_a_loopback_registry() {
+    // A registry reached on 127.0.0.1 (a port forward, say) whose token service is plain
+    // http on another host: the credentials would cross the network in clear.
+    let server = challenging("http://auth.invalid/token");
+    let tmp = tempfile::tempdir().unwrap();
+    with_credentials(tmp.path(), &server.host());
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let text = reg.fetch_manifest(&name).unwrap_err().to_string();
+    assert!(
+        text.contains("refusing the token service \"http://auth.invalid/token\": only https"),
+        "{text}"
+    );
+    // With TLS checks off for every host, the user asked for it.
+    let reg = Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.path().to_path_buf()),
+        retries: 0,
+        tls_verify: false,
+        ..RegistryOptions::default()
+    });
+    let text = reg.fetch_manifest(&name).unwrap_err().to_string();
+    assert!(!text.contains("only https"), "{text}");
+}
+
+#[test]
+fn a_slow_token_service_holds_up_only_its_own_scope() {
+    let tokens = Server::start(|r, _| {
+        if r.path.contains("slow") {
+            std::thread::sleep(std::time::Duration::from_millis(2000));
+        }
+        answer(200, br#"{"token":"T"}"#)
+    });
+    let realm = format!("http://{}/token", tokens.host());
+    let manifest = manifest_bytes();
+    let server = Server::start(move |r, _| match r.header("authorization") {
+        Some("Bearer T") => answer(200, &manifest),
+        _ => answer(401, b"").with(
+            "WWW-Authenticate",
+            &format!("Bearer realm=\"{realm}\",service=\"svc\""),
+        ),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let slow = ImageName::parse(&format!("{}/slow:1", server.host())).unwrap();
+    let fast = ImageName::parse(&format!("{}/fast:1", server.host())).unwrap();
+    // The host's challenge is known before either starts.
+    let warm = ImageName::parse(&format!("{}/warm:1", server.host())).unwrap();
+    reg.fetch_manifest(&warm).unwrap();
+    std::thread::scope(|scope| {
+        let slow_one = scope.spawn(|| reg.fetch_manifest(&slow));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        reg.fetch_manifest(&fast).unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_millis(1200),
+            "the fast scope waited {took:?}"
+        );
+        slow_one.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = manifest_bytes();
+    let server = Server::start(move |r, n| {
+        if r.path == "/v2/" {
+            answer(200, b"{}")
+        } else if n <= 2 {
+            answer(503, b"").with("Retry-After", "1")
+        } else {
+            answer(200, &manifest)
+        }
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let started = std::time::Instant::now();
+    reg.fetch_manifest(&name).unwrap();
+    // The backoff alone would be 250 ms.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(950));
+}
+
+#[test]
+fn a_tls_port_complaining_about_plain_http_is_not_taken_for_http() {
+    // Answers TLS hellos like a plain http server (400, not TLS), and plain http requests
+    // like Go's TLS server: the http answer must not make the host "plain http".
+    let server =
+        Server::start(|_, _| answer(400, b"Client sent an HTTP request to an HTTPS server.\n"));
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let err = reg.fetch_manifest(&name).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::Connection { .. }), "{text}");
+    assert!(
+        text.contains(&format!("https://{}", server.host())),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_closed_port_is_an_error_after_retries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry_with_retries(tmp.path(), 2);
+    let name = ImageName::parse(&format!("127.0.0.1:{port}/x:1")).unwrap();
+    let err = reg.fetch_manifest(&name).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::Connection { .. }), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+}
+
+#[test]
+fn a_resumed_download_claiming_an_endless_body_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let data = b"0123456789".to_vec();
+    let blob = Descriptor::new("x", sha256_digest(&data), data.len() as u64);
+    let body = data.clone();
+    let server = Server::start(move |r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        match r.header("range") {
+            None => Answer {
+                cut_after: Some(5),
+                ..answer(200, &body)
+            },
+            Some(_) => Answer {
+                cut_after: Some(0),
+                length: Some(u64::MAX.to_string()),
+                ..answer(206, b"").with("Content-Range", "bytes 5-9/10")
+            },
+        }
+    });
+    let reg = registry(tmp.path());
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let err = reg.fetch_blob(&name, &blob, &store, &progress).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::Protocol { .. }), "{text}");
+    assert!(text.contains("18446744073709551615"), "{text}");
+    assert!(!store.has_blob(&blob.digest));
+}
+
+/// A store holding a one-layer image; its manifest's descriptor.
+fn image_store(layer: &[u8]) -> (tempfile::TempDir, Store, Descriptor) {
+    use kiln_oci::{media_types, Manifest};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let layer_digest = store.put_blob(layer).unwrap();
+    let config = store.put_blob(b"{}").unwrap();
+    let manifest = Manifest::new(
+        Descriptor::new(media_types::OCI_CONFIG, config, 2),
+        vec![Descriptor::new(
+            media_types::OCI_LAYER_TAR_GZIP,
+            layer_digest,
+            layer.len() as u64,
+        )],
+    );
+    let bytes = kiln_oci::to_canonical_json(&manifest).unwrap();
+    let digest = store.put_blob(&bytes).unwrap();
+    let desc = Descriptor::new(media_types::OCI_MANIFEST, digest, bytes.len() as u64);
+    (tmp, store, desc)
+}
+
+/// A registry taking uploads: HEAD as `head` says, POST opens a session, PUT takes it with
+/// `put`'s headers.
+fn uploads(
+    head: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    put: Vec<(&'static str, String)>,
+) -> Server {
+    Server::start(move |r, _| match r.method.as_str() {
+        "GET" if r.path == "/v2/" => answer(200, b"{}"),
+        "HEAD" => head(r),
+        "POST" => answer(202, b"").with("Location", "/v2/x/blobs/uploads/u1"),
+        "PUT" => {
+            let mut a = answer(201, b"");
+            for (k, v) in &put {
+                a = a.with(k, v);
+            }
+            a
+        }
+        _ => answer(400, b""),
+    })
+}
+
+#[test]
+fn a_blob_of_another_size_on_the_registry_is_uploaded() {
+    let (_tmp, store, desc) = image_store(b"layer");
+    let layer = sha256_digest(b"layer");
+    // The registry says it has every blob, but the layer at 3 bytes, not 5.
+    let server = uploads(
+        move |r| {
+            if r.path.ends_with(layer.as_str()) {
+                answer(200, b"lay")
+            } else {
+                answer(200, b"{}")
+            }
+        },
+        Vec::new(),
+    );
+    let reg = registry(tempfile::tempdir().unwrap().path());
+    let dest = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    reg.push(&store, &desc, &dest, &progress).unwrap();
+    let puts: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path.clone())
+        .collect();
+    let layer = sha256_digest(b"layer");
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    assert!(
+        puts[0].contains(&layer.as_str().replace(':', "%3A")),
+        "{puts:?}"
+    );
+    assert!(puts[1].ends_with("/manifests/1"), "{puts:?}");
+    let outcomes: Vec<Outcome> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            TransferEvent::Done { outcome, .. } => Some(*outcome),
+            _ => None,
+        })
+        .collect();
+    assert!(outcomes.contains(&Outcome::Existed) && outcomes.contains(&Outcome::Uploaded));
+}
+
+#[test]
+fn a_blob_put_answered_with_another_digest_fails() {
+    let (_tmp, store, desc) = image_store(b"layer");
+    let other = sha256_digest(b"something else");
+    let server = uploads(
+        |_| answer(404, b""),
+        vec![("Docker-Content-Digest", other.to_string())],
+    );
+    let reg = registry(tempfile::tempdir().unwrap().path());
+    let dest = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let err = reg.push(&store, &desc, &dest, &progress).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RegistryError::DigestMismatch { .. }),
+        "{text}"
+    );
+    assert!(text.contains(&format!("(got {other})")), "{text}");
+    assert!(!server
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("/manifests/")));
+}
+
+#[test]
+fn a_chunked_upload_that_keeps_losing_its_data_ends() {
+    // One byte over a chunk: two PATCHes. The second always fails, and the session then says
+    // it holds nothing, so every recovery starts from 0 again.
+    let big: Vec<u8> = (0..(16u32 << 20) + 1).map(|i| (i % 253) as u8).collect();
+    let (_tmp, store, desc) = image_store(&big);
+    let server = Server::start(|r, n| {
+        if n > 200 {
+            // Only reached if the client never gives up.
+            return answer(400, br#"{"errors":[{"code":"DENIED","message":"enough"}]}"#);
+        }
+        match r.method.as_str() {
+            "GET" if r.path == "/v2/" => answer(200, b"{}"),
+            "GET" => answer(204, b"").with("Range", "0-0"),
+            "HEAD" => answer(404, b""),
+            "POST" => answer(202, b"").with("Location", "/v2/x/blobs/uploads/u1"),
+            "PATCH"
+                if r.header("content-range")
+                    .is_some_and(|c| c.starts_with("0-")) =>
+            {
+                answer(202, b"")
+                    .with("Range", "0-16777215")
+                    .with("Location", "/v2/x/blobs/uploads/u1")
+            }
+            "PATCH" => answer(500, b"lost it"),
+            // The small config blob.
+            "PUT" => answer(201, b""),
+            _ => answer(400, b""),
+        }
+    });
+    let reg = registry_with_retries(tempfile::tempdir().unwrap().path(), 1);
+    let dest = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let err = reg.push(&store, &desc, &dest, &progress).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("500"), "{text}");
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    // 2 × retries recoveries in all, over the first session and the one restart.
+    assert_eq!(patches, 8, "{text}");
 }

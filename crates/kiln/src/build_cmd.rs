@@ -18,6 +18,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// The most bytes of cache mounts a build restores from its `--cache-from` caches.
+const MOUNTS_RESTORED_MAX: u64 = 4 << 30;
+
 /// The most layers `docker load` accepts.
 const DOCKER_MAX_LAYERS: usize = 125;
 
@@ -97,7 +100,8 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         }
         push_to.extend(names.iter().cloned());
     }
-    push_to.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    push_to.retain(|name| seen.insert(name.to_string()));
     let source_date_epoch = match recipe::source_date_epoch(args.source_date_epoch) {
         Ok(epoch) => epoch,
         Err(message) => return fail(USAGE, message),
@@ -185,15 +189,28 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(secrets) => secrets,
         Err(message) => return fail(USAGE, message),
     };
+    // Only the cache mounts this build's RUN steps use are restored from a cache.
+    let mount_ids = kiln_build::run::planned_cache_mount_ids(&loaded.plan);
     // A cache that cannot be read only warns, as with docker build: the steps run instead.
     let sink = |event| progress.event(Event::Transfer(event));
     for import in &cache_imports {
         match ImportedCache::load(import, Some(&registry), &platform, &store, &sink) {
             Ok(cache) => {
-                if let Err(message) = cache.restore_mounts(&store, &sink) {
-                    progress.event(Event::Warning {
+                match cache.restore_mounts(&store, &mount_ids, MOUNTS_RESTORED_MAX, &sink) {
+                    Ok((_, skipped)) => {
+                        for id in skipped {
+                            progress.event(Event::Warning {
+                                message: format!(
+                                    "cache {}: cache mount {id:?} left out: the cache mounts pass {} bytes",
+                                    cache.name(),
+                                    MOUNTS_RESTORED_MAX
+                                ),
+                            });
+                        }
+                    }
+                    Err(message) => progress.event(Event::Warning {
                         message: format!("cache {}: cache mounts: {message}", cache.name()),
-                    });
+                    }),
                 }
                 remote.cache_from.push(Arc::new(cache));
             }

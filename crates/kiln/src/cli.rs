@@ -266,7 +266,13 @@ pub struct BuildArgs {
     /// When to ask registries for base images: always (what bare --pull means: even those
     /// the store holds), missing (the default: only those it does not hold), never (offline:
     /// the store only).
-    #[arg(long, value_name = "always|missing|never", num_args = 0..=1, default_missing_value = "always")]
+    #[arg(
+        long,
+        value_name = "always|missing|never",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
     pub pull: Option<String>,
 
     /// Push the image to the registry of each -t name (same as -o type=registry).

@@ -737,3 +737,86 @@ fn a_registry_answering_garbage_gives_a_clear_error() {
     );
     assert!(!pull.stderr.contains("panicked"), "{}", pull.stderr);
 }
+
+/// Rewrites a `type=local` cache's document with `edit`, re-linking the manifest and index.
+fn tamper_local_cache(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| {
+        let digest = kiln_oci::sha256_digest(bytes).to_string();
+        std::fs::write(blob(&digest), bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let index_path = dir.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&manifest_digest)).unwrap()).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&config_digest)).unwrap()).unwrap();
+    edit(&mut document);
+    let (digest, size) = put(&serde_json::to_vec(&document).unwrap());
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = put(&serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_cache_record_that_lies_about_its_layer_is_not_used() {
+    let config = tempfile::tempdir().unwrap();
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\nCOPY b.txt /b\n"),
+        ("a.txt", "A"),
+        ("b.txt", "B"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let store_a = tempfile::tempdir().unwrap();
+    let (_, image_a) = build_json(
+        store_a.path(),
+        config.path(),
+        ctx.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={}", cache.display()),
+        ],
+    );
+    // Every record now claims the first layer's diff_id for its own blob.
+    tamper_local_cache(&cache, |document| {
+        let records = document["records"].as_array_mut().unwrap();
+        let first = records[0]["layer"]["diff_id"].clone();
+        for record in records.iter_mut() {
+            record["layer"]["diff_id"] = first.clone();
+        }
+    });
+    let store_b = tempfile::tempdir().unwrap();
+    let (log, image_b) = build_json(
+        store_b.path(),
+        config.path(),
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ],
+    );
+    let warnings: Vec<String> = events(&log, "warning")
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("diff_id")),
+        "the lie is reported: {log}"
+    );
+    // The honest record still hits; the lying one runs, and the image is the right one.
+    assert_eq!(events(&log, "running").count(), 1, "{log}");
+    assert_eq!(image_a, image_b);
+}

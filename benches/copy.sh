@@ -94,57 +94,7 @@ trap 'exit 130' INT TERM
 
 # --- helpers ---------------------------------------------------------------------------------
 
-# The launcher: runs a command in its own process group with a time limit, stdout and stderr to
-# a log; writes "exit wall_s rchar read_bytes cpu_s" to a result file.
-cat >"$work/measure.py" <<'PY'
-import os, signal, sys, time
-limit, result, log, argv = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-start = time.monotonic()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.setpgid(0, 0)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        os.execvp(argv[0], argv)
-    except BaseException as e:
-        os.write(2, f"cannot run {argv[0]}: {e}\n".encode())
-    os._exit(127)
-try:
-    os.setpgid(pid, pid)
-except OSError:
-    pass
-timed_out = False
-def on_alarm(*_):
-    global timed_out
-    timed_out = True
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-signal.signal(signal.SIGALRM, on_alarm)
-signal.setitimer(signal.ITIMER_REAL, limit)
-# Wait without reaping: the exited process's /proc/PID/io is still there, and holds its own
-# I/O plus that of every child it reaped.
-os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-wall = time.monotonic() - start
-signal.setitimer(signal.ITIMER_REAL, 0)
-io = {}
-try:
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            key, value = line.split(":")
-            io[key] = int(value)
-except OSError:
-    pass
-_, status, usage = os.wait4(pid, 0)
-code = 124 if timed_out else os.waitstatus_to_exitcode(status)
-with open(result, "w") as f:
-    f.write(f"{code} {wall:.3f} {io.get('rchar', -1)} {io.get('read_bytes', -1)} "
-            f"{usage.ru_utime + usage.ru_stime:.2f}\n")
-PY
+# Every timed command runs under benches/measure.py, the launcher all benchmarks share.
 
 # The context: seeded, so the same bytes every run.
 cat >"$work/gen.py" <<'PY'
@@ -222,8 +172,8 @@ measure() {
     shift 2
     # Start each step with no dirty pages left by the one before (buildah writes ~1.5 GB).
     timeout 300 sync || true
-    python3 "$work/measure.py" "$STEP_TIMEOUT" "$work/result" "$log" "$@"
-    read -r R_EXIT R_WALL R_RCHAR R_DISK R_CPU <"$work/result"
+    python3 "$repo/benches/measure.py" "$STEP_TIMEOUT" "$work/result" "$log" "$@"
+    read -r R_EXIT R_WALL R_CPU _ R_RCHAR R_DISK <"$work/result"
     printf '  %-44s %8.2fs  exit %-3s rchar %8s  disk read %8s  cpu %6.1fs\n' \
         "$name" "$R_WALL" "$R_EXIT" "$(mb "$R_RCHAR")" "$(mb "$R_DISK")" "$R_CPU"
 }

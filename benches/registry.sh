@@ -82,46 +82,7 @@ trap 'exit 130' INT TERM
 
 # --- helpers ---------------------------------------------------------------------------------
 
-# The launcher: runs a command in its own process group with a time limit, stdout and stderr to
-# a log; writes "exit wall_s cpu_s" to a result file (cpu: the command and the children it
-# waited for, from wait4).
-cat >"$work/measure.py" <<'PY'
-import os, signal, sys, time
-limit, result, log, argv = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-start = time.monotonic()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.setpgid(0, 0)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        os.execvp(argv[0], argv)
-    except BaseException as e:
-        os.write(2, f"cannot run {argv[0]}: {e}\n".encode())
-    os._exit(127)
-try:
-    os.setpgid(pid, pid)
-except OSError:
-    pass
-timed_out = False
-def on_alarm(*_):
-    global timed_out
-    timed_out = True
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-signal.signal(signal.SIGALRM, on_alarm)
-signal.setitimer(signal.ITIMER_REAL, limit)
-_, status, usage = os.wait4(pid, 0)
-wall = time.monotonic() - start
-signal.setitimer(signal.ITIMER_REAL, 0)
-code = 124 if timed_out else os.waitstatus_to_exitcode(status)
-with open(result, "w") as f:
-    f.write(f"{code} {wall:.3f} {usage.ru_utime + usage.ru_stime:.2f}\n")
-PY
+# Every timed command runs under benches/measure.py, the launcher all benchmarks share.
 
 # measure NAME LOG CMD... : runs CMD under the launcher (after an untimed sync); sets R_EXIT
 # R_WALL R_CPU, and prints a line.
@@ -129,8 +90,8 @@ measure() {
     local name=$1 log=$2
     shift 2
     timeout 300 sync || true
-    python3 "$work/measure.py" "$STEP_TIMEOUT" "$work/result" "$log" "$@"
-    read -r R_EXIT R_WALL R_CPU <"$work/result"
+    python3 "$repo/benches/measure.py" "$STEP_TIMEOUT" "$work/result" "$log" "$@"
+    read -r R_EXIT R_WALL R_CPU _ <"$work/result"
     printf '  %-40s %8.2fs  exit %-3s cpu %6.1fs  %s\n' "$name" "$R_WALL" "$R_EXIT" "$R_CPU" \
         "$(calc '%.0f MB/s' "$BYTES / 1e6 / $R_WALL")"
 }

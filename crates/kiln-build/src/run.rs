@@ -88,6 +88,16 @@ pub(crate) fn cache_mount_paths(store: &Store, id: &str) -> (PathBuf, PathBuf) {
     (caches.join(&hex), caches.join(format!("{hex}.lock")))
 }
 
+/// A cache mount's lock file, created if need be (not yet locked).
+pub(crate) fn open_lock(path: &Path) -> Result<std::fs::File, BuildError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_at(path, e))
+}
+
 /// The ids of the cache mounts a RUN step uses, for `--cache-to ...,cache-mounts=true`.
 pub(crate) fn cache_mount_ids(run: &kiln_plan::RunStep, config: &ImageConfig) -> Vec<String> {
     cache_mount_ids_in(run, &config.config.working_dir)
@@ -244,12 +254,7 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                 // Every user holds the cache's lock: shared ones together, `locked` alone
                 // (waiting for the others), `private` alone or else with a fresh directory of
                 // its own that is thrown away.
-                let lock = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .map_err(|e| io_at(&lock_path, e))?;
+                let lock = open_lock(&lock_path)?;
                 match mount.sharing {
                     Sharing::Locked => lock.lock().map_err(|e| io_at(&lock_path, e))?,
                     Sharing::Shared => lock.lock_shared().map_err(|e| io_at(&lock_path, e))?,

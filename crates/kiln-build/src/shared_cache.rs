@@ -399,12 +399,7 @@ fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError
         return Ok(Packed::TooBig);
     }
     // Shared, as RUN steps that share the cache take it: a `locked` user is not mid-write.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| io_at(&lock_path, e))?;
+    let lock = crate::run::open_lock(&lock_path)?;
     lock.lock_shared().map_err(|e| io_at(&lock_path, e))?;
     let file = store.blob_writer()?;
     let options = kiln_layer::LayerOptions {
@@ -708,12 +703,7 @@ impl ImportedCache {
             self.fetch(&mount.layer, store, progress)?;
             let caches = dir.parent().ok_or("cache mount directory")?;
             std::fs::create_dir_all(caches).map_err(|e| format!("{}: {e}", caches.display()))?;
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            let lock = crate::run::open_lock(&lock_path).map_err(|e| e.to_string())?;
             lock.lock()
                 .map_err(|e| format!("{}: {e}", lock_path.display()))?;
             // Another build may have filled it while this one waited for the lock.

@@ -41,6 +41,7 @@
 #   KILN_BENCH_LAYER=1            0 skips `cargo bench -p kiln-layer --bench layer`
 #   KILN_BENCH_SHELL=1            0 skips the shell pipelines on the context
 #   KILN_BENCH_STRICT=0           1 makes a FAIL against a target exit 1
+#   KILN_BENCH_KILN=PATH          use this kiln binary instead of `cargo build --release -p kiln`
 #   TMPDIR                        where the temporary directory goes (default /tmp)
 #
 # Exit status: 0 when everything that was asked for ran (PASS or FAIL is in the table), 1 when a
@@ -185,16 +186,8 @@ file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 say "== copy bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r)"
 say "work dir $work (removed at exit)"
-say "building kiln (cargo build --release -p kiln)..."
-kiln=$(cd "$repo" && timeout 3600 cargo build --release -p kiln --message-format=json-render-diagnostics |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "kiln" and m.get("executable"):
-        print(m["executable"])') || die "cargo build --release -p kiln failed"
-[ -x "$kiln" ] || die "no kiln binary from cargo build"
-say "kiln: $kiln"
+source "$repo/benches/lib.sh"
+kiln_binary
 if [ "$DO_LAYER" = 1 ]; then
     say "building the layer bench (cargo bench -p kiln-layer --bench layer --no-run)..."
     (cd "$repo" && timeout 3600 cargo bench -p kiln-layer --bench layer --no-run -q) ||

@@ -189,24 +189,8 @@ command -v docker-registry >/dev/null || apt_install docker-registry ||
 command -v skopeo >/dev/null || apt_install skopeo || die "needs skopeo (apt-get install skopeo)"
 say "docker-registry: $(docker-registry --version 2>&1 | head -n 1); $(skopeo --version)"
 
-if [ -n "${KILN_BENCH_KILN:-}" ]; then
-    kiln_src=$KILN_BENCH_KILN
-else
-    command -v cargo >/dev/null || die "needs cargo (or KILN_BENCH_KILN=PATH)"
-    say "building kiln (cargo build --release -p kiln)..."
-    kiln_src=$(cd "$repo" && timeout 3600 cargo build --release -p kiln --message-format=json-render-diagnostics |
-        python3 -c 'import json,sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "kiln" and m.get("executable"):
-        print(m["executable"])') || die "cargo build --release -p kiln failed"
-fi
-[ -x "$kiln_src" ] || die "no kiln binary ($kiln_src)"
-# A private copy: a rebuild of the tree during the run does not change the binary measured.
-kiln=$work/kiln
-cp "$kiln_src" "$kiln"
-say "kiln: $kiln_src ($("$kiln" --version 2>/dev/null || echo '?'))"
+source "$repo/benches/lib.sh"
+kiln_binary
 
 if [ "$DO_KILN" = 1 ]; then
     for sub in push pull; do

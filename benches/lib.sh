@@ -1,0 +1,27 @@
+# What the benchmarks share; sourced once `repo`, `work`, `say` and `die` are set.
+
+# Sets `kiln` to the binary to measure: $KILN_BENCH_KILN, else the one
+# `cargo build --release -p kiln` makes. A private copy in $work, so a rebuild of the tree
+# during the run does not change what is measured.
+kiln_binary() {
+    local src
+    if [ -n "${KILN_BENCH_KILN:-}" ]; then
+        src=$KILN_BENCH_KILN
+    else
+        command -v cargo >/dev/null || die "needs cargo (or KILN_BENCH_KILN=PATH)"
+        say "building kiln (cargo build --release -p kiln)..."
+        src=$(cd "$repo" && timeout 3600 cargo build --release -p kiln --message-format=json-render-diagnostics |
+            python3 -c 'import json,sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "kiln" and m.get("executable"):
+        print(m["executable"])') || die "cargo build --release -p kiln failed"
+    fi
+    [ -x "$src" ] || die "no kiln binary ($src)"
+    kiln=$work/kiln
+    cp "$src" "$kiln"
+    say "kiln: $src ($("$kiln" --version 2>/dev/null || echo '?'))"
+}
+
+# Every timed command runs under benches/measure.py (see there what it writes).

@@ -857,14 +857,17 @@ fn secrets_are_readable_and_reach_nothing_else() {
     let file_sum = sha256_of(&secrets.path().join("tok"));
     let env_sum = sha256_of(&secrets.path().join("envtok"));
     let src = format!("id=tok,src={}", secrets.path().join("tok").display());
-    for mode in ["auto", "copy"] {
-        let out = tempfile::tempdir().unwrap();
-        let recipe = format!(
+    let recipe_for = |mode: &str| {
+        format!(
             "FROM busybox:test\n\
              RUN --mount=type=secret,id=tok test \"$(sha256sum < /run/secrets/tok | cut -d' ' -f1)\" = {file_sum} && echo file-secret-ok-{mode}\n\
              RUN --mount=type=secret,id=envtok,required=true,target=/etc/app/token test \"$(sha256sum < /etc/app/token | cut -d' ' -f1)\" = {env_sum} && ! sh -c 'echo x > /etc/app/token' 2>/dev/null && echo env-secret-ok\n\
              RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo absent-ok\n"
-        );
+        )
+    };
+    for mode in ["auto", "copy"] {
+        let out = tempfile::tempdir().unwrap();
+        let recipe = recipe_for(mode);
         let o = oci_out(out.path(), "image.tar");
         let (run, _ctx) = build_recipe(
             root.path(),
@@ -905,6 +908,24 @@ fn secrets_are_readable_and_reach_nothing_else() {
             "{added:?}"
         );
     }
+    // A changed secret does not bust the cache: every step stays cached (had one run, the
+    // checksum the recipe holds would no longer match and it would fail).
+    fs::write(secrets.path().join("tok"), "another-value-of-the-secret").unwrap();
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        &recipe_for("auto"),
+        &[
+            "--progress=plain",
+            "--secret",
+            &src,
+            "--secret",
+            "id=envtok,env=KILN_TEST_TOKEN",
+        ],
+        &[("KILN_TEST_TOKEN", "another-env-value")],
+        true,
+    );
+    assert_eq!(run.stderr.matches(" CACHED").count(), 3, "{}", run.stderr);
+    assert!(!run.stderr.contains("running:"), "{}", run.stderr);
     // A required secret that was not given: an error naming it.
     let (run, _ctx) = build_recipe(
         root.path(),

@@ -30,12 +30,18 @@ pub struct Plain {
 
 impl Plain {
     pub fn new(style: Style) -> Self {
+        Self::titled(style, "Building")
+    }
+
+    /// The display for a command that moves images rather than builds them: the live
+    /// header says `title` (`Pulling`, `Pushing`).
+    pub fn titled(style: Style, title: &'static str) -> Self {
         let started = Instant::now();
         Plain {
             started,
             style,
             out: Mutex::new(std::io::stderr()),
-            tty: (style == Style::Tty).then(|| Tty::new(started)),
+            tty: (style == Style::Tty).then(|| Tty::new(started, title)),
             transfers: Mutex::new(Transfers::default()),
         }
     }
@@ -111,6 +117,9 @@ struct TransferView {
 #[derive(Debug, Clone, Default)]
 pub struct Transfers {
     open: BTreeMap<String, TransferView>,
+    /// Blobs this process moved already: asked again (a pull fetches the config it planned
+    /// with), they are not reported twice.
+    moved: std::collections::BTreeSet<String>,
 }
 
 fn short_digest(id: &str) -> String {
@@ -161,6 +170,9 @@ impl Transfers {
             }
             TransferEvent::Done { id, outcome } => {
                 let view = self.open.remove(id)?;
+                if !self.moved.insert(id.clone()) && *outcome == Outcome::Existed {
+                    return None;
+                }
                 let verb = match (outcome, view.push) {
                     (Outcome::Existed, _) => {
                         return Some(format!("{} already there", short_digest(id)))
@@ -318,6 +330,8 @@ struct StepView {
 #[derive(Debug, Clone)]
 pub struct Board {
     started: Instant,
+    /// What the header says is going on.
+    title: &'static str,
     total: usize,
     steps: BTreeMap<usize, StepView>,
     transfers: Transfers,
@@ -334,6 +348,7 @@ impl Board {
     pub fn new(started: Instant) -> Self {
         Board {
             started,
+            title: "Building",
             total: 0,
             steps: BTreeMap::new(),
             transfers: Transfers::default(),
@@ -403,11 +418,13 @@ impl Board {
             .values()
             .filter(|s| s.state != StepState::Running)
             .count();
-        let header = format!(
-            "[+] Building {} ({finished}/{})",
-            seconds(now.saturating_duration_since(self.started)),
-            self.total.max(self.steps.len())
-        );
+        let elapsed = seconds(now.saturating_duration_since(self.started));
+        let steps = self.total.max(self.steps.len());
+        let header = if steps == 0 && self.title != "Building" {
+            format!("[+] {} {elapsed}", self.title)
+        } else {
+            format!("[+] {} {elapsed} ({finished}/{steps})", self.title)
+        };
         let mut lines = vec![truncate(&header, width)];
         for (number, step) in &self.steps {
             if step.state != StepState::Running {
@@ -578,8 +595,12 @@ pub struct Tty {
 }
 
 impl Tty {
-    pub fn new(started: Instant) -> Self {
-        Self::with_target(started, ProgressDrawTarget::stderr(), true)
+    pub fn new(started: Instant, title: &'static str) -> Self {
+        let tty = Self::with_target(started, ProgressDrawTarget::stderr(), true);
+        if let Ok(mut board) = tty.shared.board.lock() {
+            board.title = title;
+        }
+        tty
     }
 
     fn with_target(started: Instant, target: ProgressDrawTarget, echo: bool) -> Self {

@@ -58,7 +58,7 @@ pub fn pull(args: &PullArgs, root: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(INVALID, format!("store {}: {e}", root.display())),
     };
-    let progress = Plain::new(style(args.progress));
+    let progress = Plain::titled(style(args.progress), "Pulling");
     let remote = RemoteOptions::new(Some(client(&args.registry)), PullPolicy::Always);
     let sink = |event| progress.event(Event::Transfer(event));
     let reference = name.to_string();
@@ -100,7 +100,7 @@ pub fn push(args: &PushArgs, root: &Path) -> ExitCode {
         Ok(manifest) => manifest,
         Err(e) => return fail(INVALID, e),
     };
-    let progress = Plain::new(style(args.progress));
+    let progress = Plain::titled(style(args.progress), "Pushing");
     let registry = client(&args.registry);
     let result = push_image(&registry, &store, &manifest, &destination, &progress);
     progress.finish();

@@ -43,7 +43,8 @@ pub struct RegistryOptions {
     pub tls_verify: bool,
     /// Where `config.json` is; `None` means `$DOCKER_CONFIG`, else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
-    /// Blobs moved at once.
+    /// Blobs moved at once (default 6, as containers/image: fewer leave an image's last
+    /// layers moving alone, at one stream's speed).
     pub parallel: usize,
     /// Attempts after the first on connection errors, 5xx and 429, waiting 250 ms, then
     /// twice as long each time up to 4 s.
@@ -56,7 +57,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             tls_verify: true,
             docker_config_dir: None,
-            parallel: 4,
+            parallel: 6,
             retries: 5,
             user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")).to_string(),
         }

@@ -321,7 +321,7 @@ mod unit_tests {
     fn defaults() {
         let o = RegistryOptions::default();
         assert!(o.tls_verify);
-        assert_eq!((o.parallel, o.retries), (4, 5));
+        assert_eq!((o.parallel, o.retries), (6, 5));
         assert_eq!(o.docker_config_dir, None);
         assert!(o.user_agent.starts_with("kiln/"));
     }

@@ -20,9 +20,10 @@ lint:
 # buildah with apt when it is missing and kiln runs as root; KILN_BENCH_INSTALL=0 turns that off.
 # benches/run.sh (RUN steps on busybox and Debian bases beside buildah, a 1 GB RUN, diff cost
 # against root size; about 10 minutes) installs busybox-static, time and debootstrap the same way.
+# Its case 5 (four CPU-bound stages) also runs BuildKit: Debian's docker.io, a dockerd of its
+# own on a private socket and data root, installed the same way.
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
-# beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way; it fails
-# while kiln has no push/pull (KILN_BENCH_REGISTRY_KILN=0 measures skopeo alone).
+# beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
 bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh

@@ -22,17 +22,15 @@
 # The table shows median wall seconds, MB/s (the image's blob bytes: layers + config + manifest,
 # over the median seconds) and kiln/skopeo, the median of the per-round ratios.
 #
-# kiln has no push and pull yet: unless KILN_BENCH_REGISTRY_KILN=0 (skopeo's half alone), the
-# script stops at once with an error when `kiln push --help` or `kiln pull --help` fails.
+# Unless KILN_BENCH_REGISTRY_KILN=0 (skopeo's half alone), the script stops at once with an
+# error when `kiln push --help` or `kiln pull --help` fails (a kiln without registry support).
 #
 # Knobs (environment):
 #   KILN_BENCH_ROUNDS=3                  rounds; the table shows medians
 #   KILN_BENCH_REGISTRY_LAYERS=5         layers of the image
 #   KILN_BENCH_REGISTRY_LAYER_MB=100     MiB of random data in each layer
-#   KILN_BENCH_REGISTRY_KILN=1           0 measures skopeo only (while kiln has no push/pull)
-#   KILN_BENCH_REGISTRY_KILN_FLAGS=""    extra arguments to `kiln push` and `kiln pull` (for a
-#                                        plain-http registry flag, should kiln need one for
-#                                        127.0.0.1)
+#   KILN_BENCH_REGISTRY_KILN=1           0 measures skopeo only
+#   KILN_BENCH_REGISTRY_KILN_FLAGS=""    extra arguments to `kiln push` and `kiln pull`
 #   KILN_BENCH_STEP_TIMEOUT=600          seconds allowed to any one timed command
 #   KILN_BENCH_INSTALL=1                 0 never runs apt-get (setup only, when we are root and
 #                                        docker-registry or skopeo is missing)

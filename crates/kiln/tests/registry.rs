@@ -370,43 +370,65 @@ fn assert_all_cached(log: &str) {
     assert!(events(log, "cached").count() >= 5, "{log}");
 }
 
-#[test]
-fn a_registry_cache_lets_an_empty_store_skip_every_step() {
+/// The CI round: the registry's base, the two-stage cache recipe, a build on store A with
+/// `--cache-to to`, then one on an empty store B with `--cache-from from`.
+struct CacheRound {
+    _registry: TestRegistry,
+    config: tempfile::TempDir,
+    host: String,
+    ctx: tempfile::TempDir,
+    image_a: String,
+    store_b: tempfile::TempDir,
+    log_b: String,
+    image_b: String,
+}
+
+fn cache_round(to: impl Fn(&str) -> String, from: impl Fn(&str) -> String) -> CacheRound {
     let registry = TestRegistry::start(RegistryAuth::Anonymous);
     let config = tempfile::tempdir().unwrap();
     let host = registry.host();
     let _base = pushed_base(&registry, config.path());
     let ctx = cache_recipe(&host);
-    let cache = format!("type=registry,ref={host}/cache/app:buildcache");
     let store_a = tempfile::tempdir().unwrap();
     let (_, image_a) = build_json(
         store_a.path(),
         config.path(),
         ctx.path(),
-        &["--cache-to", &cache],
+        &["--cache-to", &to(&host)],
     );
-
     let store_b = tempfile::tempdir().unwrap();
-    let (log, image_b) = build_json(
+    let (log_b, image_b) = build_json(
         store_b.path(),
         config.path(),
         ctx.path(),
-        &["--cache-from", &cache],
+        &["--cache-from", &from(&host)],
     );
-    assert_all_cached(&log);
-    assert_eq!(image_a, image_b, "the same image, built nowhere");
+    CacheRound {
+        _registry: registry,
+        config,
+        host,
+        ctx,
+        image_a,
+        store_b,
+        log_b,
+        image_b,
+    }
+}
+
+#[test]
+fn a_registry_cache_lets_an_empty_store_skip_every_step() {
+    let cache = |host: &str| format!("type=registry,ref={host}/cache/app:buildcache");
+    let round = cache_round(cache, cache);
+    assert_all_cached(&round.log_b);
+    assert_eq!(
+        round.image_a, round.image_b,
+        "the same image, built nowhere"
+    );
     // The image the cache gave is whole: it runs.
+    let (store_b, config) = (round.store_b.path(), round.config.path());
+    let name = image_b_name(store_b, config, round.ctx.path());
     let run = ok(
-        kiln_in(
-            store_b.path(),
-            config.path(),
-            &[
-                "run",
-                &image_b_name(store_b.path(), config.path(), ctx.path()),
-                "cat",
-                "/both",
-            ],
-        ),
+        kiln_in(store_b, config, &["run", &name, "cat", "/both"]),
         "run",
     );
     assert_eq!(run.stdout, "app\ntool\n");
@@ -427,29 +449,11 @@ fn image_b_name(root: &Path, config: &Path, ctx: &Path) -> String {
 
 #[test]
 fn mode_min_carries_only_the_final_image() {
-    let registry = TestRegistry::start(RegistryAuth::Anonymous);
-    let config = tempfile::tempdir().unwrap();
-    let host = registry.host();
-    let _base = pushed_base(&registry, config.path());
-    let ctx = cache_recipe(&host);
-    let cache = format!("type=registry,ref={host}/cache/min:1,mode=min");
-    let store_a = tempfile::tempdir().unwrap();
-    build_json(
-        store_a.path(),
-        config.path(),
-        ctx.path(),
-        &["--cache-to", &cache],
+    let round = cache_round(
+        |host| format!("type=registry,ref={host}/cache/min:1,mode=min"),
+        |host| format!("type=registry,ref={host}/cache/min:1"),
     );
-    let store_b = tempfile::tempdir().unwrap();
-    let (log, _) = build_json(
-        store_b.path(),
-        config.path(),
-        ctx.path(),
-        &[
-            "--cache-from",
-            &format!("type=registry,ref={host}/cache/min:1"),
-        ],
-    );
+    let log = round.log_b;
     // The final stage's steps hit; the tools stage, whose layers are not in the image, runs.
     let ran: Vec<String> = events(&log, "running")
         .map(|e| e["number"].to_string())
@@ -470,36 +474,15 @@ fn mode_min_carries_only_the_final_image() {
 
 #[test]
 fn a_local_cache_carries_cache_mounts_to_another_store() {
-    let registry = TestRegistry::start(RegistryAuth::Anonymous);
-    let config = tempfile::tempdir().unwrap();
-    let host = registry.host();
-    let _base = pushed_base(&registry, config.path());
-    let ctx = cache_recipe(&host);
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
-    let store_a = tempfile::tempdir().unwrap();
-    build_json(
-        store_a.path(),
-        config.path(),
-        ctx.path(),
-        &[
-            "--cache-to",
-            &format!("type=local,dest={},cache-mounts=true", cache_dir.display()),
-        ],
+    let round = cache_round(
+        |_| format!("type=local,dest={},cache-mounts=true", cache_dir.display()),
+        |_| format!("type=local,src={}", cache_dir.display()),
     );
     assert!(cache_dir.join("index.json").is_file());
-
-    let store_b = tempfile::tempdir().unwrap();
-    let (log, _) = build_json(
-        store_b.path(),
-        config.path(),
-        ctx.path(),
-        &[
-            "--cache-from",
-            &format!("type=local,src={}", cache_dir.display()),
-        ],
-    );
-    assert_all_cached(&log);
+    assert_all_cached(&round.log_b);
+    let (host, ctx, config, store_b) = (&round.host, &round.ctx, &round.config, &round.store_b);
     // The cache mount came along: a step that reads it, run on store B, sees store A's line.
     std::fs::write(
         ctx.path().join("Dockerfile"),

@@ -101,8 +101,6 @@ pub struct Built {
     /// Every cache record the build used or made, in the order the steps finished: what
     /// `--cache-to` exports.
     pub records: Vec<CacheRecord>,
-    /// The ids of the cache mounts the build's RUN steps name.
-    pub mount_ids: Vec<String>,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -165,8 +163,6 @@ struct Builder<'a> {
     dry_run: bool,
     /// The cache records this build used or made, for `--cache-to`.
     records: std::sync::Mutex<Vec<CacheRecord>>,
-    /// The cache mounts its RUN steps name.
-    mount_ids: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 pub fn build(
@@ -205,7 +201,6 @@ pub fn build(
         failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: false,
         records: std::sync::Mutex::new(Vec::new()),
-        mount_ids: std::sync::Mutex::new(std::collections::BTreeSet::new()),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -381,7 +376,6 @@ pub fn plan_cache(
         failed: std::sync::atomic::AtomicBool::new(false),
         dry_run: true,
         records: std::sync::Mutex::new(Vec::new()),
-        mount_ids: std::sync::Mutex::new(std::collections::BTreeSet::new()),
     };
     let mut states = Vec::new();
     let mut number = 1;
@@ -918,9 +912,6 @@ impl Builder<'_> {
     ) -> Result<(), BuildError> {
         let no_cache = self.no_cache_for(stage);
         let (key, parts, config, mount_inputs) = self.run_key(step, run, image)?;
-        if let Ok(mut ids) = self.mount_ids.lock() {
-            ids.extend(crate::run::cache_mount_ids(run, &config));
-        }
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let on_line = |line: &str| {
             self.progress.event(Event::Output {
@@ -1389,11 +1380,6 @@ impl Builder<'_> {
             cached: self.cached.load(std::sync::atomic::Ordering::Relaxed),
             context_bytes_read: self.memo.bytes_read(),
             records,
-            mount_ids: self
-                .mount_ids
-                .lock()
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default(),
         })
     }
 }
@@ -1620,11 +1606,10 @@ impl kiln_plan::ImageConfigs for StoreImages<'_> {
             Some(archive) => archive.config.config,
             None => {
                 let sink = |event| self.progress.event(Event::Transfer(event));
-                let manifest = self
-                    .remote
-                    .manifest(self.store, reference, platform, &sink)
-                    .ok()?;
-                self.store.image(&manifest).ok()?.config.config
+                self.remote
+                    .config(self.store, reference, platform, &sink)
+                    .ok()?
+                    .config
             }
         };
         Some(kiln_plan::BaseConfig {

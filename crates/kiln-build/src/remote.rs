@@ -33,8 +33,8 @@ pub struct RemoteOptions {
     pub cache_from: Vec<Arc<crate::shared_cache::ImportedCache>>,
     /// `--cache-to type=inline`: the image's config carries the cache records of its layers.
     pub inline_cache: bool,
-    /// Manifests resolved in this build: reference → (manifest, whether it came from a
-    /// registry and still needs its layers).
+    /// Manifests resolved in this build: reference → the manifest, and the registry's answer
+    /// while its layers are still to be fetched.
     resolved: Mutex<BTreeMap<String, Resolution>>,
     /// References that failed to resolve, with the error: the plan goes on without their
     /// config (a stage the target does not need may name an image nobody can pull), and the
@@ -45,7 +45,9 @@ pub struct RemoteOptions {
 #[derive(Debug, Clone)]
 struct Resolution {
     manifest: Descriptor,
-    pulled: bool,
+    /// Resolved from a registry, not yet in the store: its manifest goes there only after its
+    /// layers, so a manifest in the store always has its blobs.
+    pending: Option<Arc<kiln_registry::Resolved>>,
 }
 
 /// Where transfer progress goes.
@@ -116,7 +118,7 @@ impl RemoteOptions {
                     reference,
                     Resolution {
                         manifest: found.clone(),
-                        pulled: false,
+                        pending: None,
                     },
                 );
                 return Ok(found);
@@ -130,10 +132,6 @@ impl RemoteOptions {
         let resolved = registry
             .resolve(&name, &oci_platform(platform))
             .map_err(|e| BuildError::Pull(e.to_string()))?;
-        if let Some((_, index_bytes)) = &resolved.index {
-            store.put_blob(index_bytes)?;
-        }
-        store.put_blob(&resolved.manifest_bytes)?;
         let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
             .map_err(|e| BuildError::Pull(format!("{name}: {e}")))?;
         // A config is a small JSON document; a manifest may not make kiln download more.
@@ -146,14 +144,35 @@ impl RemoteOptions {
         registry
             .fetch_blob(&name, &manifest.config, store, progress)
             .map_err(|e| BuildError::Pull(e.to_string()))?;
+        let descriptor = resolved.manifest.clone();
         self.remember(
             reference,
             Resolution {
-                manifest: resolved.manifest.clone(),
-                pulled: true,
+                manifest: descriptor.clone(),
+                pending: Some(Arc::new(resolved)),
             },
         );
-        Ok(resolved.manifest)
+        Ok(descriptor)
+    }
+
+    /// The config of the image `reference` resolved to (its manifest from the registry's
+    /// answer or the store; the config is in the store either way).
+    pub fn config(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: TransferSink,
+    ) -> Result<kiln_oci::ImageConfig, BuildError> {
+        let descriptor = self.manifest(store, reference, platform, progress)?;
+        let bytes = match self.remembered(reference).and_then(|r| r.pending) {
+            Some(resolved) => resolved.manifest_bytes.clone(),
+            None => store.read_blob(&descriptor.digest)?,
+        };
+        let manifest: Manifest = kiln_oci::from_json_slice(&bytes)
+            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+        kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
+            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
     }
 
     /// Makes sure every layer of the image `reference` resolved to is in the store, pulling
@@ -167,28 +186,38 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<(), BuildError> {
-        let parsed: Manifest = kiln_oci::from_json_slice(&store.read_blob(&manifest.digest)?)
-            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
-        let missing = parsed.layers.iter().any(|l| !store.has_blob(&l.digest));
-        let pulled = self.remembered(reference).is_some_and(|r| r.pulled);
-        if !missing && !pulled {
-            return Ok(());
-        }
         let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-        if missing {
-            let Some(registry) = &self.registry else {
-                return Err(BuildError::Image(format!(
-                    "image {reference:?}: the store lacks some of its layers and no registry may be asked"
-                )));
-            };
-            registry
-                .pull(
-                    &name.with_digest(manifest.digest.clone()),
-                    &oci_platform(platform),
-                    store,
-                    progress,
-                )
-                .map_err(|e| BuildError::Pull(e.to_string()))?;
+        let pending = self.remembered(reference).and_then(|r| r.pending);
+        match (&self.registry, pending) {
+            // What was planned with, fetched now: layers, config, then the manifest.
+            (Some(registry), Some(resolved)) => {
+                registry
+                    .pull_resolved(&name, &resolved, store, progress)
+                    .map_err(|e| BuildError::Pull(e.to_string()))?;
+            }
+            _ => {
+                let parsed: Manifest =
+                    kiln_oci::from_json_slice(&store.read_blob(&manifest.digest)?)
+                        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+                if parsed.layers.iter().all(|l| store.has_blob(&l.digest)) {
+                    return Ok(());
+                }
+                // A manifest the store holds without all its layers (a digest only): the rest
+                // comes from the registry, if one may be asked.
+                let Some(registry) = &self.registry else {
+                    return Err(BuildError::Image(format!(
+                        "image {reference:?}: the store lacks some of its layers and no registry may be asked"
+                    )));
+                };
+                registry
+                    .pull(
+                        &name.with_digest(manifest.digest.clone()),
+                        &oci_platform(platform),
+                        store,
+                        progress,
+                    )
+                    .map_err(|e| BuildError::Pull(e.to_string()))?;
+            }
         }
         if name.tag().is_some() {
             name_in_store(store, &name, manifest)?;
@@ -197,7 +226,7 @@ impl RemoteOptions {
             reference,
             Resolution {
                 manifest: manifest.clone(),
-                pulled: false,
+                pending: None,
             },
         );
         Ok(())

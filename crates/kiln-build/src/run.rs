@@ -98,13 +98,8 @@ pub(crate) fn open_lock(path: &Path) -> Result<std::fs::File, BuildError> {
         .map_err(|e| io_at(path, e))
 }
 
-/// The ids of the cache mounts a RUN step uses, for `--cache-to ...,cache-mounts=true`.
-pub(crate) fn cache_mount_ids(run: &kiln_plan::RunStep, config: &ImageConfig) -> Vec<String> {
-    cache_mount_ids_in(run, &config.config.working_dir)
-}
-
 /// The ids of the cache mounts the RUN steps of the stages a plan builds use: the ones a
-/// `--cache-from` may restore.
+/// `--cache-from` may restore and a `--cache-to ...,cache-mounts=true` carries.
 pub fn planned_cache_mount_ids(plan: &kiln_plan::Plan) -> std::collections::BTreeSet<String> {
     plan.order
         .iter()

@@ -292,7 +292,7 @@ pub struct ExportInput<'a> {
     /// The built image's layers (for `mode=min`).
     pub image_layers: &'a [Descriptor],
     /// The ids of the cache mounts the build's RUN steps name.
-    pub mount_ids: &'a [String],
+    pub mount_ids: &'a BTreeSet<String>,
 }
 
 /// Writes `export` (registry or local; inline is the build's job) from a finished build.
@@ -318,7 +318,7 @@ pub fn export(
     report.layers = layers.len();
     if export.mounts {
         let mut budget = export.mounts_max;
-        for id in input.mount_ids.iter().collect::<BTreeSet<_>>() {
+        for id in input.mount_ids {
             match pack_mount(store, id, budget)? {
                 Packed::Layer(layer) => {
                     budget = budget.saturating_sub(layer.size);
@@ -597,14 +597,6 @@ impl ImportedCache {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     /// The record of `key`, its layer fetched into the store and checked — the blob against

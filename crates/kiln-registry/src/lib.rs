@@ -171,6 +171,19 @@ impl Registry {
             .fetch_blob(&Repo::of(repo), blob, store, progress)
     }
 
+    /// Stores what `resolve` found for `name` (a resolution made earlier, so the image is the
+    /// one planned with even if the tag moved since): the config, the layers (`parallel` at a
+    /// time), then the manifest and the index. Does not tag.
+    pub fn pull_resolved(
+        &self,
+        name: &ImageName,
+        resolved: &Resolved,
+        store: &Store,
+        progress: Progress,
+    ) -> Result<Pulled> {
+        self.client.pull_resolved(name, resolved, store, progress)
+    }
+
     /// Resolves `name` and stores the config, the layers (`parallel` at a time), then the
     /// manifest and the index. Does not tag.
     pub fn pull(

@@ -449,10 +449,36 @@ impl Client {
         store: &Store,
         progress: Progress,
     ) -> Result<Pulled> {
-        let repo = Repo::of(name);
         let (resolved, manifest) = self.resolve_parsed(name, platform)?;
-        // Layers first, the config, then the documents that name them: a manifest in the
-        // store always has its blobs.
+        self.fetch_image(name, resolved, &manifest, store, progress)
+    }
+
+    pub(crate) fn pull_resolved(
+        &self,
+        name: &ImageName,
+        resolved: &Resolved,
+        store: &Store,
+        progress: Progress,
+    ) -> Result<Pulled> {
+        let manifest: Manifest =
+            from_json_slice(&resolved.manifest_bytes).map_err(|e| RegistryError::NotAManifest {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.fetch_image(name, resolved.clone(), &manifest, store, progress)
+    }
+
+    /// Layers first, the config, then the documents that name them: a manifest in the store
+    /// always has its blobs.
+    fn fetch_image(
+        &self,
+        name: &ImageName,
+        resolved: Resolved,
+        manifest: &Manifest,
+        store: &Store,
+        progress: Progress,
+    ) -> Result<Pulled> {
+        let repo = Repo::of(name);
         let mut seen = HashSet::new();
         let blobs: Vec<&Descriptor> = manifest
             .layers

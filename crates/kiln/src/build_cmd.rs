@@ -189,7 +189,8 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         Ok(secrets) => secrets,
         Err(message) => return fail(USAGE, message),
     };
-    // Only the cache mounts this build's RUN steps use are restored from a cache.
+    // The cache mounts this build's RUN steps use: the ones restored from a cache, and carried
+    // by an export with cache-mounts=true.
     let mount_ids = kiln_build::run::planned_cache_mount_ids(&loaded.plan);
     // A cache that cannot be read only warns, as with docker build: the steps run instead.
     let sink = |event| progress.event(Event::Transfer(event));
@@ -292,7 +293,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         store: &store,
         records: &built.records,
         image_layers: &built.layers,
-        mount_ids: &built.mount_ids,
+        mount_ids: &mount_ids,
     };
     for export in cache_exports
         .iter()

@@ -624,7 +624,7 @@ fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
     let host = registry.host();
     let store = busybox_store("auto");
     let target = format!("{host}/tamper/busybox:1");
-    ok(
+    let pushed = ok(
         kiln_in(
             store.path(),
             config.path(),
@@ -664,6 +664,15 @@ fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
         .join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"));
     assert!(!stored.exists(), "the bad blob is not in the store");
+    // Nor is the manifest that names it: a manifest in the store always has its blobs.
+    let manifest = fresh
+        .path()
+        .join("blobs/sha256")
+        .join(pushed.stdout.trim().trim_start_matches("sha256:"));
+    assert!(
+        !manifest.exists(),
+        "a manifest without its layers is not stored"
+    );
     let images = ok(kiln_in(fresh.path(), config.path(), &["images"]), "images");
     assert!(!images.stdout.contains("tamper"), "{}", images.stdout);
 }

@@ -6,7 +6,7 @@ use crate::step::*;
 use kiln_recipe::diag::suggest;
 use kiln_recipe::expand::{expand, Expansion, Mode, VarSource};
 use kiln_recipe::instruction::{heredoc_source, Command, Healthcheck, Kind, Network, Security};
-use kiln_recipe::mount::parse_mount;
+use kiln_recipe::mount::{parse_mount, Mount, MountType};
 use kiln_recipe::syntax::Word;
 use kiln_recipe::{parse_recipe, CheckPolicy, Diagnostic, Instruction, Recipe, Span};
 use std::collections::{BTreeMap, BTreeSet};
@@ -801,7 +801,7 @@ impl Planner<'_> {
                 for word in &run.mounts {
                     let e = self.expand_word(word, &ctx.state.scope)?;
                     used.extend(e.used);
-                    let mount = match parse_mount(&e.value) {
+                    let mut mount = match parse_mount(&e.value) {
                         Ok(mount) => mount,
                         Err(message) => {
                             self.diagnostics.push(Diagnostic::error(
@@ -811,6 +811,13 @@ impl Planner<'_> {
                             return None;
                         }
                     };
+                    if let Err(message) = resolve_mount_target(&mut mount, &ctx.state.workdir) {
+                        self.diagnostics.push(Diagnostic::error(
+                            word.span,
+                            format!("invalid --mount: {message}"),
+                        ));
+                        return None;
+                    }
                     let source = match (&mount.kind, &mount.from) {
                         (_, Some(from)) => {
                             let source = self.resolve_source(from, word.span, ctx)?;
@@ -1269,6 +1276,31 @@ pub fn join_path(current: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// A bind, cache or tmpfs mount's target as an absolute, clean path: relative to the working
+/// directory, and the working directory itself when none is given (as BuildKit resolves it).
+/// Mounting over `/` is refused.
+fn resolve_mount_target(mount: &mut Mount, workdir: &str) -> Result<(), String> {
+    if !matches!(
+        mount.kind,
+        MountType::Bind | MountType::Cache | MountType::Tmpfs
+    ) {
+        return Ok(());
+    }
+    let given = mount.target.as_deref().unwrap_or("");
+    let target = join_path(workdir, given);
+    if target == "/" {
+        return Err(if given.is_empty() {
+            "no target= and the working directory is /: a mount cannot replace the root \
+             (set target= or WORKDIR)"
+                .to_string()
+        } else {
+            format!("target {given:?} resolves to /: a mount cannot replace the root")
+        });
+    }
+    mount.target = Some(target);
+    Ok(())
+}
+
 /// `80`, `80/tcp`, `8000-8010/udp` → `port/proto` keys.
 fn expose_ports(field: &str) -> Result<Vec<String>, String> {
     let (ports, proto) = field.split_once('/').unwrap_or((field, "tcp"));
@@ -1463,5 +1495,63 @@ mod tests {
             run.map(|r| r.mount_sources.clone()),
             Some(vec![Some(Source::Image("tools-image:2".into()))])
         );
+    }
+
+    fn run_mount_targets(recipe_text: &str) -> Result<Vec<Option<String>>, Vec<String>> {
+        let recipe = parse_recipe(recipe_text);
+        let plan = plan(&recipe, &PlanOptions::default());
+        let errors: Vec<String> = plan
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.message.clone())
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let last = plan
+            .stages
+            .last()
+            .map(|s| s.steps.clone())
+            .unwrap_or_default();
+        Ok(last
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Run(r) => Some(r.mounts.iter().map(|m| m.target.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect())
+    }
+
+    #[test]
+    fn a_mount_without_target_mounts_at_the_working_directory() {
+        let targets = run_mount_targets(
+            "FROM alpine AS build\nRUN true\nFROM alpine\nWORKDIR /src\n\
+             RUN --mount=from=build make\n\
+             RUN --mount=type=cache,id=x true\n\
+             RUN --mount=type=tmpfs,target=../tmp true\n\
+             RUN --mount=type=bind,target=/abs/./x true\n",
+        );
+        assert_eq!(
+            targets,
+            Ok(vec![
+                Some("/src".to_string()),
+                Some("/src".to_string()),
+                Some("/tmp".to_string()),
+                Some("/abs/x".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_mount_that_resolves_to_the_root_is_an_error() {
+        let errors = run_mount_targets("FROM alpine AS b\nFROM alpine\nRUN --mount=from=b true\n")
+            .unwrap_err();
+        assert!(errors[0].contains("working directory is /"), "{errors:?}");
+        let errors =
+            run_mount_targets("FROM alpine\nWORKDIR /a\nRUN --mount=type=cache,target=.. true\n")
+                .unwrap_err();
+        assert!(errors[0].contains("resolves to /"), "{errors:?}");
     }
 }

@@ -1268,7 +1268,8 @@ mod tests {
         assert_eq!(run.mounts.len(), 1);
         assert!(!errors("FROM a\nRUN --network=bridge2 x\n").is_empty());
         assert!(!errors("FROM a\nRUN --security=root x\n").is_empty());
-        assert!(!errors("FROM a\nRUN --mount=type=cache x\n").is_empty());
+        assert!(!errors("FROM a\nRUN --mount=type=cache,sharing=maybe x\n").is_empty());
+        assert!(errors("FROM a\nRUN --mount=type=cache x\n").is_empty());
         assert!(!errors("FROM a\nRUN\n").is_empty());
     }
 

@@ -246,10 +246,9 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
             _ => {}
         }
     }
+    // A bind, cache or tmpfs mount with no target mounts at the working directory (the planner
+    // resolves it there, as BuildKit does), so no target is required here.
     match kind {
-        MountType::Bind | MountType::Cache | MountType::Tmpfs if mount.target.is_none() => {
-            Err(format!("a {type_name} mount needs target=<path>"))
-        }
         MountType::Secret
             if mount.id.is_none() && mount.target.is_none() && mount.env.is_none() =>
         {
@@ -351,7 +350,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(parse_mount("type=cache").unwrap_err().contains("target"));
+        assert_eq!(parse_mount("type=cache").unwrap().target, None);
+        assert_eq!(parse_mount("from=build").unwrap().target, None);
         assert!(parse_mount("type=nfs,target=/x")
             .unwrap_err()
             .contains("unsupported mount type"));

@@ -1120,3 +1120,30 @@ fn private_cache_mounts_never_share_with_a_user_that_holds_the_cache() {
     let (run, _ctx) = build_recipe(root.path(), private_free, &[], &[], true);
     assert!(run.stderr.contains("| one"), "{}", run.stderr);
 }
+
+#[test]
+fn a_mount_without_target_is_at_the_working_directory() {
+    // BuildKit mounts a bind, cache or tmpfs mount with no target at the working directory; public
+    // recipes rely on it with `--mount=from=STAGE` to read a build stage's output in place.
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test AS build\nWORKDIR /out\nRUN echo built > artifact\n\
+                  FROM busybox:test\nWORKDIR /src\n\
+                  RUN --mount=from=build,source=/out cat artifact > /seen && ls -A /src > /listing\n\
+                  RUN --mount=type=tmpfs,target=scratch touch scratch/t && test -f /src/scratch/t\n\
+                  RUN ls -A /src > /after\n";
+    let (run, _ctx) = build_recipe(root.path(), recipe, &["-t", "mounted:1"], &[], true);
+    let r = root_arg(root.path());
+    let cat = |path: &str| {
+        let out = kiln(
+            &["--root", &r, "run", "mounted:1", "cat", path],
+            root.path(),
+            &[],
+        );
+        assert_eq!(out.status, 0, "{}\n{}", out.stderr, run.stderr);
+        out.stdout
+    };
+    assert_eq!(cat("/seen"), "built\n");
+    assert_eq!(cat("/listing"), "artifact\n");
+    // The mounts left nothing behind in the working directory.
+    assert_eq!(cat("/after"), "");
+}

@@ -16,6 +16,8 @@ pub fn base_config(platform: &Platform) -> ImageConfig {
         } else {
             Vec::new()
         },
+        // BuildKit's empty image starts at `/`, so a scratch image that sets no WORKDIR says so.
+        working_dir: "/".to_string(),
         ..ContainerConfig::default()
     };
     config

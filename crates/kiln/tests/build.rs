@@ -1444,3 +1444,14 @@ fn independent_stages_run_at_the_same_time() {
         "--jobs 1 runs them one after the other: {steps:?}"
     );
 }
+
+#[test]
+fn a_scratch_image_without_workdir_says_slash_as_buildkit_writes() {
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("a.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    build(ctx.path(), root.path(), &["-o", &dest], &[]);
+    assert_eq!(read_image(&archive).config.config.working_dir, "/");
+}

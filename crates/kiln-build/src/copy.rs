@@ -22,8 +22,9 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// `--chown`: `uid[:gid]` or names looked up in the image's /etc/passwd and /etc/group. A
-/// user without a group uses the same number for the group, as Docker does.
+/// `--chown`: `uid[:gid]` or names looked up in the image's /etc/passwd and /etc/group. A user
+/// named without a group takes the primary group of its passwd entry; only a numeric user
+/// without a group uses the same number for the group (BuildKit's rules).
 pub fn resolve_chown(spec: &str, image: &Rootfs) -> Result<Owner, String> {
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
@@ -47,9 +48,11 @@ pub fn resolve_chown(spec: &str, image: &Rootfs) -> Result<Owner, String> {
             })
             .ok_or_else(|| format!("unable to find {what} {name:?}: no matching entry in {file}"))
     };
-    let (uid, _primary_group) = lookup("/etc/passwd", user, "user")?;
+    let (uid, primary_group) = lookup("/etc/passwd", user, "user")?;
     let gid = match group {
         Some(group) => lookup("/etc/group", group, "group")?.0,
+        // A name was looked up: its entry's group (0 when the entry's field is unreadable).
+        None if user.parse::<u32>().is_err() => primary_group.unwrap_or(0),
         None => uid,
     };
     Ok(Owner { uid, gid })
@@ -1085,7 +1088,7 @@ mod tests {
         fs::create_dir_all(image_dir.path().join("etc")).unwrap();
         fs::write(
             image_dir.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nweb:x:1001:50::/:/bin/sh\n",
         )
         .unwrap();
         fs::write(
@@ -1113,6 +1116,16 @@ mod tests {
         let out = copy(&s, &ctx, &image, "/").unwrap();
         let meta = fs::metadata(out.path().join("x/a.txt")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (42, 42));
+        // A name without a group takes its passwd entry's group, not its uid.
+        s.chown = Some("web".into());
+        let out = copy(&s, &ctx, &image, "/").unwrap();
+        let meta = fs::metadata(out.path().join("x/a.txt")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1001, 50));
+        // A number stays a number for both, even when a passwd entry has it.
+        s.chown = Some("1001".into());
+        let out = copy(&s, &ctx, &image, "/").unwrap();
+        let meta = fs::metadata(out.path().join("x/a.txt")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1001, 1001));
         s.chown = Some("nobody".into());
         let error = copy(&s, &ctx, &image, "/").unwrap_err().to_string();
         assert!(error.contains("unable to find user \"nobody\""), "{error}");

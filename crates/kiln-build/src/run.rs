@@ -469,9 +469,10 @@ pub(crate) struct RunJob<'a> {
     pub secrets: &'a std::collections::BTreeMap<String, SecretSource>,
 }
 
-/// `user[:group]` of the image's USER, resolved in its /etc/passwd and /etc/group as Docker
-/// does: a name must exist; a number need not (then its group is 0); the user's supplementary
-/// groups come from /etc/group.
+/// `user[:group]` of the image's USER, resolved in its /etc/passwd and /etc/group as runc does
+/// for BuildKit: a name must exist; a number need not (then its group is 0). The supplementary
+/// groups are exactly the groups whose member list names the user (the primary group is not
+/// added); an explicit group, or a numeric `uid:gid`, has none.
 pub fn resolve_user(spec: &str, image: &Rootfs) -> Result<Identity, String> {
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
@@ -529,8 +530,8 @@ pub fn resolve_user(spec: &str, image: &Rootfs) -> Result<Identity, String> {
                 })?,
         },
     };
-    // An explicit group replaces the supplementary ones, as in Docker.
-    let mut groups = vec![gid];
+    // Only the implicit form has supplementary groups.
+    let mut groups = Vec::new();
     if group.is_none() {
         if let Some(name) = &name {
             for fields in &group_records {
@@ -546,6 +547,28 @@ pub fn resolve_user(spec: &str, image: &Rootfs) -> Result<Identity, String> {
         }
     }
     Ok(Identity { uid, gid, groups })
+}
+
+/// The home directory runc gives a command whose environment has no `HOME`: the home field of
+/// the first /etc/passwd entry with the user's uid, or `/` when there is none (or it is empty).
+fn home_of(uid: u32, image: &Rootfs) -> String {
+    let passwd = image.read_file("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(uid))
+        .and_then(|fields| fields.get(5).map(|home| home.to_string()))
+        .filter(|home| !home.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
+/// Adds `HOME` from the user's passwd entry when the environment does not set it (an
+/// `ENV HOME=...` or a build arg wins).
+fn add_home(env: &mut Vec<String>, uid: u32, image: &Rootfs) {
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home_of(uid, image)));
+    }
 }
 
 /// The command's environment: the image's ENV, then build args that ENV does not set, and a
@@ -831,18 +854,13 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
         ))
     })?;
     let (argv, files) = command(job.run);
+    let mut env = environment(job.config, job.run);
+    add_home(&mut env, identity.uid, job.image);
     let network = match job.run.network {
         kiln_recipe::instruction::Network::None => kiln_sandbox::Network::None,
         _ => kiln_sandbox::Network::Host,
     };
-    let mut spec = base_spec(
-        base,
-        job.config,
-        argv,
-        environment(job.config, job.run),
-        identity,
-        network,
-    )?;
+    let mut spec = base_spec(base, job.config, argv, env, identity, network)?;
     spec.files = files;
     spec.privileged = job.run.security == kiln_recipe::instruction::Security::Insecure;
     let prepared = prepare_mounts(job, base)?;
@@ -1079,6 +1097,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
+    add_home(&mut env, identity.uid, &image);
     let work = store.work_dir()?;
     let base = work.path();
     let mut spec = base_spec(base, &config, argv, env, identity, request.network)?;
@@ -1135,7 +1154,7 @@ mod tests {
             Identity {
                 uid: 1000,
                 gid: 100,
-                groups: vec![100, 10]
+                groups: vec![10]
             }
         );
         assert_eq!(
@@ -1143,7 +1162,7 @@ mod tests {
             Identity {
                 uid: 1000,
                 gid: 10,
-                groups: vec![10]
+                groups: vec![]
             }
         );
         // A number need not exist; its group is then 0.
@@ -1152,6 +1171,33 @@ mod tests {
         let error = resolve_user("nobody", &image).unwrap_err();
         assert!(error.contains("unable to find user nobody"), "{error}");
         assert!(resolve_user("bob:staff", &image).is_err());
+        // A user in no group list has no supplementary groups: not even its primary group.
+        assert_eq!(
+            resolve_user("root", &image).unwrap().groups,
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            resolve_user("1000:100", &image).unwrap().groups,
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn home_comes_from_the_passwd_entry_of_the_uid() {
+        let (_dir, image) = image_with(&[(
+            "/etc/passwd",
+            "root:x:0:0::/root:/bin/sh\nbob:x:1000:100::/home/bob:/bin/sh\nnohome:x:7:7:::\n",
+        )]);
+        assert_eq!(home_of(0, &image), "/root");
+        assert_eq!(home_of(1000, &image), "/home/bob");
+        assert_eq!(home_of(7, &image), "/");
+        assert_eq!(home_of(4242, &image), "/");
+        let mut env = vec!["HOME=/custom".to_string()];
+        add_home(&mut env, 1000, &image);
+        assert_eq!(env, ["HOME=/custom"]);
+        let mut env = vec!["PATH=/bin".to_string()];
+        add_home(&mut env, 1000, &image);
+        assert_eq!(env, ["PATH=/bin", "HOME=/home/bob"]);
     }
 
     #[test]

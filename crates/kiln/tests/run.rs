@@ -1147,3 +1147,77 @@ fn a_mount_without_target_is_at_the_working_directory() {
     // The mounts left nothing behind in the working directory.
     assert_eq!(cat("/after"), "");
 }
+
+#[test]
+fn run_has_home_and_only_the_listed_groups_as_runc_gives_buildkit() {
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test\n\
+        RUN mkdir -m 1777 /tmp && echo 'bench:x:1001:1001::/home/bench:/bin/sh' >> /etc/passwd && echo 'bench:x:1001:' >> /etc/group\n\
+        USER bench\n\
+        RUN id > /tmp/id-bench && echo \"$HOME\" > /tmp/home-bench\n\
+        USER bob\n\
+        RUN id -G > /tmp/groups-bob && echo \"$HOME\" > /tmp/home-bob\n\
+        USER bob:bob\n\
+        RUN id -G > /tmp/groups-bob-explicit\n\
+        USER 4242\n\
+        RUN echo \"$HOME\" > /tmp/home-4242\n\
+        USER root\n\
+        RUN [\"sh\", \"-c\", \"echo $HOME > /tmp/home-root-exec\"]\n\
+        ENV HOME=/elsewhere\n\
+        RUN echo \"$HOME\" > /tmp/home-env\n";
+    let (run, _ctx) = build_recipe(root.path(), recipe, &["-t", "homes:1"], &[], true);
+    let r = root_arg(root.path());
+    let cat = |path: &str| {
+        let out = kiln(
+            &["--root", &r, "run", "homes:1", "cat", path],
+            root.path(),
+            &[],
+        );
+        assert_eq!(out.status, 0, "{}\n{}", out.stderr, run.stderr);
+        out.stdout
+    };
+    // bench is in no group list: no supplementary groups, so `id` prints no groups= part.
+    assert_eq!(cat("/tmp/id-bench"), "uid=1001(bench) gid=1001(bench)\n");
+    assert_eq!(cat("/tmp/home-bench"), "/home/bench\n");
+    // bob's primary group and wheel, which lists him by name.
+    assert_eq!(cat("/tmp/groups-bob"), "1000 10\n");
+    assert_eq!(cat("/tmp/home-bob"), "/home/bob\n");
+    // An explicit group has no supplementary groups.
+    assert_eq!(cat("/tmp/groups-bob-explicit"), "1000\n");
+    assert_eq!(cat("/tmp/home-4242"), "/\n");
+    assert_eq!(cat("/tmp/home-root-exec"), "/root\n");
+    assert_eq!(cat("/tmp/home-env"), "/elsewhere\n");
+    // kiln run gives HOME the same way.
+    let home = kiln(
+        &[
+            "--root",
+            &r,
+            "run",
+            "busybox:test",
+            "sh",
+            "-c",
+            "echo $HOME; id -u",
+        ],
+        root.path(),
+        &[],
+    );
+    assert_eq!(home.status, 0, "{}", home.stderr);
+    assert_eq!(home.stdout, "/root\n0\n");
+    let home = kiln(
+        &[
+            "--root",
+            &r,
+            "run",
+            "--user",
+            "bob",
+            "busybox:test",
+            "sh",
+            "-c",
+            "echo $HOME",
+        ],
+        root.path(),
+        &[],
+    );
+    assert_eq!(home.status, 0, "{}", home.stderr);
+    assert_eq!(home.stdout, "/home/bob\n");
+}

@@ -440,6 +440,7 @@ fn extract_archive(
         let mut entry = entry.map_err(bad)?;
         let name = entry.path().map_err(bad)?.into_owned();
         let kind = entry.header().entry_type();
+        let mode = entry.header().mode().map_err(bad)? & 0o7777;
         if kind.is_character_special() || kind.is_block_special() {
             return Err(BuildError::Copy(format!(
                 "ADD {}: {} is a device file; archives for ADD may not contain devices",
@@ -472,6 +473,17 @@ fn extract_archive(
                 rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(|e| io_at(&written, e.into()))?;
+            // chown clears setuid and setgid: the entry's mode goes back on after it (a link
+            // has no mode of its own, and chmod would follow it).
+            if !kind.is_symlink() && !kind.is_hard_link() {
+                rustix::fs::chmodat(
+                    rustix::fs::CWD,
+                    &written,
+                    rustix::fs::Mode::from_raw_mode(mode),
+                    rustix::fs::AtFlags::empty(),
+                )
+                .map_err(|e| io_at(&written, e.into()))?;
+            }
         }
     }
     Ok(())
@@ -1292,6 +1304,49 @@ mod tests {
         );
         let inside = out.path().join("opt").join(name.trim_start_matches('/'));
         assert_eq!(fs::metadata(inside).unwrap().uid(), 4242);
+    }
+
+    #[test]
+    fn add_chown_of_a_tar_keeps_setuid_setgid_and_sticky_bits() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, mode, kind) in [
+            ("bin/", 0o1777, tar::EntryType::Directory),
+            ("bin/su", 0o4755, tar::EntryType::Regular),
+            ("bin/wall", 0o2755, tar::EntryType::Regular),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(if kind == tar::EntryType::Regular {
+                1
+            } else {
+                0
+            });
+            header.set_mode(mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            let body: &[u8] = if kind == tar::EntryType::Regular {
+                b"X"
+            } else {
+                b""
+            };
+            builder.append_data(&mut header, name, body).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("suid.tar"), builder.into_inner().unwrap()).unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let mut s = step(&["suid.tar"], "/");
+        s.is_add = true;
+        s.chown = Some("4242:4243".into());
+        let out = copy(&s, &ctx, &Rootfs::default(), "/").unwrap();
+        let meta = |p: &str| {
+            let m = fs::symlink_metadata(out.path().join(p)).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        assert_eq!(meta("bin/su"), (4242, 4243, 0o4755));
+        assert_eq!(meta("bin/wall"), (4242, 4243, 0o2755));
+        assert_eq!(meta("bin"), (4242, 4243, 0o1777));
     }
 
     #[test]

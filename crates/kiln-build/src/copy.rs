@@ -283,6 +283,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
             CopyFrom::Stage(_) => None,
         },
         dirs: std::collections::BTreeMap::new(),
+        links: std::collections::HashMap::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -704,6 +705,9 @@ struct SnapshotWriter<'a> {
     /// Directory metadata, applied by `finish` once everything inside is written (writing a
     /// child changes a directory's mtime). The last word on a directory wins.
     dirs: std::collections::BTreeMap<PathBuf, (u32, Owner, (i64, i64))>,
+    /// Context files with several names: (device, inode) → the first name written for them in
+    /// this step, so the other names become hard links to it, as BuildKit's transfer keeps them.
+    links: std::collections::HashMap<(u64, u64), PathBuf>,
 }
 
 impl SnapshotWriter<'_> {
@@ -807,8 +811,15 @@ impl SnapshotWriter<'_> {
                 self.dirs.insert(path, (mode, owner, placement.mtime));
                 return Ok(());
             }
-            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?,
-            Ok(_) => fs::remove_file(&path).map_err(|e| io_at(&path, e))?,
+            Ok(meta) if meta.is_dir() => {
+                fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?;
+                // Names below it are gone, and it may become a symlink: never link through it.
+                self.links.retain(|_, first| !first.starts_with(&path));
+            }
+            Ok(_) => {
+                fs::remove_file(&path).map_err(|e| io_at(&path, e))?;
+                self.links.retain(|_, first| first != &path);
+            }
             Err(_) => {}
         }
         match &placement.kind {
@@ -827,6 +838,27 @@ impl SnapshotWriter<'_> {
                         .open(source),
                 }
                 .map_err(|e| io_at(source, e))?;
+                let source_meta = input.metadata().map_err(|e| io_at(source, e))?;
+                let inode = (self.context.is_some() && source_meta.nlink() > 1)
+                    .then(|| (source_meta.dev(), source_meta.ino()));
+                if let Some(first) = inode.and_then(|inode| self.links.get(&inode)) {
+                    // Another name of a file this step already wrote: the same file again.
+                    if fs::symlink_metadata(first).is_ok_and(|m| m.is_file()) {
+                        rustix::fs::linkat(
+                            rustix::fs::CWD,
+                            first,
+                            rustix::fs::CWD,
+                            &path,
+                            rustix::fs::AtFlags::empty(),
+                        )
+                        .map_err(|e| io_at(&path, e.into()))?;
+                        stats.files += 1;
+                        return Ok(());
+                    }
+                }
+                if let Some(inode) = inode {
+                    self.links.insert(inode, path.clone());
+                }
                 let mut output = create_new(&path)?;
                 stats.bytes += match (self.memo, placement.stat) {
                     (Some(memo), Some(stat)) => copy_and_hash(&mut input, &mut output, stat, memo)
@@ -1304,6 +1336,40 @@ mod tests {
         );
         let inside = out.path().join("opt").join(name.trim_start_matches('/'));
         assert_eq!(fs::metadata(inside).unwrap().uid(), 4242);
+    }
+
+    #[test]
+    fn hard_links_in_the_context_stay_hard_links() {
+        let (dir, ctx) = context(&[("src/a", "same"), ("other/c", "alone"), ("more/a", "new")]);
+        fs::hard_link(dir.path().join("src/a"), dir.path().join("src/b")).unwrap();
+        fs::hard_link(dir.path().join("src/a"), dir.path().join("other/d")).unwrap();
+        let ino = |out: &Path, p: &str| fs::metadata(out.join(p)).unwrap().ino();
+        // Within one source directory.
+        let out = copy(&step(&["src"], "/app/"), &ctx, &Rootfs::default(), "/").unwrap();
+        assert_eq!(ino(out.path(), "app/a"), ino(out.path(), "app/b"));
+        assert_eq!(fs::metadata(out.path().join("app/a")).unwrap().nlink(), 2);
+        assert_eq!(read(out.path(), "app/b"), "same");
+        // Across the sources of one COPY; a file with one name stays on its own.
+        let out = copy(
+            &step(&["src/a", "other/d", "other/c"], "/x/"),
+            &ctx,
+            &Rootfs::default(),
+            "/",
+        )
+        .unwrap();
+        assert_eq!(ino(out.path(), "x/a"), ino(out.path(), "x/d"));
+        assert_eq!(fs::metadata(out.path().join("x/c")).unwrap().nlink(), 1);
+        // A name that a later source replaced is never linked to: b gets the content again.
+        let out = copy(
+            &step(&["src/a", "more/a", "src/b"], "/y/"),
+            &ctx,
+            &Rootfs::default(),
+            "/",
+        )
+        .unwrap();
+        assert_eq!(read(out.path(), "y/a"), "new");
+        assert_eq!(read(out.path(), "y/b"), "same");
+        assert_ne!(ino(out.path(), "y/a"), ino(out.path(), "y/b"));
     }
 
     #[test]

@@ -1455,3 +1455,44 @@ fn a_scratch_image_without_workdir_says_slash_as_buildkit_writes() {
     build(ctx.path(), root.path(), &["-o", &dest], &[]);
     assert_eq!(read_image(&archive).config.config.working_dir, "/");
 }
+
+#[test]
+fn hard_links_of_the_context_are_hard_links_in_the_layer() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY app/ /app/\nCOPY --link app/one other/two /more/\n",
+        ),
+        ("app/one", "shared"),
+        ("other/x", "x"),
+    ]);
+    fs::hard_link(ctx.path().join("app/one"), ctx.path().join("app/two")).unwrap();
+    fs::hard_link(ctx.path().join("app/one"), ctx.path().join("other/two")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("links.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    build(ctx.path(), root.path(), &["-o", &dest], &[]);
+    let image = read_image(&archive);
+    let link = |layer: &[kiln_layer::EntrySummary], name: &str| {
+        let entry = layer
+            .iter()
+            .find(|e| e.path == name.as_bytes())
+            .unwrap_or_else(|| panic!("{name} in {:?}", paths(layer)));
+        (entry.kind, entry.link_target.clone())
+    };
+    assert_eq!(
+        link(&image.layers[0], "app/two"),
+        (
+            kiln_layer::EntryTypeSummary::Hardlink,
+            Some(b"app/one".to_vec())
+        )
+    );
+    assert_eq!(
+        link(&image.layers[1], "more/two"),
+        (
+            kiln_layer::EntryTypeSummary::Hardlink,
+            Some(b"more/one".to_vec())
+        )
+    );
+}

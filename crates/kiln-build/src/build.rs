@@ -955,7 +955,9 @@ impl Builder<'_> {
         use kiln_recipe::mount::MountType;
         let mut inputs = Vec::new();
         for (index, (mount, source)) in run.mounts.iter().zip(&run.mount_sources).enumerate() {
-            if mount.kind != MountType::Bind {
+            // Binds read their source; a cache with from= starts as a copy of its source.
+            let seeded_cache = mount.kind == MountType::Cache && mount.from.is_some();
+            if mount.kind != MountType::Bind && !seeded_cache {
                 inputs.push(MountInput::None);
                 continue;
             }

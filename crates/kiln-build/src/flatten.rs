@@ -54,12 +54,23 @@ fn finish(target: &Path, found: &Found, is_root: bool) -> Result<(), BuildError>
 /// mtime and xattrs of the image's root directory, applied last. A hardlinked file
 /// ([`Materialize::Hardlink`]) shares the snapshot's inode, and so its metadata, untouched.
 pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<FlattenStats, BuildError> {
+    flatten_from(rootfs, Path::new(""), dest, how)
+}
+
+/// [`flatten`] of the directory `start` (a path inside the image, already resolved) instead of
+/// the whole image: its contents land in `dest`, which takes the directory's own metadata.
+pub fn flatten_from(
+    rootfs: &Rootfs,
+    start: &Path,
+    dest: &Path,
+    how: Materialize,
+) -> Result<FlattenStats, BuildError> {
     let mut stats = FlattenStats::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let is_root = rustix::process::geteuid().is_root();
     // Directory metadata is applied after their contents are written (writing changes mtime).
     let mut directories: Vec<(PathBuf, Found)> = Vec::new();
-    let mut stack = vec![PathBuf::new()];
+    let mut stack = vec![start.to_path_buf()];
     while let Some(relative) = stack.pop() {
         let mut children = Vec::new();
         for name in rootfs.list(&relative) {
@@ -67,7 +78,7 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
             let Some(found) = rootfs.lstat(&child) else {
                 continue;
             };
-            let target = dest.join(&child);
+            let target = dest.join(child.strip_prefix(start).unwrap_or(&child));
             let file_type = found.meta.file_type();
             stats.entries += 1;
             if file_type.is_dir() {
@@ -140,7 +151,7 @@ pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<Flatten
     }
     // The image's root directory (the top layer's snapshot root), last: writing into `dest`
     // changed its mtime, and its mode may forbid writing.
-    if let Some(root) = rootfs.lstat(Path::new("")) {
+    if let Some(root) = rootfs.lstat(start) {
         if root.meta.is_dir() {
             finish(dest, &root, is_root)?;
         }

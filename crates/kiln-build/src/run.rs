@@ -81,6 +81,18 @@ fn cache_id(mount: &kiln_recipe::mount::Mount, target: &str) -> String {
     mount.id.clone().unwrap_or_else(|| format!("/{target}"))
 }
 
+/// What a cache mount with `from=` starts from: the layers of the stage or image (their
+/// snapshot directories are named by content) and the directory inside it.
+fn seed_identity(rootfs: &Rootfs, relative: &Path) -> String {
+    let mut text = String::new();
+    for layer in rootfs.layers() {
+        let name = layer.file_name().unwrap_or_default().to_string_lossy();
+        text.push_str(&format!("{}:{name}\n", name.len()));
+    }
+    text.push_str(&relative.to_string_lossy());
+    sha256_hex(text.as_bytes())
+}
+
 /// Where the store keeps the cache mount `id`, and the lock file its users hold.
 pub(crate) fn cache_mount_paths(store: &Store, id: &str) -> (PathBuf, PathBuf) {
     let caches = store.root().join("cache-mounts");
@@ -117,7 +129,8 @@ fn cache_mount_ids_in(run: &kiln_plan::RunStep, workdir: &str) -> Vec<String> {
     let workdir = if workdir.is_empty() { "/" } else { workdir };
     run.mounts
         .iter()
-        .filter(|m| m.kind == MountType::Cache)
+        // A cache seeded with from= is one per content of its source: nothing to carry along.
+        .filter(|m| m.kind == MountType::Cache && m.from.is_none())
         .filter_map(|m| {
             let target = clean_target(&m.effective_target()?, workdir).ok()?;
             Some(cache_id(m, &target))
@@ -235,13 +248,41 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
         match mount.kind {
             MountType::Cache => {
                 let target = need_target()?;
-                if mount.from.is_some() || mount.source.is_some() {
-                    return Err(fail(
-                        "RUN --mount=type=cache with from= or source= is not supported yet"
-                            .to_string(),
-                    ));
-                }
-                let id = cache_id(mount, &target);
+                // With from=, the cache starts as a copy of that stage's or image's directory
+                // `source`; as in BuildKit it is a cache of its own for each content of `from`.
+                let seed = match (&mount.from, input) {
+                    (None, _) => None,
+                    (Some(_), MountInput::Image(rootfs)) => {
+                        let source = mount.source.clone().unwrap_or_default();
+                        let (relative, found) = rootfs
+                            .resolve(Path::new(&source), true)
+                            .map_err(|e| fail(format!("RUN --mount source {source}: {e}")))?;
+                        match found {
+                            Some(found) if found.meta.is_dir() => Some((rootfs, relative)),
+                            _ => {
+                                return Err(fail(format!(
+                                    "RUN --mount=type=cache source {source:?} is not a directory in {}",
+                                    mount.from.as_deref().unwrap_or("the image")
+                                )))
+                            }
+                        }
+                    }
+                    (Some(from), _) => {
+                        return Err(fail(format!(
+                            "RUN --mount=type=cache,from={from}: the cache can start only from a stage or an image"
+                        )))
+                    }
+                };
+                let id = match &seed {
+                    None => cache_id(mount, &target),
+                    Some((rootfs, relative)) => {
+                        format!(
+                            "{}:{}",
+                            cache_id(mount, &target),
+                            seed_identity(rootfs, relative)
+                        )
+                    }
+                };
                 let (mut dir, lock_path) = cache_mount_paths(job.store, &id);
                 if let Some(caches) = dir.parent() {
                     std::fs::create_dir_all(caches).map_err(|e| io_at(caches, e))?;
@@ -261,6 +302,18 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                 }
                 prepared._locks.push(lock);
                 match std::fs::create_dir(&dir) {
+                    Ok(()) if seed.is_some() => {
+                        if let Some((rootfs, relative)) = &seed {
+                            // A copy, never hard links: the cache is written to, the store's
+                            // snapshots must not be.
+                            crate::flatten::flatten_from(
+                                rootfs,
+                                relative,
+                                &dir,
+                                crate::flatten::Materialize::Copy,
+                            )?;
+                        }
+                    }
                     Ok(()) => {
                         use std::os::unix::fs::PermissionsExt;
                         let mode = mount.mode.unwrap_or(0o755);

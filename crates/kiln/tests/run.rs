@@ -1221,3 +1221,47 @@ fn run_has_home_and_only_the_listed_groups_as_runc_gives_buildkit() {
     assert_eq!(home.status, 0, "{}", home.stderr);
     assert_eq!(home.stdout, "/home/bob\n");
 }
+
+#[test]
+fn a_cache_mount_from_a_stage_starts_with_its_directory() {
+    let root = busybox_store("auto");
+    let recipe = |seed: &str| {
+        format!(
+            "FROM busybox:test AS deps\nRUN mkdir -p /root/.cache/pkgs && echo {seed} > /root/.cache/pkgs/index\n\
+             FROM busybox:test\n\
+             RUN --mount=type=cache,from=deps,source=/root/.cache,target=/cache cat /cache/pkgs/index > /seen && echo local >> /cache/pkgs/index\n\
+             RUN --mount=type=cache,from=deps,source=/root/.cache,target=/cache cat /cache/pkgs/index > /again\n"
+        )
+    };
+    let (run, _ctx) = build_recipe(root.path(), &recipe("one"), &["-t", "seeded:1"], &[], true);
+    let r = root_arg(root.path());
+    let cat = |image: &str, path: &str| {
+        let out = kiln(&["--root", &r, "run", image, "cat", path], root.path(), &[]);
+        assert_eq!(out.status, 0, "{}\n{}", out.stderr, run.stderr);
+        out.stdout
+    };
+    assert_eq!(cat("seeded:1", "/seen"), "one\n");
+    // The cache is a cache: what one step wrote, the next one sees.
+    assert_eq!(cat("seeded:1", "/again"), "one\nlocal\n");
+    // The stage's own files were copied, not shared: the stage still has its content.
+    let (_run, _ctx) = build_recipe(
+        root.path(),
+        "FROM busybox:test AS deps\nRUN mkdir -p /root/.cache/pkgs && echo one > /root/.cache/pkgs/index\nFROM deps\nRUN cat /root/.cache/pkgs/index > /stage\n",
+        &["-t", "stage:1"],
+        &[],
+        true,
+    );
+    assert_eq!(cat("stage:1", "/stage"), "one\n");
+    // Other content of the stage, another cache: it starts from the new content.
+    let (_run, _ctx) = build_recipe(root.path(), &recipe("two"), &["-t", "seeded:2"], &[], true);
+    assert_eq!(cat("seeded:2", "/seen"), "two\n");
+    // A source that is not a directory is an error that says so.
+    let (bad, _ctx) = build_recipe(
+        root.path(),
+        "FROM busybox:test AS deps\nRUN echo x > /file\nFROM busybox:test\nRUN --mount=type=cache,from=deps,source=/file,target=/c true\n",
+        &[],
+        &[],
+        false,
+    );
+    assert!(bad.stderr.contains("is not a directory"), "{}", bad.stderr);
+}

@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// A layer step's named key parts, in order.
+type KeyParts = Vec<(String, String)>;
+
 pub struct BuildOptions {
     /// Stages run at once at most (independent stages of the graph run in parallel).
     pub jobs: usize,
@@ -412,6 +415,11 @@ impl Builder<'_> {
                 note: None,
             };
             match &step.action {
+                Action::Config(change @ kiln_plan::ConfigChange::Workdir(dir)) if dir != "/" => {
+                    apply_config(&mut image.config, change, &mut image.cmd_set);
+                    let (key, _, _) = self.workdir_key(step, &image)?;
+                    state.cached = Some(self.plan_layer(stage, step, key, false, &mut image)?);
+                }
                 Action::Config(change) => image.apply_metadata(step, change),
                 Action::Arg(_) => {}
                 Action::Run(run) => {
@@ -681,6 +689,9 @@ impl Builder<'_> {
             });
             let started = Instant::now();
             match &step.action {
+                Action::Config(change @ kiln_plan::ConfigChange::Workdir(dir)) if dir != "/" => {
+                    self.workdir_step(number, stage, position, step, change, dir, &mut image)?;
+                }
                 Action::Config(change) => image.apply_metadata(step, change),
                 Action::Arg(_) => {}
                 Action::Run(run) => {
@@ -826,6 +837,59 @@ impl Builder<'_> {
                 }
             })?;
         self.push_layer(image, &layer, created, step, key, copy.link)
+    }
+
+    /// `WORKDIR` other than `/`: the config takes the directory, and a layer holds the
+    /// directories it had to make (empty when the image has the directory), as BuildKit's
+    /// `mkdir -p` file operation gives, owned by the stage's USER.
+    #[allow(clippy::too_many_arguments)]
+    fn workdir_step(
+        &self,
+        number: usize,
+        stage: &Stage,
+        position: usize,
+        step: &Step,
+        change: &kiln_plan::ConfigChange,
+        dir: &str,
+        image: &mut StageImage,
+    ) -> Result<(), BuildError> {
+        apply_config(&mut image.config, change, &mut image.cmd_set);
+        let (key, parts, owner) = self.workdir_key(step, image)?;
+        let below = self.rootfs(image)?;
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+        let no_cache = self.no_cache_for(stage);
+        let (layer, created) =
+            self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
+                let work = self.store.work_dir().map_err(BuildError::Store)?;
+                let snapshot = work.path().join("snapshot");
+                std::fs::create_dir(&snapshot).map_err(|e| BuildError::Io {
+                    path: snapshot.clone(),
+                    source: e,
+                })?;
+                crate::copy::make_workdir(&snapshot, &below, dir, owner, self.now)?;
+                self.commit_layer(&snapshot)
+            })?;
+        self.push_layer(image, &layer, created, step, key, false)
+    }
+
+    /// A `WORKDIR` layer's key, its parts and the owner of what it makes: the directory (in
+    /// the instruction) and the owner's ids, on top of the filesystem below.
+    fn workdir_key(
+        &self,
+        step: &Step,
+        image: &StageImage,
+    ) -> Result<(String, KeyParts, crate::copy::Owner), BuildError> {
+        let owner = crate::copy::workdir_owner(&image.config.config.user, &self.rootfs(image)?);
+        let mut parts: Vec<(String, String)> =
+            vec![("parent".to_string(), image.chain_key.clone())];
+        let mut instruction_key = KeyHasher::new("instruction");
+        step.cache_key(&mut instruction_key);
+        parts.push(("instruction".to_string(), instruction_key.finish()));
+        parts.push(("owner".to_string(), format!("{}:{}", owner.uid, owner.gid)));
+        self.common_parts(step, &mut parts);
+        let mut key = KeyHasher::new("layer-step");
+        key.pairs("parts", &parts);
+        Ok((key.finish(), parts, owner))
     }
 
     /// A COPY/ADD's key and its parts, given what it reads (`copy_inputs`).

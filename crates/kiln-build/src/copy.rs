@@ -311,6 +311,77 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
     Ok(stats)
 }
 
+/// The owner of the directories `WORKDIR` makes: the stage's USER read as BuildKit's file
+/// operations read a user (names through /etc/passwd and /etc/group; a number is uid and gid),
+/// where a name the image does not know counts as root instead of failing.
+pub fn workdir_owner(user: &str, image: &Rootfs) -> Owner {
+    if user.is_empty() {
+        return Owner::default();
+    }
+    let (name, group) = match user.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (user, None),
+    };
+    let mut owner = resolve_chown(name, image).unwrap_or_default();
+    if let Some(group) = group {
+        let as_group = format!("0:{group}");
+        if let Ok(found) = resolve_chown(&as_group, image) {
+            owner.gid = found.gid;
+        }
+    }
+    owner
+}
+
+/// `WORKDIR`'s directory, made as BuildKit's `mkdir -p` file operation makes it: the missing
+/// directories of `workdir` (symbolic links of the image followed inside the image) are
+/// created in `snapshot` with mode 0755, owned by `owner` (the stage's USER), at `now`;
+/// directories the image has are left as they are. Returns whether anything was created (an
+/// existing directory makes an empty layer).
+pub fn make_workdir(
+    snapshot: &Path,
+    image: &Rootfs,
+    workdir: &str,
+    owner: Owner,
+    now: i64,
+) -> Result<bool, BuildError> {
+    let (resolved, found) = image
+        .resolve(Path::new(workdir), true)
+        .map_err(|e| BuildError::Copy(format!("WORKDIR {workdir}: {e}")))?;
+    match found {
+        Some(found) if found.meta.is_dir() => return Ok(false),
+        Some(_) => {
+            return Err(BuildError::Copy(format!(
+                "WORKDIR {workdir}: /{} is a file in the image, not a directory",
+                resolved.display()
+            )))
+        }
+        None => {}
+    }
+    // mkdir -p fails on a file in the way; it never replaces one.
+    for ancestor in resolved.ancestors().skip(1) {
+        if image.lstat(ancestor).is_some_and(|f| !f.meta.is_dir()) {
+            return Err(BuildError::Copy(format!(
+                "WORKDIR {workdir}: /{} is not a directory in the image",
+                ancestor.display()
+            )));
+        }
+    }
+    let mut writer = SnapshotWriter {
+        root: snapshot,
+        image,
+        owner,
+        chown: true,
+        context: None,
+        memo: None,
+        now,
+        dirs: std::collections::BTreeMap::new(),
+        links: std::collections::HashMap::new(),
+    };
+    writer.ensure_dir(&resolved)?;
+    writer.finish()?;
+    Ok(true)
+}
+
 /// How a local archive for ADD is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveKind {

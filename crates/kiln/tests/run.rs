@@ -1265,3 +1265,110 @@ fn a_cache_mount_from_a_stage_starts_with_its_directory() {
     );
     assert!(bad.stderr.contains("is not a directory"), "{}", bad.stderr);
 }
+
+#[test]
+fn workdir_makes_its_directory_owned_by_the_user_as_buildkit_does() {
+    // The pattern of node, python and java images that drop root: USER, then WORKDIR in the
+    // user's home, then a RUN that writes there (an npm-style install into $HOME).
+    let root = busybox_store("auto");
+    let recipe = "FROM busybox:test\n\
+        RUN echo 'app:x:1001:1002::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1002:' >> /etc/group && mkdir -p /home/app && chown app /home/app\n\
+        USER app\n\
+        WORKDIR /home/app/src/deep\n\
+        RUN touch x && mkdir -p \"$HOME/.npm\" && echo cached > \"$HOME/.npm/index\" && stat -c '%u:%g %a' /home/app/src /home/app/src/deep > owners\n\
+        WORKDIR /home/app/src/deep\n\
+        USER root\n\
+        WORKDIR /opt/tool\n\
+        WORKDIR /\n";
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        recipe,
+        &["-t", "workdir:1"],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+        true,
+    );
+    let r = root_arg(root.path());
+    let cat = |path: &str| {
+        let out = kiln(
+            &["--root", &r, "run", "workdir:1", "cat", path],
+            root.path(),
+            &[],
+        );
+        assert_eq!(out.status, 0, "{}\n{}", out.stderr, run.stderr);
+        out.stdout
+    };
+    // app's uid and its passwd entry's group, mode 0755.
+    assert_eq!(
+        cat("/home/app/src/deep/owners"),
+        "1001:1002 755\n1001:1002 755\n"
+    );
+    assert_eq!(cat("/home/app/.npm/index"), "cached\n");
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("w.tar");
+    let saved = kiln(
+        &[
+            "--root",
+            &r,
+            "save",
+            "-o",
+            &archive.to_string_lossy(),
+            "workdir:1",
+        ],
+        root.path(),
+        &[],
+    );
+    assert_eq!(saved.status, 0, "{}", saved.stderr);
+    let image = read_image(&archive);
+    // FROM's layers, the RUN, WORKDIR, the RUN, WORKDIR again (exists: an empty layer, as
+    // BuildKit's exporter keeps it), WORKDIR /opt/tool (root's); `WORKDIR /` has no layer.
+    let history: Vec<String> = image
+        .config
+        .history
+        .iter()
+        .map(|h| {
+            let by = h.created_by.clone().unwrap_or_default();
+            let short = if by.starts_with("RUN") { "RUN" } else { by.as_str() };
+            format!("{short} {}", h.empty_layer)
+        })
+        .collect();
+    assert_eq!(
+        history[history.len() - 7..],
+        [
+            "USER app true",
+            "WORKDIR /home/app/src/deep false",
+            "RUN false",
+            "WORKDIR /home/app/src/deep false",
+            "USER root true",
+            "WORKDIR /opt/tool false",
+            "WORKDIR / true",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()[..]
+    );
+    let layers = &image.layers;
+    let count = layers.len();
+    assert!(
+        layers[count - 2].is_empty(),
+        "{:?}",
+        paths(&layers[count - 2])
+    );
+    let tool = &layers[count - 1];
+    let opt = tool
+        .iter()
+        .find(|e| e.path == b"opt/tool/")
+        .unwrap_or_else(|| panic!("{:?}", paths(tool)));
+    assert_eq!(
+        (opt.uid, opt.gid, opt.mode & 0o7777, opt.mtime),
+        (0, 0, 0o755, 1_700_000_000)
+    );
+    // A rebuild is cached.
+    let (again, _ctx) = build_recipe(
+        root.path(),
+        recipe,
+        &["-t", "workdir:1"],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+        true,
+    );
+    assert!(!again.stderr.contains("running"), "{}", again.stderr);
+}

@@ -111,6 +111,11 @@ pub struct Built {
 struct Downloads {
     _dir: Option<kiln_store::WorkDir>,
     files: Vec<Fetched>,
+    /// Git sources with the commits their refs named when the key was made.
+    git: Vec<crate::git::ResolvedGit>,
+    /// Those commits checked out (the directory to copy of each), in a work area of their own.
+    git_trees: Vec<PathBuf>,
+    _git_dir: Option<kiln_store::WorkDir>,
 }
 
 /// A layer of a stage's image and where it is unpacked.
@@ -410,7 +415,7 @@ impl Builder<'_> {
                 stage: stage.index,
                 position,
                 number: first_step + position,
-                text: step.instruction.original.clone(),
+                text: crate::image::redact_credentials(&step.instruction.original),
                 cached: None,
                 note: None,
             };
@@ -685,7 +690,7 @@ impl Builder<'_> {
                 number,
                 total: self.total,
                 stage: format!("{} {}/{count}", stage.label(), position + 1),
-                text: step.instruction.original.clone(),
+                text: crate::image::redact_credentials(&step.instruction.original),
             });
             let started = Instant::now();
             match &step.action {
@@ -726,7 +731,23 @@ impl Builder<'_> {
         Ok(Downloads {
             _dir: Some(dir),
             files,
+            ..Downloads::default()
         })
+    }
+
+    /// Checks out the git sources `copy_inputs` resolved, at the commits it keyed on.
+    fn checkout_git(&self, downloads: &mut Downloads) -> Result<(), BuildError> {
+        let dir = self.store.work_dir().map_err(BuildError::Store)?;
+        let mut trees = Vec::new();
+        for (index, resolved) in downloads.git.iter().enumerate() {
+            trees.push(crate::git::checkout(
+                resolved,
+                &dir.path().join(format!("git-{index}")),
+            )?);
+        }
+        downloads.git_trees = trees;
+        downloads._git_dir = Some(dir);
+        Ok(())
     }
 
     /// Key parts of a COPY/ADD: what it reads, named so a miss can say what changed.
@@ -764,6 +785,28 @@ impl Builder<'_> {
                         ));
                     }
                 }
+            }
+        }
+        // A git source is keyed on the commit its ref names now (without credentials).
+        for source in &copy.sources {
+            if let CopySource::Git(url) = source {
+                let parsed =
+                    crate::git::GitSource::parse(url, copy.checksum.as_deref(), copy.keep_git_dir)
+                        .map_err(|e| BuildError::Copy(format!("ADD {e}")))?;
+                let resolved = crate::git::resolve(&parsed)?;
+                parts.push((
+                    format!(
+                        "git {}#{}:{}",
+                        parsed.display_remote(),
+                        parsed.reference,
+                        parsed.subdir
+                    ),
+                    format!(
+                        "commit {} keep-git-dir {}",
+                        resolved.commit, parsed.keep_git_dir
+                    ),
+                ));
+                downloads.git.push(resolved);
             }
         }
         match &copy.from {
@@ -813,7 +856,7 @@ impl Builder<'_> {
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
         let walks = self.context_walks(copy)?;
         let speculative = if self.needs_hashing(copy, &walks) {
-            Some(self.copy_into_snapshot(step, copy, image, &[], Some(&self.memo))?)
+            Some(self.copy_into_snapshot(step, copy, image, &[], &[], Some(&self.memo))?)
         } else {
             None
         };
@@ -825,13 +868,24 @@ impl Builder<'_> {
             self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
                 let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
                 if has_urls && downloads.files.is_empty() {
-                    downloads = self.download(copy)?;
+                    let fetched = self.download(copy)?;
+                    downloads.files = fetched.files;
+                    downloads._dir = fetched._dir;
+                }
+                if !downloads.git.is_empty() {
+                    self.checkout_git(&mut downloads)?;
                 }
                 match speculative {
                     Some((_work, snapshot)) => self.commit_layer(&snapshot),
                     None => {
-                        let (_work, snapshot) =
-                            self.copy_into_snapshot(step, copy, image, &downloads.files, None)?;
+                        let (_work, snapshot) = self.copy_into_snapshot(
+                            step,
+                            copy,
+                            image,
+                            &downloads.files,
+                            &downloads.git_trees,
+                            None,
+                        )?;
                         self.commit_layer(&snapshot)
                     }
                 }
@@ -1134,7 +1188,7 @@ impl Builder<'_> {
         let record = CacheRecord {
             key: key.to_string(),
             layer: Some(layer.clone()),
-            created_by: step.instruction.original.clone(),
+            created_by: crate::image::redact_credentials(&step.instruction.original),
             parts: stored_parts,
             created: self.now,
             recorded: now_nanos(),
@@ -1278,6 +1332,7 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         image: &StageImage,
         fetched: &[Fetched],
+        git_trees: &[PathBuf],
         memo: Option<&dyn kiln_context::HashMemo>,
     ) -> Result<(kiln_store::WorkDir, PathBuf), BuildError> {
         let work = self.store.work_dir().map_err(BuildError::Store)?;
@@ -1296,6 +1351,7 @@ impl Builder<'_> {
             snapshot: &snapshot,
             now: self.now,
             fetched,
+            git_trees,
             memo,
         };
         let from_rootfs;

@@ -74,6 +74,8 @@ pub struct CopyJob<'a> {
     pub now: i64,
     /// ADD's URL sources, already downloaded (by the builder, never here), in source order.
     pub fetched: &'a [crate::fetch::Fetched],
+    /// The git sources, checked out (in source order): the directory to copy of each.
+    pub git_trees: &'a [PathBuf],
     /// When given, context files are hashed as they are copied and their hashes memoised.
     pub memo: Option<&'a dyn kiln_context::HashMemo>,
 }
@@ -155,30 +157,40 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
     let mut expanded: Vec<(String, Option<String>)> = Vec::new(); // (source path, heredoc content)
     let mut fetched = job.fetched.iter();
     let mut remote: Vec<&crate::fetch::Fetched> = Vec::new();
+    let mut git_trees = job.git_trees.iter();
+    let mut gits: Vec<&PathBuf> = Vec::new();
     for source in &step.sources {
         match source {
             CopySource::Path(pattern) => {
                 let matches = match from {
                     CopyFrom::Context(context) => context_sources(context, pattern, &excludes)?,
-                    CopyFrom::Stage(rootfs) => without_excluded(stage_sources(rootfs, pattern)?, pattern, &excludes),
+                    CopyFrom::Stage(rootfs) => {
+                        without_excluded(stage_sources(rootfs, pattern)?, pattern, &excludes)
+                    }
                 };
                 expanded.extend(matches.into_iter().map(|m| (m, None)));
             }
-            CopySource::Heredoc { name, content } => expanded.push((name.clone(), Some(content.clone()))),
-            CopySource::Url(url) => remote.push(fetched.next().ok_or_else(|| {
-                BuildError::Copy(format!("ADD {url}: the URL was not downloaded before the copy"))
-            })?),
-            CopySource::Git(url) => {
-                return Err(BuildError::Unsupported(format!(
-                    "ADD {url}: git sources are not available in this version of kiln; clone the repository into the context and COPY it"
-                )))
+            CopySource::Heredoc { name, content } => {
+                expanded.push((name.clone(), Some(content.clone())))
             }
+            CopySource::Url(url) => remote.push(fetched.next().ok_or_else(|| {
+                BuildError::Copy(format!(
+                    "ADD {url}: the URL was not downloaded before the copy"
+                ))
+            })?),
+            CopySource::Git(url) => gits.push(git_trees.next().ok_or_else(|| {
+                BuildError::Copy(format!(
+                    "ADD {}: the repository was not checked out before the copy",
+                    crate::git::redact(url)
+                ))
+            })?),
         }
     }
     let into_dir = step.destination.ends_with('/')
         || step.destination == "."
         || step.destination.ends_with("/.")
         || existing_dir
+        || !gits.is_empty()
         || expanded.len() + remote.len() > 1;
 
     let mut placements = Vec::new();
@@ -248,6 +260,22 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 } else {
                     base.join(&entry.destination)
                 },
+                ..entry
+            });
+        }
+    }
+
+    // A repository's files go into the destination directory, owned by root unless --chown
+    // (as BuildKit copies its git source), the checkout's own root directory left out.
+    for tree in &gits {
+        let checkout = Rootfs::new(vec![tree.to_path_buf()]);
+        for entry in stage_entries(&checkout, "/", &excludes)? {
+            if entry.destination.as_os_str().is_empty() {
+                continue;
+            }
+            placements.push(Placement {
+                destination: destination.join(&entry.destination),
+                owner: None,
                 ..entry
             });
         }
@@ -1077,6 +1105,7 @@ mod tests {
             snapshot: snapshot.path(),
             now: 1_700_000_000,
             fetched: &[],
+            git_trees: &[],
             memo: None,
         };
         run_copy(&job, &CopyFrom::Context(ctx))?;
@@ -1524,14 +1553,15 @@ mod tests {
     }
 
     #[test]
-    fn urls_and_git_say_what_to_do() {
+    fn a_git_source_needs_its_checkout() {
         let (_c, ctx) = context(&[]);
         let mut s = step(&[], "/x");
         s.is_add = true;
-        s.sources = vec![CopySource::Git("https://example.com/r.git".into())];
+        s.sources = vec![CopySource::Git("https://me:pw@example.com/r.git".into())];
         let error = copy(&s, &ctx, &Rootfs::default(), "/")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("git sources are not available"), "{error}");
+        assert!(error.contains("was not checked out"), "{error}");
+        assert!(!error.contains("pw@"), "{error}");
     }
 }

@@ -98,13 +98,36 @@ pub fn apply_config(image: &mut ImageConfig, change: &ConfigChange, cmd_set: &mu
 pub fn history_entry(step: &Step, created: String, empty_layer: bool) -> History {
     History {
         created: Some(created),
-        created_by: Some(step.instruction.original.clone()),
+        created_by: Some(redact_credentials(&step.instruction.original)),
         comment: step
             .from_onbuild
             .then(|| "ONBUILD trigger of the base image".to_string()),
         empty_layer,
         ..History::default()
     }
+}
+
+/// An instruction's text as the history, the progress and cache records show it: the user and
+/// password of every URL (`https://user:token@host/...`) left out, so credentials written
+/// into a recipe never reach an image, a log or a shared cache.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '#' || c == '?' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => out.push_str(&authority[at + 1..]),
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
@@ -219,5 +242,18 @@ mod tests {
             &mut cmd_set,
         );
         assert_eq!(image.config.env, ["PATH=/bin", "A=1"]);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_left_out() {
+        assert_eq!(
+            redact_credentials("ADD https://me:tok@host/r.git#main /src/"),
+            "ADD https://host/r.git#main /src/"
+        );
+        assert_eq!(
+            redact_credentials("RUN curl -u x http://a@b@h:80/p && echo ftp://h2"),
+            "RUN curl -u x http://h:80/p && echo ftp://h2"
+        );
+        assert_eq!(redact_credentials("COPY a@b /c"), "COPY a@b /c");
     }
 }

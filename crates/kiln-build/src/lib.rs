@@ -8,6 +8,7 @@ pub mod diff;
 pub mod fetch;
 pub mod flatten;
 mod fsmeta;
+pub mod git;
 pub mod image;
 pub mod output;
 pub mod remote;

@@ -975,7 +975,14 @@ impl Planner<'_> {
                     return None;
                 }
                 if let (Some(sum), Some(word)) = (&checksum, &copy.checksum) {
-                    if let Err(message) = check_checksum(sum) {
+                    // A git source's checksum is its commit (or a prefix of it), as in BuildKit.
+                    let git = matches!(sources.as_slice(), [CopySource::Git(_)]);
+                    let checked = if git {
+                        check_commit_checksum(sum)
+                    } else {
+                        check_checksum(sum)
+                    };
+                    if let Err(message) = checked {
                         self.diagnostics.push(Diagnostic::error(word.span, message));
                         return None;
                     }
@@ -1357,6 +1364,16 @@ fn valid_signal(value: &str) -> bool {
     NAMES.contains(&name)
 }
 
+/// `--checksum=<commit>` of a git source: hexadecimal, a whole object name or a prefix of one.
+fn check_commit_checksum(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid --checksum {value:?}: a git source's checksum is its commit, in hexadecimal"
+        ));
+    }
+    Ok(())
+}
+
 /// `--checksum=sha256:<hex>` (also sha384 and sha512).
 fn check_checksum(value: &str) -> Result<(), String> {
     let (algorithm, hex) = value
@@ -1418,6 +1435,9 @@ mod tests {
         assert!(check_checksum(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(check_checksum("sha256:abc").is_err());
         assert!(check_checksum("md5:abc").is_err());
+        assert!(check_commit_checksum("5167ecfeb9d3").is_ok());
+        assert!(check_commit_checksum("sha256:abc").is_err());
+        assert!(check_commit_checksum("").is_err());
     }
 
     #[test]

@@ -1327,7 +1327,11 @@ fn workdir_makes_its_directory_owned_by_the_user_as_buildkit_does() {
         .iter()
         .map(|h| {
             let by = h.created_by.clone().unwrap_or_default();
-            let short = if by.starts_with("RUN") { "RUN" } else { by.as_str() };
+            let short = if by.starts_with("RUN") {
+                "RUN"
+            } else {
+                by.as_str()
+            };
             format!("{short} {}", h.empty_layer)
         })
         .collect();

@@ -44,6 +44,12 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, crate::run::SecretSource>,
     /// Registries: pulling base images, `--cache-from`, `--cache-to type=inline`.
     pub remote: crate::remote::RemoteOptions,
+    /// What the build's flags say about every RUN (network, hosts, ssh, entitlements, limits).
+    pub run: crate::run_settings::RunSettings,
+    /// `--label`: added to the image's config (they win over the recipe's `LABEL`s).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: the image manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// What progress displays hear about.
@@ -1052,6 +1058,7 @@ impl Builder<'_> {
                     cancel: &self.failed,
                     on_line: &on_line,
                     mount_inputs: &mount_inputs,
+                    settings: &self.options.run,
                     context: Some(self.context),
                     secrets: &self.options.secrets,
                 };
@@ -1445,6 +1452,7 @@ impl Builder<'_> {
             image
         };
         let mut config = image.config;
+        config.config.labels.extend(self.options.labels.clone());
         // An image of metadata alone has no layer time to inherit: it is made now.
         let created = if image.time == 0 && self.options.source_date_epoch.is_none() {
             self.now
@@ -1478,7 +1486,10 @@ impl Builder<'_> {
             config_digest,
             config_bytes.len() as u64,
         );
-        let manifest = Manifest::new(config_descriptor.clone(), layers.clone());
+        let mut manifest = Manifest::new(config_descriptor.clone(), layers.clone());
+        manifest
+            .annotations
+            .extend(self.options.annotations.clone());
         let manifest_bytes =
             to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
         let manifest_digest = self

@@ -14,6 +14,7 @@ pub mod output;
 pub mod remote;
 pub mod rootfs;
 pub mod run;
+pub mod run_settings;
 pub mod shared_cache;
 pub mod squash;
 pub mod unpack;

@@ -477,12 +477,13 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
             }
             MountType::Ssh => {
                 let target = need_target()?;
-                let Some(socket) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty())
-                else {
-                    return Err(fail(
-                        "RUN --mount=type=ssh needs an ssh agent: SSH_AUTH_SOCK is not set"
-                            .to_string(),
-                    ));
+                // Only what `--ssh` names is forwarded, never the caller's agent by default.
+                let id = mount.id.as_deref().unwrap_or("default");
+                let Some(socket) = job.settings.ssh.get(id).cloned() else {
+                    return Err(fail(format!(
+                        "RUN --mount=type=ssh{}: no ssh agent named {id:?} was given to the build; pass --ssh {id} (the agent of $SSH_AUTH_SOCK) or --ssh {id}=SOCKET",
+                        mount.id.as_deref().map(|i| format!(",id={i}")).unwrap_or_default()
+                    )));
                 };
                 prepared.points.push((target.clone(), false));
                 prepared
@@ -491,7 +492,7 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                 prepared.mounts.push(MountSpec {
                     target: format!("/{target}"),
                     kind: MountKind::Bind {
-                        source: PathBuf::from(socket),
+                        source: socket,
                         read_only: false,
                     },
                 });
@@ -517,6 +518,8 @@ pub(crate) struct RunJob<'a> {
     pub on_line: &'a (dyn Fn(&str) + Sync),
     /// The sources of `run.mounts`, resolved (same order).
     pub mount_inputs: &'a [MountInput],
+    /// What the build's flags say about every RUN.
+    pub settings: &'a crate::run_settings::RunSettings,
     /// The build context, for binds of files `.dockerignore` filters.
     pub context: Option<&'a kiln_context::Context>,
     pub secrets: &'a std::collections::BTreeMap<String, SecretSource>,
@@ -819,10 +822,15 @@ fn base_spec(
     env: Vec<String>,
     identity: Identity,
     network: kiln_sandbox::Network,
+    extra_hosts: &[(String, String)],
 ) -> Result<Spec, BuildError> {
     let hostname = "kiln".to_string();
     let hosts = base.join("hosts");
-    std::fs::write(&hosts, hosts_file(&hostname)).map_err(|e| io_at(&hosts, e))?;
+    let mut hosts_text = hosts_file(&hostname);
+    for (host, ip) in extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    std::fs::write(&hosts, hosts_text).map_err(|e| io_at(&hosts, e))?;
     let resolv = base.join("resolv.conf");
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(&resolv, host_resolv).map_err(|e| io_at(&resolv, e))?;
@@ -845,6 +853,8 @@ fn base_spec(
         files: Vec::new(),
         mounts: Vec::new(),
         privileged: false,
+        shm_size: None,
+        rlimits: Vec::new(),
         status_file: base.join("status"),
     })
 }
@@ -909,13 +919,32 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     let (argv, files) = command(job.run);
     let mut env = environment(job.config, job.run);
     add_home(&mut env, identity.uid, job.image);
+    // A RUN's own --network wins over the build's.
     let network = match job.run.network {
         kiln_recipe::instruction::Network::None => kiln_sandbox::Network::None,
-        _ => kiln_sandbox::Network::Host,
+        kiln_recipe::instruction::Network::Host => kiln_sandbox::Network::Host,
+        kiln_recipe::instruction::Network::Default => job.settings.network,
     };
-    let mut spec = base_spec(base, job.config, argv, env, identity, network)?;
+    let insecure = job.run.security == kiln_recipe::instruction::Security::Insecure;
+    if insecure && !job.settings.allow_insecure {
+        return Err(BuildError::Run(format!(
+            "line {}: RUN --security=insecure needs the security.insecure entitlement: build with --allow security.insecure",
+            job.line
+        )));
+    }
+    let mut spec = base_spec(
+        base,
+        job.config,
+        argv,
+        env,
+        identity,
+        network,
+        &job.settings.extra_hosts,
+    )?;
     spec.files = files;
-    spec.privileged = job.run.security == kiln_recipe::instruction::Security::Insecure;
+    spec.privileged = insecure;
+    spec.shm_size = job.settings.shm_size;
+    spec.rlimits = job.settings.ulimits.clone();
     let prepared = prepare_mounts(job, base)?;
     for (name, value) in &prepared.env {
         let prefix = format!("{name}=");
@@ -1153,7 +1182,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     add_home(&mut env, identity.uid, &image);
     let work = store.work_dir()?;
     let base = work.path();
-    let mut spec = base_spec(base, &config, argv, env, identity, request.network)?;
+    let mut spec = base_spec(base, &config, argv, env, identity, request.network, &[])?;
     let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
     if request.snapshotter != Snapshotter::Copy {
         spec.root = overlay_root(base, &image, &[])?;

@@ -86,6 +86,66 @@ pub struct MountSpec {
     pub kind: MountKind,
 }
 
+/// One resource limit, as `docker build --ulimit NAME=SOFT[:HARD]` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    /// `None` is unlimited.
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// The limits `--ulimit` can name, by their docker names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RlimitResource {
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+    As,
+}
+
+impl RlimitResource {
+    /// Every name, in the order docker lists them.
+    pub const NAMES: [(&'static str, RlimitResource); 16] = [
+        ("core", RlimitResource::Core),
+        ("cpu", RlimitResource::Cpu),
+        ("data", RlimitResource::Data),
+        ("fsize", RlimitResource::Fsize),
+        ("locks", RlimitResource::Locks),
+        ("memlock", RlimitResource::Memlock),
+        ("msgqueue", RlimitResource::Msgqueue),
+        ("nice", RlimitResource::Nice),
+        ("nofile", RlimitResource::Nofile),
+        ("nproc", RlimitResource::Nproc),
+        ("rss", RlimitResource::Rss),
+        ("rtprio", RlimitResource::Rtprio),
+        ("rttime", RlimitResource::Rttime),
+        ("sigpending", RlimitResource::Sigpending),
+        ("stack", RlimitResource::Stack),
+        ("as", RlimitResource::As),
+    ];
+
+    /// The resource a docker name means (`nofile`), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, resource)| *resource)
+    }
+}
+
 /// Everything the sandbox needs, passed to the helpers in a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
@@ -106,6 +166,12 @@ pub struct Spec {
     pub mounts: Vec<MountSpec>,
     /// `RUN --security=insecure`: every capability of the caller stays.
     pub privileged: bool,
+    /// The size of `/dev/shm` in bytes (`kiln build --shm-size`); 64 MiB when not given.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Resource limits set before the command starts (`kiln build --ulimit`).
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
     /// Where pid 1 writes how the command ended (outside the root).
     pub status_file: PathBuf,
 }

@@ -126,6 +126,13 @@ fn init(spec: &Spec) -> i32 {
         });
         return 125;
     }
+    if let Err(e) = set_rlimits(&spec.rlimits) {
+        report(Status::SetupFailed {
+            message: format!("setting --ulimit: {e}"),
+            overlay: false,
+        });
+        return 125;
+    }
     if !spec.privileged {
         if let Err(e) = limit_capabilities() {
             report(Status::SetupFailed {
@@ -238,6 +245,40 @@ fn limit_capabilities() -> std::io::Result<()> {
             Ok(()) | Err(rustix::io::Errno::INVAL) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    Ok(())
+}
+
+/// `--ulimit`s, set by pid 1 while it may still raise a hard limit; the command inherits them.
+fn set_rlimits(limits: &[crate::Rlimit]) -> std::io::Result<()> {
+    use crate::RlimitResource as R;
+    use rustix::process::Resource;
+    for limit in limits {
+        let resource = match limit.resource {
+            R::Core => Resource::Core,
+            R::Cpu => Resource::Cpu,
+            R::Data => Resource::Data,
+            R::Fsize => Resource::Fsize,
+            R::Locks => Resource::Locks,
+            R::Memlock => Resource::Memlock,
+            R::Msgqueue => Resource::Msgqueue,
+            R::Nice => Resource::Nice,
+            R::Nofile => Resource::Nofile,
+            R::Nproc => Resource::Nproc,
+            R::Rss => Resource::Rss,
+            R::Rtprio => Resource::Rtprio,
+            R::Rttime => Resource::Rttime,
+            R::Sigpending => Resource::Sigpending,
+            R::Stack => Resource::Stack,
+            R::As => Resource::As,
+        };
+        rustix::process::setrlimit(
+            resource,
+            rustix::process::Rlimit {
+                current: limit.soft,
+                maximum: limit.hard,
+            },
+        )?;
     }
     Ok(())
 }

@@ -294,7 +294,11 @@ fn make_dev(sys: &dyn Syscall, dev: &Path, spec: &Spec) -> Result<(), SetupError
             "tmpfs",
             &dev.join("shm"),
             MountOptions::SAFE,
-            "mode=1777,size=65536k",
+            &format!(
+                "mode=1777,size={}k",
+                spec.shm_size
+                    .map_or(65_536, |bytes| bytes.div_ceil(1024).max(1))
+            ),
         ),
     )?;
     if !spec.files.is_empty() {
@@ -347,6 +351,8 @@ mod tests {
             files: vec![],
             mounts: vec![],
             privileged: false,
+            shm_size: None,
+            rlimits: Vec::new(),
             status_file: "/w/status".into(),
         }
     }

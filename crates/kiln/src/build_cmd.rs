@@ -236,6 +236,16 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        run: kiln_build::run_settings::RunSettings {
+            network: args.network.unwrap_or(kiln_sandbox::Network::Host),
+            extra_hosts: args.add_hosts.clone(),
+            ssh: args.ssh.iter().cloned().collect(),
+            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+            shm_size: args.shm_size,
+            ulimits: args.ulimits.clone(),
+        },
+        labels: args.labels.iter().cloned().collect(),
+        annotations: args.annotations.iter().cloned().collect(),
         recipe_id: loaded
             .recipe_path
             .as_deref()

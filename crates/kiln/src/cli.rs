@@ -291,8 +291,80 @@ pub struct BuildArgs {
     #[arg(long = "cache-to", value_name = "type=TYPE,...")]
     pub cache_to: Vec<String>,
 
+    /// The network of every RUN that does not name one: default (the host's, as kiln always
+    /// gives), host, or none. A RUN's own --network wins.
+    #[arg(long, value_name = "default|host|none", value_parser = network_value)]
+    pub network: Option<kiln_sandbox::Network>,
+
+    /// Add a line to every RUN's /etc/hosts (repeatable): HOST:IP.
+    #[arg(long = "add-host", value_name = "HOST:IP", value_parser = add_host_value)]
+    pub add_hosts: Vec<(String, String)>,
+
+    /// Set a label on the image (repeatable): KEY=VALUE. It wins over the recipe's LABEL.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+
+    /// Set an annotation on the image manifest (repeatable): KEY=VALUE, or manifest:KEY=VALUE.
+    #[arg(long = "annotation", value_name = "[manifest:]KEY=VALUE", value_parser = annotation_value)]
+    pub annotations: Vec<(String, String)>,
+
+    /// An ssh agent that `RUN --mount=type=ssh[,id=ID]` may use (repeatable): `default` (the
+    /// agent of $SSH_AUTH_SOCK) or ID=SOCKET. Without it an ssh mount fails.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET", value_parser = ssh_value)]
+    pub ssh: Vec<(String, PathBuf)>,
+
+    /// Allow an entitlement (repeatable): security.insecure lets `RUN --security=insecure`
+    /// run; network.host is accepted (RUN has the host's network unless --network=none).
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["security.insecure", "network.host"])]
+    pub allow: Vec<String>,
+
+    /// Size of every RUN's /dev/shm: 64m, 1g, ... (default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE", value_parser = size_value)]
+    pub shm_size: Option<u64>,
+
+    /// A resource limit of every RUN (repeatable): NAME=SOFT[:HARD], e.g. nofile=1024:2048.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = kiln_build::run_settings::parse_ulimit)]
+    pub ulimits: Vec<kiln_sandbox::Rlimit>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+fn network_value(value: &str) -> Result<kiln_sandbox::Network, String> {
+    kiln_build::run_settings::parse_network(value)
+}
+
+fn add_host_value(value: &str) -> Result<(String, String), String> {
+    kiln_build::run_settings::parse_add_host(value)
+}
+
+fn ssh_value(value: &str) -> Result<(String, PathBuf), String> {
+    kiln_build::run_settings::parse_ssh(value)
+}
+
+fn size_value(value: &str) -> Result<u64, String> {
+    kiln_recipe::mount::parse_size(value)
+}
+
+/// `KEY=VALUE` with a key.
+fn key_value(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, v)) if !key.is_empty() => Ok((key.to_string(), v.to_string())),
+        _ => Err(format!("{value:?}: expected KEY=VALUE")),
+    }
+}
+
+/// `KEY=VALUE` or `manifest:KEY=VALUE`: kiln writes one manifest per build, so other targets
+/// of buildx's form (index, manifest-descriptor, ...) are refused rather than dropped.
+fn annotation_value(value: &str) -> Result<(String, String), String> {
+    let (key, v) = key_value(value)?;
+    match key.split_once(':') {
+        Some(("manifest", key)) if !key.is_empty() => Ok((key.to_string(), v)),
+        Some((kind, _)) if !kind.contains('.') && !kind.contains('/') => Err(format!(
+            "{value:?}: kiln annotates the image manifest only; {kind}: is not available"
+        )),
+        _ => Ok((key, v)),
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -71,6 +71,9 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         snapshotter: kiln_build::run::Snapshotter::Copy,
         secrets: BTreeMap::new(),
         remote,
+        run: kiln_build::run_settings::RunSettings::default(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
     };
     let states = match plan_cache(&loaded.plan, &store, &context, &options) {
         Ok(states) => states,

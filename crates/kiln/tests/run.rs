@@ -1057,9 +1057,20 @@ fn ssh_mounts_need_an_agent() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("RUN --mount=type=ssh needs an ssh agent: SSH_AUTH_SOCK is not set"),
+        stderr
+            .contains("no ssh agent named \"default\" was given to the build; pass --ssh default"),
         "{stderr}"
     );
+    // `--ssh default` with no agent in the environment is a usage error saying so.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(["--root", &r, "build", "--ssh", "default", "."])
+        .current_dir(ctx.path())
+        .env_remove("SSH_AUTH_SOCK");
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SSH_AUTH_SOCK is not set"), "{stderr}");
 }
 
 /// `--target` builds what the target needs and nothing else: a failing stage it does not need

@@ -15,6 +15,8 @@ pub mod rootfs;
 pub mod run;
 pub mod shared_cache;
 pub mod squash;
+#[cfg(test)]
+mod test_skip;
 pub mod unpack;
 
 pub use build::{

@@ -644,7 +644,7 @@ mod tests {
         if rustix::process::geteuid().is_root() {
             return true;
         }
-        eprintln!("skipped: needs root (chown, mknod, trusted.* xattrs)");
+        crate::test_skip::skip_or_fail("needs root (chown, mknod, trusted.* xattrs)");
         false
     }
 

@@ -254,12 +254,14 @@ mod tests {
         ) {
             Ok(()) => {}
             Err(e) => {
-                eprintln!("skipped: the temp dir's filesystem refuses user xattrs ({e})");
+                crate::test_skip::skip_or_fail(&format!(
+                    "the temp dir's filesystem refuses user xattrs ({e})"
+                ));
                 return false;
             }
         }
         if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: needs root (trusted.* xattrs, chown)");
+            crate::test_skip::skip_or_fail("needs root (trusted.* xattrs, chown)");
             return false;
         }
         true

@@ -17,6 +17,8 @@ pub mod run;
 pub mod run_settings;
 pub mod shared_cache;
 pub mod squash;
+#[cfg(test)]
+mod test_skip;
 pub mod unpack;
 
 pub use build::{

@@ -413,7 +413,7 @@ fn consumers_accept_the_archive_and_the_store() {
         &["-t", "consumer:1", "-o", "type=oci,dest=image.tar"],
         &[],
     );
-    if have("skopeo") {
+    if require_tool("skopeo") {
         let archive = format!("oci-archive:{}", ctx.path().join("image.tar").display());
         let out = Command::new("skopeo")
             .args(["inspect", &archive])
@@ -446,10 +446,8 @@ fn consumers_accept_the_archive_and_the_store() {
             "skopeo reads the store as a layout: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    } else {
-        eprintln!("skipped skopeo: not installed");
     }
-    if have("umoci") {
+    if require_tool("umoci") {
         let layout = tempfile::tempdir().unwrap();
         let layout_dir = layout.path().join("layout");
         let copy = Command::new("cp")
@@ -487,8 +485,6 @@ fn consumers_accept_the_archive_and_the_store() {
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
             0o755
         );
-    } else {
-        eprintln!("skipped umoci: not installed");
     }
 }
 
@@ -604,8 +600,7 @@ fn flattened_and_per_layer_outputs() {
 
 #[test]
 fn local_output_matches_what_umoci_unpacks() {
-    if !have("umoci") {
-        eprintln!("skipped: umoci not installed");
+    if !require_tool("umoci") {
         return;
     }
     let ctx = context(&[
@@ -637,8 +632,7 @@ fn local_output_matches_what_umoci_unpacks() {
 
 #[test]
 fn podman_loads_both_archive_formats() {
-    if !have("podman") {
-        eprintln!("skipped: podman not installed");
+    if !require_tool("podman") {
         return;
     }
     let ctx = context(&[
@@ -1038,7 +1032,7 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        skip_or_fail("cannot mount a small tmpfs here (needs root)");
         return;
     }
     // Incompressible content, bigger than the whole filesystem.

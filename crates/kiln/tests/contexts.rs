@@ -129,8 +129,7 @@ fn from_an_oci_layout_directory() {
 
 #[test]
 fn from_a_layout_skopeo_wrote() {
-    if !have("skopeo") {
-        eprintln!("skopeo not installed; skipped");
+    if !require_tool("skopeo") {
         return;
     }
     let ctx = files();

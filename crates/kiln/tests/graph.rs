@@ -309,9 +309,14 @@ fn run_steps_are_keyed_on_the_config_they_see() {
     assert_eq!(layer_states(&changed), all(&[3, 4, 5], "RUN"), "{changed}");
 }
 
+/// Graphviz's `dot`, which has no `--version` (it answers `-V`); [`skip_or_fail`] without it.
 fn have_dot() -> bool {
-    Command::new("dot")
+    let found = Command::new("dot")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_fail("graphviz's dot not installed (apt-get install graphviz)");
+    }
+    found
 }

@@ -1,5 +1,6 @@
 //! The live progress display (`--progress tty`) on a real terminal: kiln runs inside a detached
-//! tmux pane and the test reads the screen back. Skipped, with a message, without tmux.
+//! tmux pane and the test reads the screen back. Without tmux: skipped with a message, or a
+//! failure under `KILN_REQUIRE_ALL=1`.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,6 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::skip_or_fail;
+
 const WIDTH: usize = 100;
 const LONG_NAME: &str = "a-file-with-a-name-long-enough-that-its-copy-instruction-cannot-fit-on-one-line-of-a-hundred-columns.txt";
 
@@ -16,24 +20,16 @@ fn kiln() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
 }
 
+/// tmux (which answers `-V`, not `--version`), or [`skip_or_fail`] without it.
 fn have_tmux() -> bool {
-    Command::new("tmux")
+    let found = Command::new("tmux")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Whether this kiln accepts `--progress tty` (the flag's values are listed in the help).
-fn accepts_tty() -> bool {
-    let help = Command::new(kiln())
-        .args(["build", "--help"])
-        .output()
-        .expect("kiln build --help");
-    let help = String::from_utf8_lossy(&help.stdout);
-    help.lines()
-        .skip_while(|l| !l.contains("--progress"))
-        .take(12)
-        .any(|l| l.contains("tty"))
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_fail("tmux not installed (apt-get install tmux)");
+    }
+    found
 }
 
 /// A tmux server of the test's own, killed when the test ends.
@@ -149,11 +145,6 @@ fn step_line(screen: &str, number: usize) -> &str {
 #[test]
 fn tty_progress_leaves_one_line_per_step_and_the_summary() {
     if !have_tmux() {
-        eprintln!("skipped: tmux is not installed");
-        return;
-    }
-    if !accepts_tty() {
-        eprintln!("skipped: this kiln does not accept --progress tty yet");
         return;
     }
     let ctx = context();
@@ -242,34 +233,13 @@ fn busybox_context(busybox: &Path, run: &str) -> tempfile::TempDir {
 #[test]
 fn tty_progress_shows_a_running_steps_tail_and_all_output_of_a_failed_one() {
     if !have_tmux() {
-        eprintln!("skipped: tmux is not installed");
-        return;
-    }
-    if !accepts_tty() {
-        eprintln!("skipped: this kiln does not accept --progress tty yet");
         return;
     }
     let Some(busybox) = busybox() else {
-        eprintln!("skipped: RUN needs a static busybox (apt-get install busybox-static)");
+        skip_or_fail("RUN needs a static busybox (apt-get install busybox-static)");
         return;
     };
-    // Can this machine RUN at all (root or user namespaces)?
-    let probe = busybox_context(busybox, "true");
     let root = tempfile::tempdir().unwrap();
-    let probed = Command::new(kiln())
-        .arg("--root")
-        .arg(root.path())
-        .args(["build", "--progress", "plain"])
-        .arg(probe.path())
-        .output()
-        .expect("run kiln");
-    if !probed.status.success() {
-        eprintln!(
-            "skipped: RUN does not work here:\n{}",
-            String::from_utf8_lossy(&probed.stderr)
-        );
-        return;
-    }
 
     let tmux = Tmux::new("run");
     let ctx = busybox_context(

@@ -7,7 +7,7 @@
 mod common;
 
 use common::registry::{self, run_bounded, Bounded, RegistryAuth, TestRegistry};
-use common::{build, context, have, kiln, read_image, EPOCH};
+use common::{build, context, kiln, read_image, require_tool, EPOCH};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -172,14 +172,8 @@ fn manifest(registry: &TestRegistry, repo: &str, tag: &str) -> (u16, Option<Stri
 }
 
 fn skip_without_tools() -> bool {
-    if !registry::available() {
-        return true;
-    }
-    if !have("skopeo") {
-        eprintln!("skipped: skopeo not installed");
-        return true;
-    }
-    false
+    registry::require_tools();
+    !require_tool("skopeo")
 }
 
 #[test]
@@ -542,9 +536,7 @@ fn restart_keeps_the_pushed_image_and_upload_sessions() {
 
 #[test]
 fn drop_stops_every_server() {
-    if !registry::available() {
-        return;
-    }
+    registry::require_tools();
     let registry = TestRegistry::start(RegistryAuth::token("alice", "s3cret"));
     let host = registry.host();
     let token_host = registry.token_host().unwrap();

@@ -346,17 +346,14 @@ fn a_hundred_and_fifty_run_steps_build_and_mount() {
 fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
     let (_image, root, out) = changes_image("auto");
     let archive = out.path().join("image.tar");
-    if have("umoci") {
+    if require_tool("umoci") {
         let bundle = umoci_unpack(root.path(), "1", out.path());
         assert_eq!(
             describe_tree(&out.path().join("local")),
             describe_tree(&bundle.join("rootfs"))
         );
-    } else {
-        eprintln!("skipped umoci: not installed");
     }
-    if !have("podman") {
-        eprintln!("skipped podman: not installed");
+    if !require_tool("podman") {
         return;
     }
     let storage = tempfile::tempdir().unwrap();
@@ -415,7 +412,7 @@ fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
 #[test]
 fn rootless_builds_keep_image_owners() {
     let Ok(user) = std::env::var("KILN_TEST_USER") else {
-        eprintln!("skipped: KILN_TEST_USER names no user to build as");
+        skip_or_fail("KILN_TEST_USER names no user to build as");
         return;
     };
     assert!(

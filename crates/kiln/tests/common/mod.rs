@@ -3,6 +3,7 @@
 // Tests fail by panicking; not every test file uses every helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod parity;
 pub mod registry;
 
 use kiln_oci::{read_oci_archive, ImageConfig, ReadOptions};
@@ -92,6 +93,30 @@ pub fn have(tool: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Whether `KILN_REQUIRE_ALL=1` is set (`.ci/run` sets it): then nothing may be skipped.
+pub fn require_all() -> bool {
+    std::env::var("KILN_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The one way a test here gives up for want of something the machine lacks: it prints
+/// "skipped: WHY" and the test returns, or, under `KILN_REQUIRE_ALL=1`, the test fails with WHY
+/// and how to get it (`scripts/test.sh` installs and starts everything).
+pub fn skip_or_fail(why: &str) {
+    if require_all() {
+        panic!("KILN_REQUIRE_ALL=1 and this test cannot run: {why} (scripts/test.sh installs and starts what the tests need)");
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// `have(tool)`, or [`skip_or_fail`] saying it is not installed: `if !require_tool("skopeo") { return; }`.
+pub fn require_tool(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    skip_or_fail(&format!("{tool} not installed"));
+    false
 }
 
 /// `umoci unpack` of the store's image tagged `tag` into a bundle under `dir`; its rootfs path.

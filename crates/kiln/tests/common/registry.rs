@@ -3,7 +3,7 @@
 //! a token server (testdata/registry/token_server.py, the Docker token protocol).
 //!
 //! ```ignore
-//! if !registry::available() { return; }
+//! registry::require_tools();
 //! let registry = TestRegistry::start(RegistryAuth::Anonymous);
 //! let reference = format!("{}/repo:1", registry.host());
 //! ```
@@ -14,8 +14,8 @@
 //! watches its own standard input the same way. Both are also given at most
 //! [`LIFETIME_SECONDS`]. Drop kills them.
 //!
-//! Environment: `KILN_SKIP_REGISTRY_TESTS=1` makes [`available`] return false (the tests skip)
-//! when the tools are missing, instead of failing; `KILN_TEST_REGISTRY_LOG_LEVEL` (default
+//! A missing tool fails the test, naming the package to install (`scripts/test.sh` installs
+//! them); there is no switch to skip these tests. `KILN_TEST_REGISTRY_LOG_LEVEL` (default
 //! `warn`; `debug` shows why a token was refused) and `KILN_TEST_DOCKER_REGISTRY` (the binary,
 //! default `docker-registry`) are for debugging.
 
@@ -116,30 +116,17 @@ fn missing_message(missing: &[(&str, &str)]) -> String {
     let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
     let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
     format!(
-        "the registry tests need {}: apt-get install {} (or set KILN_SKIP_REGISTRY_TESTS=1 to skip them)",
+        "the registry tests need {}: apt-get install {} (scripts/test.sh installs them)",
         tools.join(", "),
         packages.join(" ")
     )
 }
 
-/// Whether the registry tests can run: true when docker-registry, htpasswd, openssl and
-/// python3 are all here. When one is missing it panics, saying what to install, unless
-/// `KILN_SKIP_REGISTRY_TESTS=1`: then it prints "skipped: ..." and returns false, and the test
-/// returns early (as the tests do with `have("skopeo")`).
-pub fn available() -> bool {
+/// Fails the test, saying what to install, unless docker-registry, htpasswd, openssl and
+/// python3 are all here ([`TestRegistry::start`] checks the same).
+pub fn require_tools() {
     let missing = missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("KILN_SKIP_REGISTRY_TESTS").is_ok_and(|v| v == "1") {
-        let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
-        eprintln!(
-            "skipped (KILN_SKIP_REGISTRY_TESTS=1): {} not installed",
-            tools.join(", ")
-        );
-        return false;
-    }
-    panic!("{}", missing_message(&missing));
+    assert!(missing.is_empty(), "{}", missing_message(&missing));
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -688,12 +688,7 @@ pub(crate) fn opaque_xattr() -> &'static str {
 }
 
 fn in_initial_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|map| {
-            let fields: Vec<&str> = map.split_whitespace().collect();
-            fields == ["0", "0", "4294967295"]
-        })
-        .unwrap_or(false)
+    kiln_sandbox::userns::in_initial_user_namespace()
 }
 
 /// Refuses a `RUN --mount` target whose way crosses a symbolic link (or a non-directory) of

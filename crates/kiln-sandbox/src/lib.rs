@@ -14,7 +14,9 @@
 //! When the command exits, pid 1 exits, and the kernel kills whatever the command left behind:
 //! every process of a step is gone when the step ends. Both helpers die with their parent.
 
+pub mod isolation;
 mod process;
+pub mod seccomp;
 pub mod setup;
 pub mod syscall;
 pub mod userns;
@@ -261,6 +263,9 @@ pub enum SandboxError {
     Lost(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// No rung of the isolation ladder works here (see [`isolation`]).
+    #[error("RUN cannot be isolated here: {0}")]
+    Unavailable(String),
 }
 
 impl SandboxError {
@@ -318,6 +323,9 @@ impl Sandbox {
         cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<Exit, SandboxError> {
         use std::sync::atomic::{AtomicBool, Ordering};
+        if let Some(isolation::Chosen::Unavailable(message)) = isolation::chosen() {
+            return Err(SandboxError::Unavailable(message.clone()));
+        }
         let _ = std::fs::remove_file(&spec.status_file);
         let input = serde_json::to_vec(spec).map_err(|e| SandboxError::Lost(e.to_string()))?;
         // The spec goes in a file beside the status, so the command's standard input stays

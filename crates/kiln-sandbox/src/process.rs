@@ -74,7 +74,7 @@ fn create_namespaces(spec: &Spec, spec_path: &Path) -> i32 {
         return setup_failed(
             spec,
             format!(
-                "creating the {} namespaces: {e} (kiln needs root, or user namespaces when run as another user)",
+                "creating the {} namespaces: {e} (kiln needs CAP_SYS_ADMIN, or a user namespace: --isolation=auto chooses; see docs/ci.md)",
                 namespaces(spec.network).join(", ")
             ),
         );
@@ -151,6 +151,16 @@ fn init(spec: &Spec) -> i32 {
             overlay: false,
         });
         return 125;
+    }
+    // Last, as nothing below needs what it refuses: the command and all it starts keep it.
+    if !spec.privileged {
+        if let Err(e) = crate::seccomp::programs().and_then(|p| crate::seccomp::confine(&p)) {
+            report(Status::SetupFailed {
+                message: format!("applying the seccomp filter and no_new_privs: {e}"),
+                overlay: false,
+            });
+            return 125;
+        }
     }
     let Some((program, args)) = spec.argv.split_first() else {
         report(Status::NotStarted {

@@ -89,10 +89,18 @@ pub fn enter_root(sys: &dyn Syscall, spec: &Spec, verify: bool) -> Result<(), Se
         }
     }
     let at = |relative: &str| -> PathBuf { root.join(relative) };
-    step(
-        || "mounting /proc".into(),
-        sys.mount_fs("proc", &at("proc"), MountOptions::SAFE, ""),
-    )?;
+    if sys
+        .mount_fs("proc", &at("proc"), MountOptions::SAFE, "")
+        .is_err()
+    {
+        // A container's /proc with masked paths forbids a fresh procfs in a user namespace
+        // (podman's defaults): the existing one, masks and all, bound instead. It shows the
+        // container's processes, not only the step's.
+        step(
+            || "mounting /proc (and binding the existing /proc instead)".into(),
+            sys.bind(Path::new("/proc"), &at("proc"), true),
+        )?;
+    }
     let sys_ro = MountOptions {
         read_only: true,
         ..MountOptions::SAFE
@@ -122,10 +130,10 @@ pub fn enter_root(sys: &dyn Syscall, spec: &Spec, verify: bool) -> Result<(), Se
     for mount in &spec.mounts {
         make_mount(sys, &root, mount, verify)?;
     }
-    step(
-        || "setting the hostname".into(),
-        sys.sethostname(&spec.hostname),
-    )?;
+    // A container's seccomp profile may refuse sethostname without CAP_SYS_ADMIN (podman's
+    // default does, even in a user namespace of one's own): the step then keeps the
+    // container's name, in a UTS namespace of its own all the same.
+    let _ = sys.sethostname(&spec.hostname);
     step(|| "entering the root".into(), sys.pivot_root(&root))?;
     Ok(())
 }
@@ -272,18 +280,17 @@ fn make_dev(sys: &dyn Syscall, dev: &Path, spec: &Spec) -> Result<(), SetupError
         || "creating /dev/pts".into(),
         sys.mkdir(&dev.join("pts"), 0o755),
     )?;
-    step(
-        || "mounting /dev/pts".into(),
-        sys.mount_fs(
-            "devpts",
-            &dev.join("pts"),
-            MountOptions {
-                no_dev: false,
-                ..MountOptions::SAFE
-            },
-            "newinstance,ptmxmode=0666,mode=0620",
-        ),
-    )?;
+    // Without a devpts of its own (refused in some user namespaces) the step has no
+    // pseudo-terminals, which a build does not need; the host's are never lent.
+    let _ = sys.mount_fs(
+        "devpts",
+        &dev.join("pts"),
+        MountOptions {
+            no_dev: false,
+            ..MountOptions::SAFE
+        },
+        "newinstance,ptmxmode=0666,mode=0620",
+    );
     step(
         || "creating /dev/shm".into(),
         sys.mkdir(&dev.join("shm"), 0o1777),
@@ -407,6 +414,68 @@ mod tests {
             .position(|c| c == "bind /sys on /w/merged/sys recursive=true")
             .unwrap();
         assert_eq!(calls[bind + 1], "remount-ro /w/merged/sys");
+    }
+
+    #[test]
+    fn procfs_refused_falls_back_to_binding_the_existing_proc() {
+        let sys = Recorder {
+            refuse: vec!["mount proc".into()],
+            ..Recorder::default()
+        };
+        enter_root(&sys, &spec(overlay()), false).unwrap();
+        let calls = sys.calls.borrow();
+        let refused = calls
+            .iter()
+            .position(|c| c.starts_with("mount proc on /w/merged/proc"))
+            .unwrap();
+        assert_eq!(
+            calls[refused + 1],
+            "bind /proc on /w/merged/proc recursive=true"
+        );
+        assert_eq!(calls.last().unwrap(), "pivot_root /w/merged");
+    }
+
+    /// podman's defaults, seen from its user namespace: no procfs, no sysfs, no devpts; the
+    /// root still comes up, with every fallback in place.
+    #[test]
+    fn a_container_user_namespace_gets_every_fallback() {
+        let sys = Recorder {
+            refuse: vec![
+                "mount proc".into(),
+                "mount sysfs".into(),
+                "mount devpts".into(),
+                "hostname".into(),
+            ],
+            ..Recorder::default()
+        };
+        enter_root(&sys, &spec(overlay()), false).unwrap();
+        let calls = sys.calls.borrow();
+        for expected in [
+            "bind /proc on /w/merged/proc recursive=true",
+            "bind /sys on /w/merged/sys recursive=true",
+            "remount-ro /w/merged/sys",
+            "bind /dev/null on /w/merged/dev/null recursive=false",
+            "mkdir /w/merged/dev/pts 755",
+            "pivot_root /w/merged",
+        ] {
+            assert!(
+                calls.contains(&expected.to_string()),
+                "{expected}: {calls:?}"
+            );
+        }
+        // Device nodes are never made: each is an empty file with the host's node bound on it.
+        assert!(!calls.iter().any(|c| c.starts_with("mknod")));
+    }
+
+    #[test]
+    fn a_refused_proc_bind_names_proc() {
+        let sys = Recorder {
+            refuse: vec!["mount proc".into(), "bind /proc".into()],
+            ..Recorder::default()
+        };
+        let error = enter_root(&sys, &spec(overlay()), false).unwrap_err();
+        assert!(error.to_string().contains("/proc"), "{error}");
+        assert!(!error.overlay);
     }
 
     #[test]

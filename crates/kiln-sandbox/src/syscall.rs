@@ -74,6 +74,17 @@ fn mount_flags(options: MountOptions) -> rustix::mount::MountFlags {
     flags
 }
 
+/// No redirects made either way; with `userxattr` the kernel takes only `nofollow` (`off`
+/// follows existing redirects when the module's `redirect_always_follow` is set, which
+/// conflicts with `userxattr`).
+fn redirect_dir(userxattr: bool) -> &'static str {
+    if userxattr {
+        "nofollow"
+    } else {
+        "off"
+    }
+}
+
 impl Syscall for Linux {
     fn mount_overlay(
         &self,
@@ -95,7 +106,7 @@ impl Syscall for Linux {
             fsconfig_set_string(&fs, "workdir", work)?;
             // The upper dir must hold whole files and plain names: it becomes a layer as is.
             for (option, value) in [
-                ("redirect_dir", "off"),
+                ("redirect_dir", redirect_dir(userxattr)),
                 ("metacopy", "off"),
                 ("index", "off"),
             ] {
@@ -124,10 +135,11 @@ impl Syscall for Linux {
                 // Kernels before 6.8 have no `lowerdir+`: the classic option string.
                 let joined: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
                 let mut data = format!(
-                    "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+                    "lowerdir={},upperdir={},workdir={},redirect_dir={},metacopy=off,index=off",
                     joined.join(":"),
                     upper.display(),
-                    work.display()
+                    work.display(),
+                    redirect_dir(userxattr)
                 );
                 if userxattr {
                     data.push_str(",userxattr");
@@ -172,12 +184,24 @@ impl Syscall for Linux {
     }
 
     fn remount_bind_read_only(&self, target: &Path) -> io::Result<()> {
+        use rustix::fs::StatVfsMountFlags as Has;
         use rustix::mount::MountFlags;
-        Ok(rustix::mount::mount_remount(
-            target,
-            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-            "",
-        )?)
+        // In a user namespace a bind keeps the locked flags of its source (noexec, atime
+        // modes): a remount that drops one is refused, so they are carried over.
+        let mut flags =
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+        let has = rustix::fs::statvfs(target)?.f_flag;
+        for (present, flag) in [
+            (Has::NOEXEC, MountFlags::NOEXEC),
+            (Has::NOATIME, MountFlags::NOATIME),
+            (Has::NODIRATIME, MountFlags::NODIRATIME),
+            (Has::RELATIME, MountFlags::RELATIME),
+        ] {
+            if has.contains(present) {
+                flags |= flag;
+            }
+        }
+        Ok(rustix::mount::mount_remount(target, flags, "")?)
     }
 
     fn make_private(&self, target: &Path) -> io::Result<()> {

@@ -119,6 +119,9 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
         ProgressMode::Plain | ProgressMode::Quiet => Style::Plain,
     };
     let progress = Plain::new(style);
+    if let (Some(chosen), Style::Plain | Style::Tty) = (kiln_sandbox::isolation::chosen(), style) {
+        eprintln!("{chosen}");
+    }
     let registry = crate::registry_cmd::client(&args.registry);
     let pull = match args.pull.as_deref() {
         None | Some("missing") => Some(PullPolicy::Missing),

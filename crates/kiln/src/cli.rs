@@ -15,6 +15,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// How RUN steps are isolated: auto (the first that works here: sandbox as root with
+    /// CAP_SYS_ADMIN, else userns), sandbox, or userns. Default: $KILN_ISOLATION, else auto.
+    /// Read before anything else starts (kiln_sandbox::isolation); declared here for --help.
+    #[arg(long, global = true, value_name = "MODE", value_parser = ["auto", "sandbox", "userns"])]
+    pub isolation: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -45,8 +45,8 @@ fn main() -> ExitCode {
         let code = kiln_sandbox::helper_main(&args);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    // As an ordinary user, kiln works as root of a user namespace of its own.
-    if let Some(code) = kiln_sandbox::userns::run_rootless() {
+    // The isolation ladder: without CAP_SYS_ADMIN kiln works as root of a user namespace.
+    if let Some(code) = kiln_sandbox::isolation::enter(&args) {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     stop_on_signals();

@@ -1,0 +1,369 @@
+//! The isolation ladder: how RUN steps are kept apart from the machine kiln runs on, chosen
+//! once at start, before any thread exists.
+//!
+//! - `sandbox`: kiln is root with CAP_SYS_ADMIN; each RUN gets mount, pid, uts and ipc
+//!   namespaces of its own.
+//! - `userns`: kiln lacks CAP_SYS_ADMIN (an ordinary user, or root in a container such as
+//!   `podman run`'s default): kiln runs itself again in a user namespace where it has it, and
+//!   the sandbox's mounts fall back where such a namespace may not mount (procfs bound from the
+//!   existing /proc, sysfs bound read-only, devices bound, overlay with `userxattr` or a copy).
+//! - neither: no namespace can be made (Docker's default seccomp profile, Kubernetes
+//!   `RuntimeDefault`). kiln still works for what needs no RUN; a RUN fails with what is
+//!   missing and what would fix it.
+//!
+//! `--isolation=auto|sandbox|userns` (or `KILN_ISOLATION`) forces a rung.
+
+use std::sync::OnceLock;
+
+/// What `--isolation` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// The first rung that works here.
+    Auto,
+    /// Namespaces made directly: root with CAP_SYS_ADMIN.
+    Sandbox,
+    /// Through a user namespace, root or not.
+    Userns,
+}
+
+impl Requested {
+    /// Parses a value of `--isolation`.
+    pub fn parse(value: &str) -> Option<Requested> {
+        match value {
+            "auto" => Some(Requested::Auto),
+            "sandbox" => Some(Requested::Sandbox),
+            "userns" => Some(Requested::Userns),
+            _ => None,
+        }
+    }
+}
+
+/// What this process runs RUN steps with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chosen {
+    /// `sandbox`, or `userns` once inside the user namespace; `why` is for the report line.
+    Rung { name: &'static str, why: String },
+    /// Nothing works: every RUN fails with this message.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Chosen::Rung { name, why } => write!(f, "isolation: {name} ({why})"),
+            Chosen::Unavailable(message) => {
+                write!(f, "isolation: none: RUN steps will fail here: {message}")
+            }
+        }
+    }
+}
+
+static CHOSEN: OnceLock<Chosen> = OnceLock::new();
+
+/// The rung chosen at start, for the line a build prints first; `None` when [`enter`] was not
+/// called (the library used on its own).
+pub fn chosen() -> Option<&'static Chosen> {
+    CHOSEN.get()
+}
+
+/// Records the choice (the first call wins).
+pub(crate) fn choose(chosen: Chosen) {
+    let _ = CHOSEN.set(chosen);
+}
+
+/// The value of `--isolation` among the arguments (`--isolation=X` or `--isolation X`, up
+/// to `--`), else of `KILN_ISOLATION`. An unknown value is left for the argument parser to
+/// refuse.
+pub fn requested(args: &[std::ffi::OsString], env: Option<&str>) -> Requested {
+    let mut iter = args.iter().map(|a| a.to_str().unwrap_or(""));
+    let mut found = None;
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            break;
+        }
+        if let Some(value) = arg.strip_prefix("--isolation=") {
+            found = Some(value.to_string());
+        } else if arg == "--isolation" {
+            found = iter.next().map(str::to_string);
+        }
+    }
+    found
+        .as_deref()
+        .or(env)
+        .and_then(Requested::parse)
+        .unwrap_or(Requested::Auto)
+}
+
+/// What the process may do, read once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges {
+    /// Effective uid 0.
+    pub root: bool,
+    /// CAP_SYS_ADMIN in the effective set.
+    pub sys_admin: bool,
+    /// CAP_SETUID and CAP_SETGID in the effective set: root may map every id it has.
+    pub set_ids: bool,
+    /// CAP_SETFCAP in the effective set: since Linux 5.12 root may not map itself as root of a
+    /// user namespace without it.
+    pub set_fcap: bool,
+}
+
+impl Privileges {
+    /// This process's.
+    pub fn current() -> Privileges {
+        use rustix::thread::{capabilities, CapabilitySet};
+        let effective = capabilities(None)
+            .map(|sets| sets.effective)
+            .unwrap_or(CapabilitySet::empty());
+        Privileges {
+            root: rustix::process::geteuid().is_root(),
+            sys_admin: effective.contains(CapabilitySet::SYS_ADMIN),
+            set_ids: effective.contains(CapabilitySet::SETUID | CapabilitySet::SETGID),
+            set_fcap: effective.contains(CapabilitySet::SETFCAP),
+        }
+    }
+
+    /// Who kiln is, in the words of the report line.
+    pub(crate) fn who(self) -> String {
+        match (self.root, self.sys_admin) {
+            (true, true) => "root with CAP_SYS_ADMIN".into(),
+            (true, false) => "root without CAP_SYS_ADMIN".into(),
+            (false, _) => format!("uid {}", rustix::process::geteuid().as_raw()),
+        }
+    }
+}
+
+/// The rung to take, before trying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Namespaces made directly by this process's sandbox helpers.
+    Sandbox,
+    /// Run again inside a user namespace.
+    Userns,
+    /// `--isolation=sandbox` where it cannot work.
+    Refused(String),
+}
+
+/// The ladder's choice for what was asked and what the process may do.
+pub fn plan(requested: Requested, privileges: Privileges) -> Plan {
+    let direct = privileges.root && privileges.sys_admin;
+    match requested {
+        Requested::Auto if direct => Plan::Sandbox,
+        Requested::Auto | Requested::Userns => Plan::Userns,
+        Requested::Sandbox if direct => Plan::Sandbox,
+        Requested::Sandbox => Plan::Refused(format!(
+            "--isolation=sandbox needs root with CAP_SYS_ADMIN and kiln is {}; \
+             use --isolation=auto (or userns), or give kiln CAP_SYS_ADMIN \
+             (--cap-add SYS_ADMIN; in Kubernetes securityContext.capabilities.add: [SYS_ADMIN])",
+            privileges.who()
+        )),
+    }
+}
+
+/// Root without CAP_SETFCAP may make a user namespace but not be root in it (Linux 5.12 and
+/// later refuse the map): what is missing and what fixes it.
+pub fn no_root_map_message(privileges: Privileges) -> String {
+    format!(
+        "kiln is {} and without CAP_SETFCAP, so Linux refuses to map root into a user \
+         namespace. Any one of these fixes it: run the container as a non-root user (--user \
+         1000; Kubernetes securityContext.runAsUser: 1000 with runAsNonRoot: true), keep \
+         CAP_SETFCAP (--cap-add SETFCAP; capabilities.add: [SETFCAP]), or give kiln \
+         CAP_SYS_ADMIN. See docs/ci.md",
+        privileges.who()
+    )
+}
+
+/// The error where no user namespace can be made: what is missing and what fixes it.
+pub fn no_namespace_message(privileges: Privileges, error: &std::io::Error) -> String {
+    format!(
+        "kiln is {} and creating a user namespace was refused ({error}). \
+         Docker's default seccomp profile and Kubernetes' RuntimeDefault refuse it. Any one of \
+         these fixes it: allow user namespaces (docker/podman run --security-opt \
+         seccomp=unconfined, or a profile that allows unshare and clone with CLONE_NEWUSER; in \
+         Kubernetes securityContext.seccompProfile.type: Unconfined; on the host, sysctl \
+         user.max_user_namespaces > 0), or give kiln CAP_SYS_ADMIN as root (--cap-add SYS_ADMIN; \
+         Kubernetes securityContext.capabilities.add: [SYS_ADMIN]). See docs/ci.md",
+        privileges.who()
+    )
+}
+
+/// Called first thing in `main`, before any thread: chooses the rung, and for `userns` runs
+/// kiln again in a user namespace. Returns `Some(code)` in the process that only waited for
+/// that child (it exits with the child's code), `None` where the work goes on.
+pub fn enter(args: &[std::ffi::OsString]) -> Option<i32> {
+    if let Some(who) = crate::userns::child_report() {
+        return match crate::userns::enter_as_child() {
+            Ok(()) => {
+                let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+                choose(Chosen::Rung {
+                    name: "userns",
+                    why: crate::userns::describe(&who, &uid_map),
+                });
+                None
+            }
+            Err(e) => {
+                eprintln!("error: entering kiln's user namespace: {e}");
+                Some(125)
+            }
+        };
+    }
+    let env = std::env::var("KILN_ISOLATION").ok();
+    let requested = requested(args, env.as_deref());
+    let privileges = Privileges::current();
+    match plan(requested, privileges) {
+        Plan::Sandbox => {
+            choose(Chosen::Rung {
+                name: "sandbox",
+                why: format!(
+                    "{}: mount, pid, uts and ipc namespaces, seccomp, no_new_privs",
+                    privileges.who()
+                ),
+            });
+            None
+        }
+        Plan::Refused(message) => {
+            eprintln!("error: {message}");
+            Some(125)
+        }
+        Plan::Userns => match crate::userns::probe() {
+            Ok(()) if privileges.root && !privileges.set_ids && !privileges.set_fcap => {
+                let message = no_root_map_message(privileges);
+                if requested == Requested::Auto {
+                    choose(Chosen::Unavailable(message));
+                    None
+                } else {
+                    eprintln!("error: {message}");
+                    Some(125)
+                }
+            }
+            Ok(()) => Some(crate::userns::run_outer(privileges).unwrap_or_else(|e| {
+                eprintln!("error: starting kiln in a user namespace: {e}");
+                125
+            })),
+            Err(error) => {
+                let message = no_namespace_message(privileges, &error);
+                if privileges.root && requested == Requested::Auto {
+                    // Root can still unpack, copy and export: only RUN needs a namespace.
+                    choose(Chosen::Unavailable(message));
+                    None
+                } else {
+                    eprintln!("error: {message}");
+                    Some(125)
+                }
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<std::ffi::OsString> {
+        list.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_flag_is_found_in_both_spellings_and_before_the_separator_only() {
+        assert_eq!(
+            requested(&args(&["build", "--isolation=userns", "."]), None),
+            Requested::Userns
+        );
+        assert_eq!(
+            requested(&args(&["--isolation", "sandbox", "build"]), None),
+            Requested::Sandbox
+        );
+        assert_eq!(
+            requested(&args(&["run", "img", "--", "--isolation=userns"]), None),
+            Requested::Auto
+        );
+        assert_eq!(
+            requested(&args(&["build"]), Some("userns")),
+            Requested::Userns
+        );
+        // The flag wins over the environment.
+        assert_eq!(
+            requested(&args(&["--isolation=auto"]), Some("userns")),
+            Requested::Auto
+        );
+    }
+
+    #[test]
+    fn root_without_sys_admin_goes_through_a_user_namespace() {
+        let podman_root = Privileges {
+            root: true,
+            sys_admin: false,
+            set_ids: true,
+            set_fcap: true,
+        };
+        assert_eq!(plan(Requested::Auto, podman_root), Plan::Userns);
+        let host_root = Privileges {
+            root: true,
+            sys_admin: true,
+            set_ids: true,
+            set_fcap: true,
+        };
+        assert_eq!(plan(Requested::Auto, host_root), Plan::Sandbox);
+        assert_eq!(plan(Requested::Userns, host_root), Plan::Userns);
+        let user = Privileges {
+            root: false,
+            sys_admin: false,
+            set_ids: true,
+            set_fcap: true,
+        };
+        assert_eq!(plan(Requested::Auto, user), Plan::Userns);
+    }
+
+    #[test]
+    fn forcing_sandbox_without_sys_admin_names_the_fix() {
+        let Plan::Refused(message) = plan(
+            Requested::Sandbox,
+            Privileges {
+                root: true,
+                sys_admin: false,
+                set_ids: true,
+                set_fcap: true,
+            },
+        ) else {
+            unreachable!("refused")
+        };
+        assert!(message.contains("CAP_SYS_ADMIN"), "{message}");
+        assert!(message.contains("--cap-add SYS_ADMIN"), "{message}");
+    }
+
+    #[test]
+    fn root_without_any_capability_is_told_to_run_as_another_user() {
+        let message = no_root_map_message(Privileges {
+            root: true,
+            sys_admin: false,
+            set_ids: false,
+            set_fcap: false,
+        });
+        assert!(message.contains("CAP_SETFCAP"), "{message}");
+        assert!(message.contains("--user 1000"), "{message}");
+    }
+
+    #[test]
+    fn no_namespace_names_seccomp_and_the_settings_that_fix_it() {
+        let message = no_namespace_message(
+            Privileges {
+                root: true,
+                sys_admin: false,
+                set_ids: true,
+                set_fcap: true,
+            },
+            &std::io::Error::from_raw_os_error(1),
+        );
+        for needed in [
+            "seccomp=unconfined",
+            "seccompProfile.type: Unconfined",
+            "SYS_ADMIN",
+            "RuntimeDefault",
+        ] {
+            assert!(message.contains(needed), "{needed}: {message}");
+        }
+        let line = Chosen::Unavailable(message).to_string();
+        assert!(line.starts_with("isolation: none"), "{line}");
+    }
+}

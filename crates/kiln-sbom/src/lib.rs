@@ -1,0 +1,180 @@
+//! kiln-sbom: the packages of an image, read from the image's own package databases, as an
+//! SPDX 2.3 JSON document.
+//!
+//! * [`ImageFiles`] is how the scanner sees the final image: read a file, list a directory,
+//!   and say which layer a path comes from. [`DirImage`] implements it for a plain directory;
+//!   the builder implements it over its union view of the layer snapshots.
+//! * [`scan`] reads `/etc/os-release` and the dpkg (`/var/lib/dpkg/status`, `status.d/`), apk
+//!   (`/lib/apk/db/installed`), rpm (`/var/lib/rpm/rpmdb.sqlite` and the older
+//!   `/usr/lib/sysimage/rpm` location) and Python (`*.dist-info`) databases into an
+//!   [`Inventory`]. Every database is untrusted input: sizes are capped, rpm headers are
+//!   bounds-checked, and a malformed record is skipped with a [`ScanWarning`].
+//! * [`spdx_document`] turns an inventory into an [`SpdxDocument`] whose bytes
+//!   ([`SpdxDocument::to_json`]) depend only on the inventory and the [`SbomOptions`]:
+//!   packages are sorted, the document namespace is derived from the content, and `created` is
+//!   the time the caller passes (`SOURCE_DATE_EPOCH` when set, see [`Timestamp`]).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod apk;
+mod dpkg;
+mod error;
+mod files;
+mod os_release;
+mod python;
+mod rpm;
+mod spdx_doc;
+mod time;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{Error, Result};
+pub use files::{DirImage, ImageFiles};
+pub use os_release::OsRelease;
+pub use rpm::header::{tags as rpm_tags, HeaderError, RpmHeader};
+pub use spdx_doc::{
+    spdx_document, SbomOptions, SpdxCreationInfo, SpdxDocument, SpdxExternalRef, SpdxPackage,
+    SpdxRelationship,
+};
+pub use time::Timestamp;
+
+/// The largest package database file read into memory (dpkg status, apk installed, rpmdb).
+pub const MAX_DATABASE_SIZE: u64 = 256 << 20;
+
+/// The largest small metadata file read (os-release, a dist-info `METADATA`, a status.d entry).
+pub const MAX_METADATA_SIZE: u64 = 4 << 20;
+
+/// Which package manager a package was found by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ecosystem {
+    /// dpkg (Debian, Ubuntu, distroless).
+    Deb,
+    /// apk (Alpine, Wolfi).
+    Apk,
+    /// rpm (Fedora, RHEL, SUSE, Amazon Linux).
+    Rpm,
+    /// Python distributions (`*.dist-info`).
+    Python,
+}
+
+impl Ecosystem {
+    /// The purl type and the short name used in SPDX ids.
+    pub fn purl_type(self) -> &'static str {
+        match self {
+            Ecosystem::Deb => "deb",
+            Ecosystem::Apk => "apk",
+            Ecosystem::Rpm => "rpm",
+            Ecosystem::Python => "pypi",
+        }
+    }
+}
+
+/// One installed package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub ecosystem: Ecosystem,
+    pub name: String,
+    /// The version as the package manager shows it (dpkg: with epoch; rpm:
+    /// `[EPOCH:]VERSION-RELEASE`).
+    pub version: String,
+    /// The architecture as the database records it (`amd64`, `x86_64`, `noarch`, `all`).
+    pub architecture: Option<String>,
+    /// The license text as the database records it, if it has one (apk, rpm, Python
+    /// metadata). dpkg keeps none.
+    pub license: Option<String>,
+    /// The source package (dpkg `Source`, apk origin, rpm source rpm), when it differs.
+    pub source: Option<String>,
+    /// Who made the package (dpkg `Maintainer`, apk maintainer, rpm vendor/packager).
+    pub supplier: Option<String>,
+    /// The package URL.
+    pub purl: String,
+    /// The layer (0 = bottom) the package's files come from, when the image can tell.
+    pub layer: Option<usize>,
+    /// The database file the package was read from.
+    pub found_in: PathBuf,
+}
+
+/// A record the scanner skipped or a database it could not read, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanWarning {
+    /// The database file concerned.
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for ScanWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// Everything [`scan`] found in an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// `/etc/os-release` (or `/usr/lib/os-release`), if the image has one.
+    pub os: Option<OsRelease>,
+    /// The layer `os-release` comes from.
+    pub os_layer: Option<usize>,
+    /// Packages sorted by ecosystem, name, version, architecture and purl; no two share a purl.
+    pub packages: Vec<Package>,
+    pub warnings: Vec<ScanWarning>,
+}
+
+/// Reads every package database kiln knows in `image`.
+pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
+    let mut inventory = Inventory::default();
+    let os_release_path = [
+        Path::new("/etc/os-release"),
+        Path::new("/usr/lib/os-release"),
+    ]
+    .into_iter()
+    .find(|path| image.layer_of(path).is_some());
+    if let Some(path) = os_release_path {
+        if let Some(bytes) = files::read_capped(image, path, MAX_METADATA_SIZE)? {
+            inventory.os = Some(OsRelease::parse(&String::from_utf8_lossy(&bytes)));
+            inventory.os_layer = image.layer_of(path);
+        }
+    }
+    let os = inventory.os.clone().unwrap_or_default();
+    let mut packages = Vec::new();
+    let mut warnings = Vec::new();
+    dpkg::scan(image, &os, &mut packages, &mut warnings)?;
+    apk::scan(image, &os, &mut packages, &mut warnings)?;
+    rpm::scan(image, &os, &mut packages, &mut warnings)?;
+    python::scan(image, &mut packages, &mut warnings)?;
+    packages.sort_by(|a, b| {
+        (a.ecosystem, &a.name, &a.version, &a.architecture, &a.purl).cmp(&(
+            b.ecosystem,
+            &b.name,
+            &b.version,
+            &b.architecture,
+            &b.purl,
+        ))
+    });
+    packages.dedup_by(|later, earlier| later.purl == earlier.purl);
+    inventory.packages = packages;
+    inventory.warnings = warnings;
+    Ok(inventory)
+}
+
+/// Builds a purl; `None` when a part is not acceptable to the purl grammar (an empty name).
+pub(crate) fn purl(
+    ecosystem: Ecosystem,
+    namespace: Option<&str>,
+    name: &str,
+    version: &str,
+    qualifiers: &[(&str, Option<&str>)],
+) -> Option<String> {
+    let mut purl = packageurl::PackageUrl::new(ecosystem.purl_type(), name).ok()?;
+    if let Some(namespace) = namespace.filter(|ns| !ns.is_empty()) {
+        purl.with_namespace(namespace).ok()?;
+    }
+    if !version.is_empty() {
+        purl.with_version(version).ok()?;
+    }
+    for (key, value) in qualifiers {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            purl.add_qualifier(*key, value).ok()?;
+        }
+    }
+    Some(purl.to_string())
+}

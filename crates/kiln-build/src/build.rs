@@ -12,7 +12,10 @@ use kiln_layer::{write_layer, Compression, LayerOptions};
 use kiln_oci::{
     media_types, to_canonical_json, Descriptor, Digest, ImageConfig, ImageName, Manifest,
 };
-use kiln_plan::cache_key::{CacheKey, KeyHasher};
+use kiln_plan::cache_key::{
+    build_arg_digest, env_digest, instruction_digest, KeyHasher, KeyPart, LayerCompression,
+    StepKey, StepKind,
+};
 use kiln_plan::{Action, Base, CopySource, Plan, Platform, Source, Stage, Step};
 use kiln_store::{CacheRecord, LayerRecord, Store};
 use std::collections::BTreeMap;
@@ -762,7 +765,7 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         walks: &[(String, Vec<kiln_context::Entry>)],
         downloads: &mut Downloads,
-    ) -> Result<Vec<(String, String)>, BuildError> {
+    ) -> Result<Vec<KeyPart>, BuildError> {
         let mut parts = Vec::new();
         // URL content: with --checksum the checksum is the content (a hit downloads nothing,
         // as in BuildKit); without it the file must be fetched to know what it is.
@@ -779,16 +782,19 @@ impl Builder<'_> {
             .collect();
         if !urls.is_empty() {
             match &copy.checksum {
-                Some(checksum) => {
-                    parts.extend(urls.iter().map(|u| (format!("url {u}"), checksum.clone())))
-                }
+                Some(checksum) => parts.extend(urls.iter().map(|u| KeyPart::UrlChecksum {
+                    url: u.to_string(),
+                    checksum: checksum.clone(),
+                })),
                 None => {
                     *downloads = self.download(copy)?;
                     for (url, file) in urls.iter().zip(&downloads.files) {
-                        parts.push((
-                            format!("url {url}"),
-                            format!("{} {} {:?}", file.digest, file.file_name, file.mtime),
-                        ));
+                        parts.push(KeyPart::UrlContent {
+                            url: url.to_string(),
+                            digest: file.digest.clone(),
+                            file_name: file.file_name.clone(),
+                            mtime: file.mtime,
+                        });
                     }
                 }
             }
@@ -824,7 +830,10 @@ impl Builder<'_> {
                         &self.memo,
                     )
                     .map_err(|e| BuildError::Copy(e.to_string()))?;
-                    parts.push((format!("source {matched}"), detail.digest));
+                    parts.push(KeyPart::ContextSource {
+                        pattern: matched.clone(),
+                        digest: detail.digest,
+                    });
                     // Per-file hashes let a miss name the file that changed.
                     for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
                         let shown = if path.as_os_str().is_empty() {
@@ -832,17 +841,20 @@ impl Builder<'_> {
                         } else {
                             format!("{matched}/{}", path.display())
                         };
-                        parts.push((format!("file {shown}"), hash));
+                        parts.push(KeyPart::ContextFile {
+                            path: shown,
+                            digest: hash,
+                        });
                     }
                 }
             }
             Source::Stage(index) => {
                 let image = self.result(*index)?;
-                parts.push(("stage".to_string(), image.chain_key.clone()));
+                parts.push(KeyPart::Stage(image.chain_key.clone()));
             }
             Source::Image(reference) => {
                 let image = self.image_from_store(reference, &self.options.platform)?;
-                parts.push(("image".to_string(), image.chain_key));
+                parts.push(KeyPart::Image(image.chain_key));
             }
         }
         Ok(parts)
@@ -958,32 +970,30 @@ impl Builder<'_> {
         step: &Step,
         copy: &kiln_plan::CopyStep,
         image: &StageImage,
-        inputs: Vec<(String, String)>,
+        inputs: Vec<KeyPart>,
     ) -> Result<(String, Vec<(String, String)>), BuildError> {
-        let mut parts: Vec<(String, String)> = Vec::new();
+        let mut key = StepKey::new(StepKind::Layer);
         // --link makes the layer independent of what is below it.
-        parts.push((
-            "parent".to_string(),
-            if copy.link {
-                "linked".to_string()
-            } else {
-                image.chain_key.clone()
-            },
-        ));
-        let mut instruction_key = KeyHasher::new("instruction");
-        step.cache_key(&mut instruction_key);
-        parts.push(("instruction".to_string(), instruction_key.finish()));
+        key.push(if copy.link {
+            KeyPart::LinkedParent
+        } else {
+            KeyPart::Parent(image.chain_key.clone())
+        });
+        key.push(KeyPart::Instruction(instruction_digest(step)));
         // A --chown by name depends on the image's /etc/passwd and /etc/group: key on the ids.
         if let Some(spec) = &copy.chown {
             let owner =
                 crate::copy::resolve_chown(spec, &self.rootfs(image)?).map_err(BuildError::Copy)?;
-            parts.push(("chown".to_string(), format!("{}:{}", owner.uid, owner.gid)));
+            key.push(KeyPart::Chown {
+                uid: owner.uid,
+                gid: owner.gid,
+            });
         }
-        self.common_parts(step, &mut parts);
-        parts.extend(inputs);
-        let mut key = KeyHasher::new("layer-step");
-        key.pairs("parts", &parts);
-        Ok((key.finish(), parts))
+        self.common_parts(step, &mut key);
+        for part in inputs {
+            key.push(part);
+        }
+        Ok(key.finish())
     }
 
     /// A RUN's key and its parts, the config it runs with and its bind mounts' sources.
@@ -1006,21 +1016,16 @@ impl Builder<'_> {
         if !step.workdir.is_empty() {
             config.config.working_dir = step.workdir.clone();
         }
-        let mut parts: Vec<(String, String)> =
-            vec![("parent".to_string(), image.chain_key.clone())];
-        let mut instruction_key = KeyHasher::new("instruction");
-        step.cache_key(&mut instruction_key);
-        parts.push(("instruction".to_string(), instruction_key.finish()));
-        let mut env_key = KeyHasher::new("env");
-        env_key.list("env", &config.config.env);
-        parts.push(("env".to_string(), env_key.finish()));
-        parts.push(("user".to_string(), config.config.user.clone()));
-        parts.push(("workdir".to_string(), config.config.working_dir.clone()));
-        self.common_parts(step, &mut parts);
-        let mount_inputs = self.mount_inputs(run, &mut parts)?;
-        let mut key = KeyHasher::new("run-step");
-        key.pairs("parts", &parts);
-        Ok((key.finish(), parts, config, mount_inputs))
+        let mut key = StepKey::new(StepKind::Run);
+        key.push(KeyPart::Parent(image.chain_key.clone()))
+            .push(KeyPart::Instruction(instruction_digest(step)))
+            .push(KeyPart::Env(env_digest(&config.config.env)))
+            .push(KeyPart::User(config.config.user.clone()))
+            .push(KeyPart::Workdir(config.config.working_dir.clone()));
+        self.common_parts(step, &mut key);
+        let mount_inputs = self.mount_inputs(run, &mut key)?;
+        let (key, parts) = key.finish();
+        Ok((key, parts, config, mount_inputs))
     }
 
     /// A RUN: keyed on the filesystem below, the command and everything of the config it sees
@@ -1074,7 +1079,7 @@ impl Builder<'_> {
     fn mount_inputs(
         &self,
         run: &kiln_plan::RunStep,
-        parts: &mut Vec<(String, String)>,
+        key: &mut StepKey,
     ) -> Result<Vec<crate::run::MountInput>, BuildError> {
         use crate::run::MountInput;
         use kiln_recipe::mount::MountType;
@@ -1105,7 +1110,11 @@ impl Builder<'_> {
                         &self.memo,
                     )
                     .map_err(bad)?;
-                    parts.push((format!("mount {index} source {shown}"), detail.digest));
+                    key.push(KeyPart::MountContext {
+                        index,
+                        path: shown.to_string(),
+                        digest: detail.digest,
+                    });
                     // What `.dockerignore` leaves out is not seen through the mount either.
                     let filtered = if self.context.ignore().is_empty() {
                         None
@@ -1119,12 +1128,18 @@ impl Builder<'_> {
                 }
                 Some(Source::Stage(stage)) => {
                     let image = self.result(*stage)?;
-                    parts.push((format!("mount {index} stage"), image.chain_key.clone()));
+                    key.push(KeyPart::MountStage {
+                        index,
+                        chain_key: image.chain_key.clone(),
+                    });
                     MountInput::Image(self.rootfs(&image)?)
                 }
                 Some(Source::Image(reference)) => {
                     let image = self.image_from_store(reference, &self.options.platform)?;
-                    parts.push((format!("mount {index} image"), image.chain_key.clone()));
+                    key.push(KeyPart::MountImage {
+                        index,
+                        chain_key: image.chain_key.clone(),
+                    });
                     MountInput::Image(self.rootfs(&image)?)
                 }
             };
@@ -1134,25 +1149,22 @@ impl Builder<'_> {
     }
 
     /// Key parts every layer step has: the build args it read (hashed), compression, epoch.
-    fn common_parts(&self, step: &Step, parts: &mut Vec<(String, String)>) {
+    fn common_parts(&self, step: &Step, key: &mut StepKey) {
         for (name, value) in &step.args_used {
             // Only a hash of the value: a build arg may hold something private, and cache
             // records are plain files.
-            let mut hashed = KeyHasher::new("build-arg");
-            hashed.opt_str("value", value.as_deref());
-            parts.push((format!("arg {name}"), hashed.finish()));
+            key.push(KeyPart::BuildArg {
+                name: name.clone(),
+                value_digest: build_arg_digest(value.as_deref()),
+            });
         }
-        parts.push((
-            "compression".to_string(),
-            format!("{:?}", self.options.compression),
-        ));
-        parts.push((
-            "epoch".to_string(),
-            self.options
-                .source_date_epoch
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-        ));
+        let compression = match self.options.compression {
+            Compression::Gzip { level } => LayerCompression::Gzip(level),
+            Compression::Zstd { level } => LayerCompression::Zstd(level),
+            Compression::None => LayerCompression::None,
+        };
+        key.push(KeyPart::Compression(compression))
+            .push(KeyPart::Epoch(self.options.source_date_epoch));
     }
 
     /// The step's layer from the cache, or made by `make` and recorded; with its time.
@@ -1282,6 +1294,10 @@ impl Builder<'_> {
         let Some(previous) = previous else {
             return "not built before".to_string();
         };
+        // Parts recorded under another key scheme cannot be compared with these.
+        if kiln_plan::cache_key::written_by_other_scheme(&previous.parts) {
+            return kiln_plan::cache_key::UPGRADED_REASON.to_string();
+        }
         let old: BTreeMap<&str, &str> = previous
             .parts
             .iter()

@@ -176,6 +176,50 @@ fn build_arg_change_is_named_as_the_reason() {
     );
 }
 
+/// A record an older kiln wrote (another key scheme) is never a hit, and the step says why.
+#[test]
+fn a_record_of_an_older_key_scheme_is_a_miss_because_kiln_was_upgraded() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a\n"),
+        ("a.txt", "A"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    build(ctx.path(), root.path(), &[], &[]);
+    // Rewrite the step's record as a kiln of scheme "1" left it: another key (old keys were
+    // hashed under another scheme) and parts that say so. The slot points at it.
+    let slots: Vec<PathBuf> = fs::read_dir(root.path().join("cache/slots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let key = fs::read_to_string(&slots[0]).unwrap();
+    let hex = key.trim().trim_start_matches("sha256:").to_string();
+    let record_path = root.path().join(format!("cache/{hex}.json"));
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    let old_hex = "0".repeat(64);
+    record["key"] = serde_json::Value::String(format!("sha256:{old_hex}"));
+    let parts = record["parts"].as_array_mut().unwrap();
+    let scheme = parts
+        .iter_mut()
+        .find(|p| p[0] == "kiln key scheme")
+        .expect("records carry their key scheme");
+    scheme[1] = serde_json::Value::String("1".to_string());
+    fs::write(
+        root.path().join(format!("cache/{old_hex}.json")),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    fs::remove_file(&record_path).unwrap();
+    fs::write(&slots[0], format!("sha256:{old_hex}")).unwrap();
+    let again = build(ctx.path(), root.path(), &[], &[]);
+    assert!(
+        again.stderr.contains("running: kiln was upgraded"),
+        "{}",
+        again.stderr
+    );
+}
+
 #[test]
 fn no_cache_runs_every_step() {
     let ctx = context(&[

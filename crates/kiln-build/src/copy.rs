@@ -251,7 +251,22 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 .lstat(&base)
                 .is_some_and(|found| found.meta.is_dir());
         for entry in entries {
-            if keep_existing && entry.destination.as_os_str().is_empty() {
+            let is_root = entry.destination.as_os_str().is_empty();
+            if keep_existing && is_root {
+                continue;
+            }
+            if source_is_dir && is_root {
+                // A directory's contents are copied into the destination, which BuildKit makes
+                // first as 0755, owned by the --chown owner (root without one): the source
+                // directory's own mode and owner stay behind.
+                placements.push(Placement {
+                    destination: base.clone(),
+                    kind: PlacementKind::Dir,
+                    mode: 0o755,
+                    mtime: (job.now, 0),
+                    owner: None,
+                    stat: None,
+                });
                 continue;
             }
             placements.push(Placement {
@@ -1134,6 +1149,36 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_copied_to_a_new_destination_gets_a_fresh_0755_directory() {
+        let (c, ctx) = context(&[("private/p", "p")]);
+        fs::set_permissions(
+            c.path().join("private"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let out = copy(
+            &step(&["private"], "/private"),
+            &ctx,
+            &Rootfs::default(),
+            "/",
+        )
+        .unwrap();
+        let meta = fs::metadata(out.path().join("private")).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o755, 0, 0)
+        );
+        let mut chowned = step(&["private"], "/private");
+        chowned.chown = Some("10:11".into());
+        let out = copy(&chowned, &ctx, &Rootfs::default(), "/").unwrap();
+        let meta = fs::metadata(out.path().join("private")).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o755, 10, 11)
+        );
+    }
+
+    #[test]
     fn directory_times_survive_their_contents_being_written() {
         let (c, ctx) = context(&[("src/sub/x", "1")]);
         let old = rustix::fs::Timespec {
@@ -1154,9 +1199,10 @@ mod tests {
             .unwrap();
         }
         let out = copy(&step(&["src"], "/dst"), &ctx, &Rootfs::default(), "/").unwrap();
+        // The destination is made by the step (BuildKit's mkdir before the copy): its time.
         assert_eq!(
             fs::metadata(out.path().join("dst")).unwrap().mtime(),
-            1_000_000_000
+            1_700_000_000
         );
         assert_eq!(
             fs::metadata(out.path().join("dst/sub")).unwrap().mtime(),

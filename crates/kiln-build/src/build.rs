@@ -806,18 +806,16 @@ impl Builder<'_> {
                     crate::git::GitSource::parse(url, copy.checksum.as_deref(), copy.keep_git_dir)
                         .map_err(|e| BuildError::Copy(format!("ADD {e}")))?;
                 let resolved = crate::git::resolve(&parsed)?;
-                parts.push((
-                    format!(
-                        "git {}#{}:{}",
+                parts.push(KeyPart::GitCommit {
+                    source: format!(
+                        "{}#{}:{}",
                         parsed.display_remote(),
                         parsed.reference,
                         parsed.subdir
                     ),
-                    format!(
-                        "commit {} keep-git-dir {}",
-                        resolved.commit, parsed.keep_git_dir
-                    ),
-                ));
+                    commit: resolved.commit.clone(),
+                    keep_git_dir: parsed.keep_git_dir,
+                });
                 downloads.git.push(resolved);
             }
         }
@@ -952,16 +950,16 @@ impl Builder<'_> {
         image: &StageImage,
     ) -> Result<(String, KeyParts, crate::copy::Owner), BuildError> {
         let owner = crate::copy::workdir_owner(&image.config.config.user, &self.rootfs(image)?);
-        let mut parts: Vec<(String, String)> =
-            vec![("parent".to_string(), image.chain_key.clone())];
-        let mut instruction_key = KeyHasher::new("instruction");
-        step.cache_key(&mut instruction_key);
-        parts.push(("instruction".to_string(), instruction_key.finish()));
-        parts.push(("owner".to_string(), format!("{}:{}", owner.uid, owner.gid)));
-        self.common_parts(step, &mut parts);
-        let mut key = KeyHasher::new("layer-step");
-        key.pairs("parts", &parts);
-        Ok((key.finish(), parts, owner))
+        let mut key = StepKey::new(StepKind::Layer);
+        key.push(KeyPart::Parent(image.chain_key.clone()))
+            .push(KeyPart::Instruction(instruction_digest(step)))
+            .push(KeyPart::Chown {
+                uid: owner.uid,
+                gid: owner.gid,
+            });
+        self.common_parts(step, &mut key);
+        let (key, parts) = key.finish();
+        Ok((key, parts, owner))
     }
 
     /// A COPY/ADD's key and its parts, given what it reads (`copy_inputs`).

@@ -391,6 +391,15 @@ pub enum KeyPart {
         /// Its content digest.
         digest: String,
     },
+    /// An ADD git source: the commit its ref named when the key was made.
+    GitCommit {
+        /// The repository without credentials, with its ref and subdir (`url#ref:subdir`).
+        source: String,
+        /// The full object name of the commit.
+        commit: String,
+        /// Whether `.git` is kept.
+        keep_git_dir: bool,
+    },
     /// A RUN bind mount of a stage.
     MountStage {
         /// The mount's position among the RUN's mounts.
@@ -428,6 +437,7 @@ impl KeyPart {
             KeyPart::Stage(_) => "stage".to_string(),
             KeyPart::Image(_) => "image".to_string(),
             KeyPart::MountContext { index, path, .. } => format!("mount {index} source {path}"),
+            KeyPart::GitCommit { source, .. } => format!("git {source}"),
             KeyPart::MountStage { index, .. } => format!("mount {index} stage"),
             KeyPart::MountImage { index, .. } => format!("mount {index} image"),
         }
@@ -464,6 +474,11 @@ impl KeyPart {
             KeyPart::ContextSource { digest, .. }
             | KeyPart::ContextFile { digest, .. }
             | KeyPart::MountContext { digest, .. } => digest.clone(),
+            KeyPart::GitCommit {
+                commit,
+                keep_git_dir,
+                ..
+            } => format!("commit {commit} keep-git-dir {keep_git_dir}"),
         }
     }
 }

@@ -222,7 +222,6 @@ fn multi_stage_copy_from() {
 /// with mode 0755 owned by the --chown user (root without one) and copies only the contents'
 /// metadata; kiln gives the new destination the source directory's mode and owner.
 #[test]
-#[ignore = "kiln differs: a directory COPY's new destination takes the source directory's mode and owner, BuildKit's is 0755 and --chown's (root)"]
 fn copy_of_a_directory_to_a_new_destination() {
     let ctx = context(&[(
         "Dockerfile",
@@ -300,7 +299,6 @@ fn add_of_a_local_tar_plain_and_gzip() {
 /// Issue 12 items 1 and 2, the "Must show" recipe: USER, then WORKDIR under a home that does
 /// not exist, then an npm-style install into $HOME.
 #[test]
-#[ignore = "issue 12: WORKDIR creates its directory owned by USER, and HOME from passwd"]
 fn user_workdir_and_an_install_into_home() {
     let ctx = context(&[(
         "Dockerfile",
@@ -315,7 +313,6 @@ fn user_workdir_and_an_install_into_home() {
 }
 
 #[test]
-#[ignore = "issue 12: WORKDIR creates its directory"]
 fn workdir_makes_its_directory() {
     let ctx = context(&[(
         "Dockerfile",
@@ -325,7 +322,6 @@ fn workdir_makes_its_directory() {
 }
 
 #[test]
-#[ignore = "issue 12: HOME in RUN from the user's passwd entry"]
 fn home_comes_from_passwd() {
     let ctx = context(&[(
         "Dockerfile",
@@ -344,7 +340,6 @@ fn home_comes_from_passwd() {
 }
 
 #[test]
-#[ignore = "issue 12: supplementary groups are the groups that list the user, not its primary gid"]
 fn supplementary_groups_of_a_non_root_run() {
     let ctx = context(&[(
         "Dockerfile",
@@ -359,7 +354,6 @@ fn supplementary_groups_of_a_non_root_run() {
 }
 
 #[test]
-#[ignore = "issue 12: --chown=NAME without a group takes the passwd entry's gid"]
 fn chown_to_a_name_takes_its_primary_group() {
     let ctx = context(&[(
         "Dockerfile",
@@ -375,7 +369,6 @@ fn chown_to_a_name_takes_its_primary_group() {
 }
 
 #[test]
-#[ignore = "issue 12: COPY keeps hard links of the build context"]
 fn hard_links_in_the_context_stay_hard_links() {
     let ctx = context(&[(
         "Dockerfile",
@@ -400,7 +393,6 @@ fn hard_links_in_the_context_stay_hard_links() {
 }
 
 #[test]
-#[ignore = "issue 12: ADD --chown of a tar (and COPY --from --chown) keeps setuid/setgid/sticky"]
 fn chown_keeps_setuid_setgid_and_sticky_bits() {
     let entries: &[(&str, &str, u32, u64, u64, &str)] = &[
         ("bin", "dir", 0o755, 0, 0, ""),
@@ -430,7 +422,6 @@ fn chown_keeps_setuid_setgid_and_sticky_bits() {
 }
 
 #[test]
-#[ignore = "issue 12: FROM scratch images get WorkingDir \"/\""]
 fn scratch_images_work_in_the_root() {
     let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n")]);
     write_files(ctx.path(), &[("f", b"f\n", 0o644)]);

@@ -4,15 +4,17 @@
 //! processes of the same executable, started with a hidden first argument:
 //!
 //! ```text
-//! kiln ──spawn──▶ kiln __kiln-sandbox         unshare(mount, pid, uts, ipc[, net]); / private
+//! kiln ──spawn──▶ kiln __kiln-sandbox         unshare(mount, pid, uts, ipc[, net]); / private;
+//!                   │                          waits, writes how the command ended
 //!                   └─spawn──▶ kiln __kiln-sandbox-init    pid 1 of the new pid namespace:
 //!                                 overlay + /proc /dev /sys /etc/hosts /etc/resolv.conf,
 //!                                 hostname, pivot_root, drop to the image's user,
-//!                                 spawn the command, reap every child, write the status
+//!                                 then exec: the command itself is pid 1
 //! ```
 //!
-//! When the command exits, pid 1 exits, and the kernel kills whatever the command left behind:
-//! every process of a step is gone when the step ends. Both helpers die with their parent.
+//! The command is pid 1, as under docker and BuildKit (an init like tini finds itself pid 1).
+//! When it exits, the kernel kills whatever it left behind: every process of a step is gone when
+//! the step ends. Both helpers die with their parent.
 
 pub mod isolation;
 mod process;

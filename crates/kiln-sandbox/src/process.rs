@@ -86,13 +86,45 @@ fn create_namespaces(spec: &Spec, spec_path: &Path) -> i32 {
         Ok(exe) => exe,
         Err(e) => return setup_failed(spec, format!("finding kiln's executable: {e}")),
     };
-    // The next child is pid 1 of the new pid namespace.
+    // Opened now: init's pivot_root changes this process's root too (one mount namespace), so
+    // the path is gone by the time the command has ended.
+    let mut status_file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&spec.status_file)
+    {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("kiln sandbox: {}: {e}", spec.status_file.display());
+            return 125;
+        }
+    };
+    // The next child is pid 1 of the new pid namespace: it sets the sandbox up and then
+    // becomes the command, which is pid 1 as under docker and BuildKit.
     match Command::new(exe)
         .arg(crate::INIT_ARG)
         .arg(spec_path)
         .status()
     {
-        Ok(status) => status.code().unwrap_or(125),
+        Ok(status) => {
+            // An init that failed said why in the status file; one that became the command
+            // wrote nothing, and how it ended is the command's.
+            let reported = status_file.metadata().is_ok_and(|m| m.len() > 0);
+            if !reported {
+                use std::os::unix::process::ExitStatusExt;
+                let exit = match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::Code(125),
+                };
+                if let Ok(bytes) = serde_json::to_vec(&Status::Ended(exit)) {
+                    let _ = status_file.write_all(&bytes);
+                    let _ = status_file.sync_data();
+                }
+            }
+            0
+        }
         Err(e) => setup_failed(spec, format!("starting the sandbox's init: {e}")),
     }
 }
@@ -174,53 +206,27 @@ fn init(spec: &Spec) -> i32 {
         .iter()
         .map(|entry| entry.split_once('=').unwrap_or((entry.as_str(), "")))
         .collect();
-    let child = Command::new(program)
+    // pid 1 becomes the command, as runc makes it under docker and BuildKit: an init such as
+    // tini finds itself pid 1, and when the command ends the kernel kills everything left in
+    // the namespace. The helper outside reads how it ended. Only a failed exec returns here.
+    use std::os::unix::process::CommandExt;
+    let error = Command::new(program)
         .args(args)
         .env_clear()
         .envs(env)
         .current_dir(&spec.cwd)
         .stdin(Stdio::inherit())
-        .spawn();
-    let child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            let message = if e.kind() == std::io::ErrorKind::NotFound {
-                "not found in the image".to_string()
-            } else {
-                e.to_string()
-            };
-            report(Status::NotStarted {
-                program: program.clone(),
-                message,
-            });
-            return 125;
-        }
+        .exec();
+    let message = if error.kind() == std::io::ErrorKind::NotFound {
+        "not found in the image".to_string()
+    } else {
+        error.to_string()
     };
-    let main = rustix::process::Pid::from_child(&child);
-    // pid 1 adopts every orphan of the namespace: reap them all until the command ends.
-    let exit = loop {
-        match rustix::process::waitpid(None, rustix::process::WaitOptions::empty()) {
-            Ok(Some((pid, status))) if pid == main => {
-                break match (status.exit_status(), status.terminating_signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(signal)) => Exit::Signal(signal),
-                    (None, None) => Exit::Code(125),
-                };
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                report(Status::SetupFailed {
-                    message: format!("waiting for the command: {e}"),
-                    overlay: false,
-                });
-                return 125;
-            }
-        }
-    };
-    report(Status::Ended(exit));
-    // Returning ends pid 1: the kernel kills everything left in the namespace.
-    0
+    report(Status::NotStarted {
+        program: program.clone(),
+        message,
+    });
+    125
 }
 
 /// What a RUN may do as root: Docker's default capabilities, less MKNOD (with no device

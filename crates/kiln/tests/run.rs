@@ -176,7 +176,7 @@ RUN sleep 600 & echo "left a process behind"
     );
     assert!(
         run.stderr
-            .contains("hello 3 1000:1000 1000 10 /work/dir kiln pid=2"),
+            .contains("hello 3 1000:1000 1000 10 /work/dir kiln pid=1"),
         "{}",
         run.stderr
     );
@@ -210,6 +210,19 @@ RUN sleep 600 & echo "left a process behind"
         &[],
     );
     assert_eq!(code.status, 7, "{}", code.stderr);
+    // The command is pid 1, as under docker run (tini-style inits check it), and a signal
+    // that ends it is reported as such.
+    let pid = kiln(
+        &["--root", &r, "run", "facts:1", "sh", "-c", "echo $$"],
+        root.path(),
+        &[],
+    );
+    assert_eq!(
+        (pid.status, pid.stdout.as_str()),
+        (0, "1\n"),
+        "{}",
+        pid.stderr
+    );
     let none = kiln(
         &[
             "--root",
@@ -269,8 +282,10 @@ fn failures_are_clear_and_leave_the_store_consistent() {
             "FROM busybox:test\nRUN echo working; for i in 1 2 3 4 5; do echo line $i; done; exit 3\n",
             &["exit code 3", "line 5", "RUN line 2"],
         ),
+        // The command is pid 1, which its own namespace cannot kill (as under docker): the
+        // kernel's SIGKILL at the CPU limit can.
         (
-            "FROM busybox:test\nRUN kill -9 $$\n",
+            "FROM busybox:test\nRUN ulimit -t 1; while :; do :; done\n",
             &["killed by signal 9 (SIGKILL)"],
         ),
         (

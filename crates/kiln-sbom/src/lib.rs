@@ -78,8 +78,10 @@ pub struct Package {
     pub version: String,
     /// The architecture as the database records it (`amd64`, `x86_64`, `noarch`, `all`).
     pub architecture: Option<String>,
-    /// The license text as the database records it, if it has one (apk, rpm, Python
-    /// metadata). dpkg keeps none.
+    /// The license as the database records it (apk `L:`, rpm `LICENSE`, Python metadata), or
+    /// for dpkg the license names of the package's machine-readable (DEP-5)
+    /// `/usr/share/doc/NAME/copyright`, in Debian's short-name syntax. The SPDX document
+    /// declares it only when it is (or maps exactly to) a valid SPDX expression.
     pub license: Option<String>,
     /// The source package (dpkg `Source`, apk origin, rpm source rpm), when it differs.
     pub source: Option<String>,

@@ -240,7 +240,8 @@ fn spdx_package(package: &Package, layer_diff_ids: &[String]) -> SpdxPackage {
             package.layer,
             layer_diff_ids,
         )),
-        primary_package_purpose: Some("LIBRARY".into()),
+        // A package database does not say whether a package is an application or a library.
+        primary_package_purpose: None,
         external_refs: vec![SpdxExternalRef {
             reference_category: "PACKAGE-MANAGER".into(),
             reference_type: "purl".into(),

@@ -54,6 +54,13 @@ pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
 /// `artifactType` of an attestation manifest in the OCI-artifact form.
 pub const ATTESTATION_ARTIFACT_TYPE: &str = "application/vnd.docker.attestation.manifest.v1+json";
 
+/// File name of the provenance statement beside a `-o type=local` tree (as buildx writes it).
+pub const PROVENANCE_FILE: &str = "provenance.json";
+/// File name of the SBOM statement beside a `-o type=local` tree (as buildx writes it).
+/// There, as BuildKit does, each statement's subjects are the exported regular files (path
+/// relative to the tree, sha256 of the content).
+pub const SBOM_FILE: &str = "sbom.spdx.json";
+
 /// Errors making attestations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -180,3 +180,81 @@ pub(crate) fn purl(
     }
     Some(purl.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+
+    /// An image held in memory: path → content, every file in layer 0.
+    struct MemImage(BTreeMap<PathBuf, Vec<u8>>);
+
+    impl ImageFiles for MemImage {
+        fn read(&self, path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(self.0.get(path).map(|bytes| {
+                bytes
+                    .iter()
+                    .take(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX))
+                    .copied()
+                    .collect()
+            }))
+        }
+        fn list(&self, path: &Path) -> std::io::Result<Option<Vec<OsString>>> {
+            // Directories are implied by the files below them.
+            let mut names: Vec<OsString> = self
+                .0
+                .keys()
+                .flat_map(|key| key.ancestors())
+                .filter(|entry| entry.parent() == Some(path))
+                .filter_map(|entry| entry.file_name().map(|n| n.to_os_string()))
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok((!names.is_empty()).then_some(names))
+        }
+        fn layer_of(&self, path: &Path) -> Option<usize> {
+            self.0.contains_key(path).then_some(0)
+        }
+    }
+
+    #[test]
+    fn hostile_text_databases_never_panic() {
+        // Byte soup weighted towards the characters the parsers split on.
+        const ALPHABET: &[u8] = b"PVALomFR:: \n\n\t=\"'#()+/.-abcXYZ019\xff\xc3\x80\0";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..1500 {
+            let mut soup = || {
+                let len = (next() % 400) as usize;
+                (0..len)
+                    .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                    .collect::<Vec<u8>>()
+            };
+            let image = MemImage(BTreeMap::from([
+                (PathBuf::from("/etc/os-release"), soup()),
+                (PathBuf::from("/var/lib/dpkg/status"), soup()),
+                (PathBuf::from("/var/lib/dpkg/status.d/x"), soup()),
+                (PathBuf::from("/usr/share/doc/x/copyright"), soup()),
+                (PathBuf::from("/lib/apk/db/installed"), soup()),
+                (
+                    PathBuf::from("/usr/lib/python3/dist-packages/x.dist-info/METADATA"),
+                    soup(),
+                ),
+            ]));
+            let inventory = scan(&image).unwrap();
+            assert!(inventory.packages.iter().all(|p| !p.purl.is_empty()));
+            let options = SbomOptions::new("x", "kiln-test", Timestamp(0));
+            let bytes = spdx_document(&inventory, &options)
+                .unwrap()
+                .to_json()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! redacted against the secret values the builder passes before it is written.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod flags;
 mod manifest;
 mod provenance;
 mod redact;
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use kiln_oci::{Digest, Platform};
 use serde::Serialize;
 
+pub use flags::{parse_provenance_flag, parse_sbom_flag, FlagError, ProvenanceRequest};
 pub use manifest::{
     attestation_layer, attestation_manifest, attestations_for, is_attestation_manifest,
     layers_with_predicate, unknown_platform, AttestationForm, AttestationLayer,

@@ -1,7 +1,23 @@
 //! SLSA provenance v1 (slsa.dev/spec/v1.1/provenance), shaped like BuildKit's so tools that
-//! read `docker buildx` provenance find the same fields: `buildDefinition.externalParameters`
-//! (`configSource`, `request`), `internalParameters.builderPlatform`, `resolvedDependencies`,
-//! `runDetails.builder` and `runDetails.metadata`.
+//! read `docker buildx` provenance find the same fields. What kiln writes:
+//!
+//! | field | min | max |
+//! |---|---|---|
+//! | `buildDefinition.buildType` | [`KILN_BUILD_TYPE`] | same |
+//! | `…externalParameters.configSource` | recipe `path`, `digest`, `uri` if remote | same |
+//! | `…request.frontend`, `target`, `platforms`, `locals` (context names) | yes | yes |
+//! | `…request.args` (`build-arg:NAME` → value) | no | yes |
+//! | `…request.argNames` (names only) | yes | no |
+//! | `…request.secrets`, `ssh` (ids, `optional`; never values) | yes | yes |
+//! | `…internalParameters.builderPlatform`, `sourceDateEpoch` | yes | yes |
+//! | `…internalParameters.buildConfig.steps` (id, stage, instruction, `cacheKey`, `cached`, `inputs`) | no | yes |
+//! | `buildDefinition.resolvedDependencies`: images as `pkg:docker/…` purls, `ADD` URLs, git URLs `#ref` with the commit (`sha1`/`sha256`), local contexts by `name`; all with digests, sorted | yes | yes |
+//! | `runDetails.builder.id`, `.version` | yes | yes |
+//! | `runDetails.metadata.invocationId`, `startedOn`, `finishedOn` (both `SOURCE_DATE_EPOCH` when set) | yes | yes |
+//! | `runDetails.metadata.kiln_completeness` (`request`, `resolvedDependencies`), `kiln_hermetic`, `kiln_reproducible` | yes | yes |
+//!
+//! The predicate is written with its object keys sorted (it passes through a JSON value for
+//! redaction), so its bytes depend only on the content.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -532,6 +532,12 @@ mod tests {
                     reference: Some("refs/tags/v1".into()),
                     commit: "4b220de5058abfd01ff619c9d2ff6b09a049bea0".into(),
                 },
+                Material::Git {
+                    url: "glpat_token@gitlab.example.com:o/other.git".into(),
+                    reference: None,
+                    commit: "0000000000000000000000000000000000000000000000000000000000000001"
+                        .into(),
+                },
                 Material::Context {
                     name: "context".into(),
                     digest: sha256_digest(b"context"),
@@ -641,17 +647,18 @@ mod tests {
             [
                 "context",
                 "shared",
+                "gitlab.example.com:o/other.git",
                 "https://downloads.example.com/tool.tar.gz",
                 "https://github.com/o/lib.git#refs/tags/v1",
                 "pkg:docker/alpine@3.19?platform=linux%2Famd64",
             ]
         );
         assert_eq!(
-            deps[3]["digest"],
+            deps[4]["digest"],
             serde_json::json!({"sha1": "4b220de5058abfd01ff619c9d2ff6b09a049bea0"})
         );
         assert_eq!(
-            deps[4]["digest"]["sha256"],
+            deps[5]["digest"]["sha256"],
             sha256_digest(b"alpine manifest").hex()
         );
 
@@ -691,7 +698,14 @@ mod tests {
         for mode in [ProvenanceMode::Min, ProvenanceMode::Max] {
             let bytes = statement_bytes(&record(), mode);
             let text = String::from_utf8(bytes).unwrap();
-            for forbidden in [SECRET, "ghp_token", "oauth2", "bob:pw", "user:"] {
+            for forbidden in [
+                SECRET,
+                "ghp_token",
+                "glpat_token",
+                "oauth2",
+                "bob:pw",
+                "user:",
+            ] {
                 assert!(!text.contains(forbidden), "{mode:?}: {forbidden} in {text}");
             }
         }

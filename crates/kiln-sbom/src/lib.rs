@@ -5,10 +5,11 @@
 //!   and say which layer a path comes from. [`DirImage`] implements it for a plain directory;
 //!   the builder implements it over its union view of the layer snapshots.
 //! * [`scan`] reads `/etc/os-release` and the dpkg (`/var/lib/dpkg/status`, `status.d/`), apk
-//!   (`/lib/apk/db/installed`), rpm (`/var/lib/rpm/rpmdb.sqlite` and the older
-//!   `/usr/lib/sysimage/rpm` location) and Python (`*.dist-info`) databases into an
-//!   [`Inventory`]. Every database is untrusted input: sizes are capped, rpm headers are
-//!   bounds-checked, and a malformed record is skipped with a [`ScanWarning`].
+//!   (`/lib/apk/db/installed`), rpm (`/var/lib/rpm/rpmdb.sqlite`, or Fedora's newer
+//!   `/usr/lib/sysimage/rpm`), Python (`*.dist-info`, `*.egg-info`) and npm (global and
+//!   application `node_modules` trees) databases into an [`Inventory`]. Every database is
+//!   untrusted input: sizes are capped, rpm headers are bounds-checked, and a malformed record
+//!   is skipped with a [`ScanWarning`].
 //! * [`spdx_document`] turns an inventory into an [`SpdxDocument`] whose bytes
 //!   ([`SpdxDocument::to_json`]) depend only on the inventory and the [`SbomOptions`]:
 //!   packages are sorted, the document namespace is derived from the content, and `created` is
@@ -19,6 +20,7 @@ mod apk;
 mod dpkg;
 mod error;
 mod files;
+mod npm;
 mod os_release;
 mod python;
 mod rpm;
@@ -52,8 +54,10 @@ pub enum Ecosystem {
     Apk,
     /// rpm (Fedora, RHEL, SUSE, Amazon Linux).
     Rpm,
-    /// Python distributions (`*.dist-info`).
+    /// Python distributions (`*.dist-info`, `*.egg-info`).
     Python,
+    /// npm packages (`node_modules/**/package.json`).
+    Npm,
 }
 
 impl Ecosystem {
@@ -64,6 +68,7 @@ impl Ecosystem {
             Ecosystem::Apk => "apk",
             Ecosystem::Rpm => "rpm",
             Ecosystem::Python => "pypi",
+            Ecosystem::Npm => "npm",
         }
     }
 }
@@ -143,6 +148,7 @@ pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
     apk::scan(image, &os, &mut packages, &mut warnings)?;
     rpm::scan(image, &os, &mut packages, &mut warnings)?;
     python::scan(image, &mut packages, &mut warnings)?;
+    npm::scan(image, &mut packages, &mut warnings)?;
     packages.sort_by(|a, b| {
         (a.ecosystem, &a.name, &a.version, &a.architecture, &a.purl).cmp(&(
             b.ecosystem,

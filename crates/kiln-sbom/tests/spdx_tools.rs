@@ -58,7 +58,7 @@ fn debian_sbom_is_valid_spdx() {
 }
 
 #[test]
-fn apk_sbom_with_odd_names_is_valid_spdx() {
+fn apk_and_npm_sbom_with_odd_names_is_valid_spdx() {
     let root = tempfile::tempdir().unwrap();
     let db = root.path().join("lib/apk/db");
     std::fs::create_dir_all(&db).unwrap();
@@ -66,6 +66,13 @@ fn apk_sbom_with_odd_names_is_valid_spdx() {
         db.join("installed"),
         "P:musl\nV:1.2.4-r4\nA:x86_64\nL:MIT\nm:Someone <a@b.c>\n\n\
          P:odd name/with:chars\nV:1 2\nA:x86_64\nL:GPL2 or (weird\n",
+    )
+    .unwrap();
+    let npm = root.path().join("app/node_modules/@scope/pkg");
+    std::fs::create_dir_all(&npm).unwrap();
+    std::fs::write(
+        npm.join("package.json"),
+        r#"{"name":"@scope/pkg","version":"1.0.0-beta+build","license":"(MIT OR Apache-2.0)"}"#,
     )
     .unwrap();
     std::fs::create_dir_all(root.path().join("etc")).unwrap();

@@ -15,6 +15,7 @@
 //! redacted against the secret values the builder passes before it is written.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod flags;
 mod manifest;
 mod provenance;
 mod redact;
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use kiln_oci::{Digest, Platform};
 use serde::Serialize;
 
+pub use flags::{parse_provenance_flag, parse_sbom_flag, FlagError, ProvenanceRequest};
 pub use manifest::{
     attestation_layer, attestation_manifest, attestations_for, is_attestation_manifest,
     layers_with_predicate, unknown_platform, AttestationForm, AttestationLayer,
@@ -53,6 +55,13 @@ pub const REFERENCE_DIGEST_ANNOTATION: &str = "vnd.docker.reference.digest";
 pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
 /// `artifactType` of an attestation manifest in the OCI-artifact form.
 pub const ATTESTATION_ARTIFACT_TYPE: &str = "application/vnd.docker.attestation.manifest.v1+json";
+
+/// File name of the provenance statement beside a `-o type=local` tree (as buildx writes it).
+pub const PROVENANCE_FILE: &str = "provenance.json";
+/// File name of the SBOM statement beside a `-o type=local` tree (as buildx writes it).
+/// There, as BuildKit does, each statement's subjects are the exported regular files (path
+/// relative to the tree, sha256 of the content).
+pub const SBOM_FILE: &str = "sbom.spdx.json";
 
 /// Errors making attestations.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,23 @@
 //! SLSA provenance v1 (slsa.dev/spec/v1.1/provenance), shaped like BuildKit's so tools that
-//! read `docker buildx` provenance find the same fields: `buildDefinition.externalParameters`
-//! (`configSource`, `request`), `internalParameters.builderPlatform`, `resolvedDependencies`,
-//! `runDetails.builder` and `runDetails.metadata`.
+//! read `docker buildx` provenance find the same fields. What kiln writes:
+//!
+//! | field | min | max |
+//! |---|---|---|
+//! | `buildDefinition.buildType` | [`KILN_BUILD_TYPE`] | same |
+//! | `…externalParameters.configSource` | recipe `path`, `digest`, `uri` if remote | same |
+//! | `…request.frontend`, `target`, `platforms`, `locals` (context names) | yes | yes |
+//! | `…request.args` (`build-arg:NAME` → value) | no | yes |
+//! | `…request.argNames` (names only) | yes | no |
+//! | `…request.secrets`, `ssh` (ids, `optional`; never values) | yes | yes |
+//! | `…internalParameters.builderPlatform`, `sourceDateEpoch` | yes | yes |
+//! | `…internalParameters.buildConfig.steps` (id, stage, instruction, `cacheKey`, `cached`, `inputs`) | no | yes |
+//! | `buildDefinition.resolvedDependencies`: images as `pkg:docker/…` purls, `ADD` URLs, git URLs `#ref` with the commit (`sha1`/`sha256`), local contexts by `name`; all with digests, sorted | yes | yes |
+//! | `runDetails.builder.id`, `.version` | yes | yes |
+//! | `runDetails.metadata.invocationId`, `startedOn`, `finishedOn` (both `SOURCE_DATE_EPOCH` when set) | yes | yes |
+//! | `runDetails.metadata.kiln_completeness` (`request`, `resolvedDependencies`), `kiln_hermetic`, `kiln_reproducible` | yes | yes |
+//!
+//! The predicate is written with its object keys sorted (it passes through a JSON value for
+//! redaction), so its bytes depend only on the content.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -516,6 +532,12 @@ mod tests {
                     reference: Some("refs/tags/v1".into()),
                     commit: "4b220de5058abfd01ff619c9d2ff6b09a049bea0".into(),
                 },
+                Material::Git {
+                    url: "glpat_token@gitlab.example.com:o/other.git".into(),
+                    reference: None,
+                    commit: "0000000000000000000000000000000000000000000000000000000000000001"
+                        .into(),
+                },
                 Material::Context {
                     name: "context".into(),
                     digest: sha256_digest(b"context"),
@@ -625,17 +647,18 @@ mod tests {
             [
                 "context",
                 "shared",
+                "gitlab.example.com:o/other.git",
                 "https://downloads.example.com/tool.tar.gz",
                 "https://github.com/o/lib.git#refs/tags/v1",
                 "pkg:docker/alpine@3.19?platform=linux%2Famd64",
             ]
         );
         assert_eq!(
-            deps[3]["digest"],
+            deps[4]["digest"],
             serde_json::json!({"sha1": "4b220de5058abfd01ff619c9d2ff6b09a049bea0"})
         );
         assert_eq!(
-            deps[4]["digest"]["sha256"],
+            deps[5]["digest"]["sha256"],
             sha256_digest(b"alpine manifest").hex()
         );
 
@@ -675,7 +698,14 @@ mod tests {
         for mode in [ProvenanceMode::Min, ProvenanceMode::Max] {
             let bytes = statement_bytes(&record(), mode);
             let text = String::from_utf8(bytes).unwrap();
-            for forbidden in [SECRET, "ghp_token", "oauth2", "bob:pw", "user:"] {
+            for forbidden in [
+                SECRET,
+                "ghp_token",
+                "glpat_token",
+                "oauth2",
+                "bob:pw",
+                "user:",
+            ] {
                 assert!(!text.contains(forbidden), "{mode:?}: {forbidden} in {text}");
             }
         }

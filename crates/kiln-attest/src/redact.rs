@@ -2,16 +2,17 @@
 
 use serde_json::Value;
 
-/// `scheme://user:password@host/…` → `scheme://host/…`. Anything without `://` (an scp-style
-/// git address, a plain name) is returned unchanged.
+/// `scheme://user:password@host/…` → `scheme://host/…`, and for an address without a scheme
+/// (scp-style git `token@host:path`) everything up to the last `@` before the first `/`.
 pub fn strip_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rfind('@') {
-        Some(at) => format!("{scheme}://{}{tail}", &authority[at + 1..]),
+        Some(at) => format!("{prefix}{}{tail}", &authority[at + 1..]),
         None => url.to_string(),
     }
 }
@@ -91,9 +92,14 @@ mod tests {
             "https://example.com/path@v1"
         );
         assert_eq!(
-            strip_userinfo("git@github.com:o/r.git"),
-            "git@github.com:o/r.git"
+            strip_userinfo("ghp_token@github.com:o/r.git"),
+            "github.com:o/r.git"
         );
+        assert_eq!(
+            strip_userinfo("user:pw@registry.example.com/app"),
+            "registry.example.com/app"
+        );
+        assert_eq!(strip_userinfo("plain/name"), "plain/name");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::{
 const STATUS: &str = "/var/lib/dpkg/status";
 const STATUS_DIR: &str = "/var/lib/dpkg/status.d";
 const INFO_DIR: &str = "/var/lib/dpkg/info";
+const DOC_DIR: &str = "/usr/share/doc";
 
 /// One control paragraph: fields in order, continuation lines folded into the value.
 pub(crate) struct Paragraph<'a> {
@@ -167,13 +168,57 @@ fn read_database(
             name: name.to_string(),
             version: version.to_string(),
             architecture: architecture.map(str::to_string),
-            license: None,
+            license: copyright_licenses(image, name),
             source: upstream.map(str::to_string),
             supplier: paragraph.get("Maintainer").map(str::to_string),
             purl,
             layer,
             found_in: path.to_path_buf(),
         });
+    }
+}
+
+/// The licenses a machine-readable (DEP-5) `/usr/share/doc/NAME/copyright` names, in
+/// Debian's short-name syntax: the first line of every `License:` field of a `Files:`
+/// paragraph, distinct, sorted, joined with ` AND ` (each file is under its own license, so the
+/// package is under all of them). `None` when the file is missing, not DEP-5, or names none.
+pub(crate) fn copyright_licenses(image: &dyn ImageFiles, name: &str) -> Option<String> {
+    if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
+        return None;
+    }
+    let path = Path::new(DOC_DIR).join(name).join("copyright");
+    let bytes = read_capped(image, &path, MAX_METADATA_SIZE).ok()??;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut paragraphs = paragraphs(&text).into_iter();
+    let header = paragraphs.next()?;
+    if !header.get("Format")?.contains("copyright-format") {
+        return None;
+    }
+    let mut licenses: Vec<String> = paragraphs
+        .filter(|p| p.get("Files").is_some())
+        .filter_map(|p| {
+            let first = p.get("License")?.lines().next()?.trim().to_string();
+            (!first.is_empty()).then_some(first)
+        })
+        .collect();
+    licenses.sort();
+    licenses.dedup();
+    match licenses.len() {
+        0 => None,
+        1 => licenses.pop(),
+        _ => Some(
+            licenses
+                .iter()
+                .map(|l| {
+                    if l.contains(char::is_whitespace) {
+                        format!("({l})")
+                    } else {
+                        l.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        ),
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use kiln_context::{resolve_scoped, DirTree};
+use kiln_context::{resolve_scoped, DirTree, ScopeError};
 
 use crate::{Error, Result};
 
@@ -70,11 +70,13 @@ impl DirImage {
     }
 
     /// The host path of `path` inside the root, symlinks resolved inside it; `None` when it
-    /// does not exist.
+    /// does not exist, or is a symlink loop (an image's odd link must not stop its SBOM).
     fn resolve(&self, path: &Path) -> io::Result<Option<PathBuf>> {
-        let (relative, exists) = resolve_scoped(&DirTree(&self.root), path, true)
-            .map_err(|err| io::Error::other(err.to_string()))?;
-        Ok(exists.then(|| self.root.join(relative)))
+        match resolve_scoped(&DirTree(&self.root), path, true) {
+            Ok((relative, exists)) => Ok(exists.then(|| self.root.join(relative))),
+            Err(ScopeError::TooManyLinks(_)) => Ok(None),
+            Err(ScopeError::Io { source, .. }) => Err(source),
+        }
     }
 }
 
@@ -141,6 +143,10 @@ mod tests {
         assert_eq!(image.layer_of(Path::new("/etc/escape")), None);
         assert_eq!(image.layer_of(Path::new("/etc/os-release")), Some(0));
         assert_eq!(image.read(Path::new("/etc"), 100).unwrap(), None);
+        // A link loop reads as nothing there, so the rest of the scan goes on.
+        std::os::unix::fs::symlink("loop", root.path().join("etc/loop")).unwrap();
+        assert_eq!(image.read(Path::new("/etc/loop"), 100).unwrap(), None);
+        assert_eq!(image.list(Path::new("/etc/loop")).unwrap(), None);
     }
 
     #[test]

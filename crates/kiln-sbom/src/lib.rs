@@ -5,10 +5,11 @@
 //!   and say which layer a path comes from. [`DirImage`] implements it for a plain directory;
 //!   the builder implements it over its union view of the layer snapshots.
 //! * [`scan`] reads `/etc/os-release` and the dpkg (`/var/lib/dpkg/status`, `status.d/`), apk
-//!   (`/lib/apk/db/installed`), rpm (`/var/lib/rpm/rpmdb.sqlite` and the older
-//!   `/usr/lib/sysimage/rpm` location) and Python (`*.dist-info`) databases into an
-//!   [`Inventory`]. Every database is untrusted input: sizes are capped, rpm headers are
-//!   bounds-checked, and a malformed record is skipped with a [`ScanWarning`].
+//!   (`/lib/apk/db/installed`), rpm (`/var/lib/rpm/rpmdb.sqlite`, or Fedora's newer
+//!   `/usr/lib/sysimage/rpm`), Python (`*.dist-info`, `*.egg-info`) and npm (global and
+//!   application `node_modules` trees) databases into an [`Inventory`]. Every database is
+//!   untrusted input: sizes are capped, rpm headers are bounds-checked, and a malformed record
+//!   is skipped with a [`ScanWarning`].
 //! * [`spdx_document`] turns an inventory into an [`SpdxDocument`] whose bytes
 //!   ([`SpdxDocument::to_json`]) depend only on the inventory and the [`SbomOptions`]:
 //!   packages are sorted, the document namespace is derived from the content, and `created` is
@@ -19,6 +20,7 @@ mod apk;
 mod dpkg;
 mod error;
 mod files;
+mod npm;
 mod os_release;
 mod python;
 mod rpm;
@@ -52,8 +54,10 @@ pub enum Ecosystem {
     Apk,
     /// rpm (Fedora, RHEL, SUSE, Amazon Linux).
     Rpm,
-    /// Python distributions (`*.dist-info`).
+    /// Python distributions (`*.dist-info`, `*.egg-info`).
     Python,
+    /// npm packages (`node_modules/**/package.json`).
+    Npm,
 }
 
 impl Ecosystem {
@@ -64,6 +68,7 @@ impl Ecosystem {
             Ecosystem::Apk => "apk",
             Ecosystem::Rpm => "rpm",
             Ecosystem::Python => "pypi",
+            Ecosystem::Npm => "npm",
         }
     }
 }
@@ -78,8 +83,10 @@ pub struct Package {
     pub version: String,
     /// The architecture as the database records it (`amd64`, `x86_64`, `noarch`, `all`).
     pub architecture: Option<String>,
-    /// The license text as the database records it, if it has one (apk, rpm, Python
-    /// metadata). dpkg keeps none.
+    /// The license as the database records it (apk `L:`, rpm `LICENSE`, Python metadata), or
+    /// for dpkg the license names of the package's machine-readable (DEP-5)
+    /// `/usr/share/doc/NAME/copyright`, in Debian's short-name syntax. The SPDX document
+    /// declares it only when it is (or maps exactly to) a valid SPDX expression.
     pub license: Option<String>,
     /// The source package (dpkg `Source`, apk origin, rpm source rpm), when it differs.
     pub source: Option<String>,
@@ -141,6 +148,7 @@ pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
     apk::scan(image, &os, &mut packages, &mut warnings)?;
     rpm::scan(image, &os, &mut packages, &mut warnings)?;
     python::scan(image, &mut packages, &mut warnings)?;
+    npm::scan(image, &mut packages, &mut warnings)?;
     packages.sort_by(|a, b| {
         (a.ecosystem, &a.name, &a.version, &a.architecture, &a.purl).cmp(&(
             b.ecosystem,
@@ -177,4 +185,82 @@ pub(crate) fn purl(
         }
     }
     Some(purl.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+
+    /// An image held in memory: path → content, every file in layer 0.
+    struct MemImage(BTreeMap<PathBuf, Vec<u8>>);
+
+    impl ImageFiles for MemImage {
+        fn read(&self, path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(self.0.get(path).map(|bytes| {
+                bytes
+                    .iter()
+                    .take(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX))
+                    .copied()
+                    .collect()
+            }))
+        }
+        fn list(&self, path: &Path) -> std::io::Result<Option<Vec<OsString>>> {
+            // Directories are implied by the files below them.
+            let mut names: Vec<OsString> = self
+                .0
+                .keys()
+                .flat_map(|key| key.ancestors())
+                .filter(|entry| entry.parent() == Some(path))
+                .filter_map(|entry| entry.file_name().map(|n| n.to_os_string()))
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok((!names.is_empty()).then_some(names))
+        }
+        fn layer_of(&self, path: &Path) -> Option<usize> {
+            self.0.contains_key(path).then_some(0)
+        }
+    }
+
+    #[test]
+    fn hostile_text_databases_never_panic() {
+        // Byte soup weighted towards the characters the parsers split on.
+        const ALPHABET: &[u8] = b"PVALomFR:: \n\n\t=\"'#()+/.-abcXYZ019\xff\xc3\x80\0";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..1500 {
+            let mut soup = || {
+                let len = (next() % 400) as usize;
+                (0..len)
+                    .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                    .collect::<Vec<u8>>()
+            };
+            let image = MemImage(BTreeMap::from([
+                (PathBuf::from("/etc/os-release"), soup()),
+                (PathBuf::from("/var/lib/dpkg/status"), soup()),
+                (PathBuf::from("/var/lib/dpkg/status.d/x"), soup()),
+                (PathBuf::from("/usr/share/doc/x/copyright"), soup()),
+                (PathBuf::from("/lib/apk/db/installed"), soup()),
+                (
+                    PathBuf::from("/usr/lib/python3/dist-packages/x.dist-info/METADATA"),
+                    soup(),
+                ),
+            ]));
+            let inventory = scan(&image).unwrap();
+            assert!(inventory.packages.iter().all(|p| !p.purl.is_empty()));
+            let options = SbomOptions::new("x", "kiln-test", Timestamp(0));
+            let bytes = spdx_document(&inventory, &options)
+                .unwrap()
+                .to_json()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Python distributions installed by pip or a distribution package: `*.dist-info/METADATA`
-//! (core metadata, email-header style) in the interpreters' `site-packages`/`dist-packages`.
+//! and `*.egg-info[/PKG-INFO]` (core metadata, email-header style) in the interpreters'
+//! `site-packages`/`dist-packages`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,11 +29,24 @@ pub(crate) fn scan(
     let mut seen_metadata: Vec<Vec<u8>> = Vec::new();
     for site in site_dirs {
         for name in list_sorted(image, &site)? {
-            if !name.to_string_lossy().ends_with(".dist-info") {
+            let text = name.to_string_lossy();
+            // pip writes `*.dist-info/METADATA`; setuptools (and Debian's python3-* packages)
+            // `*.egg-info/PKG-INFO`, or a single `*.egg-info` file with the same content.
+            let candidates = if text.ends_with(".dist-info") {
+                vec![site.join(&name).join("METADATA")]
+            } else if text.ends_with(".egg-info") {
+                vec![site.join(&name).join("PKG-INFO"), site.join(&name)]
+            } else {
                 continue;
+            };
+            let mut found = None;
+            for candidate in candidates {
+                if let Some(bytes) = read_capped(image, &candidate, MAX_METADATA_SIZE)? {
+                    found = Some((candidate, bytes));
+                    break;
+                }
             }
-            let metadata = site.join(&name).join("METADATA");
-            let Some(bytes) = read_capped(image, &metadata, MAX_METADATA_SIZE)? else {
+            let Some((metadata, bytes)) = found else {
                 continue;
             };
             if let Some(package) = package_of(&metadata, &bytes, image.layer_of(&metadata)) {
@@ -105,9 +119,31 @@ mod tests {
             "Metadata-Version: 2.1\nName: PyYAML\nVersion: 6.0.1\nLicense: MIT\n\nLicense: not a header\n",
         )
         .unwrap();
+        let dist = root.path().join("usr/lib/python3/dist-packages");
+        std::fs::create_dir_all(dist.join("six-1.16.0.egg-info")).unwrap();
+        std::fs::write(
+            dist.join("six-1.16.0.egg-info/PKG-INFO"),
+            "Metadata-Version: 1.2\nName: six\nVersion: 1.16.0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dist.join("chardet-5.1.0.egg-info"),
+            "Metadata-Version: 1.1\nName: chardet\nVersion: 5.1.0\nLicense: LGPL\n",
+        )
+        .unwrap();
         let mut packages = Vec::new();
         let mut warnings = Vec::new();
         scan(&DirImage::new(root.path()), &mut packages, &mut warnings).unwrap();
+        let names: Vec<_> = packages.iter().map(|p| p.purl.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pkg:pypi/chardet@5.1.0",
+                "pkg:pypi/six@1.16.0",
+                "pkg:pypi/pyyaml@6.0.1"
+            ]
+        );
+        packages.retain(|p| p.name == "PyYAML");
         assert_eq!(packages.len(), 1);
         assert_eq!(packages[0].purl, "pkg:pypi/pyyaml@6.0.1");
         assert_eq!(packages[0].license.as_deref(), Some("MIT"));

@@ -206,8 +206,13 @@ pub fn spdx_document(inventory: &Inventory, options: &SbomOptions) -> Result<Spd
 }
 
 fn spdx_package(package: &Package, layer_diff_ids: &[String]) -> SpdxPackage {
+    let declared = match (package.ecosystem, package.license.as_deref()) {
+        (Ecosystem::Deb, Some(text)) => debian_to_spdx(text),
+        (_, Some(text)) => spdx_expression(text),
+        (_, None) => None,
+    };
     let (license_declared, license_comments) = match package.license.as_deref() {
-        Some(text) => match spdx_expression(text) {
+        Some(text) => match declared {
             Some(expression) => (expression, None),
             None => (NOASSERTION.to_string(), Some(text.to_string())),
         },
@@ -235,7 +240,8 @@ fn spdx_package(package: &Package, layer_diff_ids: &[String]) -> SpdxPackage {
             package.layer,
             layer_diff_ids,
         )),
-        primary_package_purpose: Some("LIBRARY".into()),
+        // A package database does not say whether a package is an application or a library.
+        primary_package_purpose: None,
         external_refs: vec![SpdxExternalRef {
             reference_category: "PACKAGE-MANAGER".into(),
             reference_type: "purl".into(),
@@ -303,6 +309,59 @@ pub(crate) fn spdx_expression(text: &str) -> Option<String> {
     spdx::Expression::parse_mode(text, mode)
         .ok()
         .map(|_| text.to_string())
+}
+
+/// A DEP-5 license expression (Debian's short names, `or`/`and`, parentheses) as an SPDX
+/// expression, when every name is one whose meaning is fixed: the DEP-5 spec's short names
+/// for the GPL family (`GPL-2+` is GPL-2.0-or-later), `Expat` (MIT), the BSD clause names,
+/// `Artistic` (Debian's common-licenses text: Perl's), or a name that already is an SPDX id.
+/// Anything else (`permissive`, `public-domain`, a `with … exception` phrase) gives `None`.
+pub(crate) fn debian_to_spdx(text: &str) -> Option<String> {
+    let spaced = text.replace('(', " ( ").replace(')', " ) ");
+    let mut out = Vec::new();
+    for token in spaced.split_whitespace() {
+        let mapped = match token {
+            "(" | ")" => token.to_string(),
+            "or" | "OR" | "|" => "OR".to_string(),
+            "and" | "AND" => "AND".to_string(),
+            name => debian_license_name(name)?,
+        };
+        out.push(mapped);
+    }
+    let expression = out.join(" ").replace("( ", "(").replace(" )", ")");
+    spdx_expression(&expression)
+}
+
+fn debian_license_name(name: &str) -> Option<String> {
+    let (base, or_later) = match name.strip_suffix('+') {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
+    let versioned = |family: &str, version: &str| {
+        let suffix = if or_later { "or-later" } else { "only" };
+        Some(format!("{family}-{version}-{suffix}"))
+    };
+    match base {
+        "GPL-1" | "GPL-1.0" => versioned("GPL", "1.0"),
+        "GPL-2" | "GPL-2.0" => versioned("GPL", "2.0"),
+        "GPL-3" | "GPL-3.0" => versioned("GPL", "3.0"),
+        "LGPL-2" | "LGPL-2.0" => versioned("LGPL", "2.0"),
+        "LGPL-2.1" => versioned("LGPL", "2.1"),
+        "LGPL-3" | "LGPL-3.0" => versioned("LGPL", "3.0"),
+        "AGPL-3" | "AGPL-3.0" => versioned("AGPL", "3.0"),
+        "GFDL-1.2" => versioned("GFDL", "1.2"),
+        "GFDL-1.3" => versioned("GFDL", "1.3"),
+        _ if or_later => None,
+        "Expat" => Some("MIT".into()),
+        "BSD-2-clause" => Some("BSD-2-Clause".into()),
+        "BSD-3-clause" => Some("BSD-3-Clause".into()),
+        "BSD-4-clause" => Some("BSD-4-Clause".into()),
+        "Artistic" => Some("Artistic-1.0-Perl".into()),
+        // Already an SPDX id (case-sensitive): Apache-2.0, MIT, ISC, Zlib, CC0-1.0, curl, …
+        other => spdx::license_id(other)
+            .filter(|id| !id.is_deprecated())
+            .map(|id| id.name.to_string()),
+    }
 }
 
 /// A name made safe for a URI path segment.
@@ -418,6 +477,25 @@ mod tests {
         let c = spdx_document(&changed, &options).unwrap();
         let first = spdx_document(&inventory(), &options).unwrap();
         assert_ne!(c.document_namespace, first.document_namespace);
+    }
+
+    #[test]
+    fn debian_license_names() {
+        assert_eq!(
+            debian_to_spdx("GPL-1+ or Artistic").as_deref(),
+            Some("GPL-1.0-or-later OR Artistic-1.0-Perl")
+        );
+        assert_eq!(
+            debian_to_spdx("(LGPL-3+ or GPL-2+) AND BSD-3-clause AND Expat").as_deref(),
+            Some("(LGPL-3.0-or-later OR GPL-2.0-or-later) AND BSD-3-Clause AND MIT")
+        );
+        assert_eq!(debian_to_spdx("GPL-2").as_deref(), Some("GPL-2.0-only"));
+        assert_eq!(debian_to_spdx("Zlib").as_deref(), Some("Zlib"));
+        assert_eq!(debian_to_spdx("GPL-2+ with Libtool exception"), None);
+        assert_eq!(debian_to_spdx("permissive"), None);
+        assert_eq!(debian_to_spdx("GPL-2 AND public-domain"), None);
+        assert_eq!(debian_to_spdx("Expat+"), None);
+        assert_eq!(debian_to_spdx("GPL-2 or"), None);
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn sbom_lists_exactly_what_dpkg_query_lists() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["primaryPackagePurpose"] == "LIBRARY")
+        .filter(|p| p.get("externalRefs").is_some())
         .map(|p| {
             let purl = p["externalRefs"][0]["referenceLocator"].as_str().unwrap();
             assert!(purl.starts_with("pkg:deb/debian/"), "{purl}");
@@ -79,6 +79,41 @@ fn sbom_lists_exactly_what_dpkg_query_lists() {
         .collect();
     in_document.sort();
     assert_eq!(in_document, expected);
+    // Licenses from the DEP-5 copyright files, when every name has a fixed SPDX meaning.
+    let declared = |name: &str| {
+        let package = json["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        (
+            package["licenseDeclared"].as_str().unwrap().to_string(),
+            package["licenseComments"].as_str().map(str::to_string),
+        )
+    };
+    assert_eq!(declared("zlib1g"), ("Zlib".to_string(), None));
+    assert_eq!(
+        declared("libacl1").0,
+        "GPL-2.0-or-later AND LGPL-2.0-or-later"
+    );
+    assert_eq!(
+        declared("liblz4-1").0,
+        "BSD-2-Clause AND GPL-2.0-or-later AND (GPL-2.0-or-later OR BSD-2-Clause)"
+    );
+    // dpkg's names `public-domain-s-s-d`: no SPDX claim, the Debian names kept as a comment.
+    let (dpkg_declared, dpkg_comment) = declared("dpkg");
+    assert_eq!(dpkg_declared, "NOASSERTION");
+    assert!(
+        dpkg_comment
+            .as_deref()
+            .unwrap_or("")
+            .contains("public-domain-s-s-d"),
+        "{dpkg_comment:?}"
+    );
+    // base-files' copyright is not machine-readable.
+    assert_eq!(declared("base-files"), ("NOASSERTION".to_string(), None));
+
     // Same root, same options: same bytes.
     let again = spdx_document(&scan(&DirImage::new(&root)).unwrap(), &options)
         .unwrap()

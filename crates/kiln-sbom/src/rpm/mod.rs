@@ -6,6 +6,7 @@ pub mod header;
 use std::path::{Path, PathBuf};
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::files::read_capped;
@@ -53,8 +54,8 @@ pub(crate) fn scan(
     };
     let wal_path = PathBuf::from(format!("{}-wal", path.display()));
     let wal = read_capped(image, &wal_path, MAX_DATABASE_SIZE)?.filter(|wal| !wal.is_empty());
-    let blobs = match read_blobs(&bytes, wal.as_deref()) {
-        Ok(blobs) => blobs,
+    let (blobs, stopped) = match read_blobs(&bytes, wal.as_deref()) {
+        Ok(read) => read,
         Err(BlobsError::Copy(source)) => {
             return Err(Error::RpmCopy {
                 path: path.to_path_buf(),
@@ -71,7 +72,10 @@ pub(crate) fn scan(
     };
     let db_layer = image.layer_of(path);
     for (hnum, blob) in blobs {
-        match package_of(image, os, path, &blob, db_layer) {
+        let package = blob.and_then(|blob| {
+            package_of(image, os, path, &blob, db_layer).map_err(|err| err.to_string())
+        });
+        match package {
             Ok(Some(package)) => packages.push(package),
             Ok(None) => {}
             Err(err) => warnings.push(ScanWarning {
@@ -80,8 +84,20 @@ pub(crate) fn scan(
             }),
         }
     }
+    if let Some(err) = stopped {
+        warnings.push(ScanWarning {
+            path: path.to_path_buf(),
+            message: format!("stopped reading the database part way: {err}"),
+        });
+    }
     Ok(())
 }
+
+/// A row's header blob, or why it could not be read.
+type RowBlob = std::result::Result<Vec<u8>, String>;
+
+/// The `Packages` rows read, by `hnum`, and the error that stopped the reading early, if any.
+type BlobRows = (Vec<(i64, RowBlob)>, Option<rusqlite::Error>);
 
 enum BlobsError {
     Copy(std::io::Error),
@@ -91,10 +107,7 @@ enum BlobsError {
 /// Every `(hnum, blob)` of the `Packages` table, in `hnum` order. The database is copied to a
 /// private directory first (with its write-ahead log, which may hold packages not yet
 /// checkpointed): SQLite opens files, and it must never write beside the image's own.
-fn read_blobs(
-    database: &[u8],
-    wal: Option<&[u8]>,
-) -> std::result::Result<Vec<(i64, Vec<u8>)>, BlobsError> {
+fn read_blobs(database: &[u8], wal: Option<&[u8]>) -> std::result::Result<BlobRows, BlobsError> {
     let dir = tempfile::tempdir().map_err(BlobsError::Copy)?;
     let db_path = dir.path().join("rpmdb.sqlite");
     std::fs::write(&db_path, database).map_err(BlobsError::Copy)?;
@@ -115,13 +128,25 @@ fn read_blobs(
     let mut statement = conn
         .prepare("SELECT hnum, blob FROM Packages ORDER BY hnum")
         .map_err(BlobsError::Sqlite)?;
-    let rows = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })
-        .map_err(BlobsError::Sqlite)?;
-    rows.collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(BlobsError::Sqlite)
+    let mut rows = statement.query([]).map_err(BlobsError::Sqlite)?;
+    let mut blobs = Vec::new();
+    // A row whose blob is not a BLOB is skipped alone; a database that breaks part way keeps
+    // the rows read before.
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => {
+                let hnum = row.get::<_, i64>(0).unwrap_or(-1);
+                let blob = match row.get_ref(1) {
+                    Ok(ValueRef::Blob(bytes)) => Ok(bytes.to_vec()),
+                    Ok(other) => Err(format!("the blob column holds {}", other.data_type())),
+                    Err(err) => Err(err.to_string()),
+                };
+                blobs.push((hnum, blob));
+            }
+            Ok(None) => return Ok((blobs, None)),
+            Err(err) => return Ok((blobs, Some(err))),
+        }
+    }
 }
 
 /// The package a header describes; `None` for rpm's `gpg-pubkey` pseudo-packages (imported
@@ -274,6 +299,56 @@ mod tests {
             warnings[0].message.contains("header 3 skipped"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn rows_only_in_the_write_ahead_log_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("var/lib/rpm");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join("rpmdb.sqlite")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE 'Packages' (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL);",
+        )
+        .unwrap();
+        conn.execute("INSERT INTO Packages (blob) VALUES (?1)", [sample()])
+            .unwrap();
+        // A text value where a blob belongs: that row alone is skipped.
+        conn.execute("INSERT INTO Packages (blob) VALUES ('text')", [])
+            .unwrap();
+        // Snapshot the files while the connection is open: the rows are still in the WAL.
+        let image_root = tempfile::tempdir().unwrap();
+        let image_dir = image_root.path().join("var/lib/rpm");
+        std::fs::create_dir_all(&image_dir).unwrap();
+        for name in ["rpmdb.sqlite", "rpmdb.sqlite-wal"] {
+            std::fs::copy(dir.join(name), image_dir.join(name)).unwrap();
+        }
+        assert!(
+            std::fs::metadata(image_dir.join("rpmdb.sqlite-wal"))
+                .unwrap()
+                .len()
+                > 0
+        );
+        drop(conn);
+        let mut packages = Vec::new();
+        let mut warnings = Vec::new();
+        let os = OsRelease::default();
+        scan(
+            &DirImage::new(image_root.path()),
+            &os,
+            &mut packages,
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(packages.len(), 1, "{warnings:?}");
+        assert_eq!(packages[0].name, "bash");
+        assert_eq!(
+            packages[0].purl,
+            "pkg:rpm/bash@5.2.26-3.fc40?arch=x86_64&epoch=2"
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].message.contains("holds Text"), "{warnings:?}");
     }
 
     #[test]

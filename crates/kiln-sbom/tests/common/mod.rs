@@ -42,6 +42,9 @@ pub fn apt_mirror() -> String {
 /// `debootstrap --variant=minbase [--include=…] bookworm` into `target/tmp/kiln-sbom/NAME`,
 /// once: later runs reuse it. Panics (never skips) when debootstrap is missing or fails.
 pub fn debian_root(name: &str, include: &[&str]) -> PathBuf {
+    // Tests of one binary run in parallel threads: one debootstrap at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-sbom");
     let root = base.join(name);
     let done = base.join(format!("{name}.complete"));

@@ -37,6 +37,17 @@ pub enum RegistryError {
         message: String,
     },
 
+    /// The TLS handshake failed in a way trying again does not change: a certificate kiln
+    /// does not trust, or one the server wants and kiln did not present. The message says
+    /// how to fix it.
+    #[error("{repo}: {what}: cannot reach {url}: TLS: {message}")]
+    TlsHandshake {
+        repo: String,
+        what: String,
+        url: String,
+        message: String,
+    },
+
     /// The registry (or its token service) refused us: no or wrong credentials, or no access.
     #[error("{repo}: {what}: {host} {reason}; `kiln login {host}` sets credentials")]
     Unauthorized {
@@ -94,6 +105,26 @@ pub enum RegistryError {
     /// Something the caller passed that cannot work (a manifest that is not in the store, …).
     #[error("{0}")]
     Invalid(String),
+
+    /// The TLS settings for a host could not be made: a `certs.d` file that cannot be read or
+    /// used, or a trust store named by `SSL_CERT_FILE` that holds nothing.
+    #[error("TLS settings for {host}: {source}")]
+    Tls {
+        host: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+
+    /// A blob download that kept breaking off (stalling or closing) and ran out of retries.
+    #[error("{repo}: blob {digest}: the download broke off {attempts} times and was given up after {done} of {size} bytes; the last time: {why}")]
+    BlobInterrupted {
+        repo: String,
+        digest: String,
+        attempts: u32,
+        done: u64,
+        size: u64,
+        why: String,
+    },
 
     #[error("{context}: {source}")]
     Store {

@@ -402,7 +402,7 @@ impl Client {
                     Err(e) => {
                         let url = format!("https://{}{path}", api_host(&repo.host));
                         if call.retry && retryable_transport(&e) && attempt < self.options.retries {
-                            attempt += 1;
+                            attempt = attempt.saturating_add(1);
                             self.pause(attempt, &describe_transport(&e), call.on_retry);
                             continue;
                         }
@@ -447,7 +447,7 @@ impl Client {
                 Err(Failure::Trust(e)) => return Err(e),
                 Err(Failure::Transport(e)) => {
                     if call.retry && retryable_transport(&e) && attempt < self.options.retries {
-                        attempt += 1;
+                        attempt = attempt.saturating_add(1);
                         self.pause(attempt, &describe_transport(&e), call.on_retry);
                         continue;
                     }
@@ -480,7 +480,7 @@ impl Client {
             if call.retry && retryable_status(status) && attempt < self.options.retries {
                 let asked = retry_after(&response);
                 let said = error_summary(response);
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 self.pause_at_least(
                     attempt,
                     &format!("the registry answered {status}{}", colon(&said)),
@@ -809,9 +809,9 @@ impl Read for Counting<'_> {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
+        self.pos = self.pos.saturating_add(n);
         if let (Some(f), true) = (self.on_sent, n > 0) {
-            f(self.pos as u64);
+            f(u64::try_from(self.pos).unwrap_or(u64::MAX));
         }
         Ok(n)
     }
@@ -966,7 +966,10 @@ pub(crate) fn retryable_io(kind: io::ErrorKind) -> bool {
 /// 250 ms, 500 ms, 1 s, 2 s, then 4 s for every later attempt.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(16);
-    (BACKOFF_START * (1u32 << doublings)).min(BACKOFF_MAX)
+    BACKOFF_START
+        .checked_mul(1u32 << doublings)
+        .unwrap_or(BACKOFF_MAX)
+        .min(BACKOFF_MAX)
 }
 
 pub(crate) fn describe_transport(e: &ureq::Error) -> String {
@@ -1034,7 +1037,7 @@ pub(crate) fn read_bounded(response: Response<Body>, limit: u64) -> io::Result<V
     response
         .into_body()
         .into_reader()
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(io::Error::other(format!(

@@ -17,6 +17,10 @@
 //! TLS trust is the system's store plus per-host `certs.d` directories, as docker and podman
 //! have it: see [`tls`], which `ADD` of URLs uses too.
 
+#![deny(missing_docs)]
+// Sizes, ranges, counts and times come from the network: no arithmetic that can wrap or panic.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
+
 mod auth;
 mod config;
 mod error;
@@ -98,6 +102,7 @@ pub struct Registry {
 pub struct Resolved {
     /// The platform's image manifest; `platform` is set when it was chosen from an index.
     pub manifest: Descriptor,
+    /// The manifest as the registry sent it (its digest is `manifest.digest`).
     pub manifest_bytes: Vec<u8>,
     /// The index (or Docker manifest list) the name pointed at, if it did.
     pub index: Option<(Descriptor, Vec<u8>)>,
@@ -106,16 +111,22 @@ pub struct Resolved {
 /// What a pull put in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
+    /// The platform's image manifest, now in the store.
     pub manifest: Descriptor,
+    /// The index the name pointed at, now in the store, if it did.
     pub index: Option<Descriptor>,
 }
 
+/// Which way a blob moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// From the registry into the store.
     Pull,
+    /// From the store to the registry.
     Push,
 }
 
+/// How a blob's transfer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Downloaded into the store.
@@ -131,25 +142,38 @@ pub enum Outcome {
 /// What happens to one blob. `id` is the blob's full digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
+    /// The blob's transfer begins (or is found unneeded, a `Done` follows at once).
     Start {
+        /// The blob's digest.
         id: String,
+        /// Pull or push.
         action: Action,
+        /// The blob's size in bytes.
         total: u64,
     },
     /// At most about ten a second per blob.
     Progress {
+        /// The blob's digest.
         id: String,
+        /// Bytes moved so far.
         done: u64,
+        /// The blob's size in bytes.
         total: u64,
     },
+    /// The blob is where it should be.
     Done {
+        /// The blob's digest.
         id: String,
+        /// How it got there.
         outcome: Outcome,
     },
     /// An attempt failed and another follows.
     Retry {
+        /// The blob's digest.
         id: String,
+        /// The attempt that follows, from 1.
         attempt: u32,
+        /// Why the previous one failed.
         error: String,
     },
 }
@@ -158,6 +182,7 @@ pub enum TransferEvent {
 pub type Progress<'a> = &'a (dyn Fn(TransferEvent) + Sync);
 
 impl Registry {
+    /// A client with these options; nothing is asked of any registry yet.
     pub fn new(options: RegistryOptions) -> Registry {
         let dir = options
             .docker_config_dir

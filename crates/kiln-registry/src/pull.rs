@@ -335,7 +335,9 @@ impl Client {
         // One count for both kinds of retry: the request's own and resuming the body.
         let retried = std::sync::atomic::AtomicU32::new(0);
         let on_retry = |_: u32, why: &str| {
-            let n = retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let n = retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(1);
             meter.retry(n, why);
         };
         let mut buffer = vec![0u8; 256 << 10];
@@ -429,7 +431,7 @@ impl Client {
                     why,
                 });
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             on_retry(attempt, &why);
             std::thread::sleep(http::backoff(attempt));
         }

@@ -790,7 +790,17 @@ impl Client {
                 let request = builder
                     .body(())
                     .map_err(|e| Failure::Transport(ureq::Error::Http(e)))?;
-                agent.run(request)
+                if *method == Method::GET || *method == Method::HEAD {
+                    agent.run(request)
+                } else {
+                    // The PUT that ends a chunked upload is answered once the registry has
+                    // hashed the whole blob.
+                    let request = agent
+                        .configure_request(request)
+                        .timeout_recv_response(Some(self.options.timeout.max(UPLOAD_ANSWER_MIN)))
+                        .build();
+                    agent.run(request)
+                }
             }
         };
         result.map_err(Failure::Transport)

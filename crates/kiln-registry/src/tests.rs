@@ -38,6 +38,8 @@ struct Answer {
     /// Send this many body bytes, then nothing more: the connection stays open, silent, for
     /// [`STALL_FOR`] (a registry that stalls mid-blob), then closes.
     stall_after: Option<usize>,
+    /// Say nothing at all (not even the status line) for [`STALL_FOR`], then close.
+    silent: bool,
 }
 
 /// How long a stalling answer holds its connection open without sending anything.
@@ -51,6 +53,7 @@ fn answer(status: u16, body: &[u8]) -> Answer {
         cut_after: None,
         length: None,
         stall_after: None,
+        silent: false,
     }
 }
 
@@ -148,6 +151,11 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
             log.len() - 1
         };
         let a = script(&request, index);
+        if a.silent {
+            std::thread::sleep(STALL_FOR);
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let mut head = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
             a.status,
@@ -967,4 +975,40 @@ fn a_blob_that_keeps_stalling_is_given_up_naming_it() {
         .filter_map(|r| r.header("range").map(String::from))
         .collect();
     assert_eq!(ranges, vec!["bytes=1000-", "bytes=2000-"]);
+}
+
+#[test]
+fn a_registry_that_never_answers_a_blob_request_is_given_up_naming_the_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (_, blob) = big_blob();
+    // `/v2/` answers (kiln finds the registry speaks plain http); blob requests get nothing.
+    let server = Server::start(|r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        Answer {
+            silent: true,
+            ..answer(200, b"")
+        }
+    });
+    let reg = stalling_registry(tmp.path(), 1);
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let started = std::time::Instant::now();
+    let err = reg.fetch_blob(&name, &blob, &store, &progress).unwrap_err();
+    assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("fetching blob {}", blob.digest)),
+        "{message}"
+    );
+    assert!(message.contains("no answer in time"), "{message}");
+    // The first request and one retry.
+    let blob_requests = server
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .count();
+    assert_eq!(blob_requests, 2);
 }

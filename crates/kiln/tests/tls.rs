@@ -483,6 +483,17 @@ fn without_trust_pull_push_and_add_name_the_ca_problem() {
     let pulled = setup.kiln(store.path(), &["pull", "--tls-verify=true", &target], &[]);
     assert_ne!(pulled.status, 0, "pull from an untrusted registry worked");
     assert_names_the_ca_problem(&pulled.stderr, &setup.registry.host());
+    let cache = format!("type=registry,ref={}/tls/cache:1", setup.registry.host());
+    let exported = setup.kiln(
+        store.path(),
+        &["build", "--tls-verify=true", "--cache-to", &cache, &ctx_arg],
+        &[],
+    );
+    assert_ne!(
+        exported.status, 0,
+        "--cache-to an untrusted registry worked"
+    );
+    assert_names_the_ca_problem(&exported.stderr, &setup.registry.host());
     let login = setup.kiln(
         store.path(),
         &[
@@ -516,6 +527,46 @@ fn the_ca_in_certs_d_is_trusted_for_its_host() {
     let setup = Setup::new(false);
     setup.certs_d(&["ca.crt"]);
     setup.add_push_pull(&[]);
+    // The build cache goes through the same trust: exported from one store, imported into
+    // an empty one, whose build then takes the step from it.
+    let cache = format!("type=registry,ref={}/tls/cache:1", setup.registry.host());
+    let ctx = setup.context();
+    let ctx_arg = ctx.path().display().to_string();
+    let store_a = tempfile::tempdir().unwrap();
+    let exported = setup.kiln(
+        store_a.path(),
+        &["build", "--tls-verify=true", "--cache-to", &cache, &ctx_arg],
+        &[],
+    );
+    assert_eq!(
+        exported.status, 0,
+        "--cache-to failed:\n{}",
+        exported.stderr
+    );
+    let store_b = tempfile::tempdir().unwrap();
+    let imported = setup.kiln(
+        store_b.path(),
+        &[
+            "build",
+            "--progress=json",
+            "--tls-verify=true",
+            "--cache-from",
+            &cache,
+            &ctx_arg,
+        ],
+        &[],
+    );
+    assert_eq!(
+        imported.status, 0,
+        "--cache-from failed:\n{}",
+        imported.stderr
+    );
+    assert!(
+        imported.stderr.contains("\"event\":\"cached\"")
+            && !imported.stderr.contains("\"event\":\"warning\""),
+        "{}",
+        imported.stderr
+    );
     // Login goes through the same trust (the registry takes anyone).
     let store = tempfile::tempdir().unwrap();
     let login = setup.kiln(

@@ -494,6 +494,18 @@ fn without_trust_pull_push_and_add_name_the_ca_problem() {
         "--cache-to an untrusted registry worked"
     );
     assert_names_the_ca_problem(&exported.stderr, &setup.registry.host());
+    // A trust store named but empty is an error of its own, not a silent fallback.
+    let named = setup.kiln(
+        store.path(),
+        &["pull", "--tls-verify=true", &target],
+        &[("SSL_CERT_FILE", "/nonexistent/kiln-test-ca.pem")],
+    );
+    assert_ne!(named.status, 0);
+    assert!(
+        named.stderr.contains("SSL_CERT_FILE") && named.stderr.contains("no usable certificate"),
+        "{}",
+        named.stderr
+    );
     let login = setup.kiln(
         store.path(),
         &[

@@ -1004,7 +1004,7 @@ fn tls_hint(text: String) -> String {
         format!("TLS: {text}")
     } else if text.contains("corrupt message") {
         format!(
-            "TLS: {text} (the registry may speak plain http, which is only used for loopback registries or with --tls-verify=false)"
+            "TLS: {text} (the registry may speak plain http, which kiln only uses for loopback registries without --tls-verify=true, or with --tls-verify=false)"
         )
     } else {
         text

@@ -1012,3 +1012,31 @@ fn a_registry_that_never_answers_a_blob_request_is_given_up_naming_the_blob() {
         .count();
     assert_eq!(blob_requests, 2);
 }
+
+#[test]
+fn verifying_loopback_registries_means_https_only_for_them() {
+    // A plain http registry on 127.0.0.1: found by default, refused when loopback
+    // registries are verified (`--tls-verify=true`), without ever being asked in plain http.
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let server = Server::start(move |r, _| {
+        if r.path.contains("/manifests/") {
+            answer(200, manifest).with("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        } else {
+            answer(200, b"{}")
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    registry(tmp.path()).fetch_manifest(&name).unwrap();
+    let before = server.requests().len();
+    let strict = Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.path().to_path_buf()),
+        retries: 0,
+        tls_verify_loopback: true,
+        ..RegistryOptions::default()
+    });
+    let err = strict.fetch_manifest(&name).unwrap_err();
+    assert!(matches!(err, RegistryError::Connection { .. }), "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+    assert_eq!(server.requests().len(), before, "asked in plain http");
+}

@@ -40,6 +40,8 @@ struct Answer {
     stall_after: Option<usize>,
     /// Say nothing at all (not even the status line) for [`STALL_FOR`], then close.
     silent: bool,
+    /// Send the body this many bytes at a time, pausing this long between them.
+    trickle: Option<(usize, std::time::Duration)>,
 }
 
 /// How long a stalling answer holds its connection open without sending anything.
@@ -54,6 +56,7 @@ fn answer(status: u16, body: &[u8]) -> Answer {
         length: None,
         stall_after: None,
         silent: false,
+        trickle: None,
     }
 }
 
@@ -167,6 +170,15 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
         head.push_str("\r\n");
         let _ = out.write_all(head.as_bytes());
         if request.method != "HEAD" {
+            if let Some((size, pause)) = a.trickle {
+                for piece in a.body.chunks(size.max(1)) {
+                    if out.write_all(piece).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                }
+                continue;
+            }
             if let Some(stall) = a.stall_after {
                 let _ = out.write_all(&a.body[..stall.min(a.body.len())]);
                 let _ = out.flush();
@@ -1039,4 +1051,40 @@ fn verifying_loopback_registries_means_https_only_for_them() {
     assert!(matches!(err, RegistryError::Connection { .. }), "{err}");
     assert!(err.to_string().contains("https://"), "{err}");
     assert_eq!(server.requests().len(), before, "asked in plain http");
+}
+
+#[test]
+fn a_slow_blob_that_keeps_moving_is_not_cut_off() {
+    // 200 000 bytes in 16 pieces, 100 ms apart: 1.6 s in all, over the 1 s timeout, but
+    // never near 1 s without data. The timeout bounds idleness, not the transfer.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (data, blob) = big_blob();
+    let body = data.clone();
+    let server = Server::start(move |r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        Answer {
+            trickle: Some((13_000, std::time::Duration::from_millis(100))),
+            ..answer(200, &body)
+        }
+    });
+    let reg = Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.path().to_path_buf()),
+        retries: 0,
+        timeout: std::time::Duration::from_secs(1),
+        ..RegistryOptions::default()
+    });
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    let started = std::time::Instant::now();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    assert!(started.elapsed() > std::time::Duration::from_secs(1));
+    assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
+    assert!(!seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, TransferEvent::Retry { .. })));
 }

@@ -198,6 +198,7 @@ pub fn fetch_url(
         .max_redirects(limits.max_redirects)
         .max_redirects_will_error(true)
         .proxy(proxy)
+        .tls_config(trust(url)?)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .timeout_resolve(Some(limits.timeout))
         .timeout_connect(Some(limits.timeout))
@@ -332,6 +333,16 @@ fn proxy_for(host: &str) -> Option<ureq::Proxy> {
     }
 }
 
+/// The system's trust store plus the host's certs.d CAs and client certificate, as for
+/// registries (kiln_registry::tls).
+fn trust(url: &str) -> Result<ureq::tls::TlsConfig, FetchError> {
+    let host_port = kiln_registry::tls::url_host_port(url);
+    kiln_registry::tls::tls_config(&host_port, true).map_err(|e| FetchError::Tls {
+        url: redact(url),
+        message: e.to_string(),
+    })
+}
+
 /// Turns ureq's error into one a user can act on.
 fn classify(
     error: ureq::Error,
@@ -341,6 +352,9 @@ fn classify(
     limits: &FetchLimits,
 ) -> FetchError {
     let url = url.to_string();
+    if let Some(message) = kiln_registry::tls::explain(&error, &url) {
+        return FetchError::Tls { url, message };
+    }
     match error {
         ureq::Error::Timeout(_) => FetchError::Timeout {
             url,

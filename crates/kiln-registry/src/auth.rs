@@ -44,12 +44,12 @@ pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
         let token = p.token();
         if token.is_empty() {
             // Not a token character: skip it so the loop always advances.
-            p.i += 1;
+            p.i = p.i.saturating_add(1);
             continue;
         }
         p.skip_spaces();
         if p.peek() == Some(b'=') && !out.is_empty() && !p.is_token68_end() {
-            p.i += 1;
+            p.i = p.i.saturating_add(1);
             p.skip_spaces();
             let value = if p.peek() == Some(b'"') {
                 p.quoted()
@@ -62,7 +62,7 @@ pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
         } else if p.peek() == Some(b'=') {
             // A token68 (`Basic dXNlcg==`) or a stray `x=` before any scheme: skip it.
             while p.peek() == Some(b'=') {
-                p.i += 1;
+                p.i = p.i.saturating_add(1);
             }
         } else {
             out.push(Challenge {
@@ -88,21 +88,21 @@ impl Parser<'_> {
     }
     fn skip_spaces(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.i += 1;
+            self.i = self.i.saturating_add(1);
         }
     }
     fn skip_separators(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b',')) {
-            self.i += 1;
+            self.i = self.i.saturating_add(1);
         }
     }
     /// At `=`: whether only `=`s and then a separator or the end follow, as in a token68.
     fn is_token68_end(&self) -> bool {
         let mut j = self.i;
         while self.s.get(j) == Some(&b'=') {
-            j += 1;
+            j = j.saturating_add(1);
         }
-        j - self.i > 1 || matches!(self.s.get(j), None | Some(b','))
+        j.saturating_sub(self.i) > 1 || matches!(self.s.get(j), None | Some(b','))
     }
     fn token(&mut self) -> String {
         let start = self.i;
@@ -111,21 +111,21 @@ impl Parser<'_> {
             if !tchar {
                 break;
             }
-            self.i += 1;
+            self.i = self.i.saturating_add(1);
         }
         String::from_utf8_lossy(self.s.get(start..self.i).unwrap_or_default()).into_owned()
     }
     fn quoted(&mut self) -> String {
         let mut out = Vec::new();
-        self.i += 1; // the opening quote
+        self.i = self.i.saturating_add(1); // the opening quote
         while let Some(c) = self.peek() {
-            self.i += 1;
+            self.i = self.i.saturating_add(1);
             match c {
                 b'"' => break,
                 b'\\' => {
                     if let Some(next) = self.peek() {
                         out.push(next);
-                        self.i += 1;
+                        self.i = self.i.saturating_add(1);
                     }
                 }
                 _ => out.push(c),
@@ -218,7 +218,9 @@ pub(crate) fn parse_token_response(bytes: &[u8], now: Instant) -> Option<Token> 
     let margin = (lifetime / 10).clamp(1, 30);
     Some(Token {
         value,
-        expires: now + Duration::from_secs(lifetime - margin.min(lifetime)),
+        expires: now
+            .checked_add(Duration::from_secs(lifetime.saturating_sub(margin)))
+            .unwrap_or(now),
     })
 }
 

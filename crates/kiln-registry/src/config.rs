@@ -333,7 +333,8 @@ impl DockerConfig {
                     HelperError::Run(e.to_string())
                 }
             })?;
-        let deadline = Instant::now() + self.helper_timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.helper_timeout).unwrap_or(now);
         let kill = |child: &mut std::process::Child| {
             let _ = child.kill();
             let _ = child.wait();
@@ -348,7 +349,7 @@ impl DockerConfig {
         };
         // (stdout or stderr, what was read)
         let (tx, rx) = mpsc::channel::<(bool, io::Result<Option<Vec<u8>>>)>();
-        let mut pending = 0;
+        let mut pending = 0u32;
         let mut started = Ok(());
         if let Some(mut stdin) = child.stdin.take() {
             let input = input.to_vec();
@@ -359,14 +360,14 @@ impl DockerConfig {
         }
         if let Some(stdout) = child.stdout.take() {
             let tx = tx.clone();
-            pending += 1;
+            pending = pending.saturating_add(1);
             started = started.and(spawn(Box::new(move || {
                 let _ = tx.send((true, read_capped(stdout, HELPER_STDOUT_MAX, false)));
             })));
         }
         if let Some(stderr) = child.stderr.take() {
             let tx = tx.clone();
-            pending += 1;
+            pending = pending.saturating_add(1);
             started = started.and(spawn(Box::new(move || {
                 let _ = tx.send((false, read_capped(stderr, HELPER_STDERR_MAX, true)));
             })));
@@ -398,7 +399,7 @@ impl DockerConfig {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            pending -= 1;
+            pending = pending.saturating_sub(1);
         }
         // Its pipes are closed: it has exited or is about to.
         let status = loop {
@@ -420,7 +421,11 @@ impl DockerConfig {
         if status.success() {
             return Ok(stdout);
         }
-        let said = String::from_utf8_lossy(&stdout).to_string() + &String::from_utf8_lossy(&stderr);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
         if said.to_ascii_lowercase().contains("credentials not found") {
             return Err(HelperError::NotFound);
         }

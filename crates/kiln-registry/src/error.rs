@@ -13,8 +13,11 @@ pub enum RegistryError {
     /// The registry answered with a status the operation cannot go on from.
     #[error("{repo}: {what}: the registry answered {status}{}", detail(.body))]
     Status {
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// What was being done (`fetching blob sha256:…`).
         what: String,
+        /// The HTTP status.
         status: u16,
         /// The server's error, summarised and cut to ~300 characters.
         body: String,
@@ -23,88 +26,179 @@ pub enum RegistryError {
     /// The manifest, blob or upload does not exist (404).
     #[error("{repo}: {what}: not found{}", detail(.body))]
     NotFound {
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// What was being done (`fetching blob sha256:…`).
         what: String,
+        /// The server's error, summarised and cut to ~300 characters.
         body: String,
     },
 
     /// No HTTP answer at all: refused, reset, timed out, TLS failed, host unknown.
     #[error("{repo}: {what}: cannot reach {url}: {message}")]
     Connection {
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// What was being done (`fetching blob sha256:…`).
         what: String,
+        /// The URL asked, without its query.
         url: String,
+        /// What went wrong, in words.
+        message: String,
+    },
+
+    /// The TLS handshake failed in a way trying again does not change: a certificate kiln
+    /// does not trust, or one the server wants and kiln did not present. The message says
+    /// how to fix it.
+    #[error("{repo}: {what}: cannot reach {url}: TLS: {message}")]
+    TlsHandshake {
+        /// The repository (`host/path`) concerned.
+        repo: String,
+        /// What was being done (`fetching blob sha256:…`).
+        what: String,
+        /// The URL asked, without its query.
+        url: String,
+        /// What went wrong, in words.
         message: String,
     },
 
     /// The registry (or its token service) refused us: no or wrong credentials, or no access.
     #[error("{repo}: {what}: {host} {reason}; `kiln login {host}` sets credentials")]
     Unauthorized {
+        /// The registry host.
         host: String,
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// What was being done (`fetching blob sha256:…`).
         what: String,
+        /// Why.
         reason: String,
     },
 
     /// A manifest request answered with something that is not an image manifest or index.
     #[error("{name}: the registry's answer is not a manifest: {reason}")]
-    NotAManifest { name: String, reason: String },
+    NotAManifest {
+        /// The image name asked for.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 
     /// Docker's schema 1 manifests (signed, pre-2017) are not read.
     #[error("{name}: the registry only has a Docker schema 1 manifest ({media_type}), which kiln does not read; push the image again with a current client")]
-    Schema1 { name: String, media_type: String },
+    Schema1 {
+        /// The image name asked for.
+        name: String,
+        /// The manifest's media type.
+        media_type: String,
+    },
 
     /// An index without an entry for the wanted platform.
     #[error("{name}: no image for platform {wanted}; the index has: {available}")]
     NoPlatform {
+        /// The image name asked for.
         name: String,
+        /// The platform asked for.
         wanted: String,
+        /// The platforms the index has.
         available: String,
     },
 
     /// Content whose digest is not the one asked for. `what` is e.g. `blob sha256:…`.
     #[error("{what} from {repo}: digest mismatch (got {actual})")]
     DigestMismatch {
+        /// The content (`blob sha256:…`, `manifest …`).
         what: String,
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// The digest of what came.
         actual: String,
     },
 
     /// Content whose length is not the one its descriptor gives.
     #[error("{what} from {repo}: size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch {
+        /// The content (`blob sha256:…`, `manifest …`).
         what: String,
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// The size the descriptor gives.
         expected: u64,
+        /// The size of what came (so far).
         actual: u64,
     },
 
     /// The registry broke the protocol: a missing or bad header, an unreadable token answer.
     #[error("{repo}: {what}: {message}")]
     Protocol {
+        /// The repository (`host/path`) concerned.
         repo: String,
+        /// What was being done (`fetching blob sha256:…`).
         what: String,
+        /// What went wrong, in words.
         message: String,
     },
 
     /// config.json or a credential helper could not be read or written.
     #[error("credentials for {server}: {message}")]
-    Credentials { server: String, message: String },
+    Credentials {
+        /// The registry server.
+        server: String,
+        /// What went wrong, in words.
+        message: String,
+    },
 
     /// Something the caller passed that cannot work (a manifest that is not in the store, …).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(
+        /// What is wrong.
+        String,
+    ),
 
+    /// The TLS settings for a host could not be made: a `certs.d` file that cannot be read or
+    /// used, or a trust store named by `SSL_CERT_FILE` that holds nothing.
+    #[error("TLS settings for {host}: {source}")]
+    Tls {
+        /// The registry host.
+        host: String,
+        /// The underlying error.
+        #[source]
+        source: crate::tls::TlsError,
+    },
+
+    /// A blob download that kept breaking off (stalling or closing) and ran out of retries.
+    #[error("{repo}: blob {digest}: the download broke off {attempts} times and was given up after {done} of {size} bytes; the last time: {why}")]
+    BlobInterrupted {
+        /// The repository (`host/path`) concerned.
+        repo: String,
+        /// The blob's digest.
+        digest: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// Bytes received when it was given up.
+        done: u64,
+        /// The blob's size.
+        size: u64,
+        /// Why the last attempt broke off.
+        why: String,
+    },
+
+    /// The store could not take or give what was needed.
     #[error("{context}: {source}")]
     Store {
+        /// What was being done, and to what.
         context: String,
+        /// The underlying error.
         #[source]
         source: Box<StoreError>,
     },
 
+    /// Reading or writing a local file failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, and to what.
         context: String,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
@@ -186,7 +280,7 @@ pub(crate) fn summarize_body(bytes: &[u8]) -> String {
 pub(crate) fn clean_text(text: &str, max: usize) -> String {
     let mut out = String::new();
     let mut space = false;
-    let mut count = 0;
+    let mut count = 0usize;
     for c in text.trim().chars() {
         if c.is_whitespace() || c.is_control() {
             space = true;
@@ -194,7 +288,7 @@ pub(crate) fn clean_text(text: &str, max: usize) -> String {
         }
         if space && !out.is_empty() {
             out.push(' ');
-            count += 1;
+            count = count.saturating_add(1);
         }
         space = false;
         if count >= max {
@@ -202,7 +296,7 @@ pub(crate) fn clean_text(text: &str, max: usize) -> String {
             return out;
         }
         out.push(c);
-        count += 1;
+        count = count.saturating_add(1);
     }
     out
 }

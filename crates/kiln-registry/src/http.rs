@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -167,15 +168,19 @@ enum Failure {
     Transport(ureq::Error),
     /// A redirect we will not follow.
     Refused(String),
+    /// The TLS settings for the host could not be made (a broken `certs.d` file).
+    Trust(RegistryError),
 }
 
 pub(crate) struct Client {
     pub options: RegistryOptions,
     pub docker_config: DockerConfig,
-    verifying: ureq::Agent,
-    unverified: ureq::Agent,
-    /// Loopback hosts: no verification and never a proxy.
-    local: ureq::Agent,
+    /// The proxy from the environment (never used for loopback hosts).
+    proxy: Option<ureq::Proxy>,
+    /// The `certs.d` directories looked in.
+    certs_d: Vec<PathBuf>,
+    /// One agent per host, made on first use with the host's TLS settings.
+    agents: Mutex<HashMap<String, ureq::Agent>>,
     schemes: Mutex<HashMap<String, Scheme>>,
     challenges: Mutex<HashMap<String, Vec<Challenge>>>,
     tokens: TokenCache,
@@ -185,10 +190,18 @@ pub(crate) struct Client {
     credentials: Mutex<HashMap<String, Option<Credentials>>>,
 }
 
-fn agent(options: &RegistryOptions, verify: bool, proxy: Option<ureq::Proxy>) -> ureq::Agent {
-    let tls = ureq::tls::TlsConfig::builder()
-        .disable_verification(!verify)
-        .build();
+/// How long the answer to an upload may take at least: the registry answers the last PUT of a
+/// large blob once it has hashed it.
+const UPLOAD_ANSWER_MIN: Duration = Duration::from_secs(300);
+
+fn agent(
+    options: &RegistryOptions,
+    tls: ureq::tls::TlsConfig,
+    proxy: Option<ureq::Proxy>,
+) -> ureq::Agent {
+    // Every step is bounded by the same idle time; none bounds a whole transfer, so a large
+    // blob that keeps moving is never cut off, while a stalled one is within `timeout`.
+    let idle = Some(options.timeout);
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         // Redirects are followed here, to check each target and drop credentials.
@@ -196,24 +209,26 @@ fn agent(options: &RegistryOptions, verify: bool, proxy: Option<ureq::Proxy>) ->
         .user_agent(options.user_agent.as_str())
         .tls_config(tls)
         .proxy(proxy)
-        .timeout_resolve(Some(Duration::from_secs(30)))
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_send_request(Some(Duration::from_secs(60)))
-        // The answer to the last PUT of a large blob comes once the registry has hashed it.
-        .timeout_recv_response(Some(Duration::from_secs(300)))
-        .timeout_per_read(Some(Duration::from_secs(60)))
-        .timeout_per_write(Some(Duration::from_secs(60)))
+        .timeout_resolve(idle)
+        .timeout_connect(idle)
+        .timeout_send_request(idle)
+        .timeout_recv_response(idle)
+        .timeout_per_read(idle)
+        .timeout_per_write(idle)
         .build()
         .into()
 }
 
 impl Client {
     pub fn new(options: RegistryOptions, docker_config: DockerConfig) -> Client {
-        let proxy = ureq::Proxy::try_from_env();
+        let certs_d = options
+            .certs_d
+            .clone()
+            .unwrap_or_else(crate::tls::certs_d_roots);
         Client {
-            verifying: agent(&options, true, proxy.clone()),
-            unverified: agent(&options, false, proxy),
-            local: agent(&options, false, None),
+            proxy: ureq::Proxy::try_from_env(),
+            certs_d,
+            agents: Mutex::new(HashMap::new()),
             options,
             docker_config,
             schemes: Mutex::new(HashMap::new()),
@@ -226,17 +241,32 @@ impl Client {
 
     /// Whether `host` gets TLS without verification and may fall back to plain http.
     pub fn is_insecure(&self, host: &str) -> bool {
-        !self.options.tls_verify || is_loopback(host)
+        !self.options.tls_verify || (is_loopback(host) && !self.options.tls_verify_loopback)
     }
 
-    fn agent_for(&self, host: &str) -> &ureq::Agent {
-        if is_loopback(host) {
-            &self.local
-        } else if !self.options.tls_verify {
-            &self.unverified
-        } else {
-            &self.verifying
+    /// The agent for `host` (`host[:port]` as in the URL): its trust (the system's store and
+    /// its `certs.d` CAs, or none for an insecure host), its client certificate, and the
+    /// environment's proxy unless it is a loopback host.
+    pub fn agent_for(&self, host: &str) -> Result<ureq::Agent> {
+        if let Some(agent) = self.agents.lock().ok().and_then(|a| a.get(host).cloned()) {
+            return Ok(agent);
         }
+        let tls = crate::tls::tls_config_in(&self.certs_d, host, !self.is_insecure(host)).map_err(
+            |source| RegistryError::Tls {
+                host: host.to_string(),
+                source,
+            },
+        )?;
+        let proxy = if is_loopback(host) {
+            None
+        } else {
+            self.proxy.clone()
+        };
+        let made = agent(&self.options, tls, proxy);
+        if let Ok(mut agents) = self.agents.lock() {
+            return Ok(agents.entry(host.to_string()).or_insert(made).clone());
+        }
+        Ok(made)
     }
 
     /// `https://host` or, for an insecure host that does not speak TLS, `http://host`;
@@ -284,7 +314,10 @@ impl Client {
     /// `GET /v2/` at `base`, learning the challenge; `false` when the answer is a TLS port's
     /// complaint about a plain http request (nginx's and Go's 400s).
     fn probe(&self, host: &str, base: &str) -> std::result::Result<bool, ureq::Error> {
-        let agent = self.agent_for(host);
+        // `call` made the host's agent first, so this only fails if that did.
+        let agent = self
+            .agent_for(&api_host(host))
+            .map_err(|e| ureq::Error::Io(io::Error::other(e.to_string())))?;
         let request = Request::get(format!("{base}/v2/"))
             .body(())
             .map_err(ureq::Error::Http)?;
@@ -358,6 +391,10 @@ impl Client {
         let scope_key = scopes.join(" ");
         let mut attempt = 0u32;
         let mut answered_challenge = false;
+        // A broken certs.d file for the host is an error of its own, before any connection.
+        if let Target::Path(_) = &call.target {
+            self.agent_for(&api_host(&repo.host))?;
+        }
         loop {
             let (url, to_registry) = match &call.target {
                 Target::Path(path) => match self.base_url(&repo.host) {
@@ -365,7 +402,7 @@ impl Client {
                     Err(e) => {
                         let url = format!("https://{}{path}", api_host(&repo.host));
                         if call.retry && retryable_transport(&e) && attempt < self.options.retries {
-                            attempt += 1;
+                            attempt = attempt.saturating_add(1);
                             self.pause(attempt, &describe_transport(&e), call.on_retry);
                             continue;
                         }
@@ -407,9 +444,10 @@ impl Client {
                         message,
                     })
                 }
+                Err(Failure::Trust(e)) => return Err(e),
                 Err(Failure::Transport(e)) => {
                     if call.retry && retryable_transport(&e) && attempt < self.options.retries {
-                        attempt += 1;
+                        attempt = attempt.saturating_add(1);
                         self.pause(attempt, &describe_transport(&e), call.on_retry);
                         continue;
                     }
@@ -442,7 +480,7 @@ impl Client {
             if call.retry && retryable_status(status) && attempt < self.options.retries {
                 let asked = retry_after(&response);
                 let said = error_summary(response);
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 self.pause_at_least(
                     attempt,
                     &format!("the registry answered {status}{}", colon(&said)),
@@ -661,6 +699,14 @@ impl Client {
         url: &str,
         e: &ureq::Error,
     ) -> RegistryError {
+        if let Some(message) = crate::tls::explain(e, url) {
+            return RegistryError::TlsHandshake {
+                repo: repo.to_string(),
+                what: what.to_string(),
+                url: strip_query(url),
+                message,
+            };
+        }
         RegistryError::Connection {
             repo: repo.to_string(),
             what: what.to_string(),
@@ -718,7 +764,7 @@ impl Client {
             .map_err(|_| Failure::Refused(format!("invalid URL {:?}", strip_query(url))))?;
         let host = url_host(&uri)
             .map_err(|why| Failure::Refused(format!("refusing {:?}: {why}", strip_query(url))))?;
-        let agent = self.agent_for(&host);
+        let agent = self.agent_for(&host).map_err(Failure::Trust)?;
         let mut builder = Request::builder().method(method.clone()).uri(uri);
         for (name, value) in headers {
             builder = builder.header(*name, value.as_str());
@@ -734,13 +780,27 @@ impl Client {
                     .header("content-length", bytes.len().to_string())
                     .body(SendBody::from_reader(&mut reader))
                     .map_err(|e| Failure::Transport(ureq::Error::Http(e)))?;
+                let request = agent
+                    .configure_request(request)
+                    .timeout_recv_response(Some(self.options.timeout.max(UPLOAD_ANSWER_MIN)))
+                    .build();
                 agent.run(request)
             }
             None => {
                 let request = builder
                     .body(())
                     .map_err(|e| Failure::Transport(ureq::Error::Http(e)))?;
-                agent.run(request)
+                if *method == Method::GET || *method == Method::HEAD {
+                    agent.run(request)
+                } else {
+                    // The PUT that ends a chunked upload is answered once the registry has
+                    // hashed the whole blob.
+                    let request = agent
+                        .configure_request(request)
+                        .timeout_recv_response(Some(self.options.timeout.max(UPLOAD_ANSWER_MIN)))
+                        .build();
+                    agent.run(request)
+                }
             }
         };
         result.map_err(Failure::Transport)
@@ -759,9 +819,9 @@ impl Read for Counting<'_> {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
+        self.pos = self.pos.saturating_add(n);
         if let (Some(f), true) = (self.on_sent, n > 0) {
-            f(self.pos as u64);
+            f(u64::try_from(self.pos).unwrap_or(u64::MAX));
         }
         Ok(n)
     }
@@ -916,7 +976,10 @@ pub(crate) fn retryable_io(kind: io::ErrorKind) -> bool {
 /// 250 ms, 500 ms, 1 s, 2 s, then 4 s for every later attempt.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(16);
-    (BACKOFF_START * (1u32 << doublings)).min(BACKOFF_MAX)
+    BACKOFF_START
+        .checked_mul(1u32 << doublings)
+        .unwrap_or(BACKOFF_MAX)
+        .min(BACKOFF_MAX)
 }
 
 pub(crate) fn describe_transport(e: &ureq::Error) -> String {
@@ -938,12 +1001,10 @@ pub(crate) fn describe_transport(e: &ureq::Error) -> String {
 /// TLS failures come out of rustls as terse text; say what they mean and what to do.
 fn tls_hint(text: String) -> String {
     if text.contains("certificate") {
-        format!(
-            "TLS: {text} (a registry with a self-signed or private certificate needs TLS verification off: --tls-verify=false)"
-        )
+        format!("TLS: {text}")
     } else if text.contains("corrupt message") {
         format!(
-            "TLS: {text} (the registry may speak plain http, which is only used for loopback registries or with --tls-verify=false)"
+            "TLS: {text} (the registry may speak plain http, which kiln only uses for loopback registries without --tls-verify=true, or with --tls-verify=false)"
         )
     } else {
         text
@@ -986,7 +1047,7 @@ pub(crate) fn read_bounded(response: Response<Body>, limit: u64) -> io::Result<V
     response
         .into_body()
         .into_reader()
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(io::Error::other(format!(

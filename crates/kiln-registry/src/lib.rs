@@ -10,8 +10,16 @@
 //!
 //! Authentication follows the registry's `WWW-Authenticate` challenge (Basic, or Bearer
 //! tokens from its token service, cached per host and scope). Connection errors, 5xx and 429
-//! are retried with backoff. Plain http is only ever used for loopback registries, or for all
-//! when `tls_verify` is off.
+//! are retried with backoff, and so is a blob download that stalls or breaks off (resumed
+//! with `Range` where the registry allows). Plain http is only ever used for loopback
+//! registries, or for all when `tls_verify` is off.
+//!
+//! TLS trust is the system's store plus per-host `certs.d` directories, as docker and podman
+//! have it: see [`tls`], which `ADD` of URLs uses too.
+
+#![deny(missing_docs)]
+// Sizes, ranges, counts and times come from the network: no arithmetic that can wrap or panic.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 
 mod auth;
 mod config;
@@ -21,9 +29,11 @@ mod pull;
 mod push;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod transfer;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kiln_oci::{Descriptor, ImageName, Platform};
 use kiln_store::Store;
@@ -38,9 +48,22 @@ use crate::http::{AuthMode, Call, Client, Repo, Target};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryOptions {
     /// `false`: TLS without certificate checks, and plain http allowed, for every host.
-    /// Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are always treated so. Plain
-    /// http is used for such a host only when it answers https without speaking TLS.
+    /// Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are treated so too unless
+    /// [`tls_verify_loopback`](Self::tls_verify_loopback) is set. Plain http is used for such
+    /// a host only when it answers https without speaking TLS.
     pub tls_verify: bool,
+    /// Verify loopback registries' certificates too, and use https only for them (what an
+    /// explicit `--tls-verify=true` asks for, as podman's overrides `insecure` in
+    /// registries.conf). Off by default: docker treats `127.0.0.0/8` as insecure.
+    pub tls_verify_loopback: bool,
+    /// The `certs.d` directories looked in for per-host CAs and client certificates; `None`
+    /// means [`tls::certs_d_roots`] (`$KILN_CERTS_D`, else the user's, podman's and docker's).
+    pub certs_d: Option<Vec<PathBuf>>,
+    /// The longest wait for any one step of a request: connecting, the answer's headers, each
+    /// read or write of a body. Never a bound on a whole transfer: a blob that keeps moving is
+    /// not cut off. A stalled download is retried from where it stopped. Default 60 s; an
+    /// upload's answer is waited for at least 300 s (the registry hashes the blob first).
+    pub timeout: Duration,
     /// Where `config.json` is; `None` means `$DOCKER_CONFIG`, else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
     /// Blobs moved at once (default 6, as containers/image: fewer leave an image's last
@@ -49,6 +72,7 @@ pub struct RegistryOptions {
     /// Attempts after the first on connection errors, 5xx and 429, waiting 250 ms, then
     /// twice as long each time up to 4 s.
     pub retries: u32,
+    /// The `User-Agent` header.
     pub user_agent: String,
 }
 
@@ -56,6 +80,9 @@ impl Default for RegistryOptions {
     fn default() -> RegistryOptions {
         RegistryOptions {
             tls_verify: true,
+            tls_verify_loopback: false,
+            certs_d: None,
+            timeout: Duration::from_secs(60),
             docker_config_dir: None,
             parallel: 6,
             retries: 5,
@@ -75,6 +102,7 @@ pub struct Registry {
 pub struct Resolved {
     /// The platform's image manifest; `platform` is set when it was chosen from an index.
     pub manifest: Descriptor,
+    /// The manifest as the registry sent it (its digest is `manifest.digest`).
     pub manifest_bytes: Vec<u8>,
     /// The index (or Docker manifest list) the name pointed at, if it did.
     pub index: Option<(Descriptor, Vec<u8>)>,
@@ -83,16 +111,22 @@ pub struct Resolved {
 /// What a pull put in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
+    /// The platform's image manifest, now in the store.
     pub manifest: Descriptor,
+    /// The index the name pointed at, now in the store, if it did.
     pub index: Option<Descriptor>,
 }
 
+/// Which way a blob moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// From the registry into the store.
     Pull,
+    /// From the store to the registry.
     Push,
 }
 
+/// How a blob's transfer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Downloaded into the store.
@@ -108,25 +142,38 @@ pub enum Outcome {
 /// What happens to one blob. `id` is the blob's full digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
+    /// The blob's transfer begins (or is found unneeded, a `Done` follows at once).
     Start {
+        /// The blob's digest.
         id: String,
+        /// Pull or push.
         action: Action,
+        /// The blob's size in bytes.
         total: u64,
     },
     /// At most about ten a second per blob.
     Progress {
+        /// The blob's digest.
         id: String,
+        /// Bytes moved so far.
         done: u64,
+        /// The blob's size in bytes.
         total: u64,
     },
+    /// The blob is where it should be.
     Done {
+        /// The blob's digest.
         id: String,
+        /// How it got there.
         outcome: Outcome,
     },
     /// An attempt failed and another follows.
     Retry {
+        /// The blob's digest.
         id: String,
+        /// The attempt that follows, from 1.
         attempt: u32,
+        /// Why the previous one failed.
         error: String,
     },
 }
@@ -135,6 +182,7 @@ pub enum TransferEvent {
 pub type Progress<'a> = &'a (dyn Fn(TransferEvent) + Sync);
 
 impl Registry {
+    /// A client with these options; nothing is asked of any registry yet.
     pub fn new(options: RegistryOptions) -> Registry {
         let dir = options
             .docker_config_dir

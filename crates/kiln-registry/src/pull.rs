@@ -335,7 +335,9 @@ impl Client {
         // One count for both kinds of retry: the request's own and resuming the body.
         let retried = std::sync::atomic::AtomicU32::new(0);
         let on_retry = |_: u32, why: &str| {
-            let n = retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let n = retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(1);
             meter.retry(n, why);
         };
         let mut buffer = vec![0u8; 256 << 10];
@@ -391,7 +393,14 @@ impl Client {
                     Ok(0) => break None,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Some(e.to_string()),
+                    Err(e) if is_timeout(&e) => {
+                        break Some(format!(
+                            "no data for {} s after {done} of {} bytes",
+                            self.options.timeout.as_secs_f64(),
+                            blob.size
+                        ))
+                    }
+                    Err(e) => break Some(format!("{e} after {done} of {} bytes", blob.size)),
                 };
                 let chunk = buffer.get(..n).unwrap_or_default();
                 done = done.saturating_add(chunk.len() as u64);
@@ -413,14 +422,16 @@ impl Client {
                 Some(why) => why,
             };
             if attempt >= self.options.retries {
-                return Err(RegistryError::Connection {
+                return Err(RegistryError::BlobInterrupted {
                     repo: repo.to_string(),
-                    what,
-                    url: format!("/v2/{}/blobs/{}", repo.path, blob.digest),
-                    message: why,
+                    digest: blob.digest.to_string(),
+                    attempts: attempt.saturating_add(1),
+                    done,
+                    size: blob.size,
+                    why,
                 });
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             on_retry(attempt, &why);
             std::thread::sleep(http::backoff(attempt));
         }
@@ -532,6 +543,18 @@ fn reference_of(name: &ImageName) -> String {
 }
 
 /// The first byte of `Content-Range: bytes START-END/TOTAL`.
+/// Whether a body read failed for want of data within the timeout (ureq reports its per-read
+/// timeout as `TimedOut`, the socket's as `WouldBlock`).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) || e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
+}
+
 fn range_start(value: &str) -> Option<u64> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     rest.split('-').next()?.trim().parse().ok()

@@ -141,7 +141,12 @@ impl Client {
             let index: Index = from_json_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
             for child in &index.manifests {
                 if push.store.has_blob(&child.digest) {
-                    self.push_document(push, child, child.digest.as_str(), depth + 1)?;
+                    self.push_document(
+                        push,
+                        child,
+                        child.digest.as_str(),
+                        depth.saturating_add(1),
+                    )?;
                 } else if !self.manifest_exists(repo, &child.digest)? {
                     let platform = child
                         .platform
@@ -256,7 +261,7 @@ impl Client {
                     return Ok(());
                 }
                 Err(Failed::Restart(e)) if restarts < self.options.retries => {
-                    restarts += 1;
+                    restarts = restarts.saturating_add(1);
                     meter.retry(restarts, &format!("starting the blob over: {e}"));
                     std::thread::sleep(http::backoff(restarts));
                 }
@@ -472,7 +477,10 @@ impl Client {
             let on_sent = |n: u64| meter.update(start.saturating_add(n));
             let mut call = Call::new(Method::PATCH, Target::Url(location.clone()))
                 .header("content-type", "application/octet-stream")
-                .header("content-range", format!("{offset}-{}", end - 1))
+                .header(
+                    "content-range",
+                    format!("{offset}-{}", end.saturating_sub(1)),
+                )
                 .body(&data)
                 .push()
                 .no_retry();
@@ -495,7 +503,7 @@ impl Client {
             if *recoveries >= max_recoveries {
                 return Err(Failed::Restart(failure));
             }
-            *recoveries += 1;
+            *recoveries = recoveries.saturating_add(1);
             meter.retry(*recoveries, &failure.to_string());
             std::thread::sleep(http::backoff(*recoveries));
             // Ask the session where it is; one that cannot say means starting over.
@@ -575,7 +583,7 @@ fn read_range(push: &Push, blob: &Descriptor, start: u64, end: u64) -> Result<Ve
         )));
     }
     file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut data = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+    let mut data = vec![0u8; usize::try_from(end.saturating_sub(start)).unwrap_or(0)];
     file.read_exact(&mut data).map_err(io)?;
     Ok(data)
 }

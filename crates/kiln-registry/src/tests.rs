@@ -35,7 +35,17 @@ struct Answer {
     body: Vec<u8>,
     cut_after: Option<usize>,
     length: Option<String>,
+    /// Send this many body bytes, then nothing more: the connection stays open, silent, for
+    /// [`STALL_FOR`] (a registry that stalls mid-blob), then closes.
+    stall_after: Option<usize>,
+    /// Say nothing at all (not even the status line) for [`STALL_FOR`], then close.
+    silent: bool,
+    /// Send the body this many bytes at a time, pausing this long between them.
+    trickle: Option<(usize, std::time::Duration)>,
 }
+
+/// How long a stalling answer holds its connection open without sending anything.
+const STALL_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn answer(status: u16, body: &[u8]) -> Answer {
     Answer {
@@ -44,6 +54,9 @@ fn answer(status: u16, body: &[u8]) -> Answer {
         body: body.to_vec(),
         cut_after: None,
         length: None,
+        stall_after: None,
+        silent: false,
+        trickle: None,
     }
 }
 
@@ -141,6 +154,11 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
             log.len() - 1
         };
         let a = script(&request, index);
+        if a.silent {
+            std::thread::sleep(STALL_FOR);
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let mut head = format!(
             "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
             a.status,
@@ -152,6 +170,22 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
         head.push_str("\r\n");
         let _ = out.write_all(head.as_bytes());
         if request.method != "HEAD" {
+            if let Some((size, pause)) = a.trickle {
+                for piece in a.body.chunks(size.max(1)) {
+                    if out.write_all(piece).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                }
+                continue;
+            }
+            if let Some(stall) = a.stall_after {
+                let _ = out.write_all(&a.body[..stall.min(a.body.len())]);
+                let _ = out.flush();
+                std::thread::sleep(STALL_FOR);
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
             let send = a.cut_after.unwrap_or(a.body.len()).min(a.body.len());
             let _ = out.write_all(&a.body[..send]);
             if a.cut_after.is_some() {
@@ -825,4 +859,232 @@ fn a_chunked_upload_that_keeps_losing_its_data_ends() {
         .count();
     // 2 × retries recoveries in all, over the first session and the one restart.
     assert_eq!(patches, 8, "{text}");
+}
+
+fn stalling_registry(tmp: &std::path::Path, retries: u32) -> Registry {
+    Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.to_path_buf()),
+        retries,
+        timeout: std::time::Duration::from_millis(500),
+        ..RegistryOptions::default()
+    })
+}
+
+/// A blob of 200 000 bytes and its descriptor.
+fn big_blob() -> (Vec<u8>, Descriptor) {
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let blob = Descriptor::new(
+        "application/octet-stream",
+        sha256_digest(&data),
+        data.len() as u64,
+    );
+    (data, blob)
+}
+
+#[test]
+fn a_blob_that_stalls_is_resumed_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (data, blob) = big_blob();
+    let body = data.clone();
+    // The first answer stalls after 80 000 bytes with the connection left open; the resumed
+    // one sends the rest.
+    let server = Server::start(move |r, _| match r.header("range") {
+        None => Answer {
+            stall_after: Some(80_000),
+            ..answer(200, &body)
+        },
+        Some(range) => {
+            let start: usize = range
+                .trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .unwrap();
+            answer(206, &body[start..]).with(
+                "Content-Range",
+                &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+            )
+        }
+    });
+    let reg = stalling_registry(tmp.path(), 3);
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    let started = std::time::Instant::now();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    // Well before the server would have closed the stalled connection by itself.
+    assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
+    assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
+    let ranges: Vec<_> = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("range").map(String::from))
+        .collect();
+    assert_eq!(ranges, vec!["bytes=80000-".to_string()]);
+    let seen = seen.lock().unwrap();
+    let retry = seen
+        .iter()
+        .find_map(|e| match e {
+            TransferEvent::Retry { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        retry.contains("no data for 0.5 s after 80000 of 200000 bytes"),
+        "{retry}"
+    );
+}
+
+#[test]
+fn a_blob_that_keeps_stalling_is_given_up_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (data, blob) = big_blob();
+    // Every answer, resumed or not, stalls after 1000 more bytes.
+    let server = Server::start(move |r, _| {
+        let start: usize = r
+            .header("range")
+            .map(|range| {
+                range
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .unwrap()
+            })
+            .unwrap_or(0);
+        let mut a = answer(if start == 0 { 200 } else { 206 }, &data[start..]);
+        if start > 0 {
+            a = a.with(
+                "Content-Range",
+                &format!("bytes {start}-{}/{}", data.len() - 1, data.len()),
+            );
+        }
+        Answer {
+            stall_after: Some(1000),
+            ..a
+        }
+    });
+    let reg = stalling_registry(tmp.path(), 2);
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let started = std::time::Instant::now();
+    let err = reg.fetch_blob(&name, &blob, &store, &progress).unwrap_err();
+    // Three stalls of 0.5 s and two pauses (0.25 s, 0.5 s): not a minute, nor the server's 5 s.
+    assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
+    assert!(
+        matches!(err, RegistryError::BlobInterrupted { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&blob.digest.to_string()), "{message}");
+    assert!(message.contains("broke off 3 times"), "{message}");
+    assert!(message.contains("after 3000 of 200000 bytes"), "{message}");
+    assert!(message.contains("no data for 0.5 s"), "{message}");
+    assert!(!store.has_blob(&blob.digest));
+    // Each attempt went on from where the previous stopped.
+    let ranges: Vec<_> = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("range").map(String::from))
+        .collect();
+    assert_eq!(ranges, vec!["bytes=1000-", "bytes=2000-"]);
+}
+
+#[test]
+fn a_registry_that_never_answers_a_blob_request_is_given_up_naming_the_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (_, blob) = big_blob();
+    // `/v2/` answers (kiln finds the registry speaks plain http); blob requests get nothing.
+    let server = Server::start(|r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        Answer {
+            silent: true,
+            ..answer(200, b"")
+        }
+    });
+    let reg = stalling_registry(tmp.path(), 1);
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (_, progress) = events();
+    let started = std::time::Instant::now();
+    let err = reg.fetch_blob(&name, &blob, &store, &progress).unwrap_err();
+    assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("fetching blob {}", blob.digest)),
+        "{message}"
+    );
+    assert!(message.contains("no answer in time"), "{message}");
+    // The first request and one retry.
+    let blob_requests = server
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .count();
+    assert_eq!(blob_requests, 2);
+}
+
+#[test]
+fn verifying_loopback_registries_means_https_only_for_them() {
+    // A plain http registry on 127.0.0.1: found by default, refused when loopback
+    // registries are verified (`--tls-verify=true`), without ever being asked in plain http.
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let server = Server::start(move |r, _| {
+        if r.path.contains("/manifests/") {
+            answer(200, manifest).with("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        } else {
+            answer(200, b"{}")
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let name = ImageName::parse(&format!("{}/x:1", server.host())).unwrap();
+    registry(tmp.path()).fetch_manifest(&name).unwrap();
+    let before = server.requests().len();
+    let strict = Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.path().to_path_buf()),
+        retries: 0,
+        tls_verify_loopback: true,
+        ..RegistryOptions::default()
+    });
+    let err = strict.fetch_manifest(&name).unwrap_err();
+    assert!(matches!(err, RegistryError::Connection { .. }), "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+    assert_eq!(server.requests().len(), before, "asked in plain http");
+}
+
+#[test]
+fn a_slow_blob_that_keeps_moving_is_not_cut_off() {
+    // 200 000 bytes in 16 pieces, 100 ms apart: 1.6 s in all, over the 1 s timeout, but
+    // never near 1 s without data. The timeout bounds idleness, not the transfer.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (data, blob) = big_blob();
+    let body = data.clone();
+    let server = Server::start(move |r, _| {
+        if !r.path.contains("/blobs/") {
+            return answer(200, b"{}");
+        }
+        Answer {
+            trickle: Some((13_000, std::time::Duration::from_millis(100))),
+            ..answer(200, &body)
+        }
+    });
+    let reg = Registry::new(RegistryOptions {
+        docker_config_dir: Some(tmp.path().to_path_buf()),
+        retries: 0,
+        timeout: std::time::Duration::from_secs(1),
+        ..RegistryOptions::default()
+    });
+    let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
+    let (seen, progress) = events();
+    let started = std::time::Instant::now();
+    reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
+    assert!(started.elapsed() > std::time::Duration::from_secs(1));
+    assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
+    assert!(!seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, TransferEvent::Retry { .. })));
 }

@@ -98,11 +98,13 @@ pub enum Command {
 /// How kiln talks to registries.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// Verify registries' TLS certificates and use https only. --tls-verify=false allows
-    /// plain http and unverified TLS (for every registry; localhost and 127.0.0.1 are
-    /// allowed both always).
-    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub tls_verify: bool,
+    /// Verify registries' TLS certificates and use https only (default: true, except for
+    /// localhost and 127.0.0.0/8, which may use plain http or unverified TLS unless
+    /// --tls-verify=true is given). --tls-verify=false allows both for every registry.
+    /// Trusted CAs: the system's store (SSL_CERT_FILE, SSL_CERT_DIR) and
+    /// /etc/containers/certs.d/HOST:PORT/*.crt or /etc/docker/certs.d/HOST:PORT/*.crt.
+    #[arg(long = "tls-verify", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub tls_verify: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,8 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 /// The registry client the flags describe.
 pub fn client(args: &RegistryArgs) -> Arc<Registry> {
     Arc::new(Registry::new(RegistryOptions {
-        tls_verify: args.tls_verify,
+        tls_verify: args.tls_verify != Some(false),
+        tls_verify_loopback: args.tls_verify == Some(true),
         user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
         ..RegistryOptions::default()
     }))

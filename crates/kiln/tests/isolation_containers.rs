@@ -367,7 +367,7 @@ fn docker_cells_say_what_to_change() {
     let work = Workspace::new();
     let daemon = Dockerd::start();
     // The busybox root as an image of this daemon.
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(work.path().join("rootfs"))
         .args(["-cf", "-", "."])
@@ -377,9 +377,10 @@ fn docker_cells_say_what_to_change() {
     let import = daemon
         .docker()
         .args(["import", "-", "kiln-matrix:busybox"])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(tar.wait().unwrap().success());
     assert!(
         import.status.success(),
         "docker import: {}",

@@ -1,0 +1,443 @@
+//! kiln as a CI build step: its binary mounted into busybox containers of podman and docker,
+//! building the ladder recipe (RUN whiteouts, a cache mount, a secret). Each cell either
+//! builds the very image the host builds (same manifest digest), or fails with the message
+//! docs/ci.md documents. Needs root, podman, docker.io (dockerd is started here, with its own
+//! data root, socket, `--bridge=none --iptables=false`, and stopped at the end) and
+//! busybox-static; a missing tool fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LADDER_RECIPE: &str = include_str!("../../../testdata/isolation/ladder.Dockerfile");
+const SECRET: &str = "s3cret-ladder";
+
+/// What a cell must do.
+enum Expect {
+    /// Build the host's image, reporting this rung line first.
+    SameImage { isolation: &'static str },
+    /// Fail, saying all of these.
+    Fails { saying: &'static [&'static str] },
+}
+
+/// The shared directory mounted at /w in every container: kiln, a busybox root with kiln's
+/// shared libraries, the context, the secret, one store and one output per cell.
+struct Workspace {
+    dir: tempfile::TempDir,
+    host_digest: String,
+}
+
+fn tool(name: &str) {
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "the container matrix needs {name} (apt-get install podman docker.io)"
+    );
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-matrix")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let w = dir.path();
+        fs::set_permissions(w, fs::Permissions::from_mode(0o755)).unwrap();
+        let kiln = w.join("kiln");
+        fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
+        // A busybox root that can run kiln: busybox, its applets, kiln's shared libraries.
+        let rootfs = w.join("rootfs");
+        for sub in ["bin", "tmp", "proc", "sys", "dev", "etc", "w"] {
+            fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
+        let install = Command::new(rootfs.join("bin/busybox"))
+            .args(["--install", "-s"])
+            .arg(rootfs.join("bin"))
+            .status()
+            .unwrap();
+        assert!(install.success());
+        let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
+        for library in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|word| word.starts_with('/'))
+        {
+            let target = rootfs.join(library.trim_start_matches('/'));
+            fs::create_dir_all(target.parent().unwrap()).unwrap();
+            fs::copy(library, &target).unwrap();
+        }
+        let ctx = w.join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), LADDER_RECIPE).unwrap();
+        fs::write(
+            ctx.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(ctx.join("group"), "root:x:0:\nbob:x:1000:\n").unwrap();
+        fs::copy(busybox_binary(), ctx.join("busybox")).unwrap();
+        fs::write(w.join("secret"), SECRET).unwrap();
+        fs::create_dir(w.join("out")).unwrap();
+        let open = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(w)
+            .status()
+            .unwrap();
+        assert!(open.success());
+        fs::set_permissions(w.join("out"), fs::Permissions::from_mode(0o777)).unwrap();
+        // The host build, on the host's own rung.
+        let out = Command::new(&kiln)
+            .arg("--root")
+            .arg(w.join("host-store"))
+            .args(["build", "--secret"])
+            .arg(format!("id=tok,src={}", w.join("secret").display()))
+            .arg("-o")
+            .arg(format!(
+                "type=oci,dest={}",
+                w.join("out/host.tar").display()
+            ))
+            .arg(&ctx)
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "host build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let host_digest = read_image(&w.join("out/host.tar")).manifest_digest;
+        Workspace { dir, host_digest }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// kiln's arguments inside a container, for the cell `name`.
+    fn kiln_args(&self, name: &str) -> Vec<String> {
+        let store = self.path().join(format!("store-{name}"));
+        fs::create_dir(&store).unwrap();
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o777)).unwrap();
+        vec![
+            "/w/kiln".into(),
+            "--root".into(),
+            format!("/w/store-{name}"),
+            "build".into(),
+            "--progress=plain".into(),
+            "--secret".into(),
+            "id=tok,src=/w/secret".into(),
+            "-o".into(),
+            format!("type=oci,dest=/w/out/{name}.tar"),
+            "/w/ctx".into(),
+        ]
+    }
+
+    /// Checks a cell's outcome; returns its row of the table.
+    fn check(&self, name: &str, status: i32, stderr: &str, expect: &Expect) -> String {
+        match expect {
+            Expect::SameImage { isolation } => {
+                assert_eq!(status, 0, "{name}: {stderr}");
+                let first = stderr.lines().next().unwrap_or_default();
+                assert!(
+                    first.starts_with(isolation),
+                    "{name}: expected {isolation:?} first, got {first:?}"
+                );
+                let image = read_image(&self.path().join(format!("out/{name}.tar")));
+                let last = paths(image.layers.last().unwrap());
+                assert!(last.contains(&"secret-ok".to_string()), "{name}: {last:?}");
+                let changes = paths(&image.layers[image.layers.len() - 2]);
+                for entry in ["data/.wh.gone", "data/.wh.del", "data/keep/.wh..wh..opq"] {
+                    assert!(
+                        changes.contains(&entry.to_string()),
+                        "{name}: {entry} missing in {changes:?}"
+                    );
+                }
+                assert_eq!(
+                    image.manifest_digest, self.host_digest,
+                    "{name}: not the host's image"
+                );
+                format!("| {name} | builds, same digest as the host | `{first}` |")
+            }
+            Expect::Fails { saying } => {
+                assert_ne!(status, 0, "{name} should fail: {stderr}");
+                for words in *saying {
+                    assert!(stderr.contains(words), "{name}: {words:?} not in {stderr}");
+                }
+                let line = stderr
+                    .lines()
+                    .find(|l| l.contains(saying[0]))
+                    .unwrap_or_default();
+                format!("| {name} | fails (exit {status}) | `{line}` |")
+            }
+        }
+    }
+}
+
+fn output(mut command: Command) -> (i32, String) {
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    )
+}
+
+#[test]
+fn podman_cells_build_the_host_image_or_say_what_to_change() {
+    tool("podman");
+    let work = Workspace::new();
+    let storage = tempfile::tempdir().unwrap();
+    let conf = storage.path().join("containers.conf");
+    fs::write(
+        &conf,
+        "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
+    )
+    .unwrap();
+    let cells: [(&str, &[&str], Expect); 3] = [
+        (
+            "podman-root",
+            &[],
+            Expect::SameImage {
+                isolation: "isolation: userns (root without CAP_SYS_ADMIN",
+            },
+        ),
+        (
+            "podman-user-1000",
+            &["--user", "1000"],
+            Expect::SameImage {
+                isolation: "isolation: userns (uid 1000",
+            },
+        ),
+        (
+            "podman-nnp-cap-drop-all",
+            &["--security-opt", "no-new-privileges", "--cap-drop", "ALL"],
+            Expect::Fails {
+                saying: &[
+                    "without CAP_SETFCAP, so Linux refuses to map root",
+                    "--user 1000",
+                    "RUN cannot be isolated here",
+                ],
+            },
+        ),
+    ];
+    let mut table = Vec::new();
+    for (name, options, expect) in &cells {
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", &conf)
+            .arg("--root")
+            .arg(storage.path().join("root"))
+            .arg("--runroot")
+            .arg(storage.path().join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--runtime",
+                "runc",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-e",
+                &format!("SOURCE_DATE_EPOCH={EPOCH}"),
+                "-v",
+                &format!("{}:/w", work.path().display()),
+                "-w",
+                "/w",
+            ])
+            .args(*options)
+            .arg("--rootfs")
+            .arg(work.path().join("rootfs"))
+            .args(work.kiln_args(name));
+        let (status, stderr) = output(command);
+        table.push(work.check(name, status, &stderr, expect));
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+/// A dockerd of the test's own, stopped (and its containers with it) when dropped.
+struct Dockerd {
+    child: Child,
+    socket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    fn start() -> Dockerd {
+        tool("dockerd");
+        tool("docker");
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-dockerd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let socket = format!("unix://{}", d.join("docker.sock").display());
+        let log = fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["--host", &socket])
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--storage-driver=vfs",
+                "--exec-opt",
+                "native.cgroupdriver=cgroupfs",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = Dockerd {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        loop {
+            let ready = Command::new("docker")
+                .args(["-H", &daemon.socket, "version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                break;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                let log = fs::read_to_string(daemon._dir.path().join("dockerd.log"));
+                panic!("dockerd ended ({status}): {log:?}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "dockerd did not answer within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        daemon
+    }
+
+    fn docker(&self) -> Command {
+        let mut command = Command::new("docker");
+        command.args(["-H", &self.socket]);
+        command
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM first: dockerd stops its containers and its containerd.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn docker_cells_say_what_to_change() {
+    let work = Workspace::new();
+    let daemon = Dockerd::start();
+    // The busybox root as an image of this daemon.
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(work.path().join("rootfs"))
+        .args(["-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = daemon
+        .docker()
+        .args(["import", "-", "kiln-matrix:busybox"])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert!(
+        import.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let cells: [(&str, &[&str], Expect); 3] = [
+        (
+            "docker-root",
+            &[],
+            Expect::Fails {
+                saying: &[
+                    "creating a user namespace was refused",
+                    "seccomp=unconfined",
+                    "RUN cannot be isolated here",
+                ],
+            },
+        ),
+        (
+            "docker-user-1000",
+            &["--user", "1000"],
+            Expect::Fails {
+                saying: &[
+                    "kiln is uid 1000 and creating a user namespace was refused",
+                    "seccompProfile.type: Unconfined",
+                ],
+            },
+        ),
+        // The fix the message names, proven.
+        (
+            "docker-root-seccomp-unconfined",
+            &["--security-opt", "seccomp=unconfined"],
+            Expect::SameImage {
+                isolation: "isolation: userns (root without CAP_SYS_ADMIN",
+            },
+        ),
+    ];
+    let mut table = Vec::new();
+    for (name, options, expect) in &cells {
+        let mut command = daemon.docker();
+        command
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-e",
+                &format!("SOURCE_DATE_EPOCH={EPOCH}"),
+                "-v",
+                &format!("{}:/w", work.path().display()),
+                "-w",
+                "/w",
+            ])
+            .args(*options)
+            .arg("kiln-matrix:busybox")
+            .args(work.kiln_args(name));
+        let (status, stderr) = output(command);
+        table.push(work.check(name, status, &stderr, expect));
+    }
+    eprintln!("{}", table.join("\n"));
+}

@@ -16,6 +16,8 @@
 mod auth;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod pull;
 mod push;

@@ -43,6 +43,7 @@ bench-parse-instructions:
       echo "$lines lines: $refs instructions, $((refs / lines)) per line"
     done
 
-# Fuzz the parser (needs cargo-fuzz; see fuzz/README.md).
-fuzz seconds="600":
-    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run recipe -- -max_total_time={{seconds}}
+# Fuzz every target one after the other, SECONDS each (needs cargo-fuzz; see fuzz/README.md);
+# name targets to run only those: `just fuzz 60 layer_read unpack`.
+fuzz seconds="600" *targets:
+    fuzz/run-all.sh {{seconds}} {{targets}}

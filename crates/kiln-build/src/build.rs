@@ -534,9 +534,12 @@ impl Builder<'_> {
     /// nothing (its placeholders have no blob).
     fn rootfs(&self, image: &StageImage) -> Result<Rootfs, BuildError> {
         if !self.dry_run {
+            let mut budget =
+                crate::unpack::ImageBudget::new(image.layers.iter().map(|l| l.descriptor.size))?;
             for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
                 if !layer.snapshot.is_dir() && self.store.has_blob(&layer.descriptor.digest) {
-                    ensure_snapshot(self.store, &layer.descriptor, diff_id.as_str(), "layer")?;
+                    let (descriptor, diff_id) = (&layer.descriptor, diff_id.as_str());
+                    ensure_snapshot(self.store, descriptor, diff_id, "layer", &mut budget)?;
                 }
             }
         }
@@ -1616,6 +1619,7 @@ fn unpacked_layers(
     config: &ImageConfig,
     reference: &str,
 ) -> Result<Vec<LayerRef>, BuildError> {
+    let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
     manifest
         .layers
         .iter()
@@ -1628,6 +1632,7 @@ fn unpacked_layers(
                     descriptor,
                     diff_id.as_str(),
                     &format!("base image {reference:?}"),
+                    &mut budget,
                 )?,
             })
         })
@@ -1640,6 +1645,7 @@ fn ensure_snapshot(
     descriptor: &Descriptor,
     diff_id: &str,
     what: &str,
+    budget: &mut crate::unpack::ImageBudget,
 ) -> Result<PathBuf, BuildError> {
     let snapshot = store.snapshot_path(diff_id);
     if snapshot.is_dir() {
@@ -1654,13 +1660,17 @@ fn ensure_snapshot(
     let blob = store
         .open_blob(&descriptor.digest)
         .map_err(BuildError::Store)?;
-    crate::unpack::unpack_layer(
-        std::io::BufReader::new(blob),
-        &descriptor.media_type,
-        &fresh,
-        diff_id,
-    )
-    .map_err(|e| BuildError::Image(format!("{what}: {e}")))?;
+    // The blob's own length (it was checked against its digest), not what a manifest says.
+    let compressed = blob.metadata().map_or(descriptor.size, |m| m.len());
+    budget
+        .unpack_layer(
+            std::io::BufReader::new(blob),
+            compressed,
+            &descriptor.media_type,
+            &fresh,
+            diff_id,
+        )
+        .map_err(|e| BuildError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
     store
         .commit_snapshot(&fresh, diff_id)
         .map_err(BuildError::Store)
@@ -1668,8 +1678,9 @@ fn ensure_snapshot(
 
 /// Unpacks what the flattened outputs read: every layer of a built image.
 pub fn ensure_unpacked(store: &Store, built: &Built) -> Result<(), BuildError> {
+    let mut budget = crate::unpack::ImageBudget::new(built.layers.iter().map(|l| l.size))?;
     for (descriptor, diff_id) in built.layers.iter().zip(&built.config.rootfs.diff_ids) {
-        ensure_snapshot(store, descriptor, diff_id.as_str(), "layer")?;
+        ensure_snapshot(store, descriptor, diff_id.as_str(), "layer", &mut budget)?;
     }
     Ok(())
 }

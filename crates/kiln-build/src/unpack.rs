@@ -3,13 +3,15 @@
 //! `.wh.` names become whiteouts (char 0/0) and `.wh..wh..opq` an opaque directory, overlay
 //! xattrs the layer itself carries are dropped, and the result must hash to the diff_id the
 //! image config names.
+// A layer is untrusted: no arithmetic here that can overflow or panic.
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 use crate::fsmeta::{
     find_whiteout, io_at, make_opaque, make_whiteout, set_stamp, Stamp, OPAQUE_MARKER as OPAQUE,
     WHITEOUT_PREFIX,
 };
 use crate::BuildError;
-use kiln_layer::{visit_layer, EntrySummary, EntryTypeSummary};
+use kiln_layer::{visit_layer_limited, EntrySummary, EntryTypeSummary, ReadLimits, UnpackCaps};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -159,7 +161,7 @@ impl Unpacker<'_> {
                     let meta = fs::symlink_metadata(&source).map_err(|_| {
                         refuse(&entry.path, "links to a file that is not in the layer")
                     })?;
-                    let last = i + 1 == link_parts.len();
+                    let last = i.saturating_add(1) == link_parts.len();
                     if (last && !meta.is_file()) || (!last && !meta.is_dir()) {
                         return Err(refuse(
                             &entry.path,
@@ -229,14 +231,23 @@ impl Unpacker<'_> {
     }
 }
 
-/// Unpacks a layer blob into the empty directory `dest` and checks it against `diff_id`.
+/// Unpacks a layer blob into the empty directory `dest` and checks it against `diff_id`,
+/// within the default [`ReadLimits`].
 pub fn unpack_layer(
     blob: impl Read,
     media_type: &str,
     dest: &Path,
     diff_id: &str,
 ) -> Result<(), BuildError> {
-    unpack(blob, media_type, dest, diff_id, true)
+    unpack(
+        blob,
+        media_type,
+        dest,
+        diff_id,
+        true,
+        &ReadLimits::default(),
+    )
+    .map(drop)
 }
 
 /// [`unpack_layer`] for a cache mount's contents from a shared cache: no device files.
@@ -246,16 +257,66 @@ pub fn unpack_cache_mount(
     dest: &Path,
     diff_id: &str,
 ) -> Result<(), BuildError> {
-    unpack(blob, media_type, dest, diff_id, false)
+    unpack(
+        blob,
+        media_type,
+        dest,
+        diff_id,
+        false,
+        &ReadLimits::default(),
+    )
+    .map(drop)
 }
 
+/// How much the layers of one image may still expand to when unpacked (see docs/limits.md):
+/// each layer within `max(10 × its compressed size, KILN_MAX_LAYER_SIZE)`, all of them within
+/// `max(10 × their compressed sizes, KILN_MAX_IMAGE_SIZE)`.
+pub struct ImageBudget {
+    caps: UnpackCaps,
+    remaining: u64,
+}
+
+impl ImageBudget {
+    /// The budget of an image whose layers have these compressed sizes, caps from the
+    /// environment.
+    pub fn new(compressed_sizes: impl IntoIterator<Item = u64>) -> Result<Self, BuildError> {
+        let caps = UnpackCaps::from_env().map_err(|e| BuildError::Image(e.to_string()))?;
+        let total = compressed_sizes
+            .into_iter()
+            .fold(0u64, |sum, size| sum.saturating_add(size));
+        Ok(ImageBudget {
+            remaining: caps.image_limit(total),
+            caps,
+        })
+    }
+
+    /// Unpacks one layer of `compressed` bytes as [`unpack_layer`] does, within the budget,
+    /// which it then spends. A layer over its bound is refused before more than the bound is
+    /// written, and the error says which bound and how to raise it.
+    pub fn unpack_layer(
+        &mut self,
+        blob: impl Read,
+        compressed: u64,
+        media_type: &str,
+        dest: &Path,
+        diff_id: &str,
+    ) -> Result<(), BuildError> {
+        let limits = self.caps.read_limits(compressed, self.remaining);
+        let size = unpack(blob, media_type, dest, diff_id, true, &limits)?;
+        self.remaining = self.remaining.saturating_sub(size);
+        Ok(())
+    }
+}
+
+/// Unpacks and checks; returns the uncompressed size.
 fn unpack(
     blob: impl Read,
     media_type: &str,
     dest: &Path,
     diff_id: &str,
     devices: bool,
-) -> Result<(), BuildError> {
+    limits: &ReadLimits,
+) -> Result<u64, BuildError> {
     let mut unpacker = Unpacker {
         root: dest,
         is_root: rustix::process::geteuid().is_root(),
@@ -263,7 +324,7 @@ fn unpack(
         dirs: BTreeMap::new(),
     };
     let mut failure: Option<BuildError> = None;
-    let actual = visit_layer(blob, media_type, |entry, content| {
+    let visited = visit_layer_limited(blob, media_type, limits, |entry, content| {
         unpacker.entry(entry, content).map_err(|e| {
             let message = e.to_string();
             failure = Some(e);
@@ -271,13 +332,18 @@ fn unpack(
             kiln_layer::LayerError::Read(io::Error::other(message))
         })
     });
+    // Going over a bound fails the write that was under way too; the bound is what to tell.
+    if let Err(error @ kiln_layer::LayerError::OverLimit { .. }) = visited {
+        return Err(BuildError::Image(format!("base image layer: {error}")));
+    }
     if let Some(error) = failure {
         return Err(error);
     }
-    let actual = actual.map_err(|e| BuildError::Image(format!("base image layer: {e}")))?;
-    if actual != diff_id {
+    let visited = visited.map_err(|e| BuildError::Image(format!("base image layer: {e}")))?;
+    if visited.diff_id != diff_id {
         return Err(BuildError::Image(format!(
-            "base image layer has diff_id {actual}, but the image config says {diff_id}"
+            "base image layer has diff_id {}, but the image config says {diff_id}",
+            visited.diff_id
         )));
     }
     let mut dirs: Vec<_> = unpacker.dirs.into_iter().collect();
@@ -288,7 +354,7 @@ fn unpack(
             set_stamp(&path, stamp, false, unpacker.is_root)?;
         }
     }
-    Ok(())
+    Ok(visited.uncompressed_size)
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
-        self.len += n as u64;
+        self.len = self.len.saturating_add(n as u64);
         Ok(n)
     }
 
@@ -250,7 +250,7 @@ impl<W: Write> ParallelGzip<W> {
         };
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])
             .map_err(LayerError::Output)?;
-        let max_in_flight = 2 * pool.threads() + 2;
+        let max_in_flight = pool.threads().saturating_mul(2).saturating_add(2);
         Ok(ParallelGzip {
             out,
             level,
@@ -314,10 +314,10 @@ impl<W: Write> ParallelGzip<W> {
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = GZIP_BLOCK_SIZE - self.block.len();
+        let room = GZIP_BLOCK_SIZE.saturating_sub(self.block.len());
         let n = room.min(buf.len());
         self.block.extend_from_slice(&buf[..n]);
-        self.total_in += n as u64;
+        self.total_in = self.total_in.saturating_add(n as u64);
         if self.block.len() == GZIP_BLOCK_SIZE {
             self.dispatch()?;
         }
@@ -343,18 +343,20 @@ fn looks_incompressible(input: &[u8]) -> bool {
     }
     let mut counts = [0u64; 256];
     for byte in input {
-        counts[usize::from(*byte)] += 1;
+        let count = &mut counts[usize::from(*byte)];
+        *count = count.saturating_add(1);
     }
     let n = input.len() as u128;
     let scaled: u128 = counts
         .iter()
         .map(|c| {
-            let d = (256 * u128::from(*c)).abs_diff(n);
-            d * d
+            let d = u128::from(*c).saturating_mul(256).abs_diff(n);
+            d.saturating_mul(d)
         })
-        .sum();
-    // chi² = Σ (c - n/256)² / (n/256) = scaled / (256 n)
-    scaled < THRESHOLD * 256 * n
+        .fold(0u128, u128::saturating_add);
+    // chi² = Σ (c - n/256)² / (n/256) = scaled / (256 n); counts are below 2^64, so none of
+    // this comes near u128's range.
+    scaled < THRESHOLD.saturating_mul(256).saturating_mul(n)
 }
 
 fn deflate_block(level: u32, dict: Option<&[u8]>, input: &[u8]) -> BlockResult {
@@ -371,7 +373,12 @@ fn deflate_block(level: u32, dict: Option<&[u8]>, input: &[u8]) -> BlockResult {
         c.set_dictionary(dict).map_err(|e| e.to_string())?;
     }
     // Worst-case deflate expansion is ~0.03% plus a few bytes per stored block.
-    let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 64);
+    let mut out = Vec::with_capacity(
+        input
+            .len()
+            .saturating_add(input.len() / 64)
+            .saturating_add(64),
+    );
     loop {
         let consumed = usize::try_from(c.total_in()).map_err(|e| e.to_string())?;
         let before = (c.total_in(), out.len());
@@ -490,7 +497,7 @@ impl<W: Write> Write for BlobWriter<W> {
         if !matches!(self.codec, Codec::Plain(_)) {
             self.input.update(&buf[..n]);
         }
-        self.input_len += n as u64;
+        self.input_len = self.input_len.saturating_add(n as u64);
         Ok(n)
     }
 

@@ -86,6 +86,38 @@ pub enum LayerError {
     #[error("reading the layer blob: {0}")]
     Read(#[source] io::Error),
 
+    /// A layer goes over one of the bounds of [`crate::ReadLimits`] (a layer is untrusted
+    /// input: a few KB of gzip may expand to terabytes, or hold millions of entries).
+    #[error("layer refused: {what} is over the limit of {limit} {unit}{}", setting.map(|s| format!(" (raise it with {s})")).unwrap_or_default())]
+    OverLimit {
+        /// What went over ("the uncompressed size", "the number of entries", ...).
+        what: String,
+        /// The bound.
+        limit: u64,
+        /// Its unit ("bytes", "entries").
+        unit: &'static str,
+        /// The setting that raises it, when there is one.
+        setting: Option<&'static str>,
+    },
+
+    /// A setting (environment variable) whose value is not what it takes.
+    #[error("{name}={value:?} is not a size (bytes, or with a K/M/G/T suffix)")]
+    BadSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+
+    /// A PAX record or tar header field that is not what the format allows.
+    #[error("reading the layer blob: entry {path:?}: {detail}")]
+    BadHeader {
+        /// The entry's path as far as it is known, lossily decoded.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// The media type is not one of the layer types this crate reads.
     #[error("unsupported layer media type {0:?}")]
     UnknownMediaType(String),

@@ -16,10 +16,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![warn(missing_docs)]
+// A layer read back is untrusted, and a written one must never wrap: no arithmetic that can
+// overflow or panic.
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 mod blob;
 mod entries;
 mod error;
+pub mod limits;
 mod read;
 mod tarball;
 
@@ -34,9 +38,10 @@ pub use blob::{
 };
 pub use entries::{list_entries, Entries, Entry, EntryKind, Xattr, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use error::LayerError;
+pub use limits::{ReadLimits, UnpackCaps};
 pub use read::{
-    decompress, encoding_of, read_layer_entries, visit_layer, Encoding, EntrySummary,
-    EntryTypeSummary,
+    decompress, encoding_of, read_layer_entries, visit_layer, visit_layer_limited, Encoding,
+    EntrySummary, EntryTypeSummary, VisitedLayer,
 };
 pub use tarball::write_tar;
 
@@ -205,9 +210,10 @@ impl ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_SIZE - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
-        self.len += n;
+        let n = data.len().min(CHUNK_SIZE.saturating_sub(self.len));
+        let end = self.len.saturating_add(n);
+        self.buf[self.len..end].copy_from_slice(&data[..n]);
+        self.len = end;
         if self.len == CHUNK_SIZE {
             self.send_current()?;
         }
@@ -224,14 +230,15 @@ impl TarSink for ChunkWriter {
     fn copy_from(&mut self, src: &mut File, limit: u64) -> Result<u64, CopyError> {
         let mut copied = 0u64;
         while copied < limit {
-            let room = CHUNK_SIZE - self.len;
-            let want = usize::try_from(limit - copied).map_or(room, |n| n.min(room));
-            let n = read_retry(src, &mut self.buf[self.len..self.len + want])?;
+            let room = CHUNK_SIZE.saturating_sub(self.len);
+            let want = usize::try_from(limit.saturating_sub(copied)).map_or(room, |n| n.min(room));
+            let end = self.len.saturating_add(want);
+            let n = read_retry(src, &mut self.buf[self.len..end])?;
             if n == 0 {
                 break;
             }
-            self.len += n;
-            copied += n as u64;
+            self.len = self.len.saturating_add(n);
+            copied = copied.saturating_add(n as u64);
             if self.len == CHUNK_SIZE {
                 self.send_current().map_err(CopyError::Sink)?;
             }

@@ -45,13 +45,14 @@ pub(crate) trait TarSink: Write {
         let mut buf = vec![0u8; 64 * 1024];
         let mut copied = 0u64;
         while copied < limit {
-            let want = usize::try_from(limit - copied).map_or(buf.len(), |n| n.min(buf.len()));
+            let want = usize::try_from(limit.saturating_sub(copied))
+                .map_or(buf.len(), |n| n.min(buf.len()));
             let n = read_retry(src, &mut buf[..want])?;
             if n == 0 {
                 break;
             }
             self.write_all(&buf[..n]).map_err(CopyError::Sink)?;
-            copied += n as u64;
+            copied = copied.saturating_add(n as u64);
         }
         Ok(copied)
     }
@@ -270,7 +271,7 @@ fn put_bytes(field: &mut [u8], src: &[u8]) {
     let mut n = src.len().min(field.len());
     if let Ok(s) = std::str::from_utf8(src) {
         while !s.is_char_boundary(n) {
-            n -= 1;
+            n = n.saturating_sub(1);
         }
     }
     field[..n].copy_from_slice(&src[..n]);
@@ -284,9 +285,9 @@ fn set_devices(h: &mut Header, major: u32, minor: u32) {
 }
 
 fn pad(out: &mut impl Write, len: u64) -> Result<(), LayerError> {
-    let rem = (len % BLOCK as u64) as usize;
+    let rem = usize::try_from(len.rem_euclid(BLOCK as u64)).unwrap_or(0);
     if rem != 0 {
-        out.write_all(&[0; BLOCK][..BLOCK - rem])
+        out.write_all(&[0; BLOCK][..BLOCK.saturating_sub(rem)])
             .map_err(LayerError::Output)?;
     }
     Ok(())
@@ -294,10 +295,11 @@ fn pad(out: &mut impl Write, len: u64) -> Result<(), LayerError> {
 
 /// Appends one PAX record: `"<len> <key>=<value>\n"`, where len counts the whole record.
 fn pax_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = rest + 1;
-    while decimal_len(len) + rest != len {
-        len = decimal_len(len) + rest;
+    // ' ', '=', '\n'; keys and values are bounded by memory, far from usize's range.
+    let rest = key.len().saturating_add(value.len()).saturating_add(3);
+    let mut len = rest.saturating_add(1);
+    while decimal_len(len).saturating_add(rest) != len {
+        len = decimal_len(len).saturating_add(rest);
     }
     buf.extend_from_slice(len.to_string().as_bytes());
     buf.push(b' ');
@@ -308,10 +310,10 @@ fn pax_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 }
 
 fn decimal_len(mut n: usize) -> usize {
-    let mut digits = 1;
+    let mut digits: usize = 1;
     while n >= 10 {
         n /= 10;
-        digits += 1;
+        digits = digits.saturating_add(1);
     }
     digits
 }

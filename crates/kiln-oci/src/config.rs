@@ -15,15 +15,19 @@ pub struct ImageConfig {
     /// RFC 3339 creation time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// Who made the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
+    /// CPU architecture (`amd64`, `arm64`, ...).
     pub architecture: String,
+    /// Operating system (`linux`).
     pub os: String,
     #[serde(
         rename = "os.version",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// Operating system version (Windows images).
     pub os_version: Option<String>,
     #[serde(
         rename = "os.features",
@@ -31,18 +35,22 @@ pub struct ImageConfig {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Required operating system features (Windows images).
     pub os_features: Vec<String>,
+    /// CPU variant (`v7`, `v8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Execution defaults; `null` in a parsed document reads as the empty config.
     #[serde(default, deserialize_with = "null_default")]
     pub config: ContainerConfig,
+    /// The layers' diff_ids, bottom first.
     pub rootfs: RootFs,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_default"
     )]
+    /// How each layer (and each empty step) was made, bottom first.
     pub history: Vec<History>,
     /// kiln's inline build cache (`--cache-to type=inline`): the cache records of this image's
     /// layers, so a later build can use the image as its cache. Other tools ignore the field.
@@ -93,6 +101,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "String::is_empty",
         deserialize_with = "null_default"
     )]
+    /// User (and group) the container runs as: `name`, `uid`, `uid:gid`.
     pub user: String,
     /// `"80/tcp"` → `{}`.
     #[serde(
@@ -116,6 +125,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "opt_str_or_seq"
     )]
+    /// Executable and arguments the container starts with.
     pub entrypoint: Option<Vec<String>>,
     #[serde(
         rename = "Cmd",
@@ -123,6 +133,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "opt_str_or_seq"
     )]
+    /// Default arguments (of the entrypoint, or the command when there is none).
     pub cmd: Option<Vec<String>>,
     #[serde(
         rename = "Volumes",
@@ -130,6 +141,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Mount points for volumes (the values are empty objects).
     pub volumes: BTreeMap<String, EmptyObject>,
     #[serde(
         rename = "WorkingDir",
@@ -137,6 +149,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "String::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Working directory of the container's process.
     pub working_dir: String,
     #[serde(
         rename = "Labels",
@@ -144,6 +157,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Image labels.
     pub labels: BTreeMap<String, String>,
     #[serde(
         rename = "StopSignal",
@@ -151,6 +165,7 @@ pub struct ContainerConfig {
         skip_serializing_if = "String::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Signal that stops the container.
     pub stop_signal: String,
     /// Windows-only in practice; written only when true.
     #[serde(
@@ -165,6 +180,7 @@ pub struct ContainerConfig {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// How the container's health is checked.
     pub healthcheck: Option<Healthcheck>,
     /// ONBUILD triggers, as their instruction text.
     #[serde(
@@ -195,15 +211,21 @@ pub struct Healthcheck {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "str_or_seq"
     )]
+    /// The check: `["NONE"]`, `["CMD", ...]` or `["CMD-SHELL", "..."]`.
     pub test: Vec<String>,
+    /// Time between checks, in nanoseconds.
     #[serde(rename = "Interval", default, skip_serializing_if = "is_zero")]
     pub interval: i64,
+    /// Time a check may take, in nanoseconds.
     #[serde(rename = "Timeout", default, skip_serializing_if = "is_zero")]
     pub timeout: i64,
+    /// Time the container has to start before failures count, in nanoseconds.
     #[serde(rename = "StartPeriod", default, skip_serializing_if = "is_zero")]
     pub start_period: i64,
+    /// Time between checks while starting, in nanoseconds.
     #[serde(rename = "StartInterval", default, skip_serializing_if = "is_zero")]
     pub start_interval: i64,
+    /// Consecutive failures that make the container unhealthy.
     #[serde(rename = "Retries", default, skip_serializing_if = "is_zero")]
     pub retries: i64,
 }
@@ -221,11 +243,13 @@ pub struct RootFs {
     /// Always `"layers"`.
     #[serde(rename = "type")]
     pub fs_type: String,
+    /// The diff_ids (digests of the uncompressed layers), bottom first.
     #[serde(default, deserialize_with = "null_default")]
     pub diff_ids: Vec<Digest>,
 }
 
 impl RootFs {
+    /// A `layers` root filesystem of these diff_ids.
     pub fn layers(diff_ids: Vec<Digest>) -> RootFs {
         RootFs {
             fs_type: "layers".into(),
@@ -243,12 +267,16 @@ impl Default for RootFs {
 /// One history entry. `empty_layer` entries have no layer in `rootfs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
+    /// When the step ran (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// Who made the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
+    /// The instruction that made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// A comment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     #[serde(
@@ -256,6 +284,7 @@ pub struct History {
         skip_serializing_if = "is_false",
         deserialize_with = "null_default"
     )]
+    /// Whether the step made no layer.
     pub empty_layer: bool,
 }
 

@@ -14,14 +14,23 @@ pub mod annotations {
     /// containerd's full image name on an `index.json` descriptor (read by `docker load` ≥ 25,
     /// `ctr import`, nerdctl).
     pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+    /// Date and time the image was built (RFC 3339).
     pub const CREATED: &str = "org.opencontainers.image.created";
+    /// Who maintains the image.
     pub const AUTHORS: &str = "org.opencontainers.image.authors";
+    /// Where the image's source is.
     pub const SOURCE: &str = "org.opencontainers.image.source";
+    /// Source control revision of the image.
     pub const REVISION: &str = "org.opencontainers.image.revision";
+    /// Version of the packaged software.
     pub const VERSION: &str = "org.opencontainers.image.version";
+    /// Human-readable title.
     pub const TITLE: &str = "org.opencontainers.image.title";
+    /// Human-readable description.
     pub const DESCRIPTION: &str = "org.opencontainers.image.description";
+    /// Name of the image the image was built on.
     pub const BASE_NAME: &str = "org.opencontainers.image.base.name";
+    /// Digest of the image the image was built on.
     pub const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
     /// BuildKit marks attestation manifests in an index with this key.
     pub const DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
@@ -30,22 +39,28 @@ pub mod annotations {
 /// A content descriptor: what a blob is, its digest and its size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
+    /// Media type of the content.
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// Digest of the content.
     pub digest: Digest,
+    /// Size of the content, in bytes.
     pub size: u64,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Where else the content may be downloaded.
     pub urls: Vec<String>,
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Platform of an image manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
     #[serde(
@@ -53,10 +68,12 @@ pub struct Descriptor {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// Artifact type of an artifact manifest.
     pub artifact_type: Option<String>,
 }
 
 impl Descriptor {
+    /// A descriptor with no annotations, platform or URLs.
     pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
         Descriptor {
             media_type: media_type.into(),
@@ -80,13 +97,16 @@ impl Descriptor {
 /// An OS/architecture pair, as in an index's descriptors.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
+    /// CPU architecture (`amd64`, `arm64`, ...).
     pub architecture: String,
+    /// Operating system (`linux`).
     pub os: String,
     #[serde(
         rename = "os.version",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// Operating system version (Windows images).
     pub os_version: Option<String>,
     #[serde(
         rename = "os.features",
@@ -94,12 +114,15 @@ pub struct Platform {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Required operating system features (Windows images).
     pub os_features: Vec<String>,
+    /// CPU variant (`v7`, `v8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
 impl Platform {
+    /// A platform of `os` and `architecture`, no variant.
     pub fn new(os: impl Into<String>, architecture: impl Into<String>) -> Platform {
         Platform {
             os: os.into(),
@@ -120,6 +143,7 @@ impl Platform {
 /// An image manifest (OCI, or Docker schema 2: the same shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always 2.
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
     /// Always set by kiln; optional in documents read (the OCI spec only says SHOULD).
@@ -130,11 +154,14 @@ pub struct Manifest {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// Type of an artifact (when the manifest is one).
     pub artifact_type: Option<String>,
+    /// The image config.
     pub config: Descriptor,
     /// Always written, even when empty.
     #[serde(default, deserialize_with = "null_default")]
     pub layers: Vec<Descriptor>,
+    /// The manifest this one refers to (attestations, signatures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
     #[serde(
@@ -142,10 +169,19 @@ pub struct Manifest {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Annotations.
     pub annotations: BTreeMap<String, String>,
 }
 
 impl Manifest {
+    /// The bytes of the config and the layers together, as the manifest states them (from a
+    /// registry: untrusted); `None` when they add up to more than a `u64`.
+    pub fn total_size(&self) -> Option<u64> {
+        self.layers
+            .iter()
+            .try_fold(self.config.size, |sum, layer| sum.checked_add(layer.size))
+    }
+
     /// An OCI manifest.
     pub fn new(config: Descriptor, layers: Vec<Descriptor>) -> Manifest {
         Manifest {
@@ -171,8 +207,10 @@ impl Manifest {
 /// An image index (OCI), or Docker manifest list: the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
+    /// Always 2.
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
+    /// The index's media type.
     #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     #[serde(
@@ -180,10 +218,12 @@ pub struct Index {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// Type of an artifact (when the index is one).
     pub artifact_type: Option<String>,
     /// Always written, even when empty.
     #[serde(default, deserialize_with = "null_default")]
     pub manifests: Vec<Descriptor>,
+    /// The manifest this index refers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
     #[serde(
@@ -191,6 +231,7 @@ pub struct Index {
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "null_default"
     )]
+    /// Annotations.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -211,6 +252,7 @@ impl Index {
 /// The `oci-layout` file: `{"imageLayoutVersion":"1.0.0"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OciLayout {
+    /// Layout version: `1.0.0`.
     #[serde(rename = "imageLayoutVersion")]
     pub image_layout_version: String,
 }
@@ -235,6 +277,7 @@ pub struct DockerManifestEntry {
     /// Archive paths of the layer tars, first to last.
     #[serde(rename = "Layers", default, deserialize_with = "null_default")]
     pub layers: Vec<String>,
+    /// The image a docker archive entry was built on.
     #[serde(rename = "Parent", default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// Foreign layers: diff ID → where to fetch the blob.
@@ -263,7 +306,7 @@ fn valid_ref_component(c: &str) -> bool {
     loop {
         let start = i;
         while i < b.len() && b[i].is_ascii_alphanumeric() {
-            i += 1;
+            i = i.saturating_add(1);
         }
         if i == start {
             return false;
@@ -272,8 +315,8 @@ fn valid_ref_component(c: &str) -> bool {
             return true;
         }
         match b[i] {
-            b'-' if b.get(i + 1) == Some(&b'-') => i += 2,
-            b'-' | b'.' | b'_' | b':' | b'@' | b'+' => i += 1,
+            b'-' if b.get(i.saturating_add(1)) == Some(&b'-') => i = i.saturating_add(2),
+            b'-' | b'.' | b'_' | b':' | b'@' | b'+' => i = i.saturating_add(1),
             _ => return false,
         }
     }
@@ -282,6 +325,17 @@ fn valid_ref_component(c: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_size_is_checked() {
+        let digest = crate::sha256_digest(b"x");
+        let layer = |size| Descriptor::new(media_types::OCI_LAYER_TAR_GZIP, digest.clone(), size);
+        let config = Descriptor::new(media_types::OCI_CONFIG, digest.clone(), 10);
+        let manifest = Manifest::new(config.clone(), vec![layer(5), layer(7)]);
+        assert_eq!(manifest.total_size(), Some(22));
+        let manifest = Manifest::new(config, vec![layer(u64::MAX - 10), layer(1)]);
+        assert_eq!(manifest.total_size(), None);
+    }
     use crate::{from_json_slice, to_canonical_json};
 
     fn d(c: char) -> Digest {

@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// A digest algorithm this crate can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Algorithm {
+    /// SHA-256.
     Sha256,
+    /// SHA-512.
     Sha512,
 }
 
@@ -80,16 +82,18 @@ impl Digest {
         Digest::parse(&format!("sha256:{hex}"))
     }
 
+    /// Which hash function.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
     /// The encoded (hex) part, after the colon.
     pub fn hex(&self) -> &str {
-        let start = self.algorithm.name().len() + 1;
+        let start = self.algorithm.name().len().saturating_add(1);
         self.value.get(start..).unwrap_or_default()
     }
 
+    /// The whole digest, `algorithm:hex`.
     pub fn as_str(&self) -> &str {
         &self.value
     }
@@ -113,7 +117,7 @@ fn truncate_for_message(input: &str) -> String {
     }
     let mut end = 200;
     while !input.is_char_boundary(end) {
-        end -= 1;
+        end = end.saturating_sub(1);
     }
     format!("{}…", &input[..end])
 }
@@ -166,11 +170,14 @@ impl<'de> Deserialize<'de> for Digest {
 /// Incremental hashing for any [`Algorithm`].
 #[derive(Clone)]
 pub enum DigestHasher {
+    /// SHA-256 state.
     Sha256(Sha256),
+    /// SHA-512 state.
     Sha512(Sha512),
 }
 
 impl DigestHasher {
+    /// A hasher for `algorithm`.
     pub fn new(algorithm: Algorithm) -> DigestHasher {
         match algorithm {
             Algorithm::Sha256 => DigestHasher::Sha256(Sha256::new()),
@@ -178,6 +185,7 @@ impl DigestHasher {
         }
     }
 
+    /// Hashes more bytes.
     pub fn update(&mut self, bytes: &[u8]) {
         match self {
             DigestHasher::Sha256(h) => h.update(bytes),
@@ -185,6 +193,7 @@ impl DigestHasher {
         }
     }
 
+    /// The digest of everything hashed.
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
             DigestHasher::Sha256(h) => (Algorithm::Sha256, to_hex(&h.finalize())),
@@ -209,7 +218,7 @@ impl io::Write for DigestHasher {
 
 fn to_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
     for b in bytes {
         s.push(char::from(HEX[usize::from(b >> 4)]));
         s.push(char::from(HEX[usize::from(b & 0xf)]));
@@ -257,7 +266,7 @@ impl<R: Read> VerifyingReader<R> {
                     return Err(Error::SizeMismatch {
                         what: self.what.clone(),
                         expected: self.size,
-                        actual: self.size + 1,
+                        actual: self.size.saturating_add(1),
                     }
                     .into_io())
                 }
@@ -295,7 +304,7 @@ impl<R: Read> Read for VerifyingReader<R> {
             .min(buf.len());
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
-            let actual = self.size - self.remaining;
+            let actual = self.size.saturating_sub(self.remaining);
             self.hasher = None;
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -307,7 +316,8 @@ impl<R: Read> Read for VerifyingReader<R> {
             ));
         }
         hasher.update(&buf[..n]);
-        self.remaining -= n as u64;
+        // `n` is at most `remaining` (the read was capped to it).
+        self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
     }
 }

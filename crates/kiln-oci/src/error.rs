@@ -10,36 +10,61 @@ use crate::Digest;
 pub enum Error {
     /// A string that is not a digest this crate accepts (`sha256:` or `sha512:` + lowercase hex).
     #[error("invalid digest {input:?}: {reason}")]
-    InvalidDigest { input: String, reason: &'static str },
+    InvalidDigest {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 
     /// An image reference that does not follow the reference grammar.
     #[error("invalid image reference {input:?}: {reason}")]
-    InvalidReference { input: String, reason: String },
+    InvalidReference {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Content whose digest is not the one its descriptor promised.
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
+        /// What was read.
         what: String,
+        /// The digest its descriptor names.
         expected: Digest,
+        /// The digest of what was read.
         actual: Digest,
     },
 
     /// Content whose length is not the one its descriptor promised.
     #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch {
+        /// What was read.
         what: String,
+        /// The size its descriptor names.
         expected: u64,
+        /// The size read (at least).
         actual: u64,
     },
 
     /// A document larger than the bound this crate reads into memory.
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { what: String, size: u64, limit: u64 },
+    TooLarge {
+        /// What was read.
+        what: String,
+        /// Its size (or as much as was read before giving up).
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
 
     /// A document that is not the JSON it should be.
     #[error("{what}: invalid JSON: {source}")]
     Json {
+        /// Which document.
         what: String,
+        /// What the parser said.
         #[source]
         source: serde_json::Error,
     },
@@ -47,7 +72,9 @@ pub enum Error {
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The failure.
         #[source]
         source: io::Error,
     },

@@ -65,7 +65,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Resul
 pub(crate) fn read_bounded(reader: impl Read, limit: u64, what: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     reader
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| Error::io(format!("reading {what}"), e))?;
     if buf.len() as u64 > limit {

@@ -12,6 +12,9 @@
 //!   deterministic bytes from a [`BlobSource`]; [`read_oci_archive`], [`read_oci_layout_dir`] and
 //!   [`read_docker_archive`] read untrusted archives and layout directories, refusing unsafe paths and verifying every blob.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Archives, layouts and documents are untrusted: no arithmetic that can overflow or panic.
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
+#![warn(missing_docs)]
 
 pub mod archive;
 mod config;
@@ -21,6 +24,7 @@ mod error;
 mod json;
 pub mod media_types;
 mod reference;
+pub mod time;
 
 pub use archive::{
     read_docker_archive, read_oci_archive, read_oci_layout_dir, write_docker_archive,

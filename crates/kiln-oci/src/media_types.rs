@@ -21,8 +21,10 @@ pub const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zst
 /// Non-distributable layers (deprecated by the spec, still met in the wild).
 pub const OCI_LAYER_NONDISTRIBUTABLE_TAR: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar";
+/// Non-distributable gzip layer (deprecated by OCI, still read).
 pub const OCI_LAYER_NONDISTRIBUTABLE_TAR_GZIP: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+/// Non-distributable zstd layer (deprecated by OCI, still read).
 pub const OCI_LAYER_NONDISTRIBUTABLE_TAR_ZSTD: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
 
@@ -60,8 +62,11 @@ pub fn is_config(media_type: &str) -> bool {
 /// How a layer's blob is compressed, judged by its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerCompression {
+    /// Not compressed.
     None,
+    /// gzip.
     Gzip,
+    /// zstd.
     Zstd,
 }
 

@@ -93,7 +93,7 @@ impl ImageName {
                 "invalid repository path: components are [a-z0-9] runs joined by '.', '_', '__' or dashes",
             ));
         }
-        if domain.len() + 1 + path.len() > NAME_MAX {
+        if domain.len().saturating_add(1).saturating_add(path.len()) > NAME_MAX {
             return Err(err("repository name must not be more than 255 characters"));
         }
         if let Some(t) = tag {
@@ -121,10 +121,12 @@ impl ImageName {
         &self.path
     }
 
+    /// The tag, when there is one.
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
     }
 
+    /// The digest, when there is one.
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()
     }
@@ -271,7 +273,7 @@ fn valid_path_component(c: &str) -> bool {
     loop {
         let start = i;
         while i < b.len() && lower_alnum(b[i]) {
-            i += 1;
+            i = i.saturating_add(1);
         }
         if i == start {
             return false;
@@ -280,11 +282,12 @@ fn valid_path_component(c: &str) -> bool {
             return true;
         }
         match b[i] {
-            b'.' => i += 1,
-            b'_' => i += if b.get(i + 1) == Some(&b'_') { 2 } else { 1 },
+            b'.' => i = i.saturating_add(1),
+            b'_' if b.get(i.saturating_add(1)) == Some(&b'_') => i = i.saturating_add(2),
+            b'_' => i = i.saturating_add(1),
             b'-' => {
                 while b.get(i) == Some(&b'-') {
-                    i += 1;
+                    i = i.saturating_add(1);
                 }
             }
             _ => return false,

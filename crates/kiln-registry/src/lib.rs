@@ -24,6 +24,8 @@
 mod auth;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod pull;
 mod push;

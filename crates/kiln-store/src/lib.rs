@@ -542,8 +542,9 @@ pub struct StoredImage {
 }
 
 fn tree_size(path: &Path) -> (u64, usize) {
-    let mut total = 0;
-    let mut count = 0;
+    // Sums saturate: a summary must never wrap round or panic, however large the store.
+    let mut total: u64 = 0;
+    let mut count: usize = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -556,8 +557,8 @@ fn tree_size(path: &Path) -> (u64, usize) {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                count += 1;
-                total += meta.len();
+                count = count.saturating_add(1);
+                total = total.saturating_add(meta.len());
             }
         }
     }
@@ -621,7 +622,7 @@ impl Store {
             // `RUN --mount=type=cache` directories are cache too.
             let mounts = self.root.join("cache-mounts");
             if mounts.exists() {
-                report.bytes += tree_size(&mounts).0;
+                report.bytes = report.bytes.saturating_add(tree_size(&mounts).0);
                 let doomed = self.session.path().join("pruned-cache-mounts");
                 if fs::rename(&mounts, &doomed).is_ok() {
                     let _ = fs::remove_dir_all(&doomed);
@@ -663,7 +664,8 @@ impl Store {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !blobs.contains(&name) {
-                report.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                report.bytes = report.bytes.saturating_add(len);
                 if fs::remove_file(entry.path()).is_ok() {
                     report.blobs += 1;
                 }
@@ -675,7 +677,7 @@ impl Store {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !snapshots.contains(&name) {
-                report.bytes += tree_size(&entry.path()).0;
+                report.bytes = report.bytes.saturating_add(tree_size(&entry.path()).0);
                 // Out of sight first, then deleted: a crash midway leaves no half snapshot.
                 let doomed = self.session.path().join(format!("pruned-{name}"));
                 if fs::rename(entry.path(), &doomed).is_ok() && fs::remove_dir_all(&doomed).is_ok()

@@ -85,8 +85,8 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                     .unwrap_or(tagged.name.clone());
                 match store.image(&tagged.manifest) {
                     Ok(image) => {
-                        let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum::<u64>()
-                            + image.manifest.config.size;
+                        // Registry-stated sizes: summed with checks.
+                        let size = image.manifest.total_size().unwrap_or(u64::MAX);
                         println!(
                             "{familiar:<40} {:<14} {:<22} {:>10}",
                             short_id(image.config_digest.as_str()),

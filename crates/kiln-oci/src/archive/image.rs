@@ -23,13 +23,18 @@ pub enum ArchiveFormat {
 /// sizes were checked when the archive was read).
 #[derive(Debug)]
 pub struct ArchiveImage {
+    /// Which archive format it came from.
     pub format: ArchiveFormat,
     /// For a docker archive, the descriptor of a Docker schema 2 manifest made from
     /// `manifest.json` (in `manifest_bytes`).
     pub manifest_descriptor: Descriptor,
+    /// The image manifest, parsed.
     pub manifest: Manifest,
+    /// The manifest's bytes as read (what its digest is of).
     pub manifest_bytes: Vec<u8>,
+    /// The image config, parsed.
     pub config: ImageConfig,
+    /// The config's bytes as read.
     pub config_bytes: Vec<u8>,
     /// The names the archive gives the image, as written there (untrusted): `RepoTags`,
     /// `io.containerd.image.name`, or a bare `org.opencontainers.image.ref.name`.

@@ -45,6 +45,7 @@ pub struct MemoryBlobs {
 }
 
 impl MemoryBlobs {
+    /// An empty set of blobs.
     pub fn new() -> MemoryBlobs {
         MemoryBlobs::default()
     }
@@ -80,10 +81,12 @@ impl BlobSource for MemoryBlobs {
 /// store or a directory written by [`write_oci_layout_dir`].
 #[derive(Debug, Clone)]
 pub struct LayoutBlobs {
+    /// The layout directory.
     pub root: PathBuf,
 }
 
 impl LayoutBlobs {
+    /// The blobs of the layout directory `root`.
     pub fn new(root: impl Into<PathBuf>) -> LayoutBlobs {
         LayoutBlobs { root: root.into() }
     }
@@ -109,6 +112,7 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
+    /// An image by its manifest's descriptor, with no name.
     pub fn new(manifest: Descriptor) -> ImageRef {
         ImageRef {
             manifest,
@@ -116,6 +120,7 @@ impl ImageRef {
         }
     }
 
+    /// Adds a name the image is known by in the archive.
     pub fn with_name(mut self, name: ImageName) -> ImageRef {
         self.names.push(name);
         self
@@ -294,7 +299,7 @@ impl Plan {
     fn put(&mut self, path: &str, content: Content) -> Result<()> {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
-            end += i + 1;
+            end = end.saturating_add(i).saturating_add(1);
             self.entries
                 .entry(path[..end].to_owned())
                 .or_insert(Content::Dir);

@@ -98,10 +98,12 @@ impl<W: Write> TarOut<W> {
             return Err(Error::SizeMismatch {
                 what: path.into(),
                 expected: size,
-                actual: size + extra,
+                actual: size.saturating_add(extra),
             });
         }
-        let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+        // `size % BLOCK` is below BLOCK, so neither the cast nor the subtraction can fail.
+        let used = usize::try_from(size.rem_euclid(BLOCK as u64)).unwrap_or(0);
+        let pad = BLOCK.saturating_sub(used).rem_euclid(BLOCK);
         self.out
             .write_all(&[0u8; BLOCK][..pad])
             .map_err(io_ctx(format!("writing {path}")))

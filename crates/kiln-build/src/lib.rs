@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod flatten;
 mod fsmeta;
 pub mod image;
+pub mod lookup;
 pub mod output;
 pub mod remote;
 pub mod rootfs;
@@ -17,10 +18,8 @@ pub mod shared_cache;
 pub mod squash;
 pub mod unpack;
 
-pub use build::{
-    build, ensure_unpacked, plan_cache, BuildOptions, Built, Event, Progress, StepState,
-    StoreImages,
-};
+pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
+pub use lookup::ensure_unpacked;
 
 use std::path::PathBuf;
 

@@ -173,11 +173,11 @@ pub fn export(
 ) -> Result<(), BuildError> {
     match spec.kind {
         OutputKind::Local => {
-            crate::build::ensure_unpacked(store, built)?;
+            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
             return export_local(&spec.destination, built);
         }
         OutputKind::Tar => {
-            crate::build::ensure_unpacked(store, built)?;
+            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
             return export_tar(&spec.destination, built, store);
         }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),

@@ -11,12 +11,12 @@
 //! with the mount's id), up to a size cap. `type=inline` puts the records of an image's own
 //! layers into its config instead (field `dev.kiln.cache.v1`).
 
-use crate::remote::TransferSink;
 use crate::BuildError;
 use kiln_oci::{
     media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
 };
 use kiln_plan::Platform;
+use kiln_registry::Progress as TransferSink;
 use kiln_registry::Registry;
 use kiln_store::{CacheRecord, LayerRecord, Store};
 use serde::{Deserialize, Serialize};
@@ -379,7 +379,8 @@ enum Packed {
 /// A cache mount's directory as one gzip tar in the store, unless it is empty or its files
 /// pass `budget` bytes (compressed, it would still be too big to be worth the transfer).
 fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError> {
-    let (dir, lock_path) = crate::run::cache_mount_paths(store, id);
+    let cache = store.cache_mount(id)?;
+    let dir = cache.dir().to_path_buf();
     if !dir.is_dir() {
         return Ok(Packed::Empty);
     }
@@ -399,8 +400,7 @@ fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError
         return Ok(Packed::TooBig);
     }
     // Shared, as RUN steps that share the cache take it: a `locked` user is not mid-write.
-    let lock = crate::run::open_lock(&lock_path)?;
-    lock.lock_shared().map_err(|e| io_at(&lock_path, e))?;
+    cache.lock_shared()?;
     let file = store.blob_writer()?;
     let options = kiln_layer::LayerOptions {
         source_date_epoch: Some(0),
@@ -525,7 +525,7 @@ impl ImportedCache {
                 let (_, bytes) = registry.fetch_manifest(name).map_err(|e| e.to_string())?;
                 let manifest_bytes = if is_index(&bytes) {
                     registry
-                        .resolve(name, &crate::remote::oci_platform(platform))
+                        .resolve(name, &platform.to_oci())
                         .map_err(|e| e.to_string())?
                         .manifest_bytes
                 } else {
@@ -683,7 +683,8 @@ impl ImportedCache {
         let mut skipped = Vec::new();
         let mut budget = max;
         for mount in self.mounts.iter().filter(|m| wanted.contains(&m.id)) {
-            let (dir, lock_path) = crate::run::cache_mount_paths(store, &mount.id);
+            let cache = store.cache_mount(&mount.id).map_err(|e| e.to_string())?;
+            let dir = cache.dir().to_path_buf();
             if occupied(&dir) {
                 continue;
             }
@@ -693,11 +694,7 @@ impl ImportedCache {
             }
             budget -= mount.layer.size;
             self.fetch(&mount.layer, store, progress)?;
-            let caches = dir.parent().ok_or("cache mount directory")?;
-            std::fs::create_dir_all(caches).map_err(|e| format!("{}: {e}", caches.display()))?;
-            let lock = crate::run::open_lock(&lock_path).map_err(|e| e.to_string())?;
-            lock.lock()
-                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            cache.lock_exclusive().map_err(|e| e.to_string())?;
             // Another build may have filled it while this one waited for the lock.
             if occupied(&dir) {
                 continue;

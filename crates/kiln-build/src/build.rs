@@ -44,6 +44,29 @@ pub struct BuildOptions {
     pub remote: crate::remote::RemoteOptions,
 }
 
+/// Names a recipe for miss explanations: its canonical path, or, read from standard input,
+/// the context it was built in.
+pub fn recipe_id(recipe_path: Option<&Path>, context_root: &Path) -> String {
+    recipe_path
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("stdin@{}", context_root.display()))
+}
+
+/// The `--no-cache-filter` values that name no stage of `plan` (by name or index).
+pub fn unknown_stage_filters<'a>(plan: &Plan, filters: &'a [String]) -> Vec<&'a str> {
+    filters
+        .iter()
+        .filter(|wanted| {
+            let lower = wanted.to_ascii_lowercase();
+            !plan.stages.iter().any(|s| {
+                s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == **wanted
+            })
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 /// What progress displays hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -24,6 +24,19 @@ pub enum PullPolicy {
     Always,
 }
 
+impl PullPolicy {
+    /// `--pull[=always|missing|never]` (`true`/`false` as buildx takes them); `None` for
+    /// never: no registry is asked for a base image.
+    pub fn parse_flag(value: Option<&str>) -> Result<Option<PullPolicy>, String> {
+        match value {
+            None | Some("missing") => Ok(Some(PullPolicy::Missing)),
+            Some("always" | "true") => Ok(Some(PullPolicy::Always)),
+            Some("never" | "false") => Ok(None),
+            Some(other) => Err(format!("--pull={other}: expected always, missing or never")),
+        }
+    }
+}
+
 /// How a build reaches registries; the default is offline (the store only).
 #[derive(Default)]
 pub struct RemoteOptions {
@@ -31,7 +44,7 @@ pub struct RemoteOptions {
     pub registry: Option<Arc<Registry>>,
     pub pull: PullPolicy,
     /// `--cache-from`: caches read before the build, asked when the store's cache misses.
-    pub cache_from: Vec<Arc<crate::shared_cache::ImportedCache>>,
+    pub cache_from: Vec<Arc<dyn crate::cache::CacheSource>>,
     /// `--cache-to type=inline`: the image's config carries the cache records of its layers.
     pub inline_cache: bool,
     /// Manifests resolved in this build: reference → the manifest, and the registry's answer

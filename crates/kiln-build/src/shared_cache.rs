@@ -11,6 +11,7 @@
 //! with the mount's id), up to a size cap. `type=inline` puts the records of an image's own
 //! layers into its config instead (field `dev.kiln.cache.v1`).
 
+pub use crate::cache::{ExportInput, ExportReport};
 use crate::BuildError;
 use kiln_oci::{
     media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
@@ -272,27 +273,6 @@ fn layer_descriptor(layer: &LayerRecord) -> Result<Descriptor, String> {
         digest,
         layer.size,
     ))
-}
-
-/// What an export wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportReport {
-    pub records: usize,
-    pub layers: usize,
-    pub mounts: usize,
-    /// Cache mounts left out because they would pass the cap.
-    pub mounts_skipped: Vec<String>,
-}
-
-/// What a build hands an export.
-pub struct ExportInput<'a> {
-    pub store: &'a Store,
-    /// Every cache record the build used or made, in build order.
-    pub records: &'a [CacheRecord],
-    /// The built image's layers (for `mode=min`).
-    pub image_layers: &'a [Descriptor],
-    /// The ids of the cache mounts the build's RUN steps name.
-    pub mount_ids: &'a BTreeSet<String>,
 }
 
 /// Writes `export` (registry or local; inline is the build's job) from a finished build.
@@ -595,6 +575,7 @@ impl ImportedCache {
         }
     }
 
+    /// How the cache is named in messages.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -786,6 +767,57 @@ fn read_layout_blob(dir: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, Stri
 pub fn inline_value(records: &[CacheRecord], image_layers: &[Descriptor]) -> serde_json::Value {
     serde_json::to_value(CacheDocument::select(records, image_layers, CacheMode::Min))
         .unwrap_or(serde_json::Value::Null)
+}
+
+impl crate::cache::CacheSource for ImportedCache {
+    fn name(&self) -> &str {
+        ImportedCache::name(self)
+    }
+
+    fn hit(
+        &self,
+        key: &str,
+        store: &Store,
+        now_nanos: u128,
+        progress: TransferSink,
+    ) -> Option<Result<CacheRecord, String>> {
+        ImportedCache::hit(self, key, store, now_nanos, progress)
+    }
+}
+
+/// A `--cache-to` (registry or local), with the client a registry one is written with.
+pub struct CacheExporter {
+    /// What `--cache-to` asked for.
+    pub spec: CacheExport,
+    /// The client for a registry cache.
+    pub registry: Option<Arc<Registry>>,
+}
+
+impl crate::cache::CacheSink for CacheExporter {
+    fn name(&self) -> String {
+        describe_location(&self.spec.location)
+    }
+
+    fn ignore_error(&self) -> bool {
+        self.spec.ignore_error
+    }
+
+    fn export(
+        &self,
+        input: &ExportInput,
+        progress: TransferSink,
+    ) -> Result<ExportReport, BuildError> {
+        export(&self.spec, input, self.registry.as_deref(), progress)
+    }
+}
+
+/// A cache's location as messages name it: the reference, the directory, or `inline`.
+pub fn describe_location(location: &CacheLocation) -> String {
+    match location {
+        CacheLocation::Registry(name) => name.to_string(),
+        CacheLocation::Local(dir) => dir.display().to_string(),
+        CacheLocation::Inline => "inline".into(),
+    }
 }
 
 #[cfg(test)]

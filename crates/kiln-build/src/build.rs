@@ -4,14 +4,12 @@
 use crate::copy::{run_copy, CopyFrom, CopyJob};
 use crate::fetch::{fetch_url, FetchLimits, Fetched};
 use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
-use crate::remote::find_in_store;
+use crate::lookup::{ensure_snapshot, read_transport};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, IgnoreRules, MemoryMemo};
 use kiln_layer::{write_layer, Compression, LayerOptions};
-use kiln_oci::{
-    media_types, to_canonical_json, Descriptor, Digest, ImageConfig, ImageName, Manifest,
-};
+use kiln_oci::{media_types, to_canonical_json, Descriptor, Digest, ImageConfig, Manifest};
 use kiln_plan::cache_key::{
     build_arg_digest, env_digest, instruction_digest, KeyHasher, KeyPart, LayerCompression,
     StepKey, StepKind,
@@ -53,6 +51,29 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// `--annotation`: the image manifest's annotations.
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Names a recipe for miss explanations: its canonical path, or, read from standard input,
+/// the context it was built in.
+pub fn recipe_id(recipe_path: Option<&Path>, context_root: &Path) -> String {
+    recipe_path
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("stdin@{}", context_root.display()))
+}
+
+/// The `--no-cache-filter` values that name no stage of `plan` (by name or index).
+pub fn unknown_stage_filters<'a>(plan: &Plan, filters: &'a [String]) -> Vec<&'a str> {
+    filters
+        .iter()
+        .filter(|wanted| {
+            let lower = wanted.to_ascii_lowercase();
+            !plan.stages.iter().any(|s| {
+                s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == **wanted
+            })
+        })
+        .map(String::as_str)
+        .collect()
 }
 
 /// What progress displays hear about.
@@ -1637,116 +1658,6 @@ fn unpacked_layers(
             })
         })
         .collect()
-}
-
-/// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
-fn ensure_snapshot(
-    store: &Store,
-    descriptor: &Descriptor,
-    diff_id: &str,
-    what: &str,
-    budget: &mut crate::unpack::ImageBudget,
-) -> Result<PathBuf, BuildError> {
-    let snapshot = store.snapshot_path(diff_id);
-    if snapshot.is_dir() {
-        return Ok(snapshot);
-    }
-    let work = store.work_dir().map_err(BuildError::Store)?;
-    let fresh = work.path().join("snapshot");
-    std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
-        path: fresh.clone(),
-        source: e,
-    })?;
-    let blob = store
-        .open_blob(&descriptor.digest)
-        .map_err(BuildError::Store)?;
-    // The blob's own length (it was checked against its digest), not what a manifest says.
-    let compressed = blob.metadata().map_or(descriptor.size, |m| m.len());
-    budget
-        .unpack_layer(
-            std::io::BufReader::new(blob),
-            compressed,
-            &descriptor.media_type,
-            &fresh,
-            diff_id,
-        )
-        .map_err(|e| BuildError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
-    store
-        .commit_snapshot(&fresh, diff_id)
-        .map_err(BuildError::Store)
-}
-
-/// Unpacks what the flattened outputs read: every layer of a built image.
-pub fn ensure_unpacked(store: &Store, built: &Built) -> Result<(), BuildError> {
-    let mut budget = crate::unpack::ImageBudget::new(built.layers.iter().map(|l| l.size))?;
-    for (descriptor, diff_id) in built.layers.iter().zip(&built.config.rootfs.diff_ids) {
-        ensure_snapshot(store, descriptor, diff_id.as_str(), "layer", &mut budget)?;
-    }
-    Ok(())
-}
-
-/// An image of the store by name: its config and its layers' snapshots, bottom first.
-pub fn image_in_store(
-    store: &Store,
-    reference: &str,
-) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
-    let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-    let found = find_in_store(store, &name, &Platform::host()).ok_or_else(|| {
-        BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
-    })?;
-    let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
-        .map_err(|e| BuildError::Image(e.to_string()))?;
-    let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
-        .map_err(|e| BuildError::Image(e.to_string()))?;
-    let layers = unpacked_layers(store, &manifest, &config, reference)?;
-    Ok((config, layers.into_iter().map(|l| l.snapshot).collect()))
-}
-
-/// Reads an archive file or layout directory into an image.
-type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>;
-
-/// Reads `oci-archive:PATH[:REF]`, `docker-archive:PATH[:REF]` or `oci:DIR[:REF]` (an OCI image
-/// layout directory), paths relative to the current directory, as buildah takes them; `None`
-/// for a plain image name. What is read is untrusted: the manifest and config are verified
-/// here, each layer as it is streamed (by `Store::import`).
-pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
-    let (reader, rest, is_dir): (ArchiveReader, &str, bool) = if let Some(rest) =
-        reference.strip_prefix("oci-archive:")
-    {
-        (|p, o| kiln_oci::read_oci_archive(p, o), rest, false)
-    } else if let Some(rest) = reference.strip_prefix("docker-archive:") {
-        (|p, o| kiln_oci::read_docker_archive(p, o), rest, false)
-    } else if let Some(rest) = reference.strip_prefix("oci:") {
-        (|p, o| kiln_oci::read_oci_layout_dir(p, o), rest, true)
-    } else if reference.starts_with("docker://") {
-        return Err(BuildError::Unsupported(format!(
-                "{reference}: this transport is not available in this version; use oci-archive:, docker-archive:, oci: (a layout directory) or `kiln load`"
-            )));
-    } else {
-        return Ok(None);
-    };
-    // `PATH:REF` names one image of the archive or layout; both may hold `:`, so the path is
-    // the shortest prefix that is an existing file (a directory for `oci:`).
-    let exists = |path: &str| {
-        let path = Path::new(path);
-        if is_dir {
-            path.is_dir()
-        } else {
-            path.is_file()
-        }
-    };
-    let (path, name) = rest
-        .match_indices(':')
-        .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
-        .find(|(path, name)| !name.is_empty() && exists(path))
-        .map_or((rest, None), |(path, name)| (path, Some(name.to_string())));
-    let options = kiln_oci::ReadOptions {
-        name,
-        ..kiln_oci::ReadOptions::default()
-    };
-    reader(Path::new(path), &options)
-        .map(Some)
-        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
 }
 
 /// Base image configs from the store, for planning: a stage on an image sees that image's ENV

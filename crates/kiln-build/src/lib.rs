@@ -3,6 +3,7 @@
 //! metadata instructions change the image config.
 
 pub mod build;
+pub mod cache;
 pub mod copy;
 pub mod diff;
 pub mod fetch;
@@ -10,21 +11,22 @@ pub mod flatten;
 mod fsmeta;
 pub mod git;
 pub mod image;
+pub mod lookup;
 pub mod output;
+pub mod pipeline;
 pub mod remote;
 pub mod rootfs;
 pub mod run;
 pub mod run_settings;
+pub mod secret_flags;
 pub mod shared_cache;
 pub mod squash;
 #[cfg(test)]
 mod test_skip;
 pub mod unpack;
 
-pub use build::{
-    build, ensure_unpacked, plan_cache, BuildOptions, Built, Event, Progress, StepState,
-    StoreImages,
-};
+pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
+pub use lookup::ensure_unpacked;
 
 use std::path::PathBuf;
 
@@ -58,6 +60,37 @@ pub enum BuildError {
     Pull(String),
     #[error("push: {0}")]
     Push(String),
+    /// Pushing the built image failed.
+    #[error("push {destination}: {source}")]
+    PushTo {
+        destination: String,
+        source: Box<kiln_registry::RegistryError>,
+    },
+    /// The pushed image could not be named in the store.
+    #[error("naming {name} in the store: {source}")]
+    NameInStore {
+        name: String,
+        source: Box<BuildError>,
+    },
+    /// A `--cache-to` export failed (and was not told to ignore errors).
+    #[error("--cache-to {location}: {source}")]
+    CacheTo {
+        location: String,
+        source: Box<BuildError>,
+    },
+    /// Naming the built image in the store failed.
+    #[error("tagging {name}: {source}")]
+    Tag {
+        name: String,
+        source: Box<kiln_store::StoreError>,
+    },
+    /// `--iidfile` or `--metadata-file` could not be written.
+    #[error("{flag} {}: {source}", path.display())]
+    ResultFile {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("ADD: {0}")]
     Fetch(#[from] crate::fetch::FetchError),
 }

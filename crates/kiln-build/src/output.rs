@@ -173,11 +173,11 @@ pub fn export(
 ) -> Result<(), BuildError> {
     match spec.kind {
         OutputKind::Local => {
-            crate::build::ensure_unpacked(store, built)?;
+            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
             return export_local(&spec.destination, built);
         }
         OutputKind::Tar => {
-            crate::build::ensure_unpacked(store, built)?;
+            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
             return export_tar(&spec.destination, built, store);
         }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),
@@ -382,6 +382,63 @@ fn export_layers(
         serde_json::to_string_pretty(&index).map_err(|e| BuildError::Image(e.to_string()))?;
     let path = dir.join("layers.json");
     fs::write(&path, text + "\n").map_err(io_at(&path))
+}
+
+/// The one compression of a build's layers: layers are compressed once, as they are built, so
+/// outputs that ask for one must agree.
+pub fn layer_compression(outputs: &[OutputSpec]) -> Result<kiln_layer::Compression, String> {
+    let asked: Vec<kiln_layer::Compression> =
+        outputs.iter().filter_map(|o| o.compression).collect();
+    match asked.first() {
+        None => Ok(kiln_layer::Compression::default()),
+        Some(first) if asked.iter().all(|c| c == first) => Ok(*first),
+        Some(_) => Err(
+            "outputs ask for different compressions; kiln compresses layers once per build".into(),
+        ),
+    }
+}
+
+/// Where the image is pushed: `-o type=registry,name=...` (its names, else the `-t` names), and
+/// every `-t` name with `--push`; each once.
+pub fn push_destinations(
+    outputs: &[OutputSpec],
+    names: &[ImageName],
+    push: bool,
+) -> Result<Vec<ImageName>, String> {
+    let mut push_to = Vec::new();
+    for spec in outputs.iter().filter(|o| o.kind == OutputKind::Registry) {
+        let mut spec_names = Vec::new();
+        for name in &spec.names {
+            spec_names.push(ImageName::parse(name).map_err(|e| format!("-o name={name}: {e}"))?);
+        }
+        if spec_names.is_empty() {
+            spec_names = names.to_vec();
+        }
+        if spec_names.is_empty() {
+            return Err("-o type=registry needs name=NAME (or -t NAME)".into());
+        }
+        push_to.extend(spec_names);
+    }
+    if push {
+        if names.is_empty() {
+            return Err("--push needs -t NAME: the name says where to push".into());
+        }
+        push_to.extend(names.iter().cloned());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    push_to.retain(|name| seen.insert(name.to_string()));
+    Ok(push_to)
+}
+
+/// The most layers `docker load` accepts.
+pub const DOCKER_MAX_LAYERS: usize = 125;
+
+/// A warning for an image docker cannot load (more than [`DOCKER_MAX_LAYERS`] layers) written
+/// for docker; `None` otherwise.
+pub fn docker_layer_warning(outputs: &[OutputSpec], layers: usize) -> Option<String> {
+    (outputs.iter().any(|o| o.kind == OutputKind::Docker) && layers > DOCKER_MAX_LAYERS).then(|| {
+        format!("the image has {layers} layers; docker cannot load more than {DOCKER_MAX_LAYERS} (merge steps to have fewer)")
+    })
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! resolved once per build, so the plan and the build see the same image even if its tag moves
 //! meanwhile.
 
+use crate::lookup::find_in_store;
 use crate::BuildError;
-use kiln_oci::{media_types, Descriptor, ImageName, Index, Manifest};
+use kiln_oci::{Descriptor, ImageName, Manifest};
 use kiln_plan::Platform;
-use kiln_registry::{Registry, TransferEvent};
+use kiln_registry::{Progress as TransferSink, Registry};
 use kiln_store::Store;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,19 @@ pub enum PullPolicy {
     Always,
 }
 
+impl PullPolicy {
+    /// `--pull[=always|missing|never]` (`true`/`false` as buildx takes them); `None` for
+    /// never: no registry is asked for a base image.
+    pub fn parse_flag(value: Option<&str>) -> Result<Option<PullPolicy>, String> {
+        match value {
+            None | Some("missing") => Ok(Some(PullPolicy::Missing)),
+            Some("always" | "true") => Ok(Some(PullPolicy::Always)),
+            Some("never" | "false") => Ok(None),
+            Some(other) => Err(format!("--pull={other}: expected always, missing or never")),
+        }
+    }
+}
+
 /// How a build reaches registries; the default is offline (the store only).
 #[derive(Default)]
 pub struct RemoteOptions {
@@ -30,7 +44,7 @@ pub struct RemoteOptions {
     pub registry: Option<Arc<Registry>>,
     pub pull: PullPolicy,
     /// `--cache-from`: caches read before the build, asked when the store's cache misses.
-    pub cache_from: Vec<Arc<crate::shared_cache::ImportedCache>>,
+    pub cache_from: Vec<Arc<dyn crate::cache::CacheSource>>,
     /// `--cache-to type=inline`: the image's config carries the cache records of its layers.
     pub inline_cache: bool,
     /// Manifests resolved in this build: reference → the manifest, and the registry's answer
@@ -49,9 +63,6 @@ struct Resolution {
     /// layers, so a manifest in the store always has its blobs.
     pending: Option<Arc<kiln_registry::Resolved>>,
 }
-
-/// Where transfer progress goes.
-pub type TransferSink<'a> = &'a (dyn Fn(TransferEvent) + Sync);
 
 impl RemoteOptions {
     pub fn new(registry: Option<Arc<Registry>>, pull: PullPolicy) -> RemoteOptions {
@@ -130,7 +141,7 @@ impl RemoteOptions {
             )));
         };
         let resolved = registry
-            .resolve(&name, &oci_platform(platform))
+            .resolve(&name, &platform.to_oci())
             .map_err(|e| BuildError::Pull(e.to_string()))?;
         let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
             .map_err(|e| BuildError::Pull(format!("{name}: {e}")))?;
@@ -212,7 +223,7 @@ impl RemoteOptions {
                 registry
                     .pull(
                         &name.with_digest(manifest.digest.clone()),
-                        &oci_platform(platform),
+                        &platform.to_oci(),
                         store,
                         progress,
                     )
@@ -248,51 +259,4 @@ pub fn name_in_store(
         .map_err(|e| BuildError::Image(e.to_string()))?;
     store.tag(&full.to_string(), tag, manifest)?;
     Ok(())
-}
-
-/// The manifest an image name means in the store: by its name, or, for `name@sha256:...`, the
-/// manifest with that digest (named in the store or only held as a blob of it); a digest of an
-/// index gives its entry for `platform`.
-pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Option<Descriptor> {
-    if let Ok(tagged) = store.resolve(&name.to_string()) {
-        return Some(tagged.manifest);
-    }
-    let digest = name.digest()?;
-    if let Some(tagged) = store
-        .images()
-        .ok()?
-        .into_iter()
-        .find(|t| &t.manifest.digest == digest)
-    {
-        return Some(tagged.manifest);
-    }
-    let bytes = store.read_blob(digest).ok()?;
-    let document: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    if document.get("manifests").is_some() {
-        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
-        let wanted = oci_platform(platform);
-        let entry = index
-            .manifests
-            .into_iter()
-            .find(|m| m.platform.as_ref().is_some_and(|p| p.satisfies(&wanted)))?;
-        return store.has_blob(&entry.digest).then_some(entry);
-    }
-    let manifest: Manifest = kiln_oci::from_json_slice(&bytes).ok()?;
-    let media_type = manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
-    Some(Descriptor::new(
-        media_type,
-        digest.clone(),
-        bytes.len() as u64,
-    ))
-}
-
-/// The OCI form of a build platform, as registries and indexes name it.
-pub fn oci_platform(platform: &Platform) -> kiln_oci::Platform {
-    kiln_oci::Platform {
-        variant: platform.variant.clone(),
-        ..kiln_oci::Platform::new(platform.os.clone(), platform.architecture.clone())
-    }
 }

@@ -90,24 +90,11 @@ fn seed_identity(rootfs: &Rootfs, relative: &Path) -> String {
         text.push_str(&format!("{}:{name}\n", name.len()));
     }
     text.push_str(&relative.to_string_lossy());
-    sha256_hex(text.as_bytes())
-}
-
-/// Where the store keeps the cache mount `id`, and the lock file its users hold.
-pub(crate) fn cache_mount_paths(store: &Store, id: &str) -> (PathBuf, PathBuf) {
-    let caches = store.root().join("cache-mounts");
-    let hex = sha256_hex(id.as_bytes());
-    (caches.join(&hex), caches.join(format!("{hex}.lock")))
-}
-
-/// A cache mount's lock file, created if need be (not yet locked).
-pub(crate) fn open_lock(path: &Path) -> Result<std::fs::File, BuildError> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| io_at(path, e))
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The ids of the cache mounts the RUN steps of the stages a plan builds use: the ones a
@@ -136,12 +123,6 @@ fn cache_mount_ids_in(run: &kiln_plan::RunStep, workdir: &str) -> Vec<String> {
             Some(cache_id(m, &target))
         })
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A target's path below `/`, `.` parts dropped; relative targets are relative to the working
@@ -283,24 +264,21 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
                         )
                     }
                 };
-                let (mut dir, lock_path) = cache_mount_paths(job.store, &id);
-                if let Some(caches) = dir.parent() {
-                    std::fs::create_dir_all(caches).map_err(|e| io_at(caches, e))?;
-                }
+                let cache = job.store.cache_mount(&id)?;
+                let mut dir = cache.dir().to_path_buf();
                 // Every user holds the cache's lock: shared ones together, `locked` alone
                 // (waiting for the others), `private` alone or else with a fresh directory of
                 // its own that is thrown away.
-                let lock = open_lock(&lock_path)?;
                 match mount.sharing {
-                    Sharing::Locked => lock.lock().map_err(|e| io_at(&lock_path, e))?,
-                    Sharing::Shared => lock.lock_shared().map_err(|e| io_at(&lock_path, e))?,
+                    Sharing::Locked => cache.lock_exclusive()?,
+                    Sharing::Shared => cache.lock_shared()?,
                     Sharing::Private => {
-                        if lock.try_lock().is_err() {
+                        if !cache.try_lock_exclusive() {
                             dir = base.join(format!("private-cache-{index}"));
                         }
                     }
                 }
-                prepared._locks.push(lock);
+                prepared._locks.push(cache.into_lock());
                 match std::fs::create_dir(&dir) {
                     Ok(()) if seed.is_some() => {
                         if let Some((rootfs, relative)) = &seed {
@@ -1151,7 +1129,7 @@ pub struct RunImage {
 /// Runs a command in an image of the store with the caller's terminal, changes thrown away;
 /// returns how it ended.
 pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit, BuildError> {
-    let (config, layers) = crate::build::image_in_store(store, &request.reference)?;
+    let (config, layers) = crate::lookup::image_in_store(store, &request.reference)?;
     let image = Rootfs::new(layers);
     let entrypoint = config.config.entrypoint.clone().unwrap_or_default();
     // As `docker run IMAGE ARGS`: the arguments replace CMD, the ENTRYPOINT stays.

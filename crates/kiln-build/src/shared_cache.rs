@@ -11,12 +11,13 @@
 //! with the mount's id), up to a size cap. `type=inline` puts the records of an image's own
 //! layers into its config instead (field `dev.kiln.cache.v1`).
 
-use crate::remote::TransferSink;
+pub use crate::cache::{ExportInput, ExportReport};
 use crate::BuildError;
 use kiln_oci::{
     media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
 };
 use kiln_plan::Platform;
+use kiln_registry::Progress as TransferSink;
 use kiln_registry::Registry;
 use kiln_store::{CacheRecord, LayerRecord, Store};
 use serde::{Deserialize, Serialize};
@@ -274,27 +275,6 @@ fn layer_descriptor(layer: &LayerRecord) -> Result<Descriptor, String> {
     ))
 }
 
-/// What an export wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportReport {
-    pub records: usize,
-    pub layers: usize,
-    pub mounts: usize,
-    /// Cache mounts left out because they would pass the cap.
-    pub mounts_skipped: Vec<String>,
-}
-
-/// What a build hands an export.
-pub struct ExportInput<'a> {
-    pub store: &'a Store,
-    /// Every cache record the build used or made, in build order.
-    pub records: &'a [CacheRecord],
-    /// The built image's layers (for `mode=min`).
-    pub image_layers: &'a [Descriptor],
-    /// The ids of the cache mounts the build's RUN steps name.
-    pub mount_ids: &'a BTreeSet<String>,
-}
-
 /// Writes `export` (registry or local; inline is the build's job) from a finished build.
 pub fn export(
     export: &CacheExport,
@@ -379,7 +359,8 @@ enum Packed {
 /// A cache mount's directory as one gzip tar in the store, unless it is empty or its files
 /// pass `budget` bytes (compressed, it would still be too big to be worth the transfer).
 fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError> {
-    let (dir, lock_path) = crate::run::cache_mount_paths(store, id);
+    let cache = store.cache_mount(id)?;
+    let dir = cache.dir().to_path_buf();
     if !dir.is_dir() {
         return Ok(Packed::Empty);
     }
@@ -399,8 +380,7 @@ fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError
         return Ok(Packed::TooBig);
     }
     // Shared, as RUN steps that share the cache take it: a `locked` user is not mid-write.
-    let lock = crate::run::open_lock(&lock_path)?;
-    lock.lock_shared().map_err(|e| io_at(&lock_path, e))?;
+    cache.lock_shared()?;
     let file = store.blob_writer()?;
     let options = kiln_layer::LayerOptions {
         source_date_epoch: Some(0),
@@ -525,7 +505,7 @@ impl ImportedCache {
                 let (_, bytes) = registry.fetch_manifest(name).map_err(|e| e.to_string())?;
                 let manifest_bytes = if is_index(&bytes) {
                     registry
-                        .resolve(name, &crate::remote::oci_platform(platform))
+                        .resolve(name, &platform.to_oci())
                         .map_err(|e| e.to_string())?
                         .manifest_bytes
                 } else {
@@ -595,6 +575,7 @@ impl ImportedCache {
         }
     }
 
+    /// How the cache is named in messages.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -683,7 +664,8 @@ impl ImportedCache {
         let mut skipped = Vec::new();
         let mut budget = max;
         for mount in self.mounts.iter().filter(|m| wanted.contains(&m.id)) {
-            let (dir, lock_path) = crate::run::cache_mount_paths(store, &mount.id);
+            let cache = store.cache_mount(&mount.id).map_err(|e| e.to_string())?;
+            let dir = cache.dir().to_path_buf();
             if occupied(&dir) {
                 continue;
             }
@@ -693,11 +675,7 @@ impl ImportedCache {
             }
             budget -= mount.layer.size;
             self.fetch(&mount.layer, store, progress)?;
-            let caches = dir.parent().ok_or("cache mount directory")?;
-            std::fs::create_dir_all(caches).map_err(|e| format!("{}: {e}", caches.display()))?;
-            let lock = crate::run::open_lock(&lock_path).map_err(|e| e.to_string())?;
-            lock.lock()
-                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            cache.lock_exclusive().map_err(|e| e.to_string())?;
             // Another build may have filled it while this one waited for the lock.
             if occupied(&dir) {
                 continue;
@@ -789,6 +767,57 @@ fn read_layout_blob(dir: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, Stri
 pub fn inline_value(records: &[CacheRecord], image_layers: &[Descriptor]) -> serde_json::Value {
     serde_json::to_value(CacheDocument::select(records, image_layers, CacheMode::Min))
         .unwrap_or(serde_json::Value::Null)
+}
+
+impl crate::cache::CacheSource for ImportedCache {
+    fn name(&self) -> &str {
+        ImportedCache::name(self)
+    }
+
+    fn hit(
+        &self,
+        key: &str,
+        store: &Store,
+        now_nanos: u128,
+        progress: TransferSink,
+    ) -> Option<Result<CacheRecord, String>> {
+        ImportedCache::hit(self, key, store, now_nanos, progress)
+    }
+}
+
+/// A `--cache-to` (registry or local), with the client a registry one is written with.
+pub struct CacheExporter {
+    /// What `--cache-to` asked for.
+    pub spec: CacheExport,
+    /// The client for a registry cache.
+    pub registry: Option<Arc<Registry>>,
+}
+
+impl crate::cache::CacheSink for CacheExporter {
+    fn name(&self) -> String {
+        describe_location(&self.spec.location)
+    }
+
+    fn ignore_error(&self) -> bool {
+        self.spec.ignore_error
+    }
+
+    fn export(
+        &self,
+        input: &ExportInput,
+        progress: TransferSink,
+    ) -> Result<ExportReport, BuildError> {
+        export(&self.spec, input, self.registry.as_deref(), progress)
+    }
+}
+
+/// A cache's location as messages name it: the reference, the directory, or `inline`.
+pub fn describe_location(location: &CacheLocation) -> String {
+    match location {
+        CacheLocation::Registry(name) => name.to_string(),
+        CacheLocation::Local(dir) => dir.display().to_string(),
+        CacheLocation::Inline => "inline".into(),
+    }
 }
 
 #[cfg(test)]

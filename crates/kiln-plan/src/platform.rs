@@ -32,6 +32,14 @@ impl Platform {
         }
     }
 
+    /// The same platform as an OCI image index names it (what registries and archives match).
+    pub fn to_oci(&self) -> kiln_oci::Platform {
+        kiln_oci::Platform {
+            variant: self.variant.clone(),
+            ..kiln_oci::Platform::new(self.os.clone(), self.architecture.clone())
+        }
+    }
+
     /// Parses `linux/arm64`, `linux/arm/v7`, or just `arm64` (the host's OS is assumed).
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts: Vec<&str> = text.trim().split('/').collect();

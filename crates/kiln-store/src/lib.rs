@@ -6,12 +6,17 @@
 //! ```text
 //! snapshots/<diff_id hex>/  a layer unpacked: what COPY wrote or a RUN changed
 //! cache/<key hex>.json       a step's cache record: key → layer and snapshot
+//! cache-mounts/<id hex>/     a `RUN --mount=type=cache` directory, and <id hex>.lock beside it
 //! tmp/                       work areas; whatever a killed build left is removed on open
 //! lock                       flock'd while index.json is rewritten
 //! ```
 //!
 //! Every file is written to tmp/, fsynced and renamed into place, so a build killed at any
 //! moment leaves either the old file or the new one.
+
+mod cache_mount;
+
+pub use cache_mount::CacheMount;
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,
@@ -620,7 +625,7 @@ impl Store {
             }
             let _ = fs::remove_dir_all(self.root.join("cache/slots"));
             // `RUN --mount=type=cache` directories are cache too.
-            let mounts = self.root.join("cache-mounts");
+            let mounts = self.root.join(cache_mount::CACHE_MOUNTS_DIR);
             if mounts.exists() {
                 report.bytes = report.bytes.saturating_add(tree_size(&mounts).0);
                 let doomed = self.session.path().join("pruned-cache-mounts");

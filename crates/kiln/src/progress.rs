@@ -287,6 +287,48 @@ impl Plain {
     pub fn style(&self) -> Style {
         self.style
     }
+
+    /// The last words of a build: the image id alone with `-q` (on standard error when
+    /// standard output carries an archive), a `built` event in JSON, else one line and the names.
+    pub fn built(&self, built: &kiln_build::Built, names: &[String], stdout_taken: bool) {
+        let image_id = built.config_descriptor.digest.to_string();
+        match self.style {
+            Style::Quiet if stdout_taken => eprintln!("{image_id}"),
+            Style::Quiet => println!("{image_id}"),
+            Style::Json => {
+                let summary = serde_json::json!({
+                    "event": "built",
+                    "at": self.elapsed(),
+                    "image": image_id,
+                    "manifest": built.manifest.digest.to_string(),
+                    "steps": built.steps,
+                    "cached": built.cached,
+                    "layers": built.layers.len(),
+                    "context_bytes_read": built.context_bytes_read,
+                    "names": names,
+                });
+                eprintln!("{summary}");
+            }
+            Style::Plain | Style::Tty => {
+                let short = image_id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or_default()
+                    .to_string();
+                eprintln!(
+                    "built {short} in {:.2}s: {} steps, {} cached, {} layers, {} bytes of context read",
+                    self.elapsed(),
+                    built.steps,
+                    built.cached,
+                    built.layers.len(),
+                    built.context_bytes_read
+                );
+                for name in names {
+                    eprintln!("tagged {name}");
+                }
+            }
+        }
+    }
 }
 
 /// The style for `--progress auto`: the live display when standard error is a terminal that can

@@ -125,7 +125,7 @@ pub fn push(args: &PushArgs, root: &Path) -> ExitCode {
 /// The manifest of an image of the store, by name (or `name@sha256:...`).
 pub fn find_image(store: &Store, image: &str) -> Result<kiln_oci::Descriptor, String> {
     let name = ImageName::parse(image).map_err(|e| format!("{image}: {e}"))?;
-    kiln_build::remote::find_in_store(store, &name, &Platform::host())
+    kiln_build::lookup::find_in_store(store, &name, &Platform::host())
         .ok_or_else(|| format!("image {image:?} is not in the store ({name})"))
 }
 

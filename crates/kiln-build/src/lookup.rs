@@ -1,0 +1,176 @@
+//! Finding images: by name or digest in the store, in archives and layout directories
+//! (`oci-archive:`, `docker-archive:`, `oci:`), and their layers unpacked into snapshots. The
+//! build, `kiln run` and the outputs all come here; nothing here builds.
+
+use crate::BuildError;
+use kiln_oci::{media_types, Descriptor, ImageConfig, ImageName, Index, Manifest};
+use kiln_plan::Platform;
+use kiln_store::Store;
+use std::path::{Path, PathBuf};
+
+/// The manifest an image name means in the store: by its name, or, for `name@sha256:...`, the
+/// manifest with that digest (named in the store or only held as a blob of it); a digest of an
+/// index gives its entry for `platform`.
+pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Option<Descriptor> {
+    if let Ok(tagged) = store.resolve(&name.to_string()) {
+        return Some(tagged.manifest);
+    }
+    let digest = name.digest()?;
+    if let Some(tagged) = store
+        .images()
+        .ok()?
+        .into_iter()
+        .find(|t| &t.manifest.digest == digest)
+    {
+        return Some(tagged.manifest);
+    }
+    let bytes = store.read_blob(digest).ok()?;
+    let document: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if document.get("manifests").is_some() {
+        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
+        let wanted = platform.to_oci();
+        let entry = index
+            .manifests
+            .into_iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.satisfies(&wanted)))?;
+        return store.has_blob(&entry.digest).then_some(entry);
+    }
+    let manifest: Manifest = kiln_oci::from_json_slice(&bytes).ok()?;
+    let media_type = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
+    Some(Descriptor::new(
+        media_type,
+        digest.clone(),
+        bytes.len() as u64,
+    ))
+}
+
+/// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
+pub(crate) fn ensure_snapshot(
+    store: &Store,
+    descriptor: &Descriptor,
+    diff_id: &str,
+    what: &str,
+    budget: &mut crate::unpack::ImageBudget,
+) -> Result<PathBuf, BuildError> {
+    let snapshot = store.snapshot_path(diff_id);
+    if snapshot.is_dir() {
+        return Ok(snapshot);
+    }
+    let work = store.work_dir().map_err(BuildError::Store)?;
+    let fresh = work.path().join("snapshot");
+    std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
+        path: fresh.clone(),
+        source: e,
+    })?;
+    let blob = store
+        .open_blob(&descriptor.digest)
+        .map_err(BuildError::Store)?;
+    // The blob's own length (it was checked against its digest), not what a manifest says.
+    let compressed = blob.metadata().map_or(descriptor.size, |m| m.len());
+    budget
+        .unpack_layer(
+            std::io::BufReader::new(blob),
+            compressed,
+            &descriptor.media_type,
+            &fresh,
+            diff_id,
+        )
+        .map_err(|e| BuildError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
+    store
+        .commit_snapshot(&fresh, diff_id)
+        .map_err(BuildError::Store)
+}
+
+/// Unpacks what the flattened outputs read: every layer of a built image.
+pub fn ensure_unpacked(
+    store: &Store,
+    layers: &[Descriptor],
+    diff_ids: &[kiln_oci::Digest],
+) -> Result<(), BuildError> {
+    let mut budget = crate::unpack::ImageBudget::new(layers.iter().map(|l| l.size))?;
+    for (descriptor, diff_id) in layers.iter().zip(diff_ids) {
+        ensure_snapshot(store, descriptor, diff_id.as_str(), "layer", &mut budget)?;
+    }
+    Ok(())
+}
+
+/// An image of the store by name: its config and its layers' snapshots, bottom first.
+pub fn image_in_store(
+    store: &Store,
+    reference: &str,
+) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
+    let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+    let found = find_in_store(store, &name, &Platform::host()).ok_or_else(|| {
+        BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
+    })?;
+    let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
+        .map_err(|e| BuildError::Image(e.to_string()))?;
+    let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
+    let layers = manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| {
+            ensure_snapshot(
+                store,
+                descriptor,
+                diff_id.as_str(),
+                &format!("base image {reference:?}"),
+                &mut budget,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, layers))
+}
+
+/// Reads an archive file or layout directory into an image.
+type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_oci::ArchiveImage>;
+
+/// Reads `oci-archive:PATH[:REF]`, `docker-archive:PATH[:REF]` or `oci:DIR[:REF]` (an OCI image
+/// layout directory), paths relative to the current directory, as buildah takes them; `None`
+/// for a plain image name. What is read is untrusted: the manifest and config are verified
+/// here, each layer as it is streamed (by `Store::import`).
+pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
+    let (reader, rest, is_dir): (ArchiveReader, &str, bool) = if let Some(rest) =
+        reference.strip_prefix("oci-archive:")
+    {
+        (|p, o| kiln_oci::read_oci_archive(p, o), rest, false)
+    } else if let Some(rest) = reference.strip_prefix("docker-archive:") {
+        (|p, o| kiln_oci::read_docker_archive(p, o), rest, false)
+    } else if let Some(rest) = reference.strip_prefix("oci:") {
+        (|p, o| kiln_oci::read_oci_layout_dir(p, o), rest, true)
+    } else if reference.starts_with("docker://") {
+        return Err(BuildError::Unsupported(format!(
+                "{reference}: this transport is not available in this version; use oci-archive:, docker-archive:, oci: (a layout directory) or `kiln load`"
+            )));
+    } else {
+        return Ok(None);
+    };
+    // `PATH:REF` names one image of the archive or layout; both may hold `:`, so the path is
+    // the shortest prefix that is an existing file (a directory for `oci:`).
+    let exists = |path: &str| {
+        let path = Path::new(path);
+        if is_dir {
+            path.is_dir()
+        } else {
+            path.is_file()
+        }
+    };
+    let (path, name) = rest
+        .match_indices(':')
+        .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
+        .find(|(path, name)| !name.is_empty() && exists(path))
+        .map_or((rest, None), |(path, name)| (path, Some(name.to_string())));
+    let options = kiln_oci::ReadOptions {
+        name,
+        ..kiln_oci::ReadOptions::default()
+    };
+    reader(Path::new(path), &options)
+        .map(Some)
+        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
+}

@@ -8,7 +8,7 @@ use crate::fsmeta::{
     find_whiteout, io_at, make_opaque, make_whiteout, set_stamp, Stamp, OPAQUE_MARKER as OPAQUE,
     WHITEOUT_PREFIX,
 };
-use crate::BuildError;
+use crate::ExecError;
 use kiln_layer::{visit_layer, EntrySummary, EntryTypeSummary};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -18,15 +18,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-fn refuse(path: &[u8], why: &str) -> BuildError {
-    BuildError::Image(format!(
+fn refuse(path: &[u8], why: &str) -> ExecError {
+    ExecError::Image(format!(
         "base image layer entry {:?} {why}",
         String::from_utf8_lossy(path)
     ))
 }
 
 /// The entry's path as components inside the root; `..` is refused, `/` and `.` dropped.
-fn components(path: &[u8]) -> Result<Vec<&OsStr>, BuildError> {
+fn components(path: &[u8]) -> Result<Vec<&OsStr>, ExecError> {
     let mut parts = Vec::new();
     for part in path.split(|b| *b == b'/') {
         match part {
@@ -51,7 +51,7 @@ struct Unpacker<'a> {
 impl Unpacker<'_> {
     /// Makes every component of `parents` a real directory of the snapshot; one that is
     /// anything else (a symlink above all) is refused, never followed.
-    fn ensure_parents(&mut self, path: &[u8], parents: &[&OsStr]) -> Result<PathBuf, BuildError> {
+    fn ensure_parents(&mut self, path: &[u8], parents: &[&OsStr]) -> Result<PathBuf, ExecError> {
         let mut dir = self.root.to_path_buf();
         for part in parents {
             dir.push(part);
@@ -72,7 +72,7 @@ impl Unpacker<'_> {
         Ok(dir)
     }
 
-    fn remove(&mut self, path: &Path) -> Result<(), BuildError> {
+    fn remove(&mut self, path: &Path) -> Result<(), ExecError> {
         // A directory that goes (a later entry replaces it, say with a symlink) takes its
         // pending stamps along: they must never be applied through what replaced it.
         self.dirs.retain(|dir, _| !dir.starts_with(path));
@@ -83,7 +83,7 @@ impl Unpacker<'_> {
         }
     }
 
-    fn entry(&mut self, entry: EntrySummary, content: &mut dyn Read) -> Result<(), BuildError> {
+    fn entry(&mut self, entry: EntrySummary, content: &mut dyn Read) -> Result<(), ExecError> {
         let parts = components(&entry.path)?;
         let Some((name, parents)) = parts.split_last() else {
             return Ok(()); // the root itself
@@ -206,7 +206,7 @@ impl Unpacker<'_> {
 
     /// The layer's xattrs, except overlay's own: a layer says "opaque" with `.wh..wh..opq`,
     /// never by carrying the marker itself.
-    fn xattrs(&self, target: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<(), BuildError> {
+    fn xattrs(&self, target: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<(), ExecError> {
         for (name, value) in xattrs {
             if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
                 continue;
@@ -235,7 +235,7 @@ pub fn unpack_layer(
     media_type: &str,
     dest: &Path,
     diff_id: &str,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     unpack(blob, media_type, dest, diff_id, true)
 }
 
@@ -245,7 +245,7 @@ pub fn unpack_cache_mount(
     media_type: &str,
     dest: &Path,
     diff_id: &str,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     unpack(blob, media_type, dest, diff_id, false)
 }
 
@@ -255,14 +255,14 @@ fn unpack(
     dest: &Path,
     diff_id: &str,
     devices: bool,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     let mut unpacker = Unpacker {
         root: dest,
         is_root: rustix::process::geteuid().is_root(),
         devices,
         dirs: BTreeMap::new(),
     };
-    let mut failure: Option<BuildError> = None;
+    let mut failure: Option<ExecError> = None;
     let actual = visit_layer(blob, media_type, |entry, content| {
         unpacker.entry(entry, content).map_err(|e| {
             let message = e.to_string();
@@ -274,9 +274,9 @@ fn unpack(
     if let Some(error) = failure {
         return Err(error);
     }
-    let actual = actual.map_err(|e| BuildError::Image(format!("base image layer: {e}")))?;
+    let actual = actual.map_err(|e| ExecError::Image(format!("base image layer: {e}")))?;
     if actual != diff_id {
-        return Err(BuildError::Image(format!(
+        return Err(ExecError::Image(format!(
             "base image layer has diff_id {actual}, but the image config says {diff_id}"
         )));
     }
@@ -325,7 +325,7 @@ mod tests {
         kiln_oci::sha256_digest(bytes).to_string()
     }
 
-    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<(), BuildError>) {
+    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<(), ExecError>) {
         let dest = tempfile::tempdir().unwrap();
         let result = unpack_layer(
             bytes,

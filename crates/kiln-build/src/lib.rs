@@ -4,29 +4,17 @@
 
 pub mod build;
 pub mod cache;
-pub mod copy;
-pub mod diff;
-pub mod fetch;
-pub mod flatten;
-mod fsmeta;
-pub mod git;
-pub mod image;
-pub mod lookup;
 pub mod output;
 pub mod pipeline;
 pub mod remote;
-pub mod rootfs;
-pub mod run;
-pub mod run_settings;
 pub mod secret_flags;
 pub mod shared_cache;
-pub mod squash;
-#[cfg(test)]
-mod test_skip;
-pub mod unpack;
 
 pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
-pub use lookup::ensure_unpacked;
+pub use kiln_exec::{
+    copy, diff, fetch, flatten, git, image, lookup, rootfs, run, run_settings, squash, unpack,
+};
+pub use kiln_exec::{ensure_unpacked, ExecError};
 
 use std::path::PathBuf;
 
@@ -92,5 +80,8 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error("ADD: {0}")]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[from] kiln_exec::fetch::FetchError),
+    /// A step executor failed.
+    #[error(transparent)]
+    Exec(#[from] kiln_exec::ExecError),
 }

@@ -7,7 +7,7 @@
 
 use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
-use crate::BuildError;
+use crate::ExecError;
 use kiln_context::{Context, EntryKind, IgnoreRules};
 use kiln_plan::{Chmod, CopySource, CopyStep};
 use std::fs::{self, File, OpenOptions};
@@ -133,10 +133,10 @@ fn join_view(base: &str, path: &str) -> PathBuf {
 }
 
 /// Runs one COPY/ADD into `job.snapshot`.
-pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, BuildError> {
+pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, ExecError> {
     let step = job.step;
     let owner = match &step.chown {
-        Some(spec) => resolve_chown(spec, job.users).map_err(BuildError::Copy)?,
+        Some(spec) => resolve_chown(spec, job.users).map_err(ExecError::Copy)?,
         None => Owner::default(),
     };
     let chmod = step
@@ -144,13 +144,13 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
         .as_deref()
         .map(Chmod::parse)
         .transpose()
-        .map_err(BuildError::Copy)?;
+        .map_err(ExecError::Copy)?;
     let excludes = IgnoreRules::parse(&step.excludes.join("\n"))
-        .map_err(|e| BuildError::Copy(e.to_string()))?;
+        .map_err(|e| ExecError::Copy(e.to_string()))?;
 
     // The destination, with symlinks in the image resolved inside the image.
     let wanted = join_view(job.workdir, &step.destination);
-    let (destination, existing) = job.image.resolve(&wanted, true).map_err(BuildError::Copy)?;
+    let (destination, existing) = job.image.resolve(&wanted, true).map_err(ExecError::Copy)?;
     let existing_dir = existing.as_ref().is_some_and(|f| f.meta.is_dir());
 
     // Expand the sources first: how many there are decides what the destination means.
@@ -174,12 +174,12 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
                 expanded.push((name.clone(), Some(content.clone())))
             }
             CopySource::Url(url) => remote.push(fetched.next().ok_or_else(|| {
-                BuildError::Copy(format!(
+                ExecError::Copy(format!(
                     "ADD {url}: the URL was not downloaded before the copy"
                 ))
             })?),
             CopySource::Git(url) => gits.push(git_trees.next().ok_or_else(|| {
-                BuildError::Copy(format!(
+                ExecError::Copy(format!(
                     "ADD {}: the repository was not checked out before the copy",
                     crate::git::redact(url)
                 ))
@@ -217,7 +217,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Bui
             if let CopyFrom::Context(context) = from {
                 let path = context
                     .resolve(source, true)
-                    .map_err(|e| BuildError::Copy(e.to_string()))?;
+                    .map_err(|e| ExecError::Copy(e.to_string()))?;
                 if let Some(kind) = archive_kind(&path)? {
                     archives.push((path, kind));
                     continue;
@@ -386,14 +386,14 @@ pub fn make_workdir(
     workdir: &str,
     owner: Owner,
     now: i64,
-) -> Result<bool, BuildError> {
+) -> Result<bool, ExecError> {
     let (resolved, found) = image
         .resolve(Path::new(workdir), true)
-        .map_err(|e| BuildError::Copy(format!("WORKDIR {workdir}: {e}")))?;
+        .map_err(|e| ExecError::Copy(format!("WORKDIR {workdir}: {e}")))?;
     match found {
         Some(found) if found.meta.is_dir() => return Ok(false),
         Some(_) => {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "WORKDIR {workdir}: /{} is a file in the image, not a directory",
                 resolved.display()
             )))
@@ -403,7 +403,7 @@ pub fn make_workdir(
     // mkdir -p fails on a file in the way; it never replaces one.
     for ancestor in resolved.ancestors().skip(1) {
         if image.lstat(ancestor).is_some_and(|f| !f.meta.is_dir()) {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "WORKDIR {workdir}: /{} is not a directory in the image",
                 ancestor.display()
             )));
@@ -436,7 +436,7 @@ pub enum ArchiveKind {
 }
 
 /// Recognises a tar archive, plain or compressed, by its first bytes (never by its name).
-pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, BuildError> {
+pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, ExecError> {
     let meta = fs::metadata(path).map_err(|e| io_at(path, e))?;
     if !meta.is_file() {
         return Ok(None);
@@ -511,7 +511,7 @@ fn looks_like_tar(block: &[u8]) -> bool {
 }
 
 /// A reader that decompresses `path` as `kind`.
-fn decompressor(path: &Path, kind: ArchiveKind) -> Result<Box<dyn io::Read>, BuildError> {
+fn decompressor(path: &Path, kind: ArchiveKind) -> Result<Box<dyn io::Read>, ExecError> {
     let file = File::open(path).map_err(|e| io_at(path, e))?;
     Ok(match kind {
         ArchiveKind::Tar => Box::new(file),
@@ -535,7 +535,7 @@ fn extract_archive(
     destination: &Path,
     owner: Option<Owner>,
     stats: &mut CopyStats,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     let reader = decompressor(path, kind)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -549,7 +549,7 @@ fn extract_archive(
             .and_then(|inner| inner.source())
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
-        BuildError::Copy(format!("ADD {}: {e}{cause}", path.display()))
+        ExecError::Copy(format!("ADD {}: {e}{cause}", path.display()))
     };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -557,14 +557,14 @@ fn extract_archive(
         let kind = entry.header().entry_type();
         let mode = entry.header().mode().map_err(bad)? & 0o7777;
         if kind.is_character_special() || kind.is_block_special() {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "ADD {}: {} is a device file; archives for ADD may not contain devices",
                 path.display(),
                 name.display()
             )));
         }
         if !entry.unpack_in(destination).map_err(bad)? {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "ADD {}: entry {} would be written outside the destination",
                 path.display(),
                 name.display()
@@ -610,10 +610,10 @@ pub fn context_sources(
     context: &Context,
     pattern: &str,
     excludes: &IgnoreRules,
-) -> Result<Vec<String>, BuildError> {
+) -> Result<Vec<String>, ExecError> {
     let matches = context
         .sources(pattern)
-        .map_err(|e| BuildError::Copy(e.to_string()))?;
+        .map_err(|e| ExecError::Copy(e.to_string()))?;
     Ok(without_excluded(matches, pattern, excludes))
 }
 
@@ -645,10 +645,10 @@ fn context_entries(
     context: &Context,
     source: &str,
     excludes: &IgnoreRules,
-) -> Result<Vec<Placement>, BuildError> {
+) -> Result<Vec<Placement>, ExecError> {
     let entries = context
         .walk(source, excludes)
-        .map_err(|e| BuildError::Copy(e.to_string()))?;
+        .map_err(|e| ExecError::Copy(e.to_string()))?;
     Ok(entries
         .into_iter()
         .map(|entry| Placement {
@@ -667,14 +667,14 @@ fn context_entries(
 }
 
 /// Matches a source pattern against a stage's filesystem (wildcards per path segment).
-fn stage_sources(rootfs: &Rootfs, pattern: &str) -> Result<Vec<String>, BuildError> {
+fn stage_sources(rootfs: &Rootfs, pattern: &str) -> Result<Vec<String>, ExecError> {
     let cleaned = kiln_context::clean(pattern);
     if !cleaned.contains(['*', '?', '[']) {
         let (_, found) = rootfs
             .resolve(Path::new(&cleaned), true)
-            .map_err(BuildError::Copy)?;
+            .map_err(ExecError::Copy)?;
         if found.is_none() {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "{pattern:?}: not found in the source stage"
             )));
         }
@@ -686,7 +686,7 @@ fn stage_sources(rootfs: &Rootfs, pattern: &str) -> Result<Vec<String>, BuildErr
             .literal_separator(true)
             .backslash_escape(true)
             .build()
-            .map_err(|e| BuildError::Copy(format!("invalid pattern {pattern:?}: {e}")))?
+            .map_err(|e| ExecError::Copy(format!("invalid pattern {pattern:?}: {e}")))?
             .compile_matcher();
         let mut next = Vec::new();
         for dir in current {
@@ -708,7 +708,7 @@ fn stage_sources(rootfs: &Rootfs, pattern: &str) -> Result<Vec<String>, BuildErr
         current = next;
     }
     if current.is_empty() {
-        return Err(BuildError::Copy(format!(
+        return Err(ExecError::Copy(format!(
             "{pattern:?}: no file in the source stage matches"
         )));
     }
@@ -720,12 +720,12 @@ fn stage_entries(
     rootfs: &Rootfs,
     source: &str,
     excludes: &IgnoreRules,
-) -> Result<Vec<Placement>, BuildError> {
+) -> Result<Vec<Placement>, ExecError> {
     let (resolved, found) = rootfs
         .resolve(Path::new(source), true)
-        .map_err(BuildError::Copy)?;
+        .map_err(ExecError::Copy)?;
     let Some(found) = found else {
-        return Err(BuildError::Copy(format!(
+        return Err(ExecError::Copy(format!(
             "{source:?}: not found in the source stage"
         )));
     };
@@ -826,7 +826,7 @@ struct SnapshotWriter<'a> {
 
 impl SnapshotWriter<'_> {
     /// Stamps the directories, deepest first.
-    fn finish(self) -> Result<(), BuildError> {
+    fn finish(self) -> Result<(), ExecError> {
         let mut dirs: Vec<_> = self.dirs.into_iter().collect();
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (path, (mode, owner, mtime)) in dirs {
@@ -838,7 +838,7 @@ impl SnapshotWriter<'_> {
     /// Makes sure every component of `relative` is a real directory in the snapshot. A
     /// directory the image already has keeps its metadata; a new one is 0755, owned by the
     /// --chown owner.
-    fn ensure_dir(&mut self, relative: &Path) -> Result<(), BuildError> {
+    fn ensure_dir(&mut self, relative: &Path) -> Result<(), ExecError> {
         let mut path = self.root.to_path_buf();
         let mut view = PathBuf::new();
         for component in relative.components() {
@@ -850,7 +850,7 @@ impl SnapshotWriter<'_> {
             match fs::symlink_metadata(&path) {
                 Ok(meta) if meta.is_dir() => continue,
                 Ok(_) => {
-                    return Err(BuildError::Copy(format!(
+                    return Err(ExecError::Copy(format!(
                         "cannot create directory /{}: a file or symbolic link of the same name was copied earlier in this step",
                         view.display()
                     )))
@@ -884,7 +884,7 @@ impl SnapshotWriter<'_> {
         placement: &Placement,
         mode: u32,
         stats: &mut CopyStats,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), ExecError> {
         // Directories the image has as symlinks are followed, inside the image (a tree copied
         // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`); the entry
         // itself, unless it is a directory, replaces whatever the image has at its name.
@@ -896,13 +896,13 @@ impl SnapshotWriter<'_> {
             (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
                 self.image
                     .resolve(&placement.destination, true)
-                    .map_err(BuildError::Copy)?
+                    .map_err(ExecError::Copy)?
                     .0
             }
             (_, Some(parent), Some(name)) => self
                 .image
                 .resolve(parent, true)
-                .map_err(BuildError::Copy)?
+                .map_err(ExecError::Copy)?
                 .0
                 .join(name),
         };
@@ -1031,7 +1031,7 @@ fn copy_and_hash(
     Ok(total)
 }
 
-fn create_new(path: &Path) -> Result<File, BuildError> {
+fn create_new(path: &Path) -> Result<File, ExecError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1048,7 +1048,7 @@ fn set_metadata(
     owner: Owner,
     mtime: (i64, i64),
     is_symlink: bool,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     let stamp = Stamp {
         mode,
         uid: owner.uid,
@@ -1110,7 +1110,7 @@ mod tests {
         ctx: &Context,
         image: &Rootfs,
         workdir: &str,
-    ) -> Result<tempfile::TempDir, BuildError> {
+    ) -> Result<tempfile::TempDir, ExecError> {
         let snapshot = tempfile::tempdir().unwrap();
         let job = CopyJob {
             step,

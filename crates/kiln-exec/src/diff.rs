@@ -23,7 +23,7 @@ use crate::fsmeta::{
     WHITEOUT_PREFIX,
 };
 use crate::rootfs::{Found, Rootfs};
-use crate::BuildError;
+use crate::ExecError;
 use rustix::io::Errno;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -55,12 +55,12 @@ type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 /// The xattrs of `path` (never following a symlink) that are content, sorted by name. With
 /// `strict`, an overlayfs redirect or metacopy xattr is an error: such an entry's data or
 /// lower counterpart lives elsewhere, and a diff holding one cannot be made a layer.
-fn read_xattrs(path: &Path, strict: bool) -> Result<Xattrs, BuildError> {
+fn read_xattrs(path: &Path, strict: bool) -> Result<Xattrs, ExecError> {
     let mut out = Vec::new();
     for name in xattr_names(path)? {
         if let Some(key) = overlay_xattr_key(&name) {
             if strict && (key == b"redirect" || key == b"metacopy") {
-                return Err(BuildError::Unsupported(format!(
+                return Err(ExecError::Unsupported(format!(
                     "{}: overlayfs left a {} xattr; RUN needs overlayfs mounted with redirect_dir=off and metacopy=off",
                     path.display(),
                     String::from_utf8_lossy(&name)
@@ -111,7 +111,7 @@ fn fill(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn open_nofollow(path: &Path) -> Result<File, BuildError> {
+fn open_nofollow(path: &Path) -> Result<File, ExecError> {
     OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
@@ -119,7 +119,7 @@ fn open_nofollow(path: &Path) -> Result<File, BuildError> {
         .map_err(|e| io_at(path, e))
 }
 
-fn same_content(a: &Path, b: &Path) -> Result<bool, BuildError> {
+fn same_content(a: &Path, b: &Path) -> Result<bool, ExecError> {
     let mut fa = open_nofollow(a)?;
     let mut fb = open_nofollow(b)?;
     let mut ba = vec![0u8; 64 << 10];
@@ -138,7 +138,7 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, BuildError> {
 
 /// Whether the entry at `path` (with `meta`) says nothing the lower entry does not: same
 /// metadata, xattrs, link target and, for files, content (read only when all else is equal).
-fn identical(lower: &Found, path: &Path, meta: &fs::Metadata) -> Result<bool, BuildError> {
+fn identical(lower: &Found, path: &Path, meta: &fs::Metadata) -> Result<bool, ExecError> {
     if !same_meta(&lower.meta, meta) {
         return Ok(false);
     }
@@ -162,7 +162,7 @@ fn identical(lower: &Found, path: &Path, meta: &fs::Metadata) -> Result<bool, Bu
 /// Names of hard-link groups under `root` (regular files with more than one name there) that
 /// must all be in the diff because one of them is: a name that is new or changed keeps its
 /// unchanged partners, so the link survives in the layer. Both paths use it, so both agree.
-fn linked_names_to_keep(lower: &Rootfs, root: &Path) -> Result<HashSet<PathBuf>, BuildError> {
+fn linked_names_to_keep(lower: &Rootfs, root: &Path) -> Result<HashSet<PathBuf>, ExecError> {
     let mut groups: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -197,7 +197,7 @@ fn linked_names_to_keep(lower: &Rootfs, root: &Path) -> Result<HashSet<PathBuf>,
 }
 
 /// The entries of the directory `dir`, lstat'ed, sorted by name (bytes).
-fn children(dir: &Path) -> Result<BTreeMap<OsString, fs::Metadata>, BuildError> {
+fn children(dir: &Path) -> Result<BTreeMap<OsString, fs::Metadata>, ExecError> {
     let mut out = BTreeMap::new();
     for item in fs::read_dir(dir).map_err(|e| io_at(dir, e))? {
         let item = item.map_err(|e| io_at(dir, e))?;
@@ -218,7 +218,7 @@ fn normalize_whiteout(
     meta: &fs::Metadata,
     mtime: (i64, i64),
     is_root: bool,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     let mut path = marker.to_path_buf();
     if meta.nlink() > 1 {
         fs::remove_file(marker).map_err(|e| io_at(marker, e))?;
@@ -235,7 +235,7 @@ fn normalize_whiteout(
 }
 
 /// Recreates a symlink, fifo, socket or device node `from` (with `meta`) at `to`.
-fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Result<(), BuildError> {
+fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Result<(), ExecError> {
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = fs::read_link(from).map_err(|e| io_at(from, e))?;
@@ -251,7 +251,7 @@ fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Resul
         } else if ft.is_socket() {
             rustix::fs::FileType::Socket
         } else {
-            return Err(BuildError::Unsupported(format!(
+            return Err(ExecError::Unsupported(format!(
                 "{}: unknown file type",
                 from.display()
             )));
@@ -278,7 +278,7 @@ fn recreate(from: &Path, meta: &fs::Metadata, to: &Path, is_root: bool) -> Resul
 /// hardlink groups stay groups); other entries are recreated with `tree`'s metadata and
 /// xattrs, directories' metadata going on after their contents. `out` itself gets the
 /// metadata of `tree`'s root. Run [`canonicalize`] on `out` afterwards to decide opacity.
-pub fn walk_diff(lower: &Rootfs, tree: &Path, out: &Path) -> Result<DiffStats, BuildError> {
+pub fn walk_diff(lower: &Rootfs, tree: &Path, out: &Path) -> Result<DiffStats, ExecError> {
     let meta = fs::symlink_metadata(tree).map_err(|e| io_at(tree, e))?;
     if !meta.is_dir() {
         return Err(io_at(
@@ -317,7 +317,7 @@ impl Walk<'_> {
         rel: &Path,
         meta: &fs::Metadata,
         lower_here: Option<&Found>,
-    ) -> Result<bool, BuildError> {
+    ) -> Result<bool, ExecError> {
         let top = rel.as_os_str().is_empty();
         let source = self.tree.join(rel);
         let target = self.out.join(rel);
@@ -329,7 +329,7 @@ impl Walk<'_> {
         let mut emitted = false;
         for (name, child_meta) in &entries {
             if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
-                return Err(BuildError::Unsupported(format!(
+                return Err(ExecError::Unsupported(format!(
                     "{}: `.wh.` names are reserved for layer whiteouts",
                     source.join(name).display()
                 )));
@@ -414,9 +414,9 @@ pub fn canonicalize(
     lower: &Rootfs,
     upper: &Path,
     opaque_xattr: &str,
-) -> Result<DiffStats, BuildError> {
+) -> Result<DiffStats, ExecError> {
     if !OPAQUE_XATTRS.contains(&opaque_xattr) {
-        return Err(BuildError::Unsupported(format!(
+        return Err(ExecError::Unsupported(format!(
             "{opaque_xattr} is not an overlayfs opaque xattr"
         )));
     }
@@ -453,7 +453,7 @@ impl Canon<'_> {
     /// Sets (`true`) or clears the opaque marker of `dir`, leaving only `opaque_xattr`, or
     /// only the `.wh..wh..opq` file where setting that xattr is refused. Returns whether
     /// `dir`'s entries changed (the marker file made or removed).
-    fn mark(&self, dir: &Path, opaque: bool) -> Result<bool, BuildError> {
+    fn mark(&self, dir: &Path, opaque: bool) -> Result<bool, ExecError> {
         let mut file = false;
         for name in OPAQUE_XATTRS {
             if opaque && name == self.opaque_xattr {
@@ -478,7 +478,7 @@ impl Canon<'_> {
     /// down; `visible` says whether the lower view at `rel` counts (false below an opaque
     /// directory or below one that replaced a non-directory). Prunes its unchanged children
     /// bottom-up, but never `rel` itself: the caller decides that.
-    fn dir(&mut self, rel: &Path, meta: &fs::Metadata, visible: bool) -> Result<(), BuildError> {
+    fn dir(&mut self, rel: &Path, meta: &fs::Metadata, visible: bool) -> Result<(), ExecError> {
         let top = rel.as_os_str().is_empty();
         let path = self.upper.join(rel);
         let lower_dir = if visible {
@@ -623,7 +623,7 @@ impl Canon<'_> {
     }
 }
 
-fn is_empty_dir(path: &Path) -> Result<bool, BuildError> {
+fn is_empty_dir(path: &Path) -> Result<bool, ExecError> {
     let mut reader = fs::read_dir(path).map_err(|e| io_at(path, e))?;
     Ok(reader.next().is_none())
 }
@@ -1298,11 +1298,11 @@ mod tests {
         setx(&upper, "moved", "trusted.overlay.redirect", b"/cfg");
         assert!(matches!(
             canonicalize(&s.view, &upper, OPQ),
-            Err(BuildError::Unsupported(_))
+            Err(ExecError::Unsupported(_))
         ));
         assert!(matches!(
             canonicalize(&s.view, &upper, "user.opaque"),
-            Err(BuildError::Unsupported(_))
+            Err(ExecError::Unsupported(_))
         ));
     }
 }

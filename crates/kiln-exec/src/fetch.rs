@@ -334,10 +334,10 @@ fn proxy_for(host: &str) -> Option<ureq::Proxy> {
 }
 
 /// The system's trust store plus the host's certs.d CAs and client certificate, as for
-/// registries (kiln_registry::tls).
+/// registries (kiln_tls).
 fn trust(url: &str) -> Result<ureq::tls::TlsConfig, FetchError> {
-    let host_port = kiln_registry::tls::url_host_port(url);
-    kiln_registry::tls::tls_config(&host_port, true).map_err(|e| FetchError::Tls {
+    let host_port = kiln_tls::url_host_port(url);
+    kiln_tls::tls_config(&host_port, true).map_err(|e| FetchError::Tls {
         url: redact(url),
         message: e.to_string(),
     })
@@ -352,7 +352,7 @@ fn classify(
     limits: &FetchLimits,
 ) -> FetchError {
     let url = url.to_string();
-    if let Some(message) = kiln_registry::tls::explain(&error, &url) {
+    if let Some(message) = kiln_tls::explain(&error, &url) {
         return FetchError::Tls { url, message };
     }
     match error {

@@ -12,7 +12,7 @@
 
 use crate::fsmeta::{copy_xattrs, io_at, set_stamp, Stamp};
 use crate::rootfs::{Found, Rootfs};
-use crate::BuildError;
+use crate::ExecError;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -36,7 +36,7 @@ pub struct FlattenStats {
 /// the xattrs go on after the owner, because chown drops `security.capability`; otherwise they
 /// go on before the mode, which may take away the write permission that setting a `user.*`
 /// xattr needs (no chown happens then). Setting xattrs does not touch the mtime.
-fn finish(target: &Path, found: &Found, is_root: bool) -> Result<(), BuildError> {
+fn finish(target: &Path, found: &Found, is_root: bool) -> Result<(), ExecError> {
     let is_symlink = found.meta.file_type().is_symlink();
     if is_root {
         set_stamp(target, Stamp::of(&found.meta), is_symlink, is_root)?;
@@ -53,7 +53,7 @@ fn finish(target: &Path, found: &Found, is_root: bool) -> Result<(), BuildError>
 /// destination refuses are left out when not root). `dest` gets the mode, owner (when root),
 /// mtime and xattrs of the image's root directory, applied last. A hardlinked file
 /// ([`Materialize::Hardlink`]) shares the snapshot's inode, and so its metadata, untouched.
-pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<FlattenStats, BuildError> {
+pub fn flatten(rootfs: &Rootfs, dest: &Path, how: Materialize) -> Result<FlattenStats, ExecError> {
     flatten_from(rootfs, Path::new(""), dest, how)
 }
 
@@ -64,7 +64,7 @@ pub fn flatten_from(
     start: &Path,
     dest: &Path,
     how: Materialize,
-) -> Result<FlattenStats, BuildError> {
+) -> Result<FlattenStats, ExecError> {
     let mut stats = FlattenStats::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let is_root = rustix::process::geteuid().is_root();

@@ -2,7 +2,7 @@
 //! extended attributes (listing, reading, copying), and setting an entry's owner, mode and time
 //! without ever following a symlink.
 
-use crate::BuildError;
+use crate::ExecError;
 use rustix::io::Errno;
 use std::ffi::OsStr;
 use std::fs;
@@ -11,27 +11,27 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub(crate) fn io_at(path: &Path, error: io::Error) -> BuildError {
-    BuildError::Io {
+pub fn io_at(path: &Path, error: io::Error) -> ExecError {
+    ExecError::Io {
         path: path.to_path_buf(),
         source: error,
     }
 }
 
 /// Prefix of a whiteout in OCI form: the empty regular file `.wh.NAME` deletes `NAME`.
-pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// The empty regular file that marks its directory opaque, in OCI form.
-pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// An overlayfs whiteout: a character device 0/0. A snapshot may also hold the OCI form
 /// (see [`whiteout_of`]), written where the overlay form is refused.
-pub(crate) fn is_whiteout(meta: &fs::Metadata) -> bool {
+pub fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
 /// The name a directory entry `name` (lstat'ed as `meta`) deletes, if it is a whiteout: a
 /// char device 0/0 deletes its own name, an empty regular file `.wh.NAME` deletes `NAME`.
-pub(crate) fn whiteout_of<'a>(name: &'a OsStr, meta: &fs::Metadata) -> Option<&'a OsStr> {
+pub fn whiteout_of<'a>(name: &'a OsStr, meta: &fs::Metadata) -> Option<&'a OsStr> {
     if is_whiteout(meta) {
         return Some(name);
     }
@@ -43,12 +43,12 @@ pub(crate) fn whiteout_of<'a>(name: &'a OsStr, meta: &fs::Metadata) -> Option<&'
 }
 
 /// Whether a directory entry is the OCI-form opaque marker of its directory.
-pub(crate) fn is_opaque_marker(name: &OsStr, meta: &fs::Metadata) -> bool {
+pub fn is_opaque_marker(name: &OsStr, meta: &fs::Metadata) -> bool {
     name.as_bytes() == OPAQUE_MARKER && meta.is_file() && meta.len() == 0
 }
 
 /// The OCI-form whiteout file that deletes `path` (`parent/.wh.NAME`).
-pub(crate) fn oci_whiteout_path(path: &Path) -> Option<PathBuf> {
+pub fn oci_whiteout_path(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?;
     let mut marker = WHITEOUT_PREFIX.to_vec();
     marker.extend_from_slice(name.as_bytes());
@@ -56,7 +56,7 @@ pub(crate) fn oci_whiteout_path(path: &Path) -> Option<PathBuf> {
 }
 
 /// The whiteout deleting `path` in its snapshot directory, in either form, if there is one.
-pub(crate) fn find_whiteout(path: &Path) -> Option<(PathBuf, fs::Metadata)> {
+pub fn find_whiteout(path: &Path) -> Option<(PathBuf, fs::Metadata)> {
     if let Ok(meta) = fs::symlink_metadata(path) {
         return is_whiteout(&meta).then(|| (path.to_path_buf(), meta));
     }
@@ -71,7 +71,7 @@ fn refused(error: Errno) -> bool {
     matches!(error, Errno::PERM | Errno::NOTSUP)
 }
 
-fn create_empty(path: &Path) -> Result<(), BuildError> {
+fn create_empty(path: &Path) -> Result<(), ExecError> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
@@ -85,7 +85,7 @@ fn create_empty(path: &Path) -> Result<(), BuildError> {
 
 /// Makes a whiteout deleting `path`: a char device 0/0 there, or, where that is refused
 /// (overlayfs refuses it), the empty file `.wh.NAME` beside it. Returns the marker's path.
-pub(crate) fn make_whiteout(path: &Path) -> Result<PathBuf, BuildError> {
+pub fn make_whiteout(path: &Path) -> Result<PathBuf, ExecError> {
     match rustix::fs::mknodat(
         rustix::fs::CWD,
         path,
@@ -106,7 +106,7 @@ pub(crate) fn make_whiteout(path: &Path) -> Result<PathBuf, BuildError> {
 /// Marks `dir` opaque: the xattr `xattr` = `y`, or, where setting it is refused, the empty
 /// file `.wh..wh..opq` in it (kept if already there). Returns whether the OCI file is used
 /// (then the directory's entries, and so its mtime, may have changed).
-pub(crate) fn make_opaque(dir: &Path, xattr: &str) -> Result<bool, BuildError> {
+pub fn make_opaque(dir: &Path, xattr: &str) -> Result<bool, ExecError> {
     match rustix::fs::lsetxattr(dir, xattr, b"y", rustix::fs::XattrFlags::empty()) {
         Ok(()) => Ok(false),
         Err(e) if refused(e) => {
@@ -122,7 +122,7 @@ pub(crate) fn make_opaque(dir: &Path, xattr: &str) -> Result<bool, BuildError> {
 }
 
 /// Removes the OCI-form opaque marker of `dir`, if any. Returns whether there was one.
-pub(crate) fn remove_opaque_marker(dir: &Path) -> Result<bool, BuildError> {
+pub fn remove_opaque_marker(dir: &Path) -> Result<bool, ExecError> {
     let marker = dir.join(OsStr::from_bytes(OPAQUE_MARKER));
     match fs::symlink_metadata(&marker) {
         Ok(meta) if is_opaque_marker(OsStr::from_bytes(OPAQUE_MARKER), &meta) => {
@@ -135,7 +135,7 @@ pub(crate) fn remove_opaque_marker(dir: &Path) -> Result<bool, BuildError> {
 
 /// An opaque directory: `trusted.` or `user.overlay.opaque` = `y`, or an empty regular file
 /// `.wh..wh..opq` in it.
-pub(crate) fn is_opaque(dir: &Path) -> bool {
+pub fn is_opaque(dir: &Path) -> bool {
     let xattr = ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
         .any(|name| {
@@ -149,32 +149,32 @@ pub(crate) fn is_opaque(dir: &Path) -> bool {
 
 /// The part of an overlayfs xattr name after `trusted.overlay.` or `user.overlay.` (`opaque`,
 /// `redirect`, `origin`...); `None` for any other name.
-pub(crate) fn overlay_xattr_key(name: &[u8]) -> Option<&[u8]> {
+pub fn overlay_xattr_key(name: &[u8]) -> Option<&[u8]> {
     name.strip_prefix(b"trusted.overlay.")
         .or_else(|| name.strip_prefix(b"user.overlay."))
 }
 
 /// Overlayfs' own xattrs (opaque markers, redirects, origins...): layer markers, not content.
-pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
     overlay_xattr_key(name).is_some()
 }
 
 /// Whether an xattr the destination refused may be left out: only a `trusted.*` or
 /// `security.*` one, refused as unsupported or not permitted, when not running as root
 /// (such attributes need privileges a plain user does not have).
-pub(crate) fn may_skip_xattr(name: &[u8], error: Errno, is_root: bool) -> bool {
+pub fn may_skip_xattr(name: &[u8], error: Errno, is_root: bool) -> bool {
     !is_root
         && matches!(error, Errno::NOTSUP | Errno::PERM)
         && (name.starts_with(b"trusted.") || name.starts_with(b"security."))
 }
 
-pub(crate) fn xattr_error(path: &Path, error: Errno) -> BuildError {
+pub fn xattr_error(path: &Path, error: Errno) -> ExecError {
     io_at(path, error.into())
 }
 
 /// The xattr names of `path` (never following a symlink), as listed. A filesystem without
 /// xattrs has none.
-pub(crate) fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, BuildError> {
+pub fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, ExecError> {
     let mut list = Vec::new();
     loop {
         let size = match rustix::fs::llistxattr_query(path) {
@@ -205,7 +205,7 @@ pub(crate) fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, BuildError> {
 
 /// The value of the xattr `name` of `path` (never following a symlink), `None` when it went
 /// away since it was listed.
-pub(crate) fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, BuildError> {
+pub fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, ExecError> {
     let mut value = Vec::new();
     loop {
         let size = match rustix::fs::lgetxattr_query(path, name) {
@@ -230,7 +230,7 @@ pub(crate) fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, 
 /// Copies the xattrs of `from` to `to` (neither followed if a symlink), overlayfs' own left
 /// out, and so is one that went away since it was listed. A refusal to set one is an error,
 /// unless [`may_skip_xattr`] (never when `is_root`).
-pub(crate) fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), BuildError> {
+pub fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), ExecError> {
     for name in xattr_names(from)? {
         if is_overlay_xattr(&name) {
             continue;
@@ -250,7 +250,7 @@ pub(crate) fn copy_xattrs(from: &Path, to: &Path, is_root: bool) -> Result<(), B
 
 /// Owner and times of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
+pub struct Stamp {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -258,7 +258,7 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
-    pub(crate) fn of(meta: &fs::Metadata) -> Self {
+    pub fn of(meta: &fs::Metadata) -> Self {
         Stamp {
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
@@ -270,12 +270,12 @@ impl Stamp {
 
 /// Sets owner (when `chown`), mode (not on symlinks) and mtime, never following a symlink.
 /// The mode goes on after the owner because chown clears setuid/setgid.
-pub(crate) fn set_stamp(
+pub fn set_stamp(
     path: &Path,
     stamp: Stamp,
     is_symlink: bool,
     chown: bool,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
     if chown {
         rustix::fs::chownat(
@@ -287,7 +287,7 @@ pub(crate) fn set_stamp(
         )
         .map_err(|e| {
             if e == rustix::io::Errno::PERM {
-                BuildError::Unsupported(format!(
+                ExecError::Unsupported(format!(
                     "cannot give {} to {}:{}: building as a user other than root needs user namespaces, which come with RUN support; run kiln as root for now",
                     path.display(),
                     stamp.uid,

@@ -2,7 +2,7 @@
 //! (`oci-archive:`, `docker-archive:`, `oci:`), and their layers unpacked into snapshots. The
 //! build, `kiln run` and the outputs all come here; nothing here builds.
 
-use crate::BuildError;
+use crate::ExecError;
 use kiln_oci::{media_types, Descriptor, ImageConfig, ImageName, Index, Manifest};
 use kiln_plan::Platform;
 use kiln_store::Store;
@@ -48,26 +48,26 @@ pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Op
 }
 
 /// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
-pub(crate) fn ensure_snapshot(
+pub fn ensure_snapshot(
     store: &Store,
     descriptor: &Descriptor,
     diff_id: &str,
     what: &str,
     budget: &mut crate::unpack::ImageBudget,
-) -> Result<PathBuf, BuildError> {
+) -> Result<PathBuf, ExecError> {
     let snapshot = store.snapshot_path(diff_id);
     if snapshot.is_dir() {
         return Ok(snapshot);
     }
-    let work = store.work_dir().map_err(BuildError::Store)?;
+    let work = store.work_dir().map_err(ExecError::Store)?;
     let fresh = work.path().join("snapshot");
-    std::fs::create_dir(&fresh).map_err(|e| BuildError::Io {
+    std::fs::create_dir(&fresh).map_err(|e| ExecError::Io {
         path: fresh.clone(),
         source: e,
     })?;
     let blob = store
         .open_blob(&descriptor.digest)
-        .map_err(BuildError::Store)?;
+        .map_err(ExecError::Store)?;
     // The blob's own length (it was checked against its digest), not what a manifest says.
     let compressed = blob.metadata().map_or(descriptor.size, |m| m.len());
     budget
@@ -78,10 +78,10 @@ pub(crate) fn ensure_snapshot(
             &fresh,
             diff_id,
         )
-        .map_err(|e| BuildError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
+        .map_err(|e| ExecError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
     store
         .commit_snapshot(&fresh, diff_id)
-        .map_err(BuildError::Store)
+        .map_err(ExecError::Store)
 }
 
 /// Unpacks what the flattened outputs read: every layer of a built image.
@@ -89,7 +89,7 @@ pub fn ensure_unpacked(
     store: &Store,
     layers: &[Descriptor],
     diff_ids: &[kiln_oci::Digest],
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     let mut budget = crate::unpack::ImageBudget::new(layers.iter().map(|l| l.size))?;
     for (descriptor, diff_id) in layers.iter().zip(diff_ids) {
         ensure_snapshot(store, descriptor, diff_id.as_str(), "layer", &mut budget)?;
@@ -101,15 +101,15 @@ pub fn ensure_unpacked(
 pub fn image_in_store(
     store: &Store,
     reference: &str,
-) -> Result<(ImageConfig, Vec<PathBuf>), BuildError> {
-    let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+) -> Result<(ImageConfig, Vec<PathBuf>), ExecError> {
+    let name = ImageName::parse(reference).map_err(|e| ExecError::Image(e.to_string()))?;
     let found = find_in_store(store, &name, &Platform::host()).ok_or_else(|| {
-        BuildError::Image(format!("image {reference:?} is not in the store ({name})"))
+        ExecError::Image(format!("image {reference:?} is not in the store ({name})"))
     })?;
     let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
-        .map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(|e| ExecError::Image(e.to_string()))?;
     let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
-        .map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(|e| ExecError::Image(e.to_string()))?;
     let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
     let layers = manifest
         .layers
@@ -135,7 +135,7 @@ type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_
 /// layout directory), paths relative to the current directory, as buildah takes them; `None`
 /// for a plain image name. What is read is untrusted: the manifest and config are verified
 /// here, each layer as it is streamed (by `Store::import`).
-pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, BuildError> {
+pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, ExecError> {
     let (reader, rest, is_dir): (ArchiveReader, &str, bool) = if let Some(rest) =
         reference.strip_prefix("oci-archive:")
     {
@@ -145,7 +145,7 @@ pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>,
     } else if let Some(rest) = reference.strip_prefix("oci:") {
         (|p, o| kiln_oci::read_oci_layout_dir(p, o), rest, true)
     } else if reference.starts_with("docker://") {
-        return Err(BuildError::Unsupported(format!(
+        return Err(ExecError::Unsupported(format!(
                 "{reference}: this transport is not available in this version; use oci-archive:, docker-archive:, oci: (a layout directory) or `kiln load`"
             )));
     } else {
@@ -172,5 +172,5 @@ pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>,
     };
     reader(Path::new(path), &options)
         .map(Some)
-        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
+        .map_err(|e| ExecError::Image(format!("{reference}: {e}")))
 }

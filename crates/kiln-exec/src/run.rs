@@ -7,7 +7,7 @@
 
 use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
-use crate::BuildError;
+use crate::ExecError;
 use kiln_oci::ImageConfig;
 use kiln_plan::RunStep;
 use kiln_recipe::mount::{MountType, Sharing};
@@ -54,7 +54,7 @@ pub enum SecretSource {
 
 /// A `RUN --mount` source the builder resolved, parallel to `RunStep.mounts`.
 #[derive(Debug, Clone)]
-pub(crate) enum MountInput {
+pub enum MountInput {
     None,
     /// A bind from the build context: the source, resolved inside the context directory, and,
     /// when `.dockerignore` applies, the entries it leaves (a filtered copy is bound then).
@@ -147,7 +147,7 @@ fn clean_target(target: &str, workdir: &str) -> Result<String, String> {
 }
 
 /// A private copy of `source` (a file or a directory tree) at `dest`.
-fn private_copy(source: &Path, dest: &Path) -> Result<(), BuildError> {
+fn private_copy(source: &Path, dest: &Path) -> Result<(), ExecError> {
     let meta = source.metadata().map_err(|e| io_at(source, e))?;
     if meta.is_dir() {
         std::fs::create_dir(dest).map_err(|e| io_at(dest, e))?;
@@ -165,10 +165,10 @@ fn filtered_copy(
     context: Option<&kiln_context::Context>,
     entries: &[kiln_context::Entry],
     dest: &Path,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     use std::os::unix::fs::PermissionsExt;
     let Some(context) = context else {
-        return Err(BuildError::Run(
+        return Err(ExecError::Run(
             "RUN --mount from the build context: no context".to_string(),
         ));
     };
@@ -206,9 +206,9 @@ fn filtered_copy(
     Ok(())
 }
 
-fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, BuildError> {
+fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, ExecError> {
     let mut prepared = PreparedMounts::default();
-    let fail = |message: String| BuildError::Run(format!("line {}: {message}", job.line));
+    let fail = |message: String| ExecError::Run(format!("line {}: {message}", job.line));
     let workdir = if job.config.config.working_dir.is_empty() {
         "/"
     } else {
@@ -481,7 +481,7 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, Build
 }
 
 /// One RUN to execute.
-pub(crate) struct RunJob<'a> {
+pub struct RunJob<'a> {
     pub store: &'a Store,
     pub image: &'a Rootfs,
     pub config: &'a ImageConfig,
@@ -657,7 +657,7 @@ fn command(run: &RunStep) -> (Vec<String>, Vec<ScriptFile>) {
 }
 
 /// The xattr that marks an opaque directory for the overlays this process mounts.
-pub(crate) fn opaque_xattr() -> &'static str {
+pub fn opaque_xattr() -> &'static str {
     if in_initial_user_namespace() {
         "trusted.overlay.opaque"
     } else {
@@ -671,7 +671,7 @@ fn in_initial_user_namespace() -> bool {
 
 /// Refuses a `RUN --mount` target whose way crosses a symbolic link (or a non-directory) of
 /// the image.
-fn check_target(image: &Rootfs, relative: &str) -> Result<(), BuildError> {
+fn check_target(image: &Rootfs, relative: &str) -> Result<(), ExecError> {
     let mut path = PathBuf::new();
     let parts: Vec<&str> = relative.split('/').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -681,13 +681,13 @@ fn check_target(image: &Rootfs, relative: &str) -> Result<(), BuildError> {
         };
         let kind = found.meta.file_type();
         if kind.is_symlink() {
-            return Err(BuildError::Run(format!(
+            return Err(ExecError::Run(format!(
                 "RUN --mount target /{relative}: /{} is a symbolic link in the image; kiln mounts over it and will not follow it",
                 path.display()
             )));
         }
         if i + 1 < parts.len() && !kind.is_dir() {
-            return Err(BuildError::Run(format!(
+            return Err(ExecError::Run(format!(
                 "RUN --mount target /{relative}: /{} is not a directory in the image",
                 path.display()
             )));
@@ -704,7 +704,7 @@ fn make_mount_points(
     image: &Rootfs,
     dir: &Path,
     extra: &[(String, bool)],
-) -> Result<Vec<PathBuf>, BuildError> {
+) -> Result<Vec<PathBuf>, ExecError> {
     let mut created = Vec::new();
     let mut stamps = Vec::new();
     for (relative, _) in extra {
@@ -770,7 +770,7 @@ fn overlay_root(
     base: &Path,
     image: &Rootfs,
     extra: &[(String, bool)],
-) -> Result<RootSpec, BuildError> {
+) -> Result<RootSpec, ExecError> {
     for dir in ["upper", "work", "merged", "mounts"] {
         let dir = base.join(dir);
         std::fs::create_dir(&dir).map_err(|e| io_at(&dir, e))?;
@@ -796,7 +796,7 @@ fn base_spec(
     identity: Identity,
     network: kiln_sandbox::Network,
     extra_hosts: &[(String, String)],
-) -> Result<Spec, BuildError> {
+) -> Result<Spec, ExecError> {
     let hostname = "kiln".to_string();
     let hosts = base.join("hosts");
     let mut hosts_text = hosts_file(&hostname);
@@ -880,11 +880,11 @@ impl OutputLog<'_> {
 }
 
 /// Runs the step; returns the work area and the snapshot of its diff, in canonical form.
-pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError> {
+pub fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), ExecError> {
     let work = job.store.work_dir()?;
     let base = work.path();
     let identity = resolve_user(&job.config.config.user, job.image).map_err(|message| {
-        BuildError::Run(format!(
+        ExecError::Run(format!(
             "line {}: USER {}: {message}",
             job.line, job.config.config.user
         ))
@@ -900,7 +900,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     };
     let insecure = job.run.security == kiln_recipe::instruction::Security::Insecure;
     if insecure && !job.settings.allow_insecure {
-        return Err(BuildError::Run(format!(
+        return Err(ExecError::Run(format!(
             "line {}: RUN --security=insecure needs the security.insecure entitlement: build with --allow security.insecure",
             job.line
         )));
@@ -926,7 +926,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     }
     spec.mounts = prepared.mounts.clone();
     let points = prepared.points.clone();
-    let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
+    let sandbox = Sandbox::current().map_err(|e| ExecError::Run(e.to_string()))?;
     let use_overlay = match job.snapshotter {
         Snapshotter::Overlay => true,
         Snapshotter::Copy => false,
@@ -947,7 +947,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
                 ));
             }
             Err(RunFailure::Overlay(message)) => {
-                return Err(BuildError::Run(format!("line {}: {message}", job.line)))
+                return Err(ExecError::Run(format!("line {}: {message}", job.line)))
             }
             Err(RunFailure::Build(error)) => return Err(error),
         }
@@ -984,7 +984,7 @@ pub(crate) fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), BuildError
     match run_in(&sandbox, &spec, job, base) {
         Ok(()) => {}
         Err(RunFailure::Overlay(message)) => {
-            return Err(BuildError::Run(format!("line {}: {message}", job.line)))
+            return Err(ExecError::Run(format!("line {}: {message}", job.line)))
         }
         Err(RunFailure::Build(error)) => return Err(error),
     }
@@ -1031,7 +1031,7 @@ fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
 
 enum RunFailure {
     Overlay(String),
-    Build(BuildError),
+    Build(ExecError),
 }
 
 fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Result<(), RunFailure> {
@@ -1052,13 +1052,13 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
     let exit = match result {
         Ok(exit) => exit,
         Err(kiln_sandbox::SandboxError::Cancelled) => {
-            return Err(RunFailure::Build(BuildError::Cancelled))
+            return Err(RunFailure::Build(ExecError::Cancelled))
         }
         Err(error) if error.is_overlay_failure() => {
             return Err(RunFailure::Overlay(error.to_string()))
         }
         Err(kiln_sandbox::SandboxError::NotStarted { program, message }) => {
-            return Err(RunFailure::Build(BuildError::Run(format!(
+            return Err(RunFailure::Build(ExecError::Run(format!(
                 "line {}: {}\n  {program}: {message}{}",
                 job.line,
                 job.text,
@@ -1070,7 +1070,7 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
             ))))
         }
         Err(error) => {
-            return Err(RunFailure::Build(BuildError::Run(format!(
+            return Err(RunFailure::Build(ExecError::Run(format!(
                 "line {}: {}\n  {error}",
                 job.line, job.text
             ))))
@@ -1110,7 +1110,7 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
             message.push_str(&format!("  full output: {}\n", kept.display()));
         }
     }
-    Err(RunFailure::Build(BuildError::Run(
+    Err(RunFailure::Build(ExecError::Run(
         message.trim_end().to_string(),
     )))
 }
@@ -1128,7 +1128,7 @@ pub struct RunImage {
 
 /// Runs a command in an image of the store with the caller's terminal, changes thrown away;
 /// returns how it ended.
-pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit, BuildError> {
+pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit, ExecError> {
     let (config, layers) = crate::lookup::image_in_store(store, &request.reference)?;
     let image = Rootfs::new(layers);
     let entrypoint = config.config.entrypoint.clone().unwrap_or_default();
@@ -1140,13 +1140,13 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
         argv.extend(request.command.iter().cloned());
     }
     if argv.is_empty() {
-        return Err(BuildError::Run(format!(
+        return Err(ExecError::Run(format!(
             "{}: the image has no ENTRYPOINT or CMD; give a command",
             request.reference
         )));
     }
     let user = request.user.clone().unwrap_or(config.config.user.clone());
-    let identity = resolve_user(&user, &image).map_err(BuildError::Run)?;
+    let identity = resolve_user(&user, &image).map_err(ExecError::Run)?;
     let mut env = config.config.env.clone();
     env.extend(request.env.iter().cloned());
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -1156,13 +1156,13 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     let work = store.work_dir()?;
     let base = work.path();
     let mut spec = base_spec(base, &config, argv, env, identity, request.network, &[])?;
-    let sandbox = Sandbox::current().map_err(|e| BuildError::Run(e.to_string()))?;
+    let sandbox = Sandbox::current().map_err(|e| ExecError::Run(e.to_string()))?;
     if request.snapshotter != Snapshotter::Copy {
         spec.root = overlay_root(base, &image, &[])?;
         match sandbox.run(&spec, Output::Inherit) {
             Ok(exit) => return Ok(exit),
             Err(e) if e.is_overlay_failure() && request.snapshotter == Snapshotter::Auto => {}
-            Err(e) => return Err(BuildError::Run(e.to_string())),
+            Err(e) => return Err(ExecError::Run(e.to_string())),
         }
     }
     let tree = base.join("tree");
@@ -1172,7 +1172,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     spec.root = RootSpec::Directory { path: tree };
     sandbox
         .run(&spec, Output::Inherit)
-        .map_err(|e| BuildError::Run(e.to_string()))
+        .map_err(|e| ExecError::Run(e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use crate::fsmeta::{
     whiteout_of, Stamp,
 };
 use crate::rootfs::Rootfs;
-use crate::BuildError;
+use crate::ExecError;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn remove(path: &Path) -> Result<(), BuildError> {
+fn remove(path: &Path) -> Result<(), ExecError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(|e| io_at(path, e)),
         Ok(_) => fs::remove_file(path).map_err(|e| io_at(path, e)),
@@ -22,7 +22,7 @@ fn remove(path: &Path) -> Result<(), BuildError> {
 }
 
 /// Removes `path` and any whiteout of it (in either form).
-fn remove_all(path: &Path) -> Result<(), BuildError> {
+fn remove_all(path: &Path) -> Result<(), ExecError> {
     remove(path)?;
     if let Some((marker, _)) = find_whiteout(path) {
         remove(&marker)?;
@@ -31,13 +31,13 @@ fn remove_all(path: &Path) -> Result<(), BuildError> {
 }
 
 #[cfg(test)]
-fn whiteout(path: &Path) -> Result<(), BuildError> {
+fn whiteout(path: &Path) -> Result<(), ExecError> {
     make_whiteout(path).map(drop)
 }
 
 /// Applies one layer snapshot on top of `merged`. `base` is the image below all squashed
 /// layers: whiteouts are kept only for paths it has.
-pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), BuildError> {
+pub fn apply_layer(snapshot: &Path, merged: &Path, base: &Rootfs) -> Result<(), ExecError> {
     let mut stack = vec![PathBuf::new()];
     // Directory times are set once their contents are in place.
     let mut directories: Vec<(PathBuf, fs::Metadata)> = Vec::new();

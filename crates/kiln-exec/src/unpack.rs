@@ -10,7 +10,7 @@ use crate::fsmeta::{
     find_whiteout, io_at, make_opaque, make_whiteout, set_stamp, Stamp, OPAQUE_MARKER as OPAQUE,
     WHITEOUT_PREFIX,
 };
-use crate::BuildError;
+use crate::ExecError;
 use kiln_layer::{visit_layer_limited, EntrySummary, EntryTypeSummary, ReadLimits, UnpackCaps};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -20,15 +20,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-fn refuse(path: &[u8], why: &str) -> BuildError {
-    BuildError::Image(format!(
+fn refuse(path: &[u8], why: &str) -> ExecError {
+    ExecError::Image(format!(
         "base image layer entry {:?} {why}",
         String::from_utf8_lossy(path)
     ))
 }
 
 /// The entry's path as components inside the root; `..` is refused, `/` and `.` dropped.
-fn components(path: &[u8]) -> Result<Vec<&OsStr>, BuildError> {
+fn components(path: &[u8]) -> Result<Vec<&OsStr>, ExecError> {
     let mut parts = Vec::new();
     for part in path.split(|b| *b == b'/') {
         match part {
@@ -53,7 +53,7 @@ struct Unpacker<'a> {
 impl Unpacker<'_> {
     /// Makes every component of `parents` a real directory of the snapshot; one that is
     /// anything else (a symlink above all) is refused, never followed.
-    fn ensure_parents(&mut self, path: &[u8], parents: &[&OsStr]) -> Result<PathBuf, BuildError> {
+    fn ensure_parents(&mut self, path: &[u8], parents: &[&OsStr]) -> Result<PathBuf, ExecError> {
         let mut dir = self.root.to_path_buf();
         for part in parents {
             dir.push(part);
@@ -74,7 +74,7 @@ impl Unpacker<'_> {
         Ok(dir)
     }
 
-    fn remove(&mut self, path: &Path) -> Result<(), BuildError> {
+    fn remove(&mut self, path: &Path) -> Result<(), ExecError> {
         // A directory that goes (a later entry replaces it, say with a symlink) takes its
         // pending stamps along: they must never be applied through what replaced it.
         self.dirs.retain(|dir, _| !dir.starts_with(path));
@@ -85,7 +85,7 @@ impl Unpacker<'_> {
         }
     }
 
-    fn entry(&mut self, entry: EntrySummary, content: &mut dyn Read) -> Result<(), BuildError> {
+    fn entry(&mut self, entry: EntrySummary, content: &mut dyn Read) -> Result<(), ExecError> {
         let parts = components(&entry.path)?;
         let Some((name, parents)) = parts.split_last() else {
             return Ok(()); // the root itself
@@ -208,7 +208,7 @@ impl Unpacker<'_> {
 
     /// The layer's xattrs, except overlay's own: a layer says "opaque" with `.wh..wh..opq`,
     /// never by carrying the marker itself.
-    fn xattrs(&self, target: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<(), BuildError> {
+    fn xattrs(&self, target: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<(), ExecError> {
         for (name, value) in xattrs {
             if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
                 continue;
@@ -238,7 +238,7 @@ pub fn unpack_layer(
     media_type: &str,
     dest: &Path,
     diff_id: &str,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     unpack(
         blob,
         media_type,
@@ -256,7 +256,7 @@ pub fn unpack_cache_mount(
     media_type: &str,
     dest: &Path,
     diff_id: &str,
-) -> Result<(), BuildError> {
+) -> Result<(), ExecError> {
     unpack(
         blob,
         media_type,
@@ -279,8 +279,8 @@ pub struct ImageBudget {
 impl ImageBudget {
     /// The budget of an image whose layers have these compressed sizes, caps from the
     /// environment.
-    pub fn new(compressed_sizes: impl IntoIterator<Item = u64>) -> Result<Self, BuildError> {
-        let caps = UnpackCaps::from_env().map_err(|e| BuildError::Image(e.to_string()))?;
+    pub fn new(compressed_sizes: impl IntoIterator<Item = u64>) -> Result<Self, ExecError> {
+        let caps = UnpackCaps::from_env().map_err(|e| ExecError::Image(e.to_string()))?;
         let total = compressed_sizes
             .into_iter()
             .fold(0u64, |sum, size| sum.saturating_add(size));
@@ -300,7 +300,7 @@ impl ImageBudget {
         media_type: &str,
         dest: &Path,
         diff_id: &str,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), ExecError> {
         let limits = self.caps.read_limits(compressed, self.remaining);
         let size = unpack(blob, media_type, dest, diff_id, true, &limits)?;
         self.remaining = self.remaining.saturating_sub(size);
@@ -316,14 +316,14 @@ fn unpack(
     diff_id: &str,
     devices: bool,
     limits: &ReadLimits,
-) -> Result<u64, BuildError> {
+) -> Result<u64, ExecError> {
     let mut unpacker = Unpacker {
         root: dest,
         is_root: rustix::process::geteuid().is_root(),
         devices,
         dirs: BTreeMap::new(),
     };
-    let mut failure: Option<BuildError> = None;
+    let mut failure: Option<ExecError> = None;
     let visited = visit_layer_limited(blob, media_type, limits, |entry, content| {
         unpacker.entry(entry, content).map_err(|e| {
             let message = e.to_string();
@@ -334,14 +334,14 @@ fn unpack(
     });
     // Going over a bound fails the write that was under way too; the bound is what to tell.
     if let Err(error @ kiln_layer::LayerError::OverLimit { .. }) = visited {
-        return Err(BuildError::Image(format!("base image layer: {error}")));
+        return Err(ExecError::Image(format!("base image layer: {error}")));
     }
     if let Some(error) = failure {
         return Err(error);
     }
-    let visited = visited.map_err(|e| BuildError::Image(format!("base image layer: {e}")))?;
+    let visited = visited.map_err(|e| ExecError::Image(format!("base image layer: {e}")))?;
     if visited.diff_id != diff_id {
-        return Err(BuildError::Image(format!(
+        return Err(ExecError::Image(format!(
             "base image layer has diff_id {}, but the image config says {diff_id}",
             visited.diff_id
         )));
@@ -391,7 +391,7 @@ mod tests {
         kiln_oci::sha256_digest(bytes).to_string()
     }
 
-    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<(), BuildError>) {
+    fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<(), ExecError>) {
         let dest = tempfile::tempdir().unwrap();
         let result = unpack_layer(
             bytes,

@@ -31,7 +31,7 @@ mod pull;
 mod push;
 #[cfg(test)]
 mod tests;
-pub mod tls;
+pub use kiln_tls as tls;
 mod transfer;
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! Credentials in the URL (`https://user:token@host/...`) reach `git` and nothing else: keys,
 //! progress, errors and a kept `.git` directory see the URL without them.
 
-use crate::BuildError;
+use crate::ExecError;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -216,15 +216,15 @@ fn git(dir: Option<&Path>) -> Command {
 
 /// Runs `command`; its standard output on success, or an error with git's own words (any
 /// credentials in them removed).
-fn run(mut command: Command, what: &str, source: &GitSource) -> Result<String, BuildError> {
+fn run(mut command: Command, what: &str, source: &GitSource) -> Result<String, ExecError> {
     let output = command.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            BuildError::Copy(format!(
+            ExecError::Copy(format!(
                 "ADD {}: adding a git repository needs the git program, which is not on PATH (apt-get install git)",
                 source.display_remote()
             ))
         } else {
-            BuildError::Copy(format!("ADD {}: running git: {e}", source.display_remote()))
+            ExecError::Copy(format!("ADD {}: running git: {e}", source.display_remote()))
         }
     })?;
     if output.status.success() {
@@ -232,7 +232,7 @@ fn run(mut command: Command, what: &str, source: &GitSource) -> Result<String, B
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stderr = stderr.replace(&source.remote, &source.display_remote());
-    Err(BuildError::Copy(format!(
+    Err(ExecError::Copy(format!(
         "ADD {}: {what}: {}",
         source.display_remote(),
         stderr.trim()
@@ -241,7 +241,7 @@ fn run(mut command: Command, what: &str, source: &GitSource) -> Result<String, B
 
 /// Which commit the source's ref names now (`git ls-remote`; a full commit needs no look-up),
 /// checked against its checksum.
-pub fn resolve(source: &GitSource) -> Result<ResolvedGit, BuildError> {
+pub fn resolve(source: &GitSource) -> Result<ResolvedGit, ExecError> {
     let commit = if is_full_commit(&source.reference) {
         source.reference.to_ascii_lowercase()
     } else {
@@ -257,7 +257,7 @@ pub fn resolve(source: &GitSource) -> Result<ResolvedGit, BuildError> {
         command.arg(&pattern).arg(format!("{pattern}^{{}}"));
         let listing = run(command, "resolving the ref", source)?;
         pick_commit(&listing, &pattern).ok_or_else(|| {
-            BuildError::Copy(format!(
+            ExecError::Copy(format!(
                 "ADD {}: the repository has no ref {pattern:?}",
                 source.display_remote()
             ))
@@ -265,7 +265,7 @@ pub fn resolve(source: &GitSource) -> Result<ResolvedGit, BuildError> {
     };
     if let Some(checksum) = &source.checksum {
         if !commit.starts_with(&checksum.to_ascii_lowercase()) {
-            return Err(BuildError::Copy(format!(
+            return Err(ExecError::Copy(format!(
                 "ADD {}: expected checksum to match {checksum}, got {commit}",
                 source.display_remote()
             )));
@@ -302,9 +302,9 @@ fn pick_commit(listing: &str, pattern: &str) -> Option<String> {
 /// directory to copy (`dest`, or its subdir). Every entry gets the commit's time, so the same
 /// commit gives the same layer on every machine; `.git` is removed unless kept, and a kept one
 /// names the remote without credentials.
-pub fn checkout(resolved: &ResolvedGit, dest: &Path) -> Result<PathBuf, BuildError> {
+pub fn checkout(resolved: &ResolvedGit, dest: &Path) -> Result<PathBuf, ExecError> {
     let source = &resolved.source;
-    let io = |path: &Path, e: std::io::Error| BuildError::Io {
+    let io = |path: &Path, e: std::io::Error| ExecError::Io {
         path: path.to_path_buf(),
         source: e,
     };
@@ -344,7 +344,7 @@ pub fn checkout(resolved: &ResolvedGit, dest: &Path) -> Result<PathBuf, BuildErr
         .trim()
         .parse()
         .map_err(|_| {
-            BuildError::Copy(format!(
+            ExecError::Copy(format!(
                 "ADD {}: git gave no commit time",
                 source.display_remote()
             ))
@@ -368,7 +368,7 @@ pub fn checkout(resolved: &ResolvedGit, dest: &Path) -> Result<PathBuf, BuildErr
         match std::fs::symlink_metadata(&below) {
             Ok(meta) if meta.is_dir() => below,
             _ => {
-                return Err(BuildError::Copy(format!(
+                return Err(ExecError::Copy(format!(
                     "ADD {}: the commit {} has no directory {}",
                     source.display_remote(),
                     resolved.commit,
@@ -382,7 +382,7 @@ pub fn checkout(resolved: &ResolvedGit, dest: &Path) -> Result<PathBuf, BuildErr
 }
 
 /// Sets the mtime of every entry below `root` (and `root`) to `seconds`, never following a link.
-fn stamp_tree(root: &Path, seconds: i64) -> Result<(), BuildError> {
+fn stamp_tree(root: &Path, seconds: i64) -> Result<(), ExecError> {
     use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
     let times = Timestamps {
         last_access: Timespec {
@@ -400,7 +400,7 @@ fn stamp_tree(root: &Path, seconds: i64) -> Result<(), BuildError> {
         .into_iter()
         .map(|entry| {
             entry.map(|e| e.into_path()).map_err(|e| {
-                BuildError::Copy(format!(
+                ExecError::Copy(format!(
                     "ADD of a git repository: walking the checkout: {e}"
                 ))
             })
@@ -408,7 +408,7 @@ fn stamp_tree(root: &Path, seconds: i64) -> Result<(), BuildError> {
         .collect::<Result<_, _>>()?;
     for path in entries {
         rustix::fs::utimensat(CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
-            BuildError::Io {
+            ExecError::Io {
                 path: path.clone(),
                 source: e.into(),
             }

@@ -15,6 +15,11 @@
 //! The system store is read once per process. When it is empty (a minimal container with no
 //! `ca-certificates`) and neither `SSL_CERT_FILE` nor `SSL_CERT_DIR` is set, the Mozilla root
 //! list compiled into kiln is used instead, so such a machine still reaches public registries.
+//!
+//! Its own crate because two kinds of clients use it: kiln-registry (pull, push, login, the
+//! build cache) and kiln-exec's `ADD <url>`, which knows no registry.
+
+#![deny(missing_docs)]
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -447,3 +447,31 @@ fn a_known_owner_difference_does_not_hide_a_mode_difference() {
     assert!(message.contains("  /a\n"), "{message}");
     assert!(!message.contains("  /b\n"), "{message}");
 }
+
+#[test]
+#[ignore = "issue 12: RUN --mount with no target mounts at the working directory"]
+fn a_mount_with_no_target_lands_in_the_working_directory() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test AS data\n\
+         RUN mkdir /data && echo from-stage > /data/f\n\
+         FROM busybox:test\n\
+         WORKDIR /etc\n\
+         RUN --mount=from=data,source=/data cat f > /copied\n\
+         RUN --mount=from=data,source=/data,target=sub cat sub/f > /relative\n",
+    )]);
+    assert_same_image("mount-no-target", ctx.path(), RUN_STUBS);
+}
+
+#[test]
+#[ignore = "issue 12: RUN --mount=type=cache,from=STAGE seeds the cache from the stage"]
+fn a_cache_mount_seeded_from_a_stage() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test AS seed\n\
+         RUN mkdir /seed && echo seeded > /seed/f\n\
+         FROM busybox:test\n\
+         RUN --mount=type=cache,from=seed,source=/seed,target=/cache cat /cache/f > /out\n",
+    )]);
+    assert_same_image("cache-from-stage", ctx.path(), RUN_STUBS);
+}

@@ -42,7 +42,12 @@ impl Requested {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chosen {
     /// `sandbox`, or `userns` once inside the user namespace; `why` is for the report line.
-    Rung { name: &'static str, why: String },
+    Rung {
+        /// The rung's name, as `--isolation` spells it.
+        name: &'static str,
+        /// Who kiln is and what the rung gives, in words.
+        why: String,
+    },
     /// Nothing works: every RUN fails with this message.
     Unavailable(String),
 }

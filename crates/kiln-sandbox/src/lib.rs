@@ -16,6 +16,8 @@
 //! When it exits, the kernel kills whatever it left behind: every process of a step is gone when
 //! the step ends. Both helpers die with their parent.
 
+#![deny(missing_docs)]
+
 pub mod isolation;
 mod process;
 pub mod seccomp;
@@ -37,17 +39,25 @@ pub enum RootSpec {
     /// An overlay of snapshot directories (top first) with a fresh upper dir: after the
     /// command, the upper dir is the step's diff.
     Overlay {
+        /// The snapshot directories, top first.
         lowers: Vec<PathBuf>,
+        /// The fresh upper dir: the step's diff afterwards.
         upper: PathBuf,
+        /// overlayfs' work dir, on the upper dir's filesystem.
         work: PathBuf,
+        /// Where the overlay is mounted: the sandbox's `/`.
         merged: PathBuf,
         /// `user.overlay.*` xattrs, for overlays mounted inside a user namespace.
         userxattr: bool,
     },
     /// A private copy of the root, where overlay cannot be mounted.
-    Directory { path: PathBuf },
+    Directory {
+        /// The private copy, which becomes `/`.
+        path: PathBuf,
+    },
 }
 
+/// The network a command sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// The host's network (BuildKit's `--network=host`; kiln's default).
@@ -59,16 +69,22 @@ pub enum Network {
 /// Who the command runs as, already resolved from the image's passwd and group files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
+    /// User id.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
+    /// Supplementary group ids.
     pub groups: Vec<u32>,
 }
 
 /// A file written into the sandbox's /dev/pipes (heredoc scripts): outside every layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptFile {
+    /// The file's name in /dev/pipes.
     pub name: String,
+    /// What it holds.
     pub content: Vec<u8>,
+    /// Its permission bits.
     pub mode: u32,
 }
 
@@ -76,9 +92,17 @@ pub struct ScriptFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountKind {
     /// A host file or directory (or socket), bound; read-only binds are remounted read-only.
-    Bind { source: PathBuf, read_only: bool },
+    Bind {
+        /// The host path bound.
+        source: PathBuf,
+        /// Remounted read-only.
+        read_only: bool,
+    },
     /// A fresh tmpfs, `size` bytes at most when given.
-    Tmpfs { size: Option<u64> },
+    Tmpfs {
+        /// The tmpfs' size limit in bytes.
+        size: Option<u64>,
+    },
 }
 
 /// One mount the sandbox makes inside the root, after the root's own mounts.
@@ -87,6 +111,7 @@ pub struct MountSpec {
     /// Absolute, inside the root. The caller provides it (outside every layer) when the image
     /// lacks it; a symbolic link on its way is refused.
     pub target: String,
+    /// What is mounted there.
     pub kind: MountKind,
 }
 
@@ -153,17 +178,25 @@ impl RlimitResource {
 /// Everything the sandbox needs, passed to the helpers in a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
+    /// The root filesystem.
     pub root: RootSpec,
+    /// The command and its arguments.
     pub argv: Vec<String>,
     /// `NAME=value`, the whole environment: nothing of the caller's leaks in.
     pub env: Vec<String>,
     /// Absolute, inside the root; created when missing.
     pub cwd: String,
+    /// Who the command runs as.
     pub identity: Identity,
+    /// The sandbox's host name.
     pub hostname: String,
+    /// The network it sees.
     pub network: Network,
+    /// The file bound on /etc/hosts.
     pub hosts_file: PathBuf,
+    /// The file bound on /etc/resolv.conf.
     pub resolv_file: PathBuf,
+    /// Files written into /dev/pipes (heredoc scripts).
     pub files: Vec<ScriptFile>,
     /// `RUN --mount`s, made in order.
     #[serde(default)]
@@ -193,11 +226,14 @@ impl Spec {
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Exit {
+    /// It exited with this code.
     Code(i32),
+    /// A signal of this number killed it.
     Signal(i32),
 }
 
 impl Exit {
+    /// Exit code 0.
     pub fn success(self) -> bool {
         self == Exit::Code(0)
     }
@@ -248,21 +284,40 @@ pub(crate) enum Status {
     NotStarted { program: String, message: String },
 }
 
+/// Why a command did not run to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The helper process could not be started.
     #[error("starting the sandbox ({exe}): {source}")]
     Spawn {
+        /// The executable started as the helper.
         exe: PathBuf,
+        /// The system's reason.
         source: std::io::Error,
     },
+    /// A namespace, mount or capability step failed before the command.
     #[error("setting up the sandbox: {message}")]
-    Setup { message: String, overlay: bool },
+    Setup {
+        /// What failed, and why.
+        message: String,
+        /// It was the overlay mount (a copy of the root will do).
+        overlay: bool,
+    },
+    /// The command could not be started.
     #[error("{program}: {message}")]
-    NotStarted { program: String, message: String },
+    NotStarted {
+        /// The program that was to run.
+        program: String,
+        /// Why it did not.
+        message: String,
+    },
+    /// The caller cancelled the run.
     #[error("stopped: another stage of the build failed")]
     Cancelled,
+    /// The helpers ended without reporting.
     #[error("the sandbox ended without a result ({0})")]
     Lost(String),
+    /// Reading or writing the spec, status or output.
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// No rung of the isolation ladder works here (see [`isolation`]).
@@ -305,6 +360,7 @@ impl Sandbox {
         Ok(Sandbox { exe })
     }
 
+    /// `exe` serves as the helper (it must dispatch [`HELPER_ARG`] to [`helper_main`]).
     pub fn with_executable(exe: &Path) -> Self {
         Sandbox {
             exe: exe.to_path_buf(),

@@ -21,10 +21,13 @@ pub const MOUNT_POINTS: &[(&str, bool)] = &[
 /// Device nodes bound from the host into the sandbox's own /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// A step of the mount plan that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
 pub struct SetupError {
+    /// The step, in words.
     pub what: String,
+    /// The system's reason.
     pub source: io::Error,
     /// Set when the overlay mount itself failed: the builder then falls back to a copy.
     pub overlay: bool,

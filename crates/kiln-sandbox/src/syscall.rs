@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 /// A read-only remount and similar flags the plan asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MountOptions {
+    /// MS_RDONLY.
     pub read_only: bool,
+    /// MS_NOSUID.
     pub no_suid: bool,
+    /// MS_NODEV.
     pub no_dev: bool,
+    /// MS_NOEXEC.
     pub no_exec: bool,
 }
 
@@ -23,6 +27,7 @@ impl MountOptions {
     };
 }
 
+/// The system calls of the mount plan.
 pub trait Syscall {
     /// Mounts an overlay of `lowers` (top first) with `upper`/`work` on `target`.
     fn mount_overlay(
@@ -41,13 +46,19 @@ pub trait Syscall {
         options: MountOptions,
         data: &str,
     ) -> io::Result<()>;
+    /// Binds `source` on `target` (with its submounts when `recursive`).
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
+    /// Makes a bind read-only (nosuid, nodev, keeping the locked flags it has).
     fn remount_bind_read_only(&self, target: &Path) -> io::Result<()>;
     /// Stops mount events from travelling back to the caller's namespace.
     fn make_private(&self, target: &Path) -> io::Result<()>;
+    /// Creates a directory with exactly `mode`.
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Creates a new file (never through a symbolic link) holding `content`.
     fn create_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
+    /// Creates a symbolic link `link` pointing to `target`.
     fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    /// Sets the UTS namespace's host name.
     fn sethostname(&self, name: &str) -> io::Result<()>;
     /// Makes `new_root` the root and detaches the old one.
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
@@ -252,6 +263,7 @@ impl Syscall for Linux {
 /// Records every call as a line of text, for tests of the mount plan.
 #[derive(Default)]
 pub struct Recorder {
+    /// Every call so far, in order.
     pub calls: std::cell::RefCell<Vec<String>>,
     /// Calls whose text starts with one of these fail with EPERM.
     pub refuse: Vec<String>,

@@ -12,7 +12,7 @@ use common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -440,4 +440,142 @@ fn docker_cells_say_what_to_change() {
         table.push(work.check(name, status, &stderr, expect));
     }
     eprintln!("{}", table.join("\n"));
+}
+
+/// A Debian base made with `debootstrap --variant=minbase bookworm` (the mirror from
+/// /etc/apt/sources.list*), as a tar without /dev/*, kept under /var/tmp/kiln-tests between
+/// runs.
+fn debian_base() -> PathBuf {
+    let cache = Path::new("/var/tmp/kiln-tests");
+    let tar = cache.join("debian-bookworm-minbase.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    tool("debootstrap");
+    fs::create_dir_all(cache).unwrap();
+    let sources = [
+        "/etc/apt/sources.list",
+        "/etc/apt/sources.list.d/debian.sources",
+    ]
+    .iter()
+    .filter_map(|p| fs::read_to_string(p).ok())
+    .collect::<String>();
+    let mirror = sources
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or("http://deb.debian.org/debian")
+        .to_string();
+    let root = tempfile::tempdir_in(cache).unwrap();
+    let status = Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(root.path())
+        .arg(&mirror)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "debootstrap from {mirror} failed");
+    let partial = cache.join(format!("debian.{}.tar", std::process::id()));
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["--exclude=./dev/*", "-cf"])
+        .arg(&partial)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    fs::rename(&partial, &tar).unwrap();
+    tar
+}
+
+/// Issue 15: `RUN apt-get install` of a small package on a debootstrapped Debian base, with
+/// kiln in podman's default container (userns rung, seccomp filter on).
+#[test]
+fn podman_default_cell_installs_a_debian_package() {
+    tool("podman");
+    let base = debian_base();
+    let work = tempfile::Builder::new()
+        .prefix("kiln-matrix-apt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let w = work.path();
+    let kiln = w.join("kiln");
+    fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
+    let rootfs = w.join("rootfs");
+    for sub in ["bin", "tmp", "proc", "sys", "dev", "etc"] {
+        fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
+    let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
+    for library in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+    {
+        let target = rootfs.join(library.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::copy(library, &target).unwrap();
+    }
+    let ctx = w.join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::hard_link(&base, ctx.join("debian.tar"))
+        .or_else(|_| fs::copy(&base, ctx.join("debian.tar")).map(|_| ()))
+        .unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD debian.tar /\nRUN apt-get update && apt-get install -y --no-install-recommends hello && hello > /greeting\n",
+    )
+    .unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let conf = storage.path().join("containers.conf");
+    fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
+    )
+    .unwrap();
+    // The host's network: apt needs the mirror.
+    let mut command = Command::new("podman");
+    command
+        .env("CONTAINERS_CONF", &conf)
+        .arg("--root")
+        .arg(storage.path().join("root"))
+        .arg("--runroot")
+        .arg(storage.path().join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--runtime",
+            "runc",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-v",
+            &format!("{}:/w", w.display()),
+            "-w",
+            "/w",
+            "--rootfs",
+        ])
+        .arg(&rootfs)
+        .args([
+            "/w/kiln",
+            "--root",
+            "/w/store",
+            "build",
+            "--progress=plain",
+            "-o",
+            "type=oci,dest=/w/debian-hello.tar",
+            "/w/ctx",
+        ]);
+    let (status, stderr) = output(command);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("isolation: userns (root without CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+    let image = read_image(&w.join("debian-hello.tar"));
+    let last = paths(image.layers.last().unwrap());
+    assert!(last.contains(&"usr/bin/hello".to_string()), "{last:?}");
+    assert!(last.contains(&"greeting".to_string()), "{last:?}");
 }

@@ -6,6 +6,9 @@
 //! Run: `cargo bench -p kiln-layer --bench roundtrip` (KILN_BENCH_ROUNDS=… rounds, default 7).
 //! Two builds compare by running their binaries in turn on the same machine.
 
+// A benchmark fails by panicking, as a test does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fs;
 use std::io;
 use std::time::{Duration, Instant};

@@ -281,13 +281,18 @@ impl ImageBudget {
     /// environment.
     pub fn new(compressed_sizes: impl IntoIterator<Item = u64>) -> Result<Self, ExecError> {
         let caps = UnpackCaps::from_env().map_err(|e| ExecError::Image(e.to_string()))?;
+        Ok(Self::with_caps(caps, compressed_sizes))
+    }
+
+    /// [`ImageBudget::new`] with the caps given.
+    pub fn with_caps(caps: UnpackCaps, compressed_sizes: impl IntoIterator<Item = u64>) -> Self {
         let total = compressed_sizes
             .into_iter()
             .fold(0u64, |sum, size| sum.saturating_add(size));
-        Ok(ImageBudget {
+        ImageBudget {
             remaining: caps.image_limit(total),
             caps,
-        })
+        }
     }
 
     /// Unpacks one layer of `compressed` bytes as [`unpack_layer`] does, within the budget,
@@ -523,5 +528,30 @@ mod tests {
             assert!(result.is_err(), "{name}");
             assert!(dest.path().exists(), "{name}: the root is still there");
         }
+    }
+
+    /// Each layer (4608 tar bytes) fits its own bound (8192), but together they go over the
+    /// image's (8000): the second is refused, naming the image setting.
+    #[test]
+    fn the_image_bound_spans_its_layers() {
+        let data = vec![7u8; 3000];
+        let bytes = tar(&[("f", T::Regular, "", &data)]);
+        let caps = UnpackCaps {
+            layer_ceiling: 8192,
+            image_ceiling: 8000,
+            max_entries: 10,
+        };
+        let mut budget = ImageBudget::with_caps(caps, [100, 100]);
+        let media_type = "application/vnd.oci.image.layer.v1.tar";
+        let first = tempfile::tempdir().unwrap();
+        budget
+            .unpack_layer(&bytes[..], 100, media_type, first.path(), &diff_id(&bytes))
+            .unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let error = budget
+            .unpack_layer(&bytes[..], 100, media_type, second.path(), &diff_id(&bytes))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("KILN_MAX_IMAGE_SIZE"), "{error}");
     }
 }

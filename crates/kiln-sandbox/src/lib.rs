@@ -118,30 +118,48 @@ pub struct MountSpec {
 /// One resource limit, as `docker build --ulimit NAME=SOFT[:HARD]` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
+    /// Which limit.
     pub resource: RlimitResource,
-    /// `None` is unlimited.
+    /// The soft limit; `None` is unlimited.
     pub soft: Option<u64>,
+    /// The hard limit; `None` is unlimited.
     pub hard: Option<u64>,
 }
 
 /// The limits `--ulimit` can name, by their docker names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RlimitResource {
+    /// Core file size (RLIMIT_CORE).
     Core,
+    /// CPU seconds (RLIMIT_CPU).
     Cpu,
+    /// Data segment size (RLIMIT_DATA).
     Data,
+    /// File size (RLIMIT_FSIZE).
     Fsize,
+    /// File locks (RLIMIT_LOCKS).
     Locks,
+    /// Locked memory (RLIMIT_MEMLOCK).
     Memlock,
+    /// POSIX message queue bytes (RLIMIT_MSGQUEUE).
     Msgqueue,
+    /// Nice ceiling (RLIMIT_NICE).
     Nice,
+    /// Open files (RLIMIT_NOFILE).
     Nofile,
+    /// Processes (RLIMIT_NPROC).
     Nproc,
+    /// Resident set size (RLIMIT_RSS).
     Rss,
+    /// Real-time priority (RLIMIT_RTPRIO).
     Rtprio,
+    /// Real-time CPU microseconds (RLIMIT_RTTIME).
     Rttime,
+    /// Pending signals (RLIMIT_SIGPENDING).
     Sigpending,
+    /// Stack size (RLIMIT_STACK).
     Stack,
+    /// Address space (RLIMIT_AS).
     As,
 }
 

@@ -23,8 +23,12 @@ is_root=0
 # DOT. docker-registry (distribution 2.8) is the registry the registry tests use on 127.0.0.1;
 # apache2-utils gives its htpasswd file, openssl the token server's key and certificate, and
 # python3 runs that token server (testdata/registry/token_server.py, stdlib only).
+# debootstrap makes the real Debian root the SBOM test compares with dpkg-query; rpm builds the
+# rpm database fixture; python3-venv holds the SPDX and in-toto validators (from PyPI) that check
+# kiln's attestations; gcc and libc6-dev build the static seccomp probe of the isolation tests.
 packages=(ca-certificates git skopeo umoci podman runc busybox-static uidmap procps graphviz
-  tmux docker-registry apache2-utils openssl python3 docker.io)
+  tmux docker-registry apache2-utils openssl python3 docker.io debootstrap rpm python3-venv
+  gcc libc6-dev)
 
 if [ "$is_root" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
@@ -37,6 +41,17 @@ if [ "$is_root" = 1 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || exit 1
   fi
+fi
+
+# The attestation tests check kiln's SPDX documents with the SPDX project's own tools and its
+# in-toto statements with in-toto's own bindings: a venv of their own, made once.
+if [ "$is_root" = 1 ] && command -v python3 >/dev/null 2>&1; then
+  venv=/opt/kiln-test-venv
+  if [ ! -x "$venv/bin/pyspdxtools" ] || ! "$venv/bin/python" -c 'import in_toto_attestation' 2>/dev/null; then
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q spdx-tools in-toto-attestation ||
+      echo "warning: the SPDX and in-toto validators could not be installed" >&2
+  fi
+  export KILN_PYSPDXTOOLS="$venv/bin/pyspdxtools" KILN_TEST_PYTHON="$venv/bin/python"
 fi
 
 # podman: runc (crun fails on hybrid cgroups), cgroupfs, no network, and a file limit its

@@ -45,8 +45,10 @@ pub enum CacheMode {
     Max,
 }
 
+/// Where a shared cache lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheLocation {
+    /// A registry reference (`type=registry,ref=`, or a bare name).
     Registry(ImageName),
     /// An OCI image layout directory.
     Local(PathBuf),
@@ -57,10 +59,13 @@ pub enum CacheLocation {
 /// `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
+    /// Where it is written.
     pub location: CacheLocation,
+    /// `mode=min|max`.
     pub mode: CacheMode,
     /// Carry the contents of the build's cache mounts, up to `mounts_max` bytes in all.
     pub mounts: bool,
+    /// `cache-mounts-max=`: the most bytes of cache mounts carried.
     pub mounts_max: u64,
     /// A failed export only warns.
     pub ignore_error: bool,
@@ -69,6 +74,7 @@ pub struct CacheExport {
 /// `--cache-from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheImport {
+    /// Where it is read from.
     pub location: CacheLocation,
 }
 
@@ -220,23 +226,32 @@ impl CacheImport {
 /// A cache record as it travels: no machine's paths, no explanation parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedRecord {
+    /// The step's key.
     pub key: String,
+    /// The layer it produced.
     pub layer: LayerRecord,
+    /// The instruction, for the image history.
     pub created_by: String,
+    /// When the layer was made (Unix seconds).
     pub created: i64,
 }
 
+/// A cache mount's contents as they travel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedMount {
+    /// The cache mount's id.
     pub id: String,
+    /// The directory's contents as one layer.
     pub layer: LayerRecord,
 }
 
 /// The cache manifest's config blob (and the inline cache's value).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheDocument {
+    /// The step records.
     #[serde(default)]
     pub records: Vec<SharedRecord>,
+    /// The cache mounts (with `cache-mounts=true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<SharedMount>,
 }

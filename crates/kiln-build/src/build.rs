@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 /// A layer step's named key parts, in order.
 type KeyParts = Vec<(String, String)>;
 
+/// How to build: everything besides the plan, the store and the context.
 pub struct BuildOptions {
     /// Stages run at once at most (independent stages of the graph run in parallel).
     pub jobs: usize,
@@ -32,7 +33,9 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// Clamp layer mtimes to it and use it as the config's creation time.
     pub source_date_epoch: Option<i64>,
+    /// How layers are compressed (once, as they are made).
     pub compression: Compression,
+    /// The platform the image is for.
     pub platform: Platform,
     /// Merge the layers this recipe adds into one.
     pub squash: bool,
@@ -81,53 +84,74 @@ pub fn unknown_stage_filters<'a>(plan: &Plan, filters: &'a [String]) -> Vec<&'a 
 pub enum Event {
     /// A step starts; `number` counts steps across the build, from 1.
     Step {
+        /// The step's number.
         number: usize,
+        /// How many steps the build has.
         total: usize,
+        /// The stage's label and the step's place in it.
         stage: String,
+        /// The instruction as written.
         text: String,
     },
+    /// The step's result came from the cache.
     Cached {
+        /// The step's number.
         number: usize,
     },
     /// The step runs because its key is new; `reason` says what changed.
     Miss {
+        /// The step's number.
         number: usize,
+        /// Why it runs (see docs/cache.md).
         reason: String,
     },
+    /// The step finished.
     Done {
+        /// The step's number.
         number: usize,
+        /// How long it took.
         elapsed: Duration,
     },
     /// A line a RUN printed (standard output and error together).
     Output {
+        /// The step's number.
         number: usize,
+        /// The line, without its end.
         line: String,
     },
     /// A blob moves from or to a registry.
     Transfer(kiln_registry::TransferEvent),
     /// Something to know that does not stop the build (a cache that cannot be read, say).
     Warning {
+        /// What to know.
         message: String,
     },
 }
 
 /// Stages run on several threads at once, so a progress display must be shareable.
 pub trait Progress: Sync {
+    /// Hears one event; called from any stage's thread.
     fn event(&self, event: Event);
 }
 
 /// The image a build produced.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// The image's manifest, in the store.
     pub manifest: Descriptor,
     /// Where each layer is unpacked, first to last (for the flattened outputs).
     pub snapshots: Vec<PathBuf>,
     /// The build's SOURCE_DATE_EPOCH: outputs clamp file times to it as the layers do.
     pub source_date_epoch: Option<i64>,
+    /// The image's config.
     pub config: ImageConfig,
+    /// The config's descriptor: its digest is the image id.
     pub config_descriptor: Descriptor,
+    /// The image's layers, bottom first.
     pub layers: Vec<Descriptor>,
+    /// Steps the build ran or found in the cache.
     pub steps: usize,
+    /// Steps found in the cache.
     pub cached: usize,
     /// Bytes of build-context files read to hash them (0 when every hash was memoised).
     pub context_bytes_read: u64,
@@ -203,6 +227,7 @@ struct Builder<'a> {
     records: std::sync::Mutex<Vec<CacheRecord>>,
 }
 
+/// Builds the plan's target stage (and the stages it needs) into an image in the store.
 pub fn build(
     plan: &Plan,
     store: &Store,
@@ -1664,8 +1689,11 @@ fn unpacked_layers(
 /// in expansion, starts in its WORKDIR with its SHELL, and runs its ONBUILD triggers.
 /// An image the store lacks is asked of the registry (manifest and config only).
 pub struct StoreImages<'a> {
+    /// The store images are looked up in.
     pub store: &'a Store,
+    /// Where images the store lacks are asked for.
     pub remote: &'a crate::remote::RemoteOptions,
+    /// Where pull transfers are shown.
     pub progress: &'a dyn Progress,
 }
 

@@ -12,6 +12,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// What `-o type=` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
     /// An OCI image layout as a tar, with a docker-compatible manifest.json.
@@ -28,17 +29,23 @@ pub enum OutputKind {
     Registry,
 }
 
+/// Where an output goes (`dest=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
+    /// Standard output (`dest=-`).
     Stdout,
+    /// A file or directory.
     File(PathBuf),
     /// The registries the image's names point at.
     Registry,
 }
 
+/// One `-o` flag, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
+    /// `type=`.
     pub kind: OutputKind,
+    /// `dest=`.
     pub destination: Destination,
     /// `name=` names for the image inside the archive (besides the `-t` tags).
     pub names: Vec<String>,

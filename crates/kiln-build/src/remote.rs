@@ -42,6 +42,7 @@ impl PullPolicy {
 pub struct RemoteOptions {
     /// `None`: nothing is pulled; a base image must be in the store.
     pub registry: Option<Arc<Registry>>,
+    /// When base images are asked of the registry.
     pub pull: PullPolicy,
     /// `--cache-from`: caches read before the build, asked when the store's cache misses.
     pub cache_from: Vec<Arc<dyn crate::cache::CacheSource>>,
@@ -65,6 +66,7 @@ struct Resolution {
 }
 
 impl RemoteOptions {
+    /// Options reaching `registry` (none: offline) with `pull`.
     pub fn new(registry: Option<Arc<Registry>>, pull: PullPolicy) -> RemoteOptions {
         RemoteOptions {
             registry,

@@ -11,7 +11,7 @@
 //! with the mount's id), up to a size cap. `type=inline` puts the records of an image's own
 //! layers into its config instead (field `dev.kiln.cache.v1`).
 
-pub use crate::cache::{ExportInput, ExportReport};
+pub use crate::cache::{CacheError, ExportInput, ExportReport};
 use crate::BuildError;
 use kiln_oci::{
     media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
@@ -45,8 +45,10 @@ pub enum CacheMode {
     Max,
 }
 
+/// Where a shared cache lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheLocation {
+    /// A registry reference (`type=registry,ref=`, or a bare name).
     Registry(ImageName),
     /// An OCI image layout directory.
     Local(PathBuf),
@@ -57,10 +59,13 @@ pub enum CacheLocation {
 /// `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
+    /// Where it is written.
     pub location: CacheLocation,
+    /// `mode=min|max`.
     pub mode: CacheMode,
     /// Carry the contents of the build's cache mounts, up to `mounts_max` bytes in all.
     pub mounts: bool,
+    /// `cache-mounts-max=`: the most bytes of cache mounts carried.
     pub mounts_max: u64,
     /// A failed export only warns.
     pub ignore_error: bool,
@@ -69,6 +74,7 @@ pub struct CacheExport {
 /// `--cache-from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheImport {
+    /// Where it is read from.
     pub location: CacheLocation,
 }
 
@@ -220,23 +226,32 @@ impl CacheImport {
 /// A cache record as it travels: no machine's paths, no explanation parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedRecord {
+    /// The step's key.
     pub key: String,
+    /// The layer it produced.
     pub layer: LayerRecord,
+    /// The instruction, for the image history.
     pub created_by: String,
+    /// When the layer was made (Unix seconds).
     pub created: i64,
 }
 
+/// A cache mount's contents as they travel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedMount {
+    /// The cache mount's id.
     pub id: String,
+    /// The directory's contents as one layer.
     pub layer: LayerRecord,
 }
 
 /// The cache manifest's config blob (and the inline cache's value).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheDocument {
+    /// The step records.
     #[serde(default)]
     pub records: Vec<SharedRecord>,
+    /// The cache mounts (with `cache-mounts=true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<SharedMount>,
 }
@@ -486,6 +501,17 @@ pub struct ImportedCache {
     origin: Origin,
 }
 
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn registry_error(error: kiln_registry::RegistryError) -> CacheError {
+    CacheError::Registry(Box::new(error))
+}
+
 /// JSON documents read from an untrusted source are at most this big.
 const MAX_DOCUMENT: u64 = kiln_oci::MAX_JSON_SIZE;
 
@@ -498,33 +524,33 @@ impl ImportedCache {
         platform: &Platform,
         store: &Store,
         progress: TransferSink,
-    ) -> Result<ImportedCache, String> {
+    ) -> Result<ImportedCache, CacheError> {
+        let document_error = |what: String| move |source| CacheError::Document { what, source };
         match &import.location {
             CacheLocation::Registry(name) => {
-                let registry = registry.ok_or("no registry client")?;
-                let (_, bytes) = registry.fetch_manifest(name).map_err(|e| e.to_string())?;
+                let registry =
+                    registry.ok_or(CacheError::Unusable("no registry client".to_string()))?;
+                let (_, bytes) = registry.fetch_manifest(name).map_err(registry_error)?;
                 let manifest_bytes = if is_index(&bytes) {
                     registry
                         .resolve(name, &platform.to_oci())
-                        .map_err(|e| e.to_string())?
+                        .map_err(registry_error)?
                         .manifest_bytes
                 } else {
                     bytes
                 };
-                let manifest: Manifest =
-                    kiln_oci::from_json_slice(&manifest_bytes).map_err(|e| e.to_string())?;
+                let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
+                    .map_err(document_error(format!("{name}: manifest")))?;
                 if manifest.config.size > MAX_DOCUMENT {
-                    return Err(format!(
+                    return Err(CacheError::Unusable(format!(
                         "the manifest gives its config {} bytes, more than a cache document may have",
                         manifest.config.size
-                    ));
+                    )));
                 }
                 registry
                     .fetch_blob(name, &manifest.config, store, progress)
-                    .map_err(|e| e.to_string())?;
-                let config = store
-                    .read_blob(&manifest.config.digest)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(registry_error)?;
+                let config = store.read_blob(&manifest.config.digest)?;
                 let document = document_of(&manifest, &config)?;
                 Ok(ImportedCache::new(
                     name.to_string(),
@@ -537,17 +563,20 @@ impl ImportedCache {
             }
             CacheLocation::Local(dir) => {
                 let index_bytes = read_bounded(&dir.join("index.json"))?;
-                let index: Index =
-                    kiln_oci::from_json_slice(&index_bytes).map_err(|e| e.to_string())?;
+                let index: Index = kiln_oci::from_json_slice(&index_bytes).map_err(
+                    document_error(format!("{}", dir.join("index.json").display())),
+                )?;
                 let entry = index
                     .manifests
                     .iter()
                     .find(|m| m.ref_name() == Some(LAYOUT_REF))
                     .or(index.manifests.first())
-                    .ok_or("index.json names no manifest")?;
+                    .ok_or(CacheError::Unusable(
+                        "index.json names no manifest".to_string(),
+                    ))?;
                 let manifest_bytes = read_layout_blob(dir, entry)?;
-                let manifest: Manifest =
-                    kiln_oci::from_json_slice(&manifest_bytes).map_err(|e| e.to_string())?;
+                let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
+                    .map_err(document_error(format!("{}: manifest", dir.display())))?;
                 let config = read_layout_blob(dir, &manifest.config)?;
                 let document = document_of(&manifest, &config)?;
                 Ok(ImportedCache::new(
@@ -556,9 +585,9 @@ impl ImportedCache {
                     Origin::Layout(dir.clone()),
                 ))
             }
-            CacheLocation::Inline => {
-                Err("a cache is imported from a registry or a directory".into())
-            }
+            CacheLocation::Inline => Err(CacheError::Unusable(
+                "a cache is imported from a registry or a directory".to_string(),
+            )),
         }
     }
 
@@ -590,13 +619,13 @@ impl ImportedCache {
         store: &Store,
         now_nanos: u128,
         progress: TransferSink,
-    ) -> Option<Result<CacheRecord, String>> {
+    ) -> Option<Result<CacheRecord, CacheError>> {
         let shared = self.records.get(key)?;
         if !(0..=MAX_CREATED).contains(&shared.created) {
-            return Some(Err(format!(
+            return Some(Err(CacheError::Unusable(format!(
                 "record {key}: creation time {} is out of range",
                 shared.created
-            )));
+            ))));
         }
         let checked = self
             .fetch(&shared.layer, store, progress)
@@ -616,8 +645,8 @@ impl ImportedCache {
         layer: &LayerRecord,
         store: &Store,
         progress: TransferSink,
-    ) -> Result<(), String> {
-        let descriptor = layer_descriptor(layer)?;
+    ) -> Result<(), CacheError> {
+        let descriptor = layer_descriptor(layer).map_err(CacheError::Unusable)?;
         if store.has_blob(&descriptor.digest) {
             return Ok(());
         }
@@ -627,23 +656,19 @@ impl ImportedCache {
                 repository,
             } => registry
                 .fetch_blob(repository, &descriptor, store, progress)
-                .map_err(|e| e.to_string()),
+                .map_err(registry_error),
             Origin::Layout(dir) => {
                 let path = dir.join(descriptor.digest.blob_path());
-                let file =
-                    std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let file = std::fs::File::open(&path).map_err(io_error(&path))?;
                 let mut reader = VerifyingReader::new(
                     BufReader::new(file),
                     descriptor.digest.clone(),
                     descriptor.size,
                     path.display().to_string(),
                 );
-                let mut temp = store.blob_writer().map_err(|e| e.to_string())?;
-                std::io::copy(&mut reader, &mut temp)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                store
-                    .commit_blob(temp, &descriptor.digest)
-                    .map_err(|e| e.to_string())
+                let mut temp = store.blob_writer()?;
+                std::io::copy(&mut reader, &mut temp).map_err(io_error(&path))?;
+                Ok(store.commit_blob(temp, &descriptor.digest)?)
             }
         }
     }
@@ -658,13 +683,13 @@ impl ImportedCache {
         wanted: &BTreeSet<String>,
         max: u64,
         progress: TransferSink,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    ) -> Result<(Vec<String>, Vec<String>), CacheError> {
         let occupied = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
         let mut restored = Vec::new();
         let mut skipped = Vec::new();
         let mut budget = max;
         for mount in self.mounts.iter().filter(|m| wanted.contains(&m.id)) {
-            let cache = store.cache_mount(&mount.id).map_err(|e| e.to_string())?;
+            let cache = store.cache_mount(&mount.id)?;
             let dir = cache.dir().to_path_buf();
             if occupied(&dir) {
                 continue;
@@ -675,26 +700,31 @@ impl ImportedCache {
             }
             budget -= mount.layer.size;
             self.fetch(&mount.layer, store, progress)?;
-            cache.lock_exclusive().map_err(|e| e.to_string())?;
+            cache.lock_exclusive()?;
             // Another build may have filled it while this one waited for the lock.
             if occupied(&dir) {
                 continue;
             }
-            let work = store.work_dir().map_err(|e| e.to_string())?;
+            let work = store.work_dir()?;
             let fresh = work.path().join("mount");
-            std::fs::create_dir(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
-            let digest = Digest::parse(&mount.layer.digest).map_err(|e| e.to_string())?;
-            let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
+            std::fs::create_dir(&fresh).map_err(io_error(&fresh))?;
+            let digest = layer_descriptor(&mount.layer)
+                .map_err(CacheError::Unusable)?
+                .digest;
+            let blob = store.open_blob(&digest)?;
             crate::unpack::unpack_cache_mount(
                 BufReader::new(blob),
                 &mount.layer.media_type,
                 &fresh,
                 &mount.layer.diff_id,
             )
-            .map_err(|e| format!("cache mount {}: {e}", mount.id))?;
+            .map_err(|source| CacheError::Mount {
+                id: mount.id.clone(),
+                source: Box::new(source),
+            })?;
             // An empty directory left by an earlier build gives way.
             let _ = std::fs::remove_dir(&dir);
-            std::fs::rename(&fresh, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::rename(&fresh, &dir).map_err(io_error(&dir))?;
             restored.push(mount.id.clone());
         }
         Ok((restored, skipped))
@@ -705,16 +735,22 @@ impl ImportedCache {
 const MAX_CREATED: i64 = 253_402_300_799;
 
 /// Checks that a layer blob of the store holds a tar whose digest is `layer.diff_id`.
-fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), String> {
-    let digest = Digest::parse(&layer.digest).map_err(|e| e.to_string())?;
-    let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
+fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), CacheError> {
+    let digest = layer_descriptor(layer)
+        .map_err(CacheError::Unusable)?
+        .digest;
+    let blob = store.open_blob(&digest)?;
     let actual = kiln_layer::visit_layer(BufReader::new(blob), &layer.media_type, |_, _| Ok(()))
-        .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+        .map_err(|source| CacheError::Layer {
+            layer: layer.digest.clone(),
+            source: Box::new(source),
+        })?;
     if actual != layer.diff_id {
-        return Err(format!(
-            "layer {} holds a tar of digest {actual}, not the diff_id {} the record names",
-            layer.digest, layer.diff_id
-        ));
+        return Err(CacheError::WrongLayer {
+            layer: layer.digest.clone(),
+            actual,
+            claimed: layer.diff_id.clone(),
+        });
     }
     Ok(())
 }
@@ -727,38 +763,52 @@ fn is_index(bytes: &[u8]) -> bool {
 
 /// The cache document of a manifest: its config if it is a cache manifest, else an image's
 /// inline cache.
-fn document_of(manifest: &Manifest, config: &[u8]) -> Result<CacheDocument, String> {
+fn document_of(manifest: &Manifest, config: &[u8]) -> Result<CacheDocument, CacheError> {
     if manifest.config.media_type == CACHE_CONFIG_MEDIA_TYPE {
-        return serde_json::from_slice(config).map_err(|e| format!("cache document: {e}"));
+        return serde_json::from_slice(config).map_err(|source| CacheError::Json {
+            what: "cache document",
+            source,
+        });
     }
-    let image: ImageConfig = kiln_oci::from_json_slice(config).map_err(|e| e.to_string())?;
-    let inline = image.inline_cache.ok_or(
-        "neither a cache manifest nor an image with an inline cache (--cache-to type=inline)",
-    )?;
-    serde_json::from_value(inline).map_err(|e| format!("inline cache: {e}"))
+    let image: ImageConfig =
+        kiln_oci::from_json_slice(config).map_err(|source| CacheError::Document {
+            what: "image config".to_string(),
+            source,
+        })?;
+    let inline = image.inline_cache.ok_or(CacheError::Unusable(
+        "neither a cache manifest nor an image with an inline cache (--cache-to type=inline)"
+            .to_string(),
+    ))?;
+    serde_json::from_value(inline).map_err(|source| CacheError::Json {
+        what: "inline cache",
+        source,
+    })
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_bounded(path: &Path) -> Result<Vec<u8>, CacheError> {
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io_error(path))?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(format!(
+        return Err(CacheError::Unusable(format!(
             "{}: larger than {MAX_DOCUMENT} bytes",
             path.display()
-        ));
+        )));
     }
     Ok(bytes)
 }
 
 /// A small blob of a layout directory, checked against its descriptor.
-fn read_layout_blob(dir: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, String> {
+fn read_layout_blob(dir: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, CacheError> {
     let path = dir.join(descriptor.digest.blob_path());
     let bytes = read_bounded(&path)?;
     if descriptor.digest.of_same_kind(&bytes) != descriptor.digest {
-        return Err(format!("{}: digest mismatch", path.display()));
+        return Err(CacheError::Corrupt {
+            path,
+            digest: descriptor.digest.to_string(),
+        });
     }
     Ok(bytes)
 }
@@ -780,7 +830,7 @@ impl crate::cache::CacheSource for ImportedCache {
         store: &Store,
         now_nanos: u128,
         progress: TransferSink,
-    ) -> Option<Result<CacheRecord, String>> {
+    ) -> Option<Result<CacheRecord, CacheError>> {
         ImportedCache::hit(self, key, store, now_nanos, progress)
     }
 }
@@ -905,6 +955,121 @@ mod tests {
         assert!(
             !text.contains("/home/me"),
             "no paths of this machine: {text}"
+        );
+    }
+
+    /// A store holding one real layer, and its record.
+    fn store_with_layer(root: &Path) -> (Store, CacheRecord) {
+        let store = Store::open(root).unwrap_or_else(|e| panic!("{e}"));
+        let tree = root.join("tree");
+        std::fs::create_dir(&tree).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(tree.join("f"), "content").unwrap_or_else(|e| panic!("{e}"));
+        let file = store.blob_writer().unwrap_or_else(|e| panic!("{e}"));
+        let options = kiln_layer::LayerOptions {
+            source_date_epoch: Some(0),
+            ..kiln_layer::LayerOptions::default()
+        };
+        let (layer, file) =
+            kiln_layer::write_layer(&tree, &options, file).unwrap_or_else(|e| panic!("{e}"));
+        let digest = Digest::parse(&layer.digest).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .commit_blob(file, &digest)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut record = record("k", 'a');
+        record.layer = Some(LayerRecord {
+            digest: layer.digest,
+            diff_id: layer.diff_id,
+            size: layer.size,
+            media_type: layer.media_type.to_string(),
+        });
+        (store, record)
+    }
+
+    fn exported_cache(dir: &Path) -> (tempfile::TempDir, LayerRecord) {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, record) = store_with_layer(root.path());
+        let spec = CacheExport::parse(&format!("type=local,dest={}", dir.display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let input = ExportInput {
+            store: &store,
+            records: std::slice::from_ref(&record),
+            image_layers: &[],
+            mount_ids: &BTreeSet::new(),
+        };
+        export(&spec, &input, None, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+        let layer = record.layer.unwrap_or_else(|| panic!("a layer"));
+        (root, layer)
+    }
+
+    fn import(dir: &Path, store: &Store) -> Result<ImportedCache, CacheError> {
+        let spec = CacheImport::parse(&format!("type=local,src={}", dir.display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        ImportedCache::load(&spec, None, &Platform::host(), store, &|_| {})
+    }
+
+    #[test]
+    fn a_missing_blob_and_a_corrupt_blob_are_different_errors() {
+        let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_source, layer) = exported_cache(cache.path());
+        let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(other.path()).unwrap_or_else(|e| panic!("{e}"));
+        let imported = import(cache.path(), &store).unwrap_or_else(|e| panic!("{e}"));
+        // The layer's blob is gone from the cache: a missing file, named.
+        let blob = cache.path().join(
+            Digest::parse(&layer.digest)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .blob_path(),
+        );
+        std::fs::remove_file(&blob).unwrap_or_else(|e| panic!("{e}"));
+        match imported.hit("k", &store, 0, &|_| {}) {
+            Some(Err(CacheError::Io { path, source })) => {
+                assert_eq!(path, blob);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected a missing file, got {other:?}"),
+        }
+        // The cache's document no longer matches its digest: a corrupt blob, named.
+        let index: Index = kiln_oci::from_json_slice(
+            &std::fs::read(cache.path().join("index.json")).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let manifest_path = cache.path().join(index.manifests[0].digest.blob_path());
+        let mut bytes = std::fs::read(&manifest_path).unwrap_or_else(|e| panic!("{e}"));
+        bytes.push(b' ');
+        std::fs::write(&manifest_path, bytes).unwrap_or_else(|e| panic!("{e}"));
+        match import(cache.path(), &store) {
+            Err(CacheError::Corrupt { path, .. }) => assert_eq!(path, manifest_path),
+            Err(other) => panic!("expected a corrupt blob, got {other:?}"),
+            Ok(_) => panic!("a corrupt manifest was read"),
+        }
+    }
+
+    #[test]
+    fn a_record_pairing_a_layer_with_another_tar_is_refused_by_name() {
+        let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, mut record) = store_with_layer(root.path());
+        if let Some(layer) = record.layer.as_mut() {
+            layer.diff_id = format!("sha256:{}", "f".repeat(64));
+        }
+        let spec = CacheExport::parse(&format!("type=local,dest={}", cache.path().display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let input = ExportInput {
+            store: &store,
+            records: std::slice::from_ref(&record),
+            image_layers: &[],
+            mount_ids: &BTreeSet::new(),
+        };
+        export(&spec, &input, None, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+        let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fresh = Store::open(other.path()).unwrap_or_else(|e| panic!("{e}"));
+        let imported = import(cache.path(), &fresh).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(
+                imported.hit("k", &fresh, 0, &|_| {}),
+                Some(Err(CacheError::WrongLayer { .. }))
+            ),
+            "a layer whose tar is not the record's diff_id is refused"
         );
     }
 }

@@ -18,14 +18,20 @@ use std::sync::Mutex;
 /// the content (ctime catches writes that restore the mtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StatKey {
+    /// Device.
     pub dev: u64,
+    /// Inode.
     pub ino: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
     pub ctime_ns: i128,
 }
 
 impl StatKey {
+    /// The key of a file, from its metadata.
     pub fn of(meta: &std::fs::Metadata) -> Self {
         StatKey {
             dev: meta.dev(),
@@ -39,7 +45,9 @@ impl StatKey {
 
 /// A memo of file content hashes; the store keeps a persistent one.
 pub trait HashMemo: Sync {
+    /// The content hash of the file with this key, if known.
     fn get(&self, key: &StatKey) -> Option<[u8; 32]>;
+    /// Remembers a file's content hash.
     fn put(&self, key: StatKey, hash: [u8; 32]);
     /// Told how many bytes were read to hash a file the memo did not know.
     fn record_read(&self, _bytes: u64) {}
@@ -97,6 +105,7 @@ impl MemoryMemo {
         out.into_bytes()
     }
 
+    /// How many files the memo knows.
     pub fn len(&self) -> usize {
         self.hashes.lock().map(|h| h.len()).unwrap_or(0)
     }
@@ -106,6 +115,7 @@ impl MemoryMemo {
         self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the memo knows no file.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -181,7 +191,9 @@ fn put_field(hasher: &mut Sha256, bytes: &[u8]) {
 /// fields for directories and links), so a changed file can be named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetailedDigest {
+    /// `sha256:<hex>` of the whole source.
     pub digest: String,
+    /// Each entry's path (relative to the source) and hash, in walk order.
     pub files: Vec<(std::path::PathBuf, String)>,
 }
 
@@ -249,6 +261,7 @@ fn put_entry(hasher: &mut Sha256, entry: &Entry, hash: Option<[u8; 32]>) {
     }
 }
 
+/// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes

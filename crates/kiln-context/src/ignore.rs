@@ -15,6 +15,7 @@ struct Rule {
     exception: bool,
 }
 
+/// `.dockerignore` rules (also `COPY --exclude`): the last matching line wins, `!` re-includes.
 #[derive(Debug, Clone, Default)]
 pub struct IgnoreRules {
     rules: Vec<Rule>,
@@ -51,6 +52,7 @@ pub(crate) fn compile_glob(pattern: &str) -> Result<GlobMatcher, ContextError> {
 }
 
 impl IgnoreRules {
+    /// Reads `.dockerignore` text: one pattern a line, `#` comments and blank lines skipped.
     pub fn parse(text: &str) -> Result<Self, ContextError> {
         let mut rules = Vec::new();
         for line in text.lines() {
@@ -77,6 +79,7 @@ impl IgnoreRules {
         Ok(IgnoreRules { rules })
     }
 
+    /// Whether there is no rule (nothing is excluded).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

@@ -7,6 +7,8 @@
 //! each file's hash memoised by its (dev, inode, size, mtime, ctime) so an unchanged file is
 //! never read twice.
 
+#![warn(missing_docs)]
+
 pub mod hash;
 pub mod ignore;
 pub mod scope;
@@ -23,25 +25,55 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// What can go wrong reading the build context.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
+    /// A file of the context could not be read (no permission, vanished, ...).
     #[error("{path}: {source}")]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// A `.dockerignore` or `--exclude` pattern is not valid.
     #[error("invalid pattern {pattern:?}: {message}")]
-    Pattern { pattern: String, message: String },
+    Pattern {
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A source names nothing in the context.
     #[error("{path:?}: not found in the build context")]
-    NotFound { path: String },
+    NotFound {
+        /// The source as written.
+        path: String,
+    },
+    /// A source names something `.dockerignore` leaves out.
     #[error("{path:?}: excluded by .dockerignore")]
-    Excluded { path: String },
+    Excluded {
+        /// The source as written.
+        path: String,
+    },
+    /// A wildcard source matches nothing.
     #[error("{path:?}: no file in the build context matches")]
-    NoMatch { path: String },
+    NoMatch {
+        /// The pattern as written.
+        path: String,
+    },
+    /// Resolving a path followed more symbolic links than the kernel would.
     #[error("{path:?}: too many levels of symbolic links")]
-    TooManyLinks { path: String },
+    TooManyLinks {
+        /// The path being resolved.
+        path: String,
+    },
+    /// A path goes through something that is not a directory.
     #[error("{path:?}: not a directory")]
-    NotADirectory { path: String },
+    NotADirectory {
+        /// The path concerned.
+        path: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
@@ -54,8 +86,11 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
 /// What kind of thing an entry is; other file types (sockets, devices) are skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link, with its target as stored.
     Symlink(PathBuf),
 }
 
@@ -66,15 +101,21 @@ pub struct Entry {
     pub relative: PathBuf,
     /// Where it is on disk.
     pub absolute: PathBuf,
+    /// What it is.
     pub kind: EntryKind,
     /// Permission bits, including setuid/setgid/sticky.
     pub mode: u32,
+    /// Size in bytes (files).
     pub size: u64,
+    /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// The nanoseconds of the modification time.
     pub mtime_nsec: i64,
+    /// What identifies its content without reading it (for the hash memo).
     pub stat: StatKey,
 }
 
+/// An open build context: its root directory and its `.dockerignore` rules.
 pub struct Context {
     root: PathBuf,
     /// The root, held open: files are opened beneath it, never through a symlink.
@@ -128,6 +169,7 @@ impl Context {
         Context::new(root, IgnoreRules::default())
     }
 
+    /// The context's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -160,6 +202,7 @@ impl Context {
         }
     }
 
+    /// The `.dockerignore` rules in force.
     pub fn ignore(&self) -> &IgnoreRules {
         &self.ignore
     }

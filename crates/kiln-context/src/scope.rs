@@ -12,22 +12,34 @@ pub const MAX_LINK_HOPS: usize = 40;
 
 /// What a tree has at a relative path, without following a symlink there.
 pub enum Node {
+    /// Nothing is there.
     Missing,
+    /// A symbolic link, with its target.
     Symlink(PathBuf),
+    /// Anything else (file, directory, ...).
     Other,
 }
 
 /// A tree paths are resolved in: a directory, or a union of layers.
 pub trait ScopedTree {
+    /// What is at `relative` (relative to the tree's root), links not followed.
     fn node(&self, relative: &Path) -> io::Result<Node>;
 }
 
+/// What can go wrong resolving a path inside a tree.
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
+    /// More than [`MAX_LINK_HOPS`] symbolic links on the way.
     #[error("{0}: too many levels of symbolic links")]
     TooManyLinks(String),
+    /// The tree could not be read at `path`.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
 }
 
 /// Splits a path into normal components; `..` is kept for the resolver to clamp.

@@ -27,6 +27,7 @@ pub struct GitSource {
 /// A git source with the commit its ref named when the build looked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedGit {
+    /// The source as written.
     pub source: GitSource,
     /// Full hexadecimal object name.
     pub commit: String,

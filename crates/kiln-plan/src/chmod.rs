@@ -18,13 +18,17 @@ pub struct Clause {
     operations: Vec<Operation>,
 }
 
+/// A `--chmod` value, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chmod {
+    /// An octal mode such as `0755`.
     Octal(u32),
+    /// Symbolic clauses such as `u+x,go-w`.
     Symbolic(Vec<Clause>),
 }
 
 impl Chmod {
+    /// Parses an octal or symbolic mode, or says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let invalid = || {
             format!("invalid --chmod {text:?}: use an octal mode such as 0755 or symbolic such as u+x,go-w")

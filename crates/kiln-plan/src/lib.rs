@@ -4,6 +4,8 @@
 //! (`FROM <stage>`, `COPY --from`, `RUN --mount=from=`), prunes what `--target` does not
 //! need and orders the rest. Every step comes out with its words expanded, ready to run.
 
+#![warn(missing_docs)]
+
 pub mod cache_key;
 pub mod chmod;
 pub mod graph;

@@ -15,14 +15,19 @@ use std::collections::{BTreeMap, BTreeSet};
 /// directory, shell and ONBUILD triggers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaseConfig {
+    /// The image's ENV, as name and value.
     pub env: Vec<(String, String)>,
+    /// Its WORKDIR, if it has one.
     pub workdir: Option<String>,
+    /// Its SHELL, if it has one.
     pub shell: Option<Vec<String>>,
+    /// Its ONBUILD triggers, run as the first steps of a stage on it.
     pub onbuild: Vec<String>,
 }
 
 /// Looks up base images' configs. Checking a recipe without pulling uses [`NoImages`].
 pub trait ImageConfigs {
+    /// The config of the image `reference` for `platform`; `None` when it is not known.
     fn config(&self, reference: &str, platform: &Platform) -> Option<BaseConfig>;
 }
 
@@ -35,12 +40,17 @@ impl ImageConfigs for NoImages {
     }
 }
 
+/// What planning needs besides the recipe.
 pub struct PlanOptions<'a> {
     /// `--build-arg` values, in the order given.
     pub build_args: BTreeMap<String, String>,
+    /// `--target`: the stage to build (the last one when `None`).
     pub target: Option<String>,
+    /// The platform the image is for (`TARGETPLATFORM`).
     pub target_platform: Platform,
+    /// The platform kiln runs on (`BUILDPLATFORM`).
     pub build_platform: Platform,
+    /// Where base images' configs come from.
     pub images: &'a dyn ImageConfigs,
     /// Named build contexts that are images (`--build-context NAME=…`): NAME → the image
     /// reference it stands for (`oci:DIR:TAG`, a store image). `FROM NAME`, `COPY --from=NAME`
@@ -78,14 +88,20 @@ impl Default for PlanOptions<'_> {
     }
 }
 
+/// One stage of the recipe (a FROM and its steps), planned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stage {
+    /// Its position in the recipe, from 0.
     pub index: usize,
+    /// `FROM … AS name`, lowercased.
     pub name: Option<String>,
+    /// What it starts from.
     pub base: Base,
+    /// `FROM --platform`, expanded.
     pub platform: Option<String>,
     /// The FROM instruction.
     pub from: Instruction,
+    /// Its steps, ONBUILD triggers of the base first.
     pub steps: Vec<Step>,
     /// Stages this one needs: its base, COPY --from and RUN --mount from= sources.
     pub dependencies: BTreeSet<usize>,
@@ -100,8 +116,10 @@ impl Stage {
     }
 }
 
+/// A planned recipe: its stages, the order to build them, and what was found wrong.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Every stage, in recipe order.
     pub stages: Vec<Stage>,
     /// The stage `--target` selected (the last one by default).
     pub target: usize,
@@ -109,10 +127,12 @@ pub struct Plan {
     pub order: Vec<usize>,
     /// Global ARGs with their resolved values.
     pub global_args: Vec<(String, Option<String>)>,
+    /// Errors and warnings of the recipe and the plan, sorted.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Plan {
+    /// Whether any diagnostic is an error (nothing may be built then).
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }

@@ -2,10 +2,14 @@
 
 use std::fmt;
 
+/// A platform as OCI names it: `os/architecture[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Platform {
+    /// `linux`, ….
     pub os: String,
+    /// `amd64`, `arm64`, ….
     pub architecture: String,
+    /// `v7` for `arm/v7`, ….
     pub variant: Option<String>,
 }
 

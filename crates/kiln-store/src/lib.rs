@@ -14,6 +14,8 @@
 //! Every file is written to tmp/, fsynced and renamed into place, so a build killed at any
 //! moment leaves either the old file or the new one.
 
+#![warn(missing_docs)]
+
 mod cache_mount;
 
 pub use cache_mount::CacheMount;
@@ -28,19 +30,37 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+/// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file of the store could not be read or written (missing, no permission, disk full).
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A document of the store (index, manifest, config) is not valid.
     #[error("{path}: {source}")]
     Oci {
+        /// The document's file.
         path: PathBuf,
+        /// Why it could not be read.
         source: kiln_oci::Error,
     },
+    /// A blob's content does not have the digest that names it: the store is damaged there.
     #[error("blob {expected}: content has digest {actual}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The digest the blob is stored under.
+        expected: String,
+        /// The digest of what it holds.
+        actual: String,
+    },
+    /// No image of the store has this name.
     #[error("image {0:?} is not in the store")]
     UnknownImage(String),
+    /// The store is in use by another process and the operation needs it alone.
     #[error("another kiln process is using the store; run prune again when it has finished")]
     Busy,
 }
@@ -57,6 +77,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// A step's cache record: what its key produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
+    /// The step's cache key (`sha256:<hex>`).
     pub key: String,
     /// The layer blob (compressed) and its uncompressed diff_id.
     pub layer: Option<LayerRecord>,
@@ -75,21 +96,30 @@ pub struct CacheRecord {
     pub recorded: u128,
 }
 
+/// A layer as a cache record names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
+    /// The compressed blob's digest.
     pub digest: String,
+    /// The digest of the uncompressed tar: the snapshot's name.
     pub diff_id: String,
+    /// The blob's size in bytes.
     pub size: u64,
+    /// The blob's media type (gzip, zstd or plain tar).
     pub media_type: String,
 }
 
 /// An image the store knows by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged {
+    /// The full name (`registry/repository:tag`).
     pub name: String,
+    /// The manifest (or index) it names.
     pub manifest: Descriptor,
 }
 
+/// An open store: a root directory holding an OCI layout, snapshots and cache records, used
+/// by several processes at once (see the crate's documentation).
 pub struct Store {
     root: PathBuf,
     /// This process's locked work area: every temp file goes in here, so another build's
@@ -178,6 +208,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -196,6 +227,8 @@ impl Store {
         Ok(WorkDir { dir, _lock: None })
     }
 
+    /// Takes the store's lock for changing `index.json` (waits for other holders); released
+    /// when the [`Lock`] is dropped.
     pub fn lock(&self) -> Result<Lock> {
         let path = self.root.join("lock");
         let file = OpenOptions::new()
@@ -223,10 +256,12 @@ impl Store {
         sync_parent(path)
     }
 
+    /// Where the blob `digest` is (or would be) in the store.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join(digest.blob_path())
     }
 
+    /// Whether the store holds the blob `digest`.
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
     }
@@ -262,6 +297,7 @@ impl Store {
         sync_parent(&path)
     }
 
+    /// Opens the blob `digest` for reading (unchecked: a reader verifies as it reads).
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.blob_path(digest);
         File::open(&path).map_err(io_at(&path))
@@ -284,6 +320,7 @@ impl Store {
         Ok(bytes)
     }
 
+    /// The layout's `index.json`: every image the store names.
     pub fn index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
         let bytes = fs::read(&path).map_err(io_at(&path))?;
@@ -343,6 +380,7 @@ impl Store {
         Ok(removed)
     }
 
+    /// The images the store knows by name.
     pub fn images(&self) -> Result<Vec<Tagged>> {
         Ok(self
             .index()?
@@ -358,6 +396,7 @@ impl Store {
             .collect())
     }
 
+    /// The image named `name`, or [`StoreError::UnknownImage`].
     pub fn resolve(&self, name: &str) -> Result<Tagged> {
         self.images()?
             .into_iter()
@@ -390,6 +429,7 @@ impl Store {
         Some(record)
     }
 
+    /// Writes a step's cache record under its key (atomically, replacing an older one).
     pub fn cache_put(&self, record: &CacheRecord) -> Result<()> {
         let path = self.cache_path(&record.key);
         let bytes =
@@ -521,28 +561,41 @@ impl Store {
 /// What `prune` removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PruneReport {
+    /// Blobs removed.
     pub blobs: usize,
+    /// Snapshots removed.
     pub snapshots: usize,
+    /// Cache records removed.
     pub cache_records: usize,
+    /// Bytes freed.
     pub bytes: u64,
 }
 
 /// Disk use of the store's parts.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DiskUsage {
+    /// Bytes of blobs.
     pub blobs: u64,
+    /// Bytes of snapshots.
     pub snapshots: u64,
+    /// Bytes of cache records.
     pub cache: u64,
+    /// Number of blobs.
     pub blob_count: usize,
+    /// Number of snapshots.
     pub snapshot_count: usize,
+    /// Number of cache records.
     pub cache_count: usize,
 }
 
 /// An image's manifest and config, read from the store and checked against their digests.
 #[derive(Debug, Clone)]
 pub struct StoredImage {
+    /// The image's manifest.
     pub manifest: kiln_oci::Manifest,
+    /// The image's config.
     pub config: kiln_oci::ImageConfig,
+    /// The config's digest: the image id.
     pub config_digest: Digest,
 }
 
@@ -591,6 +644,7 @@ impl Store {
         })
     }
 
+    /// How much of the disk each part of the store takes.
     pub fn disk_usage(&self) -> DiskUsage {
         let (blobs, blob_count) = tree_size(&self.root.join("blobs"));
         let (snapshots, _) = tree_size(&self.root.join("snapshots"));
@@ -795,6 +849,7 @@ fn clean_tmp(tmp: &Path) {
 }
 
 impl WorkDir {
+    /// The directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -96,6 +96,8 @@ fn run_steps_are_refused_what_dockers_default_profile_refuses() {
                 &root_arg,
                 "build",
                 "--progress=plain",
+                "--allow",
+                "security.insecure",
                 "-t",
                 "probe:1",
                 ".",

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod isolation;
+mod privileges;
 mod process;
 pub mod seccomp;
 pub mod setup;

@@ -120,7 +120,7 @@ pub(crate) fn enter_as_child() -> io::Result<()> {
 
 /// In the outer process: runs kiln again (same arguments) in a user namespace, maps it, waits,
 /// and returns the child's exit code.
-pub(crate) fn run_outer(privileges: crate::isolation::Privileges) -> io::Result<i32> {
+pub(crate) fn run_outer(privileges: crate::privileges::Privileges) -> io::Result<i32> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
@@ -197,7 +197,7 @@ fn user_name(uid: u32) -> Option<String> {
 /// Maps the child's namespace: root with CAP_SETUID and CAP_SETGID maps every id it has to
 /// itself (the same owners as outside, so the same layers); an ordinary user its subordinate
 /// ranges through `newuidmap`/`newgidmap`; otherwise only root, as the caller.
-fn write_maps(pid: u32, privileges: crate::isolation::Privileges) -> io::Result<()> {
+fn write_maps(pid: u32, privileges: crate::privileges::Privileges) -> io::Result<()> {
     let proc = Path::new("/proc").join(pid.to_string());
     if privileges.root && privileges.set_ids {
         let identity = |own: &str| -> io::Result<String> {

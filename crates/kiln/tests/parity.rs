@@ -449,7 +449,6 @@ fn a_known_owner_difference_does_not_hide_a_mode_difference() {
 }
 
 #[test]
-#[ignore = "issue 12: RUN --mount with no target mounts at the working directory"]
 fn a_mount_with_no_target_lands_in_the_working_directory() {
     let ctx = context(&[(
         "Dockerfile",
@@ -464,7 +463,6 @@ fn a_mount_with_no_target_lands_in_the_working_directory() {
 }
 
 #[test]
-#[ignore = "issue 12: RUN --mount=type=cache,from=STAGE seeds the cache from the stage"]
 fn a_cache_mount_seeded_from_a_stage() {
     let ctx = context(&[(
         "Dockerfile",

@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(dir.path().join("config.json"), data).is_err() {
         return;
     }
-    for host in ["docker.io", "registry.example:5000", "https://index.docker.io/v1/"] {
+    for host in [
+        "docker.io",
+        "registry.example:5000",
+        "https://index.docker.io/v1/",
+    ] {
         let _ = kiln_registry::fuzzing::docker_config(dir.path().to_path_buf(), host);
     }
 });

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Some(seconds) = kiln_oci::time::parse_rfc3339(text) {
             let back = kiln_oci::time::format_rfc3339(seconds);
-            assert_eq!(kiln_oci::time::parse_rfc3339(&back), Some(seconds), "{text:?}");
+            assert_eq!(
+                kiln_oci::time::parse_rfc3339(&back),
+                Some(seconds),
+                "{text:?}"
+            );
         }
         let _ = kiln_oci::time::parse_http_date(text);
         let _ = kiln_oci::ImageName::parse_normalized(text);

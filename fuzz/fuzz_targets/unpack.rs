@@ -23,5 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let names: Vec<_> = std::fs::read_dir(top.path())
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert_eq!(names, [std::ffi::OsString::from("snapshot")], "an entry escaped");
+    assert_eq!(
+        names,
+        [std::ffi::OsString::from("snapshot")],
+        "an entry escaped"
+    );
 });

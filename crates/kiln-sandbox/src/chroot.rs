@@ -441,3 +441,163 @@ fn spawn_and_wait(
         }),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Identity, MountSpec, Network, ScriptFile};
+
+    /// Every entry under `root` with its metadata and bytes, for before/after comparisons.
+    fn listing(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = path.symlink_metadata().unwrap();
+                let content = if meta.is_file() {
+                    std::fs::read(&path).unwrap()
+                } else {
+                    Vec::new()
+                };
+                out.push(format!(
+                    "{} {:o} {}:{} {}.{} {:?}",
+                    path.strip_prefix(root).unwrap().display(),
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    content
+                ));
+                if meta.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn tree() -> (tempfile::TempDir, Spec) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        for sub in [
+            "dev",
+            "etc",
+            "proc",
+            "sys",
+            "cache",
+            "scratch",
+            "run/secrets",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::fs::write(root.join("etc/hosts"), "image's own hosts\n").unwrap();
+        std::fs::write(root.join("etc/resolv.conf"), "").unwrap();
+        std::fs::write(root.join("run/secrets/tok"), "").unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(dir.path().join("resolv"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret").unwrap();
+        std::fs::create_dir(dir.path().join("cache-store")).unwrap();
+        std::fs::write(dir.path().join("cache-store/kept"), "cached").unwrap();
+        let spec = Spec {
+            root: RootSpec::Directory { path: root },
+            argv: vec!["/bin/sh".into()],
+            env: vec![],
+            cwd: "/".into(),
+            identity: Identity::default(),
+            hostname: "kiln".into(),
+            network: Network::Host,
+            hosts_file: dir.path().join("hosts"),
+            resolv_file: dir.path().join("resolv"),
+            files: vec![ScriptFile {
+                name: "EOF".into(),
+                content: b"echo hi\n".to_vec(),
+                mode: 0o755,
+            }],
+            mounts: vec![
+                MountSpec {
+                    target: "/cache".into(),
+                    kind: MountKind::Bind {
+                        source: dir.path().join("cache-store"),
+                        read_only: false,
+                    },
+                },
+                MountSpec {
+                    target: "/run/secrets/tok".into(),
+                    kind: MountKind::Bind {
+                        source: dir.path().join("secret"),
+                        read_only: true,
+                    },
+                },
+                MountSpec {
+                    target: "/scratch".into(),
+                    kind: MountKind::Tmpfs { size: None },
+                },
+            ],
+            privileged: false,
+            status_file: dir.path().join("status"),
+        };
+        (dir, spec)
+    }
+
+    /// What the mounts would show is in place during the step, and the tree is exactly as
+    /// before afterwards (bytes, modes, owners, times), whatever the step wrote in the cache and
+    /// the tmpfs.
+    #[test]
+    fn prepared_then_restored_leaves_the_tree_as_it_was() {
+        let (dir, spec) = tree();
+        let root = spec.root_dir();
+        let before = listing(&root);
+        let mut undo = Vec::new();
+        prepare(&root, &spec, &mut undo).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("run/secrets/tok")).unwrap(),
+            "s3cret"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("cache/kept")).unwrap(),
+            "cached"
+        );
+        assert!(root.join("dev/null").symlink_metadata().is_ok());
+        assert_eq!(
+            std::fs::read(root.join("dev/pipes/EOF")).unwrap(),
+            b"echo hi\n"
+        );
+        // The step's own writes.
+        std::fs::write(root.join("cache/new"), "for next time").unwrap();
+        std::fs::write(root.join("scratch/tmp"), "gone after").unwrap();
+        restore(&root, undo).unwrap();
+        assert_eq!(listing(&root), before);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cache-store/new")).unwrap(),
+            "for next time"
+        );
+    }
+
+    /// A step that swaps /etc for a symbolic link cannot make the clean-up write through it.
+    #[test]
+    fn a_planted_symbolic_link_stops_the_clean_up_there() {
+        let (dir, spec) = tree();
+        let root = spec.root_dir();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("hosts"), "not kiln's").unwrap();
+        let mut undo = Vec::new();
+        prepare(&root, &spec, &mut undo).unwrap();
+        std::fs::rename(root.join("etc"), dir.path().join("etc-moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        let error = restore(&root, undo).unwrap_err();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("hosts")).unwrap(),
+            "not kiln's"
+        );
+    }
+}

@@ -127,6 +127,13 @@ fn io_error(what: &str, relative: &str, e: io::Error) -> String {
 
 /// Puts in place what the sandbox's mounts would give; returns what to undo.
 fn prepare(root: &Path, spec: &Spec, undo: &mut Vec<Undo>) -> Result<(), String> {
+    if spec.network == crate::Network::None {
+        return Err(
+            "RUN --network=none needs a network namespace, which the chroot isolation cannot make; \
+             see docs/ci.md for the settings that give kiln the userns isolation"
+                .into(),
+        );
+    }
     let dev = checked(root, "dev")?;
     undo.push(Undo::Times {
         relative: "dev".into(),
@@ -579,6 +586,17 @@ mod tests {
             std::fs::read_to_string(dir.path().join("cache-store/new")).unwrap(),
             "for next time"
         );
+    }
+
+    #[test]
+    fn network_none_is_refused_not_ignored() {
+        let (_dir, mut spec) = tree();
+        spec.network = Network::None;
+        let root = spec.root_dir();
+        let mut undo = Vec::new();
+        let error = prepare(&root, &spec, &mut undo).unwrap_err();
+        assert!(error.contains("--network=none"), "{error}");
+        assert!(undo.is_empty());
     }
 
     /// A step that swaps /etc for a symbolic link cannot make the clean-up write through it.

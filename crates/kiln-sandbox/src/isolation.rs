@@ -264,9 +264,14 @@ pub fn enter(args: &[std::ffi::OsString]) -> Option<i32> {
     let chroot_rung = |reason: String| Chosen::Rung {
         name: "chroot",
         why: format!(
-            "{}, in a container, {reason}: chrooted into a private copy, seccomp, no_new_privs, \
+            "{}, {}, {reason}: chrooted into a private copy, seccomp, no_new_privs, \
              no namespaces",
-            privileges.who()
+            privileges.who(),
+            if container {
+                "in a container"
+            } else {
+                "not in a container"
+            }
         ),
     };
     match plan(requested, privileges, container) {

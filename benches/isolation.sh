@@ -3,8 +3,9 @@
 # `sandbox`: a busybox base (built once, untimed), then 4 RUN steps FROM it (N files made in a
 # shell loop, every 10th changed, every 10th deleted, a directory recreated), cold each time (a
 # fresh copy of the store that holds only the base). Rows: sandbox (host root), userns (host root
-# forced through a user namespace), userns + copy snapshotter, and userns inside `podman run`
-# (root, default seccomp). hyperfine prints each row's time and the ratio to sandbox.
+# forced through a user namespace), userns + copy snapshotter, chroot (host root forced onto the
+# chroot rung, which always copies), and userns inside `podman run` (root, default seccomp).
+# hyperfine prints each row's time and the ratio to the fastest.
 #
 #   bash benches/isolation.sh          KILN=path/to/kiln N=2000 RUNS=5
 set -euo pipefail
@@ -52,4 +53,5 @@ CONTAINERS_CONF=$work/containers.conf hyperfine --runs "$RUNS" --prepare "$prepa
     -n sandbox "$build --isolation=sandbox" \
     -n userns "$build --isolation=userns" \
     -n userns-copy "KILN_SNAPSHOTTER=copy $build --isolation=userns" \
+    -n chroot "$build --isolation=chroot-on-host" \
     -n podman-userns "$podman run --rm --network none -e SOURCE_DATE_EPOCH -v $work:$work --rootfs $work/rootfs $build"

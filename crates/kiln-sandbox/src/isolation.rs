@@ -24,6 +24,10 @@ pub enum Requested {
     Sandbox,
     /// Through a user namespace, root or not.
     Userns,
+    /// Chrooted into a private copy, no namespace: only inside a container.
+    Chroot,
+    /// The same on a machine kiln does not take for a container: the risk named.
+    ChrootOnHost,
 }
 
 impl Requested {
@@ -33,6 +37,8 @@ impl Requested {
             "auto" => Some(Requested::Auto),
             "sandbox" => Some(Requested::Sandbox),
             "userns" => Some(Requested::Userns),
+            "chroot" => Some(Requested::Chroot),
+            "chroot-on-host" => Some(Requested::ChrootOnHost),
             _ => None,
         }
     }
@@ -108,17 +114,34 @@ pub enum Plan {
     Sandbox,
     /// Run again inside a user namespace.
     Userns,
-    /// `--isolation=sandbox` where it cannot work.
+    /// The chroot rung, asked for.
+    Chroot,
+    /// `--isolation=sandbox` or `chroot` where it cannot work.
     Refused(String),
 }
 
 /// The ladder's choice for what was asked and what the process may do.
-pub fn plan(requested: Requested, privileges: Privileges) -> Plan {
+pub fn plan(requested: Requested, privileges: Privileges, in_container: bool) -> Plan {
     let direct = privileges.root && privileges.sys_admin;
     match requested {
         Requested::Auto if direct => Plan::Sandbox,
         Requested::Auto | Requested::Userns => Plan::Userns,
         Requested::Sandbox if direct => Plan::Sandbox,
+        Requested::Chroot | Requested::ChrootOnHost if !privileges.root || !privileges.chroot => {
+            Plan::Refused(format!(
+                "--isolation=chroot needs root with CAP_SYS_CHROOT and CAP_MKNOD (Docker's default \
+                 capabilities) and kiln is {}",
+                privileges.who()
+            ))
+        }
+        Requested::Chroot if !in_container => Plan::Refused(
+            "--isolation=chroot runs RUN steps without namespaces, which kiln does only inside a \
+             container, and this does not look like one (no /.dockerenv, /run/.containerenv, \
+             KUBERNETES_SERVICE_HOST or container cgroup); --isolation=chroot-on-host accepts \
+             the weaker isolation here"
+                .into(),
+        ),
+        Requested::Chroot | Requested::ChrootOnHost => Plan::Chroot,
         Requested::Sandbox => Plan::Refused(format!(
             "--isolation=sandbox needs root with CAP_SYS_ADMIN and kiln is {}; \
              use --isolation=auto (or userns), or give kiln CAP_SYS_ADMIN \
@@ -126,6 +149,25 @@ pub fn plan(requested: Requested, privileges: Privileges) -> Plan {
             privileges.who()
         )),
     }
+}
+
+/// Whether kiln runs inside a container: a runtime's marker file, Kubernetes' environment, or
+/// a container runtime in PID 1's cgroup.
+pub fn in_container() -> bool {
+    let markers = ["/.dockerenv", "/run/.containerenv"];
+    markers.iter().any(|m| std::path::Path::new(m).exists())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::fs::read_to_string("/proc/1/cgroup").is_ok_and(|text| cgroup_says_container(&text))
+}
+
+/// A cgroup path of a container runtime (`docker`, `kubepods`, `libpod`, `containerd`, `lxc`).
+pub fn cgroup_says_container(cgroup: &str) -> bool {
+    cgroup.lines().any(|line| {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        ["docker", "kubepods", "libpod", "containerd", "lxc"]
+            .iter()
+            .any(|runtime| path.contains(runtime))
+    })
 }
 
 /// Root without CAP_SETFCAP may make a user namespace but not be root in it (Linux 5.12 and
@@ -178,7 +220,25 @@ pub fn enter(args: &[std::ffi::OsString]) -> Option<i32> {
     let env = std::env::var("KILN_ISOLATION").ok();
     let requested = requested(args, env.as_deref());
     let privileges = Privileges::current();
-    match plan(requested, privileges) {
+    let container = in_container();
+    let chroot_rung = |reason: String| Chosen::Rung {
+        name: "chroot",
+        why: format!(
+            "{}, {}, {reason}: chrooted into a private copy, seccomp, no_new_privs, \
+             no namespaces",
+            privileges.who(),
+            if container {
+                "in a container"
+            } else {
+                "not in a container"
+            }
+        ),
+    };
+    match plan(requested, privileges, container) {
+        Plan::Chroot => {
+            choose(chroot_rung("as asked".into()));
+            None
+        }
         Plan::Sandbox => {
             choose(Chosen::Rung {
                 name: "sandbox",
@@ -196,7 +256,12 @@ pub fn enter(args: &[std::ffi::OsString]) -> Option<i32> {
         Plan::Userns => match crate::userns::probe() {
             Ok(()) if privileges.root && !privileges.set_ids && !privileges.set_fcap => {
                 let message = no_root_map_message(privileges);
-                if requested == Requested::Auto {
+                if requested == Requested::Auto && container && privileges.chroot {
+                    choose(chroot_rung(
+                        "root cannot be mapped into a user namespace".into(),
+                    ));
+                    None
+                } else if requested == Requested::Auto {
                     choose(Chosen::Unavailable(message));
                     None
                 } else {
@@ -210,7 +275,11 @@ pub fn enter(args: &[std::ffi::OsString]) -> Option<i32> {
             })),
             Err(error) => {
                 let message = no_namespace_message(privileges, &error);
-                if privileges.root && requested == Requested::Auto {
+                if privileges.root && requested == Requested::Auto && container && privileges.chroot
+                {
+                    choose(chroot_rung(format!("no user namespace ({error})")));
+                    None
+                } else if privileges.root && requested == Requested::Auto {
                     // Root can still unpack, copy and export: only RUN needs a namespace.
                     choose(Chosen::Unavailable(message));
                     None
@@ -264,23 +333,26 @@ mod tests {
             sys_admin: false,
             set_ids: true,
             set_fcap: true,
+            chroot: true,
         };
-        assert_eq!(plan(Requested::Auto, podman_root), Plan::Userns);
+        assert_eq!(plan(Requested::Auto, podman_root, false), Plan::Userns);
         let host_root = Privileges {
             root: true,
             sys_admin: true,
             set_ids: true,
             set_fcap: true,
+            chroot: true,
         };
-        assert_eq!(plan(Requested::Auto, host_root), Plan::Sandbox);
-        assert_eq!(plan(Requested::Userns, host_root), Plan::Userns);
+        assert_eq!(plan(Requested::Auto, host_root, false), Plan::Sandbox);
+        assert_eq!(plan(Requested::Userns, host_root, false), Plan::Userns);
         let user = Privileges {
             root: false,
             sys_admin: false,
             set_ids: true,
             set_fcap: true,
+            chroot: true,
         };
-        assert_eq!(plan(Requested::Auto, user), Plan::Userns);
+        assert_eq!(plan(Requested::Auto, user, false), Plan::Userns);
     }
 
     #[test]
@@ -292,12 +364,50 @@ mod tests {
                 sys_admin: false,
                 set_ids: true,
                 set_fcap: true,
+                chroot: true,
             },
+            false,
         ) else {
             unreachable!("refused")
         };
         assert!(message.contains("CAP_SYS_ADMIN"), "{message}");
         assert!(message.contains("--cap-add SYS_ADMIN"), "{message}");
+    }
+
+    #[test]
+    fn chroot_is_refused_outside_a_container_unless_the_risk_is_named() {
+        let docker_root = Privileges {
+            root: true,
+            sys_admin: false,
+            set_ids: true,
+            set_fcap: true,
+            chroot: true,
+        };
+        let Plan::Refused(message) = plan(Requested::Chroot, docker_root, false) else {
+            unreachable!("refused")
+        };
+        assert!(message.contains("--isolation=chroot-on-host"), "{message}");
+        assert_eq!(plan(Requested::Chroot, docker_root, true), Plan::Chroot);
+        assert_eq!(
+            plan(Requested::ChrootOnHost, docker_root, false),
+            Plan::Chroot
+        );
+        let user = Privileges {
+            root: false,
+            chroot: false,
+            ..docker_root
+        };
+        assert!(matches!(
+            plan(Requested::ChrootOnHost, user, true),
+            Plan::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn container_cgroups_are_recognised() {
+        assert!(cgroup_says_container("12:pids:/docker/0123abcd\n"));
+        assert!(cgroup_says_container("0::/kubepods/besteffort/pod1/abc\n"));
+        assert!(!cgroup_says_container("0::/init.scope\n9:name=systemd:/\n"));
     }
 
     #[test]
@@ -307,6 +417,7 @@ mod tests {
             sys_admin: false,
             set_ids: false,
             set_fcap: false,
+            chroot: false,
         });
         assert!(message.contains("CAP_SETFCAP"), "{message}");
         assert!(message.contains("--user 1000"), "{message}");
@@ -320,6 +431,7 @@ mod tests {
                 sys_admin: false,
                 set_ids: true,
                 set_fcap: true,
+                chroot: true,
             },
             &std::io::Error::from_raw_os_error(1),
         );

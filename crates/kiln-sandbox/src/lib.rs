@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+mod chroot;
 pub mod isolation;
 mod privileges;
 mod process;
@@ -26,7 +27,7 @@ pub mod setup;
 pub mod syscall;
 pub mod userns;
 
-pub use process::{helper_main, HELPER_ARG, INIT_ARG};
+pub use process::{helper_main, CHROOT_ARG, HELPER_ARG, INIT_ARG};
 pub use setup::MOUNT_POINTS;
 
 use serde::{Deserialize, Serialize};
@@ -410,7 +411,11 @@ impl Sandbox {
         let spec_file = spec.status_file.with_extension("spec");
         std::fs::write(&spec_file, &input)?;
         let mut command = Command::new(&self.exe);
-        command.arg(HELPER_ARG).arg(&spec_file);
+        let role = match isolation::chosen() {
+            Some(isolation::Chosen::Rung { name: "chroot", .. }) => CHROOT_ARG,
+            _ => HELPER_ARG,
+        };
+        command.arg(role).arg(&spec_file);
         let mut stream = None;
         match output {
             Output::Inherit => {}

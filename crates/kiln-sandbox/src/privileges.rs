@@ -13,6 +13,8 @@ pub struct Privileges {
     /// CAP_SETFCAP in the effective set: since Linux 5.12 root may not map itself as root of a
     /// user namespace without it.
     pub set_fcap: bool,
+    /// CAP_SYS_CHROOT and CAP_MKNOD in the effective set, as root: the chroot rung works.
+    pub chroot: bool,
 }
 
 impl Privileges {
@@ -27,6 +29,7 @@ impl Privileges {
             sys_admin: effective.contains(CapabilitySet::SYS_ADMIN),
             set_ids: effective.contains(CapabilitySet::SETUID | CapabilitySet::SETGID),
             set_fcap: effective.contains(CapabilitySet::SETFCAP),
+            chroot: effective.contains(CapabilitySet::SYS_CHROOT | CapabilitySet::MKNOD),
         }
     }
 

@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 pub const HELPER_ARG: &str = "__kiln-sandbox";
 /// First argument of pid 1 inside the namespaces.
 pub const INIT_ARG: &str = "__kiln-sandbox-init";
+/// First argument that makes the executable the helper of the chroot rung (no namespaces).
+pub const CHROOT_ARG: &str = "__kiln-sandbox-chroot";
 
 /// The helpers' entry point: `args` are the process's arguments after the executable. Returns
 /// the process's exit code. Must run before the process starts any thread (unshare needs a
@@ -36,6 +38,8 @@ pub fn helper_main(args: &[std::ffi::OsString]) -> i32 {
         create_namespaces(&spec, spec_path)
     } else if role == INIT_ARG {
         init(&spec)
+    } else if role == CHROOT_ARG {
+        crate::chroot::run(&spec)
     } else {
         125
     }
@@ -186,7 +190,7 @@ fn init(spec: &Spec) -> i32 {
     }
     // Last, as nothing below needs what it refuses: the command and all it starts keep it.
     if !spec.privileged {
-        if let Err(e) = crate::seccomp::programs().and_then(|p| crate::seccomp::confine(&p)) {
+        if let Err(e) = crate::seccomp::programs(&[]).and_then(|p| crate::seccomp::confine(&p)) {
             report(Status::SetupFailed {
                 message: format!("applying the seccomp filter and no_new_privs: {e}"),
                 overlay: false,
@@ -250,7 +254,7 @@ const KEPT: rustix::thread::CapabilitySet = {
 
 /// Takes every other capability out of the bounding set: the command, exec'd after this, can
 /// never have them.
-fn limit_capabilities() -> std::io::Result<()> {
+pub(crate) fn limit_capabilities() -> std::io::Result<()> {
     for bit in 0..64 {
         let capability = rustix::thread::CapabilitySet::from_bits_retain(1 << bit);
         if KEPT.contains(capability) {
@@ -300,7 +304,7 @@ fn set_rlimits(limits: &[crate::Rlimit]) -> std::io::Result<()> {
 }
 
 /// Supplementary groups, then group, then user: once the uid is not 0 nothing else may change.
-fn drop_to(identity: &crate::Identity) -> std::io::Result<()> {
+pub(crate) fn drop_to(identity: &crate::Identity) -> std::io::Result<()> {
     use rustix::process::{Gid, Uid};
     let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     let staying = identity.uid == rustix::process::getuid().as_raw();

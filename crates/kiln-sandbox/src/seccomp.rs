@@ -128,11 +128,20 @@ fn target() -> Result<TargetArch, SeccompError> {
         .map_err(|_| SeccompError::Architecture(std::env::consts::ARCH))
 }
 
-/// Both programs: the EPERM one, then the ENOSYS one (`clone3`).
-pub fn programs() -> Result<Vec<BpfProgram>, SeccompError> {
+/// What the chroot rung refuses besides: a second `chroot` (the way out of a first one), and
+/// reaching into other processes, which no pid namespace hides there.
+pub const CHROOT_EXTRA: &[i64] = &[
+    libc::SYS_chroot,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+];
+
+/// Both programs: the EPERM one (with `extra` refused too), then the ENOSYS one (`clone3`).
+pub fn programs(extra: &[i64]) -> Result<Vec<BpfProgram>, SeccompError> {
     let arch = target()?;
     let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for number in REFUSED {
+    for number in REFUSED.iter().chain(extra) {
         refused.insert(*number, Vec::new());
         #[cfg(target_arch = "x86_64")]
         refused.insert(*number | X32_BIT, Vec::new());
@@ -193,7 +202,7 @@ mod tests {
 
     #[test]
     fn both_programs_build_for_this_machine() {
-        let programs = programs().unwrap();
+        let programs = programs(CHROOT_EXTRA).unwrap();
         assert_eq!(programs.len(), 2);
         assert!(programs.iter().all(|p| !p.is_empty()));
     }
@@ -216,7 +225,7 @@ mod tests {
     /// with EPERM, clone3 with ENOSYS, ordinary ones still work.
     #[test]
     fn a_confined_process_is_refused_what_docker_refuses() {
-        let programs = programs().unwrap();
+        let programs = programs(&[]).unwrap();
         // SAFETY: fork in a test; the child only makes raw system calls and exits.
         #[allow(unsafe_code)]
         let pid = unsafe { libc::fork() };

@@ -19,7 +19,7 @@ pub const MOUNT_POINTS: &[(&str, bool)] = &[
 ];
 
 /// Device nodes bound from the host into the sandbox's own /dev.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// A step of the mount plan that failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ fn step<T>(what: impl FnOnce() -> String, result: io::Result<T>) -> Result<T, Se
 
 /// Refuses a mount target with a symbolic link on its way: the mount would land wherever the
 /// link points, maybe outside the root.
-fn check_no_symlinks(root: &Path, relative: &str) -> io::Result<()> {
+pub(crate) fn check_no_symlinks(root: &Path, relative: &str) -> io::Result<()> {
     let mut path = root.to_path_buf();
     for part in relative.split('/').filter(|p| !p.is_empty()) {
         path.push(part);

@@ -16,9 +16,11 @@ pub struct Cli {
     pub root: Option<PathBuf>,
 
     /// How RUN steps are isolated: auto (the first that works here: sandbox as root with
-    /// CAP_SYS_ADMIN, else userns), sandbox, or userns. Default: $KILN_ISOLATION, else auto.
-    /// Read before anything else starts (kiln_sandbox::isolation); declared here for --help.
-    #[arg(long, global = true, value_name = "MODE", value_parser = ["auto", "sandbox", "userns"])]
+    /// CAP_SYS_ADMIN, else userns, else chroot inside a container), sandbox, userns, chroot
+    /// (inside a container only), or chroot-on-host (accepts the weaker isolation on a host).
+    /// Default: $KILN_ISOLATION, else auto. Read before anything else starts
+    /// (kiln_sandbox::isolation); declared here for --help. See docs/ci.md.
+    #[arg(long, global = true, value_name = "MODE", value_parser = ["auto", "sandbox", "userns", "chroot", "chroot-on-host"])]
     pub isolation: Option<String>,
 
     #[command(subcommand)]

@@ -38,10 +38,11 @@ fn main() -> ExitCode {
     // The sandbox's helper processes are this executable with a hidden first argument; they
     // must start before anything creates a thread.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args
-        .first()
-        .is_some_and(|a| a == kiln_sandbox::HELPER_ARG || a == kiln_sandbox::INIT_ARG)
-    {
+    if args.first().is_some_and(|a| {
+        a == kiln_sandbox::HELPER_ARG
+            || a == kiln_sandbox::INIT_ARG
+            || a == kiln_sandbox::CHROOT_ARG
+    }) {
         let code = kiln_sandbox::helper_main(&args);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }

@@ -75,8 +75,10 @@ fn compile_probe(dir: &Path) {
     fs::remove_file(source).unwrap();
 }
 
-/// The rungs this machine (root with CAP_SYS_ADMIN, user namespaces) offers.
-const RUNGS: &[&str] = &["sandbox", "userns"];
+/// The rungs to force on this machine (root with CAP_SYS_ADMIN, user namespaces):
+/// `chroot-on-host`, as the CI machine may or may not be a container itself (the rung is named
+/// `chroot` either way).
+const RUNGS: &[&str] = &["sandbox", "userns", "chroot-on-host"];
 
 #[test]
 fn run_steps_are_refused_what_dockers_default_profile_refuses() {
@@ -165,7 +167,12 @@ fn every_rung_builds_the_same_image_and_says_which_it_took() {
     let secret_file = secrets.path().join("tok");
     fs::write(&secret_file, "s3cret-ladder").unwrap();
     let mut digests = Vec::new();
-    for (rung, snapshotter) in [("sandbox", "auto"), ("userns", "auto"), ("userns", "copy")] {
+    for (rung, snapshotter) in [
+        ("sandbox", "auto"),
+        ("userns", "auto"),
+        ("userns", "copy"),
+        ("chroot-on-host", "auto"),
+    ] {
         let store = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let archive = out.path().join("image.tar");
@@ -191,7 +198,10 @@ fn every_rung_builds_the_same_image_and_says_which_it_took() {
         assert_eq!(run.status, 0, "{rung}/{snapshotter}: {}", run.stderr);
         let first = run.stderr.lines().next().unwrap_or_default();
         assert!(
-            first.starts_with(&format!("isolation: {rung} (root with CAP_SYS_ADMIN")),
+            first.starts_with(&format!(
+                "isolation: {} (root with CAP_SYS_ADMIN",
+                rung.trim_end_matches("-on-host")
+            )),
             "{rung}: first line {first:?}"
         );
         let image = read_image(&archive);
@@ -291,4 +301,69 @@ fn an_ordinary_user_is_refused_the_sandbox_rung_with_the_fix() {
         "{stderr}"
     );
     assert!(stderr.contains("--cap-add SYS_ADMIN"), "{stderr}");
+}
+
+/// The chroot rung runs RUN steps with no namespace, so kiln takes it only inside a container:
+/// on a machine with none of a container's marks (made here: a pid and mount namespace with
+/// a fresh /proc, chrooted into a busybox root without /.dockerenv, and an empty environment —
+/// kiln's own CI machine is itself a container) `--isolation=chroot` is refused, and
+/// `--isolation=chroot-on-host`, which names the risk, is taken.
+#[test]
+fn the_chroot_rung_is_refused_on_a_host_without_the_flag_that_names_the_risk() {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-host")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let rootfs = dir.path();
+    for sub in ["bin", "proc", "tmp", "dev", "etc", "store"] {
+        fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_kiln"), rootfs.join("kiln")).unwrap();
+    let ldd = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .output()
+        .unwrap();
+    for library in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+    {
+        let target = rootfs.join(library.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::copy(library, &target).unwrap();
+    }
+    assert!(!rootfs.join(".dockerenv").exists());
+    let on_host = |isolation: &str| {
+        let script = format!(
+            "mount -t proc proc {root}/proc && exec chroot {root} /kiln --isolation={isolation} --root /store images",
+            root = rootfs.display()
+        );
+        let out = Command::new("unshare")
+            .args([
+                "--mount",
+                "--pid",
+                "--fork",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = on_host("chroot");
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains("this does not look like one") && stderr.contains("chroot-on-host"),
+        "{stderr}"
+    );
+    let (code, stderr) = on_host("chroot-on-host");
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -4,7 +4,8 @@
 use crate::copy::{run_copy, CopyFrom, CopyJob};
 use crate::fetch::{fetch_url, FetchLimits, Fetched};
 use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
-use crate::lookup::{ensure_snapshot, read_transport};
+use crate::lookup::ensure_snapshot;
+use crate::remote::Located;
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, IgnoreRules, MemoryMemo};
@@ -732,25 +733,26 @@ impl Builder<'_> {
         reference: &str,
         platform: &Platform,
     ) -> Result<StageImage, BuildError> {
-        let manifest_descriptor = match read_transport(reference)? {
+        let remote = &self.options.remote;
+        let sink = |event| self.progress.event(Event::Transfer(event));
+        let manifest_descriptor = match remote.locate(self.store, reference, platform, &sink)? {
             // `oci:`, `oci-archive:` and `docker-archive:` as buildah takes them: copied into
             // the store (every blob checked) and used from there. Keying alone reads the
             // archive's manifest and copies nothing.
-            Some(archive) => match self.effects.import(self.store, &archive, reference)? {
-                Some(descriptor) => descriptor,
-                None => {
-                    let layers = self.layers(&archive.manifest, &archive.config, reference)?;
-                    let descriptor = archive.manifest_descriptor;
-                    return Ok(self.store_image(descriptor, archive.config, layers));
+            Located::Archive(archive) => {
+                match self.effects.import(self.store, &archive, reference)? {
+                    Some(descriptor) => descriptor,
+                    None => {
+                        let layers = self.layers(&archive.manifest, &archive.config, reference)?;
+                        let descriptor = archive.manifest_descriptor;
+                        return Ok(self.store_image(descriptor, archive.config, layers));
+                    }
                 }
-            },
-            None => {
-                let remote = &self.options.remote;
-                let sink = |event| self.progress.event(Event::Transfer(event));
-                let manifest = remote.manifest(self.store, reference, platform, &sink)?;
+            }
+            Located::Manifest(manifest) => {
                 self.effects
                     .pull_layers(remote, self.store, reference, &manifest, platform, &sink)?;
-                manifest
+                *manifest
             }
         };
         let manifest_bytes = self
@@ -1654,14 +1656,17 @@ pub struct StoreImages<'a> {
 
 impl kiln_plan::ImageConfigs for StoreImages<'_> {
     fn config(&self, reference: &str, platform: &Platform) -> Option<kiln_plan::BaseConfig> {
-        let config = match read_transport(reference).ok()? {
-            Some(archive) => archive.config.config,
-            None => {
-                let sink = |event| self.progress.event(Event::Transfer(event));
-                self.remote
-                    .config(self.store, reference, platform, &sink)
-                    .ok()?
-                    .config
+        let sink = |event| self.progress.event(Event::Transfer(event));
+        let config = match self
+            .remote
+            .locate(self.store, reference, platform, &sink)
+            .ok()?
+        {
+            Located::Archive(archive) => archive.config.config,
+            // Resolved once per build, so this asks nothing again.
+            Located::Manifest(_) => {
+                let config = self.remote.config(self.store, reference, platform, &sink);
+                config.ok()?.config
             }
         };
         Some(kiln_plan::BaseConfig {

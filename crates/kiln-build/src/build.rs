@@ -4,7 +4,8 @@
 use crate::copy::{run_copy, CopyFrom, CopyJob};
 use crate::fetch::{fetch_url, FetchLimits, Fetched};
 use crate::image::{apply_config, base_config, history_entry, parse_rfc3339, rfc3339};
-use crate::lookup::{ensure_snapshot, read_transport};
+use crate::lookup::ensure_snapshot;
+use crate::remote::Located;
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_context::{Context, IgnoreRules, MemoryMemo};
@@ -77,6 +78,118 @@ pub fn unknown_stage_filters<'a>(plan: &Plan, filters: &'a [String]) -> Vec<&'a 
         })
         .map(String::as_str)
         .collect()
+}
+
+/// What a build does to the store besides computing keys: fetching a base image's layers,
+/// importing an archive, unpacking a layer into its snapshot. Planning runs nothing: a dry run
+/// ([`plan_cache`]) keys every step with [`KeysOnly`], which does none of it.
+trait Effects: Sync {
+    /// Copies an archive's image into the store; `None` when nothing is copied (the archive's
+    /// own manifest is used then).
+    fn import(
+        &self,
+        store: &Store,
+        archive: &kiln_oci::ArchiveImage,
+        reference: &str,
+    ) -> Result<Option<Descriptor>, BuildError>;
+
+    /// Fetches the layers of a resolved base image into the store.
+    fn pull_layers(
+        &self,
+        remote: &crate::remote::RemoteOptions,
+        store: &Store,
+        reference: &str,
+        manifest: &Descriptor,
+        platform: &Platform,
+        progress: kiln_registry::Progress,
+    ) -> Result<(), BuildError>;
+
+    /// Where a layer's snapshot is, unpacked from its blob if a build needs it, within the
+    /// image's `budget` of decompressed bytes.
+    fn snapshot(
+        &self,
+        store: &Store,
+        descriptor: &Descriptor,
+        diff_id: &str,
+        what: &str,
+        budget: &mut crate::unpack::ImageBudget,
+    ) -> Result<PathBuf, BuildError>;
+}
+
+/// A build's effects: everything is fetched, imported and unpacked.
+struct Materialize;
+
+impl Effects for Materialize {
+    fn import(
+        &self,
+        store: &Store,
+        archive: &kiln_oci::ArchiveImage,
+        reference: &str,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        store.import(archive).map(Some).map_err(|e| {
+            BuildError::Image(format!("{reference}: cannot copy it into the store: {e}"))
+        })
+    }
+
+    fn pull_layers(
+        &self,
+        remote: &crate::remote::RemoteOptions,
+        store: &Store,
+        reference: &str,
+        manifest: &Descriptor,
+        platform: &Platform,
+        progress: kiln_registry::Progress,
+    ) -> Result<(), BuildError> {
+        remote.complete(store, reference, manifest, platform, progress)
+    }
+
+    fn snapshot(
+        &self,
+        store: &Store,
+        descriptor: &Descriptor,
+        diff_id: &str,
+        what: &str,
+        budget: &mut crate::unpack::ImageBudget,
+    ) -> Result<PathBuf, BuildError> {
+        Ok(ensure_snapshot(store, descriptor, diff_id, what, budget)?)
+    }
+}
+
+/// A dry run's effects: none. Layers are where their snapshots would be.
+struct KeysOnly;
+
+impl Effects for KeysOnly {
+    fn import(
+        &self,
+        _: &Store,
+        _: &kiln_oci::ArchiveImage,
+        _: &str,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        Ok(None)
+    }
+
+    fn pull_layers(
+        &self,
+        _: &crate::remote::RemoteOptions,
+        _: &Store,
+        _: &str,
+        _: &Descriptor,
+        _: &Platform,
+        _: kiln_registry::Progress,
+    ) -> Result<(), BuildError> {
+        Ok(())
+    }
+
+    fn snapshot(
+        &self,
+        store: &Store,
+        _: &Descriptor,
+        diff_id: &str,
+        _: &str,
+        _: &mut crate::unpack::ImageBudget,
+    ) -> Result<PathBuf, BuildError> {
+        Ok(store.snapshot_path(diff_id))
+    }
 }
 
 /// What progress displays hear about.
@@ -221,8 +334,10 @@ struct Builder<'a> {
     overlay_broken: std::sync::atomic::AtomicBool,
     /// A stage failed: the others stop at their next step, and a running RUN is killed.
     failed: std::sync::atomic::AtomicBool,
-    /// `plan_cache`: compute keys and look them up, but copy, download, unpack and run nothing.
-    dry_run: bool,
+    /// What the build does to the store beyond keying: [`Materialize`] for a build, [`KeysOnly`]
+    /// for `plan_cache`, which computes keys and looks them up but fetches, imports and unpacks
+    /// nothing.
+    effects: &'a dyn Effects,
     /// The cache records this build used or made, for `--cache-to`.
     records: std::sync::Mutex<Vec<CacheRecord>>,
 }
@@ -262,7 +377,7 @@ pub fn build(
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
         failed: std::sync::atomic::AtomicBool::new(false),
-        dry_run: false,
+        effects: &Materialize,
         records: std::sync::Mutex::new(Vec::new()),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
@@ -437,7 +552,7 @@ pub fn plan_cache(
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
         failed: std::sync::atomic::AtomicBool::new(false),
-        dry_run: true,
+        effects: &KeysOnly,
         records: std::sync::Mutex::new(Vec::new()),
     };
     let mut states = Vec::new();
@@ -579,14 +694,13 @@ impl Builder<'_> {
     /// cache, or whose snapshot was pruned, is unpacked from its blob now. A dry run unpacks
     /// nothing (its placeholders have no blob).
     fn rootfs(&self, image: &StageImage) -> Result<Rootfs, BuildError> {
-        if !self.dry_run {
-            let mut budget =
-                crate::unpack::ImageBudget::new(image.layers.iter().map(|l| l.descriptor.size))?;
-            for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
-                if !layer.snapshot.is_dir() && self.store.has_blob(&layer.descriptor.digest) {
-                    let (descriptor, diff_id) = (&layer.descriptor, diff_id.as_str());
-                    ensure_snapshot(self.store, descriptor, diff_id, "layer", &mut budget)?;
-                }
+        let mut budget =
+            crate::unpack::ImageBudget::new(image.layers.iter().map(|l| l.descriptor.size))?;
+        for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
+            if !layer.snapshot.is_dir() && self.store.has_blob(&layer.descriptor.digest) {
+                let (descriptor, diff_id) = (&layer.descriptor, diff_id.as_str());
+                self.effects
+                    .snapshot(self.store, descriptor, diff_id, "layer", &mut budget)?;
             }
         }
         Ok(Rootfs::new(
@@ -645,25 +759,26 @@ impl Builder<'_> {
         reference: &str,
         platform: &Platform,
     ) -> Result<StageImage, BuildError> {
-        let manifest_descriptor = match read_transport(reference)? {
-            // A dry run keys on the archive's manifest and copies nothing into the store.
-            Some(archive) if self.dry_run => {
-                let layers = planned_layers(self.store, &archive.manifest, &archive.config);
-                return Ok(self.store_image(archive.manifest_descriptor, archive.config, layers));
-            }
+        let remote = &self.options.remote;
+        let sink = |event| self.progress.event(Event::Transfer(event));
+        let manifest_descriptor = match remote.locate(self.store, reference, platform, &sink)? {
             // `oci:`, `oci-archive:` and `docker-archive:` as buildah takes them: copied into
-            // the store (every blob checked) and used from there.
-            Some(archive) => self.store.import(&archive).map_err(|e| {
-                BuildError::Image(format!("{reference}: cannot copy it into the store: {e}"))
-            })?,
-            None => {
-                let remote = &self.options.remote;
-                let sink = |event| self.progress.event(Event::Transfer(event));
-                let manifest = remote.manifest(self.store, reference, platform, &sink)?;
-                if !self.dry_run {
-                    remote.complete(self.store, reference, &manifest, platform, &sink)?;
+            // the store (every blob checked) and used from there. Keying alone reads the
+            // archive's manifest and copies nothing.
+            Located::Archive(archive) => {
+                match self.effects.import(self.store, &archive, reference)? {
+                    Some(descriptor) => descriptor,
+                    None => {
+                        let layers = self.layers(&archive.manifest, &archive.config, reference)?;
+                        let descriptor = archive.manifest_descriptor;
+                        return Ok(self.store_image(descriptor, archive.config, layers));
+                    }
                 }
-                manifest
+            }
+            Located::Manifest(manifest) => {
+                self.effects
+                    .pull_layers(remote, self.store, reference, &manifest, platform, &sink)?;
+                *manifest
             }
         };
         let manifest_bytes = self
@@ -678,12 +793,36 @@ impl Builder<'_> {
             .map_err(BuildError::Store)?;
         let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
             .map_err(|e| BuildError::Image(e.to_string()))?;
-        let layers = if self.dry_run {
-            planned_layers(self.store, &manifest, &config)
-        } else {
-            unpacked_layers(self.store, &manifest, &config, reference)?
-        };
+        let layers = self.layers(&manifest, &config, reference)?;
         Ok(self.store_image(manifest_descriptor, config, layers))
+    }
+
+    /// The layers of a base image, each with its snapshot (unpacked by a build if need be).
+    fn layers(
+        &self,
+        manifest: &Manifest,
+        config: &ImageConfig,
+        reference: &str,
+    ) -> Result<Vec<LayerRef>, BuildError> {
+        let what = format!("base image {reference:?}");
+        let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
+        manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(descriptor, diff_id)| {
+                Ok(LayerRef {
+                    descriptor: descriptor.clone(),
+                    snapshot: self.effects.snapshot(
+                        self.store,
+                        descriptor,
+                        diff_id.as_str(),
+                        &what,
+                        &mut budget,
+                    )?,
+                })
+            })
+            .collect()
     }
 
     /// A base image's starting point: its config and layers, keyed by its manifest.
@@ -1643,48 +1782,6 @@ impl Builder<'_> {
     }
 }
 
-/// The layers of an image where they are (or would be) unpacked, unpacking nothing: a dry run
-/// only needs their places.
-fn planned_layers(store: &Store, manifest: &Manifest, config: &ImageConfig) -> Vec<LayerRef> {
-    manifest
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(descriptor, diff_id)| LayerRef {
-            descriptor: descriptor.clone(),
-            snapshot: store.snapshot_path(diff_id.as_str()),
-        })
-        .collect()
-}
-
-/// The layers of an image in the store, each unpacked into a snapshot: a layer made elsewhere
-/// (kiln load, a pull) is unpacked once, and shared by every build after.
-fn unpacked_layers(
-    store: &Store,
-    manifest: &Manifest,
-    config: &ImageConfig,
-    reference: &str,
-) -> Result<Vec<LayerRef>, BuildError> {
-    let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
-    manifest
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(descriptor, diff_id)| {
-            Ok(LayerRef {
-                descriptor: descriptor.clone(),
-                snapshot: ensure_snapshot(
-                    store,
-                    descriptor,
-                    diff_id.as_str(),
-                    &format!("base image {reference:?}"),
-                    &mut budget,
-                )?,
-            })
-        })
-        .collect()
-}
-
 /// Base image configs from the store, for planning: a stage on an image sees that image's ENV
 /// in expansion, starts in its WORKDIR with its SHELL, and runs its ONBUILD triggers.
 /// An image the store lacks is asked of the registry (manifest and config only).
@@ -1699,14 +1796,17 @@ pub struct StoreImages<'a> {
 
 impl kiln_plan::ImageConfigs for StoreImages<'_> {
     fn config(&self, reference: &str, platform: &Platform) -> Option<kiln_plan::BaseConfig> {
-        let config = match read_transport(reference).ok()? {
-            Some(archive) => archive.config.config,
-            None => {
-                let sink = |event| self.progress.event(Event::Transfer(event));
-                self.remote
-                    .config(self.store, reference, platform, &sink)
-                    .ok()?
-                    .config
+        let sink = |event| self.progress.event(Event::Transfer(event));
+        let config = match self
+            .remote
+            .locate(self.store, reference, platform, &sink)
+            .ok()?
+        {
+            Located::Archive(archive) => archive.config.config,
+            // Resolved once per build, so this asks nothing again.
+            Located::Manifest(_) => {
+                let config = self.remote.config(self.store, reference, platform, &sink);
+                config.ok()?.config
             }
         };
         Some(kiln_plan::BaseConfig {

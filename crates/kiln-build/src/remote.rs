@@ -37,6 +37,15 @@ impl PullPolicy {
     }
 }
 
+/// Where an image was found ([`RemoteOptions::locate`]).
+pub enum Located {
+    /// In an archive or layout directory, read and checked, not yet in the store.
+    Archive(Box<kiln_oci::ArchiveImage>),
+    /// A manifest resolved for this build, in the store or at the registry (what is still
+    /// there is fetched by [`RemoteOptions::complete`]).
+    Manifest(Box<Descriptor>),
+}
+
 /// How a build reaches registries; the default is offline (the store only).
 #[derive(Default)]
 pub struct RemoteOptions {
@@ -85,6 +94,24 @@ impl RemoteOptions {
     fn remember(&self, reference: &str, resolution: Resolution) {
         if let Ok(mut map) = self.resolved.lock() {
             map.insert(reference.to_string(), resolution);
+        }
+    }
+
+    /// The build's one way to find an image: `oci-archive:`, `docker-archive:` and `oci:`
+    /// references are read from their file or directory; any other name is looked up in the
+    /// store and, when it is not there (or with `--pull`), resolved with the registry.
+    pub fn locate(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+        progress: TransferSink,
+    ) -> Result<Located, BuildError> {
+        match crate::lookup::read_transport(reference)? {
+            Some(archive) => Ok(Located::Archive(Box::new(archive))),
+            None => Ok(Located::Manifest(Box::new(
+                self.manifest(store, reference, platform, progress)?,
+            ))),
         }
     }
 

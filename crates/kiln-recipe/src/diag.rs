@@ -3,9 +3,12 @@
 use crate::span::Span;
 use std::fmt;
 
+/// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
+    /// A lint finding: the recipe still builds.
     Warning,
+    /// The recipe cannot be built as written.
     Error,
 }
 
@@ -13,13 +16,17 @@ pub enum Severity {
 /// names them) for warnings that can be skipped; errors from the grammar carry none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
+    /// What is wrong.
     pub message: String,
+    /// Where in the recipe.
     pub span: Span,
     /// Short text shown under the caret.
     pub label: Option<String>,
     /// Advice on how to fix it ("did you mean `COPY`?").
     pub help: Option<String>,
+    /// The lint rule, for warnings a `# check=skip=` can silence.
     pub rule: Option<&'static str>,
     /// False for findings about the build as a whole (an unused --build-arg, an unknown
     /// --target), which have no place in the file to point at.
@@ -27,6 +34,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error at `span`.
     pub fn error(span: Span, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
@@ -39,6 +47,7 @@ impl Diagnostic {
         }
     }
 
+    /// A warning of lint rule `rule` at `span`.
     pub fn warning(rule: &'static str, span: Span, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
@@ -51,21 +60,25 @@ impl Diagnostic {
         }
     }
 
+    /// Adds the text shown under the caret.
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
         self
     }
 
+    /// Adds advice on how to fix it.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// Marks it as about the build as a whole, not a place in the file.
     pub fn unlocated(mut self) -> Self {
         self.located = false;
         self
     }
 
+    /// Whether it is an error.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
@@ -85,12 +98,16 @@ impl fmt::Display for Diagnostic {
 /// `error=true` makes the remaining ones fail the check, as in BuildKit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckPolicy {
+    /// `skip=all`: every lint warning is silenced.
     pub skip_all: bool,
+    /// `skip=Rule1,Rule2`: the rules silenced.
     pub skip: Vec<String>,
+    /// `error=true`: the remaining warnings fail the check.
     pub error: bool,
 }
 
 impl CheckPolicy {
+    /// Reads the directive's value, or says what is wrong with it.
     pub fn parse(value: &str) -> Result<Self, String> {
         let mut policy = CheckPolicy::default();
         for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where variable values come from during expansion.
 pub trait VarSource {
+    /// The value of `name`, if it is set.
     fn get(&self, name: &str) -> Option<&str>;
 }
 
@@ -30,6 +31,7 @@ impl VarSource for HashMap<String, String> {
     }
 }
 
+/// How a text is expanded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// A Dockerfile word (ADD/COPY/ENV/EXPOSE/FROM/LABEL/STOPSIGNAL/USER/VOLUME/WORKDIR args, ARG defaults, flag values):
@@ -40,8 +42,10 @@ pub enum Mode {
     Heredoc,
 }
 
+/// The result of expanding a text.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Expansion {
+    /// The expanded text.
     pub value: String,
     /// Names that were referenced and were set (sorted, deduplicated) — used to know which build args were consumed.
     pub used: Vec<String>,
@@ -49,9 +53,11 @@ pub struct Expansion {
     pub unset: Vec<String>,
 }
 
+/// An expansion that failed, with where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ExpandError {
+    /// What is wrong.
     pub message: String,
     /// Byte offset into the input where the faulty construct starts (e.g. the `$` of an unterminated `${`).
     pub offset: usize,

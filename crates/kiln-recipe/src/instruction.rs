@@ -33,25 +33,35 @@ pub const INSTRUCTIONS: [&str; 18] = [
 /// A checked recipe: instructions in file order, global ARGs first.
 #[derive(Debug, Clone)]
 pub struct Recipe {
+    /// The parser directives.
     pub directives: Directives,
+    /// The instructions that passed their checks, in file order.
     pub instructions: Vec<Instruction>,
+    /// Errors and warnings of the syntax and meaning layers.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Recipe {
+    /// Whether any diagnostic is an error.
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
 }
 
+/// One checked instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instruction {
+    /// What it is, with its typed arguments.
     pub kind: Kind,
     /// The instruction text with continuations joined, as history records it.
     pub original: String,
+    /// From the keyword to the end of its last line.
     pub span: Span,
+    /// Where the keyword is.
     pub keyword_span: Span,
+    /// Its first line, 1-based.
     pub start_line: usize,
+    /// Its last line, 1-based, inclusive.
     pub end_line: usize,
 }
 
@@ -65,53 +75,78 @@ impl Instruction {
 /// A command line: exec form runs the array as is; shell form goes through the image's SHELL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Exec form: a JSON array, run as is.
     Exec(Vec<String>),
+    /// Shell form: the text, run through the SHELL.
     Shell(Word),
 }
 
+/// FROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct From {
+    /// The image or stage as written.
     pub image: Word,
     /// The stage name after `AS`, lower-cased as BuildKit does.
     pub name: Option<Word>,
+    /// `--platform`, as written.
     pub platform: Option<Word>,
 }
 
+/// RUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
+    /// The command.
     pub command: Command,
+    /// Heredocs the command reads.
     pub heredocs: Vec<Heredoc>,
     /// `--mount` values as written; the planner expands and parses them.
     pub mounts: Vec<Word>,
+    /// `--network`.
     pub network: Option<Network>,
+    /// `--security`.
     pub security: Option<Security>,
 }
 
+/// `RUN --network`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {
+    /// The default: the host's network, as with `host`.
     Default,
+    /// No network.
     None,
+    /// The host's network.
     Host,
 }
 
+/// `RUN --security`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
+    /// The default sandbox.
     Sandbox,
+    /// `insecure`: extra privileges.
     Insecure,
 }
 
 /// COPY and ADD share their shape; which flags are allowed differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copy {
+    /// The sources, as written.
     pub sources: Vec<Word>,
+    /// The destination, as written.
     pub destination: Word,
     /// Heredocs used as sources, by marker name.
     pub heredocs: Vec<Heredoc>,
+    /// `--from`.
     pub from: Option<Word>,
+    /// `--chown`.
     pub chown: Option<Word>,
+    /// `--chmod`.
     pub chmod: Option<Word>,
+    /// `--link`.
     pub link: bool,
+    /// `--parents`.
     pub parents: bool,
+    /// `--exclude` patterns.
     pub excludes: Vec<Word>,
     /// ADD only.
     pub checksum: Option<Word>,
@@ -119,58 +154,93 @@ pub struct Copy {
     pub keep_git_dir: bool,
     /// ADD only: `--unpack=false` keeps a local archive as a file.
     pub unpack: Option<bool>,
+    /// Whether the arguments were a JSON array.
     pub json: bool,
 }
 
+/// One `key=value` of ENV or LABEL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
+    /// The key.
     pub key: Word,
+    /// The value, unexpanded.
     pub value: Word,
 }
 
+/// One declaration of an ARG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgDecl {
+    /// The argument's name.
     pub name: Word,
     /// The default as written (`ARG V=1.0` → `1.0`), expanded when the ARG is reached.
     pub default: Option<Word>,
 }
 
+/// HEALTHCHECK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Healthcheck {
+    /// `HEALTHCHECK NONE`: the base's check is turned off.
     None,
+    /// A check.
     Check {
+        /// The command (`CMD …`).
         command: Command,
+        /// `--interval`.
         interval: Option<Duration>,
+        /// `--timeout`.
         timeout: Option<Duration>,
+        /// `--start-period`.
         start_period: Option<Duration>,
+        /// `--start-interval`.
         start_interval: Option<Duration>,
+        /// `--retries`.
         retries: Option<u32>,
     },
 }
 
+/// An instruction with its typed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// FROM.
     From(From),
+    /// RUN.
     Run(Run),
+    /// CMD.
     Cmd(Command),
+    /// ENTRYPOINT.
     Entrypoint(Command),
+    /// SHELL (a JSON array).
     Shell(Vec<String>),
+    /// LABEL.
     Label(Vec<KeyValue>),
+    /// MAINTAINER.
     Maintainer(Word),
+    /// EXPOSE.
     Expose(Vec<Word>),
+    /// ENV.
     Env(Vec<KeyValue>),
+    /// ADD.
     Add(Copy),
+    /// COPY.
     Copy(Copy),
+    /// VOLUME.
     Volume(Vec<Word>),
+    /// USER.
     User(Word),
+    /// WORKDIR.
     Workdir(Word),
+    /// ARG.
     Arg(Vec<ArgDecl>),
+    /// ONBUILD, with its trigger.
     Onbuild(Box<Instruction>),
+    /// STOPSIGNAL.
     Stopsignal(Word),
+    /// HEALTHCHECK.
     Healthcheck(Healthcheck),
 }
 
 impl Kind {
+    /// The instruction word in upper case.
     pub fn name(&self) -> &'static str {
         match self {
             Kind::From(_) => "FROM",
@@ -202,6 +272,7 @@ pub fn parse_recipe(text: &str) -> Recipe {
     from_document(document)
 }
 
+/// The meaning layer: checks each node of a parsed document into an instruction.
 pub fn from_document(document: Document) -> Recipe {
     let Document {
         directives,

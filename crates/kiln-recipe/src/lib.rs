@@ -5,6 +5,8 @@
 //! meaning and checks it. [`expand`] is Docker's word expansion, applied later by the planner
 //! because it needs the build arguments and the environment of each stage.
 
+#![warn(missing_docs)]
+
 pub mod diag;
 pub mod dump;
 pub mod expand;

@@ -2,39 +2,59 @@
 
 use crate::instruction::parse_go_bool;
 
+/// `type=` of a `--mount`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountType {
+    /// A directory of the context, a stage or an image.
     Bind,
+    /// A directory of the store kept between builds.
     Cache,
+    /// An empty tmpfs.
     Tmpfs,
+    /// A `--secret`, as a file (or variable).
     Secret,
+    /// An SSH agent socket.
     Ssh,
 }
 
+/// `sharing=` of a cache mount: how concurrent users share it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Sharing {
+    /// Every user at once.
     #[default]
     Shared,
+    /// Alone, or a fresh directory when another user holds it.
     Private,
+    /// Alone: others wait.
     Locked,
 }
 
 /// One parsed `--mount`. Fields a type does not use stay `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// `type=`.
     pub kind: MountType,
+    /// `target=`: where it is mounted.
     pub target: Option<String>,
+    /// `source=`: the path in what is mounted.
     pub source: Option<String>,
     /// A stage, a build context or an image to take the source from (bind and cache).
     pub from: Option<String>,
+    /// `ro`/`readonly`.
     pub readonly: bool,
+    /// `id=`: the cache or secret id.
     pub id: Option<String>,
+    /// `sharing=`.
     pub sharing: Sharing,
+    /// `mode=`: permission bits of a new cache directory or secret file.
     pub mode: Option<u32>,
+    /// `uid=`: its owner.
     pub uid: Option<u32>,
+    /// `gid=`: its group.
     pub gid: Option<u32>,
     /// tmpfs size in bytes.
     pub size: Option<u64>,
+    /// `required=true`: a secret or SSH agent that must be given.
     pub required: bool,
     /// secret: expose it as this environment variable instead of (or besides) a file.
     pub env: Option<String>,

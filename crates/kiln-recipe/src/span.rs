@@ -6,11 +6,14 @@ use std::ops::Range;
 /// index the bytes exactly as they were read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Span {
+    /// First byte.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
 }
 
 impl Span {
+    /// The span `[start, end)` (an `end` before `start` is taken as `start`).
     pub fn new(start: usize, end: usize) -> Self {
         Span {
             start,
@@ -26,14 +29,17 @@ impl Span {
         }
     }
 
+    /// The span as a range, to slice the text.
     pub fn range(&self) -> Range<usize> {
         self.start..self.end
     }
 
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
+    /// Whether it covers no byte.
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
@@ -51,6 +57,7 @@ pub struct LineIndex {
 }
 
 impl LineIndex {
+    /// The line starts of `text`.
     pub fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));

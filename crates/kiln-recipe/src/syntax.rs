@@ -18,8 +18,11 @@ use nom::{IResult, Parser};
 pub struct Directives {
     /// The escape character: `\` unless `# escape=`` ` says otherwise.
     pub escape: char,
+    /// Where `# escape=` is, when given.
     pub escape_span: Option<Span>,
+    /// `# syntax=`: the frontend image BuildKit would use, and where it is.
     pub syntax: Option<(String, Span)>,
+    /// `# check=`: the lint policy as written, and where it is.
     pub check: Option<(String, Span)>,
 }
 
@@ -37,7 +40,9 @@ impl Default for Directives {
 /// A builder flag such as `--from=build`; quotes and escapes are already removed from `text`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flag {
+    /// The flag as written, `--name=value`.
     pub text: String,
+    /// Where it is.
     pub span: Span,
 }
 
@@ -58,13 +63,16 @@ impl Flag {
 /// from. For JSON form the text is the decoded string and the span is the whole array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Word {
+    /// The text (decoded for JSON form).
     pub text: String,
+    /// Where it came from.
     pub span: Span,
 }
 
 /// A heredoc collected after an instruction: `<<EOF`, `<<-EOF`, `<<"EOF"`, `3<<EOF`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heredoc {
+    /// The delimiter word (`EOF`).
     pub name: String,
     /// `<<-`: leading tabs were stripped from every body line and the terminator.
     pub strip_tabs: bool,
@@ -94,12 +102,17 @@ pub enum Form {
 pub struct Node {
     /// The instruction word as written (`from`, `From`, `FROM`).
     pub keyword: String,
+    /// Where the keyword is.
     pub keyword_span: Span,
+    /// The leading `--flags`.
     pub flags: Vec<Flag>,
+    /// The arguments, split by the instruction's own rule.
     pub args: Vec<Word>,
+    /// Whether the arguments were a JSON array.
     pub form: Form,
     /// Everything after the keyword and the flags, trimmed, as one piece.
     pub rest: Word,
+    /// The heredocs after the line.
     pub heredocs: Vec<Heredoc>,
     /// For `ONBUILD`: the trigger instruction.
     pub trigger: Option<Box<Node>>,
@@ -116,6 +129,7 @@ pub struct Node {
     /// 1-based, inclusive; the range covers comment and blank lines inside continuations and
     /// heredoc bodies.
     pub start_line: usize,
+    /// The last line, 1-based, inclusive.
     pub end_line: usize,
 }
 
@@ -129,13 +143,18 @@ impl Node {
 /// A parsed recipe: directives, nodes and whatever went wrong on the way.
 #[derive(Debug, Clone)]
 pub struct Document {
+    /// The parser directives.
     pub directives: Directives,
+    /// The instructions, in file order.
     pub nodes: Vec<Node>,
+    /// What went wrong while cutting the text.
     pub diagnostics: Vec<Diagnostic>,
+    /// Offsets to lines and columns.
     pub lines: LineIndex,
 }
 
 impl Document {
+    /// Whether any diagnostic is an error.
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }

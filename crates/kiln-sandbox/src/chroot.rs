@@ -545,6 +545,8 @@ mod tests {
                 },
             ],
             privileged: false,
+            shm_size: None,
+            rlimits: Vec::new(),
             status_file: dir.path().join("status"),
         };
         (dir, spec)

@@ -346,6 +346,19 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        self.stop();
+        // A dockerd that did not clean up leaves its network namespace mounted there, which
+        // would keep the temporary directory from being removed.
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self._dir.path().join("exec/netns/default"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Dockerd {
+    fn stop(&mut self) {
         // SIGTERM first: dockerd stops its containers and its containerd.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

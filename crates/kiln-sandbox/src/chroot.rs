@@ -414,9 +414,9 @@ fn spawn_and_wait(
             std::fs::create_dir_all(&cwd)?;
             std::env::set_current_dir(&cwd)?;
             if !privileged {
-                crate::process::limit_capabilities()?;
+                crate::credentials::limit_capabilities()?;
             }
-            crate::process::drop_to(&identity)?;
+            crate::credentials::drop_to(&identity)?;
             if let Some(programs) = &programs {
                 crate::seccomp::confine(programs).map_err(io::Error::other)?;
             }

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod chroot;
+mod credentials;
 pub mod isolation;
 mod privileges;
 mod process;

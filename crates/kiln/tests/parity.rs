@@ -459,7 +459,17 @@ fn a_mount_with_no_target_lands_in_the_working_directory() {
          RUN --mount=from=data,source=/data cat f > /copied\n\
          RUN --mount=from=data,source=/data,target=sub cat sub/f > /relative\n",
     )]);
-    assert_same_image("mount-no-target", ctx.path(), RUN_STUBS);
+    // runc makes a missing mount target as an empty directory and docker 20.10's BuildKit
+    // keeps it in the layer, as it keeps /dev, /proc and /sys (current BuildKit removes them).
+    let known = [
+        RUN_STUBS,
+        &[Known::at(
+            "/etc/sub",
+            "docker 20.10's BuildKit keeps runc's stub of a missing mount target",
+        )][..],
+    ]
+    .concat();
+    assert_same_image("mount-no-target", ctx.path(), &known);
 }
 
 #[test]
@@ -471,5 +481,13 @@ fn a_cache_mount_seeded_from_a_stage() {
          FROM busybox:test\n\
          RUN --mount=type=cache,from=seed,source=/seed,target=/cache cat /cache/f > /out\n",
     )]);
-    assert_same_image("cache-from-stage", ctx.path(), RUN_STUBS);
+    let known = [
+        RUN_STUBS,
+        &[Known::at(
+            "/cache",
+            "docker 20.10's BuildKit keeps runc's stub of a missing mount target",
+        )][..],
+    ]
+    .concat();
+    assert_same_image("cache-from-stage", ctx.path(), &known);
 }

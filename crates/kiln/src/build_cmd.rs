@@ -161,7 +161,13 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         remote: &remote,
         progress,
     };
-    let loaded = match recipe::load(&args.recipe, &images) {
+    // Local directories given as named contexts become one-layer images first (kept in a
+    // work area of the store until the build ends).
+    let recipe_args = match import_local_contexts(&args.recipe, store, &options) {
+        Ok(imported) => imported,
+        Err(message) => return fail(INVALID, message),
+    };
+    let loaded = match recipe::load(&recipe_args, &images) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -194,4 +200,64 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
     let names: Vec<String> = names.iter().map(ToString::to_string).collect();
     progress.built(&built, &names, stdout_taken);
     ExitCode::SUCCESS
+}
+
+/// `--build-context NAME=DIR`: each local directory is built into a one-layer image of the
+/// store, as `FROM scratch` + `COPY . /` with the directory as its context (its own
+/// `.dockerignore` applies, files belong to root), and the recipe names that image by its
+/// manifest digest. The COPY is keyed and cached by content like any other, so an unchanged
+/// directory gives the same image and the steps that use it stay cached.
+fn import_local_contexts(
+    recipe_args: &crate::cli::RecipeArgs,
+    store: &Store,
+    options: &BuildOptions,
+) -> Result<crate::cli::RecipeArgs, String> {
+    let local = recipe::local_contexts(&recipe_args.build_contexts);
+    let mut args = recipe_args.clone();
+    let recipe = kiln_recipe::parse_recipe("FROM scratch\nCOPY . /\n");
+    let plan_options = kiln_plan::PlanOptions {
+        target_platform: options.platform.clone(),
+        ..kiln_plan::PlanOptions::default()
+    };
+    let plan = kiln_plan::plan(&recipe, &plan_options);
+    // What is not a directory is left for the recipe's loading to refuse (a usage error).
+    for (index, name, dir) in local.into_iter().filter(|(_, _, dir)| dir.is_dir()) {
+        let what = format!("--build-context {name}={}", dir.display());
+        let context = Context::open(&dir, None).map_err(|e| format!("{what}: {e}"))?;
+        let context_options = BuildOptions {
+            jobs: 1,
+            no_cache: options.no_cache,
+            no_cache_filter: Vec::new(),
+            source_date_epoch: options.source_date_epoch,
+            compression: options.compression,
+            platform: options.platform.clone(),
+            squash: false,
+            recipe_id: format!("build-context {name}@{}", context.root().display()),
+            snapshotter: options.snapshotter,
+            secrets: Default::default(),
+            remote: RemoteOptions::default(),
+            run: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
+        };
+        let built = kiln_build::build(&plan, store, &context, &context_options, &Silent)
+            .map_err(|e| format!("{what}: {e}"))?;
+        if let Some(item) = args.build_contexts.get_mut(index) {
+            *item = format!(
+                "{name}=docker-image://{LOCAL_CONTEXT_REPOSITORY}@{}",
+                built.manifest.digest
+            );
+        }
+    }
+    Ok(args)
+}
+
+/// The repository a local named context's image is referred to by (by digest, never tagged).
+const LOCAL_CONTEXT_REPOSITORY: &str = "localhost/kiln-build-context";
+
+/// Progress that shows nothing: a named context's own small build is not the user's recipe.
+struct Silent;
+
+impl kiln_build::Progress for Silent {
+    fn event(&self, _: kiln_build::Event) {}
 }

@@ -176,7 +176,7 @@ pub enum ProgressMode {
 }
 
 /// What loads and plans a recipe: the same for `kiln build` and `kiln graph`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RecipeArgs {
     /// The build context directory.
     #[arg(default_value = ".")]
@@ -190,10 +190,10 @@ pub struct RecipeArgs {
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
 
-    /// A named build context, buildx style (repeatable): NAME=oci-layout://DIR[:TAG] (an OCI
-    /// image layout directory) or NAME=docker-image://REF (an image of the store). `FROM NAME`,
-    /// `COPY --from=NAME` and `RUN --mount=from=NAME` then take that image, even where a stage
-    /// has the same name. (Local directories as named contexts are not available yet.)
+    /// A named build context, buildx style (repeatable): NAME=DIR (a local directory, with its
+    /// own .dockerignore), NAME=oci-layout://DIR[:TAG] (an OCI image layout directory) or
+    /// NAME=docker-image://REF (an image of the store). `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME` then take it, even where a stage has the same name.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
 

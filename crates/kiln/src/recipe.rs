@@ -178,6 +178,18 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> 
 /// `--build-context NAME=VALUE` as buildx takes it, for the values that are images:
 /// `oci-layout://DIR[:TAG]` becomes the `oci:DIR[:TAG]` transport, `docker-image://REF` the
 /// image REF of the store. NAME → the image reference the planner uses for it.
+/// The local directories among `--build-context` values: (NAME=DIR item index, NAME, DIR).
+pub fn local_contexts(raw: &[String]) -> Vec<(usize, String, PathBuf)> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            let (name, value) = item.split_once('=')?;
+            let local = !value.contains("://") && !value.starts_with("target:");
+            local.then(|| (index, name.to_string(), PathBuf::from(value)))
+        })
+        .collect()
+}
+
 fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut contexts = BTreeMap::new();
     for item in raw {
@@ -216,12 +228,17 @@ fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>, Stri
             image.to_string()
         } else if value.contains("://") || value.starts_with("target:") {
             return Err(format!(
-                "--build-context {item:?}: this kind of context is not available in this version; use oci-layout://DIR[:TAG] or docker-image://REF"
+                "--build-context {item:?}: this kind of context is not available in this version; use a local directory, oci-layout://DIR[:TAG] or docker-image://REF"
             ));
         } else {
-            return Err(format!(
-                "--build-context {item:?}: local directories as named contexts are not available in this version; use oci-layout://DIR[:TAG] or docker-image://REF"
-            ));
+            let dir = Path::new(value);
+            if !dir.is_dir() {
+                return Err(format!(
+                    "--build-context {item:?}: {value} is not a directory"
+                ));
+            }
+            // Planning alone (--check) reads nothing of it: the name stands for an image.
+            format!("oci:{value}")
         };
         let key = name.to_ascii_lowercase();
         if contexts.insert(key, reference).is_some() {

@@ -260,22 +260,26 @@ fn build_context_oci_layout_overrides_a_stage() {
     );
     assert_on_base(&ctx.path().join("from-store.tar"), &base, 4);
 
-    // Local directories are not available yet, and say so.
+    // A value that is neither a directory nor a known kind is a usage error that says so.
     let r = fresh.path().to_string_lossy().into_owned();
-    let dir = kiln(
+    let missing = kiln(
         &[
             "--root",
             &r,
             "build",
             "--build-context",
-            "base=./layout",
+            "base=./nowhere",
             ".",
         ],
         ctx.path(),
         &[],
     );
-    assert_eq!(dir.status, 2, "{}", dir.stderr);
-    assert!(dir.stderr.contains("local directories"), "{}", dir.stderr);
+    assert_eq!(missing.status, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("is not a directory"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
@@ -345,4 +349,85 @@ fn a_layout_blob_that_does_not_match_its_digest_is_refused() {
         "{}",
         refused.stderr
     );
+}
+
+/// `--build-context NAME=DIR`: a local directory, with its own `.dockerignore`, stands for an
+/// image in `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` (as buildx gives it), and
+/// what it holds is in the keys of the steps that read it.
+#[test]
+fn a_local_directory_as_a_named_context() {
+    let root = busybox_store("auto");
+    let r = root.path().to_string_lossy().into_owned();
+    let extra = tempfile::tempdir().unwrap();
+    fs::create_dir_all(extra.path().join("conf")).unwrap();
+    fs::write(extra.path().join("conf/app.ini"), "one\n").unwrap();
+    fs::write(extra.path().join("secret.key"), "never\n").unwrap();
+    fs::write(extra.path().join(".dockerignore"), "*.key\n").unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test AS app\n\
+         COPY --from=extra /conf /etc/app\n\
+         RUN --mount=from=extra,target=/x cat /x/conf/app.ini > /mounted && ls -A /x > /listed\n\
+         FROM extra AS plain\n\
+         FROM busybox:test\n\
+         COPY --from=plain /conf/app.ini /plain.ini\n",
+    )]);
+    let flag = format!("extra={}", extra.path().display());
+    let out = ctx.path().join("out.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+    let args = [
+        "--root",
+        &r,
+        "build",
+        "--build-context",
+        &flag,
+        "--target",
+        "app",
+        "-t",
+        "ctx:1",
+        ".",
+    ];
+    let first = kiln(&args, ctx.path(), &[]);
+    assert_eq!(first.status, 0, "{}", first.stderr);
+    let cat = |path: &str| {
+        let run = kiln(
+            &["--root", &r, "run", "ctx:1", "cat", path],
+            ctx.path(),
+            &[],
+        );
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        run.stdout
+    };
+    assert_eq!(cat("/etc/app/app.ini"), "one\n");
+    assert_eq!(cat("/mounted"), "one\n");
+    // The directory's own .dockerignore applies (it is itself in the context, as in BuildKit).
+    assert_eq!(cat("/listed"), ".dockerignore\nconf\n");
+    // FROM NAME: the directory is the stage's filesystem.
+    let plain = kiln(
+        &[
+            "--root",
+            &r,
+            "build",
+            "--build-context",
+            &flag,
+            "-o",
+            &dest,
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(plain.status, 0, "{}", plain.stderr);
+    let image = read_image(&out);
+    let last = image.layers.last().unwrap();
+    assert_eq!(paths(last), ["plain.ini"]);
+    // Unchanged: every step cached. Changed content: the steps that read it run again.
+    let again = kiln(&args, ctx.path(), &[]);
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert!(!again.stderr.contains("running"), "{}", again.stderr);
+    fs::write(extra.path().join("conf/app.ini"), "two\n").unwrap();
+    let changed = kiln(&args, ctx.path(), &[]);
+    assert_eq!(changed.status, 0, "{}", changed.stderr);
+    assert!(changed.stderr.contains("running"), "{}", changed.stderr);
+    assert_eq!(cat("/etc/app/app.ini"), "two\n");
 }

@@ -1148,7 +1148,12 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     let user = request.user.clone().unwrap_or(config.config.user.clone());
     let identity = resolve_user(&user, &image).map_err(ExecError::Run)?;
     let mut env = config.config.env.clone();
-    env.extend(request.env.iter().cloned());
+    // `-e KEY=VALUE` replaces the image's KEY, as docker run does.
+    for entry in &request.env {
+        let key = entry.split_once('=').map_or(entry.as_str(), |(key, _)| key);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(entry.clone());
+    }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }

@@ -344,6 +344,21 @@ fn network_value(value: &str) -> Result<kiln_sandbox::Network, String> {
     kiln_build::run_settings::parse_network(value)
 }
 
+/// `-e KEY=VALUE` as given, or `-e KEY` with kiln's own value (empty string = not set), as
+/// `docker run -e` reads them.
+fn env_value(value: &str) -> Result<String, String> {
+    let key = value.split_once('=').map_or(value, |(key, _)| key);
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(format!("{value:?}: expected KEY=VALUE or KEY"));
+    }
+    if value.contains('=') {
+        return Ok(value.to_string());
+    }
+    Ok(std::env::var(key)
+        .map(|v| format!("{key}={v}"))
+        .unwrap_or_default())
+}
+
 fn add_host_value(value: &str) -> Result<(String, String), String> {
     kiln_build::run_settings::parse_add_host(value)
 }
@@ -379,14 +394,15 @@ fn annotation_value(value: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The network: host (default) or none.
-    #[arg(long, default_value = "host", value_name = "host|none")]
-    pub network: String,
+    /// The network: default or host (the host's), or none.
+    #[arg(long, value_name = "default|host|none", value_parser = network_value)]
+    pub network: Option<kiln_sandbox::Network>,
     /// Run as this user (name or uid[:gid]) instead of the image's USER.
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
-    /// Set an environment variable (repeatable): KEY=VALUE.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    /// Set an environment variable (repeatable): KEY=VALUE, or KEY to pass kiln's own value
+    /// (left out when kiln has none). It wins over the image's ENV.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]", value_parser = env_value)]
     pub env: Vec<String>,
     /// Image name, as given to -t.
     pub image: String,

@@ -10,14 +10,7 @@ use std::process::ExitCode;
 const RUN_FAILED: u8 = 125;
 
 pub fn run(args: &RunArgs, root: &Path) -> ExitCode {
-    let network = match args.network.as_str() {
-        "host" | "default" => kiln_sandbox::Network::Host,
-        "none" => kiln_sandbox::Network::None,
-        other => {
-            eprintln!("error: --network {other}: expected host or none");
-            return ExitCode::from(2);
-        }
-    };
+    let network = args.network.unwrap_or(kiln_sandbox::Network::Host);
     let snapshotter = std::env::var("KILN_SNAPSHOTTER")
         .ok()
         .and_then(|v| Snapshotter::parse(&v))
@@ -33,7 +26,8 @@ pub fn run(args: &RunArgs, root: &Path) -> ExitCode {
         reference: args.image.clone(),
         command: args.command.clone(),
         user: args.user.clone(),
-        env: args.env.clone(),
+        // `-e KEY` for a variable kiln does not have comes through empty: left out.
+        env: args.env.iter().filter(|e| !e.is_empty()).cloned().collect(),
         network,
         snapshotter,
     };

@@ -1243,6 +1243,40 @@ fn run_has_home_and_only_the_listed_groups_as_runc_gives_buildkit() {
     );
     assert_eq!(home.status, 0, "{}", home.stderr);
     assert_eq!(home.stdout, "/home/bob\n");
+    // -e KEY=VALUE wins over the image's ENV and HOME; -e KEY passes kiln's own value, and
+    // is left out when kiln has none, as docker run -e reads them.
+    let env = kiln(
+        &[
+            "--root",
+            &r,
+            "run",
+            "-e",
+            "HOME=/elsewhere",
+            "-e",
+            "PATH=/bin",
+            "-e",
+            "FROM_CALLER",
+            "-e",
+            "UNSET_IN_CALLER",
+            "busybox:test",
+            "sh",
+            "-c",
+            "echo \"$HOME $PATH $FROM_CALLER ${UNSET_IN_CALLER-unset}\"",
+        ],
+        root.path(),
+        &[("FROM_CALLER", "passed")],
+    );
+    assert_eq!(env.status, 0, "{}", env.stderr);
+    assert_eq!(env.stdout, "/elsewhere /bin passed unset\n");
+    for (flag, value) in [("-e", "=x"), ("--network", "bridge")] {
+        let bad = kiln(
+            &["--root", &r, "run", flag, value, "busybox:test", "true"],
+            root.path(),
+            &[],
+        );
+        assert_eq!(bad.status, 2, "{flag} {value}: {}", bad.stderr);
+        assert!(bad.stderr.contains(flag), "{}", bad.stderr);
+    }
 }
 
 #[test]

@@ -592,7 +592,8 @@ impl Builder<'_> {
             match &step.action {
                 Action::Config(change @ kiln_plan::ConfigChange::Workdir(dir)) if dir != "/" => {
                     apply_config(&mut image.config, change, &mut image.cmd_set);
-                    let (key, _, _) = self.workdir_key(step, &image)?;
+                    let below = self.rootfs(&image)?;
+                    let (key, _, _) = self.workdir_key(step, &image, &below);
                     state.cached = Some(self.plan_layer(stage, step, key, false, &mut image)?);
                 }
                 Action::Config(change) => image.apply_metadata(step, change),
@@ -602,8 +603,13 @@ impl Builder<'_> {
                     state.cached = Some(self.plan_layer(stage, step, key, false, &mut image)?);
                 }
                 Action::Copy(copy) => {
-                    let unchecked_url = copy.checksum.is_none()
-                        && copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
+                    // A URL without checksum, or a git ref that is not a commit, is known only by
+                    // asking the network, which a dry run does not do.
+                    let unchecked_url = (copy.checksum.is_none()
+                        && copy.sources.iter().any(|s| matches!(s, CopySource::Url(_))))
+                        || copy.sources.iter().any(|s| {
+                            matches!(s, CopySource::Git(url) if !crate::git::names_a_commit(url))
+                        });
                     // Below a placeholder there is no /etc/passwd to resolve a --chown name in;
                     // such a step runs anyway unless it is --link.
                     let placeholder_below = image.layers.iter().any(|l| !l.snapshot.is_dir());
@@ -1112,8 +1118,8 @@ impl Builder<'_> {
         image: &mut StageImage,
     ) -> Result<(), BuildError> {
         apply_config(&mut image.config, change, &mut image.cmd_set);
-        let (key, parts, owner) = self.workdir_key(step, image)?;
         let below = self.rootfs(image)?;
+        let (key, parts, owner) = self.workdir_key(step, image, &below);
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let no_cache = self.no_cache_for(stage);
         let (layer, created) =
@@ -1136,8 +1142,9 @@ impl Builder<'_> {
         &self,
         step: &Step,
         image: &StageImage,
-    ) -> Result<(String, KeyParts, crate::copy::Owner), BuildError> {
-        let owner = crate::copy::workdir_owner(&image.config.config.user, &self.rootfs(image)?);
+        below: &Rootfs,
+    ) -> (String, KeyParts, crate::copy::Owner) {
+        let owner = crate::copy::workdir_owner(&image.config.config.user, below);
         let mut key = StepKey::new(StepKind::Layer);
         key.push(KeyPart::Parent(image.chain_key.clone()))
             .push(KeyPart::Instruction(instruction_digest(step)))
@@ -1147,7 +1154,7 @@ impl Builder<'_> {
             });
         self.common_parts(step, &mut key);
         let (key, parts) = key.finish();
-        Ok((key, parts, owner))
+        (key, parts, owner)
     }
 
     /// A COPY/ADD's key and its parts, given what it reads (`copy_inputs`).

@@ -131,7 +131,7 @@ impl GitSource {
                 source.reference
             ));
         }
-        source.subdir = clean_subdir(&source.subdir)?;
+        source.subdir = clean_subdir(&source.subdir);
         if let Some(checksum) = &source.checksum {
             if checksum.is_empty() || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
@@ -164,33 +164,22 @@ fn is_scp_style(remote: &str) -> bool {
 }
 
 /// `a/../b` and absolute forms are cleaned the way BuildKit cleans them (`path.Join("/", x)`),
-/// so a subdir never leaves the repository.
-fn clean_subdir(subdir: &str) -> Result<String, String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in subdir.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    Ok(parts.join("/"))
+/// so a subdir never leaves the repository: the planner's own path join.
+fn clean_subdir(subdir: &str) -> String {
+    kiln_plan::planner::join_path("/", subdir)
+        .trim_start_matches('/')
+        .to_string()
 }
 
-/// The URL without userinfo (`https://user:pw@host/x` → `https://host/x`).
+/// The URL without userinfo (`https://user:pw@host/x` → `https://host/x`), as every stored or
+/// shown instruction text is.
 pub fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = match rest.find('/') {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
-        };
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            return format!("{scheme}://{host}{path}");
-        }
-    }
-    url.to_string()
+    crate::image::redact_credentials(url)
+}
+
+/// Whether the source's ref is a whole commit, so its key needs no look-up on the network.
+pub fn names_a_commit(text: &str) -> bool {
+    GitSource::parse(text, None, false).is_ok_and(|s| is_full_commit(&s.reference))
 }
 
 fn is_full_commit(text: &str) -> bool {
@@ -458,6 +447,15 @@ mod tests {
         }
         assert!(GitSource::parse("https://host/r.git?checksum=aa", Some("bb"), false).is_err());
         assert!(GitSource::parse("https://host/r.git?keep-git-dir=false", None, true).is_err());
+    }
+
+    #[test]
+    fn only_a_whole_commit_is_known_without_the_network() {
+        let commit = "a".repeat(40);
+        assert!(names_a_commit(&format!("https://h/r.git#{commit}:sub")));
+        assert!(!names_a_commit("https://h/r.git#main"));
+        assert!(!names_a_commit("https://h/r.git#abc123"));
+        assert!(!names_a_commit("file:///r.git"));
     }
 
     #[test]

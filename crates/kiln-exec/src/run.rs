@@ -90,11 +90,7 @@ fn seed_identity(rootfs: &Rootfs, relative: &Path) -> String {
         text.push_str(&format!("{}:{name}\n", name.len()));
     }
     text.push_str(&relative.to_string_lossy());
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    kiln_oci::sha256_digest(text.as_bytes()).hex().to_string()
 }
 
 /// The ids of the cache mounts the RUN steps of the stages a plan builds use: the ones a

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod local_context;
 pub mod output;
 pub mod pipeline;
 pub mod remote;
@@ -110,4 +111,14 @@ pub enum BuildError {
     /// A step executor failed.
     #[error(transparent)]
     Exec(#[from] kiln_exec::ExecError),
+    /// A `--build-context NAME=DIR` directory could not be made into an image.
+    #[error("--build-context {name}={}: {source}", dir.display())]
+    LocalContext {
+        /// The context's name.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: Box<BuildError>,
+    },
 }

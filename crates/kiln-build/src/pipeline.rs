@@ -23,6 +23,11 @@ use std::sync::Arc;
 /// The most bytes of cache mounts a build restores from its `--cache-from` caches.
 pub const MOUNTS_RESTORED_MAX: u64 = 4 << 30;
 
+/// Stages run at once when `--jobs` does not say: one per core.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Everything a build does besides running its steps, and where it goes.
 pub struct Build<'a> {
     /// The store images, layers and cache records live in.
@@ -110,6 +115,26 @@ impl Build<'_> {
                 Err(message) => warn(format!("cache {}: cache mounts: {message}", cache.name())),
             }
             remote.cache_from.push(Arc::new(cache));
+        }
+    }
+
+    /// Readies `options` for building `plan` from `context` (the recipe read from
+    /// `recipe_path`, none for standard input): names the recipe for miss explanations, reads
+    /// the `--cache-from` caches and restores their cache mounts, and warns of
+    /// `--no-cache-filter` values that name no stage.
+    pub fn prepare(
+        &self,
+        plan: &Plan,
+        recipe_path: Option<&Path>,
+        context: &Context,
+        options: &mut BuildOptions,
+    ) {
+        options.recipe_id = crate::build::recipe_id(recipe_path, context.root());
+        self.import_caches(plan, &options.platform, &mut options.remote);
+        for wanted in crate::build::unknown_stage_filters(plan, &options.no_cache_filter) {
+            self.progress.event(Event::Warning {
+                message: format!("--no-cache-filter {wanted}: no stage has this name or index"),
+            });
         }
     }
 

@@ -52,4 +52,7 @@ pub enum ExecError {
     Cancelled,
     #[error("ADD: {0}")]
     Fetch(#[from] crate::fetch::FetchError),
+    /// The build context could not be read.
+    #[error(transparent)]
+    Context(#[from] kiln_context::ContextError),
 }

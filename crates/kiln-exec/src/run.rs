@@ -38,6 +38,17 @@ impl Snapshotter {
             _ => None,
         }
     }
+
+    /// `--snapshotter`, else `$KILN_SNAPSHOTTER` when set and not empty, else auto. Err: the
+    /// name given, which is none of them.
+    pub fn chosen(flag: Option<&str>) -> Result<Self, String> {
+        let env = std::env::var("KILN_SNAPSHOTTER").ok();
+        let name = flag.or(env.as_deref().filter(|v| !v.is_empty()));
+        match name {
+            None => Ok(Snapshotter::Auto),
+            Some(name) => Snapshotter::parse(name).ok_or_else(|| name.to_string()),
+        }
+    }
 }
 
 /// Lines of output a failed RUN shows.

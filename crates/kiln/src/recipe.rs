@@ -178,18 +178,6 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> 
 /// `--build-context NAME=VALUE` as buildx takes it, for the values that are images:
 /// `oci-layout://DIR[:TAG]` becomes the `oci:DIR[:TAG]` transport, `docker-image://REF` the
 /// image REF of the store. NAME → the image reference the planner uses for it.
-/// The local directories among `--build-context` values: (NAME=DIR item index, NAME, DIR).
-pub fn local_contexts(raw: &[String]) -> Vec<(usize, String, PathBuf)> {
-    raw.iter()
-        .enumerate()
-        .filter_map(|(index, item)| {
-            let (name, value) = item.split_once('=')?;
-            let local = !value.contains("://") && !value.starts_with("target:");
-            local.then(|| (index, name.to_string(), PathBuf::from(value)))
-        })
-        .collect()
-}
-
 fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut contexts = BTreeMap::new();
     for item in raw {

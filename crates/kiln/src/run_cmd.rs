@@ -11,10 +11,7 @@ const RUN_FAILED: u8 = 125;
 
 pub fn run(args: &RunArgs, root: &Path) -> ExitCode {
     let network = args.network.unwrap_or(kiln_sandbox::Network::Host);
-    let snapshotter = std::env::var("KILN_SNAPSHOTTER")
-        .ok()
-        .and_then(|v| Snapshotter::parse(&v))
-        .unwrap_or_default();
+    let snapshotter = Snapshotter::chosen(None).unwrap_or_default();
     let store = match Store::open(root) {
         Ok(store) => store,
         Err(e) => {

@@ -126,9 +126,13 @@ impl Effects for Materialize {
         archive: &kiln_oci::ArchiveImage,
         reference: &str,
     ) -> Result<Option<Descriptor>, BuildError> {
-        store.import(archive).map(Some).map_err(|e| {
-            BuildError::Image(format!("{reference}: cannot copy it into the store: {e}"))
-        })
+        store
+            .import(archive)
+            .map(Some)
+            .map_err(|source| BuildError::Import {
+                reference: reference.to_string(),
+                source: Box::new(source),
+            })
     }
 
     fn pull_layers(
@@ -391,7 +395,7 @@ pub fn build(
     let image = builder
         .results
         .write()
-        .map_err(|_| BuildError::Image("stage results poisoned".into()))?
+        .map_err(|_| BuildError::Internal("stage results poisoned"))?
         .remove(&plan.target)
         .ok_or(BuildError::Plan)?;
     let built = builder.finish(image)?;
@@ -442,9 +446,7 @@ fn schedule(
                                 None => Err(BuildError::Plan),
                             }
                         }))
-                        .unwrap_or_else(|_| {
-                            Err(BuildError::Image("a stage's thread panicked".into()))
-                        });
+                        .unwrap_or(Err(BuildError::Internal("a stage's thread panicked")));
                         if result.is_err() {
                             builder
                                 .failed
@@ -462,7 +464,7 @@ fn schedule(
                 break;
             }
             let Ok((index, result)) = done_rx.recv() else {
-                failure.get_or_insert(BuildError::Image("a stage's thread ended early".into()));
+                failure.get_or_insert(BuildError::Internal("a stage's thread ended early"));
                 break;
             };
             running -= 1;
@@ -473,7 +475,7 @@ fn schedule(
                         built.insert(index);
                     }
                     Err(_) => {
-                        failure = Some(BuildError::Image("stage results poisoned".into()));
+                        failure = Some(BuildError::Internal("stage results poisoned"));
                     }
                 },
                 // The stage that failed says why; the ones it stopped only say that they stopped.
@@ -565,7 +567,7 @@ pub fn plan_cache(
         builder
             .results
             .write()
-            .map_err(|_| BuildError::Image("stage results poisoned".into()))?
+            .map_err(|_| BuildError::Internal("stage results poisoned"))?
             .insert(index, image);
     }
     Ok(states)
@@ -791,14 +793,15 @@ impl Builder<'_> {
             .store
             .read_blob(&manifest_descriptor.digest)
             .map_err(BuildError::Store)?;
-        let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
-            .map_err(|e| BuildError::Image(e.to_string()))?;
+        let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes).map_err(
+            crate::ExecError::oci(manifest_descriptor.digest.to_string()),
+        )?;
         let config_bytes = self
             .store
             .read_blob(&manifest.config.digest)
             .map_err(BuildError::Store)?;
         let config: ImageConfig = kiln_oci::from_json_slice(&config_bytes)
-            .map_err(|e| BuildError::Image(e.to_string()))?;
+            .map_err(crate::ExecError::oci(manifest.config.digest.to_string()))?;
         let layers = self.layers(&manifest, &config, reference)?;
         Ok(self.store_image(manifest_descriptor, config, layers))
     }
@@ -870,7 +873,7 @@ impl Builder<'_> {
     ) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<usize, StageImage>>, BuildError> {
         self.results
             .read()
-            .map_err(|_| BuildError::Image("stage results poisoned".into()))
+            .map_err(|_| BuildError::Internal("stage results poisoned"))
     }
 
     /// A finished stage's image.
@@ -998,7 +1001,7 @@ impl Builder<'_> {
             if let CopySource::Git(url) = source {
                 let parsed =
                     crate::git::GitSource::parse(url, copy.checksum.as_deref(), copy.keep_git_dir)
-                        .map_err(|e| BuildError::Copy(format!("ADD {e}")))?;
+                        .map_err(|e| crate::ExecError::Copy(format!("ADD {e}")))?;
                 let resolved = crate::git::resolve(&parsed)?;
                 parts.push(KeyPart::GitCommit {
                     source: format!(
@@ -1020,8 +1023,7 @@ impl Builder<'_> {
                         self.context,
                         entries,
                         &self.memo,
-                    )
-                    .map_err(|e| BuildError::Copy(e.to_string()))?;
+                    )?;
                     parts.push(KeyPart::ContextSource {
                         pattern: matched.clone(),
                         digest: detail.digest,
@@ -1175,8 +1177,8 @@ impl Builder<'_> {
         key.push(KeyPart::Instruction(instruction_digest(step)));
         // A --chown by name depends on the image's /etc/passwd and /etc/group: key on the ids.
         if let Some(spec) = &copy.chown {
-            let owner =
-                crate::copy::resolve_chown(spec, &self.rootfs(image)?).map_err(BuildError::Copy)?;
+            let owner = crate::copy::resolve_chown(spec, &self.rootfs(image)?)
+                .map_err(crate::ExecError::Copy)?;
             key.push(KeyPart::Chown {
                 uid: owner.uid,
                 gid: owner.gid,
@@ -1289,8 +1291,9 @@ impl Builder<'_> {
                 None => MountInput::None,
                 Some(Source::Context) => {
                     let shown = if path.is_empty() { "." } else { path.as_str() };
-                    let bad = |e: kiln_context::ContextError| {
-                        BuildError::Run(format!("--mount source {shown} in the build context: {e}"))
+                    let bad = |source| crate::ExecError::MountSource {
+                        path: shown.to_string(),
+                        source,
                     };
                     let resolved = self.context.resolve(&path, true).map_err(bad)?;
                     let entries = self
@@ -1456,9 +1459,9 @@ impl Builder<'_> {
             .options
             .source_date_epoch
             .unwrap_or(image.time.max(created));
-        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
         let diff_id =
-            Digest::parse(&layer.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+            Digest::parse(&layer.diff_id).map_err(crate::ExecError::oci(&layer.diff_id))?;
         image.layers.push(LayerRef {
             descriptor: Descriptor::new(layer.media_type.clone(), digest, layer.size),
             snapshot: self.store.snapshot_path(&layer.diff_id),
@@ -1595,9 +1598,10 @@ impl Builder<'_> {
             source_date_epoch: self.options.source_date_epoch,
             threads: 0,
         };
-        let (layer, blob) =
-            write_layer(snapshot, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
-        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        let (layer, blob) = write_layer(snapshot, &options, blob).map_err(
+            crate::ExecError::layer(format!("writing the layer of {}", snapshot.display())),
+        )?;
+        let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
         self.store
             .commit_blob(blob, &digest)
             .map_err(BuildError::Store)?;
@@ -1621,18 +1625,14 @@ impl Builder<'_> {
         if copy.from != Source::Context {
             return Ok(Vec::new());
         }
-        let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))
-            .map_err(|e| BuildError::Copy(e.to_string()))?;
+        let excludes = IgnoreRules::parse(&copy.excludes.join("\n"))?;
         let mut walks = Vec::new();
         for source in &copy.sources {
             let CopySource::Path(pattern) = source else {
                 continue;
             };
             for matched in crate::copy::context_sources(self.context, pattern, &excludes)? {
-                let entries = self
-                    .context
-                    .walk(&matched, &excludes)
-                    .map_err(|e| BuildError::Copy(e.to_string()))?;
+                let entries = self.context.walk(&matched, &excludes)?;
                 walks.push((matched, entries));
             }
         }
@@ -1685,7 +1685,7 @@ impl Builder<'_> {
             config.inline_cache = Some(crate::shared_cache::inline_value(&records, &layers));
         }
         let config_bytes =
-            to_canonical_json(&config).map_err(|e| BuildError::Image(e.to_string()))?;
+            to_canonical_json(&config).map_err(crate::ExecError::oci("the image config"))?;
         let config_digest = self
             .store
             .put_blob(&config_bytes)
@@ -1700,7 +1700,7 @@ impl Builder<'_> {
             .annotations
             .extend(self.options.annotations.clone());
         let manifest_bytes =
-            to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
+            to_canonical_json(&manifest).map_err(crate::ExecError::oci("the image manifest"))?;
         let manifest_digest = self
             .store
             .put_blob(&manifest_bytes)
@@ -1757,10 +1757,13 @@ impl Builder<'_> {
         };
         let blob = self.store.blob_writer().map_err(BuildError::Store)?;
         let (layer, blob) =
-            write_layer(&merged, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
-        let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+            write_layer(&merged, &options, blob).map_err(crate::ExecError::layer(format!(
+                "writing the squashed layer of {}",
+                merged.display()
+            )))?;
+        let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
         let diff_id =
-            Digest::parse(&layer.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+            Digest::parse(&layer.diff_id).map_err(crate::ExecError::oci(&layer.diff_id))?;
         self.store
             .commit_blob(blob, &digest)
             .map_err(BuildError::Store)?;

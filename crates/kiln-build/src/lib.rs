@@ -17,11 +17,14 @@ pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepSta
 pub use kiln_exec::{
     copy, diff, fetch, flatten, git, image, lookup, rootfs, run, run_settings, squash, unpack,
 };
-pub use kiln_exec::{ensure_unpacked, ExecError};
+pub use kiln_exec::{ensure_unpacked, Cause, ExecError};
 
 use std::path::PathBuf;
 
-/// What can stop a build.
+/// What can stop a build. A step's own failures are [`BuildError::Exec`]; what is the
+/// build's (pulls, pushes, outputs, names, caches) has its own variants, each with its source
+/// and what it concerns. [`BuildError::cause`] tells a full disk, a refused permission, a
+/// missing file and damaged data apart.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A file could not be read or written.
@@ -32,37 +35,60 @@ pub enum BuildError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// A COPY/ADD could not be done.
-    #[error("{0}")]
-    Copy(String),
-    /// Something kiln does not do (yet).
-    #[error("{0}")]
-    Unsupported(String),
-    /// An image (a base, a `--from`, the result) could not be read or made.
-    #[error("{0}")]
-    Image(String),
-    /// A layer could not be written.
-    #[error("writing a layer: {0}")]
-    Layer(String),
     /// The store refused.
     #[error("store: {0}")]
     Store(#[from] kiln_store::StoreError),
-    /// A RUN step failed: the message names the line, the command, how it ended and its last
-    /// lines of output.
-    #[error("RUN {0}")]
-    Run(String),
     /// Another stage failed first; this one stopped.
     #[error("stopped: another stage of the build failed")]
     Cancelled,
     /// The plan has errors: nothing is built.
     #[error("the plan has errors; nothing was built")]
     Plan,
-    /// A base image could not be pulled.
-    #[error("pull: {0}")]
-    Pull(String),
-    /// A cache could not be pushed.
-    #[error("push: {0}")]
-    Push(String),
+    /// A stage's thread ended without its result (a bug in kiln, not in the recipe).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// An image (a base, a `--from`) could not be pulled from its registry.
+    #[error("pull {reference}: {source}")]
+    Pull {
+        /// The image as the recipe names it.
+        reference: String,
+        /// What the registry client said.
+        source: Box<kiln_registry::RegistryError>,
+    },
+    /// The same image failed earlier in this build (planning and the stages ask once).
+    #[error(transparent)]
+    Failed(std::sync::Arc<BuildError>),
+    /// The store holds an image's manifest without all its layers, and no registry may be asked.
+    #[error(
+        "image {reference:?}: the store lacks some of its layers and no registry may be asked"
+    )]
+    LayersMissing {
+        /// The image.
+        reference: String,
+    },
+    /// An image from an archive or layout could not be copied into the store.
+    #[error("{reference}: cannot copy it into the store: {source}")]
+    Import {
+        /// The image as the recipe names it.
+        reference: String,
+        /// What the store said.
+        source: Box<kiln_store::StoreError>,
+    },
+    /// An `-o` output asks for what cannot be done (a destination it needs, a directory that
+    /// is not empty).
+    #[error("{0}")]
+    Output(String),
+    /// An image archive (`type=oci`, `type=docker`) could not be written.
+    #[error("writing the archive: {0}")]
+    Archive(#[source] kiln_oci::Error),
+    /// A cache could not be pushed to its registry.
+    #[error("push {reference}: {source}")]
+    CachePush {
+        /// Where the cache was pushed.
+        reference: String,
+        /// What the registry client said.
+        source: Box<kiln_registry::RegistryError>,
+    },
     /// Pushing the built image failed.
     #[error("push {destination}: {source}")]
     PushTo {
@@ -105,12 +131,9 @@ pub enum BuildError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// An ADD of a URL failed.
-    #[error("ADD: {0}")]
-    Fetch(#[from] kiln_exec::fetch::FetchError),
     /// A step executor failed.
     #[error(transparent)]
-    Exec(#[from] kiln_exec::ExecError),
+    Exec(kiln_exec::ExecError),
     /// A `--build-context NAME=DIR` directory could not be made into an image.
     #[error("--build-context {name}={}: {source}", dir.display())]
     LocalContext {
@@ -121,4 +144,50 @@ pub enum BuildError {
         /// Why.
         source: Box<BuildError>,
     },
+}
+
+impl From<ExecError> for BuildError {
+    /// A step that stopped because another stage failed is the build's [`BuildError::Cancelled`],
+    /// so the scheduler reports the stage that failed first, not this one.
+    fn from(error: ExecError) -> Self {
+        match error {
+            ExecError::Cancelled => BuildError::Cancelled,
+            error => BuildError::Exec(error),
+        }
+    }
+}
+
+impl From<kiln_exec::fetch::FetchError> for BuildError {
+    fn from(error: kiln_exec::fetch::FetchError) -> Self {
+        BuildError::Exec(ExecError::Fetch(error))
+    }
+}
+
+impl From<kiln_context::ContextError> for BuildError {
+    fn from(error: kiln_context::ContextError) -> Self {
+        BuildError::Exec(ExecError::Context(error))
+    }
+}
+
+impl BuildError {
+    /// What kind of failure this is: a full disk, a refused permission, something missing,
+    /// damaged data, or another.
+    pub fn cause(&self) -> Cause {
+        match self {
+            BuildError::Io { source, .. } | BuildError::ResultFile { source, .. } => {
+                Cause::of_io(source)
+            }
+            BuildError::Store(source) => Cause::of_store(source),
+            BuildError::Tag { source, .. } | BuildError::Import { source, .. } => {
+                Cause::of_store(source)
+            }
+            BuildError::Archive(source) => Cause::of_oci(source),
+            BuildError::Exec(source) => source.cause(),
+            BuildError::NameInStore { source, .. }
+            | BuildError::CacheTo { source, .. }
+            | BuildError::LocalContext { source, .. } => source.cause(),
+            BuildError::Failed(source) => source.cause(),
+            _ => Cause::of_source(self),
+        }
+    }
 }

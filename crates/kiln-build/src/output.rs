@@ -189,8 +189,8 @@ pub fn export(
         }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),
         OutputKind::Registry => {
-            return Err(BuildError::Image(
-                "type=registry is pushed by the caller, with a registry client".into(),
+            return Err(BuildError::Internal(
+                "type=registry is pushed by the caller, with a registry client",
             ))
         }
         OutputKind::Oci | OutputKind::Docker => {}
@@ -199,7 +199,7 @@ pub fn export(
     for name in &spec.names {
         all.push(
             ImageName::parse(name)
-                .map_err(|e| BuildError::Image(format!("output name {name:?}: {e}")))?,
+                .map_err(crate::ExecError::oci(format!("output name {name:?}")))?,
         );
     }
     export_image(
@@ -237,7 +237,7 @@ pub fn export_image(
             OutputKind::Docker => write_docker_archive(out, &image, &blobs, &options),
             _ => write_oci_archive(out, &image, &blobs, &options),
         };
-        result.map_err(|e| BuildError::Image(format!("writing the archive: {e}")))
+        result.map_err(BuildError::Archive)
     };
     write_to(destination, write)
 }
@@ -258,7 +258,7 @@ fn write_to(
                 source: e,
             })
         }
-        Destination::Registry => Err(BuildError::Image(
+        Destination::Registry => Err(BuildError::Output(
             "an archive output needs dest=FILE".into(),
         )),
         Destination::File(path) => {
@@ -300,11 +300,11 @@ fn rootfs_of(built: &Built) -> Rootfs {
 /// typo never mixes an image into unrelated files).
 fn export_local(destination: &Destination, built: &Built) -> Result<(), BuildError> {
     let Destination::File(dir) = destination else {
-        return Err(BuildError::Image("type=local needs dest=DIR".into()));
+        return Err(BuildError::Output("type=local needs dest=DIR".into()));
     };
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     if fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-        return Err(BuildError::Image(format!(
+        return Err(BuildError::Output(format!(
             "type=local: {} is not empty",
             dir.display()
         )));
@@ -323,9 +323,9 @@ fn export_tar(destination: &Destination, built: &Built, store: &Store) -> Result
     let epoch = built.source_date_epoch;
     write_to(destination, |out| {
         let entries =
-            kiln_layer::list_entries(&tree).map_err(|e| BuildError::Layer(e.to_string()))?;
+            kiln_layer::list_entries(&tree).map_err(crate::ExecError::layer("type=tar"))?;
         kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
-            .map_err(|e| BuildError::Layer(e.to_string()))
+            .map_err(|e| crate::ExecError::layer("type=tar")(e).into())
     })
 }
 
@@ -337,7 +337,7 @@ fn export_layers(
     store: &Store,
 ) -> Result<(), BuildError> {
     let Destination::File(dir) = destination else {
-        return Err(BuildError::Image("type=layers needs dest=DIR".into()));
+        return Err(BuildError::Output("type=layers needs dest=DIR".into()));
     };
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let made_by: Vec<String> = built
@@ -385,9 +385,8 @@ fn export_layers(
         "config": built.config_descriptor.digest.to_string(),
         "layers": listed,
     });
-    let text =
-        serde_json::to_string_pretty(&index).map_err(|e| BuildError::Image(e.to_string()))?;
     let path = dir.join("layers.json");
+    let text = serde_json::to_string_pretty(&index).map_err(|e| io_at(&path)(e.into()))?;
     fs::write(&path, text + "\n").map_err(io_at(&path))
 }
 

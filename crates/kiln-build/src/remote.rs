@@ -6,7 +6,7 @@
 //! meanwhile.
 
 use crate::lookup::find_in_store;
-use crate::BuildError;
+use crate::{BuildError, ExecError};
 use kiln_oci::{Descriptor, ImageName, Manifest};
 use kiln_plan::Platform;
 use kiln_registry::{Progress as TransferSink, Registry};
@@ -63,7 +63,7 @@ pub struct RemoteOptions {
     /// References that failed to resolve, with the error: the plan goes on without their
     /// config (a stage the target does not need may name an image nobody can pull), and the
     /// build that needs one fails with that error instead of asking again.
-    failed: Mutex<BTreeMap<String, String>>,
+    failed: Mutex<BTreeMap<String, Arc<BuildError>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,21 +127,22 @@ impl RemoteOptions {
         if let Some(known) = self.remembered(reference) {
             return Ok(known.manifest);
         }
-        if let Some(message) = self
+        if let Some(error) = self
             .failed
             .lock()
             .ok()
             .and_then(|f| f.get(reference).cloned())
         {
-            return Err(BuildError::Pull(message));
+            return Err(BuildError::Failed(error));
         }
-        let result = self.resolve(store, reference, platform, progress);
-        if let Err(error) = &result {
-            if let Ok(mut failed) = self.failed.lock() {
-                failed.insert(reference.to_string(), error.to_string());
-            }
-        }
-        result
+        self.resolve(store, reference, platform, progress)
+            .map_err(|error| {
+                let error = Arc::new(error);
+                if let Ok(mut failed) = self.failed.lock() {
+                    failed.insert(reference.to_string(), Arc::clone(&error));
+                }
+                BuildError::Failed(error)
+            })
     }
 
     fn resolve(
@@ -151,7 +152,7 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<Descriptor, BuildError> {
-        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+        let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
         if self.pull == PullPolicy::Missing || self.registry.is_none() {
             if let Some(found) = find_in_store(store, &name, platform) {
                 self.remember(
@@ -165,25 +166,28 @@ impl RemoteOptions {
             }
         }
         let Some(registry) = &self.registry else {
-            return Err(BuildError::Image(format!(
-                "image {reference:?} is not in the store ({name}); pull it with `kiln pull {reference}`, build it with `kiln build -t {reference}`, or load it with `kiln load -i FILE`"
-            )));
+            return Err(ExecError::ImageNotFound {
+                reference: reference.to_string(),
+            }
+            .into());
         };
         let resolved = registry
             .resolve(&name, &platform.to_oci())
-            .map_err(|e| BuildError::Pull(e.to_string()))?;
+            .map_err(pull_error(reference))?;
         let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
-            .map_err(|e| BuildError::Pull(format!("{name}: {e}")))?;
+            .map_err(ExecError::oci(name.to_string()))?;
         // A config is a small JSON document; a manifest may not make kiln download more.
         if manifest.config.size > kiln_oci::MAX_JSON_SIZE {
-            return Err(BuildError::Pull(format!(
-                "{name}: the manifest gives its config {} bytes, more than a config may have",
-                manifest.config.size
-            )));
+            return Err(ExecError::oci(name.to_string())(kiln_oci::Error::TooLarge {
+                what: "the config the manifest names".into(),
+                size: manifest.config.size,
+                limit: kiln_oci::MAX_JSON_SIZE,
+            })
+            .into());
         }
         registry
             .fetch_blob(&name, &manifest.config, store, progress)
-            .map_err(|e| BuildError::Pull(e.to_string()))?;
+            .map_err(pull_error(reference))?;
         let descriptor = resolved.manifest.clone();
         self.remember(
             reference,
@@ -209,10 +213,11 @@ impl RemoteOptions {
             Some(resolved) => resolved.manifest_bytes.clone(),
             None => store.read_blob(&descriptor.digest)?,
         };
-        let manifest: Manifest = kiln_oci::from_json_slice(&bytes)
-            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
-        kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
-            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))
+        let manifest: Manifest =
+            kiln_oci::from_json_slice(&bytes).map_err(ExecError::oci(reference))?;
+        let config = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
+            .map_err(ExecError::oci(reference))?;
+        Ok(config)
     }
 
     /// Makes sure every layer of the image `reference` resolved to is in the store, pulling
@@ -226,28 +231,28 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<(), BuildError> {
-        let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+        let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
         let pending = self.remembered(reference).and_then(|r| r.pending);
         match (&self.registry, pending) {
             // What was planned with, fetched now: layers, config, then the manifest.
             (Some(registry), Some(resolved)) => {
                 registry
                     .pull_resolved(&name, &resolved, store, progress)
-                    .map_err(|e| BuildError::Pull(e.to_string()))?;
+                    .map_err(pull_error(reference))?;
             }
             _ => {
                 let parsed: Manifest =
                     kiln_oci::from_json_slice(&store.read_blob(&manifest.digest)?)
-                        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+                        .map_err(ExecError::oci(reference))?;
                 if parsed.layers.iter().all(|l| store.has_blob(&l.digest)) {
                     return Ok(());
                 }
                 // A manifest the store holds without all its layers (a digest only): the rest
                 // comes from the registry, if one may be asked.
                 let Some(registry) = &self.registry else {
-                    return Err(BuildError::Image(format!(
-                        "image {reference:?}: the store lacks some of its layers and no registry may be asked"
-                    )));
+                    return Err(BuildError::LayersMissing {
+                        reference: reference.to_string(),
+                    });
                 };
                 registry
                     .pull(
@@ -256,7 +261,7 @@ impl RemoteOptions {
                         store,
                         progress,
                     )
-                    .map_err(|e| BuildError::Pull(e.to_string()))?;
+                    .map_err(pull_error(reference))?;
             }
         }
         if name.tag().is_some() {
@@ -281,11 +286,19 @@ pub fn name_in_store(
     manifest: &Descriptor,
 ) -> Result<(), BuildError> {
     let untagged = ImageName::parse_normalized(&format!("{}/{}", name.domain(), name.path()))
-        .map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(ExecError::oci(name.to_string()))?;
     let tag = name.tag().unwrap_or("latest");
     let full = untagged
         .with_tag(tag)
-        .map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(ExecError::oci(name.to_string()))?;
     store.tag(&full.to_string(), tag, manifest)?;
     Ok(())
+}
+
+/// A [`BuildError::Pull`] of the image `reference` names.
+fn pull_error(reference: &str) -> impl FnOnce(kiln_registry::RegistryError) -> BuildError + '_ {
+    move |source| BuildError::Pull {
+        reference: reference.to_string(),
+        source: Box::new(source),
+    }
 }

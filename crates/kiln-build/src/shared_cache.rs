@@ -12,7 +12,7 @@
 //! layers into its config instead (field `dev.kiln.cache.v1`).
 
 pub use crate::cache::{CacheError, ExportInput, ExportReport};
-use crate::BuildError;
+use crate::{BuildError, ExecError};
 use kiln_oci::{
     media_types, Descriptor, Digest, ImageConfig, ImageName, Index, Manifest, VerifyingReader,
 };
@@ -281,8 +281,8 @@ impl CacheDocument {
     }
 }
 
-fn layer_descriptor(layer: &LayerRecord) -> Result<Descriptor, String> {
-    let digest = Digest::parse(&layer.digest).map_err(|e| e.to_string())?;
+fn layer_descriptor(layer: &LayerRecord) -> Result<Descriptor, ExecError> {
+    let digest = Digest::parse(&layer.digest).map_err(ExecError::oci(&layer.digest))?;
     Ok(Descriptor::new(
         layer.media_type.clone(),
         digest,
@@ -307,7 +307,7 @@ pub fn export(
     let mut seen = BTreeSet::new();
     for record in &document.records {
         if seen.insert(record.layer.digest.clone()) {
-            layers.push(layer_descriptor(&record.layer).map_err(BuildError::Image)?);
+            layers.push(layer_descriptor(&record.layer)?);
         }
     }
     report.layers = layers.len();
@@ -317,7 +317,7 @@ pub fn export(
             match pack_mount(store, id, budget)? {
                 Packed::Layer(layer) => {
                     budget = budget.saturating_sub(layer.size);
-                    let mut descriptor = layer_descriptor(&layer).map_err(BuildError::Image)?;
+                    let mut descriptor = layer_descriptor(&layer)?;
                     descriptor
                         .annotations
                         .insert(MOUNT_ID_ANNOTATION.to_string(), id.clone());
@@ -333,8 +333,12 @@ pub fn export(
             }
         }
     }
-    let config_bytes = serde_json::to_vec(&document)
-        .map_err(|e| BuildError::Image(format!("cache document: {e}")))?;
+    let config_bytes = serde_json::to_vec(&document).map_err(|e| {
+        ExecError::oci("cache document")(kiln_oci::Error::Json {
+            what: "cache document".into(),
+            source: e,
+        })
+    })?;
     let config_digest = store.put_blob(&config_bytes)?;
     let config = Descriptor::new(
         CACHE_CONFIG_MEDIA_TYPE,
@@ -343,7 +347,7 @@ pub fn export(
     );
     let manifest = Manifest::new(config, layers);
     let manifest_bytes =
-        kiln_oci::to_canonical_json(&manifest).map_err(|e| BuildError::Image(e.to_string()))?;
+        kiln_oci::to_canonical_json(&manifest).map_err(ExecError::oci("cache manifest"))?;
     let manifest_digest = store.put_blob(&manifest_bytes)?;
     let descriptor = Descriptor::new(
         media_types::OCI_MANIFEST,
@@ -352,12 +356,15 @@ pub fn export(
     );
     match &export.location {
         CacheLocation::Registry(name) => {
-            let registry = registry.ok_or_else(|| {
-                BuildError::Image("--cache-to type=registry: no registry client".into())
-            })?;
+            let registry = registry.ok_or(BuildError::Internal(
+                "--cache-to type=registry: no registry client",
+            ))?;
             registry
                 .push(store, &descriptor, name, progress)
-                .map_err(|e| BuildError::Push(e.to_string()))?;
+                .map_err(|source| BuildError::CachePush {
+                    reference: name.to_string(),
+                    source: Box::new(source),
+                })?;
         }
         CacheLocation::Local(dir) => write_layout(store, dir, &descriptor, &manifest)?,
         CacheLocation::Inline => {}
@@ -382,7 +389,13 @@ fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError
     let mut total = 0u64;
     let mut entries = 0usize;
     for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
-        let entry = entry.map_err(|e| BuildError::Image(format!("cache mount {id}: {e}")))?;
+        let entry = entry.map_err(|e| BuildError::Io {
+            path: e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.clone()),
+            source: e.into(),
+        })?;
         entries += 1;
         if let Ok(meta) = entry.metadata() {
             total = total.saturating_add(meta.len());
@@ -402,8 +415,8 @@ fn pack_mount(store: &Store, id: &str, budget: u64) -> Result<Packed, BuildError
         ..kiln_layer::LayerOptions::default()
     };
     let (layer, file) = kiln_layer::write_layer(&dir, &options, file)
-        .map_err(|e| BuildError::Layer(format!("cache mount {id}: {e}")))?;
-    let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(ExecError::layer(format!("cache mount {id}")))?;
+    let digest = Digest::parse(&layer.digest).map_err(ExecError::oci(&layer.digest))?;
     store.commit_blob(file, &digest)?;
     Ok(Packed::Layer(LayerRecord {
         digest: layer.digest,
@@ -472,7 +485,7 @@ fn write_layout(
     manifests.retain(|m| m.ref_name() != Some(LAYOUT_REF));
     manifests.push(entry);
     let index_bytes = kiln_oci::to_canonical_json(&Index::new(manifests))
-        .map_err(|e| BuildError::Image(e.to_string()))?;
+        .map_err(ExecError::oci("cache index"))?;
     let layout = dir.join("oci-layout");
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_at(dir, e))?;
     std::io::Write::write_all(&mut temp, br#"{"imageLayoutVersion":"1.0.0"}"#)
@@ -646,7 +659,8 @@ impl ImportedCache {
         store: &Store,
         progress: TransferSink,
     ) -> Result<(), CacheError> {
-        let descriptor = layer_descriptor(layer).map_err(CacheError::Unusable)?;
+        let descriptor =
+            layer_descriptor(layer).map_err(|e| CacheError::Unusable(e.to_string()))?;
         if store.has_blob(&descriptor.digest) {
             return Ok(());
         }
@@ -709,7 +723,7 @@ impl ImportedCache {
             let fresh = work.path().join("mount");
             std::fs::create_dir(&fresh).map_err(io_error(&fresh))?;
             let digest = layer_descriptor(&mount.layer)
-                .map_err(CacheError::Unusable)?
+                .map_err(|e| CacheError::Unusable(e.to_string()))?
                 .digest;
             let blob = store.open_blob(&digest)?;
             crate::unpack::unpack_cache_mount(
@@ -737,7 +751,7 @@ const MAX_CREATED: i64 = 253_402_300_799;
 /// Checks that a layer blob of the store holds a tar whose digest is `layer.diff_id`.
 fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), CacheError> {
     let digest = layer_descriptor(layer)
-        .map_err(CacheError::Unusable)?
+        .map_err(|e| CacheError::Unusable(e.to_string()))?
         .digest;
     let blob = store.open_blob(&digest)?;
     let actual = kiln_layer::visit_layer(BufReader::new(blob), &layer.media_type, |_, _| Ok(()))

@@ -145,8 +145,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         .map(Chmod::parse)
         .transpose()
         .map_err(ExecError::Copy)?;
-    let excludes = IgnoreRules::parse(&step.excludes.join("\n"))
-        .map_err(|e| ExecError::Copy(e.to_string()))?;
+    let excludes = IgnoreRules::parse(&step.excludes.join("\n"))?;
 
     // The destination, with symlinks in the image resolved inside the image.
     let wanted = join_view(job.workdir, &step.destination);
@@ -215,9 +214,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         }
         if step.is_add && step.unpack != Some(false) {
             if let CopyFrom::Context(context) = from {
-                let path = context
-                    .resolve(source, true)
-                    .map_err(|e| ExecError::Copy(e.to_string()))?;
+                let path = context.resolve(source, true)?;
                 if let Some(kind) = archive_kind(&path)? {
                     archives.push((path, kind));
                     continue;
@@ -542,14 +539,9 @@ fn extract_archive(
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    // The tar crate wraps the cause inside its own message: show both.
-    let bad = |e: io::Error| {
-        let cause = e
-            .get_ref()
-            .and_then(|inner| inner.source())
-            .map(|c| format!(": {c}"))
-            .unwrap_or_default();
-        ExecError::Copy(format!("ADD {}: {e}{cause}", path.display()))
+    let bad = |source: io::Error| ExecError::Archive {
+        path: path.to_path_buf(),
+        source,
     };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -611,9 +603,7 @@ pub fn context_sources(
     pattern: &str,
     excludes: &IgnoreRules,
 ) -> Result<Vec<String>, ExecError> {
-    let matches = context
-        .sources(pattern)
-        .map_err(|e| ExecError::Copy(e.to_string()))?;
+    let matches = context.sources(pattern)?;
     Ok(without_excluded(matches, pattern, excludes))
 }
 
@@ -646,9 +636,7 @@ fn context_entries(
     source: &str,
     excludes: &IgnoreRules,
 ) -> Result<Vec<Placement>, ExecError> {
-    let entries = context
-        .walk(source, excludes)
-        .map_err(|e| ExecError::Copy(e.to_string()))?;
+    let entries = context.walk(source, excludes)?;
     Ok(entries
         .into_iter()
         .map(|entry| Placement {
@@ -979,6 +967,16 @@ impl SnapshotWriter<'_> {
                         .map_err(|e| io_at(&path, e))?,
                     _ => io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?,
                 };
+                // A context file written to while it was copied may have given a torn copy
+                // (part old, part new): the step fails, naming it, instead of keeping it.
+                if let (Some(_), Some(walked)) = (self.context, placement.stat) {
+                    let now = input.metadata().map_err(|e| io_at(source, e))?;
+                    if kiln_context::StatKey::of(&now) != walked {
+                        return Err(ExecError::Changed {
+                            path: source.clone(),
+                        });
+                    }
+                }
                 stats.files += 1;
                 drop(output);
                 set_metadata(&path, mode, owner, placement.mtime, false)

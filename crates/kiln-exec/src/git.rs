@@ -389,10 +389,9 @@ fn stamp_tree(root: &Path, seconds: i64) -> Result<(), ExecError> {
         .contents_first(true)
         .into_iter()
         .map(|entry| {
-            entry.map(|e| e.into_path()).map_err(|e| {
-                ExecError::Copy(format!(
-                    "ADD of a git repository: walking the checkout: {e}"
-                ))
+            entry.map(|e| e.into_path()).map_err(|e| ExecError::Io {
+                path: e.path().map(Path::to_path_buf).unwrap_or_default(),
+                source: e.into(),
             })
         })
         .collect::<Result<_, _>>()?;

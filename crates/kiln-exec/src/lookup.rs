@@ -78,7 +78,11 @@ pub fn ensure_snapshot(
             &fresh,
             diff_id,
         )
-        .map_err(|e| ExecError::Image(format!("{what}, layer {}: {e}", descriptor.digest)))?;
+        .map_err(|source| ExecError::Unpack {
+            what: what.to_string(),
+            digest: descriptor.digest.to_string(),
+            source: Box::new(source),
+        })?;
     store
         .commit_snapshot(&fresh, diff_id)
         .map_err(ExecError::Store)
@@ -102,14 +106,15 @@ pub fn image_in_store(
     store: &Store,
     reference: &str,
 ) -> Result<(ImageConfig, Vec<PathBuf>), ExecError> {
-    let name = ImageName::parse(reference).map_err(|e| ExecError::Image(e.to_string()))?;
-    let found = find_in_store(store, &name, &Platform::host()).ok_or_else(|| {
-        ExecError::Image(format!("image {reference:?} is not in the store ({name})"))
-    })?;
+    let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
+    let found =
+        find_in_store(store, &name, &Platform::host()).ok_or_else(|| ExecError::ImageNotFound {
+            reference: reference.to_string(),
+        })?;
     let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
-        .map_err(|e| ExecError::Image(e.to_string()))?;
+        .map_err(ExecError::oci(found.digest.to_string()))?;
     let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
-        .map_err(|e| ExecError::Image(e.to_string()))?;
+        .map_err(ExecError::oci(manifest.config.digest.to_string()))?;
     let mut budget = crate::unpack::ImageBudget::new(manifest.layers.iter().map(|l| l.size))?;
     let layers = manifest
         .layers
@@ -172,5 +177,5 @@ pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>,
     };
     reader(Path::new(path), &options)
         .map(Some)
-        .map_err(|e| ExecError::Image(format!("{reference}: {e}")))
+        .map_err(ExecError::oci(reference))
 }

@@ -933,7 +933,7 @@ pub fn execute(job: &RunJob<'_>) -> Result<(WorkDir, PathBuf), ExecError> {
     }
     spec.mounts = prepared.mounts.clone();
     let points = prepared.points.clone();
-    let sandbox = Sandbox::current().map_err(|e| ExecError::Run(e.to_string()))?;
+    let sandbox = Sandbox::current()?;
     let use_overlay = match job.snapshotter {
         Snapshotter::Overlay => true,
         Snapshotter::Copy => false,
@@ -1168,13 +1168,13 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     let work = store.work_dir()?;
     let base = work.path();
     let mut spec = base_spec(base, &config, argv, env, identity, request.network, &[])?;
-    let sandbox = Sandbox::current().map_err(|e| ExecError::Run(e.to_string()))?;
+    let sandbox = Sandbox::current()?;
     if request.snapshotter != Snapshotter::Copy {
         spec.root = overlay_root(base, &image, &[])?;
         match sandbox.run(&spec, Output::Inherit) {
             Ok(exit) => return Ok(exit),
             Err(e) if e.is_overlay_failure() && request.snapshotter == Snapshotter::Auto => {}
-            Err(e) => return Err(ExecError::Run(e.to_string())),
+            Err(e) => return Err(ExecError::Sandbox(e)),
         }
     }
     let tree = base.join("tree");
@@ -1184,7 +1184,7 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
     spec.root = RootSpec::Directory { path: tree };
     sandbox
         .run(&spec, Output::Inherit)
-        .map_err(|e| ExecError::Run(e.to_string()))
+        .map_err(ExecError::Sandbox)
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 fn refuse(path: &[u8], why: &str) -> ExecError {
-    ExecError::Image(format!(
-        "base image layer entry {:?} {why}",
-        String::from_utf8_lossy(path)
-    ))
+    ExecError::LayerEntry {
+        entry: String::from_utf8_lossy(path).into_owned(),
+        reason: why.to_string(),
+    }
 }
 
 /// The entry's path as components inside the root; `..` is refused, `/` and `.` dropped.
@@ -280,7 +280,7 @@ impl ImageBudget {
     /// The budget of an image whose layers have these compressed sizes, caps from the
     /// environment.
     pub fn new(compressed_sizes: impl IntoIterator<Item = u64>) -> Result<Self, ExecError> {
-        let caps = UnpackCaps::from_env().map_err(|e| ExecError::Image(e.to_string()))?;
+        let caps = UnpackCaps::from_env().map_err(ExecError::layer("unpack limits"))?;
         Ok(Self::with_caps(caps, compressed_sizes))
     }
 
@@ -339,17 +339,20 @@ fn unpack(
     });
     // Going over a bound fails the write that was under way too; the bound is what to tell.
     if let Err(error @ kiln_layer::LayerError::OverLimit { .. }) = visited {
-        return Err(ExecError::Image(format!("base image layer: {error}")));
+        return Err(ExecError::Layer {
+            what: "base image layer".into(),
+            source: error,
+        });
     }
     if let Some(error) = failure {
         return Err(error);
     }
-    let visited = visited.map_err(|e| ExecError::Image(format!("base image layer: {e}")))?;
+    let visited = visited.map_err(ExecError::layer("base image layer"))?;
     if visited.diff_id != diff_id {
-        return Err(ExecError::Image(format!(
-            "base image layer has diff_id {}, but the image config says {diff_id}",
-            visited.diff_id
-        )));
+        return Err(ExecError::DiffIdMismatch {
+            expected: diff_id.to_string(),
+            actual: visited.diff_id,
+        });
     }
     let mut dirs: Vec<_> = unpacker.dirs.into_iter().collect();
     dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));

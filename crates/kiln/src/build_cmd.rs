@@ -165,7 +165,7 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
     progress.finish();
     let built = match result {
         Ok(built) => built,
-        Err(e) => return fail(INVALID, e),
+        Err(e) => return fail(INVALID, crate::hint::explain(&e)),
     };
     if let Some(warning) = output::docker_layer_warning(&job.outputs, built.layers.len()) {
         eprintln!("warning: {warning}");

@@ -3,6 +3,7 @@
 mod build_cmd;
 mod cli;
 mod graph_cmd;
+mod hint;
 mod progress;
 mod recipe;
 mod registry_cmd;

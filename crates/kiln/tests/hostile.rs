@@ -393,3 +393,166 @@ fn a_disk_that_fills_during_archive_output_is_a_clear_error_and_leaves_no_partia
     let verify = in_store(&source, work.path(), &["verify"], &[]);
     assert_eq!(verify.status, 0, "verify: {}", verify.stderr);
 }
+
+/// Bytes free on the filesystem holding `path`.
+fn available(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_disk_that_fills_during_a_run_steps_diff_is_a_clear_error_and_leaves_nothing() {
+    let disk = SmallDisk::mount("48m");
+    let root = disk.path().join("store");
+    common::busybox_store_at(&root, "auto");
+    let before = available(&root);
+    // The RUN writes 60% of what is free: its own write fits, the layer made from it does
+    // not (noise does not compress), so the disk fills while the step's diff is written.
+    let size = before / 10 * 6;
+    let recipe =
+        format!("FROM busybox:test\nRUN head -c {size} /dev/urandom > /big && echo written\n");
+    let ctx = context(&[("Dockerfile", &recipe)]);
+    let run = in_store(
+        &root,
+        ctx.path(),
+        &["build", "--progress", "plain", "-t", "big:1", "."],
+        &[],
+    );
+    eprintln!("RUN on a full disk:\n{}", run.stderr);
+    assert_disk_full(&run, "RUN");
+    assert!(
+        run.stderr.contains("written"),
+        "the command itself completed: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("the command ended with"),
+        "the step failed after its command, not in it: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: the disk is full"),
+        "the error says the disk is full: {}",
+        run.stderr
+    );
+    let verify = in_store(&root, ctx.path(), &["verify"], &[]);
+    assert_eq!(verify.status, 0, "verify: {}", verify.stderr);
+    let images = in_store(&root, ctx.path(), &["images"], &[]);
+    assert!(!images.stdout.contains("big"), "{}", images.stdout);
+    // Nothing stays behind: the step's work area and half-written blob are gone, so the disk
+    // has (within a MiB of bookkeeping) what it had before the build.
+    let prune = in_store(&root, ctx.path(), &["prune"], &[]);
+    assert_eq!(prune.status, 0, "prune: {}", prune.stderr);
+    let after = available(&root);
+    assert!(
+        after + MIB >= before,
+        "{} MiB free before the build, {} MiB after it and a prune",
+        before / MIB,
+        after / MIB
+    );
+    // The store still builds on the same base.
+    let small = context(&[("Dockerfile", "FROM busybox:test\nRUN echo ok > /ok\n")]);
+    let again = in_store(&root, small.path(), &["build", "-t", "small:1", "."], &[]);
+    assert_eq!(
+        again.status, 0,
+        "a build after the failed one: {}",
+        again.stderr
+    );
+}
+
+#[test]
+fn a_context_file_written_while_it_is_copied_is_refused_or_copied_whole() {
+    const BASE: usize = 32 << 20;
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY moving.bin /moving.bin\n")]);
+    let file = ctx.path().join("moving.bin");
+    fs::write(&file, vec![1u8; BASE]).unwrap();
+    // A writer that rewrites the file in place, in 1 MiB blocks, for as long as the build
+    // runs (two minutes at most): each version is one byte value throughout, its length
+    // 32 to 35 MiB, so any copy that mixes two versions shows.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let file = file.clone();
+        std::thread::spawn(move || {
+            use std::io::{Seek, SeekFrom};
+            let mut out = fs::OpenOptions::new().write(true).open(&file).unwrap();
+            let started = std::time::Instant::now();
+            let mut rounds = 0u32;
+            let mut version = 1u8;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                version = version % 250 + 1;
+                let length = BASE + usize::from(version % 4) * (1 << 20);
+                let block = vec![version; 1 << 20];
+                out.seek(SeekFrom::Start(0)).unwrap();
+                for _ in 0..length >> 20 {
+                    out.write_all(&block).unwrap();
+                }
+                out.set_len(length as u64).unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    // Let the writer get going before the build reads the file.
+    std::thread::sleep(Duration::from_millis(200));
+    let root = tempfile::tempdir().unwrap();
+    let archive = root.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    let run = in_store(root.path(), ctx.path(), &["build", "-o", &dest, "."], &[]);
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(
+        rounds >= 2,
+        "the file was rewritten {rounds} times during the build"
+    );
+    eprintln!(
+        "exit {} after {rounds} rewrites:\n{}",
+        run.status, run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    if run.status != 0 {
+        // Refused: the error names the file and says what happened.
+        assert_eq!(run.status, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("moving.bin") && run.stderr.contains("changed while"),
+            "{}",
+            run.stderr
+        );
+        assert!(!archive.exists(), "no archive is written by a failed build");
+        let verify = in_store(root.path(), ctx.path(), &["verify"], &[]);
+        assert_eq!(verify.status, 0, "verify: {}", verify.stderr);
+        return;
+    }
+    // Built: the layer is a well-formed tar (each entry's data as long as its header says,
+    // read to the end by a reader that is not kiln's) and holds one whole version.
+    let image = kiln_oci::read_oci_archive(&archive, &kiln_oci::ReadOptions::default()).unwrap();
+    let layer = image.open_layer(0).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(layer));
+    let mut found = false;
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let declared = entry.header().size().unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        assert_eq!(data.len() as u64, declared, "{:?}", entry.path());
+        if entry.path().unwrap().ends_with("moving.bin") {
+            found = true;
+            let first = data[0];
+            assert!(
+                data.iter().all(|&b| b == first),
+                "the layer holds a copy mixing versions"
+            );
+            assert_eq!(
+                data.len(),
+                BASE + usize::from(first % 4) * (1 << 20),
+                "the layer holds version {first} at another version's length"
+            );
+        }
+    }
+    assert!(found, "moving.bin is in the layer");
+}

@@ -186,6 +186,13 @@ pub fn busybox_binary() -> &'static Path {
 /// A store holding `busybox:test`: FROM scratch, COPY of the static busybox, passwd and group,
 /// and a RUN that installs the applets. kiln makes its own base, so no test needs a registry.
 pub fn busybox_store(snapshotter: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    busybox_store_at(root.path(), snapshotter);
+    root
+}
+
+/// [`busybox_store`] in the store at `root` (a small disk, say).
+pub fn busybox_store_at(root: &Path, snapshotter: &str) {
     let ctx = context(&[
         (
             "Dockerfile",
@@ -198,15 +205,13 @@ pub fn busybox_store(snapshotter: &str) -> tempfile::TempDir {
         ("group", "root:x:0:\nbob:x:1000:\nwheel:x:10:bob\n"),
     ]);
     fs::copy(busybox_binary(), ctx.path().join("busybox")).unwrap();
-    let root = tempfile::tempdir().unwrap();
     build(
         ctx.path(),
-        root.path(),
+        root,
         &["-t", "busybox:test"],
         &[
             ("KILN_SNAPSHOTTER", snapshotter),
             ("SOURCE_DATE_EPOCH", EPOCH),
         ],
     );
-    root
 }

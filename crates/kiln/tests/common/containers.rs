@@ -13,33 +13,36 @@ use std::process::Command;
 /// Makes `dir` a root that can run kiln: /bin/busybox and its applets, kiln's shared libraries
 /// where the loader looks for them, /tmp, /etc (root and uid 1000 named), /proc, /sys, /dev.
 pub fn kiln_rootfs(dir: &Path) {
-    for sub in [
-        "bin",
-        "tmp",
-        "proc",
-        "sys",
-        "dev",
-        "etc",
-        "w",
-        "usr/local/bin",
-        "root",
-    ] {
+    busybox_root(
+        dir,
+        "root:x:0:0:root:/root:/bin/sh\nkiln:x:1000:1000::/tmp:/bin/sh\n",
+        "root:x:0:\nkiln:x:1000:\n",
+    );
+    fs::create_dir_all(dir.join("w")).unwrap();
+    fs::create_dir_all(dir.join("usr/local/bin")).unwrap();
+}
+
+/// A busybox root with kiln's shared libraries and these /etc/passwd and /etc/group: what a
+/// dynamically linked kiln needs of a base image.
+pub fn busybox_root(dir: &Path, passwd: &str, group: &str) {
+    for sub in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"] {
         fs::create_dir_all(dir.join(sub)).unwrap();
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::copy(super::busybox_binary(), dir.join("bin/busybox")).unwrap();
-    let install = Command::new(dir.join("bin/busybox"))
-        .args(["--install", "-s"])
-        .arg(dir.join("bin"))
-        .status()
+    // Relative links (`busybox --install -s` would point them at this host's path).
+    let list = Command::new(dir.join("bin/busybox"))
+        .arg("--list")
+        .output()
         .unwrap();
-    assert!(install.success());
-    fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nkiln:x:1000:1000::/tmp:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(dir.join("etc/group"), "root:x:0:\nkiln:x:1000:\n").unwrap();
+    assert!(list.status.success());
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(dir.join("etc/passwd"), passwd).unwrap();
+    fs::write(dir.join("etc/group"), group).unwrap();
     for library in kiln_libraries() {
         let target = dir.join(library.trim_start_matches('/'));
         fs::create_dir_all(target.parent().unwrap()).unwrap();

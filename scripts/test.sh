@@ -29,6 +29,9 @@ is_root=0
 packages=(ca-certificates git skopeo umoci podman runc busybox-static uidmap procps graphviz
   tmux docker-registry apache2-utils openssl python3 docker.io debootstrap rpm python3-venv
   gcc libc6-dev)
+# python3-yaml parses examples/ci/'s definitions for the test that runs them (ci_definitions.rs);
+# strip (binutils, with gcc) slims the kiln binary packed into kiln's own image (own_image.rs).
+packages+=(python3-yaml binutils)
 
 if [ "$is_root" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()

@@ -358,7 +358,8 @@ impl Client {
         }
     }
 
-    /// Credentials for `host` from config.json or its helper, looked up once.
+    /// Credentials for `host` from the environment, else config.json or its helper, looked up
+    /// once.
     pub fn credentials(&self, host: &str) -> Result<Option<Credentials>> {
         if let Some(known) = self
             .credentials
@@ -368,7 +369,11 @@ impl Client {
         {
             return Ok(known);
         }
-        let found = self.docker_config.get(host)?;
+        // Variables set for this host win over config.json (see env_credentials).
+        let found = match crate::env_credentials::lookup(host)? {
+            Some(creds) => Some(creds),
+            None => self.docker_config.get(host)?,
+        };
         if let Ok(mut cache) = self.credentials.lock() {
             cache.insert(host.to_string(), found.clone());
         }

@@ -23,6 +23,7 @@
 
 mod auth;
 mod config;
+pub mod env_credentials;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

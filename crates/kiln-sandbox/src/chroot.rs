@@ -12,7 +12,8 @@
 //!
 //! Every path is checked for symbolic links before it is touched, before and after the step, so
 //! a step that plants one cannot redirect the clean-up out of the tree. Without a pid namespace,
-//! the step's process group is killed when the command ends; the seccomp filter also refuses
+//! the helper is the step's child subreaper and kills every descendant when the command ends
+//! (see `descendants`), even those in a session of their own; the seccomp filter also refuses
 //! `chroot` (the way out of a chroot is a second one), `ptrace` and `process_vm_*`.
 
 use crate::setup::{check_no_symlinks, DEVICES};
@@ -355,6 +356,15 @@ pub(crate) fn run(spec: &Spec) -> i32 {
         });
         return 125;
     }
+    // Whatever the step leaves running is reparented here, not to the container's init.
+    if let Err(e) = crate::descendants::become_subreaper() {
+        let _ = restore(&root, undo);
+        report(Status::SetupFailed {
+            message: format!("becoming the reaper of the step's processes: {e}"),
+            overlay: false,
+        });
+        return 125;
+    }
     let exit = spawn_and_wait(&root, spec, programs);
     let restored = restore(&root, undo);
     match (exit, restored) {
@@ -433,8 +443,15 @@ fn spawn_and_wait(
     })?;
     let group = rustix::process::Pid::from_child(&child);
     let status = child.wait();
-    // No pid namespace: what the step left running goes with its process group.
+    // No pid namespace: what the step left running goes with its process group, and what left
+    // the group (a session of its own) was reparented to this subreaper and goes too.
     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    if let Err(left) = crate::descendants::kill_all() {
+        return Err(Status::SetupFailed {
+            message: format!("{left} processes the step started could not be stopped"),
+            overlay: false,
+        });
+    }
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(status) => Ok(match (status.code(), status.signal()) {

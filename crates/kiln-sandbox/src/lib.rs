@@ -20,6 +20,7 @@
 
 mod chroot;
 mod credentials;
+mod descendants;
 pub mod isolation;
 mod privileges;
 mod process;

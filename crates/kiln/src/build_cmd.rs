@@ -42,6 +42,7 @@ struct Flags {
     cache_from: Vec<CacheImport>,
     pull: Option<PullPolicy>,
     options: BuildOptions,
+    attest: kiln_build::attest::AttestOptions,
 }
 
 fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
@@ -91,8 +92,25 @@ fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
         labels: args.labels.iter().cloned().collect(),
         annotations: args.annotations.iter().cloned().collect(),
     };
+    let push_to = output::push_destinations(&outputs, &names, args.push)?;
+    let (provenance, sbom) = kiln_build::attest::read_flags(
+        args.attest.provenance.as_deref(),
+        args.attest.sbom.as_deref(),
+        &args.attest.attest,
+        &outputs,
+        !push_to.is_empty(),
+    )?;
+    let attest = kiln_build::attest::AttestOptions {
+        provenance,
+        sbom,
+        build_args: recipe::parse_build_args(&args.recipe.build_args)?,
+        target: args.recipe.target.clone(),
+        started: Some(kiln_sbom::Timestamp::now()),
+        ..Default::default()
+    };
     Ok(Flags {
-        push_to: output::push_destinations(&outputs, &names, args.push)?,
+        push_to,
+        attest,
         cache_to: each("--cache-to", &args.cache_to, CacheExport::parse)?,
         cache_from: each("--cache-from", &args.cache_from, CacheImport::parse)?,
         pull: PullPolicy::parse_flag(args.pull.as_deref())?,
@@ -138,8 +156,9 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         cache_from,
         pull,
         mut options,
+        attest,
     } = flags;
-    let job = Build {
+    let mut job = Build {
         store,
         progress,
         registry: crate::registry_cmd::client(&args.registry),
@@ -154,6 +173,7 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         cache_to,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
+        attest,
     };
     let mut remote = job.remote(pull);
     let images = StoreImages {
@@ -180,6 +200,13 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
             )
         }
     };
+    job.attest.recipe = Some(kiln_attest::Recipe {
+        path: loaded.name.clone(),
+        digest: loaded.digest.clone(),
+        source_uri: None,
+    });
+    job.attest.context_names =
+        kiln_build::attest::context_names(&recipe_args.build_contexts, LOCAL_CONTEXT_REPOSITORY);
     options.recipe_id = kiln_build::build::recipe_id(loaded.recipe_path.as_deref(), context.root());
     job.import_caches(&loaded.plan, &options.platform, &mut remote);
     options.remote = remote;

@@ -8,6 +8,7 @@
 //! it once per platform and puts every returned entry into its index.
 
 use crate::build::Built;
+use crate::recorder::{oci_platform, Recorded};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_attest::{
@@ -15,14 +16,13 @@ use kiln_attest::{
     AttestationLayer, BuildRecord, Material, ProvenanceMode, ProvenanceRequest, Recipe, SecretUse,
     SshUse, StepRecord, Subject,
 };
-use kiln_oci::{media_types, to_canonical_json, Descriptor, Digest, Index, Platform};
+use kiln_oci::{media_types, to_canonical_json, Descriptor, Index, Platform};
 use kiln_plan::{Action, Plan};
 use kiln_sbom::{ImageFiles, SbomOptions, Timestamp};
 use kiln_store::Store;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// The most bytes of one secret read back to keep it out of the attestations.
 const SECRET_READ_MAX: u64 = 1 << 20;
@@ -79,85 +79,6 @@ pub fn split_attest_flag(value: &str) -> Result<(&'static str, String), String> 
         rest.join(",")
     };
     Ok((kind, rest))
-}
-
-/// What a build used, recorded while it runs (from any stage's thread).
-#[derive(Debug, Default)]
-pub struct Recorder {
-    materials: Mutex<Vec<Material>>,
-    steps: Mutex<BTreeMap<usize, (String, bool)>>,
-}
-
-/// What [`Recorder`] saw: the materials, and each keyed step's key and whether it was cached,
-/// by step number.
-#[derive(Debug, Clone, Default)]
-pub struct Recorded {
-    /// Base and `--from` images, `ADD` URLs, git sources.
-    pub materials: Vec<Material>,
-    /// Step number → (cache key, cached).
-    pub steps: BTreeMap<usize, (String, bool)>,
-}
-
-fn oci_platform(platform: &kiln_plan::Platform) -> Platform {
-    let mut oci = Platform::new(platform.os.clone(), platform.architecture.clone());
-    oci.variant = platform.variant.clone();
-    oci
-}
-
-impl Recorder {
-    fn material(&self, material: Material) {
-        if let Ok(mut materials) = self.materials.lock() {
-            materials.push(material);
-        }
-    }
-
-    /// A base or `--from` image, as written, and the manifest it resolved to.
-    pub(crate) fn image(
-        &self,
-        reference: &str,
-        manifest: &Descriptor,
-        platform: &kiln_plan::Platform,
-    ) {
-        self.material(Material::Image {
-            reference: reference.to_string(),
-            digest: manifest.digest.clone(),
-            platform: Some(oci_platform(platform)),
-        });
-    }
-
-    /// An `ADD` URL and the digest of its content (the `--checksum`, or what was downloaded).
-    pub(crate) fn url(&self, url: &str, digest: &str) {
-        if let Ok(digest) = Digest::parse(digest) {
-            self.material(Material::Http {
-                url: url.to_string(),
-                digest,
-            });
-        }
-    }
-
-    /// A git source and the commit its ref named.
-    pub(crate) fn git(&self, url: &str, reference: &str, commit: &str) {
-        self.material(Material::Git {
-            url: url.to_string(),
-            reference: (!reference.is_empty()).then(|| reference.to_string()),
-            commit: commit.to_string(),
-        });
-    }
-
-    /// A keyed step: its key and whether its result came from the cache.
-    pub(crate) fn step(&self, number: usize, key: &str, cached: bool) {
-        if let Ok(mut steps) = self.steps.lock() {
-            steps.insert(number, (key.to_string(), cached));
-        }
-    }
-
-    /// Everything recorded so far.
-    pub(crate) fn recorded(&self) -> Recorded {
-        Recorded {
-            materials: self.materials.lock().map(|m| m.clone()).unwrap_or_default(),
-            steps: self.steps.lock().map(|s| s.clone()).unwrap_or_default(),
-        }
-    }
 }
 
 /// The statements of one build, made once and attached to each of its outputs.
@@ -691,4 +612,26 @@ pub fn context_names(
                 .then(|| (reference.to_string(), name.to_string()))
         })
         .collect()
+}
+
+/// What `kiln push` sends for an image of the store: the image index with the attestations
+/// `kiln build` recorded beside it, or the image manifest itself when there are none.
+pub fn pushed_form(store: &Store, manifest: &Descriptor) -> Result<Descriptor, BuildError> {
+    if !media_types::is_manifest(&manifest.media_type) {
+        return Ok(manifest.clone());
+    }
+    let Some(entry) = store
+        .attestations_for(&manifest.digest)
+        .map_err(BuildError::Store)?
+    else {
+        return Ok(manifest.clone());
+    };
+    let platform = store
+        .image(manifest)
+        .map_err(BuildError::Store)?
+        .config
+        .platform();
+    let mut image = manifest.clone();
+    image.annotations.clear();
+    image_index(store, &image, &platform, vec![entry])
 }

@@ -272,7 +272,7 @@ pub struct Built {
     /// `--cache-to` exports.
     pub records: Vec<CacheRecord>,
     /// What the build used (materials, step keys), for its provenance.
-    pub recorded: crate::attest::Recorded,
+    pub recorded: crate::recorder::Recorded,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -343,7 +343,7 @@ struct Builder<'a> {
     /// The cache records this build used or made, for `--cache-to`.
     records: std::sync::Mutex<Vec<CacheRecord>>,
     /// Materials and step keys, for the provenance.
-    recorder: crate::attest::Recorder,
+    recorder: crate::recorder::Recorder,
 }
 
 /// Builds the plan's target stage (and the stages it needs) into an image in the store.

@@ -9,6 +9,7 @@ pub mod build;
 pub mod cache;
 pub mod output;
 pub mod pipeline;
+pub mod recorder;
 pub mod remote;
 pub mod secret_flags;
 pub mod shared_cache;

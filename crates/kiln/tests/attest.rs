@@ -704,6 +704,13 @@ fn pushed_index_carries_attestations_that_skopeo_shows_and_kiln_reads() {
         statement
     );
 
+    // `kiln push` of the built image sends the same index, attestations included.
+    let (_, index_digest) = skopeo_raw(&target);
+    let again = format!("{}/kiln/again:1", registry.host());
+    let pushed = kiln_ok(root.path(), root.path(), &["push", &target, &again], &[]);
+    assert_eq!(pushed.stdout.trim(), index_digest, "{}", pushed.stderr);
+    assert_eq!(skopeo_raw(&again).1, index_digest);
+
     // Pulling the index keeps working: the attestation manifest is never chosen.
     let pulled = kiln_ok(empty.path(), empty.path(), &["pull", &target], &[]);
     assert_eq!(

@@ -275,6 +275,8 @@ pub struct Built {
     /// Every cache record the build used or made, in the order the steps finished: what
     /// `--cache-to` exports.
     pub records: Vec<CacheRecord>,
+    /// What the build used (materials, step keys), for its provenance.
+    pub recorded: crate::recorder::Recorded,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -344,6 +346,8 @@ struct Builder<'a> {
     effects: &'a dyn Effects,
     /// The cache records this build used or made, for `--cache-to`.
     records: std::sync::Mutex<Vec<CacheRecord>>,
+    /// Materials and step keys, for the provenance.
+    recorder: crate::recorder::Recorder,
 }
 
 /// Builds the plan's target stage (and the stages it needs) into an image in the store.
@@ -383,6 +387,7 @@ pub fn build(
         failed: std::sync::atomic::AtomicBool::new(false),
         effects: &Materialize,
         records: std::sync::Mutex::new(Vec::new()),
+        recorder: Default::default(),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -556,6 +561,7 @@ pub fn plan_cache(
         failed: std::sync::atomic::AtomicBool::new(false),
         effects: &KeysOnly,
         records: std::sync::Mutex::new(Vec::new()),
+        recorder: Default::default(),
     };
     let mut states = Vec::new();
     let mut number = 1;
@@ -789,6 +795,8 @@ impl Builder<'_> {
                 *manifest
             }
         };
+        self.recorder
+            .image(reference, &manifest_descriptor, platform);
         let manifest_bytes = self
             .store
             .read_blob(&manifest_descriptor.digest)
@@ -979,13 +987,17 @@ impl Builder<'_> {
             .collect();
         if !urls.is_empty() {
             match &copy.checksum {
-                Some(checksum) => parts.extend(urls.iter().map(|u| KeyPart::UrlChecksum {
-                    url: u.to_string(),
-                    checksum: checksum.clone(),
+                Some(checksum) => parts.extend(urls.iter().map(|u| {
+                    self.recorder.url(u, checksum);
+                    KeyPart::UrlChecksum {
+                        url: u.to_string(),
+                        checksum: checksum.clone(),
+                    }
                 })),
                 None => {
                     *downloads = self.download(copy)?;
                     for (url, file) in urls.iter().zip(&downloads.files) {
+                        self.recorder.url(url, &file.digest);
                         parts.push(KeyPart::UrlContent {
                             url: url.to_string(),
                             digest: file.digest.clone(),
@@ -1003,6 +1015,11 @@ impl Builder<'_> {
                     crate::git::GitSource::parse(url, copy.checksum.as_deref(), copy.keep_git_dir)
                         .map_err(|e| crate::ExecError::Copy(format!("ADD {e}")))?;
                 let resolved = crate::git::resolve(&parsed)?;
+                self.recorder.git(
+                    &parsed.display_remote(),
+                    &parsed.reference,
+                    &resolved.commit,
+                );
                 parts.push(KeyPart::GitCommit {
                     source: format!(
                         "{}#{}:{}",
@@ -1385,6 +1402,7 @@ impl Builder<'_> {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.progress.event(Event::Cached { number });
             let (layer, created) = (record.layer.clone(), record.created);
+            self.recorder.step(number, key, true);
             self.keep_record(record);
             if let Some(layer) = layer {
                 return Ok((layer, created));
@@ -1396,6 +1414,7 @@ impl Builder<'_> {
             self.miss_reason(slot, &parts)
         };
         self.progress.event(Event::Miss { number, reason });
+        self.recorder.step(number, key, false);
         let layer = make()?;
         self.store.slot_put(slot, key).map_err(BuildError::Store)?;
         let mut stored_parts = vec![("slot".to_string(), slot.to_string())];
@@ -1722,6 +1741,7 @@ impl Builder<'_> {
             cached: self.cached.load(std::sync::atomic::Ordering::Relaxed),
             context_bytes_read: self.memo.bytes_read(),
             records,
+            recorded: self.recorder.recorded(),
         })
     }
 }

@@ -4,11 +4,13 @@
 
 #![warn(missing_docs)]
 
+pub mod attest;
 pub mod build;
 pub mod cache;
 pub mod local_context;
 pub mod output;
 pub mod pipeline;
+pub mod recorder;
 pub mod remote;
 pub mod secret_flags;
 pub mod shared_cache;

@@ -50,6 +50,8 @@ pub struct Build<'a> {
     pub iidfile: Option<PathBuf>,
     /// `--metadata-file`: digests and names as JSON, as buildx writes it.
     pub metadata_file: Option<PathBuf>,
+    /// `--provenance`, `--sbom`: what to attest (see [`crate::attest`]).
+    pub attest: crate::attest::AttestOptions,
 }
 
 impl Build<'_> {
@@ -147,15 +149,26 @@ impl Build<'_> {
         options: &BuildOptions,
     ) -> Result<Built, BuildError> {
         let built = build(plan, self.store, context, options, self.progress)?;
+        let attested = crate::attest::attest_build(
+            &self.attest,
+            plan,
+            &built,
+            options,
+            self.store,
+            &self.names,
+        )?;
         for spec in self
             .outputs
             .iter()
             .filter(|o| o.kind != OutputKind::Registry)
         {
-            export(spec, &built, self.store, &self.names)?;
+            let image = crate::attest::image_for_output(spec, &built, attested.as_ref());
+            export(spec, &image, self.store, &self.names)?;
+            crate::attest::after_output(spec, attested.as_ref())?;
         }
         for destination in &self.push_to {
-            self.push(&built, destination)?;
+            let pushed = attested.as_ref().map(|a| &a.index);
+            self.push(&built, pushed.unwrap_or(&built.manifest), destination)?;
         }
         self.export_caches(plan, &built)?;
         // Named only once every output is written: a failed export leaves no half-finished name.
@@ -168,17 +181,26 @@ impl Build<'_> {
                     source: Box::new(source),
                 })?;
         }
+        if let Some(attested) = &attested {
+            crate::attest::record_in_store(self.store, attested)?;
+        }
         self.write_result_files(&built)?;
         Ok(built)
     }
 
-    /// Pushes the image to `destination`, and names it so in the store (as `docker push` needs
+    /// Pushes `pushed` (the image, or the index holding it and its attestations) to
+    /// `destination`, and names the image so in the store (as `docker push` needs
     /// the name first): a later push to another repository of the registry can mount these
     /// blobs from it.
-    fn push(&self, built: &Built, destination: &ImageName) -> Result<(), BuildError> {
+    fn push(
+        &self,
+        built: &Built,
+        pushed: &kiln_oci::Descriptor,
+        destination: &ImageName,
+    ) -> Result<(), BuildError> {
         let sink = |event| self.progress.event(Event::Transfer(event));
         self.registry
-            .push(self.store, &built.manifest, destination, &sink)
+            .push(self.store, pushed, destination, &sink)
             .map_err(|source| BuildError::PushTo {
                 destination: destination.to_string(),
                 source: Box::new(source),

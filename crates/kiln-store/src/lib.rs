@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+mod attestations;
 mod cache_mount;
 
 pub use cache_mount::CacheMount;

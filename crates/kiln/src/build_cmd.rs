@@ -44,6 +44,7 @@ struct Flags {
     cache_from: Vec<CacheImport>,
     pull: Option<PullPolicy>,
     options: BuildOptions,
+    attest: kiln_build::attest::AttestOptions,
 }
 
 fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
@@ -76,8 +77,25 @@ fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
         labels: args.labels.iter().cloned().collect(),
         annotations: args.annotations.iter().cloned().collect(),
     };
+    let push_to = output::push_destinations(&outputs, &names, args.push)?;
+    let (provenance, sbom) = kiln_build::attest::read_flags(
+        args.attest.provenance.as_deref(),
+        args.attest.sbom.as_deref(),
+        &args.attest.attest,
+        &outputs,
+        !push_to.is_empty(),
+    )?;
+    let attest = kiln_build::attest::AttestOptions {
+        provenance,
+        sbom,
+        build_args: recipe::parse_build_args(&args.recipe.build_args)?,
+        target: args.recipe.target.clone(),
+        started: Some(kiln_sbom::Timestamp::now()),
+        ..Default::default()
+    };
     Ok(Flags {
-        push_to: output::push_destinations(&outputs, &names, args.push)?,
+        push_to,
+        attest,
         cache_to: each("--cache-to", &args.cache_to, CacheExport::parse)?,
         cache_from: each("--cache-from", &args.cache_from, CacheImport::parse)?,
         pull: PullPolicy::parse_flag(args.pull.as_deref())?,
@@ -115,7 +133,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> ExitCode {
 
 /// Plans, builds and delivers the image, then shows the result.
 fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> ExitCode {
-    let job = Build {
+    let mut job = Build {
         store,
         progress,
         registry: crate::registry_cmd::client(&args.registry),
@@ -126,6 +144,7 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         cache_to: flags.cache_to,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
+        attest: flags.attest,
     };
     let mut options = flags.options;
     options.remote = job.remote(flags.pull);
@@ -154,6 +173,13 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
             )
         }
     };
+    job.attest.recipe = Some(kiln_attest::Recipe {
+        path: loaded.name.clone(),
+        digest: loaded.digest.clone(),
+        source_uri: None,
+    });
+    job.attest.context_names =
+        kiln_build::attest::context_names(&recipe_args.build_contexts, local_context::REPOSITORY);
     job.prepare(
         &loaded.plan,
         loaded.recipe_path.as_deref(),

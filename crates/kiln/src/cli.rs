@@ -39,10 +39,13 @@ pub enum Command {
     Run(RunArgs),
     /// List the images in the store.
     Images,
-    /// Show an image's manifest and config as JSON.
+    /// Show an image's manifest and config as JSON (with --provenance or --sbom: its
+    /// attestations, from the store or, for an image the store does not name, its registry).
     Inspect {
-        /// Image name (as given to -t).
+        /// Image name (as given to -t), or a registry reference.
         image: String,
+        #[command(flatten)]
+        attestations: InspectAttestations,
     },
     /// Show the history of an image: one line per instruction.
     History { image: String },
@@ -335,6 +338,42 @@ pub struct BuildArgs {
     /// A resource limit of every RUN (repeatable): NAME=SOFT[:HARD], e.g. nofile=1024:2048.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = kiln_build::run_settings::parse_ulimit)]
     pub ulimits: Vec<kiln_sandbox::Rlimit>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub attest: AttestArgs,
+}
+
+/// `--provenance`, `--sbom`, `--attest`: supply-chain attestations (docs/attestations.md).
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// Attach SLSA provenance: false, true (= mode=min), mode=min|max[,builder-id=URL].
+    /// Default: mode=min when the image is pushed or written as an OCI archive, else false
+    /// ($BUILDX_NO_DEFAULT_ATTESTATIONS turns the default off).
+    #[arg(long, value_name = "false|true|mode=min|mode=max")]
+    pub provenance: Option<String>,
+
+    /// Attach an SPDX SBOM of the image's packages: true or false (default false).
+    #[arg(long, value_name = "BOOL")]
+    pub sbom: Option<String>,
+
+    /// buildx's long form (repeatable): type=provenance[,mode=min|max] or type=sbom.
+    #[arg(long = "attest", value_name = "type=provenance|sbom,...")]
+    pub attest: Vec<String>,
+}
+
+/// `kiln inspect --provenance` / `--sbom`.
+#[derive(Debug, Args)]
+pub struct InspectAttestations {
+    /// Print the image's provenance statement (in-toto, SLSA provenance v1).
+    #[arg(long)]
+    pub provenance: bool,
+
+    /// Print the image's SBOM statement (in-toto, SPDX 2.3).
+    #[arg(long)]
+    pub sbom: bool,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

@@ -1,5 +1,6 @@
 //! kiln: the command line. It reads arguments, calls the libraries and reports; nothing else.
 
+mod attest_cmd;
 mod build_cmd;
 mod cli;
 mod graph_cmd;

@@ -21,6 +21,8 @@ pub struct Loaded {
     pub recipe_path: Option<PathBuf>,
     pub name: String,
     pub warnings: usize,
+    /// The digest of the recipe's bytes (for the provenance).
+    pub digest: kiln_oci::Digest,
 }
 
 /// Reads the recipe, plans it and prints its diagnostics. Errors come back as the exit code.
@@ -81,6 +83,7 @@ pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, Exit
         recipe_path,
         name,
         warnings,
+        digest: kiln_oci::sha256_digest(text.as_bytes()),
     })
 }
 
@@ -158,7 +161,7 @@ fn display_path(path: &Path) -> String {
 }
 
 /// `KEY=VALUE` or `KEY` (taken from the environment, skipped when unset), as docker does.
-fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut values = BTreeMap::new();
     for item in raw {
         let (key, value) = match item.split_once('=') {

@@ -138,8 +138,10 @@ pub fn push_image(
     progress: &dyn Progress,
 ) -> Result<kiln_oci::Descriptor, String> {
     let sink = |event| progress.event(Event::Transfer(event));
+    // With the attestations `kiln build` recorded, if any: the index holding both.
+    let document = kiln_build::attest::pushed_form(store, manifest).map_err(|e| e.to_string())?;
     let pushed = registry
-        .push(store, manifest, destination, &sink)
+        .push(store, &document, destination, &sink)
         .map_err(|e| format!("push {destination}: {e}"))?;
     // The store names what the registry now holds, as `docker push` needs the name first: a
     // later push to another repository of the registry can mount these blobs from it.

@@ -99,7 +99,13 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
             }
             Ok(())
         }
-        Command::Inspect { image } => {
+        Command::Inspect {
+            image,
+            attestations,
+        } => {
+            if attestations.provenance || attestations.sbom {
+                return crate::attest_cmd::inspect(store, image, attestations);
+            }
             let tagged = find(store, image)?;
             let stored = store
                 .image(&tagged.manifest)

@@ -11,6 +11,7 @@
 mod docker;
 mod files;
 mod image;
+mod index_out;
 mod oci;
 mod tar_in;
 mod tar_out;

@@ -26,12 +26,17 @@ use crate::{
 /// `io.containerd.image.name` = the full name), `blobs/<alg>/<hex>` for the manifest, config
 /// and every layer, and a `manifest.json` in `docker save`'s format pointing into `blobs/`, so
 /// `docker load` (20.10 and later) and `podman load` take the same file as skopeo and umoci.
+/// When the descriptor is an image index, the index is written instead (see `index_out`).
 pub fn write_oci_archive<W: Write>(
     out: W,
     image: &ImageRef,
     blobs: &dyn BlobSource,
     opts: &WriteOptions,
 ) -> Result<()> {
+    // An image index (platforms, attestations): the index is the one named entry.
+    if media_types::is_index(&image.manifest.media_type) {
+        return super::index_out::write_index_archive(out, image, blobs, opts);
+    }
     let r = resolve_image(image, blobs)?;
     let index = layout_index(image, &r.config)?;
     let docker = [DockerManifestEntry {
@@ -96,7 +101,7 @@ fn layout_index(image: &ImageRef, config: &ImageConfig) -> Result<Index> {
 /// The `org.opencontainers.image.ref.name` for a tag. Docker tags allow a few forms the image
 /// spec's ref grammar does not (`_x`, `x.`, `a__b`); those are refused rather than written as
 /// refs that OCI tools would reject.
-fn ref_name_for_tag(tag: &str) -> Result<String> {
+pub(super) fn ref_name_for_tag(tag: &str) -> Result<String> {
     if is_valid_ref_name(tag) {
         Ok(tag.to_owned())
     } else {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod containers;
+pub mod debian;
 pub mod parity;
 pub mod registry;
 

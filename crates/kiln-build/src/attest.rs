@@ -88,8 +88,14 @@ pub struct Statements {
     record: Option<(BuildRecord, ProvenanceMode)>,
 }
 
-fn attest_error(what: &str, e: impl std::fmt::Display) -> BuildError {
-    BuildError::Image(format!("{what}: {e}"))
+fn attest_error(
+    what: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> BuildError {
+    BuildError::Attestation {
+        what,
+        source: Box::new(e),
+    }
 }
 
 /// The secrets' values (read back from their sources), to keep them out of every document.
@@ -424,9 +430,7 @@ pub fn write_local_files(dir: &Path, statements: &Statements) -> Result<(), Buil
     for (file, bytes) in files {
         let path = dir.join(file);
         if path.symlink_metadata().is_ok() {
-            return Err(BuildError::Image(format!(
-                "type=local: the image has {file} at its root; the attestation would replace it"
-            )));
+            return Err(BuildError::AttestationClash { file });
         }
         std::fs::write(&path, bytes).map_err(|source| BuildError::Io { path, source })?;
     }

@@ -133,6 +133,20 @@ pub enum BuildError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// An attestation (provenance, SBOM) or the index holding it could not be made.
+    #[error("{what}: {source}")]
+    Attestation {
+        /// Which document.
+        what: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `-o type=local`: the image holds a file where an attestation statement would go.
+    #[error("type=local: the image has {file} at its root; the attestation would replace it")]
+    AttestationClash {
+        /// The statement's file name.
+        file: &'static str,
+    },
     /// A step executor failed.
     #[error(transparent)]
     Exec(kiln_exec::ExecError),

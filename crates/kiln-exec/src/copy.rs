@@ -18,7 +18,9 @@ use std::path::{Component, Path, PathBuf};
 /// Numeric owner of copied files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Owner {
+    /// User id.
     pub uid: u32,
+    /// Group id.
     pub gid: u32,
 }
 
@@ -60,7 +62,9 @@ pub fn resolve_chown(spec: &str, image: &Rootfs) -> Result<Owner, String> {
 
 /// Everything one COPY/ADD needs besides its sources.
 pub struct CopyJob<'a> {
+    /// The COPY/ADD as planned.
     pub step: &'a CopyStep,
+    /// The stage's WORKDIR, which a relative destination is under.
     pub workdir: &'a str,
     /// The image before this step: decides whether the destination is a directory and
     /// resolves symlinks in it. Empty for `--link`.
@@ -80,15 +84,20 @@ pub struct CopyJob<'a> {
     pub memo: Option<&'a dyn kiln_context::HashMemo>,
 }
 
+/// Where a COPY's sources come from.
 pub enum CopyFrom<'a> {
+    /// The build context (or a named local context).
     Context(&'a Context),
+    /// Another stage's or an image's filesystem (`--from`).
     Stage(&'a Rootfs),
 }
 
 /// What a copy wrote, for progress and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CopyStats {
+    /// Regular files written (hard links to one already written included).
     pub files: u64,
+    /// Bytes of file content written.
     pub bytes: u64,
 }
 
@@ -425,10 +434,15 @@ pub fn make_workdir(
 /// How a local archive for ADD is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveKind {
+    /// A plain tar.
     Tar,
+    /// A gzip-compressed tar.
     Gzip,
+    /// A zstd-compressed tar.
     Zstd,
+    /// A bzip2-compressed tar.
     Bzip2,
+    /// An xz-compressed tar.
     Xz,
 }
 

@@ -76,53 +76,118 @@ impl Default for FetchLimits {
 /// Why a download failed. URLs in messages have any password replaced by `xxxxx`.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The URL cannot be downloaded as written (not http or https, no host, bad syntax).
     #[error("invalid URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `ADD --checksum` is not `sha256:` + 64 hex digits.
     #[error("invalid --checksum {checksum:?}: {reason}")]
-    InvalidChecksum { checksum: String, reason: String },
+    InvalidChecksum {
+        /// The value given.
+        checksum: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Nothing listens at the server's (or the proxy's) port.
     #[error("cannot download {url}: connection refused by {peer}; check that the server is up and the port is right")]
     ConnectionRefused {
+        /// The URL, password hidden.
         url: String,
         /// `host:port` of the server, or `the proxy host:port`.
         peer: String,
     },
+    /// The host name does not resolve.
     #[error("cannot download {url}: cannot resolve host {host:?} ({detail}); check the spelling, the DNS settings and the network")]
     HostNotFound {
+        /// The URL, password hidden.
         url: String,
+        /// The host name.
         host: String,
+        /// What the resolver said.
         detail: String,
     },
+    /// The server did not answer in time.
     #[error("cannot download {url}: no answer within {}; check the network or the proxy settings", DurationText(*.timeout))]
-    Timeout { url: String, timeout: Duration },
+    Timeout {
+        /// The URL, password hidden.
+        url: String,
+        /// How long kiln waited.
+        timeout: Duration,
+    },
+    /// The server answered with a status other than success.
     #[error("cannot download {url}: the server answered {status}{}{}", reason_text(.reason), status_hint(*.status))]
     Status {
+        /// The URL, password hidden.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The reason phrase, when the server sent one.
         reason: Option<String>,
     },
+    /// The server redirected more times than kiln follows.
     #[error("cannot download {url}: more than {max} redirects")]
-    TooManyRedirects { url: String, max: u32 },
+    TooManyRedirects {
+        /// The URL, password hidden.
+        url: String,
+        /// The most redirects followed.
+        max: u32,
+    },
+    /// The download is larger than the limit.
     #[error("cannot download {url}: {} is larger than the limit of {limit} bytes", size_text(*.size))]
     TooLarge {
+        /// The URL, password hidden.
         url: String,
+        /// The limit in bytes.
         limit: u64,
         /// The announced `Content-Length`, when the server sent one.
         size: Option<u64>,
     },
+    /// The downloaded bytes do not have the digest `ADD --checksum` names.
     #[error("checksum mismatch for {url}: expected {expected}, got {actual}; the file on the server changed or the --checksum is wrong")]
     ChecksumMismatch {
+        /// The URL, password hidden.
         url: String,
+        /// The digest asked for.
         expected: String,
+        /// The digest of what came.
         actual: String,
     },
+    /// The TLS handshake or certificate check failed.
     #[error("cannot download {url}: TLS: {message}")]
-    Tls { url: String, message: String },
+    Tls {
+        /// The URL, password hidden.
+        url: String,
+        /// What the TLS library said.
+        message: String,
+    },
+    /// The proxy refused or could not be reached.
     #[error("cannot download {url}: proxy: {message}; check HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY")]
-    Proxy { url: String, message: String },
+    Proxy {
+        /// The URL, password hidden.
+        url: String,
+        /// What the HTTP client said.
+        message: String,
+    },
+    /// Another network failure (connection reset, a broken answer).
     #[error("cannot download {url}: {message}")]
-    Network { url: String, message: String },
+    Network {
+        /// The URL, password hidden.
+        url: String,
+        /// What the HTTP client said.
+        message: String,
+    },
+    /// The download could not be written to disk.
     #[error("{}: {source}", .path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
 }
 
 fn reason_text(reason: &Option<String>) -> String {

@@ -22,13 +22,18 @@ use std::path::{Path, PathBuf};
 /// How files get into the flattened tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Materialize {
+    /// Each file copied (the tree is independent of the store).
     Copy,
+    /// Each file hard-linked to its snapshot (fast; the tree must not be modified).
     Hardlink,
 }
 
+/// What a flatten wrote, for progress and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FlattenStats {
+    /// Entries placed in the tree.
     pub entries: u64,
+    /// Bytes of file content placed.
     pub bytes: u64,
 }
 

@@ -5,6 +5,8 @@
 //! layout directories; `image` makes their configs and history. Nothing here knows registries,
 //! caches from elsewhere or the build's schedule: kiln-build drives these.
 
+#![warn(missing_docs)]
+
 pub mod copy;
 pub mod diff;
 pub mod fetch;

@@ -22,7 +22,9 @@ pub struct Rootfs {
 /// Where a path of the view lives.
 #[derive(Debug, Clone)]
 pub struct Found {
+    /// The file in the snapshot that holds it.
     pub path: PathBuf,
+    /// Its metadata (not following a symlink).
     pub meta: fs::Metadata,
 }
 
@@ -87,14 +89,17 @@ impl ScopedTree for Rootfs {
 }
 
 impl Rootfs {
+    /// The view of `layers` (snapshot directories, lowest first).
     pub fn new(layers: Vec<PathBuf>) -> Self {
         Rootfs { layers }
     }
 
+    /// The snapshot directories, lowest first.
     pub fn layers(&self) -> &[PathBuf] {
         &self.layers
     }
 
+    /// Whether the view has no layer (`FROM scratch`).
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }

@@ -24,12 +24,14 @@ pub enum Snapshotter {
     /// Overlay, and a copy when overlay cannot be mounted.
     #[default]
     Auto,
+    /// Always overlay (fails where it cannot be mounted).
     Overlay,
     /// Always a copy plus a walk (slower; for filesystems overlay cannot stack on).
     Copy,
 }
 
 impl Snapshotter {
+    /// `auto`, `overlay`, or `copy` (`native` as buildah names it).
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "auto" => Some(Snapshotter::Auto),
@@ -59,18 +61,23 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Where a `kiln build --secret` takes the secret's bytes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
+    /// `src=PATH`: the file's bytes.
     File(PathBuf),
+    /// `env=NAME`: the variable's value.
     Env(String),
 }
 
 /// A `RUN --mount` source the builder resolved, parallel to `RunStep.mounts`.
 #[derive(Debug, Clone)]
 pub enum MountInput {
+    /// Nothing to resolve (cache, tmpfs, secret and ssh mounts).
     None,
     /// A bind from the build context: the source, resolved inside the context directory, and,
     /// when `.dockerignore` applies, the entries it leaves (a filtered copy is bound then).
     Context {
+        /// The source inside the context directory.
         path: PathBuf,
+        /// The entries `.dockerignore` leaves, when it leaves some out.
         filtered: Option<Vec<kiln_context::Entry>>,
     },
     /// A bind from a stage or an image: its filesystem.
@@ -489,17 +496,25 @@ fn prepare_mounts(job: &RunJob<'_>, base: &Path) -> Result<PreparedMounts, ExecE
 
 /// One RUN to execute.
 pub struct RunJob<'a> {
+    /// The store the work area and the result go in.
     pub store: &'a Store,
+    /// The filesystem before this step.
     pub image: &'a Rootfs,
+    /// The stage's config (user, env, workdir, shell).
     pub config: &'a ImageConfig,
+    /// The RUN as planned.
     pub run: &'a RunStep,
+    /// The recipe line, for messages.
     pub line: usize,
+    /// The instruction as written, for messages.
     pub text: &'a str,
+    /// How the writable root is made.
     pub snapshotter: Snapshotter,
     /// Set once overlay failed in this process: later steps copy straight away.
     pub overlay_broken: &'a AtomicBool,
     /// Set when another stage failed: the command is killed.
     pub cancel: &'a AtomicBool,
+    /// Called with each line of the command's output.
     pub on_line: &'a (dyn Fn(&str) + Sync),
     /// The sources of `run.mounts`, resolved (same order).
     pub mount_inputs: &'a [MountInput],
@@ -507,6 +522,7 @@ pub struct RunJob<'a> {
     pub settings: &'a crate::run_settings::RunSettings,
     /// The build context, for binds of files `.dockerignore` filters.
     pub context: Option<&'a kiln_context::Context>,
+    /// `--secret` sources by id, for `RUN --mount=type=secret`.
     pub secrets: &'a std::collections::BTreeMap<String, SecretSource>,
 }
 
@@ -1124,12 +1140,17 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
 
 /// What `kiln run` asks for.
 pub struct RunImage {
+    /// The image, as the store names it.
     pub reference: String,
     /// Replaces ENTRYPOINT + CMD when not empty.
     pub command: Vec<String>,
+    /// `--user`, replacing the image's USER.
     pub user: Option<String>,
+    /// `-e KEY=VALUE`, replacing the image's variable of the same name.
     pub env: Vec<String>,
+    /// `--network`.
     pub network: kiln_sandbox::Network,
+    /// How the writable root is made.
     pub snapshotter: Snapshotter,
 }
 

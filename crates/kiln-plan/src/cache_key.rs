@@ -612,15 +612,32 @@ mod tests {
         assert_ne!(KeyHasher::new("a").finish(), KeyHasher::new("b").finish());
     }
 
+    /// Replaces `same_input_same_key`, which compared a key with itself: this pins what a key
+    /// is, byte for byte (the scheme, the domain, then each field as an 8-byte little-endian
+    /// length and its bytes), worked out here without the hasher, so a change to the encoding
+    /// (or anything else that gets into a key, a time or an address) fails it.
     #[test]
-    fn same_input_same_key() {
+    fn a_key_is_sha256_of_its_length_prefixed_fields() {
+        fn field(out: &mut Vec<u8>, tag: &str, value: &[u8]) {
+            for part in [tag.as_bytes(), value] {
+                out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        let mut encoded = Vec::new();
+        field(&mut encoded, "scheme", KEY_SCHEME.as_bytes());
+        field(&mut encoded, "domain", b"test");
+        field(&mut encoded, "x", b"1");
+        field(&mut encoded, "n", &7u64.to_le_bytes());
+        let expected: String = Sha256::digest(&encoded)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(
             key(|k| {
-                k.str("x", "1");
+                k.str("x", "1").u64("n", 7);
             }),
-            key(|k| {
-                k.str("x", "1");
-            })
+            format!("sha256:{expected}")
         );
     }
 }

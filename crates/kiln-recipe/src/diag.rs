@@ -125,10 +125,9 @@ impl CheckPolicy {
                     }
                 }
                 "error" => {
-                    policy.error =
-                        crate::instruction::parse_go_bool(val.trim()).ok_or_else(|| {
-                            format!("invalid check directive error={val:?}: expected true or false")
-                        })?
+                    policy.error = crate::go_bool::parse_go_bool(val.trim()).ok_or_else(|| {
+                        format!("invalid check directive error={val:?}: expected true or false")
+                    })?
                 }
                 other => {
                     return Err(format!(

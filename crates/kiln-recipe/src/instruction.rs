@@ -3,6 +3,7 @@
 //! arguments and each stage's environment; the planner does it.
 
 use crate::diag::{suggest, Diagnostic};
+pub use crate::go_bool::parse_go_bool;
 use crate::mount::parse_mount;
 use crate::span::Span;
 use crate::syntax::{Directives, Document, Flag, Form, Heredoc, Node, Word};
@@ -1138,15 +1139,6 @@ pub fn valid_stage_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Go's `strconv.ParseBool`.
-pub fn parse_go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 /// Go's `time.ParseDuration` for non-negative values: `1h30m`, `2.5s`, `300ms`, `10us`.

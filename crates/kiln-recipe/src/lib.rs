@@ -10,6 +10,7 @@
 pub mod diag;
 pub mod dump;
 pub mod expand;
+pub mod go_bool;
 pub mod span;
 pub mod syntax;
 

@@ -1,6 +1,6 @@
 //! `RUN --mount=...` values: CSV fields of `key=value`, checked per mount type.
 
-use crate::instruction::parse_go_bool;
+use crate::go_bool::parse_go_bool;
 
 /// `type=` of a `--mount`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

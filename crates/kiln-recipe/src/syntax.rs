@@ -3,8 +3,8 @@
 //! This layer joins continuation lines, honours parser directives, skips comments, extracts
 //! instruction flags, cuts arguments by each instruction's rules and collects heredoc bodies.
 //! It does not know what a flag means or whether an instruction exists: that is
-//! [`crate::instruction`]'s job, so this layer can be checked against BuildKit's own parser
-//! tests (see [`crate::dump`]).
+//! [`instruction`](super::instruction)'s job, so this layer can be checked against BuildKit's
+//! own parser tests (see [`dump`](super::dump)).
 
 use crate::diag::Diagnostic;
 use crate::span::{LineIndex, Span};

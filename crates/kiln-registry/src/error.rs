@@ -219,10 +219,15 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Connection { .. } => true,
-            RegistryError::Status { status, .. } => crate::http::retryable_status(*status),
+            RegistryError::Status { status, .. } => retryable_status(*status),
             _ => false,
         }
     }
+}
+
+/// 5xx and 429: the registry is overloaded, restarting, or behind a failing proxy.
+pub(crate) fn retryable_status(status: u16) -> bool {
+    status == 429 || (500..=599).contains(&status)
 }
 
 fn detail(body: &str) -> String {

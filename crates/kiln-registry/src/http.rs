@@ -13,6 +13,7 @@ use ureq::{Body, SendBody};
 
 use crate::auth::{self, Challenge, Credentials, Token, TokenCache};
 use crate::config::DockerConfig;
+pub(crate) use crate::error::retryable_status;
 use crate::error::{summarize_body, RegistryError, Result};
 use crate::RegistryOptions;
 
@@ -913,11 +914,6 @@ pub(crate) fn url_host(uri: &Uri) -> std::result::Result<String, String> {
         Some(port) => format!("{host}:{port}"),
         None => host,
     })
-}
-
-/// 5xx and 429: the registry is overloaded, restarting, or behind a failing proxy.
-pub(crate) fn retryable_status(status: u16) -> bool {
-    status == 429 || (500..=599).contains(&status)
 }
 
 /// Failures to get an answer that a later attempt may not have.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::files::read_capped;
-use crate::{purl, Ecosystem, ImageFiles, OsRelease, Package, Result, ScanWarning};
+use crate::{DistroPurl, Ecosystem, ImageFiles, OsRelease, Package, Result, ScanWarning};
 
 const INSTALLED: &str = "/lib/apk/db/installed";
 /// How many of a package's files are looked up to find its layer.
@@ -88,23 +88,16 @@ fn finish(
         });
         return;
     };
-    let upstream = record.origin.filter(|origin| *origin != name);
-    let distro = os.distro();
-    let Some(purl) = purl(
-        Ecosystem::Apk,
-        Some(os.id.as_deref().unwrap_or("alpine")),
+    let identity = DistroPurl {
+        ecosystem: Ecosystem::Apk,
+        namespace: Some(os.id.as_deref().unwrap_or("alpine")),
         name,
         version,
-        &[
-            ("arch", record.arch),
-            ("distro", distro.as_deref()),
-            ("upstream", upstream),
-        ],
-    ) else {
-        warnings.push(ScanWarning {
-            path: path.to_path_buf(),
-            message: format!("package {name:?}: no valid package URL"),
-        });
+        arch: record.arch,
+        epoch: None,
+        upstream: record.origin,
+    };
+    let Some(purl) = identity.build_or_warn(os, path, warnings) else {
         return;
     };
     // apk writes a package's files when it installs it: the layer of the first one still in
@@ -120,7 +113,7 @@ fn finish(
         version: version.to_string(),
         architecture: record.arch.map(str::to_string),
         license: record.license.map(str::to_string),
-        source: upstream.map(str::to_string),
+        source: identity.other_source().map(str::to_string),
         supplier: record.maintainer.map(str::to_string),
         purl,
         layer,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::files::{list_sorted, read_capped};
 use crate::{
-    purl, Ecosystem, ImageFiles, OsRelease, Package, Result, ScanWarning, MAX_DATABASE_SIZE,
+    DistroPurl, Ecosystem, ImageFiles, OsRelease, Package, Result, ScanWarning, MAX_DATABASE_SIZE,
     MAX_METADATA_SIZE,
 };
 
@@ -137,24 +137,16 @@ fn read_database(
         };
         let architecture = paragraph.get("Architecture");
         let source = paragraph.get("Source").map(source_package);
-        let upstream = source.as_deref().filter(|src| *src != name);
-        let namespace = os.id.as_deref().unwrap_or("debian");
-        let distro = os.distro();
-        let Some(purl) = purl(
-            Ecosystem::Deb,
-            Some(namespace),
+        let identity = DistroPurl {
+            ecosystem: Ecosystem::Deb,
+            namespace: Some(os.id.as_deref().unwrap_or("debian")),
             name,
             version,
-            &[
-                ("arch", architecture),
-                ("distro", distro.as_deref()),
-                ("upstream", upstream),
-            ],
-        ) else {
-            warnings.push(ScanWarning {
-                path: path.to_path_buf(),
-                message: format!("package {name:?}: no valid package URL"),
-            });
+            arch: architecture,
+            epoch: None,
+            upstream: source.as_deref(),
+        };
+        let Some(purl) = identity.build_or_warn(os, path, warnings) else {
             continue;
         };
         // dpkg rewrites `info/NAME[:ARCH].list` whenever it installs the package, so its layer
@@ -169,7 +161,7 @@ fn read_database(
             version: version.to_string(),
             architecture: architecture.map(str::to_string),
             license: copyright_licenses(image, name),
-            source: upstream.map(str::to_string),
+            source: identity.other_source().map(str::to_string),
             supplier: paragraph.get("Maintainer").map(str::to_string),
             purl,
             layer,
@@ -290,15 +282,7 @@ Status: install ok installed
         )
         .unwrap();
         let os = OsRelease::parse("ID=debian\nVERSION_ID=12\n");
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
-        scan(
-            &DirImage::new(root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (packages, warnings) = crate::scan_dir(scan, &DirImage::new(root.path()), &os).unwrap();
         let names: Vec<_> = packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["libc6", "bsdutils"]);
         assert_eq!(
@@ -327,16 +311,8 @@ Status: install ok installed
             "Package: tzdata\nVersion: 2024a-0+deb12u1\nArchitecture: all\n",
         )
         .unwrap();
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
         let os = OsRelease::default();
-        scan(
-            &DirImage::new(root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (packages, warnings) = crate::scan_dir(scan, &DirImage::new(root.path()), &os).unwrap();
         let got: Vec<_> = packages
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str()))

@@ -126,6 +126,11 @@ pub struct Inventory {
     pub warnings: Vec<ScanWarning>,
 }
 
+/// A distribution package database reader (dpkg, apk, rpm): the packages it finds in the image
+/// are appended to the list, records it skips to the warnings.
+pub(crate) type DatabaseScan =
+    fn(&dyn ImageFiles, &OsRelease, &mut Vec<Package>, &mut Vec<ScanWarning>) -> Result<()>;
+
 /// Reads every package database kiln knows in `image`.
 pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
     let mut inventory = Inventory::default();
@@ -144,9 +149,10 @@ pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
     let os = inventory.os.clone().unwrap_or_default();
     let mut packages = Vec::new();
     let mut warnings = Vec::new();
-    dpkg::scan(image, &os, &mut packages, &mut warnings)?;
-    apk::scan(image, &os, &mut packages, &mut warnings)?;
-    rpm::scan(image, &os, &mut packages, &mut warnings)?;
+    let distribution_databases: [DatabaseScan; 3] = [dpkg::scan, apk::scan, rpm::scan];
+    for read in distribution_databases {
+        read(image, &os, &mut packages, &mut warnings)?;
+    }
     python::scan(image, &mut packages, &mut warnings)?;
     npm::scan(image, &mut packages, &mut warnings)?;
     packages.sort_by(|a, b| {
@@ -162,6 +168,61 @@ pub fn scan(image: &dyn ImageFiles) -> Result<Inventory> {
     inventory.packages = packages;
     inventory.warnings = warnings;
     Ok(inventory)
+}
+
+/// What a distribution package's purl is made of: `pkg:TYPE/NAMESPACE/NAME@VERSION` with the
+/// `arch`, `epoch` and `upstream` (source package, when it differs) qualifiers, and `distro`
+/// from os-release. dpkg, apk and rpm records all come down to this.
+pub(crate) struct DistroPurl<'a> {
+    pub ecosystem: Ecosystem,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub arch: Option<&'a str>,
+    pub epoch: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+}
+
+impl<'a> DistroPurl<'a> {
+    /// The source package when it is not the package itself (what `upstream` says).
+    pub(crate) fn other_source(&self) -> Option<&'a str> {
+        self.upstream.filter(|source| *source != self.name)
+    }
+
+    /// The purl for a package of `os`; `None` when a part is not acceptable to the purl grammar.
+    pub(crate) fn build(&self, os: &OsRelease) -> Option<String> {
+        let distro = os.distro();
+        let upstream = self.other_source();
+        purl(
+            self.ecosystem,
+            self.namespace,
+            self.name,
+            self.version,
+            &[
+                ("arch", self.arch),
+                ("epoch", self.epoch),
+                ("distro", distro.as_deref()),
+                ("upstream", upstream),
+            ],
+        )
+    }
+
+    /// [`DistroPurl::build`], or a warning about the record at `path` (which is then skipped).
+    pub(crate) fn build_or_warn(
+        &self,
+        os: &OsRelease,
+        path: &Path,
+        warnings: &mut Vec<ScanWarning>,
+    ) -> Option<String> {
+        let built = self.build(os);
+        if built.is_none() {
+            warnings.push(ScanWarning {
+                path: path.to_path_buf(),
+                message: format!("package {:?}: no valid package URL", self.name),
+            });
+        }
+        built
+    }
 }
 
 /// Builds a purl; `None` when a part is not acceptable to the purl grammar (an empty name).
@@ -185,6 +246,19 @@ pub(crate) fn purl(
         }
     }
     Some(purl.to_string())
+}
+
+/// One database reader's scan of `image` for the unit tests: the packages and warnings.
+#[cfg(test)]
+pub(crate) fn scan_dir(
+    scan: DatabaseScan,
+    image: &dyn ImageFiles,
+    os: &OsRelease,
+) -> Result<(Vec<Package>, Vec<ScanWarning>)> {
+    let mut packages = Vec::new();
+    let mut warnings = Vec::new();
+    scan(image, os, &mut packages, &mut warnings)?;
+    Ok((packages, warnings))
 }
 
 #[cfg(test)]

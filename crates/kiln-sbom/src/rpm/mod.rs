@@ -11,7 +11,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::files::read_capped;
 use crate::{
-    purl, Ecosystem, Error, ImageFiles, OsRelease, Package, Result, ScanWarning, MAX_DATABASE_SIZE,
+    DistroPurl, Ecosystem, Error, ImageFiles, OsRelease, Package, Result, ScanWarning,
+    MAX_DATABASE_SIZE,
 };
 use header::{tags, RpmHeader};
 
@@ -183,19 +184,16 @@ fn package_of(
     };
     let source_rpm = header.string(tags::SOURCERPM)?;
     let epoch_text = epoch.map(|e| e.to_string());
-    let distro = os.distro();
-    let purl = purl(
-        Ecosystem::Rpm,
-        os.id.as_deref(),
+    let purl = DistroPurl {
+        ecosystem: Ecosystem::Rpm,
+        namespace: os.id.as_deref(),
         name,
-        &version_release,
-        &[
-            ("arch", arch),
-            ("epoch", epoch_text.as_deref()),
-            ("distro", distro.as_deref()),
-            ("upstream", source_rpm),
-        ],
-    )
+        version: &version_release,
+        arch,
+        epoch: epoch_text.as_deref(),
+        upstream: source_rpm,
+    }
+    .build(os)
     .ok_or(header::HeaderError::WrongType {
         tag: tags::NAME,
         expected: "a name valid in a package URL",
@@ -275,15 +273,7 @@ mod tests {
         hostile[3] = 0xff; // il no longer matches the blob
         write_db(root.path(), &[sample(), pubkey, hostile, vec![1, 2, 3]]);
         let os = OsRelease::parse("ID=fedora\nVERSION_ID=40\n");
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
-        scan(
-            &DirImage::new(root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (packages, warnings) = crate::scan_dir(scan, &DirImage::new(root.path()), &os).unwrap();
         assert_eq!(packages.len(), 1, "{packages:?}");
         let bash = &packages[0];
         assert_eq!(bash.name, "bash");
@@ -331,16 +321,9 @@ mod tests {
                 > 0
         );
         drop(conn);
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
         let os = OsRelease::default();
-        scan(
-            &DirImage::new(image_root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (packages, warnings) =
+            crate::scan_dir(scan, &DirImage::new(image_root.path()), &os).unwrap();
         assert_eq!(packages.len(), 1, "{warnings:?}");
         assert_eq!(packages[0].name, "bash");
         assert_eq!(
@@ -357,16 +340,8 @@ mod tests {
         let dir = root.path().join("var/lib/rpm");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("rpmdb.sqlite"), b"SQLite format 3\0garbage").unwrap();
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
         let os = OsRelease::default();
-        scan(
-            &DirImage::new(root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (packages, warnings) = crate::scan_dir(scan, &DirImage::new(root.path()), &os).unwrap();
         assert!(packages.is_empty());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
@@ -377,16 +352,8 @@ mod tests {
         let dir = root.path().join("var/lib/rpm");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("Packages"), b"\0\0\0\0").unwrap();
-        let mut packages = Vec::new();
-        let mut warnings = Vec::new();
         let os = OsRelease::default();
-        scan(
-            &DirImage::new(root.path()),
-            &os,
-            &mut packages,
-            &mut warnings,
-        )
-        .unwrap();
+        let (_, warnings) = crate::scan_dir(scan, &DirImage::new(root.path()), &os).unwrap();
         assert!(warnings[0].message.contains("not read"), "{warnings:?}");
     }
 }

@@ -180,11 +180,11 @@ pub fn export(
 ) -> Result<(), BuildError> {
     match spec.kind {
         OutputKind::Local => {
-            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
+            unpack_missing(store, built)?;
             return export_local(&spec.destination, built);
         }
         OutputKind::Tar => {
-            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
+            unpack_missing(store, built)?;
             return export_tar(&spec.destination, built, store);
         }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),
@@ -290,6 +290,20 @@ fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + 
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Unpacks the layers whose snapshot is not there (a shared cache's, say); a step's own
+/// snapshot is used where it is.
+fn unpack_missing(store: &Store, built: &Built) -> Result<(), BuildError> {
+    let (layers, diff_ids): (Vec<_>, Vec<_>) = built
+        .layers
+        .iter()
+        .zip(&built.config.rootfs.diff_ids)
+        .zip(&built.snapshots)
+        .filter(|(_, snapshot)| !snapshot.is_dir())
+        .map(|((layer, diff_id), _)| (layer.clone(), diff_id.clone()))
+        .unzip();
+    Ok(crate::lookup::ensure_unpacked(store, &layers, &diff_ids)?)
 }
 
 fn rootfs_of(built: &Built) -> Rootfs {

@@ -889,6 +889,31 @@ impl Store {
     }
 }
 
+/// The store's blobs as archive writers read them (see [`Store::blobs`]).
+pub struct StoreBlobs<'a> {
+    store: &'a Store,
+}
+
+impl Store {
+    /// The store's blobs for an archive writer. Each was hashed as it was written into the
+    /// store (or checked as it was imported), so the writer may copy it unread
+    /// ([`kiln_oci::BlobSource::open_verified`]); `kiln verify` is what checks them again.
+    pub fn blobs(&self) -> StoreBlobs<'_> {
+        StoreBlobs { store: self }
+    }
+}
+
+impl kiln_oci::BlobSource for StoreBlobs<'_> {
+    fn open(&self, digest: &Digest) -> io::Result<Box<dyn Read + '_>> {
+        let file = File::open(self.store.blob_path(digest))?;
+        Ok(Box::new(io::BufReader::new(file)))
+    }
+
+    fn open_verified(&self, digest: &Digest) -> Option<File> {
+        File::open(self.store.blob_path(digest)).ok()
+    }
+}
+
 /// A work directory; gone when dropped.
 pub struct WorkDir {
     dir: tempfile::TempDir,

@@ -187,7 +187,11 @@ impl<'a> BlobMaker<'a> {
                     };
                 }
             };
-            let result = self.make(&key, &snapshot);
+            // A panic must still settle the job, or whoever waits for it would wait forever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.make(&key, &snapshot)
+            }))
+            .unwrap_or_else(|_| Err("the layer blob thread panicked".to_string()));
             if let Ok(mut state) = self.lock() {
                 state.jobs.insert(key, Job::Done(result));
                 self.changed.notify_all();

@@ -727,8 +727,13 @@ impl Store {
     pub fn disk_usage(&self) -> DiskUsage {
         let (blobs, blob_count) = tree_size(&self.root.join("blobs"));
         let (snapshots, _) = tree_size(&self.root.join("snapshots"));
+        // A diff_id's link to a step's snapshot is no snapshot of its own.
         let snapshot_count = fs::read_dir(self.root.join("snapshots"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
+                    .count()
+            })
             .unwrap_or(0);
         let (cache, cache_count) = tree_size(&self.root.join("cache"));
         DiskUsage {
@@ -1236,5 +1241,65 @@ mod tests {
             store.cache_get(&key).unwrap().layer.unwrap().digest,
             blob.to_string()
         );
+    }
+
+    #[test]
+    fn a_diff_id_names_a_lazy_snapshot_through_a_link_prune_keeps_or_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = format!("sha256:{}", "c".repeat(64));
+        let diff_id = format!("sha256:{}", "d".repeat(64));
+        fs::create_dir_all(store.snapshot_path(&key)).unwrap();
+        fs::write(store.snapshot_path(&key).join("f"), "x").unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        // The diff_id gives the snapshot's own directory, never the link.
+        assert_eq!(store.snapshot_path(&diff_id), store.snapshot_path(&key));
+        assert_eq!(store.disk_usage().snapshot_count, 1);
+        // An image naming the diff_id keeps the link and what it points at.
+        let config = kiln_oci::ImageConfig {
+            rootfs: kiln_oci::RootFs::layers(vec![Digest::parse(&diff_id).unwrap()]),
+            ..kiln_oci::ImageConfig::new("linux", "amd64")
+        };
+        let config_bytes = to_canonical_json(&config).unwrap();
+        let config_digest = store.put_blob(&config_bytes).unwrap();
+        let layer = store.put_blob(b"layer").unwrap();
+        let manifest = kiln_oci::Manifest::new(
+            Descriptor::new(
+                kiln_oci::media_types::OCI_CONFIG,
+                config_digest,
+                config_bytes.len() as u64,
+            ),
+            vec![Descriptor::new(
+                kiln_oci::media_types::OCI_LAYER_TAR_GZIP,
+                layer,
+                5,
+            )],
+        );
+        let manifest_bytes = to_canonical_json(&manifest).unwrap();
+        let manifest_digest = store.put_blob(&manifest_bytes).unwrap();
+        let named = Descriptor::new(
+            kiln_oci::media_types::OCI_MANIFEST,
+            manifest_digest,
+            manifest_bytes.len() as u64,
+        );
+        store.tag("docker.io/library/lazy:1", "1", &named).unwrap();
+        assert_eq!(store.prune(true).unwrap().snapshots, 0);
+        assert!(store.snapshot_path(&diff_id).join("f").is_file());
+        // Untagged, both go; a link whose snapshot is gone goes too.
+        store.untag("docker.io/library/lazy:1").unwrap();
+        assert_eq!(store.prune(true).unwrap().snapshots, 2);
+        assert!(fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none());
+        fs::create_dir_all(store.snapshot_path(&key)).unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        fs::remove_dir_all(store.snapshot_path(&key)).unwrap();
+        store.prune(false).unwrap();
+        assert!(fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

@@ -21,6 +21,8 @@ lint:
 # against root size; about 10 minutes) installs busybox-static, time and debootstrap the same way.
 # Its case 5 (four CPU-bound stages) also runs BuildKit: Debian's docker.io, a dockerd of its
 # own on a private socket and data root, installed the same way.
+# benches/lazy.sh (a build stage that never ships, a cached 1 GiB archive, cold copy-tree and
+# run-steps beside the kiln of main, all beside BuildKit's dockerd of its own; about 10 minutes).
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
 # beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
 bench: bench-parse-instructions
@@ -28,6 +30,7 @@ bench: bench-parse-instructions
     bash benches/copy.sh
     bash benches/run.sh
     bash benches/registry.sh
+    bash benches/lazy.sh
 
 # Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows
 # as the same count per line at every size, whatever else the machine is doing.

@@ -296,6 +296,32 @@ struct Downloads {
 struct LayerRef {
     descriptor: Descriptor,
     snapshot: PathBuf,
+    /// A lazy layer whose blob is not made yet: the cache key it is recorded under. Its
+    /// descriptor and diff_id stand in until the blob is made (see [`crate::lazy`]).
+    pending: Option<String>,
+}
+
+/// A step's layer as the cache or the step gave it: its blob when made, and its snapshot.
+#[derive(Debug, Clone)]
+struct StepLayer {
+    layer: Option<LayerRecord>,
+    snapshot: PathBuf,
+}
+
+impl StepLayer {
+    /// The layer of a cache record: a lazy record's snapshot is named by its key, an older
+    /// record's (or a shared cache's) by its diff_id.
+    fn of_record(store: &Store, record: &CacheRecord) -> Option<StepLayer> {
+        let snapshot = match (&record.snapshot, &record.layer) {
+            (Some(name), _) => store.snapshot_path(name),
+            (None, Some(layer)) => store.snapshot_path(&layer.diff_id),
+            (None, None) => return None,
+        };
+        Some(StepLayer {
+            layer: record.layer.clone(),
+            snapshot,
+        })
+    }
 }
 
 /// A stage's image while it is built.
@@ -313,6 +339,8 @@ struct StageImage {
     /// Layers and history entries that came from the base image (not from this recipe).
     base_layers: usize,
     base_history: usize,
+    /// The stage's layers end up in the build's image: their blobs are made as they come.
+    ships: bool,
 }
 
 impl StageImage {
@@ -348,6 +376,10 @@ struct Builder<'a> {
     records: std::sync::Mutex<Vec<CacheRecord>>,
     /// Materials and step keys, for the provenance.
     recorder: crate::recorder::Recorder,
+    /// Makes the blobs of shipping layers in the background (none in a dry run).
+    blobs: Option<&'a crate::lazy::BlobMaker<'a>>,
+    /// The stages whose layers the image holds (see [`crate::lazy::shipping_stages`]).
+    shipping: std::collections::BTreeSet<usize>,
 }
 
 /// Builds the plan's target stage (and the stages it needs) into an image in the store.
@@ -373,6 +405,7 @@ pub fn build(
         .filter_map(|i| plan.stages.get(*i))
         .map(|s| s.steps.len())
         .sum();
+    let blobs = crate::lazy::BlobMaker::new(store, layer_options(options));
     let builder = Builder {
         store,
         context,
@@ -388,6 +421,8 @@ pub fn build(
         effects: &Materialize,
         records: std::sync::Mutex::new(Vec::new()),
         recorder: Default::default(),
+        blobs: Some(&blobs),
+        shipping: crate::lazy::shipping_stages(plan),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -396,14 +431,21 @@ pub fn build(
         first_step.insert(index, next);
         next += plan.stages.get(index).map_or(0, |s| s.steps.len());
     }
-    schedule(plan, &builder, &first_step, options.jobs.max(1))?;
-    let image = builder
-        .results
-        .write()
-        .map_err(|_| BuildError::Internal("stage results poisoned"))?
-        .remove(&plan.target)
-        .ok_or(BuildError::Plan)?;
-    let built = builder.finish(image)?;
+    // Shipping layers' blobs are made on a thread of their own while later steps run.
+    let built = std::thread::scope(|scope| {
+        scope.spawn(|| blobs.run());
+        let built = schedule(plan, &builder, &first_step, options.jobs.max(1)).and_then(|()| {
+            let image = builder
+                .results
+                .write()
+                .map_err(|_| BuildError::Internal("stage results poisoned"))?
+                .remove(&plan.target)
+                .ok_or(BuildError::Plan)?;
+            builder.finish(image)
+        });
+        blobs.close();
+        built
+    })?;
     // Keep the file hashes for the next build; losing them only costs a re-read.
     let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
     Ok(built)
@@ -562,6 +604,8 @@ pub fn plan_cache(
         effects: &KeysOnly,
         records: std::sync::Mutex::new(Vec::new()),
         recorder: Default::default(),
+        blobs: None,
+        shipping: std::collections::BTreeSet::new(),
     };
     let mut states = Vec::new();
     let mut number = 1;
@@ -645,7 +689,7 @@ impl Builder<'_> {
                             let key = unknown.finish();
                             self.push_layer(
                                 &mut image,
-                                &placeholder_layer(&key),
+                                &self.placeholder(&key),
                                 self.now,
                                 step,
                                 key,
@@ -674,12 +718,13 @@ impl Builder<'_> {
         let record = if self.no_cache_for(stage) {
             None
         } else {
-            self.store
-                .cache_get(&key)
-                .and_then(|r| r.layer.map(|l| (l, r.created)))
+            self.store.cache_get(&key).and_then(|r| {
+                let created = r.created;
+                StepLayer::of_record(self.store, &r).map(|l| (l, created))
+            })
         };
         let cached = record.is_some();
-        let (layer, created) = record.unwrap_or_else(|| (placeholder_layer(&key), self.now));
+        let (layer, created) = record.unwrap_or_else(|| (self.placeholder(&key), self.now));
         self.push_layer(image, &layer, created, step, key, link)?;
         Ok(cached)
     }
@@ -704,6 +749,14 @@ fn placeholder_layer(key: &str) -> LayerRecord {
 }
 
 impl Builder<'_> {
+    /// A dry run's stand-in for a layer that was not made.
+    fn placeholder(&self, key: &str) -> StepLayer {
+        StepLayer {
+            layer: Some(placeholder_layer(key)),
+            snapshot: self.store.snapshot_path(key),
+        }
+    }
+
     /// The image's filesystem, its layers unpacked: a layer that came from a `--cache-from`
     /// cache, or whose snapshot was pruned, is unpacked from its blob now. A dry run unpacks
     /// nothing (its placeholders have no blob).
@@ -745,6 +798,7 @@ impl Builder<'_> {
                     time: self.options.source_date_epoch.unwrap_or(0),
                     base_layers: 0,
                     base_history: 0,
+                    ships: false,
                 })
             }
             Base::Stage(parent) => {
@@ -830,6 +884,7 @@ impl Builder<'_> {
             .map(|(descriptor, diff_id)| {
                 Ok(LayerRef {
                     descriptor: descriptor.clone(),
+                    pending: None,
                     snapshot: self.effects.snapshot(
                         self.store,
                         descriptor,
@@ -873,6 +928,7 @@ impl Builder<'_> {
             time,
             base_layers,
             base_history,
+            ships: false,
         }
     }
 
@@ -894,6 +950,13 @@ impl Builder<'_> {
 
     fn stage(&self, stage: &Stage, first_step: usize) -> Result<StageImage, BuildError> {
         let mut image = self.base(stage)?;
+        image.ships = self.shipping.contains(&stage.index);
+        if image.ships {
+            // A parent stage that did not ship by itself (a cached one, say) ships now.
+            for layer in &image.layers {
+                self.make_in_background(layer);
+            }
+        }
         let count = stage.steps.len();
         for (position, step) in stage.steps.iter().enumerate() {
             if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1105,7 +1168,7 @@ impl Builder<'_> {
                     self.checkout_git(&mut downloads)?;
                 }
                 match speculative {
-                    Some((_work, snapshot)) => self.commit_layer(&snapshot),
+                    Some((_work, snapshot)) => self.commit_layer(&snapshot, &key),
                     None => {
                         let (_work, snapshot) = self.copy_into_snapshot(
                             step,
@@ -1115,7 +1178,7 @@ impl Builder<'_> {
                             &downloads.git_trees,
                             None,
                         )?;
-                        self.commit_layer(&snapshot)
+                        self.commit_layer(&snapshot, &key)
                     }
                 }
             })?;
@@ -1150,7 +1213,7 @@ impl Builder<'_> {
                     source: e,
                 })?;
                 crate::copy::make_workdir(&snapshot, &below, dir, owner, self.now)?;
-                self.commit_layer(&snapshot)
+                self.commit_layer(&snapshot, &key)
             })?;
         self.push_layer(image, &layer, created, step, key, false)
     }
@@ -1280,7 +1343,7 @@ impl Builder<'_> {
                     secrets: &self.options.secrets,
                 };
                 let (_work, snapshot) = crate::run::execute(&job)?;
-                self.commit_layer(&snapshot)
+                self.commit_layer(&snapshot, &key)
             })?;
         self.push_layer(image, &layer, created, step, key, false)
     }
@@ -1390,23 +1453,24 @@ impl Builder<'_> {
         parts: Vec<(String, String)>,
         no_cache: bool,
         step: &Step,
-        make: impl FnOnce() -> Result<LayerRecord, BuildError>,
-    ) -> Result<(LayerRecord, i64), BuildError> {
+        make: impl FnOnce() -> Result<StepLayer, BuildError>,
+    ) -> Result<(StepLayer, i64), BuildError> {
         let record = if no_cache {
             None
         } else {
             self.cache_lookup(key)
         };
-        if let Some(record) = record.filter(|r| r.layer.is_some()) {
+        // A lazy record is a hit whether or not its blob is made yet.
+        if let Some((record, layer)) =
+            record.and_then(|r| StepLayer::of_record(self.store, &r).map(|l| (r, l)))
+        {
             self.cached
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.progress.event(Event::Cached { number });
-            let (layer, created) = (record.layer.clone(), record.created);
+            let created = record.created;
             self.recorder.step(number, key, true);
             self.keep_record(record);
-            if let Some(layer) = layer {
-                return Ok((layer, created));
-            }
+            return Ok((layer, created));
         }
         let reason = if no_cache {
             "--no-cache".to_string()
@@ -1421,7 +1485,8 @@ impl Builder<'_> {
         stored_parts.extend(parts);
         let record = CacheRecord {
             key: key.to_string(),
-            layer: Some(layer.clone()),
+            layer: layer.layer.clone(),
+            snapshot: Some(key.to_string()),
             created_by: crate::image::redact_credentials(&step.instruction.original),
             parts: stored_parts,
             created: self.now,
@@ -1467,7 +1532,7 @@ impl Builder<'_> {
     fn push_layer(
         &self,
         image: &mut StageImage,
-        layer: &LayerRecord,
+        layer: &StepLayer,
         created: i64,
         step: &Step,
         key: String,
@@ -1478,13 +1543,23 @@ impl Builder<'_> {
             .options
             .source_date_epoch
             .unwrap_or(image.time.max(created));
-        let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
+        // A lazy layer stands in as its key until its blob is made.
+        let (record, pending) = match &layer.layer {
+            Some(record) => (record.clone(), None),
+            None => (placeholder_layer(&key), Some(key.clone())),
+        };
+        let digest = Digest::parse(&record.digest).map_err(crate::ExecError::oci(&record.digest))?;
         let diff_id =
-            Digest::parse(&layer.diff_id).map_err(crate::ExecError::oci(&layer.diff_id))?;
-        image.layers.push(LayerRef {
-            descriptor: Descriptor::new(layer.media_type.clone(), digest, layer.size),
-            snapshot: self.store.snapshot_path(&layer.diff_id),
-        });
+            Digest::parse(&record.diff_id).map_err(crate::ExecError::oci(&record.diff_id))?;
+        let layer_ref = LayerRef {
+            descriptor: Descriptor::new(record.media_type.clone(), digest, record.size),
+            snapshot: layer.snapshot.clone(),
+            pending,
+        };
+        if image.ships {
+            self.make_in_background(&layer_ref);
+        }
+        image.layers.push(layer_ref);
         image.config.rootfs.diff_ids.push(diff_id);
         image
             .config
@@ -1609,30 +1684,57 @@ impl Builder<'_> {
         Ok((work, snapshot))
     }
 
-    /// Writes a snapshot as a layer blob and moves both into the store.
-    fn commit_layer(&self, snapshot: &Path) -> Result<LayerRecord, BuildError> {
-        let blob = self.store.blob_writer().map_err(BuildError::Store)?;
-        let options = LayerOptions {
-            compression: self.options.compression,
-            source_date_epoch: self.options.source_date_epoch,
-            threads: 0,
-        };
-        let (layer, blob) = write_layer(snapshot, &options, blob).map_err(
-            crate::ExecError::layer(format!("writing the layer of {}", snapshot.display())),
-        )?;
-        let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
-        self.store
-            .commit_blob(blob, &digest)
+    /// Moves a step's snapshot into the store under the step's key. Its layer blob is made
+    /// later, only if something needs it (see [`crate::lazy`]).
+    fn commit_layer(&self, snapshot: &Path, key: &str) -> Result<StepLayer, BuildError> {
+        let snapshot = self
+            .store
+            .commit_snapshot(snapshot, key)
             .map_err(BuildError::Store)?;
-        self.store
-            .commit_snapshot(snapshot, &layer.diff_id)
-            .map_err(BuildError::Store)?;
-        Ok(LayerRecord {
-            digest: layer.digest,
-            diff_id: layer.diff_id,
-            size: layer.size,
-            media_type: layer.media_type.to_string(),
+        Ok(StepLayer {
+            layer: None,
+            snapshot,
         })
+    }
+
+    /// Hands a lazy layer of a shipping stage to the background blob maker.
+    fn make_in_background(&self, layer: &LayerRef) {
+        if let (Some(blobs), Some(key)) = (self.blobs, &layer.pending) {
+            blobs.submit(key, &layer.snapshot);
+        }
+    }
+
+    /// Makes (or waits for) the blob of every lazy layer of the image, filling in descriptors,
+    /// diff_ids and the build's records: the image ships.
+    fn make_blobs(&self, image: &mut StageImage) -> Result<(), BuildError> {
+        for (index, layer) in image.layers.iter_mut().enumerate() {
+            let Some(key) = layer.pending.take() else {
+                continue;
+            };
+            let made = match self.blobs {
+                Some(blobs) => blobs.layer(&key, &layer.snapshot)?,
+                None => crate::lazy::make_lazy_blob(
+                    self.store,
+                    &key,
+                    &layer.snapshot,
+                    &layer_options(self.options),
+                )?,
+            };
+            let digest =
+                Digest::parse(&made.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+            let diff_id =
+                Digest::parse(&made.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+            layer.descriptor = Descriptor::new(made.media_type.clone(), digest, made.size);
+            if let Some(slot) = image.config.rootfs.diff_ids.get_mut(index) {
+                *slot = diff_id;
+            }
+            if let Ok(mut records) = self.records.lock() {
+                for record in records.iter_mut().filter(|r| r.key == key) {
+                    record.layer = Some(made.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The context entries a COPY/ADD reads, per matched source (a metadata walk; nothing is
@@ -1674,11 +1776,12 @@ impl Builder<'_> {
     }
 
     fn finish(&self, image: StageImage) -> Result<Built, BuildError> {
-        let image = if self.options.squash {
+        let mut image = if self.options.squash {
             self.squash(image)?
         } else {
             image
         };
+        self.make_blobs(&mut image)?;
         let mut config = image.config;
         config.config.labels.extend(self.options.labels.clone());
         // An image of metadata alone has no layer time to inherit: it is made now.
@@ -1770,11 +1873,7 @@ impl Builder<'_> {
         for layer in &image.layers[image.base_layers..] {
             crate::squash::apply_layer(&layer.snapshot, &merged, &base)?;
         }
-        let options = LayerOptions {
-            compression: self.options.compression,
-            source_date_epoch: self.options.source_date_epoch,
-            threads: 0,
-        };
+        let options = layer_options(self.options);
         let blob = self.store.blob_writer().map_err(BuildError::Store)?;
         let (layer, blob) =
             write_layer(&merged, &options, blob).map_err(crate::ExecError::layer(format!(
@@ -1795,6 +1894,7 @@ impl Builder<'_> {
         image.layers.push(LayerRef {
             descriptor: Descriptor::new(layer.media_type, digest, layer.size),
             snapshot,
+            pending: None,
         });
         image.config.rootfs.diff_ids.truncate(image.base_layers);
         image.config.rootfs.diff_ids.push(diff_id);
@@ -1852,6 +1952,15 @@ impl kiln_plan::ImageConfigs for StoreImages<'_> {
             shell: (!config.shell.is_empty()).then_some(config.shell),
             onbuild: config.on_build,
         })
+    }
+}
+
+/// How the build's layers are written (the step keys hold the same compression and epoch).
+pub(crate) fn layer_options(options: &BuildOptions) -> LayerOptions {
+    LayerOptions {
+        compression: options.compression,
+        source_date_epoch: options.source_date_epoch,
+        threads: 0,
     }
 }
 

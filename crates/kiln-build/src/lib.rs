@@ -7,6 +7,7 @@
 pub mod attest;
 pub mod build;
 pub mod cache;
+pub mod lazy;
 pub mod local_context;
 pub mod output;
 pub mod pipeline;

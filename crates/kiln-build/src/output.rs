@@ -5,7 +5,8 @@ use crate::flatten::{flatten, Materialize};
 use crate::rootfs::Rootfs;
 use crate::BuildError;
 use kiln_oci::{
-    write_docker_archive, write_oci_archive, ImageName, ImageRef, LayoutBlobs, WriteOptions,
+    write_docker_archive, write_docker_archive_file, write_oci_archive, write_oci_archive_file,
+    ImageName, ImageRef, WriteOptions,
 };
 use kiln_store::Store;
 use std::fs;
@@ -180,11 +181,11 @@ pub fn export(
 ) -> Result<(), BuildError> {
     match spec.kind {
         OutputKind::Local => {
-            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
+            unpack_missing(store, built)?;
             return export_local(&spec.destination, built);
         }
         OutputKind::Tar => {
-            crate::lookup::ensure_unpacked(store, &built.layers, &built.config.rootfs.diff_ids)?;
+            unpack_missing(store, built)?;
             return export_tar(&spec.destination, built, store);
         }
         OutputKind::Layers => return export_layers(&spec.destination, built, store),
@@ -225,34 +226,66 @@ pub fn export_image(
     for name in names {
         image = image.with_name(name.clone());
     }
-    let blobs = LayoutBlobs::new(store.root());
+    // The store's blobs were checked when they were written: a file output takes them by
+    // copy_file_range, unread.
+    let blobs = store.blobs();
     // Archive entries carry the build's SOURCE_DATE_EPOCH (flag or environment), else 0.
     let options = WriteOptions {
         mtime: source_date_epoch
             .and_then(|e| u64::try_from(e).ok())
             .unwrap_or(0),
     };
-    let write = |out: &mut dyn Write| -> Result<(), BuildError> {
-        let result = match kind {
-            OutputKind::Docker => write_docker_archive(out, &image, &blobs, &options),
-            _ => write_oci_archive(out, &image, &blobs, &options),
+    let write = |out: Out<'_>| -> Result<(), BuildError> {
+        let result = match (kind, out) {
+            (OutputKind::Docker, Out::File(file)) => {
+                write_docker_archive_file(file, &image, &blobs, &options)
+            }
+            (OutputKind::Docker, Out::Stream(out)) => {
+                write_docker_archive(out, &image, &blobs, &options)
+            }
+            (_, Out::File(file)) => write_oci_archive_file(file, &image, &blobs, &options),
+            (_, Out::Stream(out)) => write_oci_archive(out, &image, &blobs, &options),
         };
         result.map_err(BuildError::Archive)
     };
     write_to(destination, write)
 }
 
+/// Where an output's bytes go: a file (which can take blobs by copy_file_range), or a stream.
+enum Out<'a> {
+    File(&'a fs::File),
+    Stream(&'a mut dyn Write),
+}
+
+/// Standard output as a file when it is one (`> image.tar`), so archives go to it by
+/// copy_file_range too.
+fn stdout_file() -> Option<fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let file = fs::File::from(fd);
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
 /// Runs `write` against the destination: standard output, or a temp file beside the target
 /// renamed into place when complete, so a failed build never leaves half a file.
 fn write_to(
     destination: &Destination,
-    write: impl Fn(&mut dyn Write) -> Result<(), BuildError>,
+    write: impl Fn(Out<'_>) -> Result<(), BuildError>,
 ) -> Result<(), BuildError> {
     match destination {
         Destination::Stdout => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            write(&mut lock)?;
+            match stdout_file() {
+                Some(file) => {
+                    lock.flush().map_err(|e| BuildError::Io {
+                        path: PathBuf::from("<stdout>"),
+                        source: e,
+                    })?;
+                    write(Out::File(&file))?;
+                }
+                None => write(Out::Stream(&mut lock))?,
+            }
             lock.flush().map_err(|e| BuildError::Io {
                 path: PathBuf::from("<stdout>"),
                 source: e,
@@ -271,8 +304,8 @@ fn write_to(
                 path: path.clone(),
                 source,
             };
-            let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
-            write(file.as_file_mut())?;
+            let file = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
+            write(Out::File(file.as_file()))?;
             file.as_file().sync_all().map_err(io_error)?;
             // Temp files are private (0600); an image archive is for other tools to read.
             use std::os::unix::fs::PermissionsExt;
@@ -290,6 +323,20 @@ fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + 
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Unpacks the layers whose snapshot is not there (a shared cache's, say); a step's own
+/// snapshot is used where it is.
+fn unpack_missing(store: &Store, built: &Built) -> Result<(), BuildError> {
+    let (layers, diff_ids): (Vec<_>, Vec<_>) = built
+        .layers
+        .iter()
+        .zip(&built.config.rootfs.diff_ids)
+        .zip(&built.snapshots)
+        .filter(|(_, snapshot)| !snapshot.is_dir())
+        .map(|((layer, diff_id), _)| (layer.clone(), diff_id.clone()))
+        .unzip();
+    Ok(crate::lookup::ensure_unpacked(store, &layers, &diff_ids)?)
 }
 
 fn rootfs_of(built: &Built) -> Rootfs {
@@ -324,6 +371,14 @@ fn export_tar(destination: &Destination, built: &Built, store: &Store) -> Result
     write_to(destination, |out| {
         let entries =
             kiln_layer::list_entries(&tree).map_err(crate::ExecError::layer("type=tar"))?;
+        let mut file_out;
+        let out: &mut dyn Write = match out {
+            Out::File(file) => {
+                file_out = file;
+                &mut file_out
+            }
+            Out::Stream(stream) => stream,
+        };
         kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
             .map_err(|e| crate::ExecError::layer("type=tar")(e).into())
     })

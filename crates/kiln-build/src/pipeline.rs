@@ -148,7 +148,12 @@ impl Build<'_> {
         context: &Context,
         options: &BuildOptions,
     ) -> Result<Built, BuildError> {
-        let built = build(plan, self.store, context, options, self.progress)?;
+        let mut built = build(plan, self.store, context, options, self.progress)?;
+        if !self.cache_sinks().is_empty() {
+            // An exported cache holds every step's layer, shipped or not: their blobs now.
+            let layer_options = crate::build::layer_options(options);
+            crate::lazy::make_record_blobs(self.store, &mut built.records, &layer_options)?;
+        }
         let attested = crate::attest::attest_build(
             &self.attest,
             plan,

@@ -646,6 +646,7 @@ impl ImportedCache {
         Some(checked.map(|()| CacheRecord {
             key: shared.key.clone(),
             layer: Some(shared.layer.clone()),
+            snapshot: None,
             created_by: shared.created_by.clone(),
             parts: Vec::new(),
             created: shared.created,
@@ -940,6 +941,7 @@ mod tests {
                 size: 1,
                 media_type: media_types::OCI_LAYER_TAR_GZIP.into(),
             }),
+            snapshot: None,
             created_by: "RUN x".into(),
             parts: vec![("slot".into(), "/home/me/Dockerfile#0".into())],
             created: 7,

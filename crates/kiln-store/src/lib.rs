@@ -4,8 +4,10 @@
 //! `blobs/sha256/...`), so skopeo and umoci read it as `oci:ROOT:TAG`. Beside the layout:
 //!
 //! ```text
-//! snapshots/<diff_id hex>/  a layer unpacked: what COPY wrote or a RUN changed
-//! cache/<key hex>.json       a step's cache record: key → layer and snapshot
+//! snapshots/<diff_id hex>/  a layer unpacked from its blob (a base image's, a shared cache's)
+//! snapshots/<key hex>/       what a step's COPY wrote or its RUN changed, named by the step's key
+//!                            (a lazy layer: its blob is made only when something ships it)
+//! cache/<key hex>.json       a step's cache record: key → snapshot, and layer blob once made
 //! cache-mounts/<id hex>/     a `RUN --mount=type=cache` directory, and <id hex>.lock beside it
 //! tmp/                       work areas; whatever a killed build left is removed on open
 //! lock                       flock'd while index.json is rewritten
@@ -80,8 +82,14 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct CacheRecord {
     /// The step's cache key (`sha256:<hex>`).
     pub key: String,
-    /// The layer blob (compressed) and its uncompressed diff_id.
+    /// The layer blob (compressed) and its uncompressed diff_id; for a lazy layer (`snapshot`
+    /// set) only once something needed the blob.
     pub layer: Option<LayerRecord>,
+    /// A lazy layer's snapshot name (see [`Store::snapshot_path`]): the step committed its
+    /// snapshot here and no blob; the blob, made later from it, is the one an eager build would
+    /// have made. Records older than lazy layers have none (their snapshot is named by diff_id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// The instruction, for `kiln history` and miss explanations.
     pub created_by: String,
     /// Named parts of the key (parent, inputs, args), so a later miss can say what changed.
@@ -414,20 +422,54 @@ impl Store {
         self.root.join("cache").join(format!("{hex}.json"))
     }
 
-    /// The record for `key`, if its layer is still in the store.
+    /// The record for `key`, if its layer is still in the store: a lazy record needs its
+    /// snapshot (a blob it names but the store lost is forgotten: it is made again when needed),
+    /// an older record its blob and its snapshot.
     pub fn cache_get(&self, key: &str) -> Option<CacheRecord> {
         let bytes = fs::read(self.cache_path(key)).ok()?;
-        let record: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        let mut record: CacheRecord = serde_json::from_slice(&bytes).ok()?;
         if record.key != key {
             return None;
         }
-        if let Some(layer) = &record.layer {
-            let digest = Digest::parse(&layer.digest).ok()?;
-            if !self.has_blob(&digest) || !self.snapshot_path(&layer.diff_id).is_dir() {
-                return None;
+        match (&record.snapshot, &record.layer) {
+            (Some(snapshot), layer) => {
+                if !self.snapshot_path(snapshot).is_dir() {
+                    return None;
+                }
+                let blob_there = layer
+                    .as_ref()
+                    .and_then(|l| Digest::parse(&l.digest).ok())
+                    .is_some_and(|d| self.has_blob(&d));
+                if !blob_there {
+                    record.layer = None;
+                }
             }
+            (None, Some(layer)) => {
+                let digest = Digest::parse(&layer.digest).ok()?;
+                if !self.has_blob(&digest) || !self.snapshot_path(&layer.diff_id).is_dir() {
+                    return None;
+                }
+            }
+            (None, None) => {}
         }
         Some(record)
+    }
+
+    /// Notes in `key`'s lazy record that its blob is made (the blob is in the store already).
+    /// A record that is gone, or not lazy, is left alone: the blob is then only an orphan that
+    /// `prune` removes.
+    pub fn cache_set_layer(&self, key: &str, layer: &LayerRecord) -> Result<()> {
+        let Ok(bytes) = fs::read(self.cache_path(key)) else {
+            return Ok(());
+        };
+        let Ok(mut record) = serde_json::from_slice::<CacheRecord>(&bytes) else {
+            return Ok(());
+        };
+        if record.key != key || record.snapshot.is_none() || record.layer.as_ref() == Some(layer) {
+            return Ok(());
+        }
+        record.layer = Some(layer.clone());
+        self.cache_put(&record)
     }
 
     /// Writes a step's cache record under its key (atomically, replacing an older one).
@@ -471,14 +513,32 @@ impl Store {
             .collect()
     }
 
-    /// Where the unpacked layer with this diff_id lives.
+    /// Where the unpacked layer with this diff_id (or, for a lazy layer, this cache key) lives.
+    /// A diff_id that names a lazy snapshot (see [`Store::link_snapshot`]) gives that
+    /// snapshot's own directory, never the link, as the tree walkers follow no links.
     pub fn snapshot_path(&self, diff_id: &str) -> PathBuf {
         let hex: String = diff_id
             .trim_start_matches("sha256:")
             .chars()
             .filter(|c| c.is_ascii_hexdigit())
             .collect();
-        self.root.join("snapshots").join(hex)
+        let snapshots = self.root.join("snapshots");
+        let path = snapshots.join(&hex);
+        match fs::read_link(&path) {
+            Ok(target) => {
+                let name: String = target
+                    .to_string_lossy()
+                    .chars()
+                    .filter(|c| c.is_ascii_hexdigit())
+                    .collect();
+                if name.is_empty() {
+                    path
+                } else {
+                    snapshots.join(name)
+                }
+            }
+            Err(_) => path,
+        }
     }
 
     /// Moves a finished snapshot directory into place; if another build already put the same
@@ -503,6 +563,25 @@ impl Store {
                 Ok(target)
             }
             Err(e) => Err(io_at(&target)(e)),
+        }
+    }
+
+    /// Names the lazy snapshot `name` by the diff_id its blob turned out to have too (a link
+    /// beside it), so an image whose layer it is finds it as it finds any unpacked layer. A
+    /// snapshot already there under that diff_id is kept.
+    pub fn link_snapshot(&self, diff_id: &str, name: &str) -> Result<()> {
+        let link = self.snapshot_path(diff_id);
+        let target = self.snapshot_path(name);
+        if link == target || link.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let Some(target_name) = target.file_name() else {
+            return Ok(());
+        };
+        match std::os::unix::fs::symlink(target_name, &link) {
+            Ok(()) => sync_parent(&link),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_at(&link)(e)),
         }
     }
 
@@ -649,8 +728,13 @@ impl Store {
     pub fn disk_usage(&self) -> DiskUsage {
         let (blobs, blob_count) = tree_size(&self.root.join("blobs"));
         let (snapshots, _) = tree_size(&self.root.join("snapshots"));
+        // A diff_id's link to a step's snapshot is no snapshot of its own.
         let snapshot_count = fs::read_dir(self.root.join("snapshots"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
+                    .count()
+            })
             .unwrap_or(0);
         let (cache, cache_count) = tree_size(&self.root.join("cache"));
         DiskUsage {
@@ -713,11 +797,31 @@ impl Store {
             }
         }
         for record in self.cache_records() {
+            if let Some(snapshot) = &record.snapshot {
+                snapshots.insert(snapshot.trim_start_matches("sha256:").to_string());
+            }
             if let Some(layer) = record.layer {
                 blobs.insert(layer.digest.trim_start_matches("sha256:").to_string());
                 snapshots.insert(layer.diff_id.trim_start_matches("sha256:").to_string());
             }
         }
+        // A diff_id's link to a lazy snapshot keeps what it points at; a link whose snapshot
+        // is gone goes.
+        let mut linked = Vec::new();
+        for entry in fs::read_dir(self.root.join("snapshots"))
+            .map_err(io_at(&self.root.join("snapshots")))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(target) = fs::read_link(entry.path()) {
+                if !entry.path().is_dir() {
+                    snapshots.remove(&name);
+                } else if snapshots.contains(&name) {
+                    linked.push(target.to_string_lossy().into_owned());
+                }
+            }
+        }
+        snapshots.extend(linked);
         for entry in fs::read_dir(self.root.join("blobs/sha256"))
             .map_err(io_at(&self.root.join("blobs")))?
             .flatten()
@@ -737,7 +841,10 @@ impl Store {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !snapshots.contains(&name) {
-                report.bytes = report.bytes.saturating_add(tree_size(&entry.path()).0);
+                let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+                if !is_link {
+                    report.bytes = report.bytes.saturating_add(tree_size(&entry.path()).0);
+                }
                 // Out of sight first, then deleted: a crash midway leaves no half snapshot.
                 let doomed = self.session.path().join(format!("pruned-{name}"));
                 if fs::rename(entry.path(), &doomed).is_ok() && fs::remove_dir_all(&doomed).is_ok()
@@ -785,6 +892,31 @@ impl Store {
         let mut descriptor = image.manifest_descriptor.clone();
         descriptor.annotations.clear();
         Ok(descriptor)
+    }
+}
+
+/// The store's blobs as archive writers read them (see [`Store::blobs`]).
+pub struct StoreBlobs<'a> {
+    store: &'a Store,
+}
+
+impl Store {
+    /// The store's blobs for an archive writer. Each was hashed as it was written into the
+    /// store (or checked as it was imported), so the writer may copy it unread
+    /// ([`kiln_oci::BlobSource::open_verified`]); `kiln verify` is what checks them again.
+    pub fn blobs(&self) -> StoreBlobs<'_> {
+        StoreBlobs { store: self }
+    }
+}
+
+impl kiln_oci::BlobSource for StoreBlobs<'_> {
+    fn open(&self, digest: &Digest) -> io::Result<Box<dyn Read + '_>> {
+        let file = File::open(self.store.blob_path(digest))?;
+        Ok(Box::new(io::BufReader::new(file)))
+    }
+
+    fn open_verified(&self, digest: &Digest) -> Option<File> {
+        File::open(self.store.blob_path(digest)).ok()
     }
 }
 
@@ -965,6 +1097,7 @@ mod tests {
                     size: 5,
                     media_type: "x".into(),
                 }),
+                snapshot: None,
                 created_by: "COPY".into(),
                 parts: vec![],
                 created: 0,
@@ -1029,6 +1162,7 @@ mod tests {
                 size: 5,
                 media_type: "x".into(),
             }),
+            snapshot: None,
             created_by: "COPY a b".into(),
             parts: vec![],
             created: 0,
@@ -1038,5 +1172,135 @@ mod tests {
         assert_eq!(store.cache_get("sha256:00"), None, "no snapshot yet");
         fs::create_dir_all(store.snapshot_path("sha256:ab")).unwrap();
         assert_eq!(store.cache_get("sha256:00"), Some(record));
+    }
+
+    #[test]
+    fn a_lazy_record_is_a_hit_with_its_snapshot_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = format!("sha256:{}", "a".repeat(64));
+        let record = CacheRecord {
+            key: key.clone(),
+            layer: None,
+            snapshot: Some(key.clone()),
+            created_by: "RUN make".into(),
+            parts: vec![],
+            created: 0,
+            recorded: 0,
+        };
+        store.cache_put(&record).unwrap();
+        assert_eq!(store.cache_get(&key), None, "no snapshot yet");
+        fs::create_dir_all(store.snapshot_path(&key)).unwrap();
+        assert_eq!(store.cache_get(&key), Some(record.clone()));
+        // Pruning keeps what a lazy record names, the cache gone it goes too.
+        assert_eq!(store.prune(false).unwrap().snapshots, 0);
+        assert!(store.snapshot_path(&key).is_dir());
+        // The blob made later is noted in the record; a lost blob makes it lazy again.
+        let blob = store.put_blob(b"layer").unwrap();
+        let layer = LayerRecord {
+            digest: blob.to_string(),
+            diff_id: "sha256:cd".into(),
+            size: 5,
+            media_type: "x".into(),
+        };
+        store.cache_set_layer(&key, &layer).unwrap();
+        assert_eq!(store.cache_get(&key).unwrap().layer, Some(layer));
+        assert_eq!(
+            store.prune(false).unwrap().blobs,
+            0,
+            "the record keeps its blob"
+        );
+        fs::remove_file(store.blob_path(&blob)).unwrap();
+        assert_eq!(store.cache_get(&key).unwrap().layer, None);
+        let report = store.prune(true).unwrap();
+        assert_eq!(report.snapshots, 1);
+    }
+
+    #[test]
+    fn records_written_before_lazy_layers_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = store.put_blob(b"layer").unwrap();
+        let key = format!("sha256:{}", "b".repeat(64));
+        let old = format!(
+            r#"{{"key":"{key}","layer":{{"digest":"{blob}","diff_id":"sha256:ab","size":5,"media_type":"x"}},"created_by":"COPY a b","parts":[],"created":3,"recorded":4}}"#
+        );
+        fs::write(store.cache_path(&key), old).unwrap();
+        fs::create_dir_all(store.snapshot_path("sha256:ab")).unwrap();
+        let record = store.cache_get(&key).unwrap();
+        assert_eq!(record.snapshot, None);
+        assert_eq!(record.layer.unwrap().digest, blob.to_string());
+        // Nothing is noted in a record that is not lazy.
+        let other = LayerRecord {
+            digest: "sha256:00".into(),
+            diff_id: "sha256:00".into(),
+            size: 1,
+            media_type: "x".into(),
+        };
+        store.cache_set_layer(&key, &other).unwrap();
+        assert_eq!(
+            store.cache_get(&key).unwrap().layer.unwrap().digest,
+            blob.to_string()
+        );
+    }
+
+    #[test]
+    fn a_diff_id_names_a_lazy_snapshot_through_a_link_prune_keeps_or_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = format!("sha256:{}", "c".repeat(64));
+        let diff_id = format!("sha256:{}", "d".repeat(64));
+        fs::create_dir_all(store.snapshot_path(&key)).unwrap();
+        fs::write(store.snapshot_path(&key).join("f"), "x").unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        // The diff_id gives the snapshot's own directory, never the link.
+        assert_eq!(store.snapshot_path(&diff_id), store.snapshot_path(&key));
+        assert_eq!(store.disk_usage().snapshot_count, 1);
+        // An image naming the diff_id keeps the link and what it points at.
+        let config = kiln_oci::ImageConfig {
+            rootfs: kiln_oci::RootFs::layers(vec![Digest::parse(&diff_id).unwrap()]),
+            ..kiln_oci::ImageConfig::new("linux", "amd64")
+        };
+        let config_bytes = to_canonical_json(&config).unwrap();
+        let config_digest = store.put_blob(&config_bytes).unwrap();
+        let layer = store.put_blob(b"layer").unwrap();
+        let manifest = kiln_oci::Manifest::new(
+            Descriptor::new(
+                kiln_oci::media_types::OCI_CONFIG,
+                config_digest,
+                config_bytes.len() as u64,
+            ),
+            vec![Descriptor::new(
+                kiln_oci::media_types::OCI_LAYER_TAR_GZIP,
+                layer,
+                5,
+            )],
+        );
+        let manifest_bytes = to_canonical_json(&manifest).unwrap();
+        let manifest_digest = store.put_blob(&manifest_bytes).unwrap();
+        let named = Descriptor::new(
+            kiln_oci::media_types::OCI_MANIFEST,
+            manifest_digest,
+            manifest_bytes.len() as u64,
+        );
+        store.tag("docker.io/library/lazy:1", "1", &named).unwrap();
+        assert_eq!(store.prune(true).unwrap().snapshots, 0);
+        assert!(store.snapshot_path(&diff_id).join("f").is_file());
+        // Untagged, both go; a link whose snapshot is gone goes too.
+        store.untag("docker.io/library/lazy:1").unwrap();
+        assert_eq!(store.prune(true).unwrap().snapshots, 2);
+        assert!(fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none());
+        fs::create_dir_all(store.snapshot_path(&key)).unwrap();
+        store.link_snapshot(&diff_id, &key).unwrap();
+        fs::remove_dir_all(store.snapshot_path(&key)).unwrap();
+        store.prune(false).unwrap();
+        assert!(fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

@@ -130,3 +130,81 @@ fn a_failing_stage_stops_the_ones_beside_it() {
     let verify = kiln(&["--root", &r, "verify"], ctx.path(), &[]);
     assert_eq!(verify.status, 0, "{}", verify.stderr);
 }
+
+/// The temp files of blobs being written: in the store's work areas.
+fn blob_in_the_making(root: &std::path::Path) -> bool {
+    let Ok(areas) = std::fs::read_dir(root.join("tmp")) else {
+        return false;
+    };
+    areas.flatten().any(|area| {
+        std::fs::read_dir(area.path()).is_ok_and(|files| {
+            files.flatten().any(|f| {
+                f.file_name().to_string_lossy().starts_with(".tmp")
+                    && f.metadata()
+                        .is_ok_and(|m| m.is_file() && m.len() > (1 << 20))
+            })
+        })
+    })
+}
+
+#[test]
+fn sigkill_while_a_lazy_blob_is_made_leaves_a_clean_store() {
+    let root = busybox_store("auto");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN head -c 120000000 /dev/urandom > /big\nRUN echo after > /after\n",
+    )]);
+    let r = root.path().to_string_lossy().into_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--root", &r, "build", "-t", "big:1", "."])
+        .current_dir(ctx.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !blob_in_the_making(root.path()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before a blob was seen in the making"
+        );
+        assert!(Instant::now() < deadline, "no blob was ever made");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    verify_clean(root.path(), ctx.path());
+    // The step that committed is reused; its blob is made again, whole, and the image is good.
+    let again = kiln(
+        &[
+            "--root",
+            &r,
+            "build",
+            "-t",
+            "big:1",
+            "-o",
+            "type=oci,dest=big.tar",
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("#1 CACHED"), "{}", again.stderr);
+    verify_clean(root.path(), ctx.path());
+    let image = kiln_oci::read_oci_archive(
+        ctx.path().join("big.tar"),
+        &kiln_oci::ReadOptions::default(),
+    )
+    .unwrap();
+    for i in 0..image.layers().len() {
+        let mut reader = image.open_layer(i).unwrap();
+        std::io::copy(&mut reader, &mut std::io::sink()).expect("every layer matches its digest");
+    }
+}
+
+fn verify_clean(root: &std::path::Path, cwd: &std::path::Path) {
+    let r = root.to_string_lossy().into_owned();
+    let verify = kiln(&["--root", &r, "verify"], cwd, &[]);
+    assert_eq!(verify.status, 0, "{}{}", verify.stdout, verify.stderr);
+}

@@ -50,6 +50,26 @@ pub fn write_docker_archive<W: Write>(
     blobs: &dyn BlobSource,
     opts: &WriteOptions,
 ) -> Result<()> {
+    write_docker_archive_to(super::sink::Stream(out), image, blobs, opts)
+}
+
+/// [`write_docker_archive`] into a file: blobs the source vouches for ([`BlobSource::open_verified`])
+/// are copied by the kernel, at the disk's speed, without passing through memory.
+pub fn write_docker_archive_file(
+    out: &std::fs::File,
+    image: &ImageRef,
+    blobs: &dyn BlobSource,
+    opts: &WriteOptions,
+) -> Result<()> {
+    write_docker_archive_to(super::sink::FileSink(out), image, blobs, opts)
+}
+
+fn write_docker_archive_to<W: super::sink::Sink>(
+    out: W,
+    image: &ImageRef,
+    blobs: &dyn BlobSource,
+    opts: &WriteOptions,
+) -> Result<()> {
     let r = resolve_image(image, blobs)?;
     if r.manifest.config.digest.algorithm() != Algorithm::Sha256 {
         return Err(Error::InvalidImage(

@@ -5,14 +5,17 @@
 //! directory, mode 0644 files / 0755 directories, uid/gid 0, no owner names and one mtime
 //! ([`WriteOptions::mtime`]: 0, or `SOURCE_DATE_EPOCH` via [`WriteOptions::from_env`]).
 //!
-//! Writers verify every blob they copy against its descriptor as it streams through; when a
-//! writer fails, what it wrote so far is incomplete and must be discarded.
+//! Writers verify every blob they copy against its descriptor as it streams through, except a
+//! blob the source vouches for ([`BlobSource::open_verified`], the store's own blobs): writing
+//! to a file, that one is copied by the kernel (`copy_file_range`), never read into memory nor
+//! hashed again. When a writer fails, what it wrote so far is incomplete and must be discarded.
 
 mod docker;
 mod files;
 mod image;
 mod index_out;
 mod oci;
+mod sink;
 mod tar_in;
 mod tar_out;
 
@@ -21,9 +24,12 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-pub use docker::{read_docker_archive, write_docker_archive};
+pub use docker::{read_docker_archive, write_docker_archive, write_docker_archive_file};
 pub use image::{ArchiveFormat, ArchiveImage};
-pub use oci::{read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_layout_dir};
+pub use oci::{
+    read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_archive_file,
+    write_oci_layout_dir,
+};
 
 use crate::error::io_ctx;
 use crate::json::{parse_json, read_bounded};
@@ -37,6 +43,14 @@ use crate::{
 pub trait BlobSource {
     /// A reader over the whole blob with this digest.
     fn open(&self, digest: &Digest) -> io::Result<Box<dyn Read + '_>>;
+
+    /// The blob as a file whose content the source has already checked against its digest
+    /// (a content-addressed store that hashed it when it was written), so a writer may copy it
+    /// without reading or hashing it again; its length is still checked. `None` (the default):
+    /// the blob is streamed through [`BlobSource::open`] and verified.
+    fn open_verified(&self, _digest: &Digest) -> Option<File> {
+        None
+    }
 }
 
 /// Blobs held in memory, keyed by their sha256 digest.
@@ -322,13 +336,27 @@ impl Plan {
         Ok(())
     }
 
-    fn write<W: io::Write>(self, out: W, blobs: &dyn BlobSource, mtime: u64) -> Result<()> {
+    fn write<W: sink::Sink>(self, out: W, blobs: &dyn BlobSource, mtime: u64) -> Result<()> {
         let mut tar = tar_out::TarOut::new(out, mtime)?;
         for (path, content) in self.entries {
             match content {
                 Content::Dir => tar.dir(&path)?,
                 Content::Bytes(b) => tar.file(&path, &b)?,
                 Content::Symlink(target) => tar.symlink(&path, &target)?,
+                Content::Blob(desc) if tar.takes_files() => {
+                    match blobs.open_verified(&desc.digest) {
+                        Some(mut file) => tar.file_copied(&path, desc.size, &mut file)?,
+                        None => {
+                            let what = format!("blob {}", desc.digest);
+                            let reader = blobs
+                                .open(&desc.digest)
+                                .map_err(io_ctx(format!("opening {what}")))?;
+                            let mut verified =
+                                VerifyingReader::new(reader, desc.digest.clone(), desc.size, what);
+                            tar.file_from(&path, desc.size, &mut verified)?;
+                        }
+                    }
+                }
                 Content::Blob(desc) => {
                     let what = format!("blob {}", desc.digest);
                     let reader = blobs

@@ -37,6 +37,30 @@ pub fn write_oci_archive<W: Write>(
     if media_types::is_index(&image.manifest.media_type) {
         return super::index_out::write_index_archive(out, image, blobs, opts);
     }
+    write_oci_archive_to(super::sink::Stream(out), image, blobs, opts)
+}
+
+/// [`write_oci_archive`] into a file: blobs the source vouches for ([`BlobSource::open_verified`])
+/// are copied by the kernel, at the disk's speed, without passing through memory.
+pub fn write_oci_archive_file(
+    out: &std::fs::File,
+    image: &ImageRef,
+    blobs: &dyn BlobSource,
+    opts: &WriteOptions,
+) -> Result<()> {
+    // An image index (platforms, attestations): the index is the one named entry.
+    if media_types::is_index(&image.manifest.media_type) {
+        return super::index_out::write_index_archive(out, image, blobs, opts);
+    }
+    write_oci_archive_to(super::sink::FileSink(out), image, blobs, opts)
+}
+
+fn write_oci_archive_to<W: super::sink::Sink>(
+    out: W,
+    image: &ImageRef,
+    blobs: &dyn BlobSource,
+    opts: &WriteOptions,
+) -> Result<()> {
     let r = resolve_image(image, blobs)?;
     let index = layout_index(image, &r.config)?;
     let docker = [DockerManifestEntry {

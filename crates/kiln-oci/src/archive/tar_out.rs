@@ -1,7 +1,10 @@
 //! A tar writer with fixed headers: ustar, uid/gid 0, no user or group names, one mtime,
 //! mode 0644 for files, 0755 for directories, 0777 for symlinks. Content streams through.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+
+use super::sink::Sink;
 
 use tar::{EntryType, Header};
 
@@ -101,6 +104,51 @@ impl<W: Write> TarOut<W> {
                 actual: size.saturating_add(extra),
             });
         }
+        self.pad(path, size)
+    }
+
+    /// A regular file of exactly `size` bytes copied from `content` (a file the blob source
+    /// vouches for) by the output itself; a file of another length is an error.
+    pub(crate) fn file_copied(&mut self, path: &str, size: u64, content: &mut File) -> Result<()>
+    where
+        W: Sink,
+    {
+        let actual = content
+            .metadata()
+            .map_err(io_ctx(format!("reading {path}")))?
+            .len();
+        if actual != size {
+            return Err(Error::SizeMismatch {
+                what: path.into(),
+                expected: size,
+                actual,
+            });
+        }
+        let h = self.header(path, EntryType::Regular, 0o644, size, "")?;
+        self.write_header(&h, path)?;
+        let copied = self
+            .out
+            .copy_file(content, size)
+            .map_err(io_ctx(format!("writing {path}")))?;
+        if copied != size {
+            return Err(Error::SizeMismatch {
+                what: path.into(),
+                expected: size,
+                actual: copied,
+            });
+        }
+        self.pad(path, size)
+    }
+
+    /// Whether the output copies files itself ([`TarOut::file_copied`]).
+    pub(crate) fn takes_files(&self) -> bool
+    where
+        W: Sink,
+    {
+        self.out.takes_files()
+    }
+
+    fn pad(&mut self, path: &str, size: u64) -> Result<()> {
         // `size % BLOCK` is below BLOCK, so neither the cast nor the subtraction can fail.
         let used = usize::try_from(size.rem_euclid(BLOCK as u64)).unwrap_or(0);
         let pad = BLOCK.saturating_sub(used).rem_euclid(BLOCK);

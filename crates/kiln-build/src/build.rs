@@ -1596,7 +1596,8 @@ impl Builder<'_> {
             threads: 0,
         };
         let (layer, blob) =
-            write_layer(snapshot, &options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
+            crate::chunk_reuse::write_layer(self.store, &self.memo, snapshot, &options, blob)
+                .map_err(|e| BuildError::Layer(e.to_string()))?;
         let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
         self.store
             .commit_blob(blob, &digest)

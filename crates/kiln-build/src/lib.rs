@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+mod chunk_reuse;
 pub mod output;
 pub mod pipeline;
 pub mod remote;

@@ -7,6 +7,8 @@
 //! snapshots/<diff_id hex>/  a layer unpacked: what COPY wrote or a RUN changed
 //! cache/<key hex>.json       a step's cache record: key → layer and snapshot
 //! cache-mounts/<id hex>/     a `RUN --mount=type=cache` directory, and <id hex>.lock beside it
+//! chunks/                    compressed chunks of layers written before, reused on edits
+//!                            (see [`ChunkStore`]; bounded, and only ever a cache)
 //! tmp/                       work areas; whatever a killed build left is removed on open
 //! lock                       flock'd while index.json is rewritten
 //! ```
@@ -17,8 +19,10 @@
 #![warn(missing_docs)]
 
 mod cache_mount;
+mod chunks;
 
 pub use cache_mount::CacheMount;
+pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,

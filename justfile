@@ -21,12 +21,17 @@ lint:
 # against root size; about 10 minutes) installs busybox-static, time and debootstrap the same way.
 # Its case 5 (four CPU-bound stages) also runs BuildKit: Debian's docker.io, a dockerd of its
 # own on a private socket and data root, installed the same way.
+# benches/incremental.sh (the edit-one-file rebuild: 6 x 50 MB vendor COPY, COPY src/ of 20,000
+# small files onto /app, a RUN over them, one src file edited; and copy-tree with one small file
+# edited; beside BuildKit, about 10 minutes; KILN_BENCH_OLD_KILN=PATH adds cold copy-tree with an
+# older kiln) installs busybox-static and docker.io the same way.
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
 # beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
 bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh
     bash benches/run.sh
+    bash benches/incremental.sh
     bash benches/registry.sh
 
 # Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows

@@ -23,12 +23,17 @@ lint:
 # own on a private socket and data root, installed the same way.
 # benches/lazy.sh (a build stage that never ships, a cached 1 GiB archive, cold copy-tree and
 # run-steps beside the kiln of main, all beside BuildKit's dockerd of its own; about 10 minutes).
+# benches/incremental.sh (the edit-one-file rebuild: 6 x 50 MB vendor COPY, COPY src/ of 20,000
+# small files onto /app, a RUN over them, one src file edited; and copy-tree with one small file
+# edited; beside BuildKit, about 10 minutes; KILN_BENCH_OLD_KILN=PATH adds cold copy-tree with an
+# older kiln) installs busybox-static and docker.io the same way.
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
 # beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
 bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh
     bash benches/run.sh
+    bash benches/incremental.sh
     bash benches/registry.sh
     bash benches/lazy.sh
 

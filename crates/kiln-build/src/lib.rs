@@ -9,6 +9,7 @@ pub mod build;
 pub mod cache;
 pub mod lazy;
 pub mod local_context;
+mod chunk_reuse;
 pub mod output;
 pub mod pipeline;
 pub mod recorder;

@@ -51,6 +51,13 @@ pub trait HashMemo: Sync {
     fn put(&self, key: StatKey, hash: [u8; 32]);
     /// Told how many bytes were read to hash a file the memo did not know.
     fn record_read(&self, _bytes: u64) {}
+    /// Remembers the content hash of a file this build wrote (a COPY's copy of a context
+    /// file), so the layer writer need not read it to know it; kept for this process only.
+    fn put_written(&self, _key: StatKey, _hash: [u8; 32]) {}
+    /// The content hash of a file this build wrote, if known.
+    fn get_written(&self, _key: &StatKey) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// A memo of file hashes, kept in memory and, through [`MemoryMemo::load`] and
@@ -58,6 +65,8 @@ pub trait HashMemo: Sync {
 #[derive(Default)]
 pub struct MemoryMemo {
     hashes: Mutex<HashMap<StatKey, [u8; 32]>>,
+    /// Files the build wrote (never saved: snapshots come and go).
+    written: Mutex<HashMap<StatKey, [u8; 32]>>,
     bytes_read: std::sync::atomic::AtomicU64,
 }
 
@@ -155,6 +164,16 @@ impl HashMemo for MemoryMemo {
     fn record_read(&self, bytes: u64) {
         self.bytes_read
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn put_written(&self, key: StatKey, hash: [u8; 32]) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(key, hash);
+        }
+    }
+
+    fn get_written(&self, key: &StatKey) -> Option<[u8; 32]> {
+        self.written.lock().ok()?.get(key).copied()
     }
 }
 

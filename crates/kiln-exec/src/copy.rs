@@ -8,7 +8,7 @@
 use crate::fsmeta::{io_at, set_stamp, Stamp};
 use crate::rootfs::Rootfs;
 use crate::ExecError;
-use kiln_context::{Context, EntryKind, IgnoreRules};
+use kiln_context::{Context, EntryKind, IgnoreRules, StatKey};
 use kiln_plan::{Chmod, CopySource, CopyStep};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -333,6 +333,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         },
         dirs: std::collections::BTreeMap::new(),
         links: std::collections::HashMap::new(),
+        resolved: std::collections::HashMap::new(),
+        made: std::collections::HashSet::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -347,6 +349,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
             &mut stats,
         )?;
     }
+    // An archive may have put anything under the destination: check directories afresh.
+    writer.made.clear();
     for placement in placements {
         let mode = match &chmod {
             Some(chmod) if !matches!(placement.kind, PlacementKind::Symlink(_)) => {
@@ -425,6 +429,8 @@ pub fn make_workdir(
         now,
         dirs: std::collections::BTreeMap::new(),
         links: std::collections::HashMap::new(),
+        resolved: std::collections::HashMap::new(),
+        made: std::collections::HashSet::new(),
     };
     writer.ensure_dir(&resolved)?;
     writer.finish()?;
@@ -824,6 +830,12 @@ struct SnapshotWriter<'a> {
     /// Context files with several names: (device, inode) → the first name written for them in
     /// this step, so the other names become hard links to it, as BuildKit's transfer keeps them.
     links: std::collections::HashMap<(u64, u64), PathBuf>,
+    /// Parent directories already resolved in the image (which does not change during the
+    /// copy): each is looked up through the lower layers once, not once per file in it.
+    resolved: std::collections::HashMap<PathBuf, PathBuf>,
+    /// Snapshot directories known to be real directories (made or checked by this copy);
+    /// forgotten when something at or above them is replaced.
+    made: std::collections::HashSet<PathBuf>,
 }
 
 impl SnapshotWriter<'_> {
@@ -841,6 +853,9 @@ impl SnapshotWriter<'_> {
     /// directory the image already has keeps its metadata; a new one is 0755, owned by the
     /// --chown owner.
     fn ensure_dir(&mut self, relative: &Path) -> Result<(), ExecError> {
+        if self.made.contains(relative) {
+            return Ok(());
+        }
         let mut path = self.root.to_path_buf();
         let mut view = PathBuf::new();
         for component in relative.components() {
@@ -878,6 +893,7 @@ impl SnapshotWriter<'_> {
             };
             self.dirs.insert(path.clone(), stamp);
         }
+        self.made.insert(relative.to_path_buf());
         Ok(())
     }
 
@@ -901,12 +917,15 @@ impl SnapshotWriter<'_> {
                     .map_err(ExecError::Copy)?
                     .0
             }
-            (_, Some(parent), Some(name)) => self
-                .image
-                .resolve(parent, true)
-                .map_err(ExecError::Copy)?
-                .0
-                .join(name),
+            (_, Some(parent), Some(name)) => match self.resolved.get(parent) {
+                Some(resolved) => resolved.join(name),
+                None => {
+                    let resolved = self.image.resolve(parent, true).map_err(ExecError::Copy)?.0;
+                    let joined = resolved.join(name);
+                    self.resolved.insert(parent.to_path_buf(), resolved);
+                    joined
+                }
+            },
         };
         let relative = &resolved;
         if let Some(parent) = relative.parent() {
@@ -931,10 +950,12 @@ impl SnapshotWriter<'_> {
                 fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?;
                 // Names below it are gone, and it may become a symlink: never link through it.
                 self.links.retain(|_, first| !first.starts_with(&path));
+                self.made.retain(|dir| !dir.starts_with(relative));
             }
             Ok(_) => {
                 fs::remove_file(&path).map_err(|e| io_at(&path, e))?;
                 self.links.retain(|_, first| first != &path);
+                self.made.retain(|dir| !dir.starts_with(relative));
             }
             Err(_) => {}
         }
@@ -976,9 +997,28 @@ impl SnapshotWriter<'_> {
                     self.links.insert(inode, path.clone());
                 }
                 let mut output = create_new(&path)?;
+                let mut digest = None;
                 stats.bytes += match (self.memo, placement.stat) {
-                    (Some(memo), Some(stat)) => copy_and_hash(&mut input, &mut output, stat, memo)
-                        .map_err(|e| io_at(&path, e))?,
+                    // Content the memo knows is copied by the kernel (copy_file_range, a
+                    // reflink where the filesystem has them): not read into kiln again.
+                    (Some(memo), Some(stat))
+                        if StatKey::of(&source_meta) == stat && memo.get(&stat).is_some() =>
+                    {
+                        let copied =
+                            io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?;
+                        // Trusted only if the source did not change while it was copied.
+                        let after = input.metadata().map_err(|e| io_at(source, e))?;
+                        if StatKey::of(&after) == stat {
+                            digest = memo.get(&stat);
+                        }
+                        copied
+                    }
+                    (Some(memo), Some(stat)) => {
+                        let (copied, hash) = copy_and_hash(&mut input, &mut output, stat, memo)
+                            .map_err(|e| io_at(&path, e))?;
+                        digest = hash;
+                        copied
+                    }
                     _ => io::copy(&mut input, &mut output).map_err(|e| io_at(&path, e))?,
                 };
                 // A context file written to while it was copied may have given a torn copy
@@ -993,7 +1033,16 @@ impl SnapshotWriter<'_> {
                 }
                 stats.files += 1;
                 drop(output);
-                set_metadata(&path, mode, owner, placement.mtime, false)
+                set_metadata(&path, mode, owner, placement.mtime, false)?;
+                // Tell the layer writer what the copy holds, so it need not read it to know.
+                if let (Some(memo), Some(digest)) = (self.memo, digest) {
+                    if let Ok(meta) = fs::symlink_metadata(&path) {
+                        if meta.len() == source_meta.len() {
+                            memo.put_written(StatKey::of(&meta), digest);
+                        }
+                    }
+                }
+                Ok(())
             }
             PlacementKind::Content(content) => {
                 let mut output = create_new(&path)?;
@@ -1020,7 +1069,7 @@ fn copy_and_hash(
     output: &mut File,
     stat: kiln_context::StatKey,
     memo: &dyn kiln_context::HashMemo,
-) -> io::Result<u64> {
+) -> io::Result<(u64, Option<[u8; 32]>)> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
@@ -1037,10 +1086,12 @@ fn copy_and_hash(
         total += n as u64;
     }
     memo.record_read(total);
+    let hash: [u8; 32] = hasher.finalize().into();
     if kiln_context::StatKey::of(&input.metadata()?) == stat {
-        memo.put(stat, hasher.finalize().into());
+        memo.put(stat, hash);
     }
-    Ok(total)
+    // What was copied is what was hashed, whatever the source did meanwhile.
+    Ok((total, Some(hash)))
 }
 
 fn create_new(path: &Path) -> Result<File, ExecError> {

@@ -175,13 +175,13 @@ impl<W: Write> Write for HashingWriter<W> {
 pub const GZIP_BLOCK_SIZE: usize = 1 << 20;
 /// Each block is compressed with the previous block's last 32 KiB as preset dictionary (the
 /// deflate window), which keeps the ratio within a fraction of a percent of a single stream.
-const DICT_SIZE: usize = 32 * 1024;
+pub(crate) const DICT_SIZE: usize = 32 * 1024;
 
-type BlockResult = Result<(Vec<u8>, crc32fast::Hasher), String>;
+pub(crate) type BlockResult = Result<(Vec<u8>, crc32fast::Hasher), String>;
 
 /// Where gzip blocks are compressed.
 #[derive(Clone)]
-enum Pool {
+pub(crate) enum Pool {
     /// rayon's global pool (one thread per core).
     Global,
     /// A pool of our own with a fixed thread count.
@@ -189,7 +189,7 @@ enum Pool {
 }
 
 impl Pool {
-    fn new(threads: usize) -> Result<Self, LayerError> {
+    pub(crate) fn new(threads: usize) -> Result<Self, LayerError> {
         if threads == 0 {
             return Ok(Pool::Global);
         }
@@ -201,14 +201,14 @@ impl Pool {
             .map_err(|e| LayerError::ThreadPool(e.to_string()))
     }
 
-    fn threads(&self) -> usize {
+    pub(crate) fn threads(&self) -> usize {
         match self {
             Pool::Global => rayon::current_num_threads(),
             Pool::Own(p) => p.current_num_threads(),
         }
     }
 
-    fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+    pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         match self {
             Pool::Global => rayon::spawn(job),
             Pool::Own(p) => p.spawn(job),
@@ -359,7 +359,7 @@ fn looks_incompressible(input: &[u8]) -> bool {
     scaled < THRESHOLD.saturating_mul(256).saturating_mul(n)
 }
 
-fn deflate_block(level: u32, dict: Option<&[u8]>, input: &[u8]) -> BlockResult {
+pub(crate) fn deflate_block(level: u32, dict: Option<&[u8]>, input: &[u8]) -> BlockResult {
     let mut crc = crc32fast::Hasher::new();
     crc.update(input);
     // Deflating random bytes costs the most time and saves nothing: store them.

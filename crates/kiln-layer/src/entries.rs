@@ -90,6 +90,9 @@ pub struct Entry {
     pub source: PathBuf,
     /// (st_dev, st_ino) as listed, to check the file read is the file listed.
     pub(crate) ident: (u64, u64),
+    /// Modification and status-change times in nanoseconds, as listed: with `ident` and the
+    /// size, what identifies the content without reading it (see `FileIdentity`).
+    pub(crate) times_ns: (i128, i128),
     nlink: u64,
     opaque: bool,
 }
@@ -159,6 +162,7 @@ impl Entries {
                         xattrs: Vec::new(),
                         source: e.source.clone(),
                         ident: e.ident,
+                        times_ns: e.times_ns,
                         nlink: 1,
                         opaque: false,
                     });
@@ -302,9 +306,23 @@ fn describe(dir: &Path, prefix: &[u8], name: &OsStr) -> Result<Option<Entry>, La
         xattrs: attrs.kept,
         source,
         ident: (md.dev(), md.ino()),
+        times_ns: times_ns(&md),
         nlink: md.nlink(),
         opaque,
     }))
+}
+
+/// (mtime, ctime) in nanoseconds since the epoch.
+fn times_ns(md: &Metadata) -> (i128, i128) {
+    let ns = |secs: i64, nsecs: i64| {
+        i128::from(secs)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i128::from(nsecs))
+    };
+    (
+        ns(md.mtime(), md.mtime_nsec()),
+        ns(md.ctime(), md.ctime_nsec()),
+    )
 }
 
 /// Whether the directory `dir` holds the OCI-form opaque marker, an empty `.wh..wh..opq`.
@@ -325,6 +343,7 @@ fn marker_entry(path: Vec<u8>, md: &Metadata, source: PathBuf) -> Entry {
         xattrs: Vec::new(),
         source,
         ident: (md.dev(), md.ino()),
+        times_ns: times_ns(md),
         nlink: 1,
         opaque: false,
     }

@@ -21,20 +21,24 @@
 #![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 mod blob;
+mod chunked;
 mod entries;
 mod error;
 pub mod limits;
 mod read;
+mod sha;
 mod tarball;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 pub use blob::{
     BlobInfo, BlobWriter, Compression, HashingWriter, ParallelGzip, Sha256Digest, GZIP_BLOCK_SIZE,
     MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD,
+};
+pub use chunked::{
+    write_layer_reusing, ChunkCache, ChunkKey, FileIdentity, StoredChunk, MAX_CHUNK, MIN_CHUNK,
 };
 pub use entries::{list_entries, Entries, Entry, EntryKind, Xattr, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use error::LayerError;
@@ -43,9 +47,8 @@ pub use read::{
     decompress, encoding_of, read_layer_entries, visit_layer, visit_layer_limited, Encoding,
     EntrySummary, EntryTypeSummary, VisitedLayer,
 };
+pub use sha::HashState;
 pub use tarball::write_tar;
-
-use tarball::{read_retry, CopyError, TarSink};
 
 /// Size of the buffers passed from the tar producer to the compressor.
 pub const CHUNK_SIZE: usize = 256 * 1024;
@@ -101,41 +104,7 @@ pub fn write_layer<W: Write + Send>(
     options: &LayerOptions,
     out: W,
 ) -> Result<(Layer, W), LayerError> {
-    // Fail on a bad level before starting any thread.
-    let blob = BlobWriter::new(out, options.compression, options.threads)?;
-    let epoch = options.source_date_epoch;
-    std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Chunk>(QUEUE_DEPTH);
-        let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH + 2);
-        let producer = std::thread::Builder::new()
-            .name("kiln-layer-tar".into())
-            .spawn_scoped(scope, move || -> Result<(), LayerError> {
-                let mut sink = ChunkWriter::new(tx, recycle_rx);
-                tarball::write_tar_to(entries::Entries::new(root)?, epoch, &mut sink)?;
-                sink.send_current().map_err(LayerError::Output)
-            })
-            .map_err(|e| LayerError::ThreadPool(e.to_string()))?;
-
-        let consumed = consume(rx, &recycle_tx, blob);
-        let produced = producer
-            .join()
-            .map_err(|_| LayerError::Internal("layer tar thread panicked"))?;
-        // A producer error is the cause when the consumer merely saw the stream end; a consumer
-        // (output) error is the cause when the producer merely saw the channel close.
-        let blob = match (consumed, produced) {
-            (Ok(blob), Ok(())) => blob,
-            (Ok(_), Err(e)) | (Err(e), _) => return Err(e),
-        };
-        let (info, out) = blob.finish()?;
-        let layer = Layer {
-            diff_id: info.diff_id.to_string(),
-            digest: info.digest.to_string(),
-            size: info.size,
-            media_type: info.media_type,
-            uncompressed_size: info.uncompressed_size,
-        };
-        Ok((layer, out))
-    })
+    chunked::write_layer_reusing(root, options, None, out)
 }
 
 /// Writes a layer to `path` (created or truncated) and syncs it — a convenience for tools and
@@ -150,101 +119,6 @@ pub fn write_layer_to_file(
     file.sync_all()
         .map_err(|e| LayerError::fs("sync", path, e))?;
     Ok(layer)
-}
-
-/// Feeds chunks into the blob writer until the producer hangs up; returns the unfinished writer.
-fn consume<W: Write>(
-    rx: Receiver<Chunk>,
-    recycle: &SyncSender<Vec<u8>>,
-    mut blob: BlobWriter<W>,
-) -> Result<BlobWriter<W>, LayerError> {
-    for chunk in rx {
-        blob.write_all(&chunk.buf[..chunk.len])
-            .map_err(LayerError::Output)?;
-        // If the pool of spare buffers is full, this one is simply dropped.
-        let _ = recycle.try_send(chunk.buf);
-    }
-    Ok(blob)
-}
-
-/// A filled buffer and how much of it is data.
-struct Chunk {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-/// The producer's end of the channel: fills fixed-size buffers and sends them when full.
-struct ChunkWriter {
-    tx: SyncSender<Chunk>,
-    spare: Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    len: usize,
-}
-
-impl ChunkWriter {
-    fn new(tx: SyncSender<Chunk>, spare: Receiver<Vec<u8>>) -> Self {
-        ChunkWriter {
-            tx,
-            spare,
-            buf: vec![0; CHUNK_SIZE],
-            len: 0,
-        }
-    }
-
-    /// Sends the current buffer (if it holds anything) and takes a fresh one.
-    fn send_current(&mut self) -> io::Result<()> {
-        if self.len == 0 {
-            return Ok(());
-        }
-        let fresh = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| vec![0; CHUNK_SIZE]);
-        let buf = std::mem::replace(&mut self.buf, fresh);
-        let len = std::mem::take(&mut self.len);
-        self.tx
-            .send(Chunk { buf, len })
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer compressor stopped"))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_SIZE.saturating_sub(self.len));
-        let end = self.len.saturating_add(n);
-        self.buf[self.len..end].copy_from_slice(&data[..n]);
-        self.len = end;
-        if self.len == CHUNK_SIZE {
-            self.send_current()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl TarSink for ChunkWriter {
-    /// Reads file contents straight into the chunk buffers.
-    fn copy_from(&mut self, src: &mut File, limit: u64) -> Result<u64, CopyError> {
-        let mut copied = 0u64;
-        while copied < limit {
-            let room = CHUNK_SIZE.saturating_sub(self.len);
-            let want = usize::try_from(limit.saturating_sub(copied)).map_or(room, |n| n.min(room));
-            let end = self.len.saturating_add(want);
-            let n = read_retry(src, &mut self.buf[self.len..end])?;
-            if n == 0 {
-                break;
-            }
-            self.len = self.len.saturating_add(n);
-            copied = copied.saturating_add(n as u64);
-            if self.len == CHUNK_SIZE {
-                self.send_current().map_err(CopyError::Sink)?;
-            }
-        }
-        Ok(copied)
-    }
 }
 
 #[cfg(test)]

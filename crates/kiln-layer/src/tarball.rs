@@ -11,7 +11,7 @@ use tar::{EntryType, Header};
 use crate::entries::{Entry, EntryKind};
 use crate::error::LayerError;
 
-const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;
 /// Largest value of an 8-byte octal field (uid, gid): 7 digits.
 const MAX_OCTAL_8: u64 = 0o7777777;
 /// Largest value of a 12-byte octal field (size, mtime): 11 digits.
@@ -93,6 +93,7 @@ pub(crate) fn write_tar_to<S: TarSink>(
         out,
         epoch: source_date_epoch,
         pax: Vec::new(),
+        header: Vec::new(),
     };
     for entry in entries {
         w.entry(&entry?)?;
@@ -105,146 +106,172 @@ struct TarWriter<'a, S> {
     epoch: Option<i64>,
     /// PAX records of the current entry (reused buffer).
     pax: Vec<u8>,
+    /// The current entry's header blocks (reused buffer).
+    header: Vec<u8>,
 }
 
 impl<S: TarSink> TarWriter<'_, S> {
     fn entry(&mut self, e: &Entry) -> Result<(), LayerError> {
-        let (ty, link): (EntryType, Option<&[u8]>) = match &e.kind {
-            EntryKind::File | EntryKind::Whiteout | EntryKind::OpaqueMarker => {
-                (EntryType::Regular, None)
-            }
-            EntryKind::Dir => (EntryType::Directory, None),
-            EntryKind::Symlink { target } => (EntryType::Symlink, Some(target)),
-            EntryKind::Hardlink { target } => (EntryType::Link, Some(target)),
-            EntryKind::CharDevice { .. } => (EntryType::Char, None),
-            EntryKind::BlockDevice { .. } => (EntryType::Block, None),
-            EntryKind::Fifo => (EntryType::Fifo, None),
-        };
-        let size = if e.kind == EntryKind::File { e.size } else { 0 };
-        let mtime = match self.epoch {
-            Some(epoch) => e.mtime.min(epoch),
-            None => e.mtime,
-        };
-
-        // PAX records, in a fixed order, for whatever ustar cannot hold.
-        self.pax.clear();
-        // Readers that split PAX data on newlines instead of using the record lengths (the tar
-        // crate's, for one) could take a line inside an xattr value for a record of its own; with
-        // the true path and link target written first, they find those first.
-        let newline_in_value = e.xattrs.iter().any(|x| x.value.contains(&b'\n'));
-        let name_needs_pax = newline_in_value || needs_pax(&e.path);
-        let link_needs_pax = link.is_some_and(|l| newline_in_value || needs_pax(l));
-        let binary = (name_needs_pax && std::str::from_utf8(&e.path).is_err())
-            || (link_needs_pax && link.is_some_and(|l| std::str::from_utf8(l).is_err()));
-        if binary {
-            pax_record(&mut self.pax, b"hdrcharset", b"BINARY");
-        }
-        if name_needs_pax {
-            pax_record(&mut self.pax, b"path", &e.path);
-        }
-        if let Some(link) = link.filter(|_| link_needs_pax) {
-            pax_record(&mut self.pax, b"linkpath", link);
-        }
-        if u64::from(e.uid) > MAX_OCTAL_8 {
-            pax_record(&mut self.pax, b"uid", e.uid.to_string().as_bytes());
-        }
-        if u64::from(e.gid) > MAX_OCTAL_8 {
-            pax_record(&mut self.pax, b"gid", e.gid.to_string().as_bytes());
-        }
-        let header_mtime = u64::try_from(mtime).unwrap_or(0);
-        if mtime < 0 || header_mtime > MAX_OCTAL_12 {
-            pax_record(&mut self.pax, b"mtime", mtime.to_string().as_bytes());
-        }
-        if size > MAX_OCTAL_12 {
-            pax_record(&mut self.pax, b"size", size.to_string().as_bytes());
-        }
-        for x in &e.xattrs {
-            let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(x.name.as_bytes());
-            pax_record(&mut self.pax, &key, &x.value);
-        }
-        if !self.pax.is_empty() {
-            let mut h = Header::new_ustar();
-            put_bytes(&mut h.as_old_mut().name, PAX_HEADER_NAME);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            h.set_size(self.pax.len() as u64);
-            h.set_entry_type(EntryType::XHeader);
-            set_devices(&mut h, 0, 0);
-            h.set_cksum();
-            let out = &mut *self.out;
-            out.write_all(h.as_bytes()).map_err(LayerError::Output)?;
-            out.write_all(&self.pax).map_err(LayerError::Output)?;
-            pad(out, self.pax.len() as u64)?;
-        }
-
-        let mut h = Header::new_ustar();
-        put_bytes(&mut h.as_old_mut().name, &e.path);
-        if let Some(link) = link {
-            put_bytes(&mut h.as_old_mut().linkname, link);
-        }
-        h.set_mode(e.mode & 0o7777);
-        // Values past the octal range go in base-256 (GNU's extension, which the tar crate uses
-        // by itself) as well as in the PAX record, so readers that skip PAX still find the
-        // right size and the archive stays in step.
-        h.set_uid(u64::from(e.uid));
-        h.set_gid(u64::from(e.gid));
-        h.set_mtime(header_mtime);
-        h.set_size(size);
-        h.set_entry_type(ty);
-        match e.kind {
-            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
-                set_devices(&mut h, major, minor)
-            }
-            _ => set_devices(&mut h, 0, 0),
-        }
-        h.set_cksum();
+        self.header.clear();
+        entry_header(e, self.epoch, &mut self.pax, &mut self.header);
         self.out
-            .write_all(h.as_bytes())
+            .write_all(&self.header)
             .map_err(LayerError::Output)?;
         if e.kind == EntryKind::File {
-            self.contents(e)?;
-            pad(self.out, size)?;
+            copy_contents(e, self.out)?;
+            pad(self.out, e.size)?;
         }
         Ok(())
     }
+}
 
-    /// Copies exactly `e.size` bytes of the file, checking it is still the file listed.
-    fn contents(&mut self, e: &Entry) -> Result<(), LayerError> {
-        let mut file = open_regular(&e.source)?;
-        let md = file
-            .metadata()
-            .map_err(|err| LayerError::fs("stat", &e.source, err))?;
-        if !md.is_file() || (md.dev(), md.ino()) != e.ident {
-            return Err(LayerError::Changed {
-                path: e.source.clone(),
-                detail: "replaced by another file",
-            });
+/// Appends the header blocks of `e` (a PAX extended header first when ustar falls short, then
+/// the ustar header) to `out`; `pax` is a scratch buffer. The content, if any, follows them in
+/// the tar, padded to a whole block.
+pub(crate) fn entry_header(e: &Entry, epoch: Option<i64>, pax: &mut Vec<u8>, out: &mut Vec<u8>) {
+    let (ty, link): (EntryType, Option<&[u8]>) = match &e.kind {
+        EntryKind::File | EntryKind::Whiteout | EntryKind::OpaqueMarker => {
+            (EntryType::Regular, None)
         }
-        let copied = self
-            .out
-            .copy_from(&mut file, e.size)
-            .map_err(|err| match err {
-                CopyError::Source(err) => LayerError::fs("read", &e.source, err),
-                CopyError::Sink(err) => LayerError::Output(err),
-            })?;
-        if copied != e.size {
-            return Err(LayerError::Changed {
-                path: e.source.clone(),
-                detail: "shrank",
-            });
+        EntryKind::Dir => (EntryType::Directory, None),
+        EntryKind::Symlink { target } => (EntryType::Symlink, Some(target)),
+        EntryKind::Hardlink { target } => (EntryType::Link, Some(target)),
+        EntryKind::CharDevice { .. } => (EntryType::Char, None),
+        EntryKind::BlockDevice { .. } => (EntryType::Block, None),
+        EntryKind::Fifo => (EntryType::Fifo, None),
+    };
+    let size = content_size(e);
+    let mtime = match epoch {
+        Some(epoch) => e.mtime.min(epoch),
+        None => e.mtime,
+    };
+
+    // PAX records, in a fixed order, for whatever ustar cannot hold.
+    pax.clear();
+    // Readers that split PAX data on newlines instead of using the record lengths (the tar
+    // crate's, for one) could take a line inside an xattr value for a record of its own; with
+    // the true path and link target written first, they find those first.
+    let newline_in_value = e.xattrs.iter().any(|x| x.value.contains(&b'\n'));
+    let name_needs_pax = newline_in_value || needs_pax(&e.path);
+    let link_needs_pax = link.is_some_and(|l| newline_in_value || needs_pax(l));
+    let binary = (name_needs_pax && std::str::from_utf8(&e.path).is_err())
+        || (link_needs_pax && link.is_some_and(|l| std::str::from_utf8(l).is_err()));
+    if binary {
+        pax_record(pax, b"hdrcharset", b"BINARY");
+    }
+    if name_needs_pax {
+        pax_record(pax, b"path", &e.path);
+    }
+    if let Some(link) = link.filter(|_| link_needs_pax) {
+        pax_record(pax, b"linkpath", link);
+    }
+    if u64::from(e.uid) > MAX_OCTAL_8 {
+        pax_record(pax, b"uid", e.uid.to_string().as_bytes());
+    }
+    if u64::from(e.gid) > MAX_OCTAL_8 {
+        pax_record(pax, b"gid", e.gid.to_string().as_bytes());
+    }
+    let header_mtime = u64::try_from(mtime).unwrap_or(0);
+    if mtime < 0 || header_mtime > MAX_OCTAL_12 {
+        pax_record(pax, b"mtime", mtime.to_string().as_bytes());
+    }
+    if size > MAX_OCTAL_12 {
+        pax_record(pax, b"size", size.to_string().as_bytes());
+    }
+    for x in &e.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(x.name.as_bytes());
+        pax_record(pax, &key, &x.value);
+    }
+    if !pax.is_empty() {
+        let mut h = Header::new_ustar();
+        put_bytes(&mut h.as_old_mut().name, PAX_HEADER_NAME);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(pax.len() as u64);
+        h.set_entry_type(EntryType::XHeader);
+        set_devices(&mut h, 0, 0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(pax);
+        out.resize(out.len().saturating_add(padding(pax.len() as u64)), 0);
+    }
+
+    let mut h = Header::new_ustar();
+    put_bytes(&mut h.as_old_mut().name, &e.path);
+    if let Some(link) = link {
+        put_bytes(&mut h.as_old_mut().linkname, link);
+    }
+    h.set_mode(e.mode & 0o7777);
+    // Values past the octal range go in base-256 (GNU's extension, which the tar crate uses
+    // by itself) as well as in the PAX record, so readers that skip PAX still find the
+    // right size and the archive stays in step.
+    h.set_uid(u64::from(e.uid));
+    h.set_gid(u64::from(e.gid));
+    h.set_mtime(header_mtime);
+    h.set_size(size);
+    h.set_entry_type(ty);
+    match e.kind {
+        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+            set_devices(&mut h, major, minor)
         }
-        let mut probe = [0u8; 1];
-        match file.read(&mut probe) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(LayerError::Changed {
-                path: e.source.clone(),
-                detail: "grew",
-            }),
-            Err(err) => Err(LayerError::fs("read", &e.source, err)),
-        }
+        _ => set_devices(&mut h, 0, 0),
+    }
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+}
+
+/// Bytes of content an entry has in the tar (regular files only).
+pub(crate) fn content_size(e: &Entry) -> u64 {
+    if e.kind == EntryKind::File {
+        e.size
+    } else {
+        0
+    }
+}
+
+/// Zero bytes that follow `len` bytes of content to fill the last block.
+pub(crate) fn padding(len: u64) -> usize {
+    let rem = usize::try_from(len.rem_euclid(BLOCK as u64)).unwrap_or(0);
+    if rem == 0 {
+        0
+    } else {
+        BLOCK.saturating_sub(rem)
+    }
+}
+
+/// Copies exactly `e.size` bytes of the file to `out`, checking it is still the file listed.
+pub(crate) fn copy_contents<S: TarSink>(e: &Entry, out: &mut S) -> Result<(), LayerError> {
+    let mut file = open_regular(&e.source)?;
+    let md = file
+        .metadata()
+        .map_err(|err| LayerError::fs("stat", &e.source, err))?;
+    if !md.is_file() || (md.dev(), md.ino()) != e.ident {
+        return Err(LayerError::Changed {
+            path: e.source.clone(),
+            detail: "replaced by another file",
+        });
+    }
+    let copied = out.copy_from(&mut file, e.size).map_err(|err| match err {
+        CopyError::Source(err) => LayerError::fs("read", &e.source, err),
+        CopyError::Sink(err) => LayerError::Output(err),
+    })?;
+    if copied != e.size {
+        return Err(LayerError::Changed {
+            path: e.source.clone(),
+            detail: "shrank",
+        });
+    }
+    let mut probe = [0u8; 1];
+    match file.read(&mut probe) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(LayerError::Changed {
+            path: e.source.clone(),
+            detail: "grew",
+        }),
+        Err(err) => Err(LayerError::fs("read", &e.source, err)),
     }
 }
 
@@ -285,12 +312,8 @@ fn set_devices(h: &mut Header, major: u32, minor: u32) {
 }
 
 fn pad(out: &mut impl Write, len: u64) -> Result<(), LayerError> {
-    let rem = usize::try_from(len.rem_euclid(BLOCK as u64)).unwrap_or(0);
-    if rem != 0 {
-        out.write_all(&[0; BLOCK][..BLOCK.saturating_sub(rem)])
-            .map_err(LayerError::Output)?;
-    }
-    Ok(())
+    out.write_all(&[0; BLOCK][..padding(len)])
+        .map_err(LayerError::Output)
 }
 
 /// Appends one PAX record: `"<len> <key>=<value>\n"`, where len counts the whole record.

@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 
 /// The version of the key scheme, hashed into every key and kept in every step record. Bump it
 /// whenever what a key covers or how a part is encoded changes; the golden tests below pin the
-/// keys so such a change cannot go unnoticed.
-pub const KEY_SCHEME: &str = "2";
+/// keys so such a change cannot go unnoticed. 3: layers are written as content-defined chunks
+/// (other bytes for the same tree).
+pub const KEY_SCHEME: &str = "3";
 
 /// The name of the record part that carries [`KEY_SCHEME`].
 pub const SCHEME_PART: &str = "kiln key scheme";

@@ -83,7 +83,7 @@ fn copy_key_is_pinned() {
     );
     assert_eq!(
         key,
-        "sha256:909d0bee445dba9bbda85d32e33e2c7aa427bc0e5a12efc328f38555d7db1ee5"
+        "sha256:750ac3606f52114628e66ec1d9c0a5fe58244fd5918bf07d48dfafa35b7b08b7"
     );
 }
 
@@ -101,7 +101,7 @@ fn add_key_is_pinned() {
     );
     assert_eq!(
         checked,
-        "sha256:a3da34f4c4724f1581a44b62d8ddc8a9b198c84388738323f5fea5a47d461215"
+        "sha256:5e44e5d8395ca7e315e4806cbaff7c52077c50283df067b6b989a6b53f00a9ae"
     );
     let downloaded = copy_key(
         &steps[1],
@@ -114,7 +114,7 @@ fn add_key_is_pinned() {
     );
     assert_eq!(
         downloaded,
-        "sha256:0b95034fa352fde717d7e823c2a68a9b895b795a0c88031183a8bea5202b41bb"
+        "sha256:4c912f2876bb8320de1c4a436b58c135ac7f3c90081f717e7cb6b5606ece09ff"
     );
 }
 
@@ -130,14 +130,14 @@ fn linked_copy_key_is_pinned() {
     let key = copy_key(&step, input());
     assert_eq!(
         key,
-        "sha256:eea848f2db07ce35dc714dcefff64d762a62bc8f3126efcab138b8edf6d2657c"
+        "sha256:e07ea35d87bd4f016758f3ff26875305ef2e953cbf2d0b3f4a33294c2555ab67"
     );
     // What the filesystem after it is chains both, as the builder does.
     let mut chain = KeyHasher::new("linked-chain");
     chain.str("below", PARENT).str("layer", &key);
     assert_eq!(
         chain.finish(),
-        "sha256:80e240cce5819e57d8b81b298ec3645011dee971be632e4f12cb9774d7bcd159"
+        "sha256:edc14d901a6f1c54dc73721b1af03cb593b480ede760f17ba966c85b934952ba"
     );
 }
 
@@ -162,7 +162,7 @@ fn run_with_mounts_key_is_pinned() {
     });
     assert_eq!(
         key.finish().0,
-        "sha256:8e9f2b44e8a5303cdc99eca58c00c18c2c59544bd44712f15b6e2996ca1f9719"
+        "sha256:80fcf1f34e73c7df1059002844d2a37a4484512d88a436cf09894e7ac1308a5b"
     );
 }
 
@@ -176,23 +176,23 @@ fn metadata_instruction_keys_are_pinned() {
         keys,
         [
             // ENV
-            "sha256:d8e93bee0586e91cf7342215df225404e0625042ecf36c506733f681dde6b54c",
+            "sha256:be29eee77ff7d5c9e00036fddb6baea32d1c79739eb42d7fc8e9785f7daf2697",
             // LABEL
-            "sha256:827de155814fff436e07ea7555a95cabf3309b9b438c849aa0a0a215a8733684",
+            "sha256:4f9dd70a55fc5a2b9f3f55bb31f58b6fa8b6fd542817dc23166b2bd52c9f483b",
             // USER
-            "sha256:a0331b4666d82ec1f2a2ca5ae87b502f1bb945a836990441559ff4cd5561fd0e",
+            "sha256:7c8cc9e020a96b9754f39ed238281fd21848ff68ff29a383bbcd1854632aac70",
             // WORKDIR
-            "sha256:9527cb8a4a1b79b9430b5e199079ded24415088d50dfdc85686e29247b178b7a",
+            "sha256:0b2b0e9cda30e98edd84c494feb2bfca14d3acc7b6c51e7cadd5aae165cc4b80",
             // CMD
-            "sha256:1bb52d70b44ad24abaddbecfce46ddbcd553c8a4e3de4fca7d5b6bf6cd342dc9",
+            "sha256:6619a098a81cf6230794cb50dd22a21ad4a8d222fa6117cf219384f448d5bb4b",
             // ENTRYPOINT
-            "sha256:ca6b9c04ba635c02fc1b3c5361eb657e97c477d437bdfc76efcd2cfcc6c4718f",
+            "sha256:a7324f7f565964309c58615a88e1817e38fa2c4ea6863788cf000e095c5df711",
             // EXPOSE
-            "sha256:d6030a31b42ad97fa9f912189192b570c5017512dd561598f7287536ccd3b6d5",
+            "sha256:86bb6cc7343f09b948e30c804c196ac2d073e9583c062865b7e24c81c0c99956",
             // HEALTHCHECK
-            "sha256:6cff923a32b5ef167ba0fe37e4ac3b9c9fd2cc2cb4d97c8c95d31d7948bc015f",
+            "sha256:ccb73caee1428865ee33ffe7bea1909dcca53864f708a0fdc2552a9bbc6ac672",
             // STOPSIGNAL
-            "sha256:dc9b2b25a14d438ddc0cfde329246b29111635a97181523d442f6464a401bb3f",
+            "sha256:390d7991c5ffe11b760a9ecd4c8a35f929d79d1f29cbe751688d28ff674c2848",
         ]
     );
 }

@@ -9,6 +9,8 @@
 //!                            (a lazy layer: its blob is made only when something ships it)
 //! cache/<key hex>.json       a step's cache record: key → snapshot, and layer blob once made
 //! cache-mounts/<id hex>/     a `RUN --mount=type=cache` directory, and <id hex>.lock beside it
+//! chunks/                    compressed chunks of layers written before, reused on edits
+//!                            (see [`ChunkStore`]; bounded, and only ever a cache)
 //! tmp/                       work areas; whatever a killed build left is removed on open
 //! lock                       flock'd while index.json is rewritten
 //! ```
@@ -20,8 +22,10 @@
 
 mod attestations;
 mod cache_mount;
+mod chunks;
 
 pub use cache_mount::CacheMount;
+pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,

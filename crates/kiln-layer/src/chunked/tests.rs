@@ -1,0 +1,377 @@
+//! Chunk reuse gives the bytes of a cold write, for every kind of change, and reuses.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::*;
+use crate::Sha256Digest;
+
+/// Small chunks, so that trees of a few dozen small files make many.
+const SMALL: Shape = Shape {
+    min: 4096,
+    max: 64 * 1024,
+    mask: 3,
+};
+
+/// A cache in memory that counts what it is asked, and knows the digests of the files it was
+/// told about.
+#[derive(Default)]
+struct MemoryCache {
+    chunks: Mutex<HashMap<ChunkKey, StoredChunk>>,
+    states: Mutex<HashMap<ChunkKey, HashState>>,
+    digests: Mutex<HashMap<FileIdentity, [u8; 32]>>,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+    state_hits: AtomicUsize,
+}
+
+impl MemoryCache {
+    /// Learns the digest of every regular file under `root`, as COPY tells it.
+    fn learn_digests(&self, root: &Path) {
+        for entry in crate::list_entries(root).unwrap() {
+            if entry.kind == crate::EntryKind::File {
+                let bytes = fs::read(&entry.source).unwrap();
+                self.digests
+                    .lock()
+                    .unwrap()
+                    .insert(identity(&entry), Sha256::digest(&bytes).into());
+            }
+        }
+    }
+
+    fn reset_counts(&self) {
+        self.hits.store(0, Ordering::SeqCst);
+        self.misses.store(0, Ordering::SeqCst);
+        self.state_hits.store(0, Ordering::SeqCst);
+    }
+}
+
+impl ChunkCache for MemoryCache {
+    fn known_digest(&self, file: &FileIdentity) -> Option<[u8; 32]> {
+        self.digests.lock().unwrap().get(file).copied()
+    }
+    fn chunk(&self, key: &ChunkKey) -> Option<StoredChunk> {
+        let found = self.chunks.lock().unwrap().get(key).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        found
+    }
+    fn hash_state(&self, prefix: &ChunkKey) -> Option<HashState> {
+        let found = self.states.lock().unwrap().get(prefix).cloned();
+        if found.is_some() {
+            self.state_hits.fetch_add(1, Ordering::SeqCst);
+        }
+        found
+    }
+    fn remember_chunk(&self, key: &ChunkKey, chunk: &StoredChunk) {
+        self.chunks.lock().unwrap().insert(*key, chunk.clone());
+    }
+    fn remember_state(&self, prefix: &ChunkKey, state: &HashState) {
+        self.states.lock().unwrap().insert(*prefix, state.clone());
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
+    const WORDS: [&[u8]; 6] = [
+        b"fn ",
+        b"main ",
+        b"let x = 1;\n",
+        b"kiln ",
+        b"{ }\n",
+        b"layer ",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        out.extend_from_slice(WORDS[rng.below(6) as usize]);
+        if rng.below(9) == 0 {
+            out.push(rng.next() as u8);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The tree's files, sorted by path: what a change picks from.
+fn files(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = crate::list_entries(root)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == crate::EntryKind::File)
+        .map(|e| e.source)
+        .collect();
+    out.sort();
+    out
+}
+
+fn make_tree(root: &Path, rng: &mut Rng) {
+    let dirs = 1 + rng.below(4);
+    let count = 30 + rng.below(60);
+    for i in 0..count {
+        let dir = root.join(format!("d{}", i % dirs));
+        fs::create_dir_all(&dir).unwrap();
+        let len = rng.below(3000) as usize;
+        fs::write(dir.join(format!("f{i:03}.txt")), text(rng, len)).unwrap();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Edit,
+    EditSameSize,
+    Add,
+    Delete,
+    Rename,
+    Mode,
+}
+
+const CHANGES: [Change; 6] = [
+    Change::Edit,
+    Change::EditSameSize,
+    Change::Add,
+    Change::Delete,
+    Change::Rename,
+    Change::Mode,
+];
+
+/// Applies `change` to the file at `at` (0 = first, 1 = middle, 2 = last).
+fn apply(root: &Path, change: Change, at: usize, rng: &mut Rng) {
+    let all = files(root);
+    let index = match at {
+        0 => 0,
+        1 => all.len() / 2,
+        _ => all.len() - 1,
+    };
+    let path = &all[index];
+    match change {
+        Change::Edit => {
+            let len = rng.below(4000) as usize;
+            fs::write(path, text(rng, len)).unwrap();
+        }
+        Change::EditSameSize => {
+            let mut bytes = fs::read(path).unwrap();
+            if bytes.is_empty() {
+                bytes.push(b'x');
+            } else {
+                let i = rng.below(bytes.len() as u64) as usize;
+                bytes[i] = bytes[i].wrapping_add(1);
+            }
+            fs::write(path, bytes).unwrap();
+        }
+        Change::Add => {
+            let name = path.with_file_name(format!(
+                "{}-new",
+                path.file_name().unwrap().to_string_lossy()
+            ));
+            let len = rng.below(3000) as usize;
+            fs::write(name, text(rng, len)).unwrap();
+        }
+        Change::Delete => fs::remove_file(path).unwrap(),
+        Change::Rename => {
+            fs::rename(path, path.with_file_name("renamed.txt")).unwrap();
+        }
+        Change::Mode => {
+            let mode = fs::metadata(path).unwrap().mode();
+            fs::set_permissions(path, fs::Permissions::from_mode((mode ^ 0o111) & 0o7777)).unwrap();
+        }
+    }
+}
+
+fn write(
+    root: &Path,
+    options: &LayerOptions,
+    cache: Option<&dyn ChunkCache>,
+) -> (crate::Layer, Vec<u8>) {
+    write_shaped(root, options, cache, SMALL, Vec::new()).unwrap()
+}
+
+fn uncompressed(compression: Compression, blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match compression {
+        // A plain (single-member) gzip decoder reads it: one gzip member.
+        Compression::Gzip { .. } => {
+            flate2::read::GzDecoder::new(blob)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Compression::Zstd { .. } => out = zstd::decode_all(blob).unwrap(),
+        Compression::None => out = blob.to_vec(),
+    }
+    out
+}
+
+/// Hundreds of seeded cases: a tree is written with a cache, changed in one way at its start,
+/// middle or end, and written again with that cache; the bytes, diff_id and digest must be
+/// those of a cold write of the changed tree (with another thread count), the tar inside must
+/// be the plain tar writer's, and most chunks must have been reused.
+#[test]
+fn reuse_gives_the_cold_bytes_for_every_change_shape() {
+    let mut rng = Rng(0x5eed_c0ff_ee12_3457);
+    let mut cases = 0;
+    let mut reused_chunks = 0;
+    let mut resumed_states = 0;
+    for round in 0..12 {
+        for change in CHANGES {
+            for at in 0..3 {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path();
+                make_tree(root, &mut rng);
+                // Fast levels: the test binary is not optimised.
+                let compression = match round % 3 {
+                    0 | 1 => Compression::Gzip { level: 1 },
+                    _ => Compression::Zstd { level: 1 },
+                };
+                let options = LayerOptions {
+                    compression,
+                    source_date_epoch: (round % 2 == 0).then_some(0),
+                    threads: 1 + (round % 2) as usize,
+                };
+                // Half the rounds know digests without reading (as after a COPY).
+                let knows_digests = round % 4 < 2;
+                let cache = MemoryCache::default();
+                if knows_digests {
+                    cache.learn_digests(root);
+                }
+                let (first, first_bytes) = write(root, &options, Some(&cache));
+                let (cold_first, cold_first_bytes) = write(root, &options, None);
+                assert_eq!(first, cold_first);
+                assert_eq!(first_bytes, cold_first_bytes);
+
+                apply(root, change, at, &mut rng);
+                if knows_digests {
+                    cache.learn_digests(root);
+                }
+                cache.reset_counts();
+                let (again, again_bytes) = write(root, &options, Some(&cache));
+                let cold_options = LayerOptions {
+                    threads: 3 - options.threads,
+                    ..options
+                };
+                let (cold, cold_bytes) = write(root, &cold_options, None);
+                let what = format!("round {round} {change:?} at {at}");
+                assert_eq!(again, cold, "{what}");
+                assert!(again_bytes == cold_bytes, "{what}: bytes differ");
+                assert_eq!(
+                    Sha256Digest::of(&cold_bytes).to_string(),
+                    cold.digest,
+                    "{what}"
+                );
+                let tar = uncompressed(compression, &cold_bytes);
+                assert_eq!(Sha256Digest::of(&tar).to_string(), cold.diff_id, "{what}");
+                let mut plain = Vec::new();
+                crate::write_tar(
+                    crate::Entries::new(root).unwrap(),
+                    options.source_date_epoch,
+                    &mut plain,
+                )
+                .unwrap();
+                assert!(tar == plain, "{what}: tar differs from the plain writer's");
+
+                let hits = cache.hits.load(Ordering::SeqCst);
+                let misses = cache.misses.load(Ordering::SeqCst);
+                assert!(
+                    hits + misses >= 2,
+                    "{what}: too few chunks ({hits}+{misses})"
+                );
+                // One change touches one or two chunks (a rename: two places), and the cuts
+                // resynchronise after it.
+                assert!(
+                    misses <= 4,
+                    "{what}: {misses} chunks written again of {}",
+                    hits + misses
+                );
+                reused_chunks += hits;
+                resumed_states += cache.state_hits.load(Ordering::SeqCst);
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases >= 200, "{cases} cases");
+    assert!(reused_chunks > cases * 3, "{reused_chunks} chunks reused");
+    assert!(
+        resumed_states > cases,
+        "{resumed_states} hash states resumed"
+    );
+}
+
+/// A chunk the cache gives back damaged is noticed (length and CRC of its inflated bytes) and
+/// the chunk written afresh: the layer is still right.
+#[test]
+fn a_damaged_cached_chunk_is_written_afresh() {
+    let mut rng = Rng(99);
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(dir.path(), &mut rng);
+    let options = LayerOptions::default();
+    let cache = MemoryCache::default();
+    let (cold, cold_bytes) = write(dir.path(), &options, Some(&cache));
+    for chunk in cache.chunks.lock().unwrap().values_mut() {
+        let last = chunk.bytes.len() - 1;
+        chunk.bytes[last / 2] ^= 0x55;
+    }
+    // No saved states: every reused chunk has to be inflated, and fails its check.
+    cache.states.lock().unwrap().clear();
+    let (again, again_bytes) = write(dir.path(), &options, Some(&cache));
+    assert_eq!(again, cold);
+    assert!(again_bytes == cold_bytes);
+}
+
+/// Where the cuts fall does not depend on the cache: with a cache that holds everything, or
+/// nothing, or without one, the same bytes; and the default shape keeps a small tree whole.
+#[test]
+fn cuts_do_not_depend_on_the_cache_or_threads() {
+    let mut rng = Rng(7);
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(dir.path(), &mut rng);
+    for compression in [
+        Compression::Gzip { level: 1 },
+        Compression::Zstd { level: 1 },
+        Compression::None,
+    ] {
+        let base = LayerOptions {
+            compression,
+            source_date_epoch: Some(0),
+            threads: 1,
+        };
+        let cache = MemoryCache::default();
+        cache.learn_digests(dir.path());
+        let (_, a) = write(dir.path(), &base, None);
+        let (_, b) = write(
+            dir.path(),
+            &LayerOptions { threads: 4, ..base },
+            Some(&cache),
+        );
+        let (_, c) = write(
+            dir.path(),
+            &LayerOptions { threads: 2, ..base },
+            Some(&cache),
+        );
+        assert!(a == b && b == c, "{compression:?}");
+        let (_, whole) = write_layer_reusing(dir.path(), &base, None, Vec::new()).unwrap();
+        assert_eq!(
+            uncompressed(compression, &whole),
+            uncompressed(compression, &a)
+        );
+    }
+}

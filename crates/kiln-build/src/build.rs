@@ -307,6 +307,9 @@ struct StageImage {
     /// Layers and history entries that came from the base image (not from this recipe).
     base_layers: usize,
     base_history: usize,
+    /// The platform the stage is built for: images it reads without a platform of their own
+    /// (`COPY --from=IMAGE`, `RUN --mount=from=IMAGE`) are taken for it.
+    target: Platform,
 }
 
 impl StageImage {
@@ -326,8 +329,10 @@ struct Builder<'a> {
     progress: &'a dyn Progress,
     memo: MemoryMemo,
     now: i64,
-    /// Finished stages; stages of one wave read the ones before it while they run.
-    results: std::sync::RwLock<BTreeMap<usize, StageImage>>,
+    /// Finished stages (nodes); a step that reads one waits for it (see [`crate::nodes`]).
+    results: crate::nodes::Results<StageImage>,
+    /// Job slots (`--jobs`): a stage holds one while it works, not while it waits.
+    slots: crate::nodes::Slots,
     total: usize,
     cached: std::sync::atomic::AtomicUsize,
     /// Overlay failed once: later RUN steps copy the image straight away.
@@ -353,6 +358,25 @@ pub fn build(
     if plan.has_errors() {
         return Err(BuildError::Plan);
     }
+    let nodes = crate::nodes::NodePlan::single(plan, &options.platform);
+    let mut built = build_nodes(&nodes, &[plan.target], store, context, options, progress)?;
+    built.pop().ok_or(BuildError::Plan)
+}
+
+/// Builds the nodes `wanted` (and what they need) of a node plan, each into an image in the
+/// store, in the order asked. Every node is built once, whoever needs it.
+pub fn build_nodes(
+    nodes: &crate::nodes::NodePlan<'_>,
+    wanted: &[usize],
+    store: &Store,
+    context: &Context,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Built>, BuildError> {
+    let plan = nodes.plan.as_ref();
+    if plan.has_errors() {
+        return Err(BuildError::Plan);
+    }
     let now = options.source_date_epoch.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -372,7 +396,8 @@ pub fn build(
         progress,
         memo: MemoryMemo::load(&store.hash_memo_path()),
         now,
-        results: std::sync::RwLock::new(BTreeMap::new()),
+        results: crate::nodes::Results::scheduled(),
+        slots: crate::nodes::Slots::new(options.jobs),
         total,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
@@ -387,34 +412,31 @@ pub fn build(
         first_step.insert(index, next);
         next += plan.stages.get(index).map_or(0, |s| s.steps.len());
     }
-    schedule(plan, &builder, &first_step, options.jobs.max(1))?;
-    let image = builder
-        .results
-        .write()
-        .map_err(|_| BuildError::Image("stage results poisoned".into()))?
-        .remove(&plan.target)
-        .ok_or(BuildError::Plan)?;
-    let built = builder.finish(image)?;
+    schedule(nodes, &builder, &first_step)?;
+    let mut built = Vec::with_capacity(wanted.len());
+    for &node in wanted {
+        let image = builder.result(node)?;
+        built.push(builder.finish(image)?);
+    }
     // Keep the file hashes for the next build; losing them only costs a re-read.
     let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
     Ok(built)
 }
 
-/// Runs the stages: each starts as soon as the stages it needs are built, up to `jobs` at a
-/// time (no wave waits for its slowest member). When one fails, the others stop at their next
-/// step; the error returned is the failure's, not the "stopped" of the others.
+/// Runs the nodes: each starts as soon as its base is built (a step that reads another stage
+/// waits for it there, see [`crate::nodes`]), with at most `--jobs` of them working at a time.
+/// When one fails, the others stop at their next step; the error returned is the failure's,
+/// not the "stopped" of the others.
 fn schedule(
-    plan: &Plan,
+    nodes: &crate::nodes::NodePlan<'_>,
     builder: &Builder<'_>,
     first_step: &BTreeMap<usize, usize>,
-    jobs: usize,
 ) -> Result<(), BuildError> {
+    let plan = nodes.plan.as_ref();
     let mut pending: Vec<usize> = plan.order.clone();
-    let mut built = std::collections::BTreeSet::new();
     let mut failure: Option<BuildError> = None;
     std::thread::scope(|scope| {
-        let (done_tx, done_rx) =
-            std::sync::mpsc::channel::<(usize, Result<StageImage, BuildError>)>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<(), BuildError>)>();
         let mut running = 0usize;
         loop {
             if failure.is_none() {
@@ -423,11 +445,11 @@ fn schedule(
                     .iter()
                     .copied()
                     .filter(|i| {
-                        plan.stages
-                            .get(*i)
-                            .is_some_and(|s| s.dependencies.iter().all(|d| built.contains(d)))
+                        plan.stages.get(*i).is_some_and(|s| match s.base {
+                            Base::Stage(parent) => builder.results.contains(parent),
+                            Base::Scratch | Base::Image(_) => true,
+                        })
                     })
-                    .take(jobs.saturating_sub(running))
                     .collect();
                 for index in ready {
                     pending.retain(|i| *i != index);
@@ -435,21 +457,39 @@ fn schedule(
                     let done_tx = done_tx.clone();
                     let first = first_step.get(&index).copied().unwrap_or(1);
                     scope.spawn(move || {
+                        builder.slots.acquire();
                         // A panic must still report, or the loop would wait for it forever.
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            match plan.stages.get(index) {
-                                Some(stage) => builder.stage(stage, first),
-                                None => Err(BuildError::Plan),
+                        let result =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                match (plan.stages.get(index), nodes.target(index)) {
+                                    (Some(stage), Some(target)) => {
+                                        let node = NodeRun {
+                                            target,
+                                            label: nodes.label(index),
+                                        };
+                                        builder.stage(stage, first, &node)
+                                    }
+                                    _ => Err(BuildError::Plan),
+                                }
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(BuildError::Image("a stage's thread panicked".into()))
+                            });
+                        builder.slots.release();
+                        let result = match result {
+                            Ok(image) => {
+                                builder.results.insert(index, image);
+                                Ok(())
                             }
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(BuildError::Image("a stage's thread panicked".into()))
-                        });
-                        if result.is_err() {
-                            builder
-                                .failed
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
+                            Err(error) => {
+                                builder
+                                    .failed
+                                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                                // Stages waiting for a result that will not come give up.
+                                builder.results.wake_all();
+                                Err(error)
+                            }
+                        };
                         let _ = done_tx.send((index, result));
                     });
                 }
@@ -461,21 +501,13 @@ fn schedule(
                 }
                 break;
             }
-            let Ok((index, result)) = done_rx.recv() else {
+            let Ok((_, result)) = done_rx.recv() else {
                 failure.get_or_insert(BuildError::Image("a stage's thread ended early".into()));
                 break;
             };
             running -= 1;
             match result {
-                Ok(image) => match builder.results.write() {
-                    Ok(mut results) => {
-                        results.insert(index, image);
-                        built.insert(index);
-                    }
-                    Err(_) => {
-                        failure = Some(BuildError::Image("stage results poisoned".into()));
-                    }
-                },
+                Ok(()) => {}
                 // The stage that failed says why; the ones it stopped only say that they stopped.
                 Err(BuildError::Cancelled) => {
                     failure.get_or_insert(BuildError::Cancelled);
@@ -492,6 +524,14 @@ fn schedule(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// What a node is built for, as its stage's steps need it.
+struct NodeRun<'n> {
+    /// The platform the node is built for (`TARGETPLATFORM`).
+    target: &'n Platform,
+    /// Shown after the stage's name in progress (the platform, in a multi-platform build).
+    label: &'n str,
 }
 
 /// What a build would do with one step, as `plan_cache` finds it.
@@ -547,7 +587,8 @@ pub fn plan_cache(
         progress: &Silent,
         memo: MemoryMemo::load(&store.hash_memo_path()),
         now,
-        results: std::sync::RwLock::new(BTreeMap::new()),
+        results: crate::nodes::Results::in_order(),
+        slots: crate::nodes::Slots::new(1),
         total: 0,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
@@ -560,13 +601,9 @@ pub fn plan_cache(
     // The order puts every stage after the stages it needs.
     for &index in &plan.order {
         let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
-        let image = builder.plan_stage(stage, number, &mut states)?;
+        let image = builder.plan_stage(stage, number, &options.platform, &mut states)?;
         number += stage.steps.len();
-        builder
-            .results
-            .write()
-            .map_err(|_| BuildError::Image("stage results poisoned".into()))?
-            .insert(index, image);
+        builder.results.insert(index, image);
     }
     Ok(states)
 }
@@ -577,9 +614,10 @@ impl Builder<'_> {
         &self,
         stage: &Stage,
         first_step: usize,
+        target: &Platform,
         states: &mut Vec<StepState>,
     ) -> Result<StageImage, BuildError> {
-        let mut image = self.base(stage)?;
+        let mut image = self.base(stage, target)?;
         for (position, step) in stage.steps.iter().enumerate() {
             let mut state = StepState {
                 stage: stage.index,
@@ -618,7 +656,12 @@ impl Builder<'_> {
                         None
                     } else {
                         let walks = self.context_walks(copy)?;
-                        let inputs = self.copy_inputs(copy, &walks, &mut Downloads::default())?;
+                        let inputs = self.copy_inputs(
+                            copy,
+                            &walks,
+                            &mut Downloads::default(),
+                            &image.target,
+                        )?;
                         match self.copy_key(step, copy, &image, inputs) {
                             Ok((key, _)) => Some(key),
                             Err(_) if placeholder_below => None,
@@ -722,8 +765,9 @@ impl Builder<'_> {
             })
     }
 
-    fn base(&self, stage: &Stage) -> Result<StageImage, BuildError> {
-        let platform = self.platform_of(stage);
+    /// The image a stage starts from, for a node built for `target`.
+    fn base(&self, stage: &Stage, target: &Platform) -> Result<StageImage, BuildError> {
+        let platform = self.platform_of(stage, target);
         match &stage.base {
             Base::Scratch => {
                 let mut key = KeyHasher::new("base");
@@ -737,6 +781,7 @@ impl Builder<'_> {
                     time: self.options.source_date_epoch.unwrap_or(0),
                     base_layers: 0,
                     base_history: 0,
+                    target: target.clone(),
                 })
             }
             Base::Stage(parent) => {
@@ -744,18 +789,24 @@ impl Builder<'_> {
                 // Its ONBUILD triggers ran as this stage's first steps (the plan put them there).
                 image.config.config.on_build.clear();
                 image.cmd_set = false;
+                image.target = target.clone();
                 Ok(image)
             }
-            Base::Image(reference) => self.image_from_store(reference, &self.platform_of(stage)),
+            Base::Image(reference) => {
+                let mut image = self.image_from_store(reference, &platform)?;
+                image.target = target.clone();
+                Ok(image)
+            }
         }
     }
 
-    fn platform_of(&self, stage: &Stage) -> Platform {
+    /// The platform of a stage's base: its `FROM --platform`, else the node's target.
+    fn platform_of(&self, stage: &Stage, target: &Platform) -> Platform {
         stage
             .platform
             .as_deref()
             .and_then(|p| Platform::parse(p).ok())
-            .unwrap_or_else(|| self.options.platform.clone())
+            .unwrap_or_else(|| target.clone())
     }
 
     /// A base image: from the store, or pulled into it (see [`crate::remote`]); its layers
@@ -862,27 +913,28 @@ impl Builder<'_> {
             time,
             base_layers,
             base_history,
+            target: self.options.platform.clone(),
         }
     }
 
-    fn results_read(
-        &self,
-    ) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<usize, StageImage>>, BuildError> {
-        self.results
-            .read()
-            .map_err(|_| BuildError::Image("stage results poisoned".into()))
-    }
-
-    /// A finished stage's image.
+    /// A stage's image, waiting for it if it is still being built (the caller's job slot is
+    /// given back meanwhile).
     fn result(&self, index: usize) -> Result<StageImage, BuildError> {
-        self.results_read()?
-            .get(&index)
-            .cloned()
-            .ok_or(BuildError::Plan)
+        self.results
+            .wait(index, &self.slots, &self.failed)
+            .map_err(|e| match e {
+                crate::nodes::WaitError::Stopped => BuildError::Cancelled,
+                crate::nodes::WaitError::Missing => BuildError::Plan,
+            })
     }
 
-    fn stage(&self, stage: &Stage, first_step: usize) -> Result<StageImage, BuildError> {
-        let mut image = self.base(stage)?;
+    fn stage(
+        &self,
+        stage: &Stage,
+        first_step: usize,
+        node: &NodeRun<'_>,
+    ) -> Result<StageImage, BuildError> {
+        let mut image = self.base(stage, node.target)?;
         let count = stage.steps.len();
         for (position, step) in stage.steps.iter().enumerate() {
             if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -892,7 +944,7 @@ impl Builder<'_> {
             self.progress.event(Event::Step {
                 number,
                 total: self.total,
-                stage: format!("{} {}/{count}", stage.label(), position + 1),
+                stage: format!("{}{} {}/{count}", stage.label(), node.label, position + 1),
                 text: crate::image::redact_credentials(&step.instruction.original),
             });
             let started = Instant::now();
@@ -959,6 +1011,7 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         walks: &[(String, Vec<kiln_context::Entry>)],
         downloads: &mut Downloads,
+        target: &Platform,
     ) -> Result<Vec<KeyPart>, BuildError> {
         let mut parts = Vec::new();
         // URL content: with --checksum the checksum is the content (a hit downloads nothing,
@@ -1045,7 +1098,7 @@ impl Builder<'_> {
                 parts.push(KeyPart::Stage(image.chain_key.clone()));
             }
             Source::Image(reference) => {
-                let image = self.image_from_store(reference, &self.options.platform)?;
+                let image = self.image_from_store(reference, target)?;
                 parts.push(KeyPart::Image(image.chain_key));
             }
         }
@@ -1071,7 +1124,7 @@ impl Builder<'_> {
             None
         };
         let mut downloads = Downloads::default();
-        let inputs = self.copy_inputs(copy, &walks, &mut downloads)?;
+        let inputs = self.copy_inputs(copy, &walks, &mut downloads, &image.target)?;
         let (key, parts) = self.copy_key(step, copy, image, inputs)?;
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let (layer, created) =
@@ -1216,7 +1269,7 @@ impl Builder<'_> {
             .push(KeyPart::User(config.config.user.clone()))
             .push(KeyPart::Workdir(config.config.working_dir.clone()));
         self.common_parts(step, &mut key);
-        let mount_inputs = self.mount_inputs(run, &mut key)?;
+        let mount_inputs = self.mount_inputs(run, &image.target, &mut key)?;
         let (key, parts) = key.finish();
         Ok((key, parts, config, mount_inputs))
     }
@@ -1272,6 +1325,7 @@ impl Builder<'_> {
     fn mount_inputs(
         &self,
         run: &kiln_plan::RunStep,
+        target: &Platform,
         key: &mut StepKey,
     ) -> Result<Vec<crate::run::MountInput>, BuildError> {
         use crate::run::MountInput;
@@ -1328,7 +1382,7 @@ impl Builder<'_> {
                     MountInput::Image(self.rootfs(&image)?)
                 }
                 Some(Source::Image(reference)) => {
-                    let image = self.image_from_store(reference, &self.options.platform)?;
+                    let image = self.image_from_store(reference, target)?;
                     key.push(KeyPart::MountImage {
                         index,
                         chain_key: image.chain_key.clone(),
@@ -1578,8 +1632,7 @@ impl Builder<'_> {
                 CopyFrom::Stage(&from_rootfs)
             }
             Source::Image(reference) => {
-                from_rootfs =
-                    self.rootfs(&self.image_from_store(reference, &self.options.platform)?)?;
+                from_rootfs = self.rootfs(&self.image_from_store(reference, &image.target)?)?;
                 CopyFrom::Stage(&from_rootfs)
             }
         };

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod nodes;
 pub mod output;
 pub mod pipeline;
 pub mod remote;

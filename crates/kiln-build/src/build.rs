@@ -271,6 +271,10 @@ pub struct Built {
     /// Every cache record the build used or made, in the order the steps finished: what
     /// `--cache-to` exports.
     pub records: Vec<CacheRecord>,
+    /// A multi-platform build: each platform's image, in the order of `--platform`. `manifest`
+    /// is then the image index listing them, and the other fields are the first platform's
+    /// (`layers`: every platform's). Empty for one platform.
+    pub platforms: Vec<Built>,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -1775,6 +1779,7 @@ impl Builder<'_> {
             cached: self.cached.load(std::sync::atomic::Ordering::Relaxed),
             context_bytes_read: self.memo.bytes_read(),
             records,
+            platforms: Vec::new(),
         })
     }
 }

@@ -6,9 +6,11 @@
 
 pub mod build;
 pub mod cache;
+pub mod index;
 pub mod nodes;
 pub mod output;
 pub mod pipeline;
+pub mod platforms;
 pub mod remote;
 pub mod secret_flags;
 pub mod shared_cache;

@@ -107,7 +107,7 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<Located, BuildError> {
-        match crate::lookup::read_transport(reference)? {
+        match crate::lookup::read_transport_for(reference, Some(platform))? {
             Some(archive) => Ok(Located::Archive(Box::new(archive))),
             None => Ok(Located::Manifest(Box::new(
                 self.manifest(store, reference, platform, progress)?,
@@ -124,21 +124,21 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<Descriptor, BuildError> {
-        if let Some(known) = self.remembered(reference) {
+        if let Some(known) = self.remembered(&memo_key(reference, platform)) {
             return Ok(known.manifest);
         }
         if let Some(message) = self
             .failed
             .lock()
             .ok()
-            .and_then(|f| f.get(reference).cloned())
+            .and_then(|f| f.get(&memo_key(reference, platform)).cloned())
         {
             return Err(BuildError::Pull(message));
         }
         let result = self.resolve(store, reference, platform, progress);
         if let Err(error) = &result {
             if let Ok(mut failed) = self.failed.lock() {
-                failed.insert(reference.to_string(), error.to_string());
+                failed.insert(memo_key(reference, platform), error.to_string());
             }
         }
         result
@@ -155,7 +155,7 @@ impl RemoteOptions {
         if self.pull == PullPolicy::Missing || self.registry.is_none() {
             if let Some(found) = find_in_store(store, &name, platform) {
                 self.remember(
-                    reference,
+                    &memo_key(reference, platform),
                     Resolution {
                         manifest: found.clone(),
                         pending: None,
@@ -165,6 +165,16 @@ impl RemoteOptions {
             }
         }
         let Some(registry) = &self.registry else {
+            if let Some(platforms) = crate::lookup::platforms_in_store(store, &name) {
+                return Err(BuildError::Image(format!(
+                    "image {reference:?} has no manifest for {platform} in the store; it has {}",
+                    if platforms.is_empty() {
+                        "no platforms".to_string()
+                    } else {
+                        platforms.join(", ")
+                    }
+                )));
+            }
             return Err(BuildError::Image(format!(
                 "image {reference:?} is not in the store ({name}); pull it with `kiln pull {reference}`, build it with `kiln build -t {reference}`, or load it with `kiln load -i FILE`"
             )));
@@ -186,7 +196,7 @@ impl RemoteOptions {
             .map_err(|e| BuildError::Pull(e.to_string()))?;
         let descriptor = resolved.manifest.clone();
         self.remember(
-            reference,
+            &memo_key(reference, platform),
             Resolution {
                 manifest: descriptor.clone(),
                 pending: Some(Arc::new(resolved)),
@@ -205,7 +215,10 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<kiln_oci::ImageConfig, BuildError> {
         let descriptor = self.manifest(store, reference, platform, progress)?;
-        let bytes = match self.remembered(reference).and_then(|r| r.pending) {
+        let bytes = match self
+            .remembered(&memo_key(reference, platform))
+            .and_then(|r| r.pending)
+        {
             Some(resolved) => resolved.manifest_bytes.clone(),
             None => store.read_blob(&descriptor.digest)?,
         };
@@ -227,7 +240,9 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<(), BuildError> {
         let name = ImageName::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
-        let pending = self.remembered(reference).and_then(|r| r.pending);
+        let pending = self
+            .remembered(&memo_key(reference, platform))
+            .and_then(|r| r.pending);
         match (&self.registry, pending) {
             // What was planned with, fetched now: layers, config, then the manifest.
             (Some(registry), Some(resolved)) => {
@@ -263,7 +278,7 @@ impl RemoteOptions {
             name_in_store(store, &name, manifest)?;
         }
         self.remember(
-            reference,
+            &memo_key(reference, platform),
             Resolution {
                 manifest: manifest.clone(),
                 pending: None,
@@ -271,6 +286,11 @@ impl RemoteOptions {
         );
         Ok(())
     }
+}
+
+/// What a resolution is remembered under: one reference means one manifest per platform.
+fn memo_key(reference: &str, platform: &Platform) -> String {
+    format!("{reference} for {platform}")
 }
 
 /// Names an image in the store under its full reference (`docker.io/library/x:1`): one pulled

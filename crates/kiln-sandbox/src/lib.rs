@@ -20,6 +20,7 @@
 
 mod chroot;
 mod credentials;
+pub mod emulation;
 pub mod isolation;
 mod privileges;
 mod process;

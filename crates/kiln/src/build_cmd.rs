@@ -51,8 +51,9 @@ fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
         .recipe
         .platform
         .as_deref()
-        .map(Platform::parse)
-        .transpose();
+        .map(Platform::parse_list)
+        .transpose()
+        .map(|list| list.and_then(|l| l.into_iter().next()));
     let env_snapshotter = std::env::var("KILN_SNAPSHOTTER")
         .ok()
         .filter(|v| !v.is_empty());
@@ -186,7 +187,8 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
     for wanted in kiln_build::build::unknown_stage_filters(&loaded.plan, &args.no_cache_filter) {
         eprintln!("warning: --no-cache-filter {wanted}: no stage has this name or index");
     }
-    let result = job.run(&loaded.plan, &context, &options);
+    // Several --platform values: one graph over every platform, delivered as an index.
+    let result = job.run_platforms(&loaded.plans, &context, &options);
     // The live display is cleared before anything else is printed.
     progress.finish();
     let built = match result {

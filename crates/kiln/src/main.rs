@@ -3,6 +3,7 @@
 mod build_cmd;
 mod cli;
 mod graph_cmd;
+mod platforms_cmd;
 mod progress;
 mod recipe;
 mod registry_cmd;

@@ -11,6 +11,7 @@
 mod docker;
 mod files;
 mod image;
+mod index;
 mod oci;
 mod tar_in;
 mod tar_out;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 pub use docker::{read_docker_archive, write_docker_archive};
 pub use image::{ArchiveFormat, ArchiveImage};
+pub use index::write_oci_index_archive;
 pub use oci::{read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_layout_dir};
 
 use crate::error::io_ctx;

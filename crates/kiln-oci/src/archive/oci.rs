@@ -96,7 +96,7 @@ fn layout_index(image: &ImageRef, config: &ImageConfig) -> Result<Index> {
 /// The `org.opencontainers.image.ref.name` for a tag. Docker tags allow a few forms the image
 /// spec's ref grammar does not (`_x`, `x.`, `a__b`); those are refused rather than written as
 /// refs that OCI tools would reject.
-fn ref_name_for_tag(tag: &str) -> Result<String> {
+pub(super) fn ref_name_for_tag(tag: &str) -> Result<String> {
     if is_valid_ref_name(tag) {
         Ok(tag.to_owned())
     } else {
@@ -435,7 +435,29 @@ fn descend_to_manifest(
             [one] => (*one).clone(),
             [] => {
                 return Err(Error::InvalidArchive(match &opts.platform {
-                    Some(p) => format!("no manifest for platform {}/{}", p.os, p.architecture),
+                    Some(p) => {
+                        let mut available: Vec<String> = inner
+                            .manifests
+                            .iter()
+                            .filter_map(|d| d.platform.as_ref())
+                            .filter(|p| p.os != "unknown")
+                            .map(|p| match &p.variant {
+                                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                                None => format!("{}/{}", p.os, p.architecture),
+                            })
+                            .collect();
+                        available.dedup();
+                        format!(
+                            "no manifest for platform {}/{}; the image has {}",
+                            p.os,
+                            p.architecture,
+                            if available.is_empty() {
+                                "no platforms".to_string()
+                            } else {
+                                available.join(", ")
+                            }
+                        )
+                    }
                     None => "the image index lists no image manifests".into(),
                 }))
             }

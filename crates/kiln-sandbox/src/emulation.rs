@@ -200,7 +200,11 @@ pub fn check_in(
         _ => format!("{os}/{architecture}"),
     };
     let host_os = std::env::consts::OS;
-    if os != host_os {
+    // An image that names no OS or architecture is taken as this machine's (as runtimes do).
+    if architecture.is_empty() {
+        return Ok(());
+    }
+    if !os.is_empty() && os != host_os {
         return Err(EmulationError::NotRunnable {
             platform,
             host: host.to_string(),

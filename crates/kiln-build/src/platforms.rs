@@ -186,6 +186,13 @@ pub fn build_platforms(
     )
 }
 
+/// [`check_runnable`] of the plans of a build (one or several platforms), as a message: what
+/// `kiln build` asks before it fetches or stores anything.
+pub fn check_plans(plans: &[(Platform, Plan)]) -> Result<(), String> {
+    let merged = merge(plans).map_err(|e| e.to_string())?;
+    check_runnable(&merged).map_err(|e| e.to_string())
+}
+
 /// Fails when a node with RUN steps executes on a platform this machine cannot run.
 pub fn check_runnable(merged: &Merged) -> Result<(), BuildError> {
     let mut checked: Vec<&Platform> = Vec::new();

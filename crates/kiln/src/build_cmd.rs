@@ -168,7 +168,9 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         Ok(imported) => imported,
         Err(message) => return fail(INVALID, message),
     };
-    let loaded = match recipe::load(&recipe_args, &images) {
+    // Every platform a RUN would execute on is checked before any base image is asked for.
+    let can_run = |plans: &[(Platform, kiln_plan::Plan)]| kiln_build::platforms::check_plans(plans);
+    let loaded = match recipe::load_checked(&recipe_args, &images, Some(&can_run)) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };

@@ -26,8 +26,22 @@ pub struct Loaded {
     pub warnings: usize,
 }
 
+/// What is checked of every platform's plan before any base image is asked for (so a build it
+/// refuses has touched nothing): planned without base images, it sees each stage's platform.
+pub type Precheck<'a> = &'a dyn Fn(&[(Platform, Plan)]) -> Result<(), String>;
+
 /// Reads the recipe, plans it and prints its diagnostics. Errors come back as the exit code.
 pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitCode> {
+    load_checked(args, images, None)
+}
+
+/// [`load`], running `precheck` on plans made without base images first (a plan with errors
+/// is left for the real planning to report).
+pub fn load_checked(
+    args: &RecipeArgs,
+    images: &dyn ImageConfigs,
+    precheck: Option<Precheck<'_>>,
+) -> Result<Loaded, ExitCode> {
     let (name, text, recipe_path) = read_recipe(args).map_err(|message| {
         eprintln!("error: {message}");
         ExitCode::from(INVALID)
@@ -54,6 +68,27 @@ pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, Exit
     };
     let target_platform = platforms.first().cloned().unwrap_or_else(Platform::host);
     let recipe = parse_recipe(&text);
+    if let Some(precheck) = precheck {
+        let offline: Vec<(Platform, Plan)> = platforms
+            .iter()
+            .map(|platform| {
+                let options = PlanOptions {
+                    build_args: build_args.clone(),
+                    target: args.target.clone(),
+                    target_platform: platform.clone(),
+                    contexts: contexts.clone(),
+                    ..PlanOptions::default()
+                };
+                (platform.clone(), plan(&recipe, &options))
+            })
+            .collect();
+        if offline.iter().all(|(_, p)| !p.has_errors()) {
+            if let Err(message) = precheck(&offline) {
+                eprintln!("error: {message}");
+                return Err(ExitCode::from(INVALID));
+            }
+        }
+    }
     let options = PlanOptions {
         build_args,
         target: args.target.clone(),

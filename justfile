@@ -29,6 +29,9 @@ lint:
 # older kiln) installs busybox-static and docker.io the same way.
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
 # beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
+# benches/platforms.sh (a two-platform linux/amd64,linux/arm64 build against amd64 alone, and an
+# emulated arm64 RUN against a native one; about 3 minutes) installs qemu-user-static, registers
+# qemu-aarch64 and adds Debian's arm64 architecture the same way.
 bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh
@@ -36,6 +39,7 @@ bench: bench-parse-instructions
     bash benches/incremental.sh
     bash benches/registry.sh
     bash benches/lazy.sh
+    bash benches/platforms.sh
 
 # Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows
 # as the same count per line at every size, whatever else the machine is doing.

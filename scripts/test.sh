@@ -26,9 +26,10 @@ is_root=0
 # debootstrap makes the real Debian root the SBOM test compares with dpkg-query; rpm builds the
 # rpm database fixture; python3-venv holds the SPDX and in-toto validators (from PyPI) that check
 # kiln's attestations; gcc and libc6-dev build the static seccomp probe of the isolation tests.
+# qemu-user-static runs the multi-platform tests' arm64 RUN steps (registered below).
 packages=(ca-certificates git skopeo umoci podman runc busybox-static uidmap procps graphviz
   tmux docker-registry apache2-utils openssl python3 docker.io debootstrap rpm python3-venv
-  gcc libc6-dev)
+  gcc libc6-dev qemu-user-static)
 # python3-yaml parses examples/ci/'s definitions for the test that runs them (ci_definitions.rs);
 # strip (binutils, with gcc) slims the kiln binary packed into kiln's own image (own_image.rs).
 packages+=(python3-yaml binutils)
@@ -43,6 +44,24 @@ if [ "$is_root" = 1 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${missing[*]}"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || exit 1
+  fi
+fi
+
+# The multi-platform tests (crates/kiln/tests/platforms.rs) build an arm64 image: Debian's
+# arm64 busybox-static comes from the same mirror (the arm64 architecture added to dpkg), and
+# arm64 programs run through qemu-aarch64, registered in binfmt_misc with the F flag (its
+# interpreter opened now, so it works inside any root). No qemu-s390x is registered: that test
+# shows what a build for a platform without an emulator says.
+if [ "$is_root" = 1 ] && command -v dpkg >/dev/null 2>&1; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64 && apt-get update -qq || echo "warning: could not add the arm64 architecture" >&2
+  fi
+  binfmt=/proc/sys/fs/binfmt_misc
+  [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" ||
+    echo "warning: binfmt_misc cannot be mounted at $binfmt" >&2
+  if [ -e "$binfmt/register" ] && [ ! -e "$binfmt/qemu-aarch64" ] && [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
+    grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf | grep . >"$binfmt/register" ||
+      echo "warning: qemu-aarch64 could not be registered in binfmt_misc" >&2
   fi
 fi
 

@@ -277,6 +277,10 @@ pub struct Built {
     pub records: Vec<CacheRecord>,
     /// What the build used (materials, step keys), for its provenance.
     pub recorded: crate::recorder::Recorded,
+    /// A multi-platform build: each platform's image, in the order of `--platform`. `manifest`
+    /// is then the image index listing them, and the other fields are the first platform's
+    /// (`layers`: every platform's). Empty for one platform.
+    pub platforms: Vec<Built>,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -341,6 +345,9 @@ struct StageImage {
     base_history: usize,
     /// The stage's layers end up in the build's image: their blobs are made as they come.
     ships: bool,
+    /// The platform the stage is built for: images it reads without a platform of their own
+    /// (`COPY --from=IMAGE`, `RUN --mount=from=IMAGE`) are taken for it.
+    target: Platform,
 }
 
 impl StageImage {
@@ -358,10 +365,12 @@ struct Builder<'a> {
     context: &'a Context,
     options: &'a BuildOptions,
     progress: &'a dyn Progress,
-    memo: MemoryMemo,
+    memo: &'a MemoryMemo,
     now: i64,
-    /// Finished stages; stages of one wave read the ones before it while they run.
-    results: std::sync::RwLock<BTreeMap<usize, StageImage>>,
+    /// Finished stages (nodes); a step that reads one waits for it (see [`crate::nodes`]).
+    results: crate::nodes::Results<StageImage>,
+    /// Job slots (`--jobs`): a stage holds one while it works, not while it waits.
+    slots: crate::nodes::Slots,
     total: usize,
     cached: std::sync::atomic::AtomicUsize,
     /// Overlay failed once: later RUN steps copy the image straight away.
@@ -393,6 +402,25 @@ pub fn build(
     if plan.has_errors() {
         return Err(BuildError::Plan);
     }
+    let nodes = crate::nodes::NodePlan::single(plan, &options.platform);
+    let mut built = build_nodes(&nodes, &[plan.target], store, context, options, progress)?;
+    built.pop().ok_or(BuildError::Plan)
+}
+
+/// Builds the nodes `wanted` (and what they need) of a node plan, each into an image in the
+/// store, in the order asked. Every node is built once, whoever needs it.
+pub fn build_nodes(
+    nodes: &crate::nodes::NodePlan<'_>,
+    wanted: &[usize],
+    store: &Store,
+    context: &Context,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Built>, BuildError> {
+    let plan = nodes.plan.as_ref();
+    if plan.has_errors() {
+        return Err(BuildError::Plan);
+    }
     let now = options.source_date_epoch.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -405,15 +433,17 @@ pub fn build(
         .filter_map(|i| plan.stages.get(*i))
         .map(|s| s.steps.len())
         .sum();
-    let blobs = crate::lazy::BlobMaker::new(store, layer_options(options));
+    let memo = MemoryMemo::load(&store.hash_memo_path());
+    let blobs = crate::lazy::BlobMaker::new(store, &memo, layer_options(options));
     let builder = Builder {
         store,
         context,
         options,
         progress,
-        memo: MemoryMemo::load(&store.hash_memo_path()),
+        memo: &memo,
         now,
-        results: std::sync::RwLock::new(BTreeMap::new()),
+        results: crate::nodes::Results::scheduled(),
+        slots: crate::nodes::Slots::new(options.jobs),
         total,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
@@ -422,7 +452,7 @@ pub fn build(
         records: std::sync::Mutex::new(Vec::new()),
         recorder: Default::default(),
         blobs: Some(&blobs),
-        shipping: crate::lazy::shipping_stages(plan),
+        shipping: crate::lazy::shipping_stages(plan, wanted),
     };
     // Step numbers follow the planned order whatever runs first, so logs read the same.
     let mut first_step = BTreeMap::new();
@@ -434,14 +464,13 @@ pub fn build(
     // Shipping layers' blobs are made on a thread of their own while later steps run.
     let built = std::thread::scope(|scope| {
         scope.spawn(|| blobs.run());
-        let built = schedule(plan, &builder, &first_step, options.jobs.max(1)).and_then(|()| {
-            let image = builder
-                .results
-                .write()
-                .map_err(|_| BuildError::Internal("stage results poisoned"))?
-                .remove(&plan.target)
-                .ok_or(BuildError::Plan)?;
-            builder.finish(image)
+        let built = schedule(nodes, &builder, &first_step).and_then(|()| {
+            let mut built = Vec::with_capacity(wanted.len());
+            for &node in wanted {
+                let image = builder.result(node)?;
+                built.push(builder.finish(image)?);
+            }
+            Ok(built)
         });
         blobs.close();
         built
@@ -451,21 +480,20 @@ pub fn build(
     Ok(built)
 }
 
-/// Runs the stages: each starts as soon as the stages it needs are built, up to `jobs` at a
-/// time (no wave waits for its slowest member). When one fails, the others stop at their next
-/// step; the error returned is the failure's, not the "stopped" of the others.
+/// Runs the nodes: each starts as soon as its base is built (a step that reads another stage
+/// waits for it there, see [`crate::nodes`]), with at most `--jobs` of them working at a time.
+/// When one fails, the others stop at their next step; the error returned is the failure's,
+/// not the "stopped" of the others.
 fn schedule(
-    plan: &Plan,
+    nodes: &crate::nodes::NodePlan<'_>,
     builder: &Builder<'_>,
     first_step: &BTreeMap<usize, usize>,
-    jobs: usize,
 ) -> Result<(), BuildError> {
+    let plan = nodes.plan.as_ref();
     let mut pending: Vec<usize> = plan.order.clone();
-    let mut built = std::collections::BTreeSet::new();
     let mut failure: Option<BuildError> = None;
     std::thread::scope(|scope| {
-        let (done_tx, done_rx) =
-            std::sync::mpsc::channel::<(usize, Result<StageImage, BuildError>)>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<(), BuildError>)>();
         let mut running = 0usize;
         loop {
             if failure.is_none() {
@@ -474,11 +502,11 @@ fn schedule(
                     .iter()
                     .copied()
                     .filter(|i| {
-                        plan.stages
-                            .get(*i)
-                            .is_some_and(|s| s.dependencies.iter().all(|d| built.contains(d)))
+                        plan.stages.get(*i).is_some_and(|s| match s.base {
+                            Base::Stage(parent) => builder.results.contains(parent),
+                            Base::Scratch | Base::Image(_) => true,
+                        })
                     })
-                    .take(jobs.saturating_sub(running))
                     .collect();
                 for index in ready {
                     pending.retain(|i| *i != index);
@@ -486,19 +514,39 @@ fn schedule(
                     let done_tx = done_tx.clone();
                     let first = first_step.get(&index).copied().unwrap_or(1);
                     scope.spawn(move || {
+                        builder.slots.acquire();
                         // A panic must still report, or the loop would wait for it forever.
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            match plan.stages.get(index) {
-                                Some(stage) => builder.stage(stage, first),
-                                None => Err(BuildError::Plan),
+                        let result =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                match (plan.stages.get(index), nodes.target(index)) {
+                                    (Some(stage), Some(target)) => {
+                                        let node = NodeRun {
+                                            target,
+                                            label: nodes.label(index),
+                                        };
+                                        builder.stage(stage, first, &node)
+                                    }
+                                    _ => Err(BuildError::Plan),
+                                }
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(BuildError::Internal("a stage's thread panicked"))
+                            });
+                        builder.slots.release();
+                        let result = match result {
+                            Ok(image) => {
+                                builder.results.insert(index, image);
+                                Ok(())
                             }
-                        }))
-                        .unwrap_or(Err(BuildError::Internal("a stage's thread panicked")));
-                        if result.is_err() {
-                            builder
-                                .failed
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
+                            Err(error) => {
+                                builder
+                                    .failed
+                                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                                // Stages waiting for a result that will not come give up.
+                                builder.results.wake_all();
+                                Err(error)
+                            }
+                        };
                         let _ = done_tx.send((index, result));
                     });
                 }
@@ -510,21 +558,13 @@ fn schedule(
                 }
                 break;
             }
-            let Ok((index, result)) = done_rx.recv() else {
+            let Ok((_, result)) = done_rx.recv() else {
                 failure.get_or_insert(BuildError::Internal("a stage's thread ended early"));
                 break;
             };
             running -= 1;
             match result {
-                Ok(image) => match builder.results.write() {
-                    Ok(mut results) => {
-                        results.insert(index, image);
-                        built.insert(index);
-                    }
-                    Err(_) => {
-                        failure = Some(BuildError::Internal("stage results poisoned"));
-                    }
-                },
+                Ok(()) => {}
                 // The stage that failed says why; the ones it stopped only say that they stopped.
                 Err(BuildError::Cancelled) => {
                     failure.get_or_insert(BuildError::Cancelled);
@@ -541,6 +581,14 @@ fn schedule(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// What a node is built for, as its stage's steps need it.
+struct NodeRun<'n> {
+    /// The platform the node is built for (`TARGETPLATFORM`).
+    target: &'n Platform,
+    /// Shown after the stage's name in progress (the platform, in a multi-platform build).
+    label: &'n str,
 }
 
 /// What a build would do with one step, as `plan_cache` finds it.
@@ -589,14 +637,16 @@ pub fn plan_cache(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     });
+    let memo = MemoryMemo::load(&store.hash_memo_path());
     let builder = Builder {
         store,
         context,
         options,
         progress: &Silent,
-        memo: MemoryMemo::load(&store.hash_memo_path()),
+        memo: &memo,
         now,
-        results: std::sync::RwLock::new(BTreeMap::new()),
+        results: crate::nodes::Results::in_order(),
+        slots: crate::nodes::Slots::new(1),
         total: 0,
         cached: std::sync::atomic::AtomicUsize::new(0),
         overlay_broken: std::sync::atomic::AtomicBool::new(false),
@@ -612,13 +662,9 @@ pub fn plan_cache(
     // The order puts every stage after the stages it needs.
     for &index in &plan.order {
         let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
-        let image = builder.plan_stage(stage, number, &mut states)?;
+        let image = builder.plan_stage(stage, number, &options.platform, &mut states)?;
         number += stage.steps.len();
-        builder
-            .results
-            .write()
-            .map_err(|_| BuildError::Internal("stage results poisoned"))?
-            .insert(index, image);
+        builder.results.insert(index, image);
     }
     Ok(states)
 }
@@ -629,9 +675,10 @@ impl Builder<'_> {
         &self,
         stage: &Stage,
         first_step: usize,
+        target: &Platform,
         states: &mut Vec<StepState>,
     ) -> Result<StageImage, BuildError> {
-        let mut image = self.base(stage)?;
+        let mut image = self.base(stage, target)?;
         for (position, step) in stage.steps.iter().enumerate() {
             let mut state = StepState {
                 stage: stage.index,
@@ -670,7 +717,12 @@ impl Builder<'_> {
                         None
                     } else {
                         let walks = self.context_walks(copy)?;
-                        let inputs = self.copy_inputs(copy, &walks, &mut Downloads::default())?;
+                        let inputs = self.copy_inputs(
+                            copy,
+                            &walks,
+                            &mut Downloads::default(),
+                            &image.target,
+                        )?;
                         match self.copy_key(step, copy, &image, inputs) {
                             Ok((key, _)) => Some(key),
                             Err(_) if placeholder_below => None,
@@ -783,8 +835,9 @@ impl Builder<'_> {
             })
     }
 
-    fn base(&self, stage: &Stage) -> Result<StageImage, BuildError> {
-        let platform = self.platform_of(stage);
+    /// The image a stage starts from, for a node built for `target`.
+    fn base(&self, stage: &Stage, target: &Platform) -> Result<StageImage, BuildError> {
+        let platform = self.platform_of(stage, target);
         match &stage.base {
             Base::Scratch => {
                 let mut key = KeyHasher::new("base");
@@ -799,6 +852,7 @@ impl Builder<'_> {
                     base_layers: 0,
                     base_history: 0,
                     ships: false,
+                    target: target.clone(),
                 })
             }
             Base::Stage(parent) => {
@@ -806,18 +860,24 @@ impl Builder<'_> {
                 // Its ONBUILD triggers ran as this stage's first steps (the plan put them there).
                 image.config.config.on_build.clear();
                 image.cmd_set = false;
+                image.target = target.clone();
                 Ok(image)
             }
-            Base::Image(reference) => self.image_from_store(reference, &self.platform_of(stage)),
+            Base::Image(reference) => {
+                let mut image = self.image_from_store(reference, &platform)?;
+                image.target = target.clone();
+                Ok(image)
+            }
         }
     }
 
-    fn platform_of(&self, stage: &Stage) -> Platform {
+    /// The platform of a stage's base: its `FROM --platform`, else the node's target.
+    fn platform_of(&self, stage: &Stage, target: &Platform) -> Platform {
         stage
             .platform
             .as_deref()
             .and_then(|p| Platform::parse(p).ok())
-            .unwrap_or_else(|| self.options.platform.clone())
+            .unwrap_or_else(|| target.clone())
     }
 
     /// A base image: from the store, or pulled into it (see [`crate::remote`]); its layers
@@ -929,27 +989,28 @@ impl Builder<'_> {
             base_layers,
             base_history,
             ships: false,
+            target: self.options.platform.clone(),
         }
     }
 
-    fn results_read(
-        &self,
-    ) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<usize, StageImage>>, BuildError> {
-        self.results
-            .read()
-            .map_err(|_| BuildError::Internal("stage results poisoned"))
-    }
-
-    /// A finished stage's image.
+    /// A stage's image, waiting for it if it is still being built (the caller's job slot is
+    /// given back meanwhile).
     fn result(&self, index: usize) -> Result<StageImage, BuildError> {
-        self.results_read()?
-            .get(&index)
-            .cloned()
-            .ok_or(BuildError::Plan)
+        self.results
+            .wait(index, &self.slots, &self.failed)
+            .map_err(|e| match e {
+                crate::nodes::WaitError::Stopped => BuildError::Cancelled,
+                crate::nodes::WaitError::Missing => BuildError::Plan,
+            })
     }
 
-    fn stage(&self, stage: &Stage, first_step: usize) -> Result<StageImage, BuildError> {
-        let mut image = self.base(stage)?;
+    fn stage(
+        &self,
+        stage: &Stage,
+        first_step: usize,
+        node: &NodeRun<'_>,
+    ) -> Result<StageImage, BuildError> {
+        let mut image = self.base(stage, node.target)?;
         image.ships = self.shipping.contains(&stage.index);
         if image.ships {
             // A parent stage that did not ship by itself (a cached one, say) ships now.
@@ -966,7 +1027,7 @@ impl Builder<'_> {
             self.progress.event(Event::Step {
                 number,
                 total: self.total,
-                stage: format!("{} {}/{count}", stage.label(), position + 1),
+                stage: format!("{}{} {}/{count}", stage.label(), node.label, position + 1),
                 text: crate::image::redact_credentials(&step.instruction.original),
             });
             let started = Instant::now();
@@ -1033,6 +1094,7 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         walks: &[(String, Vec<kiln_context::Entry>)],
         downloads: &mut Downloads,
+        target: &Platform,
     ) -> Result<Vec<KeyPart>, BuildError> {
         let mut parts = Vec::new();
         // URL content: with --checksum the checksum is the content (a hit downloads nothing,
@@ -1102,7 +1164,7 @@ impl Builder<'_> {
                     let detail = kiln_context::hash::content_digest_detailed(
                         self.context,
                         entries,
-                        &self.memo,
+                        self.memo,
                     )?;
                     parts.push(KeyPart::ContextSource {
                         pattern: matched.clone(),
@@ -1127,7 +1189,7 @@ impl Builder<'_> {
                 parts.push(KeyPart::Stage(image.chain_key.clone()));
             }
             Source::Image(reference) => {
-                let image = self.image_from_store(reference, &self.options.platform)?;
+                let image = self.image_from_store(reference, target)?;
                 parts.push(KeyPart::Image(image.chain_key));
             }
         }
@@ -1148,12 +1210,12 @@ impl Builder<'_> {
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
         let walks = self.context_walks(copy)?;
         let speculative = if self.needs_hashing(copy, &walks) {
-            Some(self.copy_into_snapshot(step, copy, image, &[], &[], Some(&self.memo))?)
+            Some(self.copy_into_snapshot(step, copy, image, &[], &[], Some(self.memo))?)
         } else {
             None
         };
         let mut downloads = Downloads::default();
-        let inputs = self.copy_inputs(copy, &walks, &mut downloads)?;
+        let inputs = self.copy_inputs(copy, &walks, &mut downloads, &image.target)?;
         let (key, parts) = self.copy_key(step, copy, image, inputs)?;
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let (layer, created) =
@@ -1298,7 +1360,7 @@ impl Builder<'_> {
             .push(KeyPart::User(config.config.user.clone()))
             .push(KeyPart::Workdir(config.config.working_dir.clone()));
         self.common_parts(step, &mut key);
-        let mount_inputs = self.mount_inputs(run, &mut key)?;
+        let mount_inputs = self.mount_inputs(run, &image.target, &mut key)?;
         let (key, parts) = key.finish();
         Ok((key, parts, config, mount_inputs))
     }
@@ -1354,6 +1416,7 @@ impl Builder<'_> {
     fn mount_inputs(
         &self,
         run: &kiln_plan::RunStep,
+        target: &Platform,
         key: &mut StepKey,
     ) -> Result<Vec<crate::run::MountInput>, BuildError> {
         use crate::run::MountInput;
@@ -1383,7 +1446,7 @@ impl Builder<'_> {
                     let detail = kiln_context::hash::content_digest_detailed(
                         self.context,
                         &entries,
-                        &self.memo,
+                        self.memo,
                     )
                     .map_err(bad)?;
                     key.push(KeyPart::MountContext {
@@ -1411,7 +1474,7 @@ impl Builder<'_> {
                     MountInput::Image(self.rootfs(&image)?)
                 }
                 Some(Source::Image(reference)) => {
-                    let image = self.image_from_store(reference, &self.options.platform)?;
+                    let image = self.image_from_store(reference, target)?;
                     key.push(KeyPart::MountImage {
                         index,
                         chain_key: image.chain_key.clone(),
@@ -1675,8 +1738,7 @@ impl Builder<'_> {
                 CopyFrom::Stage(&from_rootfs)
             }
             Source::Image(reference) => {
-                from_rootfs =
-                    self.rootfs(&self.image_from_store(reference, &self.options.platform)?)?;
+                from_rootfs = self.rootfs(&self.image_from_store(reference, &image.target)?)?;
                 CopyFrom::Stage(&from_rootfs)
             }
         };
@@ -1715,15 +1777,15 @@ impl Builder<'_> {
                 Some(blobs) => blobs.layer(&key, &layer.snapshot)?,
                 None => crate::lazy::make_lazy_blob(
                     self.store,
+                    self.memo,
                     &key,
                     &layer.snapshot,
                     &layer_options(self.options),
                 )?,
             };
-            let digest =
-                Digest::parse(&made.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+            let digest = Digest::parse(&made.digest).map_err(crate::ExecError::oci(&made.digest))?;
             let diff_id =
-                Digest::parse(&made.diff_id).map_err(|e| BuildError::Image(e.to_string()))?;
+                Digest::parse(&made.diff_id).map_err(crate::ExecError::oci(&made.diff_id))?;
             layer.descriptor = Descriptor::new(made.media_type.clone(), digest, made.size);
             if let Some(slot) = image.config.rootfs.diff_ids.get_mut(index) {
                 *slot = diff_id;
@@ -1771,7 +1833,7 @@ impl Builder<'_> {
             .all(|s| matches!(s, CopySource::Path(_)))
             && walks.iter().flat_map(|(_, entries)| entries).any(|e| {
                 e.kind == kiln_context::EntryKind::File
-                    && kiln_context::HashMemo::get(&self.memo, &e.stat).is_none()
+                    && kiln_context::HashMemo::get(self.memo, &e.stat).is_none()
             })
     }
 
@@ -1845,6 +1907,7 @@ impl Builder<'_> {
             context_bytes_read: self.memo.bytes_read(),
             records,
             recorded: self.recorder.recorded(),
+            platforms: Vec::new(),
         })
     }
 }

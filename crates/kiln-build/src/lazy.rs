@@ -12,42 +12,50 @@
 //! kill before that leaves a record that is still lazy (and a temp file the next open removes).
 
 use crate::BuildError;
-use kiln_layer::{write_layer, LayerOptions};
+use kiln_context::MemoryMemo;
+use kiln_layer::LayerOptions;
 use kiln_oci::Digest;
 use kiln_plan::{Base, Plan};
 use kiln_store::{CacheRecord, LayerRecord, Store};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// The stages whose layers the build's image holds: the target and every stage it is built
+/// The stages whose layers the build's images hold: the targets and every stage they are built
 /// `FROM`, transitively. Stages used only through `COPY --from` or `RUN --mount=from` are read
 /// as filesystems and need no blob.
-pub(crate) fn shipping_stages(plan: &Plan) -> BTreeSet<usize> {
+pub(crate) fn shipping_stages(plan: &Plan, targets: &[usize]) -> BTreeSet<usize> {
     let mut shipping = BTreeSet::new();
-    let mut next = Some(plan.target);
-    while let Some(index) = next {
-        if !shipping.insert(index) {
-            break;
+    for &target in targets {
+        let mut next = Some(target);
+        while let Some(index) = next {
+            if !shipping.insert(index) {
+                break;
+            }
+            next = match plan.stages.get(index).map(|s| &s.base) {
+                Some(Base::Stage(parent)) => Some(*parent),
+                _ => None,
+            };
         }
-        next = match plan.stages.get(index).map(|s| &s.base) {
-            Some(Base::Stage(parent)) => Some(*parent),
-            _ => None,
-        };
     }
     shipping
 }
 
 /// Writes the layer blob of a committed snapshot into the store and returns its record.
+/// Unchanged chunks of earlier layers come from the store's chunk cache (see `chunk_reuse`).
 pub fn make_blob(
     store: &Store,
+    memo: &MemoryMemo,
     snapshot: &Path,
     options: &LayerOptions,
 ) -> Result<LayerRecord, BuildError> {
     let blob = store.blob_writer().map_err(BuildError::Store)?;
-    let (layer, blob) =
-        write_layer(snapshot, options, blob).map_err(|e| BuildError::Layer(e.to_string()))?;
-    let digest = Digest::parse(&layer.digest).map_err(|e| BuildError::Image(e.to_string()))?;
+    let (layer, blob) = crate::chunk_reuse::write_layer(store, memo, snapshot, options, blob)
+        .map_err(crate::ExecError::layer(format!(
+            "writing the layer of {}",
+            snapshot.display()
+        )))?;
+    let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
     store
         .commit_blob(blob, &digest)
         .map_err(BuildError::Store)?;
@@ -62,11 +70,12 @@ pub fn make_blob(
 /// Makes the blob of the lazy layer recorded under `key` and tells the store.
 pub fn make_lazy_blob(
     store: &Store,
+    memo: &MemoryMemo,
     key: &str,
     snapshot: &Path,
     options: &LayerOptions,
 ) -> Result<LayerRecord, BuildError> {
-    let layer = make_blob(store, snapshot, options)?;
+    let layer = make_blob(store, memo, snapshot, options)?;
     note_blob(store, key, &layer)?;
     Ok(layer)
 }
@@ -88,6 +97,7 @@ pub fn make_record_blobs(
     options: &LayerOptions,
 ) -> Result<(), BuildError> {
     let mut made: BTreeMap<String, LayerRecord> = BTreeMap::new();
+    let memo = MemoryMemo::load(&store.hash_memo_path());
     for record in records.iter_mut() {
         let Some(snapshot) = &record.snapshot else {
             continue;
@@ -99,7 +109,7 @@ pub fn make_record_blobs(
             Some(layer) => layer.clone(),
             None => {
                 let layer =
-                    make_lazy_blob(store, &record.key, &store.snapshot_path(snapshot), options)?;
+                    make_lazy_blob(store, &memo, &record.key, &store.snapshot_path(snapshot), options)?;
                 made.insert(record.key.clone(), layer.clone());
                 layer
             }
@@ -116,7 +126,7 @@ enum Job {
     /// Being written (by the maker's thread or by whoever asked first).
     Running,
     /// Written, or failed (the message; the build fails when it needs that blob).
-    Done(Result<LayerRecord, String>),
+    Done(Result<LayerRecord, Arc<BuildError>>),
 }
 
 #[derive(Default)]
@@ -130,15 +140,17 @@ struct State {
 /// whoever needs it (waiting if it is being written, writing it at once if it is still queued).
 pub(crate) struct BlobMaker<'a> {
     store: &'a Store,
+    memo: &'a MemoryMemo,
     options: LayerOptions,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 impl<'a> BlobMaker<'a> {
-    pub(crate) fn new(store: &'a Store, options: LayerOptions) -> Self {
+    pub(crate) fn new(store: &'a Store, memo: &'a MemoryMemo, options: LayerOptions) -> Self {
         BlobMaker {
             store,
+            memo,
             options,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -148,7 +160,7 @@ impl<'a> BlobMaker<'a> {
     fn lock(&self) -> Result<MutexGuard<'_, State>, BuildError> {
         self.state
             .lock()
-            .map_err(|_| BuildError::Image("lazy layer state poisoned".into()))
+            .map_err(|_| BuildError::Internal("lazy layer state poisoned"))
     }
 
     /// Asks for the blob of the layer committed under `key` at `snapshot`, in the background.
@@ -191,7 +203,11 @@ impl<'a> BlobMaker<'a> {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.make(&key, &snapshot)
             }))
-            .unwrap_or_else(|_| Err("the layer blob thread panicked".to_string()));
+            .unwrap_or_else(|_| {
+                Err(Arc::new(BuildError::Internal(
+                    "the layer blob thread panicked",
+                )))
+            });
             if let Ok(mut state) = self.lock() {
                 state.jobs.insert(key, Job::Done(result));
                 self.changed.notify_all();
@@ -214,12 +230,12 @@ impl<'a> BlobMaker<'a> {
         let mut state = self.lock()?;
         loop {
             match state.jobs.get(key) {
-                Some(Job::Done(result)) => return result.clone().map_err(BuildError::Layer),
+                Some(Job::Done(result)) => return result.clone().map_err(BuildError::Failed),
                 Some(Job::Running) => {
                     state = self
                         .changed
                         .wait(state)
-                        .map_err(|_| BuildError::Image("lazy layer state poisoned".into()))?;
+                        .map_err(|_| BuildError::Internal("lazy layer state poisoned"))?;
                 }
                 Some(Job::Queued) | None => {
                     state.queue.retain(|(k, _)| k != key);
@@ -231,13 +247,13 @@ impl<'a> BlobMaker<'a> {
                         .jobs
                         .insert(key.to_string(), Job::Done(result.clone()));
                     self.changed.notify_all();
-                    return result.map_err(BuildError::Layer);
+                    return result.map_err(BuildError::Failed);
                 }
             }
         }
     }
 
-    fn make(&self, key: &str, snapshot: &Path) -> Result<LayerRecord, String> {
-        make_lazy_blob(self.store, key, snapshot, &self.options).map_err(|e| e.to_string())
+    fn make(&self, key: &str, snapshot: &Path) -> Result<LayerRecord, Arc<BuildError>> {
+        make_lazy_blob(self.store, self.memo, key, snapshot, &self.options).map_err(Arc::new)
     }
 }

@@ -7,11 +7,14 @@
 pub mod attest;
 pub mod build;
 pub mod cache;
+pub mod index;
 pub mod lazy;
 pub mod local_context;
 mod chunk_reuse;
+pub mod nodes;
 pub mod output;
 pub mod pipeline;
+pub mod platforms;
 pub mod recorder;
 pub mod remote;
 pub mod secret_flags;

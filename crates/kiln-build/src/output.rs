@@ -502,6 +502,91 @@ pub fn docker_layer_warning(outputs: &[OutputSpec], layers: usize) -> Option<Str
     })
 }
 
+/// Writes a multi-platform build (`built.platforms`, `built.manifest` its index) to `spec`'s
+/// destination, as buildx does: `type=oci` is one layout holding the index, `type=local`,
+/// `type=tar` and `type=layers` put each platform under a `linux_arm64/`-style directory, and
+/// `type=docker` is refused (`docker load` takes images, not an index).
+pub fn export_platforms(
+    spec: &OutputSpec,
+    built: &Built,
+    store: &Store,
+    names: &[ImageName],
+) -> Result<(), BuildError> {
+    let subdir = |image: &Built| {
+        let platform = image.manifest.platform.clone().unwrap_or_default();
+        crate::index::platform_dir_name(&platform)
+    };
+    match spec.kind {
+        OutputKind::Docker => Err(BuildError::Unsupported(format!(
+            "-o type=docker holds one image and docker load cannot take an image index; this build has {} platforms: use type=oci (an index), build one --platform for docker, or push with --push",
+            built.platforms.len()
+        ))),
+        OutputKind::Registry => Err(BuildError::Image(
+            "type=registry is pushed by the caller, with a registry client".into(),
+        )),
+        OutputKind::Oci => {
+            let mut image = ImageRef::new(built.manifest.clone());
+            for name in names {
+                image = image.with_name(name.clone());
+            }
+            for name in &spec.names {
+                image = image.with_name(
+                    ImageName::parse(name)
+                        .map_err(|e| BuildError::Image(format!("output name {name:?}: {e}")))?,
+                );
+            }
+            let blobs = LayoutBlobs::new(store.root());
+            let options = WriteOptions {
+                mtime: built
+                    .source_date_epoch
+                    .and_then(|e| u64::try_from(e).ok())
+                    .unwrap_or(0),
+            };
+            write_to(&spec.destination, |out| {
+                kiln_oci::write_oci_index_archive(out, &image, &blobs, &options)
+                    .map_err(|e| BuildError::Image(format!("writing the archive: {e}")))
+            })
+        }
+        OutputKind::Local | OutputKind::Layers => {
+            let Destination::File(dir) = &spec.destination else {
+                return Err(BuildError::Image("this output needs dest=DIR".into()));
+            };
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+            if spec.kind == OutputKind::Local && fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
+                return Err(BuildError::Image(format!(
+                    "type=local: {} is not empty",
+                    dir.display()
+                )));
+            }
+            for image in &built.platforms {
+                let one = OutputSpec {
+                    destination: Destination::File(dir.join(subdir(image))),
+                    ..spec.clone()
+                };
+                export(&one, image, store, names)?;
+            }
+            Ok(())
+        }
+        OutputKind::Tar => {
+            let work = store.work_dir().map_err(BuildError::Store)?;
+            let tree = work.path().join("tree");
+            for image in &built.platforms {
+                crate::lookup::ensure_unpacked(store, &image.layers, &image.config.rootfs.diff_ids)?;
+                let part = tree.join(subdir(image));
+                fs::create_dir_all(&part).map_err(io_at(&part))?;
+                flatten(&rootfs_of(image), &part, Materialize::Hardlink)?;
+            }
+            let epoch = built.source_date_epoch;
+            write_to(&spec.destination, |out| {
+                let entries =
+                    kiln_layer::list_entries(&tree).map_err(|e| BuildError::Layer(e.to_string()))?;
+                kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
+                    .map_err(|e| BuildError::Layer(e.to_string()))
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,79 @@ impl Build<'_> {
         Ok(built)
     }
 
+    /// Builds the plans of several platforms (one per `--platform`, each planned with its own
+    /// `TARGET*` arguments) as one graph and delivers the image index of their images, as
+    /// [`Build::run`] delivers one image: outputs (see [`crate::output::export_platforms`]),
+    /// pushes (every manifest, then the index), the cache records of every platform, names
+    /// and result files all take the index. One plan is [`Build::run`].
+    pub fn run_platforms(
+        &self,
+        plans: &[(Platform, Plan)],
+        context: &Context,
+        options: &BuildOptions,
+    ) -> Result<Built, BuildError> {
+        let [(_, plan)] = plans else {
+            return self.deliver_platforms(plans, context, options);
+        };
+        self.run(plan, context, options)
+    }
+
+    fn deliver_platforms(
+        &self,
+        plans: &[(Platform, Plan)],
+        context: &Context,
+        options: &BuildOptions,
+    ) -> Result<Built, BuildError> {
+        let images =
+            crate::platforms::build_platforms(plans, self.store, context, options, self.progress)?;
+        let manifests: Vec<kiln_oci::Descriptor> =
+            images.iter().map(|b| b.manifest.clone()).collect();
+        let index = crate::index::put_index(
+            self.store,
+            &manifests,
+            &[],
+            &std::collections::BTreeMap::new(),
+        )?;
+        let mut built = images.first().cloned().ok_or(BuildError::Plan)?;
+        built.manifest = index;
+        // The cache's mode=min keeps the records of the shipped layers: every platform's.
+        built.layers = Vec::new();
+        for image in &images {
+            for layer in &image.layers {
+                if !built.layers.contains(layer) {
+                    built.layers.push(layer.clone());
+                }
+            }
+        }
+        built.platforms = images;
+        for spec in self
+            .outputs
+            .iter()
+            .filter(|o| o.kind != OutputKind::Registry)
+        {
+            crate::output::export_platforms(spec, &built, self.store, &self.names)?;
+        }
+        for destination in &self.push_to {
+            self.push(&built, &built.manifest, destination)?;
+        }
+        // The records of every platform's steps (the build keeps them all).
+        self.export_caches(
+            plans.first().map(|(_, p)| p).ok_or(BuildError::Plan)?,
+            &built,
+        )?;
+        for name in &self.names {
+            let tag = name.tag().unwrap_or("latest");
+            self.store
+                .tag(&name.to_string(), tag, &built.manifest)
+                .map_err(|source| BuildError::Tag {
+                    name: name.to_string(),
+                    source: Box::new(source),
+                })?;
+        }
+        self.write_result_files(&built)?;
+        Ok(built)
+    }
+
     /// Pushes `pushed` (the image, or the index holding it and its attestations) to
     /// `destination`, and names the image so in the store (as `docker push` needs
     /// the name first): a later push to another repository of the registry can mount these
@@ -257,7 +330,12 @@ impl Build<'_> {
     }
 
     fn write_result_files(&self, built: &Built) -> Result<(), BuildError> {
-        let image_id = built.config_descriptor.digest.to_string();
+        // A multi-platform image is known by its index (as buildx writes it).
+        let image_id = if built.platforms.is_empty() {
+            built.config_descriptor.digest.to_string()
+        } else {
+            built.manifest.digest.to_string()
+        };
         if let Some(path) = &self.iidfile {
             write_file_atomic(path, image_id.as_bytes()).map_err(|source| {
                 BuildError::ResultFile {
@@ -269,7 +347,7 @@ impl Build<'_> {
         }
         if let Some(path) = &self.metadata_file {
             let metadata = serde_json::json!({
-                "containerimage.config.digest": image_id,
+                "containerimage.config.digest": built.config_descriptor.digest.to_string(),
                 "containerimage.digest": built.manifest.digest.to_string(),
                 "containerimage.descriptor": {
                     "mediaType": built.manifest.media_type,

@@ -107,7 +107,7 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<Located, BuildError> {
-        match crate::lookup::read_transport(reference)? {
+        match crate::lookup::read_transport_for(reference, Some(platform))? {
             Some(archive) => Ok(Located::Archive(Box::new(archive))),
             None => Ok(Located::Manifest(Box::new(
                 self.manifest(store, reference, platform, progress)?,
@@ -124,14 +124,14 @@ impl RemoteOptions {
         platform: &Platform,
         progress: TransferSink,
     ) -> Result<Descriptor, BuildError> {
-        if let Some(known) = self.remembered(reference) {
+        if let Some(known) = self.remembered(&memo_key(reference, platform)) {
             return Ok(known.manifest);
         }
         if let Some(error) = self
             .failed
             .lock()
             .ok()
-            .and_then(|f| f.get(reference).cloned())
+            .and_then(|f| f.get(&memo_key(reference, platform)).cloned())
         {
             return Err(BuildError::Failed(error));
         }
@@ -139,7 +139,7 @@ impl RemoteOptions {
             .map_err(|error| {
                 let error = Arc::new(error);
                 if let Ok(mut failed) = self.failed.lock() {
-                    failed.insert(reference.to_string(), Arc::clone(&error));
+                    failed.insert(memo_key(reference, platform), Arc::clone(&error));
                 }
                 BuildError::Failed(error)
             })
@@ -156,7 +156,7 @@ impl RemoteOptions {
         if self.pull == PullPolicy::Missing || self.registry.is_none() {
             if let Some(found) = find_in_store(store, &name, platform) {
                 self.remember(
-                    reference,
+                    &memo_key(reference, platform),
                     Resolution {
                         manifest: found.clone(),
                         pending: None,
@@ -166,6 +166,14 @@ impl RemoteOptions {
             }
         }
         let Some(registry) = &self.registry else {
+            if let Some(available) = crate::lookup::platforms_in_store(store, &name) {
+                return Err(ExecError::PlatformNotInStore {
+                    reference: reference.to_string(),
+                    platform: platform.to_string(),
+                    available,
+                }
+                .into());
+            }
             return Err(ExecError::ImageNotFound {
                 reference: reference.to_string(),
             }
@@ -190,7 +198,7 @@ impl RemoteOptions {
             .map_err(pull_error(reference))?;
         let descriptor = resolved.manifest.clone();
         self.remember(
-            reference,
+            &memo_key(reference, platform),
             Resolution {
                 manifest: descriptor.clone(),
                 pending: Some(Arc::new(resolved)),
@@ -209,7 +217,10 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<kiln_oci::ImageConfig, BuildError> {
         let descriptor = self.manifest(store, reference, platform, progress)?;
-        let bytes = match self.remembered(reference).and_then(|r| r.pending) {
+        let bytes = match self
+            .remembered(&memo_key(reference, platform))
+            .and_then(|r| r.pending)
+        {
             Some(resolved) => resolved.manifest_bytes.clone(),
             None => store.read_blob(&descriptor.digest)?,
         };
@@ -232,7 +243,9 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<(), BuildError> {
         let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
-        let pending = self.remembered(reference).and_then(|r| r.pending);
+        let pending = self
+            .remembered(&memo_key(reference, platform))
+            .and_then(|r| r.pending);
         match (&self.registry, pending) {
             // What was planned with, fetched now: layers, config, then the manifest.
             (Some(registry), Some(resolved)) => {
@@ -268,7 +281,7 @@ impl RemoteOptions {
             name_in_store(store, &name, manifest)?;
         }
         self.remember(
-            reference,
+            &memo_key(reference, platform),
             Resolution {
                 manifest: manifest.clone(),
                 pending: None,
@@ -276,6 +289,11 @@ impl RemoteOptions {
         );
         Ok(())
     }
+}
+
+/// What a resolution is remembered under: one reference means one manifest per platform.
+fn memo_key(reference: &str, platform: &Platform) -> String {
+    format!("{reference} for {platform}")
 }
 
 /// Names an image in the store under its full reference (`docker.io/library/x:1`): one pulled

@@ -89,6 +89,16 @@ pub enum ExecError {
         /// The image as the recipe or command names it.
         reference: String,
     },
+    /// The store holds the image, but not for the platform asked for.
+    #[error("image {reference:?} has no manifest for {platform} in the store; it has {} (choose one with --platform)", available.join(", "))]
+    PlatformNotInStore {
+        /// The image as the recipe or command names it.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the store has it for.
+        available: Vec<String>,
+    },
     /// A local archive ADD unpacks could not be read or written out.
     #[error("ADD {}: {source}{}", path.display(), inner_cause(source))]
     Archive {
@@ -278,7 +288,9 @@ impl ExecError {
             ExecError::Context(source) | ExecError::MountSource { source, .. } => {
                 Cause::of_context(source)
             }
-            ExecError::ImageNotFound { .. } => Cause::NotFound,
+            ExecError::ImageNotFound { .. } | ExecError::PlatformNotInStore { .. } => {
+                Cause::NotFound
+            }
             ExecError::DiffIdMismatch { .. } | ExecError::LayerEntry { .. } => Cause::Corrupt,
             _ => Cause::Other,
         }

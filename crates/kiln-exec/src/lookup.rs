@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// index gives its entry for `platform`.
 pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Option<Descriptor> {
     if let Ok(tagged) = store.resolve(&name.to_string()) {
-        return Some(tagged.manifest);
+        return for_platform(store, tagged.manifest, platform);
     }
     let digest = name.digest()?;
     if let Some(tagged) = store
@@ -22,7 +22,7 @@ pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Op
         .into_iter()
         .find(|t| &t.manifest.digest == digest)
     {
-        return Some(tagged.manifest);
+        return for_platform(store, tagged.manifest, platform);
     }
     let bytes = store.read_blob(digest).ok()?;
     let document: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
@@ -45,6 +45,56 @@ pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Op
         digest.clone(),
         bytes.len() as u64,
     ))
+}
+
+/// What a name of the store means for `platform`: a multi-platform image (an index) gives its
+/// manifest for the platform, if the store holds it; a manifest that says it is for another
+/// platform gives nothing (it is asked of the registry, or the build says which platforms
+/// there are); a manifest that does not say is taken as it is.
+fn for_platform(store: &Store, tagged: Descriptor, platform: &Platform) -> Option<Descriptor> {
+    let wanted = platform.to_oci();
+    if media_types::is_index(&tagged.media_type) {
+        let bytes = store.read_blob(&tagged.digest).ok()?;
+        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
+        let entry = index.manifests.into_iter().find(|m| {
+            media_types::is_manifest(&m.media_type)
+                && m.platform.as_ref().is_some_and(|p| p.satisfies(&wanted))
+        })?;
+        return store.has_blob(&entry.digest).then_some(entry);
+    }
+    match &tagged.platform {
+        Some(have) if !have.satisfies(&wanted) => None,
+        _ => Some(tagged),
+    }
+}
+
+/// The platforms an image of the store has (`os/arch[/variant]`), when its name is in the
+/// store: what a build that asks for another platform lists.
+pub fn platforms_in_store(store: &Store, name: &ImageName) -> Option<Vec<String>> {
+    let tagged = store.resolve(&name.to_string()).ok()?;
+    let text = |p: &kiln_oci::Platform| match &p.variant {
+        Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
+        _ => format!("{}/{}", p.os, p.architecture),
+    };
+    if media_types::is_index(&tagged.manifest.media_type) {
+        let bytes = store.read_blob(&tagged.manifest.digest).ok()?;
+        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
+        let mut all: Vec<String> = index
+            .manifests
+            .iter()
+            .filter(|m| media_types::is_manifest(&m.media_type))
+            .filter_map(|m| m.platform.as_ref())
+            .filter(|p| p.os != "unknown")
+            .map(text)
+            .collect();
+        all.dedup();
+        return Some(all);
+    }
+    if let Some(platform) = &tagged.manifest.platform {
+        return Some(vec![text(platform)]);
+    }
+    let stored = store.image(&tagged.manifest).ok()?;
+    Some(vec![text(&stored.config.platform())])
 }
 
 /// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
@@ -106,11 +156,28 @@ pub fn image_in_store(
     store: &Store,
     reference: &str,
 ) -> Result<(ImageConfig, Vec<PathBuf>), ExecError> {
+    image_in_store_for(store, reference, &Platform::host())
+}
+
+/// [`image_in_store`] for `platform`: of a multi-platform image, that platform's manifest.
+pub fn image_in_store_for(
+    store: &Store,
+    reference: &str,
+    platform: &Platform,
+) -> Result<(ImageConfig, Vec<PathBuf>), ExecError> {
     let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
-    let found =
-        find_in_store(store, &name, &Platform::host()).ok_or_else(|| ExecError::ImageNotFound {
-            reference: reference.to_string(),
-        })?;
+    let found = find_in_store(store, &name, platform).ok_or_else(|| {
+        match platforms_in_store(store, &name) {
+            Some(available) => ExecError::PlatformNotInStore {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+                available,
+            },
+            None => ExecError::ImageNotFound {
+                reference: reference.to_string(),
+            },
+        }
+    })?;
     let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
         .map_err(ExecError::oci(found.digest.to_string()))?;
     let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
@@ -141,6 +208,15 @@ type ArchiveReader = fn(&Path, &kiln_oci::ReadOptions) -> kiln_oci::Result<kiln_
 /// for a plain image name. What is read is untrusted: the manifest and config are verified
 /// here, each layer as it is streamed (by `Store::import`).
 pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>, ExecError> {
+    read_transport_for(reference, None)
+}
+
+/// [`read_transport`], taking the manifest for `platform` from an archive or layout whose
+/// image is a multi-platform index.
+pub fn read_transport_for(
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Option<kiln_oci::ArchiveImage>, ExecError> {
     let (reader, rest, is_dir): (ArchiveReader, &str, bool) = if let Some(rest) =
         reference.strip_prefix("oci-archive:")
     {
@@ -173,7 +249,7 @@ pub fn read_transport(reference: &str) -> Result<Option<kiln_oci::ArchiveImage>,
         .map_or((rest, None), |(path, name)| (path, Some(name.to_string())));
     let options = kiln_oci::ReadOptions {
         name,
-        ..kiln_oci::ReadOptions::default()
+        platform: platform.map(Platform::to_oci),
     };
     reader(Path::new(path), &options)
         .map(Some)

@@ -1152,12 +1152,22 @@ pub struct RunImage {
     pub network: kiln_sandbox::Network,
     /// How the writable root is made.
     pub snapshotter: Snapshotter,
+    /// Of a multi-platform image, the platform to run (default: this machine's); a foreign
+    /// one runs through its binfmt_misc emulator, checked first.
+    pub platform: Option<kiln_plan::Platform>,
 }
 
 /// Runs a command in an image of the store with the caller's terminal, changes thrown away;
 /// returns how it ended.
 pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit, ExecError> {
-    let (config, layers) = crate::lookup::image_in_store(store, &request.reference)?;
+    let platform = request
+        .platform
+        .clone()
+        .unwrap_or_else(kiln_plan::Platform::host);
+    let (config, layers) = crate::lookup::image_in_store_for(store, &request.reference, &platform)?;
+    // The image's own platform decides what executes: checked before anything runs.
+    kiln_sandbox::emulation::check(&config.os, &config.architecture, config.variant.as_deref())
+        .map_err(|e| ExecError::Run(format!("{}: {e}", request.reference)))?;
     let image = Rootfs::new(layers);
     let entrypoint = config.config.entrypoint.clone().unwrap_or_default();
     // As `docker run IMAGE ARGS`: the arguments replace CMD, the ENTRYPOINT stays.

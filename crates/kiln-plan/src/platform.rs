@@ -44,6 +44,23 @@ impl Platform {
         }
     }
 
+    /// Parses `--platform`'s list: platforms separated by commas, `local` meaning this
+    /// machine's, each once (in the order first given).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        let mut platforms: Vec<Platform> = Vec::new();
+        for item in text.split(',') {
+            let platform = match item.trim() {
+                "" => return Err(format!("invalid platform list {text:?}: an empty entry")),
+                "local" => Platform::host(),
+                one => Platform::parse(one)?,
+            };
+            if !platforms.contains(&platform) {
+                platforms.push(platform);
+            }
+        }
+        Ok(platforms)
+    }
+
     /// Parses `linux/arm64`, `linux/arm/v7`, or just `arm64` (the host's OS is assumed).
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts: Vec<&str> = text.trim().split('/').collect();
@@ -138,6 +155,20 @@ mod tests {
         );
         assert!(Platform::parse("linux/").is_err());
         assert!(Platform::parse("a/b/c/d").is_err());
+    }
+
+    #[test]
+    fn parses_lists_with_local() {
+        let list = Platform::parse_list("linux/amd64, linux/arm64,linux/arm/v7,local").unwrap();
+        let names: Vec<String> = list.iter().map(ToString::to_string).collect();
+        let mut expected = vec!["linux/amd64", "linux/arm64", "linux/arm/v7"];
+        let host = Platform::host().to_string();
+        if !expected.contains(&host.as_str()) {
+            expected.push(&host);
+        }
+        assert_eq!(names, expected);
+        assert!(Platform::parse_list("linux/amd64,,linux/arm64").is_err());
+        assert!(Platform::parse_list("linux/amd64,linux/").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 mod chroot;
 mod credentials;
 mod descendants;
+pub mod emulation;
 pub mod isolation;
 mod privileges;
 mod process;

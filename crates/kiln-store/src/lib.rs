@@ -23,6 +23,7 @@
 mod attestations;
 mod cache_mount;
 mod chunks;
+mod multi;
 
 pub use cache_mount::CacheMount;
 pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
@@ -779,7 +780,14 @@ impl Store {
         }
         let mut blobs = std::collections::BTreeSet::new();
         let mut snapshots = std::collections::BTreeSet::new();
-        for descriptor in self.index()?.manifests {
+        let named = self.index()?.manifests;
+        // A multi-platform name keeps its index and every platform's manifest.
+        let mut manifests = Vec::new();
+        for descriptor in named {
+            blobs.insert(descriptor.digest.hex().to_string());
+            manifests.extend(self.manifests_of(&descriptor).unwrap_or_default());
+        }
+        for descriptor in manifests {
             blobs.insert(descriptor.digest.hex().to_string());
             if let Ok(image) = self.image(&descriptor) {
                 blobs.insert(image.config_digest.hex().to_string());

@@ -50,6 +50,13 @@ struct Flags {
 fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
     let names = each("-t", &args.tags, ImageName::parse)?;
     let outputs = each("-o", &args.outputs, OutputSpec::parse)?;
+    let platform = args
+        .recipe
+        .platform
+        .as_deref()
+        .map(Platform::parse_list)
+        .transpose()
+        .map(|list| list.and_then(|l| l.into_iter().next()));
     let options = BuildOptions {
         secrets: kiln_build::secret_flags::parse_secrets(&args.secrets)?,
         remote: RemoteOptions::default(),
@@ -59,10 +66,9 @@ fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
         no_cache_filter: args.no_cache_filter.clone(),
         source_date_epoch: recipe::source_date_epoch(args.source_date_epoch)?,
         compression: output::layer_compression(&outputs)?,
-        platform: match args.recipe.platform.as_deref() {
-            Some(p) => Platform::parse(p).map_err(|e| format!("--platform: {e}"))?,
-            None => Platform::host(),
-        },
+        platform: platform
+            .map_err(|e| format!("--platform: {e}"))?
+            .unwrap_or_else(Platform::host),
         squash: args.squash,
         jobs: args.jobs.unwrap_or_else(kiln_build::pipeline::default_jobs),
         recipe_id: String::new(),
@@ -159,7 +165,9 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         remote: &options.remote,
         progress,
     };
-    let loaded = match recipe::load(&recipe_args, &images) {
+    // Every platform a RUN would execute on is checked before any base image is asked for.
+    let can_run = |plans: &[(Platform, kiln_plan::Plan)]| kiln_build::platforms::check_plans(plans);
+    let loaded = match recipe::load_checked(&recipe_args, &images, Some(&can_run)) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -186,7 +194,8 @@ fn build(args: &BuildArgs, flags: Flags, store: &Store, progress: &Plain) -> Exi
         &context,
         &mut options,
     );
-    let result = job.run(&loaded.plan, &context, &options);
+    // Several --platform values: one graph over every platform, delivered as an index.
+    let result = job.run_platforms(&loaded.plans, &context, &options);
     // The live display is cleared before anything else is printed.
     progress.finish();
     let built = match result {

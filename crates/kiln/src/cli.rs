@@ -39,13 +39,17 @@ pub enum Command {
     Run(RunArgs),
     /// List the images in the store.
     Images,
-    /// Show an image's manifest and config as JSON (with --provenance or --sbom: its
-    /// attestations, from the store or, for an image the store does not name, its registry).
+    /// Show an image's manifest and config as JSON (of a multi-platform image: its index and
+    /// the manifest of this machine's platform, or of --platform; with --provenance or --sbom:
+    /// its attestations, from the store or, for an image the store does not name, its registry).
     Inspect {
         /// Image name (as given to -t), or a registry reference.
         image: String,
         #[command(flatten)]
         attestations: InspectAttestations,
+        /// Of a multi-platform image, the platform to show (os/arch[/variant]).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
     },
     /// Show the history of an image: one line per instruction.
     History { image: String },
@@ -204,8 +208,10 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
 
-    /// The platform to build for (os/arch[/variant]). Default: this machine's.
-    #[arg(long, value_name = "PLATFORM")]
+    /// The platforms to build for, comma-separated (os/arch[/variant], or `local` for this
+    /// machine's): linux/amd64,linux/arm64 builds one image per platform, as an image index.
+    /// Default: this machine's.
+    #[arg(long, value_name = "PLATFORM[,PLATFORM...]")]
     pub platform: Option<String>,
 }
 
@@ -443,6 +449,10 @@ pub struct RunArgs {
     /// (left out when kiln has none). It wins over the image's ENV.
     #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]", value_parser = env_value)]
     pub env: Vec<String>,
+    /// Of a multi-platform image, the platform to run (os/arch[/variant]); a foreign one runs
+    /// through its qemu-user emulator (binfmt_misc). Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
     /// Image name, as given to -t.
     pub image: String,
     /// The command; default: the image's ENTRYPOINT and CMD.

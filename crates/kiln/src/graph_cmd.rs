@@ -27,10 +27,13 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         .recipe
         .platform
         .as_deref()
-        .map(Platform::parse)
+        .map(Platform::parse_list)
         .transpose()
     {
-        Ok(platform) => platform.unwrap_or_else(Platform::host),
+        // Of several platforms, the graph of the first (as `--check` plans it).
+        Ok(platforms) => platforms
+            .and_then(|list| list.into_iter().next())
+            .unwrap_or_else(Platform::host),
         Err(e) => return fail(USAGE, format!("--platform: {e}")),
     };
     let store = match Store::open(root) {

@@ -5,6 +5,7 @@ mod build_cmd;
 mod cli;
 mod graph_cmd;
 mod hint;
+mod platforms_cmd;
 mod progress;
 mod recipe;
 mod registry_cmd;

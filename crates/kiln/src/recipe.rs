@@ -16,7 +16,10 @@ pub const USAGE: u8 = 2;
 
 /// A recipe read, planned and reported on.
 pub struct Loaded {
+    /// The plan for the first platform of `--platform` (this machine's by default).
     pub plan: Plan,
+    /// The plan for each platform of `--platform`, in the order given (`plan` is the first).
+    pub plans: Vec<(Platform, Plan)>,
     /// The recipe file, when it came from one (for `<recipe>.dockerignore`).
     pub recipe_path: Option<PathBuf>,
     pub name: String,
@@ -25,8 +28,22 @@ pub struct Loaded {
     pub digest: kiln_oci::Digest,
 }
 
+/// What is checked of every platform's plan before any base image is asked for (so a build it
+/// refuses has touched nothing): planned without base images, it sees each stage's platform.
+pub type Precheck<'a> = &'a dyn Fn(&[(Platform, Plan)]) -> Result<(), String>;
+
 /// Reads the recipe, plans it and prints its diagnostics. Errors come back as the exit code.
 pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, ExitCode> {
+    load_checked(args, images, None)
+}
+
+/// [`load`], running `precheck` on plans made without base images first (a plan with errors
+/// is left for the real planning to report).
+pub fn load_checked(
+    args: &RecipeArgs,
+    images: &dyn ImageConfigs,
+    precheck: Option<Precheck<'_>>,
+) -> Result<Loaded, ExitCode> {
     let (name, text, recipe_path) = read_recipe(args).map_err(|message| {
         eprintln!("error: {message}");
         ExitCode::from(INVALID)
@@ -39,14 +56,41 @@ pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, Exit
         eprintln!("error: {message}");
         ExitCode::from(USAGE)
     })?;
-    let target_platform = match args.platform.as_deref().map(Platform::parse).transpose() {
-        Ok(platform) => platform.unwrap_or_else(Platform::host),
+    let platforms = match args
+        .platform
+        .as_deref()
+        .map(Platform::parse_list)
+        .transpose()
+    {
+        Ok(platforms) => platforms.unwrap_or_else(|| vec![Platform::host()]),
         Err(message) => {
             eprintln!("error: --platform: {message}");
             return Err(ExitCode::from(USAGE));
         }
     };
+    let target_platform = platforms.first().cloned().unwrap_or_else(Platform::host);
     let recipe = parse_recipe(&text);
+    if let Some(precheck) = precheck {
+        let offline: Vec<(Platform, Plan)> = platforms
+            .iter()
+            .map(|platform| {
+                let options = PlanOptions {
+                    build_args: build_args.clone(),
+                    target: args.target.clone(),
+                    target_platform: platform.clone(),
+                    contexts: contexts.clone(),
+                    ..PlanOptions::default()
+                };
+                (platform.clone(), plan(&recipe, &options))
+            })
+            .collect();
+        if offline.iter().all(|(_, p)| !p.has_errors()) {
+            if let Err(message) = precheck(&offline) {
+                eprintln!("error: {message}");
+                return Err(ExitCode::from(INVALID));
+            }
+        }
+    }
     let options = PlanOptions {
         build_args,
         target: args.target.clone(),
@@ -56,6 +100,19 @@ pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, Exit
         ..PlanOptions::default()
     };
     let plan = plan(&recipe, &options);
+    // Every platform's own plan (its TARGET* arguments); the diagnostics shown are the first's.
+    let mut plans = vec![(options.target_platform.clone(), plan.clone())];
+    for platform in platforms.iter().skip(1) {
+        let options = PlanOptions {
+            target_platform: platform.clone(),
+            build_args: options.build_args.clone(),
+            target: options.target.clone(),
+            images: options.images,
+            contexts: options.contexts.clone(),
+            ..PlanOptions::default()
+        };
+        plans.push((platform.clone(), kiln_plan::plan(&recipe, &options)));
+    }
     let choice = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
         ColorChoice::Auto
     } else {
@@ -78,8 +135,16 @@ pub fn load(args: &RecipeArgs, images: &dyn ImageConfigs) -> Result<Loaded, Exit
         eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
         return Err(ExitCode::from(INVALID));
     }
+    if let Some((platform, failed)) = plans.iter().skip(1).find(|(_, p)| p.has_errors()) {
+        let errors = failed.diagnostics.iter().filter(|d| d.is_error());
+        for error in errors {
+            eprintln!("error: for {platform}: {}", error.message);
+        }
+        return Err(ExitCode::from(INVALID));
+    }
     Ok(Loaded {
         plan,
+        plans,
         recipe_path,
         name,
         warnings,

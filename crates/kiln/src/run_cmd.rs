@@ -19,7 +19,20 @@ pub fn run(args: &RunArgs, root: &Path) -> ExitCode {
             return ExitCode::from(RUN_FAILED);
         }
     };
+    let platform = match args
+        .platform
+        .as_deref()
+        .map(kiln_plan::Platform::parse)
+        .transpose()
+    {
+        Ok(platform) => platform,
+        Err(e) => {
+            eprintln!("error: --platform: {e}");
+            return ExitCode::from(RUN_FAILED);
+        }
+    };
     let request = RunImage {
+        platform,
         reference: args.image.clone(),
         command: args.command.clone(),
         user: args.user.clone(),

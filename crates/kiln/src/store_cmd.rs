@@ -76,24 +76,21 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
         Command::Images => {
             let images = store.images().map_err(|e| fail(INVALID, e))?;
             println!(
-                "{:<40} {:<14} {:<22} {:>10}",
+                "{:<40} {:<14} {:<22} {:>10}  PLATFORMS",
                 "NAME", "IMAGE ID", "CREATED", "SIZE"
             );
             for tagged in images {
                 let familiar = ImageName::parse(&tagged.name)
                     .map(|n| n.familiar())
                     .unwrap_or(tagged.name.clone());
-                match store.image(&tagged.manifest) {
-                    Ok(image) => {
-                        // Registry-stated sizes: summed with checks.
-                        let size = image.manifest.total_size().unwrap_or(u64::MAX);
-                        println!(
-                            "{familiar:<40} {:<14} {:<22} {:>10}",
-                            short_id(image.config_digest.as_str()),
-                            image.config.created.clone().unwrap_or_default(),
-                            human(size)
-                        );
-                    }
+                match crate::platforms_cmd::summary(store, &tagged.manifest) {
+                    Ok(row) => println!(
+                        "{familiar:<40} {:<14} {:<22} {:>10}  {}",
+                        short_id(&row.id),
+                        row.created,
+                        human(row.size),
+                        row.platforms.join(",")
+                    ),
                     Err(e) => println!("{familiar:<40} (unreadable: {e})"),
                 }
             }
@@ -102,21 +99,14 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
         Command::Inspect {
             image,
             attestations,
+            platform,
         } => {
             if attestations.provenance || attestations.sbom {
                 return crate::attest_cmd::inspect(store, image, attestations);
             }
             let tagged = find(store, image)?;
-            let stored = store
-                .image(&tagged.manifest)
+            let output = crate::platforms_cmd::inspect(store, &tagged, platform.as_deref())
                 .map_err(|e| fail(INVALID, e))?;
-            let output = serde_json::json!({
-                "Name": tagged.name,
-                "Id": stored.config_digest.to_string(),
-                "Digest": tagged.manifest.digest.to_string(),
-                "Manifest": stored.manifest,
-                "Config": stored.config,
-            });
             println!(
                 "{}",
                 serde_json::to_string_pretty(&output).unwrap_or_default()

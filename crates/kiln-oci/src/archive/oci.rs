@@ -464,7 +464,29 @@ fn descend_to_manifest(
             [one] => (*one).clone(),
             [] => {
                 return Err(Error::InvalidArchive(match &opts.platform {
-                    Some(p) => format!("no manifest for platform {}/{}", p.os, p.architecture),
+                    Some(p) => {
+                        let mut available: Vec<String> = inner
+                            .manifests
+                            .iter()
+                            .filter_map(|d| d.platform.as_ref())
+                            .filter(|p| p.os != "unknown")
+                            .map(|p| match &p.variant {
+                                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                                None => format!("{}/{}", p.os, p.architecture),
+                            })
+                            .collect();
+                        available.dedup();
+                        format!(
+                            "no manifest for platform {}/{}; the image has {}",
+                            p.os,
+                            p.architecture,
+                            if available.is_empty() {
+                                "no platforms".to_string()
+                            } else {
+                                available.join(", ")
+                            }
+                        )
+                    }
                     None => "the image index lists no image manifests".into(),
                 }))
             }

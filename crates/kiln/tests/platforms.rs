@@ -1,0 +1,572 @@
+//! Multi-platform builds: one build for linux/amd64 and linux/arm64, a shared build-platform
+//! stage built once, a foreign RUN through qemu-user (binfmt_misc), an OCI index that skopeo
+//! and podman read, and a platform the machine cannot run refused before anything is stored.
+//!
+//! Needs (scripts/test.sh sets them up as root): qemu-user-static with qemu-aarch64 registered
+//! in binfmt_misc (F flag), Debian's arm64 architecture added (for `apt-get download
+//! busybox-static:arm64`), busybox-static, skopeo, podman and docker-registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::registry::{RegistryAuth, TestRegistry};
+use common::*;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+
+/// Whether a binfmt_misc entry named `name` is registered, enabled, with the F flag.
+fn emulator_registered(name: &str) -> bool {
+    fs::read_to_string(Path::new(BINFMT).join(name)).is_ok_and(|text| {
+        text.starts_with("enabled")
+            && text.contains("flags: ")
+            && text
+                .lines()
+                .any(|l| l.starts_with("flags:") && l.contains('F'))
+    })
+}
+
+/// Debian's arm64 busybox-static, downloaded and extracted under `dir`; `None` (after
+/// [`skip_or_fail`]) when the arm64 architecture or the mirror is missing.
+fn arm64_busybox(dir: &Path) -> Option<PathBuf> {
+    let download = Command::new("apt-get")
+        .args(["download", "busybox-static:arm64"])
+        .current_dir(dir)
+        .output();
+    let deb = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"));
+    let Some(deb) = deb else {
+        let why = download
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_else(|e| e.to_string());
+        skip_or_fail(&format!(
+            "apt-get download busybox-static:arm64 failed (dpkg --add-architecture arm64 && apt-get update, as scripts/test.sh does): {why}"
+        ));
+        return None;
+    };
+    let extracted = dir.join("x");
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&extracted)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dpkg-deb -x: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let binary = extracted.join("bin/busybox");
+    assert!(binary.is_file(), "no bin/busybox in {}", deb.display());
+    Some(binary)
+}
+
+/// A store holding `busybox:multi`: an index of linux/amd64 (this machine's busybox-static)
+/// and linux/arm64 (Debian's arm64 busybox-static), built by kiln itself from one recipe.
+fn multi_busybox_store(work: &Path) -> Option<tempfile::TempDir> {
+    if !emulator_registered("qemu-aarch64") {
+        skip_or_fail("qemu-aarch64 is not registered in binfmt_misc with the F flag (apt-get install qemu-user-static; grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register)");
+        return None;
+    }
+    let arm64 = arm64_busybox(work)?;
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox-$TARGETARCH /bin/busybox\nCOPY passwd group /etc/\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\n",
+        ),
+        ("passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("group", "root:x:0:\n"),
+    ]);
+    fs::copy(busybox_binary(), ctx.path().join("busybox-amd64")).unwrap();
+    fs::copy(arm64, ctx.path().join("busybox-arm64")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    build(
+        ctx.path(),
+        root.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "busybox:multi",
+        ],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
+    Some(root)
+}
+
+/// The cross-compile recipe: a build-platform stage that makes one file per target arch, and
+/// a final stage per platform that takes its own and records what `uname -m` says there.
+const APP: &str = "FROM --platform=$BUILDPLATFORM busybox:multi AS cross\n\
+RUN echo \"cross-compiling on $(uname -m)\" > /log\n\
+ARG BUILDARCH\n\
+RUN for arch in amd64 arm64; do echo \"binary for $arch, made on $BUILDARCH\" > /app-$arch; done\n\
+\n\
+FROM busybox:multi\n\
+ARG TARGETARCH\n\
+COPY --from=cross /app-$TARGETARCH /app\n\
+RUN uname -m > /arch\n\
+CMD [\"cat\", \"/arch\"]\n";
+
+fn json_events(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+fn kiln_root(root: &Path, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
+    let root = root.display().to_string();
+    let mut all = vec!["--root", root.as_str()];
+    all.extend_from_slice(args);
+    kiln(&all, cwd, env)
+}
+
+fn ok(run: Run, what: &str) -> Run {
+    assert_eq!(
+        run.status, 0,
+        "{what} failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
+#[test]
+fn two_platforms_share_the_build_stage_run_arm64_through_qemu_and_push_one_index() {
+    for tool in ["skopeo", "podman", "docker-registry"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(root) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let registry = TestRegistry::start(RegistryAuth::Anonymous);
+    let docker_config = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    let tag = format!("{host}/kiln/multi:1");
+    let ctx = context(&[("Dockerfile", APP)]);
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("app.tar");
+    let local = out.path().join("local");
+    let metadata = out.path().join("metadata.json");
+    let env = [
+        ("SOURCE_DATE_EPOCH", EPOCH),
+        ("DOCKER_CONFIG", docker_config.path().to_str().unwrap()),
+    ];
+    let args = [
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--progress",
+        "json",
+        "-t",
+        &tag,
+        "--push",
+        "-o",
+        &format!("type=oci,dest={}", archive.display()),
+        "-o",
+        &format!("type=local,dest={}", local.display()),
+        "--metadata-file",
+        &metadata.display().to_string(),
+        ".",
+    ];
+    let first = ok(
+        kiln_root(root.path(), &args, ctx.path(), &env),
+        "two-platform build",
+    );
+    let events = json_events(&first.stderr);
+
+    // The build-platform stage ran once, for both platforms; the final stage once per platform.
+    let runs_of = |text: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["event"] == "step" && e["instruction"].as_str().is_some_and(|i| i.contains(text))
+            })
+            .count()
+    };
+    assert_eq!(runs_of("cross-compiling on"), 1, "{}", first.stderr);
+    assert_eq!(runs_of("for arch in amd64 arm64"), 1, "{}", first.stderr);
+    assert_eq!(runs_of("uname -m > /arch"), 2, "{}", first.stderr);
+
+    // The archive's image is an index of two manifests with the right platforms.
+    let index: serde_json::Value = serde_json::from_slice(
+        &Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+    let index_digest = metadata["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        metadata["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+
+    // type=local: one directory per platform, each with its own binary and uname.
+    let read = |path: PathBuf| {
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    assert_eq!(read(local.join("linux_amd64/arch")), "x86_64\n");
+    assert_eq!(read(local.join("linux_arm64/arch")), "aarch64\n");
+    assert_eq!(
+        read(local.join("linux_arm64/app")),
+        "binary for arm64, made on amd64\n"
+    );
+    assert_eq!(
+        read(local.join("linux_amd64/app")),
+        "binary for amd64, made on amd64\n"
+    );
+
+    // The store names the index; kiln run picks a platform, the foreign one through qemu.
+    let arm = ok(
+        kiln_root(
+            root.path(),
+            &["run", "--platform", "linux/arm64", &tag],
+            ctx.path(),
+            &[],
+        ),
+        "kiln run arm64",
+    );
+    assert_eq!(arm.stdout, "aarch64\n");
+    let images = ok(
+        kiln_root(root.path(), &["images"], ctx.path(), &[]),
+        "kiln images",
+    );
+    assert!(
+        images.stdout.contains("linux/amd64,linux/arm64"),
+        "{}",
+        images.stdout
+    );
+
+    // The registry holds the index and both manifests.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{tag}"))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "skopeo inspect --raw: {}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let pushed: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(pushed["manifests"], index["manifests"], "{pushed}");
+    for manifest in pushed["manifests"].as_array().unwrap() {
+        let digest = manifest["digest"].as_str().unwrap();
+        let one = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{host}/kiln/multi@{digest}"))
+            .output()
+            .unwrap();
+        assert!(
+            one.status.success(),
+            "manifest {digest} is not on the registry"
+        );
+    }
+    let sha = format!("sha256:{}", sha256_hex(&raw.stdout));
+    assert_eq!(sha, index_digest, "the pushed index is the built one");
+
+    // skopeo takes the arm64 image out of the index; podman runs it through qemu.
+    let storage = tempfile::tempdir().unwrap();
+    let (store_root, run_root) = (storage.path().join("root"), storage.path().join("run"));
+    let containers = format!(
+        "containers-storage:[vfs@{}+{}]localhost/kiln-multi:arm64",
+        store_root.display(),
+        run_root.display()
+    );
+    let copied = Command::new("skopeo")
+        .args(["copy", "--override-arch", "arm64", "--src-tls-verify=false"])
+        .arg(format!("docker://{tag}"))
+        .arg(&containers)
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "skopeo copy --override-arch arm64: {}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    // Limits podman's runc may set here (its default nproc is refused on this kernel setup).
+    let conf = storage.path().join("containers.conf");
+    fs::write(
+        &conf,
+        "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
+    )
+    .unwrap();
+    let podman = Command::new("podman")
+        .env("CONTAINERS_CONF", &conf)
+        .arg("--root")
+        .arg(&store_root)
+        .arg("--runroot")
+        .arg(&run_root)
+        .args([
+            "--storage-driver",
+            "vfs",
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "localhost/kiln-multi:arm64",
+            "uname",
+            "-m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        podman.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&podman.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&podman.stdout), "aarch64\n");
+
+    // A rebuild is fully cached: no step runs, and the index is the same.
+    let again = ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--progress",
+                "json",
+                "--metadata-file",
+                &out.path().join("again.json").display().to_string(),
+                ".",
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "rebuild",
+    );
+    let ran: Vec<serde_json::Value> = json_events(&again.stderr)
+        .into_iter()
+        .filter(|e| e["event"] == "running")
+        .collect();
+    assert!(ran.is_empty(), "steps ran again: {ran:?}");
+    let again_metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.path().join("again.json")).unwrap()).unwrap();
+    assert_eq!(
+        again_metadata["containerimage.digest"].as_str(),
+        Some(index_digest.as_str())
+    );
+
+    // docker load takes images, not an index: type=docker says so.
+    let docker = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=docker,dest={}", out.path().join("d.tar").display()),
+            ".",
+        ],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(docker.status, 0);
+    assert!(
+        docker.stderr.contains("type=docker holds one image"),
+        "{}",
+        docker.stderr
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    kiln_oci::sha256_digest(bytes).hex().to_string()
+}
+
+/// Everything a build may leave in a store: blobs, snapshots, cache records, names.
+fn store_contents(root: &Path) -> BTreeMap<String, u64> {
+    let mut found = BTreeMap::new();
+    for dir in ["blobs", "snapshots", "cache", "cache-mounts"] {
+        let base = root.join(dir);
+        if !base.exists() {
+            continue;
+        }
+        for entry in walk(&base) {
+            let size = fs::symlink_metadata(&entry).map(|m| m.len()).unwrap_or(0);
+            found.insert(
+                entry.strip_prefix(root).unwrap().display().to_string(),
+                size,
+            );
+        }
+    }
+    found.insert(
+        format!(
+            "index.json:{}",
+            fs::read_to_string(root.join("index.json")).unwrap_or_default()
+        ),
+        0,
+    );
+    found
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Disables a binfmt_misc entry for as long as it lives (writes `0` to it), and enables it
+/// again when dropped, however the test ends.
+struct Disabled(Option<PathBuf>);
+
+impl Drop for Disabled {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::write(path, "1");
+        }
+    }
+}
+
+#[test]
+fn a_platform_without_an_emulator_fails_with_what_to_install_and_stores_nothing() {
+    // linux/s390x: no qemu-s390x is registered here (scripts/test.sh registers aarch64 only);
+    // if one is, it is turned off for the test and back on after.
+    let entry = Path::new(BINFMT).join("qemu-s390x");
+    let _restore = if emulator_registered("qemu-s390x") {
+        if fs::write(&entry, "0").is_err() {
+            skip_or_fail("qemu-s390x is registered and this test cannot turn it off (needs root)");
+            return;
+        }
+        Disabled(Some(entry))
+    } else {
+        Disabled(None)
+    };
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\"]\n",
+        ),
+        ("hello", "not a program\n"),
+    ]);
+    ok(
+        kiln_root(root.path(), &["images"], ctx.path(), &[]),
+        "kiln images",
+    );
+    let before = store_contents(root.path());
+    let run = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/s390x",
+            "-t",
+            "never:1",
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_ne!(run.status, 0, "the build should fail:\n{}", run.stderr);
+    for needed in [
+        "linux/s390x",
+        "cannot run its programs",
+        "apt-get install qemu-user-static",
+        "/usr/lib/binfmt.d/qemu-s390x.conf",
+        "/proc/sys/fs/binfmt_misc/register",
+    ] {
+        assert!(
+            run.stderr.contains(needed),
+            "no {needed:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        store_contents(root.path()),
+        before,
+        "the store changed:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_base_without_the_platform_lists_the_platforms_it_has() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(root) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let ctx = context(&[("Dockerfile", "FROM busybox:multi\nCOPY Dockerfile /\n")]);
+    let run = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--pull=never",
+            "--platform",
+            "linux/amd64,linux/ppc64le",
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_ne!(run.status, 0);
+    assert!(
+        run.stderr.contains("no manifest for linux/ppc64le")
+            && run.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        run.stderr
+    );
+    // One platform of a multi-platform base: taken from the index.
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("arm.tar");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/arm64",
+                "-o",
+                &format!("type=oci,dest={}", archive.display()),
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "arm64 build",
+    );
+    let image = read_image(&archive);
+    assert_eq!(image.config.architecture, "arm64");
+}

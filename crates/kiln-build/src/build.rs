@@ -1611,7 +1611,8 @@ impl Builder<'_> {
             Some(record) => (record.clone(), None),
             None => (placeholder_layer(&key), Some(key.clone())),
         };
-        let digest = Digest::parse(&record.digest).map_err(crate::ExecError::oci(&record.digest))?;
+        let digest =
+            Digest::parse(&record.digest).map_err(crate::ExecError::oci(&record.digest))?;
         let diff_id =
             Digest::parse(&record.diff_id).map_err(crate::ExecError::oci(&record.diff_id))?;
         let layer_ref = LayerRef {
@@ -1783,7 +1784,8 @@ impl Builder<'_> {
                     &layer_options(self.options),
                 )?,
             };
-            let digest = Digest::parse(&made.digest).map_err(crate::ExecError::oci(&made.digest))?;
+            let digest =
+                Digest::parse(&made.digest).map_err(crate::ExecError::oci(&made.digest))?;
             let diff_id =
                 Digest::parse(&made.diff_id).map_err(crate::ExecError::oci(&made.diff_id))?;
             layer.descriptor = Descriptor::new(made.media_type.clone(), digest, made.size);

@@ -19,10 +19,9 @@ pub fn put_index(
     let mut manifests: Vec<Descriptor> = Vec::with_capacity(images.len() + extra.len());
     for image in images {
         if image.platform.is_none() {
-            return Err(BuildError::Image(format!(
-                "image manifest {} has no platform: an index entry needs one",
-                image.digest
-            )));
+            return Err(BuildError::Internal(
+                "an image manifest of an index has no platform",
+            ));
         }
         // An index entry names the image; names (ref annotations) belong to the index.
         let mut entry = Descriptor::new(image.media_type.clone(), image.digest.clone(), image.size);
@@ -34,7 +33,7 @@ pub fn put_index(
     manifests.extend(extra.iter().cloned());
     let mut index = Index::new(manifests);
     index.annotations.extend(annotations.clone());
-    let bytes = to_canonical_json(&index).map_err(|e| BuildError::Image(e.to_string()))?;
+    let bytes = to_canonical_json(&index).map_err(crate::ExecError::oci("image index"))?;
     let digest = store.put_blob(&bytes).map_err(BuildError::Store)?;
     Ok(Descriptor::new(
         media_types::OCI_INDEX,
@@ -50,8 +49,8 @@ pub fn platform_manifests(
     index: &Descriptor,
 ) -> Result<Vec<Descriptor>, BuildError> {
     let bytes = store.read_blob(&index.digest).map_err(BuildError::Store)?;
-    let index: Index =
-        kiln_oci::from_json_slice(&bytes).map_err(|e| BuildError::Image(e.to_string()))?;
+    let index: Index = kiln_oci::from_json_slice(&bytes)
+        .map_err(crate::ExecError::oci(index.digest.to_string()))?;
     Ok(index
         .manifests
         .into_iter()

@@ -50,11 +50,10 @@ pub fn make_blob(
     options: &LayerOptions,
 ) -> Result<LayerRecord, BuildError> {
     let blob = store.blob_writer().map_err(BuildError::Store)?;
-    let (layer, blob) = crate::chunk_reuse::write_layer(store, memo, snapshot, options, blob)
-        .map_err(crate::ExecError::layer(format!(
-            "writing the layer of {}",
-            snapshot.display()
-        )))?;
+    let (layer, blob) =
+        crate::chunk_reuse::write_layer(store, memo, snapshot, options, blob).map_err(
+            crate::ExecError::layer(format!("writing the layer of {}", snapshot.display())),
+        )?;
     let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
     store
         .commit_blob(blob, &digest)
@@ -108,8 +107,13 @@ pub fn make_record_blobs(
         let layer = match made.get(&record.key) {
             Some(layer) => layer.clone(),
             None => {
-                let layer =
-                    make_lazy_blob(store, &memo, &record.key, &store.snapshot_path(snapshot), options)?;
+                let layer = make_lazy_blob(
+                    store,
+                    &memo,
+                    &record.key,
+                    &store.snapshot_path(snapshot),
+                    options,
+                )?;
                 made.insert(record.key.clone(), layer.clone());
                 layer
             }

@@ -7,10 +7,10 @@
 pub mod attest;
 pub mod build;
 pub mod cache;
+mod chunk_reuse;
 pub mod index;
 pub mod lazy;
 pub mod local_context;
-mod chunk_reuse;
 pub mod nodes;
 pub mod output;
 pub mod pipeline;
@@ -151,6 +151,14 @@ pub enum BuildError {
     AttestationClash {
         /// The statement's file name.
         file: &'static str,
+    },
+    /// A RUN step's platform cannot execute on this machine (no emulator registered).
+    #[error("RUN in stage {stage}: {source}")]
+    CannotExecute {
+        /// The stage, as progress names it.
+        stage: String,
+        /// What is missing, and how to install and register it.
+        source: kiln_sandbox::emulation::EmulationError,
     },
     /// A step executor failed.
     #[error(transparent)]

@@ -517,43 +517,22 @@ pub fn export_platforms(
         crate::index::platform_dir_name(&platform)
     };
     match spec.kind {
-        OutputKind::Docker => Err(BuildError::Unsupported(format!(
+        OutputKind::Docker => Err(BuildError::Output(format!(
             "-o type=docker holds one image and docker load cannot take an image index; this build has {} platforms: use type=oci (an index), build one --platform for docker, or push with --push",
             built.platforms.len()
         ))),
-        OutputKind::Registry => Err(BuildError::Image(
+        OutputKind::Registry => Err(BuildError::Output(
             "type=registry is pushed by the caller, with a registry client".into(),
         )),
-        OutputKind::Oci => {
-            let mut image = ImageRef::new(built.manifest.clone());
-            for name in names {
-                image = image.with_name(name.clone());
-            }
-            for name in &spec.names {
-                image = image.with_name(
-                    ImageName::parse(name)
-                        .map_err(|e| BuildError::Image(format!("output name {name:?}: {e}")))?,
-                );
-            }
-            let blobs = LayoutBlobs::new(store.root());
-            let options = WriteOptions {
-                mtime: built
-                    .source_date_epoch
-                    .and_then(|e| u64::try_from(e).ok())
-                    .unwrap_or(0),
-            };
-            write_to(&spec.destination, |out| {
-                kiln_oci::write_oci_index_archive(out, &image, &blobs, &options)
-                    .map_err(|e| BuildError::Image(format!("writing the archive: {e}")))
-            })
-        }
+        // The archive writer takes the index as it takes one image (see kiln-oci's index_out).
+        OutputKind::Oci => export(spec, built, store, names),
         OutputKind::Local | OutputKind::Layers => {
             let Destination::File(dir) = &spec.destination else {
-                return Err(BuildError::Image("this output needs dest=DIR".into()));
+                return Err(BuildError::Output("this output needs dest=DIR".into()));
             };
             fs::create_dir_all(dir).map_err(io_at(dir))?;
             if spec.kind == OutputKind::Local && fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-                return Err(BuildError::Image(format!(
+                return Err(BuildError::Output(format!(
                     "type=local: {} is not empty",
                     dir.display()
                 )));
@@ -579,9 +558,17 @@ pub fn export_platforms(
             let epoch = built.source_date_epoch;
             write_to(&spec.destination, |out| {
                 let entries =
-                    kiln_layer::list_entries(&tree).map_err(|e| BuildError::Layer(e.to_string()))?;
+                    kiln_layer::list_entries(&tree).map_err(crate::ExecError::layer("type=tar"))?;
+                let mut file_out;
+                let out: &mut dyn Write = match out {
+                    Out::File(file) => {
+                        file_out = file;
+                        &mut file_out
+                    }
+                    Out::Stream(stream) => stream,
+                };
                 kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
-                    .map_err(|e| BuildError::Layer(e.to_string()))
+                    .map_err(|e| crate::ExecError::layer("type=tar")(e).into())
             })
         }
     }

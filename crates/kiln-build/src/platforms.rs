@@ -213,7 +213,10 @@ pub fn check_runnable(merged: &Merged) -> Result<(), BuildError> {
             &platform.architecture,
             platform.variant.as_deref(),
         )
-        .map_err(|e| BuildError::Unsupported(format!("RUN in stage {}: {e}", stage.label())))?;
+        .map_err(|source| BuildError::CannotExecute {
+            stage: stage.label(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -28,9 +28,9 @@ pub mod time;
 
 pub use archive::{
     read_docker_archive, read_oci_archive, read_oci_layout_dir, write_docker_archive,
-    write_docker_archive_file, write_oci_archive, write_oci_archive_file, write_oci_index_archive,
-    write_oci_layout_dir, ArchiveFormat, ArchiveImage, BlobSource, ImageRef, LayoutBlobs,
-    MemoryBlobs, ReadOptions, WriteOptions,
+    write_docker_archive_file, write_oci_archive, write_oci_archive_file, write_oci_layout_dir,
+    ArchiveFormat, ArchiveImage, BlobSource, ImageRef, LayoutBlobs, MemoryBlobs, ReadOptions,
+    WriteOptions,
 };
 pub use config::{
     chain_ids, ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs,

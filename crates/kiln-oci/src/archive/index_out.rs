@@ -1,6 +1,9 @@
 //! An OCI archive of an image index: the index (one image manifest per platform, and
 //! BuildKit's attestation manifests beside them) is the one entry of `index.json`, named as a
-//! single image would be; `manifest.json` lists the runnable image manifests for `docker load`.
+//! single image would be. When the index holds one runnable image (one platform, with or
+//! without attestations), `manifest.json` lists it for `docker load`; with several platforms
+//! none is written, as `docker load` (20.10) takes images, not an index, and would give every
+//! platform's image the same tag.
 
 use std::io::Write;
 
@@ -95,10 +98,12 @@ pub(super) fn write_index_archive<W: Write>(
         "index.json",
         Content::Bytes(to_canonical_json(&Index::new(entries))?),
     )?;
-    plan.put("manifest.json", Content::Bytes(to_canonical_json(&docker)?))?;
+    if docker.len() == 1 {
+        plan.put("manifest.json", Content::Bytes(to_canonical_json(&docker)?))?;
+    }
     plan.put(
         &image.manifest.digest.blob_path(),
         Content::Bytes(index_bytes),
     )?;
-    plan.write(out, blobs, opts.mtime)
+    plan.write(super::sink::Stream(out), blobs, opts.mtime)
 }

@@ -13,7 +13,6 @@
 mod docker;
 mod files;
 mod image;
-mod index;
 mod index_out;
 mod oci;
 mod sink;
@@ -27,7 +26,6 @@ use std::path::PathBuf;
 
 pub use docker::{read_docker_archive, write_docker_archive, write_docker_archive_file};
 pub use image::{ArchiveFormat, ArchiveImage};
-pub use index::write_oci_index_archive;
 pub use oci::{
     read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_archive_file,
     write_oci_layout_dir,

@@ -158,7 +158,7 @@ pub enum BuildError {
         /// The stage, as progress names it.
         stage: String,
         /// What is missing, and how to install and register it.
-        source: kiln_sandbox::emulation::EmulationError,
+        source: Box<kiln_sandbox::emulation::EmulationError>,
     },
     /// A step executor failed.
     #[error(transparent)]

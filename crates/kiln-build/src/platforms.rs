@@ -215,7 +215,7 @@ pub fn check_runnable(merged: &Merged) -> Result<(), BuildError> {
         )
         .map_err(|source| BuildError::CannotExecute {
             stage: stage.label(),
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(())

@@ -16,7 +16,7 @@ use kiln_attest::{
     AttestationLayer, BuildRecord, Material, ProvenanceMode, ProvenanceRequest, Recipe, SecretUse,
     SshUse, StepRecord, Subject,
 };
-use kiln_oci::{media_types, to_canonical_json, Descriptor, Index, Platform};
+use kiln_oci::{media_types, Descriptor, Platform};
 use kiln_plan::{Action, Plan};
 use kiln_sbom::{ImageFiles, SbomOptions, Timestamp};
 use kiln_store::Store;
@@ -347,16 +347,7 @@ pub fn image_index(
 ) -> Result<Descriptor, BuildError> {
     let mut entry = image.clone();
     entry.platform = Some(platform.clone());
-    let mut manifests = vec![entry];
-    manifests.extend(attestations);
-    let index = Index::new(manifests);
-    let bytes = to_canonical_json(&index).map_err(|e| attest_error("image index", e))?;
-    let digest = store.put_blob(&bytes).map_err(BuildError::Store)?;
-    Ok(Descriptor::new(
-        media_types::OCI_INDEX,
-        digest,
-        bytes.len() as u64,
-    ))
+    crate::index::put_index(store, &[entry], &attestations, &BTreeMap::new())
 }
 
 /// The attested form of a build: the index to write or push instead of the bare manifest.
@@ -396,6 +387,39 @@ pub fn attest_build(
         entries,
         statements,
     }))
+}
+
+/// Makes and attaches the attestations of a multi-platform build: one attestation manifest
+/// per platform's image (each statement's subject that image), returned as the extra entries
+/// of the build's index. The images come in the order of `plans`.
+pub fn attest_platforms(
+    options: &AttestOptions,
+    plans: &[(kiln_plan::Platform, Plan)],
+    images: &[Built],
+    build_options: &crate::build::BuildOptions,
+    store: &Store,
+    names: &[kiln_oci::ImageName],
+) -> Result<Vec<Descriptor>, BuildError> {
+    if !options.wanted() {
+        return Ok(Vec::new());
+    }
+    let name_strings: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let refs: Vec<&str> = name_strings.iter().map(String::as_str).collect();
+    let mut entries = Vec::new();
+    for ((_, plan), image) in plans.iter().zip(images) {
+        let name = name_strings
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("kiln-build@{}", image.manifest.digest));
+        let statements = statements(options, plan, image, build_options, store, &name)?;
+        let platform = image.config.platform();
+        let attached = attach(store, &statements, &image.manifest, &platform, &refs)?;
+        for entry in &attached {
+            store.put_attestations(entry).map_err(BuildError::Store)?;
+        }
+        entries.extend(attached);
+    }
+    Ok(entries)
 }
 
 /// Records the attestations in the store beside the image they are about (for

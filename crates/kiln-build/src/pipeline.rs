@@ -216,14 +216,30 @@ impl Build<'_> {
         context: &Context,
         options: &BuildOptions,
     ) -> Result<Built, BuildError> {
-        let images =
+        let mut images =
             crate::platforms::build_platforms(plans, self.store, context, options, self.progress)?;
+        if !self.cache_sinks().is_empty() {
+            // An exported cache holds every step's layer, shipped or not: their blobs now.
+            let layer_options = crate::build::layer_options(options);
+            for image in &mut images {
+                crate::lazy::make_record_blobs(self.store, &mut image.records, &layer_options)?;
+            }
+        }
         let manifests: Vec<kiln_oci::Descriptor> =
             images.iter().map(|b| b.manifest.clone()).collect();
+        // One attestation manifest per platform's image, beside it in the index.
+        let attestations = crate::attest::attest_platforms(
+            &self.attest,
+            plans,
+            &images,
+            options,
+            self.store,
+            &self.names,
+        )?;
         let index = crate::index::put_index(
             self.store,
             &manifests,
-            &[],
+            &attestations,
             &std::collections::BTreeMap::new(),
         )?;
         let mut built = images.first().cloned().ok_or(BuildError::Plan)?;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 const LADDER_RECIPE: &str = include_str!("../../../testdata/isolation/ladder.Dockerfile");
 const SECRET: &str = "s3cret-ladder";
+const ROOT_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+const ROOT_GROUP: &str = "root:x:0:\n";
 
 /// What a cell must do.
 enum Expect {
@@ -57,26 +59,8 @@ impl Workspace {
         fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
         // A busybox root that can run kiln: busybox, its applets, kiln's shared libraries.
         let rootfs = w.join("rootfs");
-        for sub in ["bin", "tmp", "proc", "sys", "dev", "etc", "w"] {
-            fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-        fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
-        let install = Command::new(rootfs.join("bin/busybox"))
-            .args(["--install", "-s"])
-            .arg(rootfs.join("bin"))
-            .status()
-            .unwrap();
-        assert!(install.success());
-        let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
-        for library in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|word| word.starts_with('/'))
-        {
-            let target = rootfs.join(library.trim_start_matches('/'));
-            fs::create_dir_all(target.parent().unwrap()).unwrap();
-            fs::copy(library, &target).unwrap();
-        }
+        common::containers::busybox_root(&rootfs, ROOT_PASSWD, ROOT_GROUP);
+        fs::create_dir_all(rootfs.join("w")).unwrap();
         let ctx = w.join("ctx");
         fs::create_dir(&ctx).unwrap();
         fs::write(ctx.join("Dockerfile"), LADDER_RECIPE).unwrap();
@@ -512,19 +496,7 @@ fn podman_default_cell_installs_a_debian_package() {
     let kiln = w.join("kiln");
     fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
     let rootfs = w.join("rootfs");
-    for sub in ["bin", "tmp", "proc", "sys", "dev", "etc"] {
-        fs::create_dir_all(rootfs.join(sub)).unwrap();
-    }
-    fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
-    let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
-    for library in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|word| word.starts_with('/'))
-    {
-        let target = rootfs.join(library.trim_start_matches('/'));
-        fs::create_dir_all(target.parent().unwrap()).unwrap();
-        fs::copy(library, &target).unwrap();
-    }
+    common::containers::busybox_root(&rootfs, ROOT_PASSWD, ROOT_GROUP);
     let ctx = w.join("ctx");
     fs::create_dir(&ctx).unwrap();
     fs::hard_link(&base, ctx.join("debian.tar"))

@@ -261,6 +261,19 @@ fn run_ok(command: &mut Command, who: &str) -> String {
     run.stderr
 }
 
+/// The build's isolation line names `rung` (the runner gets what docs/ci.md says).
+fn assert_rung(stderr: &str, rung: &str, who: &str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("isolation: "))
+        .unwrap_or_else(|| panic!("{who}: no isolation line:\n{stderr}"));
+    assert!(
+        line.starts_with(&format!("isolation: {rung}")),
+        "{who}: {line}"
+    );
+    eprintln!("{who}: {line}");
+}
+
 #[test]
 fn every_definition_in_examples_ci_is_valid_yaml() {
     for name in [
@@ -368,10 +381,7 @@ fn the_kubernetes_job_builds_and_pushes_with_its_security_context() {
         .arg("/usr/local/bin/kiln")
         .args(strings(&container["args"], &substitute));
     let stderr = run_ok(&mut command, "the Kubernetes Job");
-    eprintln!(
-        "kubernetes Job: {}",
-        stderr.lines().next().unwrap_or_default()
-    );
+    assert_rung(&stderr, "userns (uid 1000", "the Kubernetes Job");
     setup.assert_pushed("team/app", "latest", "the Kubernetes Job");
     setup.assert_pushed("team/app", "buildcache", "the Kubernetes Job's cache");
 }
@@ -462,7 +472,7 @@ fn the_tekton_task_builds_and_pushes_with_its_step_template() {
         .arg("/usr/local/bin/kiln")
         .args(strings(&step["args"], &substitute));
     let stderr = run_ok(&mut command, "the Tekton Task");
-    eprintln!("tekton Task: {}", stderr.lines().next().unwrap_or_default());
+    assert_rung(&stderr, "userns (uid 1000", "the Tekton Task");
     setup.assert_pushed("team/app", "tekton", "the Tekton Task");
     setup.assert_pushed("team/app", "buildcache-tekton", "the Tekton Task's cache");
 }
@@ -524,7 +534,7 @@ fn the_gitlab_job_logs_in_builds_and_pushes_on_a_kubernetes_executor() {
         .arg(&rootfs)
         .args(["/bin/sh", "-c", &script]);
     let stderr = run_ok(&mut command, "the GitLab job");
-    eprintln!("gitlab job: {}", stderr.lines().next().unwrap_or_default());
+    assert_rung(&stderr, "userns (uid 1000", "the GitLab job");
     setup.assert_pushed("team/app", "0a1b2c3d", "the GitLab job");
     setup.assert_pushed("team/app/cache", "buildcache", "the GitLab job's cache");
 }
@@ -601,9 +611,10 @@ fn the_github_workflow_logs_in_builds_and_pushes_on_the_runner() {
         .env("KILN_ROOT", w.join("store"))
         .env("DOCKER_CONFIG", w.join("docker"));
     let stderr = run_ok(&mut command, "the GitHub workflow");
-    eprintln!(
-        "github workflow: {}",
-        stderr.lines().next().unwrap_or_default()
+    assert_rung(
+        &stderr,
+        "sandbox (root with CAP_SYS_ADMIN",
+        "the GitHub workflow",
     );
     setup.assert_pushed("team/app", sha, "the GitHub workflow");
     setup.assert_pushed("team/app", "latest", "the GitHub workflow");

@@ -1,7 +1,8 @@
 //! kiln as a CI build step: its binary mounted into busybox containers of podman and docker,
 //! building the ladder recipe (RUN whiteouts, a cache mount, a secret). Each cell either
 //! builds the very image the host builds (same manifest digest), or fails with the message
-//! docs/ci.md documents. Needs root, podman, docker.io (dockerd is started here, with its own
+//! docs/ci.md documents. Needs root, podman, docker.io (the suite's dockerd when `DOCKER_HOST`
+//! names one that answers, as scripts/test.sh exports it; else one started here, with its own
 //! data root, socket, `--bridge=none --iptables=false`, and stopped at the end) and
 //! busybox-static; a missing tool fails the test.
 
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 
 const LADDER_RECIPE: &str = include_str!("../../../testdata/isolation/ladder.Dockerfile");
 const SECRET: &str = "s3cret-ladder";
+const ROOT_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+const ROOT_GROUP: &str = "root:x:0:\n";
 
 /// What a cell must do.
 enum Expect {
@@ -57,26 +60,8 @@ impl Workspace {
         fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
         // A busybox root that can run kiln: busybox, its applets, kiln's shared libraries.
         let rootfs = w.join("rootfs");
-        for sub in ["bin", "tmp", "proc", "sys", "dev", "etc", "w"] {
-            fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-        fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
-        let install = Command::new(rootfs.join("bin/busybox"))
-            .args(["--install", "-s"])
-            .arg(rootfs.join("bin"))
-            .status()
-            .unwrap();
-        assert!(install.success());
-        let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
-        for library in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|word| word.starts_with('/'))
-        {
-            let target = rootfs.join(library.trim_start_matches('/'));
-            fs::create_dir_all(target.parent().unwrap()).unwrap();
-            fs::copy(library, &target).unwrap();
-        }
+        common::containers::busybox_root(&rootfs, ROOT_PASSWD, ROOT_GROUP);
+        fs::create_dir_all(rootfs.join("w")).unwrap();
         let ctx = w.join("ctx");
         fs::create_dir(&ctx).unwrap();
         fs::write(ctx.join("Dockerfile"), LADDER_RECIPE).unwrap();
@@ -271,17 +256,22 @@ fn podman_cells_build_the_host_image_or_say_what_to_change() {
     eprintln!("{}", table.join("\n"));
 }
 
-/// A dockerd of the test's own, stopped (and its containers with it) when dropped.
+/// The dockerd the suite started (scripts/test.sh exports its `DOCKER_HOST`), else one of the
+/// test's own, stopped (and its containers with it) when dropped.
 struct Dockerd {
-    child: Child,
+    /// None: the suite's daemon, left running.
+    child: Option<Child>,
     socket: String,
     _dir: tempfile::TempDir,
 }
 
 impl Dockerd {
     fn start() -> Dockerd {
-        tool("dockerd");
         tool("docker");
+        if let Some(daemon) = Dockerd::the_suites() {
+            return daemon;
+        }
+        tool("dockerd");
         let dir = tempfile::Builder::new()
             .prefix("kiln-dockerd")
             .tempdir_in("/tmp")
@@ -311,7 +301,7 @@ impl Dockerd {
             .spawn()
             .unwrap();
         let mut daemon = Dockerd {
-            child,
+            child: Some(child),
             socket,
             _dir: dir,
         };
@@ -324,7 +314,7 @@ impl Dockerd {
             if ready {
                 break;
             }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+            if let Some(Ok(Some(status))) = daemon.child.as_mut().map(Child::try_wait) {
                 let log = fs::read_to_string(daemon._dir.path().join("dockerd.log"));
                 panic!("dockerd ended ({status}): {log:?}");
             }
@@ -335,6 +325,22 @@ impl Dockerd {
             std::thread::sleep(Duration::from_millis(200));
         }
         daemon
+    }
+
+    /// The suite's daemon, when `DOCKER_HOST` names one that answers.
+    fn the_suites() -> Option<Dockerd> {
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())?;
+        let answers = Command::new("docker")
+            .args(["-H", &socket, "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        answers.then(|| Dockerd {
+            child: None,
+            socket,
+            _dir: tempfile::tempdir().unwrap(),
+        })
     }
 
     fn docker(&self) -> Command {
@@ -359,19 +365,22 @@ impl Drop for Dockerd {
 
 impl Dockerd {
     fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
         // SIGTERM first: dockerd stops its containers and its containerd.
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -379,6 +388,8 @@ impl Dockerd {
 fn docker_cells_build_the_host_image_or_say_what_to_change() {
     let work = Workspace::new();
     let daemon = Dockerd::start();
+    // Unique on a daemon the suite shares; removed at the end.
+    let image = format!("kiln-matrix-{}:busybox", std::process::id());
     // The busybox root as an image of this daemon.
     let mut tar = Command::new("tar")
         .arg("-C")
@@ -389,7 +400,7 @@ fn docker_cells_build_the_host_image_or_say_what_to_change() {
         .unwrap();
     let import = daemon
         .docker()
-        .args(["import", "-", "kiln-matrix:busybox"])
+        .args(["import", "-", &image])
         .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
@@ -444,12 +455,13 @@ fn docker_cells_build_the_host_image_or_say_what_to_change() {
                 "/w",
             ])
             .args(*options)
-            .arg("kiln-matrix:busybox")
+            .arg(&image)
             .args(work.kiln_args(name));
         let (status, stderr) = output(command);
         table.push(work.check(name, status, &stderr, expect));
     }
     eprintln!("{}", table.join("\n"));
+    let _ = daemon.docker().args(["rmi", &image]).output();
 }
 
 /// A Debian base made with `debootstrap --variant=minbase bookworm` (the mirror from
@@ -512,19 +524,7 @@ fn podman_default_cell_installs_a_debian_package() {
     let kiln = w.join("kiln");
     fs::copy(env!("CARGO_BIN_EXE_kiln"), &kiln).unwrap();
     let rootfs = w.join("rootfs");
-    for sub in ["bin", "tmp", "proc", "sys", "dev", "etc"] {
-        fs::create_dir_all(rootfs.join(sub)).unwrap();
-    }
-    fs::copy(busybox_binary(), rootfs.join("bin/busybox")).unwrap();
-    let ldd = Command::new("ldd").arg(&kiln).output().unwrap();
-    for library in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|word| word.starts_with('/'))
-    {
-        let target = rootfs.join(library.trim_start_matches('/'));
-        fs::create_dir_all(target.parent().unwrap()).unwrap();
-        fs::copy(library, &target).unwrap();
-    }
+    common::containers::busybox_root(&rootfs, ROOT_PASSWD, ROOT_GROUP);
     let ctx = w.join("ctx");
     fs::create_dir(&ctx).unwrap();
     fs::hard_link(&base, ctx.join("debian.tar"))

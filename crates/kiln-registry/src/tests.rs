@@ -117,6 +117,14 @@ impl Server {
     fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The `Range` headers of the requests so far, in order.
+    fn ranges(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.header("range").map(String::from))
+            .collect()
+    }
 }
 
 fn serve(stream: TcpStream, script: &Script, log: &Mutex<Vec<Request>>) {
@@ -407,11 +415,7 @@ fn blob_download_resumes_with_range_and_verifies() {
     let (seen, progress) = events();
     reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
     assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=70000-".to_string()]);
     let seen = seen.lock().unwrap();
     assert!(seen
@@ -912,11 +916,7 @@ fn a_blob_that_stalls_is_resumed_where_it_stopped() {
     // Well before the server would have closed the stalled connection by itself.
     assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
     assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=80000-".to_string()]);
     let seen = seen.lock().unwrap();
     let retry = seen
@@ -960,11 +960,7 @@ fn a_blob_that_keeps_stalling_is_given_up_naming_it() {
     assert!(message.contains("no data for 0.5 s"), "{message}");
     assert!(!store.has_blob(&blob.digest));
     // Each attempt went on from where the previous stopped.
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=1000-", "bytes=2000-"]);
 }
 

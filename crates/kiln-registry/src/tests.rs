@@ -47,6 +47,24 @@ struct Answer {
 /// How long a stalling answer holds its connection open without sending anything.
 const STALL_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The answer to a blob request from `Range: bytes=START-` on (`None`: the whole blob).
+fn from_range(range: Option<&str>, body: &[u8]) -> Answer {
+    let start: usize = range.map_or(0, |range| {
+        range
+            .trim_start_matches("bytes=")
+            .trim_end_matches('-')
+            .parse()
+            .unwrap()
+    });
+    if start == 0 {
+        return answer(200, body);
+    }
+    answer(206, &body[start..]).with(
+        "Content-Range",
+        &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+    )
+}
+
 fn answer(status: u16, body: &[u8]) -> Answer {
     Answer {
         status,
@@ -98,6 +116,14 @@ impl Server {
 
     fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// The `Range` headers of the requests so far, in order.
+    fn ranges(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.header("range").map(String::from))
+            .collect()
     }
 }
 
@@ -381,17 +407,7 @@ fn blob_download_resumes_with_range_and_verifies() {
                 cut_after: Some(70_000),
                 ..answer(200, &body)
             },
-            Some(range) => {
-                let start: usize = range
-                    .trim_start_matches("bytes=")
-                    .trim_end_matches('-')
-                    .parse()
-                    .unwrap();
-                answer(206, &body[start..]).with(
-                    "Content-Range",
-                    &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
-                )
-            }
+            range => from_range(range, &body),
         }
     });
     let reg = registry(tmp.path());
@@ -399,11 +415,7 @@ fn blob_download_resumes_with_range_and_verifies() {
     let (seen, progress) = events();
     reg.fetch_blob(&name, &blob, &store, &progress).unwrap();
     assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=70000-".to_string()]);
     let seen = seen.lock().unwrap();
     assert!(seen
@@ -894,17 +906,7 @@ fn a_blob_that_stalls_is_resumed_where_it_stopped() {
             stall_after: Some(80_000),
             ..answer(200, &body)
         },
-        Some(range) => {
-            let start: usize = range
-                .trim_start_matches("bytes=")
-                .trim_end_matches('-')
-                .parse()
-                .unwrap();
-            answer(206, &body[start..]).with(
-                "Content-Range",
-                &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
-            )
-        }
+        range => from_range(range, &body),
     });
     let reg = stalling_registry(tmp.path(), 3);
     let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
@@ -914,11 +916,7 @@ fn a_blob_that_stalls_is_resumed_where_it_stopped() {
     // Well before the server would have closed the stalled connection by itself.
     assert!(started.elapsed() < STALL_FOR, "{:?}", started.elapsed());
     assert_eq!(std::fs::read(store.blob_path(&blob.digest)).unwrap(), data);
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=80000-".to_string()]);
     let seen = seen.lock().unwrap();
     let retry = seen
@@ -940,28 +938,9 @@ fn a_blob_that_keeps_stalling_is_given_up_naming_it() {
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let (data, blob) = big_blob();
     // Every answer, resumed or not, stalls after 1000 more bytes.
-    let server = Server::start(move |r, _| {
-        let start: usize = r
-            .header("range")
-            .map(|range| {
-                range
-                    .trim_start_matches("bytes=")
-                    .trim_end_matches('-')
-                    .parse()
-                    .unwrap()
-            })
-            .unwrap_or(0);
-        let mut a = answer(if start == 0 { 200 } else { 206 }, &data[start..]);
-        if start > 0 {
-            a = a.with(
-                "Content-Range",
-                &format!("bytes {start}-{}/{}", data.len() - 1, data.len()),
-            );
-        }
-        Answer {
-            stall_after: Some(1000),
-            ..a
-        }
+    let server = Server::start(move |r, _| Answer {
+        stall_after: Some(1000),
+        ..from_range(r.header("range"), &data)
     });
     let reg = stalling_registry(tmp.path(), 2);
     let name = ImageName::parse(&format!("{}/foo:1", server.host())).unwrap();
@@ -981,11 +960,7 @@ fn a_blob_that_keeps_stalling_is_given_up_naming_it() {
     assert!(message.contains("no data for 0.5 s"), "{message}");
     assert!(!store.has_blob(&blob.digest));
     // Each attempt went on from where the previous stopped.
-    let ranges: Vec<_> = server
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("range").map(String::from))
-        .collect();
+    let ranges = server.ranges();
     assert_eq!(ranges, vec!["bytes=1000-", "bytes=2000-"]);
 }
 

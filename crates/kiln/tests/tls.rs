@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::registry::{free_port, tail};
+use common::registry::{free_port, spawn_registry, tail, watchdog};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -120,12 +120,13 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The watchdog first: once the server is reaped its pid may be reused.
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -165,30 +166,8 @@ impl TlsRegistry {
             fs::write(&config_path, config).unwrap();
             let log_path = dir.path().join("registry.log");
             let log = fs::File::create(&log_path).unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "the TLS tests need docker-registry ({e}): apt-get install docker-registry"
-                    )
-                });
-            let mut watchdog = Command::new("bash")
-                .args([
-                    "-c",
-                    "read -r -t \"$1\" _ || true; kill -9 \"$0\" 2>/dev/null",
-                    &child.id().to_string(),
-                    &LIFETIME_SECONDS.to_string(),
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let child = spawn_registry(&config_path, log);
+            let mut watchdog = watchdog(child.id());
             let lifeline = watchdog.stdin.take().unwrap();
             let server = Server {
                 child,

@@ -85,6 +85,41 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
 ];
 
+/// docker-registry serving with `config`, its output appended to `log`.
+pub fn spawn_registry(config: &Path, log: fs::File) -> Child {
+    Command::new(registry_binary())
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): apt-get install docker-registry",
+                registry_binary()
+            )
+        })
+}
+
+/// A process that kills `pid` once this test process is gone or after [`LIFETIME_SECONDS`]:
+/// it waits reading a pipe only this process writes to, so end of file means the test ended
+/// without stopping the server. Kill it before the server, so a reused pid is never hit.
+pub fn watchdog(pid: u32) -> Child {
+    Command::new("bash")
+        .args([
+            "-c",
+            "read -r -t \"$1\" _ || true; kill -9 \"$0\" 2>/dev/null",
+            &pid.to_string(),
+            &LIFETIME_SECONDS.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn registry_binary() -> String {
     std::env::var("KILN_TEST_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".to_string())
 }
@@ -575,33 +610,8 @@ impl TestRegistry {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let registry = Command::new(registry_binary())
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): apt-get install docker-registry",
-                    registry_binary()
-                )
-            });
-        // The watchdog: blocked reading a pipe only this process writes to; at end of file
-        // (this process is gone) or after the lifetime, it kills the registry.
-        let watchdog = Command::new("bash")
-            .args([
-                "-c",
-                "read -r -t \"$1\" _ || true; kill -9 \"$0\" 2>/dev/null",
-                &registry.id().to_string(),
-                &LIFETIME_SECONDS.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let registry = spawn_registry(&self.dir.path().join("config.yml"), log);
+        let watchdog = watchdog(registry.id());
         let mut running = Running { registry, watchdog };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

@@ -899,6 +899,24 @@ fn sbom_of_an_apk_image_names_each_package_layer() {
     );
     let archive = read_archive(&out.path().join("apk.tar"));
     let (image, _) = archive.entries();
+    // skopeo reads the archive's index and picks the image, not the attestations.
+    tool("skopeo");
+    let inspected = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!(
+            "oci-archive:{}",
+            out.path().join("apk.tar").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
+    assert_eq!(inspected["Architecture"], image["platform"]["architecture"]);
     let manifest = archive.json(image["digest"].as_str().unwrap());
     let config = archive.json(manifest["config"]["digest"].as_str().unwrap());
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();

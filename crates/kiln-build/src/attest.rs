@@ -45,6 +45,10 @@ pub struct AttestOptions {
     pub context_names: BTreeMap<String, String>,
     /// When the build started (ignored when `SOURCE_DATE_EPOCH` is set).
     pub started: Option<Timestamp>,
+    /// Whether the flags asked for attestations. Only then do filesystem outputs
+    /// (`type=local`) get statement files: the default provenance goes into image indexes
+    /// alone, so a build that was not asked keeps its local tree as it was.
+    pub asked: bool,
 }
 
 impl AttestOptions {
@@ -367,6 +371,8 @@ pub struct Attested {
     pub entries: Vec<Descriptor>,
     /// The statements, for outputs that write them as files.
     pub statements: Statements,
+    /// Whether the flags asked for them (see [`AttestOptions::asked`]).
+    pub asked: bool,
 }
 
 /// Makes and attaches the build's attestations to its image, when any are asked for.
@@ -395,6 +401,7 @@ pub fn attest_build(
         index,
         entries,
         statements,
+        asked: options.asked,
     }))
 }
 
@@ -555,7 +562,8 @@ pub fn image_for_output<'a>(
     }
 }
 
-/// After an output is written: `type=local` gets the statement files beside the tree.
+/// After an output is written: `type=local` gets the statement files beside the tree when
+/// attestations were asked for.
 pub fn after_output(
     spec: &crate::output::OutputSpec,
     attested: Option<&Attested>,
@@ -565,7 +573,7 @@ pub fn after_output(
             Some(attested),
             crate::output::OutputKind::Local,
             crate::output::Destination::File(dir),
-        ) => write_local_files(dir, &attested.statements),
+        ) if attested.asked => write_local_files(dir, &attested.statements),
         _ => Ok(()),
     }
 }

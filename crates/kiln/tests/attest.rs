@@ -817,6 +817,21 @@ fn defaults_follow_buildx() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("manifest.json"));
+    // The default provenance goes into the OCI archive, never into a local tree beside it.
+    let tree = out.path().join("tree");
+    let oci = format!("type=oci,dest={}", out.path().join("both.tar").display());
+    let local = format!("type=local,dest={}", tree.display());
+    kiln_ok(
+        root.path(),
+        ctx.path(),
+        &["build", "-q", "-o", &oci, "-o", &local, "."],
+        &[],
+    );
+    assert!(read_archive(&out.path().join("both.tar"))
+        .statement(PROVENANCE)
+        .is_some());
+    assert!(tree.join("bin/busybox").is_file());
+    assert!(!tree.join("provenance.json").exists());
     // A bad value is a usage error naming the flag.
     let run = kiln(
         &[

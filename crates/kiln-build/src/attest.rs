@@ -45,6 +45,10 @@ pub struct AttestOptions {
     pub context_names: BTreeMap<String, String>,
     /// When the build started (ignored when `SOURCE_DATE_EPOCH` is set).
     pub started: Option<Timestamp>,
+    /// Whether the flags asked for attestations. Only then do filesystem outputs
+    /// (`type=local`) get statement files: the default provenance goes into image indexes
+    /// alone, so a build that was not asked keeps its local tree as it was.
+    pub asked: bool,
 }
 
 impl AttestOptions {
@@ -221,18 +225,24 @@ pub fn statements(
         None => None,
         Some(request) => {
             let (secrets, ssh) = mounted_ids(plan);
-            let mut materials = Vec::new();
-            for material in &built.recorded.materials {
-                materials.push(match material {
+            // Local named contexts were built into store images: named as contexts here.
+            let materials = built
+                .recorded
+                .materials
+                .iter()
+                .map(|material| match material {
                     Material::Image {
                         reference, digest, ..
-                    } if options.context_names.contains_key(reference) => Material::Context {
-                        name: options.context_names[reference].clone(),
-                        digest: digest.clone(),
+                    } => match options.context_names.get(reference) {
+                        Some(name) => Material::Context {
+                            name: name.clone(),
+                            digest: digest.clone(),
+                        },
+                        None => material.clone(),
                     },
                     other => other.clone(),
-                });
-            }
+                })
+                .collect();
             let record = BuildRecord {
                 builder_id: request
                     .builder_id
@@ -358,6 +368,8 @@ pub struct Attested {
     pub entries: Vec<Descriptor>,
     /// The statements, for outputs that write them as files.
     pub statements: Statements,
+    /// Whether the flags asked for them (see [`AttestOptions::asked`]).
+    pub asked: bool,
 }
 
 /// Makes and attaches the build's attestations to its image, when any are asked for.
@@ -386,6 +398,7 @@ pub fn attest_build(
         index,
         entries,
         statements,
+        asked: options.asked,
     }))
 }
 
@@ -577,7 +590,8 @@ pub fn image_for_output<'a>(
     }
 }
 
-/// After an output is written: `type=local` gets the statement files beside the tree.
+/// After an output is written: `type=local` gets the statement files beside the tree when
+/// attestations were asked for.
 pub fn after_output(
     spec: &crate::output::OutputSpec,
     attested: Option<&Attested>,
@@ -587,7 +601,7 @@ pub fn after_output(
             Some(attested),
             crate::output::OutputKind::Local,
             crate::output::Destination::File(dir),
-        ) => write_local_files(dir, &attested.statements),
+        ) if attested.asked => write_local_files(dir, &attested.statements),
         _ => Ok(()),
     }
 }
@@ -662,4 +676,73 @@ pub fn pushed_form(store: &Store, manifest: &Descriptor) -> Result<Descriptor, B
     let mut image = manifest.clone();
     image.annotations.clear();
     image_index(store, &image, &platform, vec![entry])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::OutputSpec;
+
+    #[test]
+    fn attest_flags_in_buildx_long_form() {
+        assert_eq!(
+            split_attest_flag("type=provenance,mode=max").unwrap(),
+            ("provenance", "mode=max".to_string())
+        );
+        assert_eq!(
+            split_attest_flag("type=sbom").unwrap(),
+            ("sbom", "true".to_string())
+        );
+        assert!(split_attest_flag("type=vex").is_err());
+        assert!(split_attest_flag("mode=max").is_err());
+        let (provenance, sbom) = read_flags(
+            Some("false"),
+            None,
+            &["type=provenance,mode=max".into(), "type=sbom".into()],
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(provenance.unwrap().mode, ProvenanceMode::Max);
+        assert!(sbom);
+        assert!(read_flags(Some("mode=medium"), None, &[], &[], false)
+            .unwrap_err()
+            .contains("--provenance"));
+    }
+
+    #[test]
+    fn provenance_defaults_follow_the_output() {
+        let oci = [OutputSpec::parse("type=oci,dest=x.tar").unwrap()];
+        let docker = [OutputSpec::parse("type=docker,dest=x.tar").unwrap()];
+        let local = [OutputSpec::parse("type=local,dest=x").unwrap()];
+        let min = |outputs: &[OutputSpec], push| {
+            read_flags(None, None, &[], outputs, push)
+                .unwrap()
+                .0
+                .map(|r| r.mode)
+        };
+        assert_eq!(min(&oci, false), Some(ProvenanceMode::Min));
+        assert_eq!(min(&[], true), Some(ProvenanceMode::Min));
+        assert_eq!(min(&docker, false), None);
+        assert_eq!(min(&local, false), None);
+        assert_eq!(min(&[], false), None);
+        assert!(!read_flags(None, None, &[], &oci, true).unwrap().1);
+    }
+
+    #[test]
+    fn local_named_contexts_map_back_to_their_names() {
+        let contexts = [
+            "assets=docker-image://localhost/kiln-build-context@sha256:abc".to_string(),
+            "base=docker-image://alpine:3".to_string(),
+            "odd".to_string(),
+        ];
+        let names = context_names(&contexts, "localhost/kiln-build-context");
+        assert_eq!(
+            names,
+            BTreeMap::from([(
+                "localhost/kiln-build-context@sha256:abc".to_string(),
+                "assets".to_string()
+            )])
+        );
+    }
 }

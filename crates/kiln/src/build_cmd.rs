@@ -97,6 +97,9 @@ fn read_flags(args: &BuildArgs) -> Result<Flags, String> {
         build_args: recipe::parse_build_args(&args.recipe.build_args)?,
         target: args.recipe.target.clone(),
         started: Some(kiln_sbom::Timestamp::now()),
+        asked: args.attest.provenance.is_some()
+            || args.attest.sbom.is_some()
+            || !args.attest.attest.is_empty(),
         ..Default::default()
     };
     Ok(Flags {

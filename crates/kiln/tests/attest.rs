@@ -817,6 +817,21 @@ fn defaults_follow_buildx() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("manifest.json"));
+    // The default provenance goes into the OCI archive, never into a local tree beside it.
+    let tree = out.path().join("tree");
+    let oci = format!("type=oci,dest={}", out.path().join("both.tar").display());
+    let local = format!("type=local,dest={}", tree.display());
+    kiln_ok(
+        root.path(),
+        ctx.path(),
+        &["build", "-q", "-o", &oci, "-o", &local, "."],
+        &[],
+    );
+    assert!(read_archive(&out.path().join("both.tar"))
+        .statement(PROVENANCE)
+        .is_some());
+    assert!(tree.join("bin/busybox").is_file());
+    assert!(!tree.join("provenance.json").exists());
     // A bad value is a usage error naming the flag.
     let run = kiln(
         &[
@@ -870,4 +885,79 @@ fn local_output_writes_the_statements_beside_the_tree() {
     );
     assert!(subjects.iter().any(|s| s["name"] == "bin/busybox"));
     assert_eq!(provenance["subject"], sbom["subject"]);
+}
+
+/// An Alpine-style image in two layers: the SBOM read through the layers finds both apk
+/// packages, and names the layer each one's files came from.
+#[test]
+fn sbom_of_an_apk_image_names_each_package_layer() {
+    let musl = "P:musl\nV:1.2.4-r4\nA:x86_64\nL:MIT\no:musl\nF:lib\nR:ld-musl-x86_64.so.1\n\n";
+    let binsh =
+        "P:busybox-binsh\nV:1.36.1-r15\nA:x86_64\nL:GPL-2.0-only\no:busybox\nF:bin\nR:sh\n\n";
+    let both = format!("{musl}{binsh}");
+    let ctx = context(&[
+        ("one/etc/os-release", "ID=alpine\nVERSION_ID=3.19.1\n"),
+        ("one/lib/apk/db/installed", musl),
+        ("one/lib/ld-musl-x86_64.so.1", ""),
+        ("two/lib/apk/db/installed", &both),
+        ("two/bin/sh", ""),
+        ("Dockerfile", "FROM scratch\nCOPY one/ /\nCOPY two/ /\n"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=oci,dest={}", out.path().join("apk.tar").display());
+    kiln_ok(
+        root.path(),
+        ctx.path(),
+        &["build", "-q", "--sbom=true", "-o", &dest, "."],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
+    let archive = read_archive(&out.path().join("apk.tar"));
+    let (image, _) = archive.entries();
+    // skopeo reads the archive's index and picks the image, not the attestations.
+    tool("skopeo");
+    let inspected = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!(
+            "oci-archive:{}",
+            out.path().join("apk.tar").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
+    assert_eq!(inspected["Architecture"], image["platform"]["architecture"]);
+    let manifest = archive.json(image["digest"].as_str().unwrap());
+    let config = archive.json(manifest["config"]["digest"].as_str().unwrap());
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    let statement: Value = serde_json::from_slice(&archive.statement(SPDX).unwrap()).unwrap();
+    let packages = statement["predicate"]["packages"].as_array().unwrap();
+    let find = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {packages:#?}"))
+    };
+    let musl = find("musl");
+    assert_eq!(musl["versionInfo"], "1.2.4-r4");
+    assert_eq!(
+        musl["externalRefs"][0]["referenceLocator"],
+        "pkg:apk/alpine/musl@1.2.4-r4?arch=x86_64&distro=alpine-3.19.1"
+    );
+    let info = musl["sourceInfo"].as_str().unwrap();
+    assert!(
+        info.contains(&format!("layer 0 ({})", diff_ids[0].as_str().unwrap())),
+        "{info}"
+    );
+    let binsh = find("busybox-binsh");
+    let info = binsh["sourceInfo"].as_str().unwrap();
+    assert!(
+        info.contains(&format!("layer 1 ({})", diff_ids[1].as_str().unwrap())),
+        "{info}"
+    );
 }

@@ -39,6 +39,20 @@ pub(super) fn write_index_archive<W: Write>(
 ) -> Result<()> {
     let index_bytes = read_json_blob(blobs, &image.manifest, "index")?;
     let index: Index = parse_json("index", &index_bytes)?;
+    // The document must be the index its descriptor says it is.
+    if let Some(media_type) = index.media_type.as_deref() {
+        if media_type != image.manifest.media_type {
+            return Err(Error::UnsupportedMediaType(media_type.to_string()));
+        }
+    }
+    if index.schema_version != 2 || index.manifests.is_empty() {
+        return Err(Error::InvalidImage(format!(
+            "index {}: schemaVersion {} with {} manifests (expected 2, and at least one)",
+            image.manifest.digest,
+            index.schema_version,
+            index.manifests.len()
+        )));
+    }
     let mut plan = Plan::default();
     let mut docker = Vec::new();
     for entry in &index.manifests {
@@ -106,4 +120,68 @@ pub(super) fn write_index_archive<W: Write>(
         Content::Bytes(index_bytes),
     )?;
     plan.write(super::sink::Stream(out), blobs, opts.mtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{read_oci_archive, MemoryBlobs, ReadOptions};
+    use crate::{ImageConfig, ImageName, Platform, RootFs};
+
+    #[test]
+    fn an_index_archive_names_the_index_and_reads_back_as_its_image() {
+        let mut blobs = MemoryBlobs::new();
+        let layer_bytes = b"not really a tar, never opened here".to_vec();
+        let layer = blobs.add(media_types::OCI_LAYER_TAR_GZIP, layer_bytes);
+        let mut config = ImageConfig::new("linux", "amd64");
+        config.rootfs = RootFs::layers(vec![crate::sha256_digest(b"diff")]);
+        let config = blobs.add(media_types::OCI_CONFIG, to_canonical_json(&config).unwrap());
+        let manifest = Manifest::new(config, vec![layer]);
+        let mut image = blobs.add(
+            media_types::OCI_MANIFEST,
+            to_canonical_json(&manifest).unwrap(),
+        );
+        image.platform = Some(Platform::new("linux", "amd64"));
+        let statement = blobs.add("application/vnd.in-toto+json", b"{}".to_vec());
+        let mut unknown = ImageConfig::new("unknown", "unknown");
+        unknown.rootfs = RootFs::layers(vec![statement.digest.clone()]);
+        let unknown = blobs.add(
+            media_types::OCI_CONFIG,
+            to_canonical_json(&unknown).unwrap(),
+        );
+        let attestation = Manifest::new(unknown, vec![statement]);
+        let mut entry = blobs.add(
+            media_types::OCI_MANIFEST,
+            to_canonical_json(&attestation).unwrap(),
+        );
+        entry.platform = Some(Platform::new("unknown", "unknown"));
+        entry.annotations.insert(
+            annotations::DOCKER_REFERENCE_TYPE.into(),
+            "attestation-manifest".into(),
+        );
+        let index = blobs.add(
+            media_types::OCI_INDEX,
+            to_canonical_json(&Index::new(vec![image.clone(), entry])).unwrap(),
+        );
+        let reference =
+            ImageRef::new(index.clone()).with_name(ImageName::parse("example.com/app:1").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.tar");
+        let mut file = std::fs::File::create(&path).unwrap();
+        super::super::write_oci_archive(&mut file, &reference, &blobs, &WriteOptions::default())
+            .unwrap();
+        drop(file);
+        let read = read_oci_archive(&path, &ReadOptions::default()).unwrap();
+        assert_eq!(read.image_ref().manifest.digest, image.digest);
+        // The tar names the index once, and lists the one runnable image for docker load.
+        let listed = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(&path)
+            .arg("manifest.json")
+            .output()
+            .unwrap();
+        let docker: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(docker.as_array().unwrap().len(), 1);
+        assert_eq!(docker[0]["RepoTags"][0], "example.com/app:1");
+    }
 }

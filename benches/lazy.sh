@@ -216,6 +216,22 @@ kiln_base() { # store: a fresh kiln store with the base as lbase (untimed)
         { tail -n 5 "$work/base.log"; die "kiln base build failed"; }
 }
 
+# The kiln to compare with: KILN_BENCH_OLD, else KILN_BENCH_OLD_REV built here (case 3 needs it;
+# case 1 shows it beside the others when it is there).
+old=""
+if [ -n "${KILN_BENCH_OLD:-}" ]; then
+    old=$KILN_BENCH_OLD
+elif has_case 3; then
+    say "building the old kiln ($OLD_REV) with cargo..."
+    mkdir -p "$work/old-src"
+    git -C "$repo" archive "$OLD_REV" | tar -x -C "$work/old-src"
+    (cd "$work/old-src" && CARGO_TARGET_DIR="$repo/target" timeout 3600 cargo build --release -p kiln -q) ||
+        die "cargo build of $OLD_REV failed"
+    cp "$repo/target/release/kiln" "$work/kiln-old"
+    old=$work/kiln-old
+fi
+[ -z "$old" ] || say "old kiln: $old ($("$old" --version 2>/dev/null || echo '?'))"
+
 buildkit_start
 kiln_base "$work/seed"
 "$kiln" --root "$work/seed" save --format docker -o "$work/lbase.tar" lbase
@@ -225,7 +241,7 @@ kiln_base "$work/seed"
 if has_case 1; then
     say ""
     say "== case 1: build stage RUN writes $STAGE_MB MB that never ships, final stage copies one small file (cold)"
-    K=() D=() RUNS=()
+    K=() D=() RUNS=() O=()
     for round in $(seq 1 "$ROUNDS"); do
         logs=$work/logs/stage-$round
         mkdir -p "$logs"
@@ -234,6 +250,12 @@ if has_case 1; then
             --progress json -t stage -o "type=oci,dest=$work/k.tar" "$work/ctx/stage"
         K+=("$R_WALL")
         RUNS+=("$(step_seconds "$logs/k.log" "RUN ")")
+        if [ -n "$old" ]; then
+            kiln_base "$work/k"
+            measure "kiln (old) stage, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
+                --progress json -t stage -o "type=oci,dest=$work/o.tar" "$work/ctx/stage"
+            O+=("$R_WALL")
+        fi
         buildkit_cold stage
         buildkit_build "stage, cold, round $round" "$logs/d.log" "$work/ctx/stage" stage "$work/d.tar"
         D+=("$D_WALL")
@@ -241,6 +263,7 @@ if has_case 1; then
         rm -f "$work"/*.tar
     done
     add_row "stage: cold, build + archive" "${K[*]}" "${D[*]}" BuildKit "<= 1.0" "<= 1.0x"
+    [ -z "$old" ] || add_row "stage: cold, this kiln vs the old one" "${K[*]}" "${O[*]}" "old kiln" "" "info"
     ROWS+=("$(row "stage: the RUN's own seconds (kiln)" "$(median "${RUNS[@]}")" "" "" "info" "")")
     rm -rf "$work/k"
 fi
@@ -297,18 +320,6 @@ fi
 if has_case 3; then
     say ""
     say "== case 3: cold copy-tree and run-steps, this kiln beside the old one"
-    if [ -n "${KILN_BENCH_OLD:-}" ]; then
-        old=$KILN_BENCH_OLD
-    else
-        say "building the old kiln ($OLD_REV) with cargo..."
-        mkdir -p "$work/old-src"
-        git -C "$repo" archive "$OLD_REV" | tar -x -C "$work/old-src"
-        (cd "$work/old-src" && CARGO_TARGET_DIR="$repo/target" timeout 3600 cargo build --release -p kiln -q) ||
-            die "cargo build of $OLD_REV failed"
-        cp "$repo/target/release/kiln" "$work/kiln-old"
-        old=$work/kiln-old
-    fi
-    say "old kiln: $old ($("$old" --version 2>/dev/null || echo '?'))"
     for recipe in tree steps; do
         N=() O=()
         for round in $(seq 1 "$ROUNDS"); do

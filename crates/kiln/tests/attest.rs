@@ -961,3 +961,34 @@ fn sbom_of_an_apk_image_names_each_package_layer() {
         "{info}"
     );
 }
+
+/// A URL's user:password never reaches the provenance, nor anything in the archive.
+#[test]
+fn url_credentials_stay_out_of_the_provenance() {
+    const PASSWORD: &str = "url-password-3c9e71d0";
+    let port = serve(URL_BODY);
+    let checksum = kiln_oci::sha256_digest(URL_BODY);
+    let url = format!("http://builder:{PASSWORD}@127.0.0.1:{port}/files/tool.txt");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM scratch\nADD --checksum={checksum} {url} /tool.txt\n"),
+    )]);
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=oci,dest={}", out.path().join("image.tar").display());
+    kiln_ok(
+        root.path(),
+        ctx.path(),
+        &["build", "-q", "--provenance=mode=max", "-o", &dest, "."],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
+    let archive = read_archive(&out.path().join("image.tar"));
+    let statement: Value = serde_json::from_slice(&archive.statement(PROVENANCE).unwrap()).unwrap();
+    let dependencies = &statement["predicate"]["buildDefinition"]["resolvedDependencies"];
+    assert_eq!(
+        dependencies[0]["uri"],
+        format!("http://127.0.0.1:{port}/files/tool.txt"),
+        "{dependencies:#}"
+    );
+    assert_eq!(holds(out.path(), PASSWORD.as_bytes()), None);
+}

@@ -149,7 +149,7 @@ impl<T: Clone> Results<T> {
 }
 
 /// What the scheduler builds: a plan whose stages are the nodes of the build graph (for one
-/// platform, the recipe's stages; for several, see [`crate::platforms`]), and what each node
+/// platform, the recipe's stages; for several, see the `platforms` module), and what each node
 /// is built for.
 pub struct NodePlan<'p> {
     /// The nodes, as stages; `order` lists the ones to build, each after what it needs.

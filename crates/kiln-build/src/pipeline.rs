@@ -189,7 +189,9 @@ impl Build<'_> {
         if let Some(attested) = &attested {
             crate::attest::record_in_store(self.store, attested)?;
         }
-        self.write_result_files(&built)?;
+        // With attestations, what was delivered is the index holding the image (as buildx's
+        // metadata names it).
+        self.write_result_files(&built, attested.as_ref().map(|a| &a.index))?;
         Ok(built)
     }
 
@@ -278,7 +280,7 @@ impl Build<'_> {
                     source: Box::new(source),
                 })?;
         }
-        self.write_result_files(&built)?;
+        self.write_result_files(&built, None)?;
         Ok(built)
     }
 
@@ -345,7 +347,12 @@ impl Build<'_> {
         Ok(())
     }
 
-    fn write_result_files(&self, built: &Built) -> Result<(), BuildError> {
+    fn write_result_files(
+        &self,
+        built: &Built,
+        attested: Option<&kiln_oci::Descriptor>,
+    ) -> Result<(), BuildError> {
+        let delivered = attested.unwrap_or(&built.manifest);
         // A multi-platform image is known by its index (as buildx writes it).
         let image_id = if built.platforms.is_empty() {
             built.config_descriptor.digest.to_string()
@@ -364,11 +371,11 @@ impl Build<'_> {
         if let Some(path) = &self.metadata_file {
             let metadata = serde_json::json!({
                 "containerimage.config.digest": built.config_descriptor.digest.to_string(),
-                "containerimage.digest": built.manifest.digest.to_string(),
+                "containerimage.digest": delivered.digest.to_string(),
                 "containerimage.descriptor": {
-                    "mediaType": built.manifest.media_type,
-                    "digest": built.manifest.digest.to_string(),
-                    "size": built.manifest.size,
+                    "mediaType": delivered.media_type,
+                    "digest": delivered.digest.to_string(),
+                    "size": delivered.size,
                 },
                 "image.name": self.names.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                 "kiln.layers": built.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),

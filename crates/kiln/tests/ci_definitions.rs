@@ -135,7 +135,11 @@ impl Setup {
             &format!("/v2/{repo}/manifests/{tag}"),
             &[
                 ("Authorization", &auth),
-                ("Accept", "application/vnd.oci.image.manifest.v1+json"),
+                (
+                    "Accept",
+                    // A push with the default provenance is an index; without, a manifest.
+                    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+                ),
             ],
             &[],
         )

@@ -37,8 +37,30 @@ fn open_to_all(dir: &Path) {
     assert!(status.success());
 }
 
-/// GET with the test's credentials; the JSON answer.
+/// GET with the test's credentials; the JSON answer. A tag that names an image index (a push
+/// with the default provenance attached) answers with the index's image manifest.
 fn get(host: &str, path: &str) -> Value {
+    let answer = get_raw(host, path);
+    if answer["mediaType"] != "application/vnd.oci.image.index.v1+json" {
+        return answer;
+    }
+    let image = answer["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["os"] != "unknown")
+        .unwrap_or_else(|| panic!("no image in the index: {answer}"));
+    let repository = path.rsplit_once("/manifests/").unwrap().0;
+    get_raw(
+        host,
+        &format!(
+            "{repository}/manifests/{}",
+            image["digest"].as_str().unwrap()
+        ),
+    )
+}
+
+fn get_raw(host: &str, path: &str) -> Value {
     let auth = format!("Basic {}", base64(format!("{USER}:{PASSWORD}").as_bytes()));
     let answer = http(
         "GET",
@@ -48,7 +70,7 @@ fn get(host: &str, path: &str) -> Value {
             ("Authorization", &auth),
             (
                 "Accept",
-                "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
             ),
         ],
         &[],

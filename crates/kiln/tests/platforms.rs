@@ -222,7 +222,28 @@ fn two_platforms_share_the_build_stage_run_arm64_through_qemu_and_push_one_index
             )
         })
         .collect();
-    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    // Each platform's image, and beside it (as buildx attaches it by default to an OCI
+    // archive) one attestation manifest per image.
+    assert_eq!(
+        platforms,
+        [
+            "linux/amd64",
+            "linux/arm64",
+            "unknown/unknown",
+            "unknown/unknown"
+        ]
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    for (image, attestation) in manifests[..2].iter().zip(&manifests[2..]) {
+        assert_eq!(
+            attestation["annotations"]["vnd.docker.reference.digest"], image["digest"],
+            "{index}"
+        );
+        assert_eq!(
+            attestation["annotations"]["vnd.docker.reference.type"], "attestation-manifest",
+            "{index}"
+        );
+    }
     let metadata: serde_json::Value =
         serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
     let index_digest = metadata["containerimage.digest"]

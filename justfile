@@ -36,6 +36,7 @@ bench: bench-parse-instructions
     cargo bench -p kiln-plan --bench scale
     bash benches/copy.sh
     bash benches/run.sh
+    cargo bench -p kiln-layer --bench reuse
     bash benches/incremental.sh
     bash benches/registry.sh
     bash benches/lazy.sh

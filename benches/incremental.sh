@@ -130,7 +130,7 @@ mkdir -p "$work/tree"
 cp -a "$work/inc/src" "$work/inc/vendor" "$work/tree/"
 printf 'FROM scratch\nCOPY . /data/\n' >"$work/tree/Dockerfile"
 # Warm the page cache: what is compared is the builders, not the disk.
-cat "$work"/inc/src/*/*/* "$work"/inc/vendor/* "$work"/tree/src/*/*/* "$work"/tree/vendor/* >/dev/null
+find "$work/inc" "$work/tree" -type f -exec cat {} + >/dev/null
 
 # kiln_run NAME BINARY STORE CTX: sets K_WALL (s) and K_READ (context bytes read)
 kiln_run() {
@@ -186,7 +186,7 @@ buildkit_run() {
 # One src file in the middle, a different one each round.
 edit_middle() { # ctx round
     local f
-    f=$(find "$1/src" -type f | LC_ALL=C sort | awk -v n="$SMALL" -v r="$2" 'NR == int(n / 2) + r { print; exit }')
+    f=$(find "$1/src" -type f | LC_ALL=C sort | awk -v n="$SMALL" -v r="$2" 'NR == int(n / 2) + r { print }')
     printf '// edited in round %s\n' "$2" >>"$f"
     EDITED_BYTES=$(stat -c %s "$f")
 }

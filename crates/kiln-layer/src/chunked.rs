@@ -124,7 +124,7 @@ enum Message {
     },
     /// A whole chunk taken from the cache.
     Reused {
-        prefix: ChunkKey,
+        prefix: Option<ChunkKey>,
         chunk: StoredChunk,
         diff: ResumeDiff,
     },
@@ -265,7 +265,7 @@ fn consume<'c, W: Write>(
                     ResumeDiff::Bytes(bytes) => diff.update(&bytes),
                 }
                 compressor.reused(chunk).map_err(LayerError::Output)?;
-                if let Some(cache) = cache {
+                if let (Some(cache), Some(prefix)) = (cache, prefix) {
                     cache.remember_state(&prefix, &diff.state());
                 }
             }
@@ -427,7 +427,7 @@ impl Chunker<'_> {
                 Some(state) => Some(ResumeDiff::State(state)),
                 None => inflate(self.compression, &chunk).map(ResumeDiff::Bytes),
             };
-            if let (Some(diff), Some(prefix)) = (resume, prefix) {
+            if let Some(diff) = resume {
                 self.sink.send_current().map_err(LayerError::Output)?;
                 return self
                     .sink

@@ -768,6 +768,8 @@ impl Store {
                 }
             }
             let _ = fs::remove_dir_all(self.root.join("cache/slots"));
+            // Chunks of earlier layers are cache too (prune holds the store alone).
+            let _ = fs::remove_dir_all(self.root.join("chunks"));
             // `RUN --mount=type=cache` directories are cache too.
             let mounts = self.root.join(cache_mount::CACHE_MOUNTS_DIR);
             if mounts.exists() {

@@ -257,6 +257,16 @@ enum Out<'a> {
     Stream(&'a mut dyn Write),
 }
 
+impl<'a> Out<'a> {
+    /// The destination as a plain writer, for outputs that only stream.
+    fn writer(self) -> Box<dyn Write + 'a> {
+        match self {
+            Out::File(file) => Box::new(file),
+            Out::Stream(stream) => Box::new(stream),
+        }
+    }
+}
+
 /// Standard output as a file when it is one (`> image.tar`), so archives go to it by
 /// copy_file_range too.
 fn stdout_file() -> Option<fs::File> {
@@ -371,15 +381,7 @@ fn export_tar(destination: &Destination, built: &Built, store: &Store) -> Result
     write_to(destination, |out| {
         let entries =
             kiln_layer::list_entries(&tree).map_err(crate::ExecError::layer("type=tar"))?;
-        let mut file_out;
-        let out: &mut dyn Write = match out {
-            Out::File(file) => {
-                file_out = file;
-                &mut file_out
-            }
-            Out::Stream(stream) => stream,
-        };
-        kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
+        kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out.writer())
             .map_err(|e| crate::ExecError::layer("type=tar")(e).into())
     })
 }
@@ -559,15 +561,7 @@ pub fn export_platforms(
             write_to(&spec.destination, |out| {
                 let entries =
                     kiln_layer::list_entries(&tree).map_err(crate::ExecError::layer("type=tar"))?;
-                let mut file_out;
-                let out: &mut dyn Write = match out {
-                    Out::File(file) => {
-                        file_out = file;
-                        &mut file_out
-                    }
-                    Out::Stream(stream) => stream,
-                };
-                kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out)
+                kiln_layer::write_tar(entries.into_iter().map(Ok), epoch, out.writer())
                     .map_err(|e| crate::ExecError::layer("type=tar")(e).into())
             })
         }

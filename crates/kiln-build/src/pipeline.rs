@@ -177,15 +177,7 @@ impl Build<'_> {
         }
         self.export_caches(plan, &built)?;
         // Named only once every output is written: a failed export leaves no half-finished name.
-        for name in &self.names {
-            let tag = name.tag().unwrap_or("latest");
-            self.store
-                .tag(&name.to_string(), tag, &built.manifest)
-                .map_err(|source| BuildError::Tag {
-                    name: name.to_string(),
-                    source: Box::new(source),
-                })?;
-        }
+        self.tag_names(&built.manifest)?;
         if let Some(attested) = &attested {
             crate::attest::record_in_store(self.store, attested)?;
         }
@@ -271,17 +263,24 @@ impl Build<'_> {
             plans.first().map(|(_, p)| p).ok_or(BuildError::Plan)?,
             &built,
         )?;
+        self.tag_names(&built.manifest)?;
+        self.write_result_files(&built, None)?;
+        Ok(built)
+    }
+
+    /// Names `manifest` (an image, or a multi-platform image's index) in the store with every
+    /// `-t` name.
+    fn tag_names(&self, manifest: &kiln_oci::Descriptor) -> Result<(), BuildError> {
         for name in &self.names {
             let tag = name.tag().unwrap_or("latest");
             self.store
-                .tag(&name.to_string(), tag, &built.manifest)
+                .tag(&name.to_string(), tag, manifest)
                 .map_err(|source| BuildError::Tag {
                     name: name.to_string(),
                     source: Box::new(source),
                 })?;
         }
-        self.write_result_files(&built, None)?;
-        Ok(built)
+        Ok(())
     }
 
     /// Pushes `pushed` (the image, or the index holding it and its attestations) to

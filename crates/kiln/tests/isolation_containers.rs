@@ -13,7 +13,7 @@ use common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -464,58 +464,12 @@ fn docker_cells_build_the_host_image_or_say_what_to_change() {
     let _ = daemon.docker().args(["rmi", &image]).output();
 }
 
-/// A Debian base made with `debootstrap --variant=minbase bookworm` (the mirror from
-/// /etc/apt/sources.list*), as a tar without /dev/*, kept under /var/tmp/kiln-tests between
-/// runs.
-fn debian_base() -> PathBuf {
-    let cache = Path::new("/var/tmp/kiln-tests");
-    let tar = cache.join("debian-bookworm-minbase.tar");
-    if tar.is_file() {
-        return tar;
-    }
-    tool("debootstrap");
-    fs::create_dir_all(cache).unwrap();
-    let sources = [
-        "/etc/apt/sources.list",
-        "/etc/apt/sources.list.d/debian.sources",
-    ]
-    .iter()
-    .filter_map(|p| fs::read_to_string(p).ok())
-    .collect::<String>();
-    let mirror = sources
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .unwrap_or("http://deb.debian.org/debian")
-        .to_string();
-    let root = tempfile::tempdir_in(cache).unwrap();
-    let status = Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
-        .arg(root.path())
-        .arg(&mirror)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "debootstrap from {mirror} failed");
-    let partial = cache.join(format!("debian.{}.tar", std::process::id()));
-    let packed = Command::new("tar")
-        .arg("-C")
-        .arg(root.path())
-        .args(["--exclude=./dev/*", "-cf"])
-        .arg(&partial)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(packed.success());
-    fs::rename(&partial, &tar).unwrap();
-    tar
-}
-
 /// Issue 15: `RUN apt-get install` of a small package on a debootstrapped Debian base, with
 /// kiln in podman's default container (userns rung, seccomp filter on).
 #[test]
 fn podman_default_cell_installs_a_debian_package() {
     tool("podman");
-    let base = debian_base();
+    let base = common::debian::debian_base();
     let work = tempfile::Builder::new()
         .prefix("kiln-matrix-apt")
         .tempdir_in("/tmp")

@@ -5,8 +5,6 @@
 //! none is written, as `docker load` (20.10) takes images, not an index, and would give every
 //! platform's image the same tag.
 
-use std::io::Write;
-
 use super::oci::ref_name_for_tag;
 use super::{check_manifest, read_json_blob, BlobSource, Content, ImageRef, Plan, WriteOptions};
 use crate::descriptor::annotations;
@@ -31,7 +29,7 @@ fn is_attestation(entry: &Descriptor) -> bool {
 /// Writes `image`, whose descriptor is an OCI image index (not nested further), as an OCI
 /// image layout tar. Every manifest of the index is written with its config and layers,
 /// each blob verified as it streams.
-pub(super) fn write_index_archive<W: Write>(
+pub(super) fn write_index_archive<W: super::sink::Sink>(
     out: W,
     image: &ImageRef,
     blobs: &dyn BlobSource,
@@ -119,7 +117,7 @@ pub(super) fn write_index_archive<W: Write>(
         &image.manifest.digest.blob_path(),
         Content::Bytes(index_bytes),
     )?;
-    plan.write(super::sink::Stream(out), blobs, opts.mtime)
+    plan.write(out, blobs, opts.mtime)
 }
 
 #[cfg(test)]

@@ -33,10 +33,6 @@ pub fn write_oci_archive<W: Write>(
     blobs: &dyn BlobSource,
     opts: &WriteOptions,
 ) -> Result<()> {
-    // An image index (platforms, attestations): the index is the one named entry.
-    if media_types::is_index(&image.manifest.media_type) {
-        return super::index_out::write_index_archive(out, image, blobs, opts);
-    }
     write_oci_archive_to(super::sink::Stream(out), image, blobs, opts)
 }
 
@@ -48,10 +44,6 @@ pub fn write_oci_archive_file(
     blobs: &dyn BlobSource,
     opts: &WriteOptions,
 ) -> Result<()> {
-    // An image index (platforms, attestations): the index is the one named entry.
-    if media_types::is_index(&image.manifest.media_type) {
-        return super::index_out::write_index_archive(out, image, blobs, opts);
-    }
     write_oci_archive_to(super::sink::FileSink(out), image, blobs, opts)
 }
 
@@ -61,6 +53,10 @@ fn write_oci_archive_to<W: super::sink::Sink>(
     blobs: &dyn BlobSource,
     opts: &WriteOptions,
 ) -> Result<()> {
+    // An image index (platforms, attestations): the index is the one named entry.
+    if media_types::is_index(&image.manifest.media_type) {
+        return super::index_out::write_index_archive(out, image, blobs, opts);
+    }
     let r = resolve_image(image, blobs)?;
     let index = layout_index(image, &r.config)?;
     let docker = [DockerManifestEntry {

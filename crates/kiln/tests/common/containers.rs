@@ -30,8 +30,11 @@ pub fn busybox_root(dir: &Path, passwd: &str, group: &str) {
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::copy(super::busybox_binary(), dir.join("bin/busybox")).unwrap();
-    // Relative links (`busybox --install -s` would point them at this host's path).
-    let list = Command::new(dir.join("bin/busybox"))
+    // Relative links (`busybox --install -s` would point them at this host's path). The list
+    // comes from the host's busybox: running the copy just written can fail with ETXTBSY
+    // while another thread of the test forks (the copy's write descriptor lives on in the
+    // child until it execs).
+    let list = Command::new(super::busybox_binary())
         .arg("--list")
         .output()
         .unwrap();

@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../kiln/tests/common/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
+
 use kiln_build::output::{export, Destination, OutputKind, OutputSpec};
 use kiln_build::remote::RemoteOptions;
 use kiln_build::{BuildError, BuildOptions, Built, Cause, Event, ExecError, Progress, StoreImages};
@@ -76,36 +80,10 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A tmpfs of `size` on a fresh temp dir, unmounted when dropped.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a small tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_disk_full() {
     let disk = SmallDisk::mount("2m");
-    let store = Store::open(&disk.0.path().join("store")).unwrap();
+    let store = Store::open(&disk.path().join("store")).unwrap();
     let ctx = tempfile::tempdir().unwrap();
     fs::write(ctx.path().join("big.bin"), noise(4 << 20)).unwrap();
     let error = build(&store, ctx.path(), "FROM scratch\nCOPY big.bin /big.bin\n").unwrap_err();
@@ -127,12 +105,12 @@ fn a_full_disk_is_disk_full() {
 #[test]
 fn a_refused_permission_is_permission_denied() {
     let disk = SmallDisk::mount("8m");
-    let store = Store::open(&disk.0.path().join("store")).unwrap();
+    let store = Store::open(&disk.path().join("store")).unwrap();
     let ctx = tempfile::tempdir().unwrap();
     fs::write(ctx.path().join("f"), "x").unwrap();
     let built = build(&store, ctx.path(), "FROM scratch\nCOPY f /f\n").unwrap();
     // An immutable directory refuses even root (EPERM).
-    let dest = disk.0.path().join("out");
+    let dest = disk.path().join("out");
     fs::create_dir(&dest).unwrap();
     let chattr = Command::new("chattr")
         .arg("+i")

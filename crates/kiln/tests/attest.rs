@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -217,54 +217,6 @@ impl Archive {
 
 const PROVENANCE: &str = "https://slsa.dev/provenance/v1";
 const SPDX: &str = "https://spdx.dev/Document";
-
-/// Whether `needle` is anywhere under `dir`, raw or in a decompressed layer.
-fn holds(dir: &Path, needle: &[u8]) -> Option<String> {
-    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    for entry in walk(dir) {
-        let bytes = fs::read(&entry).unwrap_or_default();
-        if contains(&bytes) {
-            return Some(entry.display().to_string());
-        }
-        let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
-            Some("application/vnd.oci.image.layer.v1.tar+gzip")
-        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Some("application/vnd.oci.image.layer.v1.tar+zstd")
-        } else {
-            None
-        };
-        if let Some(media_type) = media_type {
-            let mut plain = Vec::new();
-            if let Ok(mut reader) = kiln_layer::decompress(&bytes[..], media_type) {
-                let _ = std::io::Read::read_to_end(&mut reader, &mut plain);
-            }
-            if contains(&plain) {
-                return Some(format!("{} (decompressed)", entry.display()));
-            }
-        }
-    }
-    None
-}
-
-/// Every regular file under `dir` (symlinks not followed).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let meta = entry.path().symlink_metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files
-}
 
 /// The registry's manifest digest of `reference` (as skopeo computes it).
 fn skopeo_raw(reference: &str) -> (Vec<u8>, String) {
@@ -483,8 +435,8 @@ fn provenance_lists_exactly_the_materials_and_no_secret() {
     assert_eq!(metadata["finishedOn"], "2023-11-14T22:13:20Z");
 
     // No secret byte anywhere: store, output, progress.
-    assert_eq!(holds(max.root.path(), SECRET.as_bytes()), None);
-    assert_eq!(holds(max.out.path(), SECRET.as_bytes()), None);
+    assert_eq!(find_bytes(max.root.path(), SECRET.as_bytes()), None);
+    assert_eq!(find_bytes(max.out.path(), SECRET.as_bytes()), None);
     assert!(!max.run.stderr.contains(SECRET) && !max.run.stdout.contains(SECRET));
 
     // min: the arg's name, never its value; no steps.
@@ -505,8 +457,8 @@ fn provenance_lists_exactly_the_materials_and_no_secret() {
         min_statement["predicate"]["buildDefinition"]["resolvedDependencies"],
         definition["resolvedDependencies"]
     );
-    assert_eq!(holds(min.root.path(), SECRET.as_bytes()), None);
-    assert_eq!(holds(min.out.path(), SECRET.as_bytes()), None);
+    assert_eq!(find_bytes(min.root.path(), SECRET.as_bytes()), None);
+    assert_eq!(find_bytes(min.out.path(), SECRET.as_bytes()), None);
 
     // The same SOURCE_DATE_EPOCH in a fresh store: the same attestation bytes (and image).
     let again = build_materials(&recipe, &extra_dir, &secret_file, "mode=max");
@@ -990,5 +942,5 @@ fn url_credentials_stay_out_of_the_provenance() {
         format!("http://127.0.0.1:{port}/files/tool.txt"),
         "{dependencies:#}"
     );
-    assert_eq!(holds(out.path(), PASSWORD.as_bytes()), None);
+    assert_eq!(find_bytes(out.path(), PASSWORD.as_bytes()), None);
 }

@@ -1071,21 +1071,12 @@ fn add_fetches_urls_and_a_checksum_makes_the_rebuild_offline() {
 
 #[test]
 fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
-    let mount_point = tempfile::tempdir().unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(mount_point.path())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mounted {
-        skip_or_fail("cannot mount a small tmpfs here (needs root)");
-        return;
-    }
+    let disk = common::small_disk::SmallDisk::mount("2m");
     // Incompressible content, bigger than the whole filesystem.
     let data = noise(0x9E37_79B9_7F4A_7C15, 4 << 20);
     let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n")]);
     fs::write(ctx.path().join("big.bin"), &data).unwrap();
-    let root = mount_point.path().join("store");
+    let root = disk.path().join("store");
     let r = root.to_string_lossy().into_owned();
     let run = kiln(
         &["--root", &r, "build", "-t", "big:1", "."],
@@ -1094,7 +1085,7 @@ fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
     );
     let verify = kiln(&["--root", &r, "verify"], ctx.path(), &[]);
     let images = kiln(&["--root", &r, "images"], ctx.path(), &[]);
-    let _ = Command::new("umount").arg(mount_point.path()).status();
+    drop(disk);
     assert_eq!(run.status, 1, "{}", run.stderr);
     assert!(
         run.stderr.contains("No space left on device"),

@@ -309,7 +309,7 @@ fn credentials_in_a_git_url_never_reach_the_image_or_the_store() {
     // logs, configs, the checked-out files.
     let mut holders = Vec::new();
     for dir in [root.path(), out.path()] {
-        for entry in walk(dir) {
+        for entry in files_under(dir) {
             if fs::read(&entry)
                 .map(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()))
                 .unwrap_or(false)
@@ -324,23 +324,6 @@ fn credentials_in_a_git_url_never_reach_the_image_or_the_store() {
         config.contains(&format!("http://127.0.0.1:{port}/cgi-bin/git/app.git")),
         "{config}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                if let Ok(entries) = fs::read_dir(&path) {
-                    stack.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
-                }
-            }
-            Ok(meta) if meta.is_file() => out.push(path),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn walk_dirs(dir: &Path) -> Vec<PathBuf> {

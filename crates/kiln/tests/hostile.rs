@@ -8,6 +8,7 @@
 mod common;
 
 use common::registry::{RegistryAuth, TestRegistry};
+use common::small_disk::SmallDisk;
 use common::{context, kiln, Run};
 use kiln_layer::{HashingWriter, ParallelGzip, MEDIA_TYPE_TAR_GZIP};
 use kiln_oci::{media_types, ImageName, ImageRef, Manifest, MemoryBlobs, WriteOptions};
@@ -267,38 +268,6 @@ fn a_zip_bomb_layer_from_a_registry_is_refused_within_the_cap() {
     ];
     let (run, peak) = peak_disk_use(&root, || in_store(&root, ctx.path(), &["build", "."], &env));
     assert_refused(&run, &root, &layer, peak, compressed, "FROM a registry");
-}
-
-/// A tmpfs of `size` on a fresh temp dir, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a small tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
 }
 
 /// Bytes that do not compress (an xorshift stream), so a layer of them is as big as they are.

@@ -185,13 +185,9 @@ fn output(mut command: Command) -> (i32, String) {
 fn podman_cells_build_the_host_image_or_say_what_to_change() {
     tool("podman");
     let work = Workspace::new();
-    let storage = tempfile::tempdir().unwrap();
-    let conf = storage.path().join("containers.conf");
-    fs::write(
-        &conf,
-        "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
-    )
-    .unwrap();
+    let Some(podman) = common::containers::Podman::new() else {
+        return;
+    };
     let cells: [(&str, &[&str], Expect); 3] = [
         (
             "podman-root",
@@ -221,20 +217,9 @@ fn podman_cells_build_the_host_image_or_say_what_to_change() {
     ];
     let mut table = Vec::new();
     for (name, options, expect) in &cells {
-        let mut command = Command::new("podman");
+        let mut command = podman.command();
         command
-            .env("CONTAINERS_CONF", &conf)
-            .arg("--root")
-            .arg(storage.path().join("root"))
-            .arg("--runroot")
-            .arg(storage.path().join("run"))
             .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--runtime",
-                "runc",
                 "run",
                 "--rm",
                 "--network",
@@ -489,28 +474,13 @@ fn podman_default_cell_installs_a_debian_package() {
         "FROM scratch\nADD debian.tar /\nRUN apt-get update && apt-get install -y --no-install-recommends hello && hello > /greeting\n",
     )
     .unwrap();
-    let storage = tempfile::tempdir().unwrap();
-    let conf = storage.path().join("containers.conf");
-    fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
-    )
-    .unwrap();
+    let Some(podman) = common::containers::Podman::new() else {
+        return;
+    };
     // The host's network: apt needs the mirror.
-    let mut command = Command::new("podman");
+    let mut command = podman.command();
     command
-        .env("CONTAINERS_CONF", &conf)
-        .arg("--root")
-        .arg(storage.path().join("root"))
-        .arg("--runroot")
-        .arg(storage.path().join("run"))
         .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--runtime",
-            "runc",
             "run",
             "--rm",
             "--network",

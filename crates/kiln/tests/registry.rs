@@ -6,7 +6,7 @@
 mod common;
 
 use common::registry::{docker_config, RegistryAuth, TestRegistry};
-use common::{busybox_store, context, kiln, Run, EPOCH};
+use common::{busybox_store, context, files_under, kiln, Run, EPOCH};
 use std::path::Path;
 use std::process::Command;
 
@@ -635,7 +635,7 @@ fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
     // Swap the content of the biggest layer in the registry's storage.
     let blobs = registry.storage().join("docker/registry/v2/blobs/sha256");
     let mut biggest: Option<(u64, std::path::PathBuf)> = None;
-    for entry in walk(&blobs) {
+    for entry in files_under(&blobs) {
         if entry.file_name().is_some_and(|n| n == "data") {
             let size = std::fs::metadata(&entry).unwrap().len();
             if biggest.as_ref().is_none_or(|(s, _)| size > *s) {
@@ -675,22 +675,6 @@ fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
     );
     let images = ok(kiln_in(fresh.path(), config.path(), &["images"]), "images");
     assert!(!images.stdout.contains("tamper"), "{}", images.stdout);
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 #[test]

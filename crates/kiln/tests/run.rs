@@ -371,31 +371,11 @@ fn podman_runs_what_kiln_built_and_umoci_unpacks_the_same_tree() {
     if !require_tool("podman") {
         return;
     }
-    let storage = tempfile::tempdir().unwrap();
-    let conf = storage.path().join("containers.conf");
-    fs::write(
-        &conf,
-        "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=20000:20000\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
-    )
-    .unwrap();
+    let Some(containers) = common::containers::Podman::new() else {
+        return;
+    };
     let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .env("CONTAINERS_CONF", &conf)
-            .arg("--root")
-            .arg(storage.path().join("root"))
-            .arg("--runroot")
-            .arg(storage.path().join("run"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--runtime",
-                "runc",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = containers.command().args(args).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -810,45 +790,6 @@ fn cache_mounts_survive_between_builds_and_stay_out_of_layers() {
     assert!(!root.path().join("cache-mounts").exists());
 }
 
-/// Whether `needle` is in any file under `dir`, compressed layer blobs read decompressed.
-fn store_holds(dir: &Path, needle: &[u8]) -> Option<String> {
-    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    for entry in fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
-            if let Some(found) = store_holds(&path, needle) {
-                return Some(found);
-            }
-            continue;
-        }
-        if !meta.is_file() {
-            continue;
-        }
-        let bytes = fs::read(&path).unwrap_or_default();
-        if contains(&bytes) {
-            return Some(path.display().to_string());
-        }
-        let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
-            Some("application/vnd.oci.image.layer.v1.tar+gzip")
-        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Some("application/vnd.oci.image.layer.v1.tar+zstd")
-        } else {
-            None
-        };
-        if let Some(media_type) = media_type {
-            let mut plain = Vec::new();
-            if let Ok(mut reader) = kiln_layer::decompress(&bytes[..], media_type) {
-                let _ = std::io::Read::read_to_end(&mut reader, &mut plain);
-            }
-            if contains(&plain) {
-                return Some(format!("{} (decompressed)", path.display()));
-            }
-        }
-    }
-    None
-}
-
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -905,8 +846,8 @@ fn secrets_are_readable_and_reach_nothing_else() {
         for secret in [file_secret, env_secret] {
             assert!(!run.stderr.contains(secret));
             assert!(!run.stdout.contains(secret));
-            assert_eq!(store_holds(root.path(), secret.as_bytes()), None);
-            assert_eq!(store_holds(out.path(), secret.as_bytes()), None);
+            assert_eq!(find_bytes(root.path(), secret.as_bytes()), None);
+            assert_eq!(find_bytes(out.path(), secret.as_bytes()), None);
         }
         let image = read_image(&out.path().join("image.tar"));
         let added: Vec<String> = image.layers[image.layers.len() - 3..]

@@ -7,6 +7,7 @@ pub mod containers;
 pub mod debian;
 pub mod parity;
 pub mod registry;
+pub mod small_disk;
 
 use kiln_oci::{read_oci_archive, ImageConfig, ReadOptions};
 use std::fs;
@@ -171,6 +172,51 @@ pub fn describe_tree(base: &Path) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+/// Every regular file under `dir`, symlinks not followed; unreadable directories are passed.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                if let Ok(entries) = fs::read_dir(&path) {
+                    stack.extend(entries.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(meta) if meta.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files
+}
+
+/// The first file under `dir` holding `needle`, as it is or, for a gzip or zstd stream (a
+/// layer blob), decompressed: how the tests show a secret reached no byte kiln wrote.
+pub fn find_bytes(dir: &Path, needle: &[u8]) -> Option<String> {
+    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for path in files_under(dir) {
+        let bytes = fs::read(&path).unwrap_or_default();
+        if contains(&bytes) {
+            return Some(path.display().to_string());
+        }
+        let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
+            kiln_layer::MEDIA_TYPE_TAR_GZIP
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            kiln_layer::MEDIA_TYPE_TAR_ZSTD
+        } else {
+            continue;
+        };
+        let mut plain = Vec::new();
+        if let Ok(mut reader) = kiln_layer::decompress(&bytes[..], media_type) {
+            let _ = std::io::Read::read_to_end(&mut reader, &mut plain);
+        }
+        if contains(&plain) {
+            return Some(format!("{} (decompressed)", path.display()));
+        }
+    }
+    None
 }
 
 /// The epoch the RUN tests build with, so images can be compared by digest.

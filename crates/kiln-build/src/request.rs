@@ -219,3 +219,69 @@ impl Checked {
         (job, options)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(request: BuildRequest) -> Result<Checked, String> {
+        request.check()
+    }
+
+    #[test]
+    fn the_first_wrong_value_is_refused_with_its_flag() {
+        let bad_tag = BuildRequest {
+            tags: vec!["ok:1".into(), "Bad Name".into()],
+            ..BuildRequest::default()
+        };
+        let message = checked(bad_tag).err().unwrap_or_default();
+        assert!(message.starts_with("-t Bad Name: "), "{message}");
+        let bad_snapshotter = BuildRequest {
+            snapshotter: Some("zfs".into()),
+            ..BuildRequest::default()
+        };
+        assert_eq!(
+            checked(bad_snapshotter).err().as_deref(),
+            Some("--snapshotter zfs: expected auto, overlay or copy")
+        );
+        let bad_cache = BuildRequest {
+            cache_from: vec!["type=s3".into()],
+            ..BuildRequest::default()
+        };
+        let message = checked(bad_cache).err().unwrap_or_default();
+        assert!(message.starts_with("--cache-from type=s3: "), "{message}");
+    }
+
+    #[test]
+    fn a_platform_list_builds_with_its_first_and_a_push_attests_by_default() {
+        let request = BuildRequest {
+            tags: vec!["127.0.0.1:5000/app:1".into()],
+            push: true,
+            platform: Some("linux/arm64,linux/amd64".into()),
+            jobs: Some(3),
+            cache_to: vec!["type=inline".into()],
+            ..BuildRequest::default()
+        };
+        let Ok(checked) = checked(request) else {
+            panic!("a good request refused");
+        };
+        assert_eq!(checked.options.platform.to_string(), "linux/arm64");
+        assert_eq!(checked.options.jobs, 3);
+        assert_eq!(checked.push_to.len(), 1);
+        // A push without --provenance gets the minimal provenance, as buildx attaches it
+        // (unless the environment turns the default off).
+        let by_default = crate::attest::provenance_by_default(&[], true);
+        assert_eq!(checked.attest.provenance.is_some(), by_default);
+        assert!(!checked.attest.asked);
+        let store_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(store_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        struct Quiet;
+        impl Progress for Quiet {
+            fn event(&self, _: crate::build::Event) {}
+        }
+        let registry = Arc::new(Registry::new(Default::default()));
+        let (_, options) = checked.into_build(&store, &Quiet, registry);
+        // --cache-to type=inline puts the cache into the image's config.
+        assert!(options.remote.inline_cache);
+    }
+}

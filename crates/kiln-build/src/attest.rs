@@ -362,63 +362,39 @@ pub fn image_index(
 
 /// The attested form of a build: the index to write or push instead of the bare manifest.
 pub struct Attested {
-    /// The image index (image manifest + attestation manifest), in the store.
+    /// The image index (every platform's image manifest, each with its attestation manifest),
+    /// in the store. For one platform it holds the one image; for several it is the build's
+    /// index.
     pub index: Descriptor,
-    /// The attestation manifest's index entry (recorded in the store beside the image).
+    /// The attestation manifests' index entries (recorded in the store beside their images).
     pub entries: Vec<Descriptor>,
-    /// The statements, for outputs that write them as files.
-    pub statements: Statements,
+    /// The statements of each platform's image, in the order of the build's platforms, for
+    /// outputs that write them as files.
+    pub statements: Vec<Statements>,
     /// Whether the flags asked for them (see [`AttestOptions::asked`]).
     pub asked: bool,
 }
 
-/// Makes and attaches the build's attestations to its image, when any are asked for.
-pub fn attest_build(
-    options: &AttestOptions,
-    plan: &Plan,
-    built: &Built,
-    build_options: &crate::build::BuildOptions,
-    store: &Store,
-    names: &[kiln_oci::ImageName],
-) -> Result<Option<Attested>, BuildError> {
-    if !options.wanted() {
-        return Ok(None);
-    }
-    let name_strings: Vec<String> = names.iter().map(ToString::to_string).collect();
-    let name = name_strings
-        .first()
-        .cloned()
-        .unwrap_or_else(|| format!("kiln-build@{}", built.manifest.digest));
-    let statements = statements(options, plan, built, build_options, store, &name)?;
-    let platform = built.config.platform();
-    let refs: Vec<&str> = name_strings.iter().map(String::as_str).collect();
-    let entries = attach(store, &statements, &built.manifest, &platform, &refs)?;
-    let index = image_index(store, &built.manifest, &platform, entries.clone())?;
-    Ok(Some(Attested {
-        index,
-        entries,
-        statements,
-        asked: options.asked,
-    }))
-}
-
-/// Makes and attaches the attestations of a multi-platform build: one attestation manifest
-/// per platform's image (each statement's subject that image), returned as the extra entries
-/// of the build's index. The images come in the order of `plans`.
-pub fn attest_platforms(
+/// Makes and attaches the attestations of a build's images, when any are asked for: one
+/// attestation manifest per image (each statement's subject that image), in the order of
+/// `plans` (one per platform, `images` built from them). The index is made by `index_of`
+/// from the attestation entries: one image's own index, or the build's index of several.
+pub fn attest_images(
     options: &AttestOptions,
     plans: &[(kiln_plan::Platform, Plan)],
     images: &[Built],
     build_options: &crate::build::BuildOptions,
     store: &Store,
     names: &[kiln_oci::ImageName],
-) -> Result<Vec<Descriptor>, BuildError> {
+    index_of: impl FnOnce(&[Descriptor]) -> Result<Descriptor, BuildError>,
+) -> Result<Option<Attested>, BuildError> {
     if !options.wanted() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let name_strings: Vec<String> = names.iter().map(ToString::to_string).collect();
     let refs: Vec<&str> = name_strings.iter().map(String::as_str).collect();
     let mut entries = Vec::new();
+    let mut all_statements = Vec::with_capacity(images.len());
     for ((_, plan), image) in plans.iter().zip(images) {
         let name = name_strings
             .first()
@@ -426,13 +402,21 @@ pub fn attest_platforms(
             .unwrap_or_else(|| format!("kiln-build@{}", image.manifest.digest));
         let statements = statements(options, plan, image, build_options, store, &name)?;
         let platform = image.config.platform();
-        let attached = attach(store, &statements, &image.manifest, &platform, &refs)?;
-        for entry in &attached {
-            store.put_attestations(entry).map_err(BuildError::Store)?;
-        }
-        entries.extend(attached);
+        entries.extend(attach(
+            store,
+            &statements,
+            &image.manifest,
+            &platform,
+            &refs,
+        )?);
+        all_statements.push(statements);
     }
-    Ok(entries)
+    Ok(Some(Attested {
+        index: index_of(&entries)?,
+        entries,
+        statements: all_statements,
+        asked: options.asked,
+    }))
 }
 
 /// Records the attestations in the store beside the image they are about (for
@@ -601,7 +585,10 @@ pub fn after_output(
             Some(attested),
             crate::output::OutputKind::Local,
             crate::output::Destination::File(dir),
-        ) if attested.asked => write_local_files(dir, &attested.statements),
+        ) if attested.asked => attested
+            .statements
+            .iter()
+            .try_for_each(|statements| write_local_files(dir, statements)),
         _ => Ok(()),
     }
 }

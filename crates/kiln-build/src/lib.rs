@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod platforms;
 pub mod recorder;
 pub mod remote;
+pub mod request;
 pub mod secret_flags;
 pub mod shared_cache;
 

@@ -16,7 +16,7 @@ use kiln_oci::ImageName;
 use kiln_plan::{Plan, Platform};
 use kiln_registry::Registry;
 use kiln_store::Store;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -83,18 +83,19 @@ impl Build<'_> {
             .collect()
     }
 
-    /// Reads the `--cache-from` caches into `remote` and restores the cache mounts the plan's
-    /// RUN steps use from them. A cache that cannot be read only warns, as with docker build:
-    /// the steps run instead.
-    pub fn import_caches(&self, plan: &Plan, platform: &Platform, remote: &mut RemoteOptions) {
-        let mount_ids = crate::run::planned_cache_mount_ids(plan);
+    /// Reads the `--cache-from` caches into `remote` (the records of every target platform of
+    /// `plans`) and restores the cache mounts their RUN steps use from them. A cache that
+    /// cannot be read only warns, as with docker build: the steps run instead.
+    pub fn import_caches(&self, plans: &[(Platform, Plan)], remote: &mut RemoteOptions) {
+        let mount_ids = cache_mount_ids(plans);
+        let platforms: Vec<Platform> = plans.iter().map(|(p, _)| p.clone()).collect();
         let sink = |event| self.progress.event(Event::Transfer(event));
         let warn = |message: String| self.progress.event(Event::Warning { message });
         for import in &self.cache_from {
             let cache = match ImportedCache::load(
                 import,
                 Some(&self.registry),
-                platform,
+                &platforms,
                 self.store,
                 &sink,
             ) {
@@ -120,19 +121,23 @@ impl Build<'_> {
         }
     }
 
-    /// Readies `options` for building `plan` from `context` (the recipe read from
-    /// `recipe_path`, none for standard input): names the recipe for miss explanations, reads
-    /// the `--cache-from` caches and restores their cache mounts, and warns of
-    /// `--no-cache-filter` values that name no stage.
+    /// Readies `options` for building `plans` (one per target platform) from `context` (the
+    /// recipe read from `recipe_path`, none for standard input): names the recipe for miss
+    /// explanations, reads the `--cache-from` caches and restores their cache mounts, and
+    /// warns of `--no-cache-filter` values that name no stage.
     pub fn prepare(
         &self,
-        plan: &Plan,
+        plans: &[(Platform, Plan)],
         recipe_path: Option<&Path>,
         context: &Context,
         options: &mut BuildOptions,
     ) {
         options.recipe_id = crate::build::recipe_id(recipe_path, context.root());
-        self.import_caches(plan, &options.platform, &mut options.remote);
+        self.import_caches(plans, &mut options.remote);
+        // Every platform's plan has the same stages: the first one's names them.
+        let Some((_, plan)) = plans.first() else {
+            return;
+        };
         for wanted in crate::build::unknown_stage_filters(plan, &options.no_cache_filter) {
             self.progress.event(Event::Warning {
                 message: format!("--no-cache-filter {wanted}: no stage has this name or index"),
@@ -140,132 +145,102 @@ impl Build<'_> {
         }
     }
 
-    /// Builds `plan` and delivers the image: outputs, pushes, cache exports, names, result
-    /// files. The first failure stops it.
+    /// Builds the plans (one per `--platform`, each planned with its own `TARGET*` arguments)
+    /// and delivers the result: outputs, pushes, cache exports, names, result files, in that
+    /// order; the first failure stops it. One plan delivers its image (an index only when
+    /// attestations are attached); several are built as one graph and delivered as the index
+    /// of their images (see [`crate::output::export_platforms`]), the cache holding the
+    /// records of every platform.
     pub fn run(
         &self,
-        plan: &Plan,
-        context: &Context,
-        options: &BuildOptions,
-    ) -> Result<Built, BuildError> {
-        let mut built = build(plan, self.store, context, options, self.progress)?;
-        if !self.cache_sinks().is_empty() {
-            // An exported cache holds every step's layer, shipped or not: their blobs now.
-            let layer_options = crate::build::layer_options(options);
-            crate::lazy::make_record_blobs(self.store, &mut built.records, &layer_options)?;
-        }
-        let attested = crate::attest::attest_build(
-            &self.attest,
-            plan,
-            &built,
-            options,
-            self.store,
-            &self.names,
-        )?;
-        for spec in self
-            .outputs
-            .iter()
-            .filter(|o| o.kind != OutputKind::Registry)
-        {
-            let image = crate::attest::image_for_output(spec, &built, attested.as_ref());
-            export(spec, &image, self.store, &self.names)?;
-            crate::attest::after_output(spec, attested.as_ref())?;
-        }
-        for destination in &self.push_to {
-            let pushed = attested.as_ref().map(|a| &a.index);
-            self.push(&built, pushed.unwrap_or(&built.manifest), destination)?;
-        }
-        self.export_caches(plan, &built)?;
-        // Named only once every output is written: a failed export leaves no half-finished name.
-        self.tag_names(&built.manifest)?;
-        if let Some(attested) = &attested {
-            crate::attest::record_in_store(self.store, attested)?;
-        }
-        // With attestations, what was delivered is the index holding the image (as buildx's
-        // metadata names it).
-        self.write_result_files(&built, attested.as_ref().map(|a| &a.index))?;
-        Ok(built)
-    }
-
-    /// Builds the plans of several platforms (one per `--platform`, each planned with its own
-    /// `TARGET*` arguments) as one graph and delivers the image index of their images, as
-    /// [`Build::run`] delivers one image: outputs (see [`crate::output::export_platforms`]),
-    /// pushes (every manifest, then the index), the cache records of every platform, names
-    /// and result files all take the index. One plan is [`Build::run`].
-    pub fn run_platforms(
-        &self,
         plans: &[(Platform, Plan)],
         context: &Context,
         options: &BuildOptions,
     ) -> Result<Built, BuildError> {
-        let [(_, plan)] = plans else {
-            return self.deliver_platforms(plans, context, options);
+        let images = match plans {
+            [(_, plan)] => vec![build(plan, self.store, context, options, self.progress)?],
+            _ => crate::platforms::build_platforms(
+                plans,
+                self.store,
+                context,
+                options,
+                self.progress,
+            )?,
         };
-        self.run(plan, context, options)
-    }
-
-    fn deliver_platforms(
-        &self,
-        plans: &[(Platform, Plan)],
-        context: &Context,
-        options: &BuildOptions,
-    ) -> Result<Built, BuildError> {
-        let mut images =
-            crate::platforms::build_platforms(plans, self.store, context, options, self.progress)?;
+        let mut delivery = self.assemble(plans, images, options)?;
         if !self.cache_sinks().is_empty() {
             // An exported cache holds every step's layer, shipped or not: their blobs now.
             let layer_options = crate::build::layer_options(options);
-            for image in &mut images {
-                crate::lazy::make_record_blobs(self.store, &mut image.records, &layer_options)?;
-            }
+            let records = &mut delivery.built.records;
+            crate::lazy::make_record_blobs(self.store, records, &layer_options)?;
         }
+        self.deliver(plans, &delivery)?;
+        Ok(delivery.built)
+    }
+
+    /// The build's images made into what is delivered: one image as it is, several as the
+    /// index of their images (per platform, in the order of `plans`), and the attestations
+    /// of each attached.
+    fn assemble(
+        &self,
+        plans: &[(Platform, Plan)],
+        mut images: Vec<Built>,
+        options: &BuildOptions,
+    ) -> Result<Delivery, BuildError> {
         let manifests: Vec<kiln_oci::Descriptor> =
             images.iter().map(|b| b.manifest.clone()).collect();
-        // One attestation manifest per platform's image, beside it in the index.
-        let attestations = crate::attest::attest_platforms(
+        let index_of = |attestations: &[kiln_oci::Descriptor]| {
+            crate::index::put_index(self.store, &manifests, attestations, &BTreeMap::new())
+        };
+        let attested = crate::attest::attest_images(
             &self.attest,
             plans,
             &images,
             options,
             self.store,
             &self.names,
+            index_of,
         )?;
-        let index = crate::index::put_index(
-            self.store,
-            &manifests,
-            &attestations,
-            &std::collections::BTreeMap::new(),
-        )?;
-        let mut built = images.first().cloned().ok_or(BuildError::Plan)?;
-        built.manifest = index;
-        // The cache's mode=min keeps the records of the shipped layers: every platform's.
-        built.layers = Vec::new();
-        for image in &images {
-            for layer in &image.layers {
-                if !built.layers.contains(layer) {
-                    built.layers.push(layer.clone());
-                }
+        let built = match images.len() {
+            1 => images.pop().ok_or(BuildError::Plan)?,
+            _ => {
+                let index = match &attested {
+                    Some(attested) => attested.index.clone(),
+                    None => index_of(&[])?,
+                };
+                merge_platforms(images, index)?
             }
-        }
-        built.platforms = images;
-        for spec in self
+        };
+        Ok(Delivery { built, attested })
+    }
+
+    /// Writes the outputs, pushes, exports the caches, names the image and writes the result
+    /// files: a name only ever points at an image whose outputs all exist.
+    fn deliver(&self, plans: &[(Platform, Plan)], delivery: &Delivery) -> Result<(), BuildError> {
+        let Delivery { built, attested } = delivery;
+        let outputs = self
             .outputs
             .iter()
-            .filter(|o| o.kind != OutputKind::Registry)
-        {
-            crate::output::export_platforms(spec, &built, self.store, &self.names)?;
+            .filter(|o| o.kind != OutputKind::Registry);
+        for spec in outputs {
+            if built.platforms.is_empty() {
+                let image = crate::attest::image_for_output(spec, built, attested.as_ref());
+                export(spec, &image, self.store, &self.names)?;
+                crate::attest::after_output(spec, attested.as_ref())?;
+            } else {
+                crate::output::export_platforms(spec, built, self.store, &self.names)?;
+            }
         }
         for destination in &self.push_to {
-            self.push(&built, &built.manifest, destination)?;
+            self.push(built, delivery.delivered(), destination)?;
         }
-        // The records of every platform's steps (the build keeps them all).
-        self.export_caches(
-            plans.first().map(|(_, p)| p).ok_or(BuildError::Plan)?,
-            &built,
-        )?;
+        self.export_caches(plans, built)?;
+        // Named only once every output is written: a failed export leaves no half-finished name.
         self.tag_names(&built.manifest)?;
-        self.write_result_files(&built, None)?;
-        Ok(built)
+        if let Some(attested) = attested {
+            crate::attest::record_in_store(self.store, attested)?;
+        }
+        self.write_result_files(built, delivery.delivered())
     }
 
     /// Names `manifest` (an image, or a multi-platform image's index) in the store with every
@@ -311,8 +286,10 @@ impl Build<'_> {
         Ok(())
     }
 
-    fn export_caches(&self, plan: &Plan, built: &Built) -> Result<(), BuildError> {
-        let mount_ids: BTreeSet<String> = crate::run::planned_cache_mount_ids(plan);
+    /// Exports the build's cache records (every platform's: the build keeps them all) and the
+    /// cache mounts of every plan's RUN steps to each `--cache-to`.
+    fn export_caches(&self, plans: &[(Platform, Plan)], built: &Built) -> Result<(), BuildError> {
+        let mount_ids = cache_mount_ids(plans);
         let input = ExportInput {
             store: self.store,
             records: &built.records,
@@ -346,12 +323,13 @@ impl Build<'_> {
         Ok(())
     }
 
+    /// `--iidfile` and `--metadata-file`; `delivered` is what was written and pushed (the
+    /// image, or the index holding it and its attestations, or a multi-platform index).
     fn write_result_files(
         &self,
         built: &Built,
-        attested: Option<&kiln_oci::Descriptor>,
+        delivered: &kiln_oci::Descriptor,
     ) -> Result<(), BuildError> {
-        let delivered = attested.unwrap_or(&built.manifest);
         // A multi-platform image is known by its index (as buildx writes it).
         let image_id = if built.platforms.is_empty() {
             built.config_descriptor.digest.to_string()
@@ -388,6 +366,50 @@ impl Build<'_> {
         }
         Ok(())
     }
+}
+
+/// What a build delivers, one platform or several.
+struct Delivery {
+    /// The build's image; with several platforms, `manifest` is their index.
+    built: Built,
+    /// The attestations, with the index that holds them beside the images.
+    attested: Option<crate::attest::Attested>,
+}
+
+impl Delivery {
+    /// What is pushed and what `--metadata-file` names: the index with attestations, else the
+    /// image (or the multi-platform index).
+    fn delivered(&self) -> &kiln_oci::Descriptor {
+        self.attested
+            .as_ref()
+            .map_or(&self.built.manifest, |a| &a.index)
+    }
+}
+
+/// The images of several platforms as one [`Built`]: `manifest` their index, the other fields
+/// the first platform's, `layers` every platform's (a cache's `mode=min` keeps the records of
+/// every shipped layer), `platforms` the images.
+fn merge_platforms(images: Vec<Built>, index: kiln_oci::Descriptor) -> Result<Built, BuildError> {
+    let mut built = images.first().cloned().ok_or(BuildError::Plan)?;
+    built.manifest = index;
+    built.layers = Vec::new();
+    for image in &images {
+        for layer in &image.layers {
+            if !built.layers.contains(layer) {
+                built.layers.push(layer.clone());
+            }
+        }
+    }
+    built.platforms = images;
+    Ok(built)
+}
+
+/// The ids of the cache mounts the RUN steps of every plan use.
+fn cache_mount_ids(plans: &[(Platform, Plan)]) -> BTreeSet<String> {
+    plans
+        .iter()
+        .flat_map(|(_, plan)| crate::run::planned_cache_mount_ids(plan))
+        .collect()
 }
 
 /// Writes a small result file through a temp file beside it, so readers never see half of it.

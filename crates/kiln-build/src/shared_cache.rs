@@ -530,11 +530,14 @@ const MAX_DOCUMENT: u64 = kiln_oci::MAX_JSON_SIZE;
 
 impl ImportedCache {
     /// Reads the cache a `--cache-from` names: a cache manifest, or an image (its config's
-    /// inline cache). The registry's manifest and config are checked against their digests.
+    /// inline cache). An image index (a multi-platform image with inline caches) gives the
+    /// records of each of `platforms` it holds (each config carries its own platform's); a
+    /// platform it lacks only misses. The registry's manifests and configs are checked against
+    /// their digests.
     pub fn load(
         import: &CacheImport,
         registry: Option<&Arc<Registry>>,
-        platform: &Platform,
+        platforms: &[Platform],
         store: &Store,
         progress: TransferSink,
     ) -> Result<ImportedCache, CacheError> {
@@ -544,27 +547,29 @@ impl ImportedCache {
                 let registry =
                     registry.ok_or(CacheError::Unusable("no registry client".to_string()))?;
                 let (_, bytes) = registry.fetch_manifest(name).map_err(registry_error)?;
-                let manifest_bytes = if is_index(&bytes) {
-                    registry
-                        .resolve(name, &platform.to_oci())
-                        .map_err(registry_error)?
-                        .manifest_bytes
+                let manifests = if is_index(&bytes) {
+                    platform_manifests(registry, name, platforms)?
                 } else {
-                    bytes
+                    vec![bytes]
                 };
-                let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
-                    .map_err(document_error(format!("{name}: manifest")))?;
-                if manifest.config.size > MAX_DOCUMENT {
-                    return Err(CacheError::Unusable(format!(
-                        "the manifest gives its config {} bytes, more than a cache document may have",
-                        manifest.config.size
-                    )));
+                let mut document = CacheDocument::default();
+                for manifest_bytes in manifests {
+                    let manifest: Manifest = kiln_oci::from_json_slice(&manifest_bytes)
+                        .map_err(document_error(format!("{name}: manifest")))?;
+                    if manifest.config.size > MAX_DOCUMENT {
+                        return Err(CacheError::Unusable(format!(
+                            "the manifest gives its config {} bytes, more than a cache document may have",
+                            manifest.config.size
+                        )));
+                    }
+                    registry
+                        .fetch_blob(name, &manifest.config, store, progress)
+                        .map_err(registry_error)?;
+                    let config = store.read_blob(&manifest.config.digest)?;
+                    let one = document_of(&manifest, &config)?;
+                    document.records.extend(one.records);
+                    document.mounts.extend(one.mounts);
                 }
-                registry
-                    .fetch_blob(name, &manifest.config, store, progress)
-                    .map_err(registry_error)?;
-                let config = store.read_blob(&manifest.config.digest)?;
-                let document = document_of(&manifest, &config)?;
                 Ok(ImportedCache::new(
                     name.to_string(),
                     document,
@@ -768,6 +773,32 @@ fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), CacheError> {
         });
     }
     Ok(())
+}
+
+/// The manifests of an index for each of `platforms` it holds, each platform once; the first
+/// platform's error when it holds none of them.
+fn platform_manifests(
+    registry: &Registry,
+    name: &ImageName,
+    platforms: &[Platform],
+) -> Result<Vec<Vec<u8>>, CacheError> {
+    let mut manifests: Vec<Vec<u8>> = Vec::new();
+    let mut first_error = None;
+    for platform in platforms {
+        match registry.resolve(name, &platform.to_oci()) {
+            Ok(resolved) if !manifests.contains(&resolved.manifest_bytes) => {
+                manifests.push(resolved.manifest_bytes);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) if manifests.is_empty() => Err(registry_error(error)),
+        _ => Ok(manifests),
+    }
 }
 
 fn is_index(bytes: &[u8]) -> bool {
@@ -1020,7 +1051,7 @@ mod tests {
     fn import(dir: &Path, store: &Store) -> Result<ImportedCache, CacheError> {
         let spec = CacheImport::parse(&format!("type=local,src={}", dir.display()))
             .unwrap_or_else(|e| panic!("{e}"));
-        ImportedCache::load(&spec, None, &Platform::host(), store, &|_| {})
+        ImportedCache::load(&spec, None, &[Platform::host()], store, &|_| {})
     }
 
     #[test]

@@ -3,6 +3,7 @@
 // Tests fail by panicking; not every test file uses every helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod arm64;
 pub mod containers;
 pub mod debian;
 pub mod parity;

@@ -89,7 +89,7 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                         short_id(&row.id),
                         row.created,
                         human(row.size),
-                        row.platforms.join(",")
+                        row.platforms_column()
                     ),
                     Err(e) => println!("{familiar:<40} (unreadable: {e})"),
                 }
@@ -115,9 +115,15 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
         }
         Command::History { image } => {
             let tagged = find(store, image)?;
-            let stored = store
-                .image(&tagged.manifest)
-                .map_err(|e| fail(INVALID, e))?;
+            // Of a multi-platform image, this machine's platform (else the first).
+            let host = kiln_plan::Platform::host().to_oci();
+            let found = match store.image_for_platform(&tagged.manifest, Some(&host)) {
+                Ok(None) => store.image_for_platform(&tagged.manifest, None),
+                other => other,
+            };
+            let (_, stored) = found
+                .map_err(|e| fail(INVALID, e))?
+                .ok_or_else(|| fail(INVALID, format!("{image}: the store holds no image of it")))?;
             let mut layers = stored.manifest.layers.iter();
             println!("{:<22} {:>10}  CREATED BY", "CREATED", "SIZE");
             for entry in stored

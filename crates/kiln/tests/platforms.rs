@@ -612,3 +612,195 @@ fn a_base_without_the_platform_lists_the_platforms_it_has() {
     let image = read_image(&archive);
     assert_eq!(image.config.architecture, "arm64");
 }
+
+/// `kiln images` row of `name` (its familiar form).
+fn images_row(root: &Path, cwd: &Path, name: &str) -> String {
+    let images = ok(kiln_root(root, &["images"], cwd, &[]), "kiln images");
+    images
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in:\n{}", images.stdout))
+        .to_string()
+}
+
+#[test]
+fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform() {
+    for tool in ["skopeo", "docker-registry"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(built) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let registry = TestRegistry::start(RegistryAuth::Anonymous);
+    let docker_config = tempfile::tempdir().unwrap();
+    let env = [("DOCKER_CONFIG", docker_config.path().to_str().unwrap())];
+    let remote = format!("{}/kiln/busybox:multi", registry.host());
+    // kiln push of a multi-platform image of the store pushes its index.
+    ok(
+        kiln_root(
+            built.path(),
+            &["push", "busybox:multi", &remote],
+            work.path(),
+            &env,
+        ),
+        "kiln push",
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{remote}"))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let pushed_index = format!("sha256:{}", sha256_hex(&raw.stdout));
+    let pushed: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        pushed["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{pushed}"
+    );
+
+    // A fresh store pulls this machine's platform: the name is the registry's index, holding
+    // the amd64 image and listing arm64 as not pulled.
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {remote}\nRUN uname -m > /arch\n"),
+    )]);
+    ok(
+        kiln_root(
+            root.path(),
+            &["pull", "--platform", "linux/amd64", &remote],
+            ctx.path(),
+            &env,
+        ),
+        "kiln pull",
+    );
+    let row = images_row(root.path(), ctx.path(), &remote);
+    assert!(row.contains("linux/amd64 (+1 not pulled)"), "{row}");
+    let inspect = kiln_root(
+        root.path(),
+        &["inspect", "--platform", "linux/arm64", &remote],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(inspect.status, 0);
+    assert!(
+        inspect.stderr.contains("lists linux/arm64")
+            && inspect.stderr.contains("kiln pull --platform linux/arm64"),
+        "{}",
+        inspect.stderr
+    );
+    // Offline, the missing platform is an error that says how to get it.
+    let offline = kiln_root(
+        root.path(),
+        &["build", "--pull=never", "--platform", "linux/arm64", "."],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(offline.status, 0);
+    assert!(
+        offline.stderr.contains("kiln pull --platform linux/arm64")
+            && offline.stderr.contains("pulled: linux/amd64"),
+        "{}",
+        offline.stderr
+    );
+
+    // A two-platform build fetches the arm64 image the index lists, by its digest.
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("local");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                &format!("type=local,dest={}", local.display()),
+                ".",
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "two-platform build",
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_arm64/arch")).unwrap(),
+        "aarch64\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_amd64/arch")).unwrap(),
+        "x86_64\n"
+    );
+    let row = images_row(root.path(), ctx.path(), &remote);
+    assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    assert!(!row.contains("not pulled"), "{row}");
+    let inspect = ok(
+        kiln_root(
+            root.path(),
+            &["inspect", "--platform", "linux/arm64", &remote],
+            ctx.path(),
+            &env,
+        ),
+        "kiln inspect --platform linux/arm64",
+    );
+    let shown: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(shown["IndexDigest"], pushed_index.as_str(), "{shown}");
+    assert_eq!(shown["Config"]["architecture"], "arm64");
+    ok(
+        kiln_root(root.path(), &["history", &remote], ctx.path(), &env),
+        "kiln history of an index",
+    );
+
+    // Both platforms now come from the store, offline; another platform lists what it has.
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--pull=never",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                ".",
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "offline two-platform build",
+    );
+    // (No RUN: the platform's base is looked for, not an emulator.)
+    let copy = context(&[("Dockerfile", &format!("FROM {remote}\nCOPY Dockerfile /\n"))]);
+    let missing = kiln_root(
+        root.path(),
+        &["build", "--pull=never", "--platform", "linux/s390x", "."],
+        copy.path(),
+        &env,
+    );
+    assert_ne!(missing.status, 0);
+    assert!(
+        missing.stderr.contains("no manifest for linux/s390x")
+            && missing.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        missing.stderr
+    );
+    // With a registry, a platform the index lacks is the registry's error, listing them too.
+    let asked = kiln_root(
+        root.path(),
+        &["build", "--platform", "linux/s390x", "."],
+        copy.path(),
+        &env,
+    );
+    assert_ne!(asked.status, 0);
+    assert!(
+        asked.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        asked.stderr
+    );
+}

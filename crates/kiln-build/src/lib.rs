@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive_io;
 pub mod attest;
 pub mod build;
 pub mod cache;

@@ -282,6 +282,7 @@ pub fn read_transport_for(
     let options = kiln_oci::ReadOptions {
         name,
         platform: platform.map(Platform::to_oci),
+        ..kiln_oci::ReadOptions::default()
     };
     reader(Path::new(path), &options)
         .map(Some)

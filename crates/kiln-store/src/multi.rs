@@ -182,6 +182,65 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The entries of a name's index (nested indexes followed) whose manifests the store does
+    /// not hold: other platforms of a base pulled for some, and attestation manifests that
+    /// came with the index but were never pulled. Empty for a manifest, or a whole index.
+    pub fn missing_entries(&self, descriptor: &Descriptor) -> Result<Vec<Descriptor>> {
+        let mut missing = Vec::new();
+        self.collect_missing(descriptor, 0, &mut missing)?;
+        Ok(missing)
+    }
+
+    fn collect_missing(
+        &self,
+        descriptor: &Descriptor,
+        depth: u32,
+        missing: &mut Vec<Descriptor>,
+    ) -> Result<()> {
+        if !self.has_blob(&descriptor.digest) {
+            missing.push(descriptor.clone());
+            return Ok(());
+        }
+        if !media_types::is_index(&descriptor.media_type) || depth >= MAX_DEPTH {
+            return Ok(());
+        }
+        let path = self.blob_path(&descriptor.digest);
+        let index: Index = from_json_slice(&self.read_blob(&descriptor.digest)?)
+            .map_err(|source| StoreError::Oci { path, source })?;
+        for entry in &index.manifests {
+            self.collect_missing(entry, depth.saturating_add(1), missing)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Copies a multi-platform image read from an archive into the store: every image of its
+    /// index (each checked as [`Store::import`] checks one), then the index itself, checked
+    /// against its descriptor. Nothing is named here. Returns the index's descriptor.
+    pub fn import_index(
+        &self,
+        index: &Descriptor,
+        index_bytes: &[u8],
+        images: &[kiln_oci::ArchiveImage],
+    ) -> Result<Descriptor> {
+        for image in images {
+            self.import(image)?;
+        }
+        let actual = self.put_blob(index_bytes)?;
+        if actual != index.digest {
+            return Err(StoreError::DigestMismatch {
+                expected: index.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let mut descriptor = index.clone();
+        descriptor.annotations.clear();
+        Ok(descriptor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -252,7 +311,7 @@ mod tests {
             .unwrap()
             .is_none());
         // Only what the store holds is an image to use.
-        assert_eq!(store.manifests_of(&index).unwrap(), [amd64.clone()]);
+        assert_eq!(store.manifests_of(&index).unwrap(), std::slice::from_ref(&amd64));
         // A plain manifest stands for its own platform.
         let mut plain = amd64.clone();
         plain.platform = None;

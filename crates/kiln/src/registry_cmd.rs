@@ -130,8 +130,8 @@ pub fn find_image(store: &Store, image: &str) -> Result<kiln_oci::Descriptor, St
     if let Ok(tagged) = store.resolve(&name.to_string()) {
         let whole = kiln_oci::media_types::is_index(&tagged.manifest.media_type)
             && store
-                .platforms_of(&tagged.manifest)
-                .is_ok_and(|all| !all.is_empty() && all.iter().all(|p| p.held));
+                .missing_entries(&tagged.manifest)
+                .is_ok_and(|missing| missing.is_empty());
         if whole {
             return Ok(tagged.manifest);
         }

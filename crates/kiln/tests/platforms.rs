@@ -684,6 +684,38 @@ fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform(
     );
     let row = images_row(root.path(), ctx.path(), &remote);
     assert!(row.contains("linux/amd64 (+1 not pulled)"), "{row}");
+    // Its index cannot be saved whole; the platform the store holds can.
+    let saved = work.path().join("partial.tar");
+    let save = kiln_root(
+        root.path(),
+        &["save", &remote, "-o", saved.to_str().unwrap()],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(save.status, 0);
+    assert!(
+        save.stderr.contains("linux/arm64 was never pulled")
+            && save.stderr.contains("save one platform with --platform"),
+        "{}",
+        save.stderr
+    );
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "save",
+                "--platform",
+                "linux/amd64",
+                &remote,
+                "-o",
+                saved.to_str().unwrap(),
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "kiln save --platform of a partly pulled index",
+    );
+    assert_eq!(read_image(&saved).config.architecture, "amd64");
     let inspect = kiln_root(
         root.path(),
         &["inspect", "--platform", "linux/arm64", &remote],
@@ -802,5 +834,261 @@ fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform(
         asked.stderr.contains("linux/amd64, linux/arm64"),
         "{}",
         asked.stderr
+    );
+}
+
+#[test]
+fn save_and_load_carry_a_multi_platform_image_as_its_index() {
+    for tool in ["skopeo", "umoci"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(root) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let saved = out.path().join("multi.tar");
+    let shown = ok(
+        kiln_root(root.path(), &["inspect", "busybox:multi"], work.path(), &[]),
+        "kiln inspect",
+    );
+    let index_digest = serde_json::from_str::<serde_json::Value>(&shown.stdout).unwrap()
+        ["IndexDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        kiln_root(
+            root.path(),
+            &["save", "busybox:multi", "-o", saved.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln save",
+    );
+
+    // skopeo reads the index, both platforms, and copies it whole with the same digest.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", saved.display()))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), index_digest);
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"], "{index}");
+    let copied = out.path().join("copied");
+    let copy = Command::new("skopeo")
+        .args(["copy", "--all"])
+        .arg(format!("oci-archive:{}", saved.display()))
+        .arg(format!("oci:{}:copy", copied.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let layout: serde_json::Value =
+        serde_json::from_slice(&fs::read(copied.join("index.json")).unwrap()).unwrap();
+    assert_eq!(layout["manifests"][0]["digest"], index_digest.as_str());
+    // umoci lists the saved layout's image (it unpacks one platform, saved with --platform).
+    let layout_dir = out.path().join("layout");
+    fs::create_dir(&layout_dir).unwrap();
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(&saved)
+        .arg("-C")
+        .arg(&layout_dir)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let listed = Command::new("umoci")
+        .args(["ls", "--layout"])
+        .arg(&layout_dir)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "multi");
+    let arm_saved = out.path().join("arm64.tar");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "save",
+                "--platform",
+                "linux/arm64",
+                "busybox:multi",
+                "-o",
+                arm_saved.to_str().unwrap(),
+            ],
+            work.path(),
+            &[],
+        ),
+        "kiln save --platform linux/arm64",
+    );
+    let arm_layout = out.path().join("arm-layout");
+    fs::create_dir(&arm_layout).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(&arm_saved)
+        .arg("-C")
+        .arg(&arm_layout)
+        .status()
+        .unwrap()
+        .success());
+    let bundle = out.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:multi", arm_layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert_eq!(
+        fs::read(bundle.join("rootfs/bin/busybox")).unwrap()[18],
+        0xb7,
+        "the arm64 busybox (ELF machine 183)"
+    );
+    // A docker archive holds one image: several platforms are refused with what to do.
+    let docker = kiln_root(
+        root.path(),
+        &[
+            "save",
+            "--format",
+            "docker",
+            "busybox:multi",
+            "-o",
+            out.path().join("d.tar").to_str().unwrap(),
+        ],
+        work.path(),
+        &[],
+    );
+    assert_ne!(docker.status, 0);
+    assert!(
+        docker.stderr.contains("a docker archive holds one image")
+            && docker.stderr.contains("--platform"),
+        "{}",
+        docker.stderr
+    );
+
+    // Loaded into another store: the same index, every platform, runnable.
+    let other = tempfile::tempdir().unwrap();
+    let loaded = ok(
+        kiln_root(
+            other.path(),
+            &["load", "-i", saved.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln load",
+    );
+    assert!(
+        loaded
+            .stdout
+            .contains("loaded busybox:multi (linux/amd64, linux/arm64)"),
+        "{}",
+        loaded.stdout
+    );
+    let row = images_row(other.path(), work.path(), "busybox:multi");
+    assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    let shown = ok(
+        kiln_root(
+            other.path(),
+            &["inspect", "--platform", "linux/arm64", "busybox:multi"],
+            work.path(),
+            &[],
+        ),
+        "kiln inspect of the loaded image",
+    );
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["IndexDigest"], index_digest.as_str());
+    let arm = ok(
+        kiln_root(
+            other.path(),
+            &[
+                "run",
+                "--platform",
+                "linux/arm64",
+                "busybox:multi",
+                "uname",
+                "-m",
+            ],
+            work.path(),
+            &[],
+        ),
+        "kiln run of the loaded arm64 image",
+    );
+    assert_eq!(arm.stdout, "aarch64\n");
+    let again = out.path().join("again.tar");
+    ok(
+        kiln_root(
+            other.path(),
+            &["save", "busybox:multi", "-o", again.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln save of the loaded image",
+    );
+    assert_eq!(fs::read(&again).unwrap(), fs::read(&saved).unwrap());
+
+    // The archive as a base: each platform takes its manifest; another lists what there is.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM oci-archive:{}\nCOPY Dockerfile /\n", saved.display()),
+    )]);
+    let local = out.path().join("local");
+    ok(
+        kiln_root(
+            other.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                &format!("type=local,dest={}", local.display()),
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "build from the archive",
+    );
+    assert_eq!(
+        fs::read(local.join("linux_arm64/bin/busybox")).unwrap()[18],
+        0xb7
+    );
+    let missing = kiln_root(
+        other.path(),
+        &["build", "--platform", "linux/s390x", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_ne!(missing.status, 0);
+    assert!(
+        missing.stderr.contains("linux/s390x")
+            && missing.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        missing.stderr
     );
 }

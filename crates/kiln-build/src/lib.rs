@@ -21,7 +21,10 @@ pub mod remote;
 pub mod secret_flags;
 pub mod shared_cache;
 
-pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
+pub use build::{
+    build, plan_cache, plan_cache_nodes, BuildOptions, Built, Event, Progress, StepState,
+    StoreImages,
+};
 pub use kiln_exec::{
     copy, diff, fetch, flatten, git, image, lookup, rootfs, run, run_settings, squash, unpack,
 };

@@ -311,7 +311,10 @@ mod tests {
             .unwrap()
             .is_none());
         // Only what the store holds is an image to use.
-        assert_eq!(store.manifests_of(&index).unwrap(), std::slice::from_ref(&amd64));
+        assert_eq!(
+            store.manifests_of(&index).unwrap(),
+            std::slice::from_ref(&amd64)
+        );
         // A plain manifest stands for its own platform.
         let mut plain = amd64.clone();
         plain.platform = None;

@@ -1092,3 +1092,165 @@ fn save_and_load_carry_a_multi_platform_image_as_its_index() {
         missing.stderr
     );
 }
+
+/// A cross-compile recipe without RUN (nothing to emulate): a shared build-platform stage and
+/// a final stage per platform.
+const CROSS_COPY: &str = "FROM --platform=$BUILDPLATFORM scratch AS cross\n\
+COPY a /a\n\
+\n\
+FROM scratch\n\
+ARG TARGETARCH\n\
+COPY --from=cross /a /a-$TARGETARCH\n";
+
+#[test]
+fn graph_and_check_cover_every_platform_of_the_list() {
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[("Dockerfile", CROSS_COPY), ("a", "shared\n")]);
+    let two = ["--platform", "linux/amd64,linux/arm64"];
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.starts_with(needle)).count();
+
+    // The graph: the shared stage once, the final stage once per platform.
+    let graph = |root: &Path| {
+        let mut args = vec!["graph"];
+        args.extend_from_slice(&two);
+        args.push(".");
+        ok(kiln_root(root, &args, ctx.path(), &[]), "kiln graph").stdout
+    };
+    let before = graph(root.path());
+    assert_eq!(
+        count(
+            &before,
+            "stage cross (#0) [linux/amd64, linux/arm64] FROM scratch"
+        ),
+        1,
+        "{before}"
+    );
+    assert_eq!(
+        count(&before, "stage #1 [linux/amd64] FROM scratch"),
+        1,
+        "{before}"
+    );
+    assert_eq!(
+        count(&before, "stage #1 [linux/arm64] FROM scratch"),
+        1,
+        "{before}"
+    );
+    assert_eq!(count(&before, "stage "), 3, "{before}");
+    assert!(!before.contains("CACHED"), "{before}");
+    // After a build of amd64 alone, the graph keys each platform's steps for that platform:
+    // the shared stage and amd64's are cached, arm64's would run.
+    ok(
+        kiln_root(
+            root.path(),
+            &["build", "--platform", "linux/amd64", "."],
+            ctx.path(),
+            &[],
+        ),
+        "amd64 build",
+    );
+    let after = graph(root.path());
+    let step_after = |stage: &str| {
+        let lines: Vec<&str> = after.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(stage))
+            .unwrap_or_else(|| panic!("no {stage} in {after}"));
+        lines[at + 2].to_string()
+    };
+    assert!(
+        step_after("stage #1 [linux/amd64]").contains("CACHED"),
+        "{after}"
+    );
+    assert!(
+        step_after("stage #1 [linux/arm64]").contains(" RUN "),
+        "{after}"
+    );
+    assert!(after.lines().nth(1).unwrap().contains("CACHED"), "{after}");
+    let dot = ok(
+        kiln_root(
+            root.path(),
+            &[
+                "graph",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--format",
+                "dot",
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "kiln graph --format dot",
+    );
+    assert_eq!(
+        dot.stdout.matches("subgraph cluster_").count(),
+        3,
+        "{}",
+        dot.stdout
+    );
+    assert_eq!(
+        dot.stdout.matches("label=\"COPY --from\"").count(),
+        2,
+        "{}",
+        dot.stdout
+    );
+
+    // --check plans every platform and says which stages are shared.
+    let check = ok(
+        kiln_root(
+            root.path(),
+            &["build", "--check", two[0], two[1], "."],
+            ctx.path(),
+            &[],
+        ),
+        "kiln build --check",
+    );
+    assert!(
+        check
+            .stdout
+            .starts_with("Dockerfile: valid for linux/amd64, linux/arm64, 2 stages"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("built once for linux/amd64, linux/arm64"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("built for each of linux/amd64; linux/arm64"),
+        "{}",
+        check.stdout
+    );
+    // An error of some platforms only is shown where it is, saying for which.
+    let variant = context(&[(
+        "Dockerfile",
+        "FROM scratch\nARG TARGETVARIANT\nENV V=\"${TARGETVARIANT:?needs a variant}\"\n",
+    )]);
+    let failed = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--check",
+            "--platform",
+            "linux/arm/v7,linux/amd64,linux/s390x",
+            ".",
+        ],
+        variant.path(),
+        &[],
+    );
+    assert_eq!(failed.status, 1, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("needs a variant (for linux/amd64, linux/s390x)"),
+        "{}",
+        failed.stderr
+    );
+    assert!(failed.stderr.contains("Dockerfile:3:"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("1 error(s)"), "{}", failed.stderr);
+}

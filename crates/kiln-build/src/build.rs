@@ -628,6 +628,23 @@ pub fn plan_cache(
     context: &Context,
     options: &BuildOptions,
 ) -> Result<Vec<StepState>, BuildError> {
+    plan_cache_nodes(
+        &crate::nodes::NodePlan::single(plan, &options.platform),
+        store,
+        context,
+        options,
+    )
+}
+
+/// [`plan_cache`] of a build graph (the merged graph of several platforms): each node keyed
+/// for the platform it is built for; a state's `stage` is its node.
+pub fn plan_cache_nodes(
+    nodes: &crate::nodes::NodePlan<'_>,
+    store: &Store,
+    context: &Context,
+    options: &BuildOptions,
+) -> Result<Vec<StepState>, BuildError> {
+    let plan = nodes.plan.as_ref();
     if plan.has_errors() {
         return Err(BuildError::Plan);
     }
@@ -662,7 +679,12 @@ pub fn plan_cache(
     // The order puts every stage after the stages it needs.
     for &index in &plan.order {
         let stage = plan.stages.get(index).ok_or(BuildError::Plan)?;
-        let image = builder.plan_stage(stage, number, &options.platform, &mut states)?;
+        let target = nodes.target(index).unwrap_or(&options.platform);
+        let first = states.len();
+        let image = builder.plan_stage(stage, number, target, &mut states)?;
+        for state in states.iter_mut().skip(first) {
+            state.stage = index;
+        }
         number += stage.steps.len();
         builder.results.insert(index, image);
     }

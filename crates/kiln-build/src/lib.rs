@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive_io;
 pub mod attest;
 pub mod build;
 pub mod cache;
@@ -21,7 +22,10 @@ pub mod request;
 pub mod secret_flags;
 pub mod shared_cache;
 
-pub use build::{build, plan_cache, BuildOptions, Built, Event, Progress, StepState, StoreImages};
+pub use build::{
+    build, plan_cache, plan_cache_nodes, BuildOptions, Built, Event, Progress, StepState,
+    StoreImages,
+};
 pub use kiln_exec::{
     copy, diff, fetch, flatten, git, image, lookup, rootfs, run, run_settings, squash, unpack,
 };

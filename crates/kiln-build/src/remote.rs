@@ -72,6 +72,9 @@ struct Resolution {
     /// Resolved from a registry, not yet in the store: its manifest goes there only after its
     /// layers, so a manifest in the store always has its blobs.
     pending: Option<Arc<kiln_registry::Resolved>>,
+    /// What the store names the reference after the pull: the registry's index of a
+    /// multi-platform image (every platform listed, the pulled ones held), else the manifest.
+    names: Option<Descriptor>,
 }
 
 impl RemoteOptions {
@@ -153,35 +156,45 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<Descriptor, BuildError> {
         let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
-        if self.pull == PullPolicy::Missing || self.registry.is_none() {
+        let store_first = self.pull == PullPolicy::Missing || self.registry.is_none();
+        if store_first {
             if let Some(found) = find_in_store(store, &name, platform) {
                 self.remember(
                     &memo_key(reference, platform),
                     Resolution {
                         manifest: found.clone(),
                         pending: None,
+                        names: None,
                     },
                 );
                 return Ok(found);
             }
         }
         let Some(registry) = &self.registry else {
-            if let Some(available) = crate::lookup::platforms_in_store(store, &name) {
-                return Err(ExecError::PlatformNotInStore {
-                    reference: reference.to_string(),
-                    platform: platform.to_string(),
-                    available,
-                }
-                .into());
-            }
-            return Err(ExecError::ImageNotFound {
-                reference: reference.to_string(),
-            }
-            .into());
+            return Err(crate::lookup::not_in_store(store, &name, reference, platform).into());
         };
-        let resolved = registry
-            .resolve(&name, &platform.to_oci())
-            .map_err(pull_error(reference))?;
+        // A multi-platform base the store keeps as an index without this platform's image:
+        // that manifest, by the digest the index lists, so the index stays whole and the
+        // build uses the image the store's name means even if the tag has moved since.
+        let listed = store_first
+            .then(|| crate::lookup::listed_in_store(store, &name, platform))
+            .flatten();
+        let mut resolved = match &listed {
+            Some((_, entry)) => registry
+                .resolve(&name.with_digest(entry.digest.clone()), &platform.to_oci())
+                .map_err(pull_error(reference))?,
+            None => registry
+                .resolve(&name, &platform.to_oci())
+                .map_err(pull_error(reference))?,
+        };
+        let names = match (&listed, &resolved.index) {
+            (Some((index, entry)), _) => {
+                resolved.manifest.platform = entry.platform.clone();
+                index.clone()
+            }
+            (None, Some((index, _))) => index.clone(),
+            (None, None) => resolved.manifest.clone(),
+        };
         let manifest: Manifest = kiln_oci::from_json_slice(&resolved.manifest_bytes)
             .map_err(ExecError::oci(name.to_string()))?;
         // A config is a small JSON document; a manifest may not make kiln download more.
@@ -202,6 +215,7 @@ impl RemoteOptions {
             Resolution {
                 manifest: descriptor.clone(),
                 pending: Some(Arc::new(resolved)),
+                names: Some(names),
             },
         );
         Ok(descriptor)
@@ -243,9 +257,9 @@ impl RemoteOptions {
         progress: TransferSink,
     ) -> Result<(), BuildError> {
         let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
-        let pending = self
-            .remembered(&memo_key(reference, platform))
-            .and_then(|r| r.pending);
+        let remembered = self.remembered(&memo_key(reference, platform));
+        let pending = remembered.as_ref().and_then(|r| r.pending.clone());
+        let mut names = remembered.and_then(|r| r.names);
         match (&self.registry, pending) {
             // What was planned with, fetched now: layers, config, then the manifest.
             (Some(registry), Some(resolved)) => {
@@ -275,16 +289,21 @@ impl RemoteOptions {
                         progress,
                     )
                     .map_err(pull_error(reference))?;
+                // The store's name may already lead to this manifest (an index): it stays.
+                if crate::lookup::find_in_store(store, &name, platform).as_ref() != Some(manifest) {
+                    names = Some(manifest.clone());
+                }
             }
         }
-        if name.tag().is_some() {
-            name_in_store(store, &name, manifest)?;
+        if let (Some(names), Some(_)) = (&names, name.tag()) {
+            name_in_store(store, &name, names)?;
         }
         self.remember(
             &memo_key(reference, platform),
             Resolution {
                 manifest: manifest.clone(),
                 pending: None,
+                names: None,
             },
         );
         Ok(())

@@ -99,6 +99,17 @@ pub enum ExecError {
         /// The platforms the store has it for.
         available: Vec<String>,
     },
+    /// The store holds a multi-platform image's index, which lists the platform, but not that
+    /// platform's image (a base pulled for other platforms), and no registry may be asked.
+    #[error("image {reference:?}: the store holds its index, which lists {platform}, but not that platform's image (pulled: {}); pull it with `kiln pull --platform {platform} {reference}`", if pulled.is_empty() { "none".to_string() } else { pulled.join(", ") })]
+    PlatformNotPulled {
+        /// The image as the recipe or command names it.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the store holds it for.
+        pulled: Vec<String>,
+    },
     /// A local archive ADD unpacks could not be read or written out.
     #[error("ADD {}: {source}{}", path.display(), inner_cause(source))]
     Archive {
@@ -288,9 +299,9 @@ impl ExecError {
             ExecError::Context(source) | ExecError::MountSource { source, .. } => {
                 Cause::of_context(source)
             }
-            ExecError::ImageNotFound { .. } | ExecError::PlatformNotInStore { .. } => {
-                Cause::NotFound
-            }
+            ExecError::ImageNotFound { .. }
+            | ExecError::PlatformNotInStore { .. }
+            | ExecError::PlatformNotPulled { .. } => Cause::NotFound,
             ExecError::DiffIdMismatch { .. } | ExecError::LayerEntry { .. } => Cause::Corrupt,
             _ => Cause::Other,
         }

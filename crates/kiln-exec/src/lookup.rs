@@ -48,19 +48,16 @@ pub fn find_in_store(store: &Store, name: &ImageName, platform: &Platform) -> Op
 }
 
 /// What a name of the store means for `platform`: a multi-platform image (an index) gives its
-/// manifest for the platform, if the store holds it; a manifest that says it is for another
-/// platform gives nothing (it is asked of the registry, or the build says which platforms
-/// there are); a manifest that does not say is taken as it is.
+/// manifest for the platform, if the store holds it (a base pulled for other platforms keeps
+/// the registry's index, without this platform's manifest: see [`listed_in_store`]); a
+/// manifest that says it is for another platform gives nothing (it is asked of the registry,
+/// or the build says which platforms there are); a manifest that does not say is taken as it
+/// is.
 fn for_platform(store: &Store, tagged: Descriptor, platform: &Platform) -> Option<Descriptor> {
     let wanted = platform.to_oci();
     if media_types::is_index(&tagged.media_type) {
-        let bytes = store.read_blob(&tagged.digest).ok()?;
-        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
-        let entry = index.manifests.into_iter().find(|m| {
-            media_types::is_manifest(&m.media_type)
-                && m.platform.as_ref().is_some_and(|p| p.satisfies(&wanted))
-        })?;
-        return store.has_blob(&entry.digest).then_some(entry);
+        let entry = store.platform_entry(&tagged, &wanted).ok()??;
+        return entry.held.then_some(entry.manifest);
     }
     match &tagged.platform {
         Some(have) if !have.satisfies(&wanted) => None,
@@ -68,33 +65,78 @@ fn for_platform(store: &Store, tagged: Descriptor, platform: &Platform) -> Optio
     }
 }
 
+/// A platform a name of the store lists but does not hold: the name's index (as the store
+/// names it) and the index entry of the platform's manifest, which the registry still has.
+pub fn listed_in_store(
+    store: &Store,
+    name: &ImageName,
+    platform: &Platform,
+) -> Option<(Descriptor, Descriptor)> {
+    let tagged = store.resolve(&name.to_string()).ok()?;
+    if !media_types::is_index(&tagged.manifest.media_type) {
+        return None;
+    }
+    let entry = store
+        .platform_entry(&tagged.manifest, &platform.to_oci())
+        .ok()??;
+    (!entry.held).then_some((tagged.manifest, entry.manifest))
+}
+
 /// The platforms an image of the store has (`os/arch[/variant]`), when its name is in the
-/// store: what a build that asks for another platform lists.
+/// store: every platform its index lists, pulled or not (what a build that asks for another
+/// platform lists).
 pub fn platforms_in_store(store: &Store, name: &ImageName) -> Option<Vec<String>> {
     let tagged = store.resolve(&name.to_string()).ok()?;
-    let text = |p: &kiln_oci::Platform| match &p.variant {
-        Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
-        _ => format!("{}/{}", p.os, p.architecture),
+    let mut all: Vec<String> = Vec::new();
+    for entry in store.platforms_of(&tagged.manifest).ok()? {
+        let text = entry.text();
+        if !all.contains(&text) {
+            all.push(text);
+        }
+    }
+    Some(all)
+}
+
+/// The platforms of an image of the store whose manifests it holds.
+pub fn platforms_held(store: &Store, name: &ImageName) -> Vec<String> {
+    let Ok(tagged) = store.resolve(&name.to_string()) else {
+        return Vec::new();
     };
-    if media_types::is_index(&tagged.manifest.media_type) {
-        let bytes = store.read_blob(&tagged.manifest.digest).ok()?;
-        let index: Index = kiln_oci::from_json_slice(&bytes).ok()?;
-        let mut all: Vec<String> = index
-            .manifests
-            .iter()
-            .filter(|m| media_types::is_manifest(&m.media_type))
-            .filter_map(|m| m.platform.as_ref())
-            .filter(|p| p.os != "unknown")
-            .map(text)
-            .collect();
-        all.dedup();
-        return Some(all);
+    let mut held: Vec<String> = Vec::new();
+    for entry in store.platforms_of(&tagged.manifest).unwrap_or_default() {
+        let text = entry.text();
+        if entry.held && !held.contains(&text) {
+            held.push(text);
+        }
     }
-    if let Some(platform) = &tagged.manifest.platform {
-        return Some(vec![text(platform)]);
+    held
+}
+
+/// Why the store has no image of `name` for `platform`: it lists the platform without holding
+/// it, it has other platforms only, or it does not have the name at all.
+pub fn not_in_store(
+    store: &Store,
+    name: &ImageName,
+    reference: &str,
+    platform: &Platform,
+) -> ExecError {
+    if listed_in_store(store, name, platform).is_some() {
+        return ExecError::PlatformNotPulled {
+            reference: reference.to_string(),
+            platform: platform.to_string(),
+            pulled: platforms_held(store, name),
+        };
     }
-    let stored = store.image(&tagged.manifest).ok()?;
-    Some(vec![text(&stored.config.platform())])
+    match platforms_in_store(store, name) {
+        Some(available) => ExecError::PlatformNotInStore {
+            reference: reference.to_string(),
+            platform: platform.to_string(),
+            available,
+        },
+        None => ExecError::ImageNotFound {
+            reference: reference.to_string(),
+        },
+    }
 }
 
 /// The snapshot of a layer, unpacked from its blob in the store if it is not there yet.
@@ -166,18 +208,8 @@ pub fn image_in_store_for(
     platform: &Platform,
 ) -> Result<(ImageConfig, Vec<PathBuf>), ExecError> {
     let name = ImageName::parse(reference).map_err(ExecError::oci(reference))?;
-    let found = find_in_store(store, &name, platform).ok_or_else(|| {
-        match platforms_in_store(store, &name) {
-            Some(available) => ExecError::PlatformNotInStore {
-                reference: reference.to_string(),
-                platform: platform.to_string(),
-                available,
-            },
-            None => ExecError::ImageNotFound {
-                reference: reference.to_string(),
-            },
-        }
-    })?;
+    let found = find_in_store(store, &name, platform)
+        .ok_or_else(|| not_in_store(store, &name, reference, platform))?;
     let manifest: Manifest = kiln_oci::from_json_slice(&store.read_blob(&found.digest)?)
         .map_err(ExecError::oci(found.digest.to_string()))?;
     let config: ImageConfig = kiln_oci::from_json_slice(&store.read_blob(&manifest.config.digest)?)
@@ -250,6 +282,7 @@ pub fn read_transport_for(
     let options = kiln_oci::ReadOptions {
         name,
         platform: platform.map(Platform::to_oci),
+        ..kiln_oci::ReadOptions::default()
     };
     reader(Path::new(path), &options)
         .map(Some)

@@ -27,10 +27,10 @@ mod reference;
 pub mod time;
 
 pub use archive::{
-    read_docker_archive, read_oci_archive, read_oci_layout_dir, write_docker_archive,
-    write_docker_archive_file, write_oci_archive, write_oci_archive_file, write_oci_layout_dir,
-    ArchiveFormat, ArchiveImage, BlobSource, ImageRef, LayoutBlobs, MemoryBlobs, ReadOptions,
-    WriteOptions,
+    read_docker_archive, read_oci_archive, read_oci_archive_index, read_oci_layout_dir,
+    write_docker_archive, write_docker_archive_file, write_oci_archive, write_oci_archive_file,
+    write_oci_layout_dir, ArchiveFormat, ArchiveImage, ArchiveIndex, BlobSource, ImageRef,
+    LayoutBlobs, MemoryBlobs, ReadOptions, WriteOptions,
 };
 pub use config::{
     chain_ids, ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs,

@@ -549,6 +549,7 @@ fn multi_platform_index_and_several_images() {
             &ReadOptions {
                 name: Some(name.into()),
                 platform,
+                ..ReadOptions::default()
             },
         )
     };

@@ -27,6 +27,7 @@ mod multi;
 
 pub use cache_mount::CacheMount;
 pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
+pub use multi::{is_attestation_entry, platform_text, PlatformEntry};
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,

@@ -69,6 +69,10 @@ pub enum Command {
         /// Archive format.
         #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
         format: ArchiveKind,
+        /// Of a multi-platform image, save only this platform's image (os/arch[/variant]);
+        /// without it, the whole index.
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
     },
     /// Read an image archive (OCI or docker format) into the store.
     Load {

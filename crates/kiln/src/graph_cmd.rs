@@ -3,7 +3,7 @@
 
 use crate::cli::{GraphArgs, GraphFormat};
 use crate::recipe::{self, INVALID, USAGE};
-use kiln_build::{plan_cache, BuildOptions, StepState, StoreImages};
+use kiln_build::{plan_cache_nodes, BuildOptions, StepState, StoreImages};
 use kiln_context::Context;
 use kiln_layer::Compression;
 use kiln_plan::{Action, Base, Plan, Platform, Source, Stage};
@@ -23,6 +23,7 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         Ok(epoch) => epoch,
         Err(message) => return fail(USAGE, message),
     };
+    // Of several platforms, one graph: their plans merged as the build merges them.
     let platform = match args
         .recipe
         .platform
@@ -30,7 +31,6 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         .map(Platform::parse_list)
         .transpose()
     {
-        // Of several platforms, the graph of the first (as `--check` plans it).
         Ok(platforms) => platforms
             .and_then(|list| list.into_iter().next())
             .unwrap_or_else(Platform::host),
@@ -78,34 +78,66 @@ pub fn run(args: &GraphArgs, root: &Path) -> ExitCode {
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
     };
-    let states = match plan_cache(&loaded.plan, &store, &context, &options) {
+    let merged = if loaded.plans.len() > 1 {
+        match kiln_build::platforms::merge(&loaded.plans) {
+            Ok(merged) => Some(merged),
+            Err(e) => return fail(INVALID, e),
+        }
+    } else {
+        None
+    };
+    let single = kiln_build::nodes::NodePlan::single(&loaded.plan, &options.platform);
+    let nodes = merged.as_ref().map_or(&single, |m| &m.nodes);
+    let states = match plan_cache_nodes(nodes, &store, &context, &options) {
         Ok(states) => states,
         Err(e) => return fail(INVALID, e),
     };
+    let graph = Graph {
+        plan: nodes.plan.as_ref(),
+        labels: &nodes.labels,
+        recipe: &loaded.plan,
+    };
     let out = match args.format {
-        GraphFormat::Text => text(&loaded.plan, &states),
-        GraphFormat::Dot => dot(&loaded.plan, &states),
+        GraphFormat::Text => text(&graph, &states),
+        GraphFormat::Dot => dot(&graph, &states),
     };
     print!("{out}");
     ExitCode::SUCCESS
 }
 
-/// `name (#i)` for a named stage, `#i` for another.
-fn stage_title(stage: &Stage) -> String {
-    match &stage.name {
-        Some(name) => format!("{name} (#{})", stage.index),
-        None => format!("#{}", stage.index),
-    }
+/// What is drawn: the nodes of the build graph (the recipe's stages, or, for several
+/// platforms, a stage per platform it is built for and one for the platforms that share it),
+/// with the platforms of each, and the recipe's plan for the first platform.
+struct Graph<'a> {
+    plan: &'a Plan,
+    /// Per node: ` [linux/amd64, linux/arm64]`, or nothing with one platform.
+    labels: &'a [String],
+    recipe: &'a Plan,
 }
 
-fn base_text(plan: &Plan, stage: &Stage) -> String {
-    match &stage.base {
-        Base::Scratch => "scratch".to_string(),
-        Base::Image(reference) => reference.clone(),
-        Base::Stage(index) => plan
-            .stages
-            .get(*index)
-            .map_or_else(|| format!("#{index}"), Stage::label),
+impl Graph<'_> {
+    fn label(&self, node: usize) -> &str {
+        self.labels.get(node).map_or("", String::as_str)
+    }
+
+    /// `name (#i)` for a named stage, `#i` for another, and its platforms.
+    fn stage_title(&self, node: usize, stage: &Stage) -> String {
+        let label = self.label(node);
+        match &stage.name {
+            Some(name) => format!("{name} (#{}){label}", stage.index),
+            None => format!("#{}{label}", stage.index),
+        }
+    }
+
+    fn base_text(&self, stage: &Stage) -> String {
+        match &stage.base {
+            Base::Scratch => "scratch".to_string(),
+            Base::Image(reference) => reference.clone(),
+            Base::Stage(node) => self.plan.stages.get(*node).map_or_else(
+                || format!("#{node}"),
+                |parent| format!("{}{}", parent.label(), self.label(*node)),
+            ),
+        }
     }
 }
 
@@ -128,7 +160,7 @@ fn state_word(state: &StepState) -> &'static str {
     }
 }
 
-fn pruned(plan: &Plan) -> Vec<String> {
+fn pruned_stages(plan: &Plan) -> Vec<String> {
     plan.stages
         .iter()
         .filter(|s| !plan.order.contains(&s.index))
@@ -142,7 +174,8 @@ fn target_label(plan: &Plan) -> String {
         .map_or_else(|| format!("#{}", plan.target), Stage::label)
 }
 
-fn text(plan: &Plan, states: &[StepState]) -> String {
+fn text(graph: &Graph<'_>, states: &[StepState]) -> String {
+    let plan = graph.plan;
     let mut out = String::new();
     for &index in &plan.order {
         let Some(stage) = plan.stages.get(index) else {
@@ -151,15 +184,18 @@ fn text(plan: &Plan, states: &[StepState]) -> String {
         let _ = write!(
             out,
             "stage {} FROM {}",
-            stage_title(stage),
-            base_text(plan, stage)
+            graph.stage_title(index, stage),
+            graph.base_text(stage)
         );
         if !stage.dependencies.is_empty() {
             let needs: Vec<String> = stage
                 .dependencies
                 .iter()
-                .filter_map(|d| plan.stages.get(*d))
-                .map(Stage::label)
+                .filter_map(|d| {
+                    plan.stages
+                        .get(*d)
+                        .map(|s| format!("{}{}", s.label(), graph.label(*d)))
+                })
                 .collect();
             let _ = write!(out, "  [needs: {}]", needs.join(", "));
         }
@@ -178,12 +214,12 @@ fn text(plan: &Plan, states: &[StepState]) -> String {
             out.push('\n');
         }
     }
-    let pruned = pruned(plan);
+    let pruned = pruned_stages(graph.recipe);
     if !pruned.is_empty() {
         let _ = writeln!(
             out,
             "not built for target {}: {}",
-            target_label(plan),
+            target_label(graph.recipe),
             pruned.join(", ")
         );
     }
@@ -210,7 +246,8 @@ fn node(stage: usize, position: usize) -> String {
     format!("s{stage}_{position}")
 }
 
-fn dot(plan: &Plan, states: &[StepState]) -> String {
+fn dot(graph: &Graph<'_>, states: &[StepState]) -> String {
+    let plan = graph.plan;
     // Each built stage's first and last node, for the edges between stages.
     let mut ends: BTreeMap<usize, (String, String)> = BTreeMap::new();
     let mut out = String::from(
@@ -222,8 +259,8 @@ fn dot(plan: &Plan, states: &[StepState]) -> String {
         };
         let title = format!(
             "stage {} FROM {}",
-            stage_title(stage),
-            base_text(plan, stage)
+            graph.stage_title(index, stage),
+            graph.base_text(stage)
         );
         let _ = writeln!(out, "  subgraph cluster_{index} {{");
         let _ = writeln!(out, "    label=\"{}\";", escape(&title));
@@ -233,7 +270,7 @@ fn dot(plan: &Plan, states: &[StepState]) -> String {
             let _ = writeln!(
                 out,
                 "    {from} [label=\"{}\", shape=ellipse];",
-                escape(&format!("FROM {}", base_text(plan, stage)))
+                escape(&format!("FROM {}", graph.base_text(stage)))
             );
             ends.insert(index, (from.clone(), from));
         }
@@ -310,14 +347,14 @@ fn dot(plan: &Plan, states: &[StepState]) -> String {
             }
         }
     }
-    let pruned = pruned(plan);
+    let pruned = pruned_stages(graph.recipe);
     if !pruned.is_empty() {
         let _ = writeln!(
             out,
             "  pruned [shape=note, label=\"{}\"];",
             escape(&format!(
                 "not built for target {}: {}",
-                target_label(plan),
+                target_label(graph.recipe),
                 pruned.join(", ")
             ))
         );

@@ -13,8 +13,22 @@ pub struct Summary {
     pub created: String,
     /// Bytes of every platform's config and layers, as the manifests state them.
     pub size: u64,
-    /// `os/arch[/variant]` of each platform.
+    /// `os/arch[/variant]` of each platform the store holds.
     pub platforms: Vec<String>,
+    /// Platforms its index lists whose images the store has not pulled (a multi-platform base
+    /// pulled for some of them).
+    pub not_pulled: Vec<String>,
+}
+
+impl Summary {
+    /// The PLATFORMS column: the held platforms, and how many more the index lists.
+    pub fn platforms_column(&self) -> String {
+        let held = self.platforms.join(",");
+        match self.not_pulled.len() {
+            0 => held,
+            n => format!("{held} (+{n} not pulled)"),
+        }
+    }
 }
 
 fn platform_text(platform: &kiln_oci::Platform) -> String {
@@ -46,6 +60,12 @@ pub fn summary(store: &Store, descriptor: &Descriptor) -> Result<Summary, kiln_s
                 .unwrap_or_else(|| image.config.platform()),
         ));
     }
+    let not_pulled = store
+        .platforms_of(descriptor)?
+        .into_iter()
+        .filter(|entry| !entry.held)
+        .map(|entry| entry.text())
+        .collect();
     let id = if media_types::is_index(&descriptor.media_type) {
         descriptor.digest.to_string()
     } else {
@@ -56,6 +76,7 @@ pub fn summary(store: &Store, descriptor: &Descriptor) -> Result<Summary, kiln_s
         created: created.unwrap_or_default(),
         size,
         platforms,
+        not_pulled,
     })
 }
 
@@ -81,13 +102,34 @@ pub fn inspect(
         .image_for_platform(&tagged.manifest, choose.as_ref())
         .map_err(|e| e.to_string())?;
     let Some((manifest, stored)) = found else {
-        let have = summary(store, &tagged.manifest)
-            .map(|s| s.platforms.join(", "))
-            .unwrap_or_default();
+        let listed = store
+            .platforms_of(&tagged.manifest)
+            .map_err(|e| e.to_string())?;
+        let held: Vec<String> = listed.iter().filter(|e| e.held).map(|e| e.text()).collect();
         let asked = choose.as_ref().map(platform_text).unwrap_or_default();
+        let not_pulled = choose.as_ref().is_some_and(|wanted| {
+            listed
+                .iter()
+                .any(|e| !e.held && e.platform.satisfies(wanted))
+        });
+        if not_pulled {
+            return Err(format!(
+                "{}: its index lists {asked}, but the store has not pulled that platform's image (pulled: {}); pull it with `kiln pull --platform {asked} {}`",
+                tagged.name,
+                held.join(", "),
+                tagged.name
+            ));
+        }
+        let mut have: Vec<String> = Vec::new();
+        for entry in &listed {
+            if !have.contains(&entry.text()) {
+                have.push(entry.text());
+            }
+        }
         return Err(format!(
-            "{}: no image for {asked}; it has {have} (choose one with --platform)",
-            tagged.name
+            "{}: no image for {asked}; it has {} (choose one with --platform)",
+            tagged.name,
+            have.join(", ")
         ));
     };
     let mut output = serde_json::json!({
@@ -106,10 +148,11 @@ pub fn inspect(
             .ok_or_else(|| format!("{}: its index cannot be read", tagged.name))?;
         output["IndexDigest"] = tagged.manifest.digest.to_string().into();
         output["Index"] = serde_json::to_value(&index).unwrap_or_default();
-        output["Platforms"] = summary(store, &tagged.manifest)
-            .map(|s| s.platforms)
-            .unwrap_or_default()
-            .into();
+        let summary = summary(store, &tagged.manifest).map_err(|e| e.to_string())?;
+        output["Platforms"] = summary.platforms.into();
+        if !summary.not_pulled.is_empty() {
+            output["NotPulled"] = summary.not_pulled.into();
+        }
     }
     Ok(output)
 }

@@ -119,27 +119,21 @@ pub fn load_checked(
         ColorChoice::Never
     };
     let mut stderr = StandardStream::stderr(choice);
+    let diagnostics = platform_diagnostics(&plans);
     if let Err(error) = report::emit(
         &mut stderr,
         &Source {
             name: &name,
             text: &text,
         },
-        &plan.diagnostics,
+        &diagnostics,
     ) {
         eprintln!("error: cannot write diagnostics: {error}");
     }
-    let errors = plan.diagnostics.iter().filter(|d| d.is_error()).count();
-    let warnings = plan.diagnostics.len() - errors;
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
     if errors > 0 {
         eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
-        return Err(ExitCode::from(INVALID));
-    }
-    if let Some((platform, failed)) = plans.iter().skip(1).find(|(_, p)| p.has_errors()) {
-        let errors = failed.diagnostics.iter().filter(|d| d.is_error());
-        for error in errors {
-            eprintln!("error: for {platform}: {}", error.message);
-        }
         return Err(ExitCode::from(INVALID));
     }
     Ok(Loaded {
@@ -150,6 +144,34 @@ pub fn load_checked(
         warnings,
         digest: kiln_oci::sha256_digest(text.as_bytes()),
     })
+}
+
+/// The diagnostics of every platform's plan, each once: one every platform has is shown as it
+/// is; one only some platforms have (a `TARGETARCH` that picks a missing stage, a warning about
+/// one platform's expansion) says which, as `(for linux/arm64)`.
+fn platform_diagnostics(plans: &[(Platform, Plan)]) -> Vec<kiln_recipe::Diagnostic> {
+    let same = |a: &kiln_recipe::Diagnostic, b: &kiln_recipe::Diagnostic| {
+        a.severity == b.severity && a.message == b.message && a.span == b.span
+    };
+    let mut found: Vec<(kiln_recipe::Diagnostic, Vec<&Platform>)> = Vec::new();
+    for (platform, plan) in plans {
+        for diagnostic in &plan.diagnostics {
+            match found.iter_mut().find(|(d, _)| same(d, diagnostic)) {
+                Some((_, platforms)) => platforms.push(platform),
+                None => found.push((diagnostic.clone(), vec![platform])),
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(mut diagnostic, platforms)| {
+            if platforms.len() < plans.len() {
+                let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+                diagnostic.message = format!("{} (for {})", diagnostic.message, names.join(", "));
+            }
+            diagnostic
+        })
+        .collect()
 }
 
 /// `--source-date-epoch`, else `$SOURCE_DATE_EPOCH`: seconds, never negative.
@@ -171,9 +193,19 @@ pub fn source_date_epoch(flag: Option<i64>) -> Result<Option<i64>, String> {
     }
 }
 
-/// `kiln build --check`.
+/// `kiln build --check`: every platform of `--platform` is planned and checked.
 pub fn check(args: &RecipeArgs) -> ExitCode {
     match load(args, &NoImages) {
+        Ok(loaded) if loaded.plans.len() > 1 => match kiln_build::platforms::merge(&loaded.plans) {
+            Ok(merged) => {
+                print_platforms_summary(&loaded, &merged);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(INVALID)
+            }
+        },
         Ok(loaded) => {
             print_summary(&loaded.name, &loaded.plan, loaded.warnings);
             ExitCode::SUCCESS
@@ -320,6 +352,79 @@ fn has_latest(dir: &Path) -> bool {
                     .iter()
                     .any(|d| d.ref_name() == Some("latest"))
             })
+}
+
+/// FROM of a stage, as the summary shows it.
+fn base_text(plan: &Plan, stage: &kiln_plan::Stage) -> String {
+    match &stage.base {
+        Base::Scratch => "scratch".to_string(),
+        Base::Image(reference) => reference.clone(),
+        Base::Stage(index) => format!(
+            "stage {}",
+            plan.stages
+                .get(*index)
+                .map(|s| s.label())
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The `--check` summary of several platforms: each stage once, with the platforms it is built
+/// for, once for all of them (a shared stage) or once per platform.
+fn print_platforms_summary(loaded: &Loaded, merged: &kiln_build::platforms::Merged) {
+    let platforms: Vec<String> = loaded.plans.iter().map(|(p, _)| p.to_string()).collect();
+    let plan = &loaded.plan;
+    let stage_word = if plan.stages.len() == 1 {
+        "stage"
+    } else {
+        "stages"
+    };
+    println!(
+        "{}: valid for {}, {} {stage_word}, {} warning(s)",
+        loaded.name,
+        platforms.join(", "),
+        plan.stages.len(),
+        loaded.warnings
+    );
+    for stage in &plan.stages {
+        let layers = stage.steps.iter().filter(|s| s.makes_layer()).count();
+        // The nodes of the build graph this stage became, with the platforms of each.
+        let nodes: Vec<&Vec<Platform>> = merged
+            .nodes
+            .plan
+            .stages
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.index == stage.index)
+            .filter_map(|(node, _)| merged.shared_by.get(node))
+            .collect();
+        let names = |shared: &Vec<Platform>| {
+            let names: Vec<String> = shared.iter().map(ToString::to_string).collect();
+            names.join(", ")
+        };
+        let marker = if stage.index == plan.target {
+            "target"
+        } else if !nodes.is_empty() {
+            "needed"
+        } else {
+            "skipped"
+        };
+        let built = match nodes.as_slice() {
+            [] => String::new(),
+            [shared] if shared.len() > 1 => format!(", built once for {}", names(shared)),
+            each => {
+                let each: Vec<String> = each.iter().map(|shared| names(shared)).collect();
+                format!(", built for each of {}", each.join("; "))
+            }
+        };
+        println!(
+            "  #{} {:<12} FROM {}: {} steps, {layers} layers [{marker}]{built}",
+            stage.index,
+            stage.name.as_deref().unwrap_or("-"),
+            base_text(plan, stage),
+            stage.steps.len()
+        );
+    }
 }
 
 fn print_summary(name: &str, plan: &Plan, warnings: usize) {

@@ -122,9 +122,20 @@ pub fn push(args: &PushArgs, root: &Path) -> ExitCode {
     }
 }
 
-/// The manifest of an image of the store, by name (or `name@sha256:...`).
+/// What `kiln push` sends of an image of the store, by name (or `name@sha256:...`): a
+/// multi-platform image's index when the store holds every platform's image, else (a base
+/// pulled for some platforms) this machine's platform's manifest.
 pub fn find_image(store: &Store, image: &str) -> Result<kiln_oci::Descriptor, String> {
     let name = ImageName::parse(image).map_err(|e| format!("{image}: {e}"))?;
+    if let Ok(tagged) = store.resolve(&name.to_string()) {
+        let whole = kiln_oci::media_types::is_index(&tagged.manifest.media_type)
+            && store
+                .missing_entries(&tagged.manifest)
+                .is_ok_and(|missing| missing.is_empty());
+        if whole {
+            return Ok(tagged.manifest);
+        }
+    }
     kiln_build::lookup::find_in_store(store, &name, &Platform::host())
         .ok_or_else(|| format!("image {image:?} is not in the store ({name})"))
 }

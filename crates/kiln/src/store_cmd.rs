@@ -2,7 +2,7 @@
 
 use crate::cli::{ArchiveKind, Command};
 use crate::recipe::{INVALID, USAGE};
-use kiln_build::output::{export_image, Destination, OutputKind};
+use kiln_build::output::{Destination, OutputKind};
 use kiln_oci::ImageName;
 use kiln_store::{Store, Tagged};
 use std::path::Path;
@@ -89,7 +89,7 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                         short_id(&row.id),
                         row.created,
                         human(row.size),
-                        row.platforms.join(",")
+                        row.platforms_column()
                     ),
                     Err(e) => println!("{familiar:<40} (unreadable: {e})"),
                 }
@@ -115,9 +115,15 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
         }
         Command::History { image } => {
             let tagged = find(store, image)?;
-            let stored = store
-                .image(&tagged.manifest)
-                .map_err(|e| fail(INVALID, e))?;
+            // Of a multi-platform image, this machine's platform (else the first).
+            let host = kiln_plan::Platform::host().to_oci();
+            let found = match store.image_for_platform(&tagged.manifest, Some(&host)) {
+                Ok(None) => store.image_for_platform(&tagged.manifest, None),
+                other => other,
+            };
+            let (_, stored) = found
+                .map_err(|e| fail(INVALID, e))?
+                .ok_or_else(|| fail(INVALID, format!("{image}: the store holds no image of it")))?;
             let mut layers = stored.manifest.layers.iter();
             println!("{:<22} {:>10}  CREATED BY", "CREATED", "SIZE");
             for entry in stored
@@ -174,9 +180,15 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
             image,
             output,
             format,
+            platform,
         } => {
             let tagged = find(store, image)?;
             let name = full_name(image)?;
+            let platform = match platform.as_deref().map(kiln_plan::Platform::parse) {
+                Some(Ok(platform)) => Some(platform.to_oci()),
+                Some(Err(e)) => return Err(fail(USAGE, format!("--platform: {e}"))),
+                None => None,
+            };
             let destination = if output.as_os_str() == "-" {
                 Destination::Stdout
             } else {
@@ -186,24 +198,20 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
                 ArchiveKind::Oci => OutputKind::Oci,
                 ArchiveKind::Docker => OutputKind::Docker,
             };
-            export_image(kind, &destination, &tagged.manifest, store, &[name], None)
-                .map_err(|e| fail(INVALID, e))
+            kiln_build::archive_io::save(
+                store,
+                &tagged,
+                &[name],
+                platform.as_ref(),
+                kind,
+                &destination,
+            )
+            .map_err(|e| fail(INVALID, e))
         }
         Command::Load { input, tags } => {
-            let options = kiln_oci::ReadOptions::default();
-            let image = match kiln_oci::read_oci_archive(input, &options) {
-                Ok(image) => image,
-                Err(oci_error) => kiln_oci::read_docker_archive(input, &options).map_err(|docker_error| {
-                    fail(
-                        INVALID,
-                        format!("{}: neither an OCI archive ({oci_error}) nor a docker archive ({docker_error})", input.display()),
-                    )
-                })?,
-            };
-            let manifest = store
-                .import(&image)
-                .map_err(|e| fail(INVALID, format!("{}: {e}", input.display())))?;
-            let mut names: Vec<ImageName> = image
+            let loaded =
+                kiln_build::archive_io::load(store, input).map_err(|e| fail(INVALID, e))?;
+            let mut names: Vec<ImageName> = loaded
                 .names
                 .iter()
                 .filter_map(|n| ImageName::parse(n).ok())
@@ -211,15 +219,24 @@ fn run_in(command: &Command, store: &Store) -> Result<(), ExitCode> {
             for tag in tags {
                 names.push(full_name(tag)?);
             }
+            // A multi-platform image says which platforms came with it.
+            let platforms = if loaded.platforms.len() > 1 {
+                format!(" ({})", loaded.platforms.join(", "))
+            } else {
+                String::new()
+            };
             for name in &names {
                 let tag = name.tag().unwrap_or("latest");
                 store
-                    .tag(&name.to_string(), tag, &manifest)
+                    .tag(&name.to_string(), tag, &loaded.descriptor)
                     .map_err(|e| fail(INVALID, e))?;
-                println!("loaded {}", name.familiar());
+                println!("loaded {}{platforms}", name.familiar());
             }
             if names.is_empty() {
-                println!("loaded {} (no name: give one with -t)", manifest.digest);
+                println!(
+                    "loaded {}{platforms} (no name: give one with -t)",
+                    loaded.descriptor.digest
+                );
             }
             Ok(())
         }

@@ -612,3 +612,645 @@ fn a_base_without_the_platform_lists_the_platforms_it_has() {
     let image = read_image(&archive);
     assert_eq!(image.config.architecture, "arm64");
 }
+
+/// `kiln images` row of `name` (its familiar form).
+fn images_row(root: &Path, cwd: &Path, name: &str) -> String {
+    let images = ok(kiln_root(root, &["images"], cwd, &[]), "kiln images");
+    images
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in:\n{}", images.stdout))
+        .to_string()
+}
+
+#[test]
+fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform() {
+    for tool in ["skopeo", "docker-registry"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(built) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let registry = TestRegistry::start(RegistryAuth::Anonymous);
+    let docker_config = tempfile::tempdir().unwrap();
+    let env = [("DOCKER_CONFIG", docker_config.path().to_str().unwrap())];
+    let remote = format!("{}/kiln/busybox:multi", registry.host());
+    // kiln push of a multi-platform image of the store pushes its index.
+    ok(
+        kiln_root(
+            built.path(),
+            &["push", "busybox:multi", &remote],
+            work.path(),
+            &env,
+        ),
+        "kiln push",
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{remote}"))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let pushed_index = format!("sha256:{}", sha256_hex(&raw.stdout));
+    let pushed: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        pushed["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{pushed}"
+    );
+
+    // A fresh store pulls this machine's platform: the name is the registry's index, holding
+    // the amd64 image and listing arm64 as not pulled.
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {remote}\nRUN uname -m > /arch\n"),
+    )]);
+    ok(
+        kiln_root(
+            root.path(),
+            &["pull", "--platform", "linux/amd64", &remote],
+            ctx.path(),
+            &env,
+        ),
+        "kiln pull",
+    );
+    let row = images_row(root.path(), ctx.path(), &remote);
+    assert!(row.contains("linux/amd64 (+1 not pulled)"), "{row}");
+    // Its index cannot be saved whole; the platform the store holds can.
+    let saved = work.path().join("partial.tar");
+    let save = kiln_root(
+        root.path(),
+        &["save", &remote, "-o", saved.to_str().unwrap()],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(save.status, 0);
+    assert!(
+        save.stderr.contains("linux/arm64 was never pulled")
+            && save.stderr.contains("save one platform with --platform"),
+        "{}",
+        save.stderr
+    );
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "save",
+                "--platform",
+                "linux/amd64",
+                &remote,
+                "-o",
+                saved.to_str().unwrap(),
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "kiln save --platform of a partly pulled index",
+    );
+    assert_eq!(read_image(&saved).config.architecture, "amd64");
+    let inspect = kiln_root(
+        root.path(),
+        &["inspect", "--platform", "linux/arm64", &remote],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(inspect.status, 0);
+    assert!(
+        inspect.stderr.contains("lists linux/arm64")
+            && inspect.stderr.contains("kiln pull --platform linux/arm64"),
+        "{}",
+        inspect.stderr
+    );
+    // Offline, the missing platform is an error that says how to get it.
+    let offline = kiln_root(
+        root.path(),
+        &["build", "--pull=never", "--platform", "linux/arm64", "."],
+        ctx.path(),
+        &env,
+    );
+    assert_ne!(offline.status, 0);
+    assert!(
+        offline.stderr.contains("kiln pull --platform linux/arm64")
+            && offline.stderr.contains("pulled: linux/amd64"),
+        "{}",
+        offline.stderr
+    );
+
+    // A two-platform build fetches the arm64 image the index lists, by its digest.
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("local");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                &format!("type=local,dest={}", local.display()),
+                ".",
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "two-platform build",
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_arm64/arch")).unwrap(),
+        "aarch64\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("linux_amd64/arch")).unwrap(),
+        "x86_64\n"
+    );
+    let row = images_row(root.path(), ctx.path(), &remote);
+    assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    assert!(!row.contains("not pulled"), "{row}");
+    let inspect = ok(
+        kiln_root(
+            root.path(),
+            &["inspect", "--platform", "linux/arm64", &remote],
+            ctx.path(),
+            &env,
+        ),
+        "kiln inspect --platform linux/arm64",
+    );
+    let shown: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(shown["IndexDigest"], pushed_index.as_str(), "{shown}");
+    assert_eq!(shown["Config"]["architecture"], "arm64");
+    ok(
+        kiln_root(root.path(), &["history", &remote], ctx.path(), &env),
+        "kiln history of an index",
+    );
+
+    // Both platforms now come from the store, offline; another platform lists what it has.
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--pull=never",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                ".",
+            ],
+            ctx.path(),
+            &env,
+        ),
+        "offline two-platform build",
+    );
+    // (No RUN: the platform's base is looked for, not an emulator.)
+    let copy = context(&[("Dockerfile", &format!("FROM {remote}\nCOPY Dockerfile /\n"))]);
+    let missing = kiln_root(
+        root.path(),
+        &["build", "--pull=never", "--platform", "linux/s390x", "."],
+        copy.path(),
+        &env,
+    );
+    assert_ne!(missing.status, 0);
+    assert!(
+        missing.stderr.contains("no manifest for linux/s390x")
+            && missing.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        missing.stderr
+    );
+    // With a registry, a platform the index lacks is the registry's error, listing them too.
+    let asked = kiln_root(
+        root.path(),
+        &["build", "--platform", "linux/s390x", "."],
+        copy.path(),
+        &env,
+    );
+    assert_ne!(asked.status, 0);
+    assert!(
+        asked.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        asked.stderr
+    );
+}
+
+#[test]
+fn save_and_load_carry_a_multi_platform_image_as_its_index() {
+    for tool in ["skopeo", "umoci"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(root) = multi_busybox_store(work.path()) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let saved = out.path().join("multi.tar");
+    let shown = ok(
+        kiln_root(root.path(), &["inspect", "busybox:multi"], work.path(), &[]),
+        "kiln inspect",
+    );
+    let index_digest = serde_json::from_str::<serde_json::Value>(&shown.stdout).unwrap()
+        ["IndexDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        kiln_root(
+            root.path(),
+            &["save", "busybox:multi", "-o", saved.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln save",
+    );
+
+    // skopeo reads the index, both platforms, and copies it whole with the same digest.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", saved.display()))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), index_digest);
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"], "{index}");
+    let copied = out.path().join("copied");
+    let copy = Command::new("skopeo")
+        .args(["copy", "--all"])
+        .arg(format!("oci-archive:{}", saved.display()))
+        .arg(format!("oci:{}:copy", copied.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let layout: serde_json::Value =
+        serde_json::from_slice(&fs::read(copied.join("index.json")).unwrap()).unwrap();
+    assert_eq!(layout["manifests"][0]["digest"], index_digest.as_str());
+    // umoci lists the saved layout's image (it unpacks one platform, saved with --platform).
+    let layout_dir = out.path().join("layout");
+    fs::create_dir(&layout_dir).unwrap();
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(&saved)
+        .arg("-C")
+        .arg(&layout_dir)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let listed = Command::new("umoci")
+        .args(["ls", "--layout"])
+        .arg(&layout_dir)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "multi");
+    let arm_saved = out.path().join("arm64.tar");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "save",
+                "--platform",
+                "linux/arm64",
+                "busybox:multi",
+                "-o",
+                arm_saved.to_str().unwrap(),
+            ],
+            work.path(),
+            &[],
+        ),
+        "kiln save --platform linux/arm64",
+    );
+    let arm_layout = out.path().join("arm-layout");
+    fs::create_dir(&arm_layout).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(&arm_saved)
+        .arg("-C")
+        .arg(&arm_layout)
+        .status()
+        .unwrap()
+        .success());
+    let bundle = out.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:multi", arm_layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert_eq!(
+        fs::read(bundle.join("rootfs/bin/busybox")).unwrap()[18],
+        0xb7,
+        "the arm64 busybox (ELF machine 183)"
+    );
+    // A docker archive holds one image: several platforms are refused with what to do.
+    let docker = kiln_root(
+        root.path(),
+        &[
+            "save",
+            "--format",
+            "docker",
+            "busybox:multi",
+            "-o",
+            out.path().join("d.tar").to_str().unwrap(),
+        ],
+        work.path(),
+        &[],
+    );
+    assert_ne!(docker.status, 0);
+    assert!(
+        docker.stderr.contains("a docker archive holds one image")
+            && docker.stderr.contains("--platform"),
+        "{}",
+        docker.stderr
+    );
+
+    // Loaded into another store: the same index, every platform, runnable.
+    let other = tempfile::tempdir().unwrap();
+    let loaded = ok(
+        kiln_root(
+            other.path(),
+            &["load", "-i", saved.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln load",
+    );
+    assert!(
+        loaded
+            .stdout
+            .contains("loaded busybox:multi (linux/amd64, linux/arm64)"),
+        "{}",
+        loaded.stdout
+    );
+    let row = images_row(other.path(), work.path(), "busybox:multi");
+    assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    let shown = ok(
+        kiln_root(
+            other.path(),
+            &["inspect", "--platform", "linux/arm64", "busybox:multi"],
+            work.path(),
+            &[],
+        ),
+        "kiln inspect of the loaded image",
+    );
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["IndexDigest"], index_digest.as_str());
+    let arm = ok(
+        kiln_root(
+            other.path(),
+            &[
+                "run",
+                "--platform",
+                "linux/arm64",
+                "busybox:multi",
+                "uname",
+                "-m",
+            ],
+            work.path(),
+            &[],
+        ),
+        "kiln run of the loaded arm64 image",
+    );
+    assert_eq!(arm.stdout, "aarch64\n");
+    let again = out.path().join("again.tar");
+    ok(
+        kiln_root(
+            other.path(),
+            &["save", "busybox:multi", "-o", again.to_str().unwrap()],
+            work.path(),
+            &[],
+        ),
+        "kiln save of the loaded image",
+    );
+    assert_eq!(fs::read(&again).unwrap(), fs::read(&saved).unwrap());
+
+    // The archive as a base: each platform takes its manifest; another lists what there is.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM oci-archive:{}\nCOPY Dockerfile /\n", saved.display()),
+    )]);
+    let local = out.path().join("local");
+    ok(
+        kiln_root(
+            other.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                &format!("type=local,dest={}", local.display()),
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "build from the archive",
+    );
+    assert_eq!(
+        fs::read(local.join("linux_arm64/bin/busybox")).unwrap()[18],
+        0xb7
+    );
+    let missing = kiln_root(
+        other.path(),
+        &["build", "--platform", "linux/s390x", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_ne!(missing.status, 0);
+    assert!(
+        missing.stderr.contains("linux/s390x")
+            && missing.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// A cross-compile recipe without RUN (nothing to emulate): a shared build-platform stage and
+/// a final stage per platform.
+const CROSS_COPY: &str = "FROM --platform=$BUILDPLATFORM scratch AS cross\n\
+COPY a /a\n\
+\n\
+FROM scratch\n\
+ARG TARGETARCH\n\
+COPY --from=cross /a /a-$TARGETARCH\n";
+
+#[test]
+fn graph_and_check_cover_every_platform_of_the_list() {
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[("Dockerfile", CROSS_COPY), ("a", "shared\n")]);
+    let two = ["--platform", "linux/amd64,linux/arm64"];
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.starts_with(needle)).count();
+
+    // The graph: the shared stage once, the final stage once per platform.
+    let graph = |root: &Path| {
+        let mut args = vec!["graph"];
+        args.extend_from_slice(&two);
+        args.push(".");
+        ok(kiln_root(root, &args, ctx.path(), &[]), "kiln graph").stdout
+    };
+    let before = graph(root.path());
+    assert_eq!(
+        count(
+            &before,
+            "stage cross (#0) [linux/amd64, linux/arm64] FROM scratch"
+        ),
+        1,
+        "{before}"
+    );
+    assert_eq!(
+        count(&before, "stage #1 [linux/amd64] FROM scratch"),
+        1,
+        "{before}"
+    );
+    assert_eq!(
+        count(&before, "stage #1 [linux/arm64] FROM scratch"),
+        1,
+        "{before}"
+    );
+    assert_eq!(count(&before, "stage "), 3, "{before}");
+    assert!(!before.contains("CACHED"), "{before}");
+    // After a build of amd64 alone, the graph keys each platform's steps for that platform:
+    // the shared stage and amd64's are cached, arm64's would run.
+    ok(
+        kiln_root(
+            root.path(),
+            &["build", "--platform", "linux/amd64", "."],
+            ctx.path(),
+            &[],
+        ),
+        "amd64 build",
+    );
+    let after = graph(root.path());
+    let step_after = |stage: &str| {
+        let lines: Vec<&str> = after.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(stage))
+            .unwrap_or_else(|| panic!("no {stage} in {after}"));
+        lines[at + 2].to_string()
+    };
+    assert!(
+        step_after("stage #1 [linux/amd64]").contains("CACHED"),
+        "{after}"
+    );
+    assert!(
+        step_after("stage #1 [linux/arm64]").contains(" RUN "),
+        "{after}"
+    );
+    assert!(after.lines().nth(1).unwrap().contains("CACHED"), "{after}");
+    let dot = ok(
+        kiln_root(
+            root.path(),
+            &[
+                "graph",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--format",
+                "dot",
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "kiln graph --format dot",
+    );
+    assert_eq!(
+        dot.stdout.matches("subgraph cluster_").count(),
+        3,
+        "{}",
+        dot.stdout
+    );
+    assert_eq!(
+        dot.stdout.matches("label=\"COPY --from\"").count(),
+        2,
+        "{}",
+        dot.stdout
+    );
+
+    // --check plans every platform and says which stages are shared.
+    let check = ok(
+        kiln_root(
+            root.path(),
+            &["build", "--check", two[0], two[1], "."],
+            ctx.path(),
+            &[],
+        ),
+        "kiln build --check",
+    );
+    assert!(
+        check
+            .stdout
+            .starts_with("Dockerfile: valid for linux/amd64, linux/arm64, 2 stages"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("built once for linux/amd64, linux/arm64"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("built for each of linux/amd64; linux/arm64"),
+        "{}",
+        check.stdout
+    );
+    // An error of some platforms only is shown where it is, saying for which.
+    let variant = context(&[(
+        "Dockerfile",
+        "FROM scratch\nARG TARGETVARIANT\nENV V=\"${TARGETVARIANT:?needs a variant}\"\n",
+    )]);
+    let failed = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--check",
+            "--platform",
+            "linux/arm/v7,linux/amd64,linux/s390x",
+            ".",
+        ],
+        variant.path(),
+        &[],
+    );
+    assert_eq!(failed.status, 1, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("needs a variant (for linux/amd64, linux/s390x)"),
+        "{}",
+        failed.stderr
+    );
+    assert!(failed.stderr.contains("Dockerfile:3:"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("1 error(s)"), "{}", failed.stderr);
+}

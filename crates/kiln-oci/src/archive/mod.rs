@@ -27,8 +27,8 @@ use std::path::PathBuf;
 pub use docker::{read_docker_archive, write_docker_archive, write_docker_archive_file};
 pub use image::{ArchiveFormat, ArchiveImage};
 pub use oci::{
-    read_oci_archive, read_oci_layout_dir, write_oci_archive, write_oci_archive_file,
-    write_oci_layout_dir,
+    read_oci_archive, read_oci_archive_index, read_oci_layout_dir, write_oci_archive,
+    write_oci_archive_file, write_oci_layout_dir, ArchiveIndex,
 };
 
 use crate::error::io_ctx;
@@ -207,6 +207,9 @@ pub struct ReadOptions {
     pub name: Option<String>,
     /// For multi-platform images: the platform to take.
     pub platform: Option<Platform>,
+    /// For multi-platform images: the entry of the image index to take, by its manifest's
+    /// digest (an attestation manifest too); before `platform`.
+    pub manifest: Option<Digest>,
 }
 
 /// A manifest and config, read and checked.

@@ -311,9 +311,8 @@ pub fn read_oci_layout_dir(dir: impl AsRef<Path>, opts: &ReadOptions) -> Result<
     read_layout(Files::Dir(LayoutDir::open(dir.as_ref())?), opts, "layout")
 }
 
-/// The OCI layout reader shared by archives and directories; `what` names the container in
-/// messages.
-fn read_layout(index: Files, opts: &ReadOptions, what: &str) -> Result<ArchiveImage> {
+/// The `index.json` entry `opts` names (or the only one), and the names the layout gives it.
+fn choose_top(index: &Files, opts: &ReadOptions, what: &str) -> Result<(Descriptor, Vec<String>)> {
     if !index.contains("oci-layout") {
         return Err(Error::InvalidArchive(format!(
             "no oci-layout file: not an OCI {what}"
@@ -380,6 +379,13 @@ fn read_layout(index: Files, opts: &ReadOptions, what: &str) -> Result<ArchiveIm
             }
         }
     }
+    Ok((chosen, names))
+}
+
+/// The OCI layout reader shared by archives and directories; `what` names the container in
+/// messages.
+fn read_layout(index: Files, opts: &ReadOptions, what: &str) -> Result<ArchiveImage> {
+    let (chosen, names) = choose_top(&index, opts, what)?;
 
     let manifest_desc = descend_to_manifest(&index, chosen, opts)?;
     let manifest_bytes = read_blob(&index, &manifest_desc, "manifest")?;
@@ -439,6 +445,17 @@ fn descend_to_manifest(
         }
         let bytes = read_blob(index, &desc, "index")?;
         let inner: Index = parse_json("index", &bytes)?;
+        if let Some(wanted) = &opts.manifest {
+            desc = inner
+                .manifests
+                .iter()
+                .find(|d| &d.digest == wanted)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::InvalidArchive(format!("the image index lists no manifest {wanted}"))
+                })?;
+            continue;
+        }
         let images: Vec<&Descriptor> = inner
             .manifests
             .iter()
@@ -525,4 +542,50 @@ fn read_blob(index: &Files, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
         what.clone(),
     );
     read_bounded(r, MAX_JSON_SIZE, &what)
+}
+
+/// A multi-platform image read from an OCI archive: its image index (verified against its
+/// descriptor) and the names the archive gives it. Each of its images is read with
+/// [`read_oci_archive`] and [`ReadOptions::manifest`].
+#[derive(Debug, Clone)]
+pub struct ArchiveIndex {
+    /// The index's descriptor (without the archive's name annotations).
+    pub descriptor: Descriptor,
+    /// The index's bytes as read (what its digest is of).
+    pub bytes: Vec<u8>,
+    /// The index, parsed.
+    pub index: Index,
+    /// The names the archive gives it (`io.containerd.image.name`, else the ref name).
+    pub names: Vec<String>,
+}
+
+/// The image index of an OCI archive whose image (the one [`ReadOptions::name`] names, or the
+/// only one) is multi-platform; `Ok(None)` when that image is a single manifest.
+pub fn read_oci_archive_index(
+    path: impl AsRef<Path>,
+    opts: &ReadOptions,
+) -> Result<Option<ArchiveIndex>> {
+    let files = Files::Tar(TarIndex::scan(path.as_ref())?);
+    let (chosen, names) = choose_top(&files, opts, "archive")?;
+    if !media_types::is_index(&chosen.media_type) {
+        return Ok(None);
+    }
+    let bytes = read_blob(&files, &chosen, "index")?;
+    let index: Index = parse_json("index", &bytes)?;
+    if let Some(media_type) = index.media_type.as_deref() {
+        if media_type != chosen.media_type {
+            return Err(Error::InvalidImage(format!(
+                "index {} says mediaType {media_type:?}, its descriptor {:?}",
+                chosen.digest, chosen.media_type
+            )));
+        }
+    }
+    let mut descriptor = chosen;
+    descriptor.annotations.clear();
+    Ok(Some(ArchiveIndex {
+        descriptor,
+        bytes,
+        index,
+        names,
+    }))
 }

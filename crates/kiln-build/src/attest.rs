@@ -574,8 +574,8 @@ pub fn image_for_output<'a>(
     }
 }
 
-/// After an output is written: `type=local` gets the statement files beside the tree when
-/// attestations were asked for.
+/// After an output of one platform's image is written: `type=local` gets the statement files
+/// beside the tree when attestations were asked for.
 pub fn after_output(
     spec: &crate::output::OutputSpec,
     attested: Option<&Attested>,

@@ -354,10 +354,11 @@ pub fn image_index(
     image: &Descriptor,
     platform: &Platform,
     attestations: Vec<Descriptor>,
+    annotations: &crate::annotations::Annotations,
 ) -> Result<Descriptor, BuildError> {
     let mut entry = image.clone();
     entry.platform = Some(platform.clone());
-    crate::index::put_index(store, &[entry], &attestations, &BTreeMap::new())
+    crate::index::put_index(store, &[entry], &attestations, annotations)
 }
 
 /// The attested form of a build: the index to write or push instead of the bare manifest.
@@ -381,7 +382,15 @@ pub fn attest_build(
     store: &Store,
     names: &[kiln_oci::ImageName],
 ) -> Result<Option<Attested>, BuildError> {
+    let annotations = crate::annotations::Annotations::split(&build_options.annotations);
     if !options.wanted() {
+        // One image and no attestations: no index to annotate, as BuildKit refuses too.
+        let needing = annotations.needing_an_index();
+        if !needing.is_empty() {
+            return Err(BuildError::NoIndexToAnnotate {
+                types: needing.join(", "),
+            });
+        }
         return Ok(None);
     }
     let name_strings: Vec<String> = names.iter().map(ToString::to_string).collect();
@@ -393,7 +402,13 @@ pub fn attest_build(
     let platform = built.config.platform();
     let refs: Vec<&str> = name_strings.iter().map(String::as_str).collect();
     let entries = attach(store, &statements, &built.manifest, &platform, &refs)?;
-    let index = image_index(store, &built.manifest, &platform, entries.clone())?;
+    let index = image_index(
+        store,
+        &built.manifest,
+        &platform,
+        entries.clone(),
+        &annotations,
+    )?;
     Ok(Some(Attested {
         index,
         entries,
@@ -675,7 +690,13 @@ pub fn pushed_form(store: &Store, manifest: &Descriptor) -> Result<Descriptor, B
         .platform();
     let mut image = manifest.clone();
     image.annotations.clear();
-    image_index(store, &image, &platform, vec![entry])
+    image_index(
+        store,
+        &image,
+        &platform,
+        vec![entry],
+        &crate::annotations::Annotations::default(),
+    )
 }
 
 #[cfg(test)]

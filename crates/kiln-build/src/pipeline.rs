@@ -234,7 +234,7 @@ impl Build<'_> {
             self.store,
             &manifests,
             &attestations,
-            &std::collections::BTreeMap::new(),
+            &crate::annotations::Annotations::split(&options.annotations),
         )?;
         let mut built = images.first().cloned().ok_or(BuildError::Plan)?;
         built.manifest = index;

@@ -1012,6 +1012,10 @@ fn save_and_load_carry_a_multi_platform_image_as_its_index() {
     );
     let row = images_row(other.path(), work.path(), "busybox:multi");
     assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    ok(
+        kiln_root(other.path(), &["verify"], work.path(), &[]),
+        "kiln verify of the loaded index",
+    );
     let shown = ok(
         kiln_root(
             other.path(),

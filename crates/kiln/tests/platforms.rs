@@ -716,6 +716,17 @@ fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform(
         "kiln save --platform of a partly pulled index",
     );
     assert_eq!(read_image(&saved).config.architecture, "amd64");
+    let host = ok(
+        kiln_root(root.path(), &["inspect", &remote], ctx.path(), &env),
+        "kiln inspect of a partly pulled index",
+    );
+    let host: serde_json::Value = serde_json::from_str(&host.stdout).unwrap();
+    assert_eq!(host["IndexDigest"], pushed_index.as_str(), "{host}");
+    assert_eq!(
+        host["NotPulled"],
+        serde_json::json!(["linux/arm64"]),
+        "{host}"
+    );
     let inspect = kiln_root(
         root.path(),
         &["inspect", "--platform", "linux/arm64", &remote],
@@ -1082,6 +1093,29 @@ fn save_and_load_carry_a_multi_platform_image_as_its_index() {
         fs::read(local.join("linux_arm64/bin/busybox")).unwrap()[18],
         0xb7
     );
+    // An OCI layout directory (what skopeo copied) gives each platform's manifest the same way.
+    let from_layout = context(&[(
+        "Dockerfile",
+        &format!("FROM oci:{}:copy\nCOPY Dockerfile /\n", copied.display()),
+    )]);
+    let arm_layout_out = out.path().join("from-layout.tar");
+    ok(
+        kiln_root(
+            other.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/arm64",
+                "-o",
+                &format!("type=oci,dest={}", arm_layout_out.display()),
+                ".",
+            ],
+            from_layout.path(),
+            &[],
+        ),
+        "build from the layout",
+    );
+    assert_eq!(read_image(&arm_layout_out).config.architecture, "arm64");
     let missing = kiln_root(
         other.path(),
         &["build", "--platform", "linux/s390x", "."],

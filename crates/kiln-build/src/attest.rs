@@ -354,10 +354,11 @@ pub fn image_index(
     image: &Descriptor,
     platform: &Platform,
     attestations: Vec<Descriptor>,
+    annotations: &crate::annotations::Annotations,
 ) -> Result<Descriptor, BuildError> {
     let mut entry = image.clone();
     entry.platform = Some(platform.clone());
-    crate::index::put_index(store, &[entry], &attestations, &BTreeMap::new())
+    crate::index::put_index(store, &[entry], &attestations, annotations)
 }
 
 /// The attested form of a build: the index to write or push instead of the bare manifest.
@@ -662,7 +663,13 @@ pub fn pushed_form(store: &Store, manifest: &Descriptor) -> Result<Descriptor, B
         .platform();
     let mut image = manifest.clone();
     image.annotations.clear();
-    image_index(store, &image, &platform, vec![entry])
+    image_index(
+        store,
+        &image,
+        &platform,
+        vec![entry],
+        &crate::annotations::Annotations::default(),
+    )
 }
 
 #[cfg(test)]

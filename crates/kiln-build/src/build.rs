@@ -53,7 +53,8 @@ pub struct BuildOptions {
     pub run: crate::run_settings::RunSettings,
     /// `--label`: added to the image's config (they win over the recipe's `LABEL`s).
     pub labels: BTreeMap<String, String>,
-    /// `--annotation`: the image manifest's annotations.
+    /// `--annotation`: the image manifest's annotations, and under `TYPES:KEY` those of other
+    /// documents (see [`crate::annotations`]).
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -1906,7 +1907,7 @@ impl Builder<'_> {
         let mut manifest = Manifest::new(config_descriptor.clone(), layers.clone());
         manifest
             .annotations
-            .extend(self.options.annotations.clone());
+            .extend(crate::annotations::Annotations::split(&self.options.annotations).manifest);
         let manifest_bytes =
             to_canonical_json(&manifest).map_err(crate::ExecError::oci("the image manifest"))?;
         let manifest_digest = self

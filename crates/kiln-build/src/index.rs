@@ -5,16 +5,17 @@
 use crate::BuildError;
 use kiln_oci::{media_types, to_canonical_json, Descriptor, Index};
 use kiln_store::Store;
-use std::collections::BTreeMap;
 
 /// Puts an image index listing `images` (per-platform manifest descriptors; each must name its
 /// platform) and then `extra` (e.g. attestation manifests) into the store; its descriptor.
-/// Images of the same platform and manifest are listed once.
+/// Images of the same platform and manifest are listed once. `--annotation`s of the index go
+/// on it, of manifest descriptors on each image's entry, of the index descriptor on the
+/// descriptor returned (which an OCI archive's `index.json` lists).
 pub fn put_index(
     store: &Store,
     images: &[Descriptor],
     extra: &[Descriptor],
-    annotations: &BTreeMap<String, String>,
+    annotations: &crate::annotations::Annotations,
 ) -> Result<Descriptor, BuildError> {
     let mut manifests: Vec<Descriptor> = Vec::with_capacity(images.len() + extra.len());
     for image in images {
@@ -26,20 +27,23 @@ pub fn put_index(
         // An index entry names the image; names (ref annotations) belong to the index.
         let mut entry = Descriptor::new(image.media_type.clone(), image.digest.clone(), image.size);
         entry.platform = image.platform.clone();
+        entry
+            .annotations
+            .extend(annotations.manifest_descriptor.clone());
         if !manifests.contains(&entry) {
             manifests.push(entry);
         }
     }
     manifests.extend(extra.iter().cloned());
     let mut index = Index::new(manifests);
-    index.annotations.extend(annotations.clone());
+    index.annotations.extend(annotations.index.clone());
     let bytes = to_canonical_json(&index).map_err(crate::ExecError::oci("image index"))?;
     let digest = store.put_blob(&bytes).map_err(BuildError::Store)?;
-    Ok(Descriptor::new(
-        media_types::OCI_INDEX,
-        digest,
-        bytes.len() as u64,
-    ))
+    let mut descriptor = Descriptor::new(media_types::OCI_INDEX, digest, bytes.len() as u64);
+    descriptor
+        .annotations
+        .extend(annotations.index_descriptor.clone());
+    Ok(descriptor)
 }
 
 /// The image manifests of an index in the store (its entries that have a platform and are
@@ -101,7 +105,7 @@ mod tests {
             &store,
             &[amd64.clone(), arm.clone(), amd64.clone()],
             &[attestation],
-            &BTreeMap::new(),
+            &crate::annotations::Annotations::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(index.media_type, media_types::OCI_INDEX);

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod annotations;
 pub mod archive_io;
 pub mod attest;
 pub mod build;
@@ -168,6 +169,13 @@ pub enum BuildError {
     /// A step executor failed.
     #[error(transparent)]
     Exec(kiln_exec::ExecError),
+    /// `--annotation index:...` (or `index-descriptor:`, `manifest-descriptor:`) on a build that
+    /// makes no image index: one platform, no attestations.
+    #[error("--annotation {types}: a build of one platform without attestations writes no image index to annotate (build several --platform values, or add --provenance or --sbom)")]
+    NoIndexToAnnotate {
+        /// The annotation types given.
+        types: String,
+    },
     /// A `--build-context NAME=DIR` directory could not be made into an image.
     #[error("--build-context {name}={}: {source}", dir.display())]
     LocalContext {

@@ -16,7 +16,7 @@ use kiln_oci::ImageName;
 use kiln_plan::{Plan, Platform};
 use kiln_registry::Registry;
 use kiln_store::Store;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -187,10 +187,26 @@ impl Build<'_> {
         mut images: Vec<Built>,
         options: &BuildOptions,
     ) -> Result<Delivery, BuildError> {
-        let manifests: Vec<kiln_oci::Descriptor> =
-            images.iter().map(|b| b.manifest.clone()).collect();
+        let annotations = crate::annotations::Annotations::split(&options.annotations);
+        if images.len() == 1 && !self.attest.wanted() {
+            // One image and no attestations: no index to annotate, as BuildKit refuses too.
+            let needing = annotations.needing_an_index();
+            if !needing.is_empty() {
+                return Err(BuildError::NoIndexToAnnotate {
+                    types: needing.join(", "),
+                });
+            }
+        }
+        let manifests: Vec<kiln_oci::Descriptor> = images
+            .iter()
+            .map(|image| {
+                let mut entry = image.manifest.clone();
+                entry.platform = Some(image.config.platform());
+                entry
+            })
+            .collect();
         let index_of = |attestations: &[kiln_oci::Descriptor]| {
-            crate::index::put_index(self.store, &manifests, attestations, &BTreeMap::new())
+            crate::index::put_index(self.store, &manifests, attestations, &annotations)
         };
         let attested = crate::attest::attest_images(
             &self.attest,

@@ -601,9 +601,14 @@ impl Store {
             .collect();
         for tagged in self.images()? {
             let mut needed = vec![tagged.manifest.digest.clone()];
-            if let Ok(image) = self.image(&tagged.manifest) {
-                needed.push(image.manifest.config.digest.clone());
-                needed.extend(image.manifest.layers.iter().map(|l| l.digest.clone()));
+            // A multi-platform name needs every image its index holds (a base pulled for some
+            // platforms holds only those).
+            for manifest in self.manifests_of(&tagged.manifest).unwrap_or_default() {
+                needed.push(manifest.digest.clone());
+                if let Ok(image) = self.image(&manifest) {
+                    needed.push(image.manifest.config.digest.clone());
+                    needed.extend(image.manifest.layers.iter().map(|l| l.digest.clone()));
+                }
             }
             for digest in needed {
                 if !self.has_blob(&digest) {

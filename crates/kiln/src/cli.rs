@@ -327,8 +327,9 @@ pub struct BuildArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
     pub labels: Vec<(String, String)>,
 
-    /// Set an annotation on the image manifest (repeatable): KEY=VALUE, or manifest:KEY=VALUE.
-    #[arg(long = "annotation", value_name = "[manifest:]KEY=VALUE", value_parser = annotation_value)]
+    /// Set an annotation (repeatable): KEY=VALUE on the image manifest, or TYPE:KEY=VALUE with
+    /// TYPE manifest, manifest-descriptor, index or index-descriptor (comma-separated).
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE", value_parser = annotation_value)]
     pub annotations: Vec<(String, String)>,
 
     /// An ssh agent that `RUN --mount=type=ssh[,id=ID]` may use (repeatable): `default` (the
@@ -428,17 +429,9 @@ fn key_value(value: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `KEY=VALUE` or `manifest:KEY=VALUE`: kiln writes one manifest per build, so other targets
-/// of buildx's form (index, manifest-descriptor, ...) are refused rather than dropped.
+/// `[TYPE[,TYPE...]:]KEY=VALUE`, as buildx takes it (see [`kiln_build::annotations`]).
 fn annotation_value(value: &str) -> Result<(String, String), String> {
-    let (key, v) = key_value(value)?;
-    match key.split_once(':') {
-        Some(("manifest", key)) if !key.is_empty() => Ok((key.to_string(), v)),
-        Some((kind, _)) if !kind.contains('.') && !kind.contains('/') => Err(format!(
-            "{value:?}: kiln annotates the image manifest only; {kind}: is not available"
-        )),
-        _ => Ok((key, v)),
-    }
+    kiln_build::annotations::parse_flag(value).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, clap::Args)]

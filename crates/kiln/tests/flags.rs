@@ -204,7 +204,7 @@ fn bad_flag_values_are_usage_errors_naming_the_flag() {
         ("--ulimit", "nofile=x"),
         ("--shm-size", "lots"),
         ("--label", "=x"),
-        ("--annotation", "index:a=b"),
+        ("--annotation", "bogus:a=b"),
         ("--allow", "everything"),
         ("--ssh", "default=/nonexistent/agent.sock"),
     ] {

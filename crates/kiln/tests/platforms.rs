@@ -716,6 +716,17 @@ fn a_pulled_multi_platform_base_is_kept_as_its_index_and_completed_per_platform(
         "kiln save --platform of a partly pulled index",
     );
     assert_eq!(read_image(&saved).config.architecture, "amd64");
+    let host = ok(
+        kiln_root(root.path(), &["inspect", &remote], ctx.path(), &env),
+        "kiln inspect of a partly pulled index",
+    );
+    let host: serde_json::Value = serde_json::from_str(&host.stdout).unwrap();
+    assert_eq!(host["IndexDigest"], pushed_index.as_str(), "{host}");
+    assert_eq!(
+        host["NotPulled"],
+        serde_json::json!(["linux/arm64"]),
+        "{host}"
+    );
     let inspect = kiln_root(
         root.path(),
         &["inspect", "--platform", "linux/arm64", &remote],
@@ -1012,6 +1023,10 @@ fn save_and_load_carry_a_multi_platform_image_as_its_index() {
     );
     let row = images_row(other.path(), work.path(), "busybox:multi");
     assert!(row.contains("linux/amd64,linux/arm64"), "{row}");
+    ok(
+        kiln_root(other.path(), &["verify"], work.path(), &[]),
+        "kiln verify of the loaded index",
+    );
     let shown = ok(
         kiln_root(
             other.path(),
@@ -1078,6 +1093,29 @@ fn save_and_load_carry_a_multi_platform_image_as_its_index() {
         fs::read(local.join("linux_arm64/bin/busybox")).unwrap()[18],
         0xb7
     );
+    // An OCI layout directory (what skopeo copied) gives each platform's manifest the same way.
+    let from_layout = context(&[(
+        "Dockerfile",
+        &format!("FROM oci:{}:copy\nCOPY Dockerfile /\n", copied.display()),
+    )]);
+    let arm_layout_out = out.path().join("from-layout.tar");
+    ok(
+        kiln_root(
+            other.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/arm64",
+                "-o",
+                &format!("type=oci,dest={}", arm_layout_out.display()),
+                ".",
+            ],
+            from_layout.path(),
+            &[],
+        ),
+        "build from the layout",
+    );
+    assert_eq!(read_image(&arm_layout_out).config.architecture, "arm64");
     let missing = kiln_root(
         other.path(),
         &["build", "--platform", "linux/s390x", "."],
@@ -1253,4 +1291,166 @@ fn graph_and_check_cover_every_platform_of_the_list() {
     );
     assert!(failed.stderr.contains("Dockerfile:3:"), "{}", failed.stderr);
     assert!(failed.stderr.contains("1 error(s)"), "{}", failed.stderr);
+}
+
+#[test]
+fn index_annotations_go_on_the_index_its_entries_and_its_descriptor() {
+    if !require_tool("skopeo") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let ctx = context(&[("Dockerfile", CROSS_COPY), ("a", "shared\n")]);
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("two.tar");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--annotation",
+                "index:org.opencontainers.image.title=app",
+                "--annotation",
+                "manifest-descriptor:com.example.entry=each",
+                "--annotation",
+                "index-descriptor:com.example.outer=listed",
+                "--annotation",
+                "index,manifest:com.example.both=yes",
+                "--annotation",
+                "com.example.plain=manifest",
+                "-t",
+                "two:1",
+                "-o",
+                &format!("type=oci,dest={}", archive.display()),
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "annotated two-platform build",
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        index["annotations"],
+        serde_json::json!({"org.opencontainers.image.title": "app", "com.example.both": "yes"}),
+        "{index}"
+    );
+    for entry in index["manifests"].as_array().unwrap() {
+        let is_image = entry["platform"]["os"] == "linux";
+        assert_eq!(
+            entry["annotations"]["com.example.entry"].as_str(),
+            is_image.then_some("each"),
+            "{entry}"
+        );
+        if is_image {
+            // Each platform's manifest has the manifest annotations, not the index's.
+            let digest = entry["digest"].as_str().unwrap();
+            let manifest = Command::new("tar")
+                .arg("-xOf")
+                .arg(&archive)
+                .arg(format!(
+                    "blobs/sha256/{}",
+                    digest.trim_start_matches("sha256:")
+                ))
+                .output()
+                .unwrap();
+            let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+            assert_eq!(
+                manifest["annotations"],
+                serde_json::json!({"com.example.plain": "manifest", "com.example.both": "yes"}),
+                "{manifest}"
+            );
+        }
+    }
+    let layout = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let layout: serde_json::Value = serde_json::from_slice(&layout.stdout).unwrap();
+    assert_eq!(
+        layout["manifests"][0]["annotations"]["com.example.outer"], "listed",
+        "{layout}"
+    );
+    assert!(index.get("com.example.outer").is_none());
+
+    // One platform without attestations has no index: the build says so, and names nothing.
+    let single = kiln_root(
+        root.path(),
+        &[
+            "build",
+            "--annotation",
+            "index:org.opencontainers.image.title=app",
+            "-t",
+            "one:1",
+            ".",
+        ],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(single.status, 1, "{}", single.stderr);
+    assert!(
+        single.stderr.contains("--annotation index")
+            && single.stderr.contains("writes no image index"),
+        "{}",
+        single.stderr
+    );
+    let images = ok(
+        kiln_root(root.path(), &["images"], ctx.path(), &[]),
+        "images",
+    );
+    assert!(!images.stdout.contains("one:1"), "{}", images.stdout);
+    // One platform with its attestations (an OCI archive has them by default) has an index.
+    let one = out.path().join("one.tar");
+    ok(
+        kiln_root(
+            root.path(),
+            &[
+                "build",
+                "--annotation",
+                "index:org.opencontainers.image.title=one",
+                "-o",
+                &format!("type=oci,dest={}", one.display()),
+                ".",
+            ],
+            ctx.path(),
+            &[],
+        ),
+        "annotated one-platform build with attestations",
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", one.display()))
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.title"], "one",
+        "{index}"
+    );
+    // An unknown type is a usage error, as buildx's.
+    let bogus = kiln_root(
+        root.path(),
+        &["build", "--annotation", "bogus:a=b", "."],
+        ctx.path(),
+        &[],
+    );
+    assert_eq!(bogus.status, 2, "{}", bogus.stderr);
+    assert!(
+        bogus.stderr.contains("unknown annotation type"),
+        "{}",
+        bogus.stderr
+    );
 }

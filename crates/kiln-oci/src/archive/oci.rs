@@ -489,10 +489,12 @@ fn descend_to_manifest(
                             })
                             .collect();
                         available.dedup();
+                        let wanted = match &p.variant {
+                            Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
+                            _ => format!("{}/{}", p.os, p.architecture),
+                        };
                         format!(
-                            "no manifest for platform {}/{}; the image has {}",
-                            p.os,
-                            p.architecture,
+                            "no manifest for platform {wanted}; the image has {}",
                             if available.is_empty() {
                                 "no platforms".to_string()
                             } else {

@@ -1213,7 +1213,7 @@ impl Builder<'_> {
         let reuse = self.copy_reuse(step, copy, image, &slot)?;
         let speculative = if self.needs_hashing(copy, &walks) {
             let files = reuse.as_ref().map(|r| &r.files);
-            Some(self.copy_into_snapshot(step, copy, image, &[], &[], files)?)
+            Some(self.copy_into_snapshot(step, copy, image, &walks, &[], &[], files)?)
         } else {
             None
         };
@@ -1238,6 +1238,7 @@ impl Builder<'_> {
                             step,
                             copy,
                             image,
+                            &walks,
                             &downloads.files,
                             &downloads.git_trees,
                             reuse.as_ref().map(|r| &r.files),
@@ -1745,11 +1746,13 @@ impl Builder<'_> {
 
     /// Runs a COPY/ADD into a fresh snapshot in a work area; context files are hashed as they
     /// are copied (and, with `reuse`, unchanged ones linked from the step's previous snapshot).
+    #[allow(clippy::too_many_arguments)]
     fn copy_into_snapshot(
         &self,
         step: &Step,
         copy: &kiln_plan::CopyStep,
         image: &StageImage,
+        walked: &[(String, Vec<kiln_context::Entry>)],
         fetched: &[Fetched],
         git_trees: &[PathBuf],
         reuse: Option<&kiln_exec::reuse::SnapshotReuse>,
@@ -1773,6 +1776,7 @@ impl Builder<'_> {
             git_trees,
             memo: Some(self.memo),
             reuse,
+            walked,
         };
         let from_rootfs;
         let from = match &copy.from {

@@ -85,6 +85,10 @@ pub struct CopyJob<'a> {
     /// When given (with `memo`), unchanged context files are linked from the previous snapshot
     /// of the same step, and what the copy wrote is recorded for the next one.
     pub reuse: Option<&'a crate::reuse::SnapshotReuse>,
+    /// Context sources the builder already walked for the key (matched source, its
+    /// entries): copied as walked, so each file is looked at once and the copy is what was
+    /// keyed. A source not among them is walked here.
+    pub walked: &'a [(String, Vec<kiln_context::Entry>)],
 }
 
 /// Where a COPY's sources come from.
@@ -237,7 +241,10 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
             }
         }
         let entries = match from {
-            CopyFrom::Context(context) => context_entries(context, source, &excludes)?,
+            CopyFrom::Context(context) => match job.walked.iter().find(|(m, _)| m == source) {
+                Some((_, walked)) => placements_of(walked.clone()),
+                None => context_entries(context, source, &excludes)?,
+            },
             CopyFrom::Stage(rootfs) => stage_entries(rootfs, source, &excludes)?,
         };
         let Some(first) = entries.first() else {
@@ -666,8 +673,12 @@ fn context_entries(
     source: &str,
     excludes: &IgnoreRules,
 ) -> Result<Vec<Placement>, ExecError> {
-    let entries = context.walk(source, excludes)?;
-    Ok(entries
+    Ok(placements_of(context.walk(source, excludes)?))
+}
+
+/// Walked context entries as placements relative to their source.
+fn placements_of(entries: Vec<kiln_context::Entry>) -> Vec<Placement> {
+    entries
         .into_iter()
         .map(|entry| Placement {
             stat: matches!(entry.kind, EntryKind::File).then_some(entry.stat),
@@ -682,7 +693,7 @@ fn context_entries(
             mtime: (entry.mtime, entry.mtime_nsec),
             owner: None,
         })
-        .collect())
+        .collect()
 }
 
 /// Matches a source pattern against a stage's filesystem (wildcards per path segment).
@@ -1253,6 +1264,7 @@ mod tests {
             git_trees: &[],
             memo: None,
             reuse: None,
+            walked: &[],
         };
         run_copy(&job, &CopyFrom::Context(ctx))?;
         Ok(snapshot)
@@ -1761,6 +1773,7 @@ mod tests {
             git_trees: &[],
             memo: Some(memo),
             reuse: Some(reuse),
+            walked: &[],
         };
         run_copy(&job, &CopyFrom::Context(ctx)).unwrap();
         snapshot

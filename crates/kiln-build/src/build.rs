@@ -1232,15 +1232,17 @@ impl Builder<'_> {
         // Files whose hash is not known yet are hashed while they are copied, before the key
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
         let walks = self.context_walks(copy)?;
+        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
+        let reuse = self.copy_reuse(step, copy, image, &slot)?;
         let speculative = if self.needs_hashing(copy, &walks) {
-            Some(self.copy_into_snapshot(step, copy, image, &[], &[], Some(self.memo))?)
+            let files = reuse.as_ref().map(|r| &r.files);
+            Some(self.copy_into_snapshot(step, copy, image, &walks, &[], &[], files)?)
         } else {
             None
         };
         let mut downloads = Downloads::default();
         let inputs = self.copy_inputs(copy, &walks, &mut downloads, &image.target)?;
         let (key, parts) = self.copy_key(step, copy, image, inputs)?;
-        let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
         let (layer, created) =
             self.cached_or_made(number, &slot, &key, parts, no_cache, step, || {
                 let has_urls = copy.sources.iter().any(|s| matches!(s, CopySource::Url(_)));
@@ -1252,20 +1254,25 @@ impl Builder<'_> {
                 if !downloads.git.is_empty() {
                     self.checkout_git(&mut downloads)?;
                 }
-                match speculative {
-                    Some((_work, snapshot)) => self.commit_layer(&snapshot, &key),
+                let layer = match speculative {
+                    Some((_work, snapshot)) => self.commit_layer(&snapshot, &key)?,
                     None => {
                         let (_work, snapshot) = self.copy_into_snapshot(
                             step,
                             copy,
                             image,
+                            &walks,
                             &downloads.files,
                             &downloads.git_trees,
-                            None,
+                            reuse.as_ref().map(|r| &r.files),
                         )?;
-                        self.commit_layer(&snapshot, &key)
+                        self.commit_layer(&snapshot, &key)?
                     }
+                };
+                if let Some(reuse) = reuse {
+                    crate::edit_reuse::remember(self.store, &slot, &key, reuse);
                 }
+                Ok(layer)
             })?;
         self.push_layer(image, &layer, created, step, key, copy.link)
     }
@@ -1724,16 +1731,54 @@ impl Builder<'_> {
         }
     }
 
-    /// Runs a COPY/ADD into a fresh snapshot in a work area; with `memo`, context files are
-    /// hashed as they are copied.
+    /// A COPY from the context: its identity apart from what it reads and what is below it,
+    /// and the previous snapshot of the same step to take unchanged files from (see
+    /// [`crate::edit_reuse`]; each file taken is checked, so the identity only picks the
+    /// snapshot most likely to have them).
+    fn copy_reuse(
+        &self,
+        step: &Step,
+        copy: &kiln_plan::CopyStep,
+        image: &StageImage,
+        slot: &str,
+    ) -> Result<Option<crate::edit_reuse::CopyReuse>, BuildError> {
+        let from_context = copy.from == Source::Context
+            && copy
+                .sources
+                .iter()
+                .all(|s| matches!(s, CopySource::Path(_)));
+        if !from_context {
+            return Ok(None);
+        }
+        let mut key = StepKey::new(StepKind::Layer);
+        key.push(KeyPart::Instruction(instruction_digest(step)));
+        if let Some(spec) = &copy.chown {
+            let owner = crate::copy::resolve_chown(spec, &self.rootfs(image)?)
+                .map_err(crate::ExecError::Copy)?;
+            key.push(KeyPart::Chown {
+                uid: owner.uid,
+                gid: owner.gid,
+            });
+        }
+        self.common_parts(step, &mut key);
+        let (identity, _) = key.finish();
+        Ok(Some(crate::edit_reuse::previous(
+            self.store, slot, identity,
+        )))
+    }
+
+    /// Runs a COPY/ADD into a fresh snapshot in a work area; context files are hashed as they
+    /// are copied (and, with `reuse`, unchanged ones linked from the step's previous snapshot).
+    #[allow(clippy::too_many_arguments)]
     fn copy_into_snapshot(
         &self,
         step: &Step,
         copy: &kiln_plan::CopyStep,
         image: &StageImage,
+        walked: &[(String, Vec<kiln_context::Entry>)],
         fetched: &[Fetched],
         git_trees: &[PathBuf],
-        memo: Option<&dyn kiln_context::HashMemo>,
+        reuse: Option<&kiln_exec::reuse::SnapshotReuse>,
     ) -> Result<(kiln_store::WorkDir, PathBuf), BuildError> {
         let work = self.store.work_dir().map_err(BuildError::Store)?;
         let snapshot = work.path().join("snapshot");
@@ -1752,7 +1797,9 @@ impl Builder<'_> {
             now: self.now,
             fetched,
             git_trees,
-            memo,
+            memo: Some(self.memo),
+            reuse,
+            walked,
         };
         let from_rootfs;
         let from = match &copy.from {

@@ -10,6 +10,7 @@ pub mod attest;
 pub mod build;
 pub mod cache;
 mod chunk_reuse;
+mod edit_reuse;
 pub mod index;
 pub mod lazy;
 pub mod local_context;

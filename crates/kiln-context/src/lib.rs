@@ -113,6 +113,8 @@ pub struct Entry {
     pub mtime_nsec: i64,
     /// What identifies its content without reading it (for the hash memo).
     pub stat: StatKey,
+    /// How many names the file has (hard links), as walked.
+    pub nlink: u64,
 }
 
 /// An open build context: its root directory and its `.dockerignore` rules.
@@ -421,6 +423,7 @@ fn entry_of(
         mtime: meta.mtime(),
         mtime_nsec: meta.mtime_nsec(),
         stat: StatKey::of(meta),
+        nlink: meta.nlink(),
     }))
 }
 

@@ -82,6 +82,13 @@ pub struct CopyJob<'a> {
     pub git_trees: &'a [PathBuf],
     /// When given, context files are hashed as they are copied and their hashes memoised.
     pub memo: Option<&'a dyn kiln_context::HashMemo>,
+    /// When given (with `memo`), unchanged context files are linked from the previous snapshot
+    /// of the same step, and what the copy wrote is recorded for the next one.
+    pub reuse: Option<&'a crate::reuse::SnapshotReuse>,
+    /// Context sources the builder already walked for the key (matched source, its
+    /// entries): copied as walked, so each file is looked at once and the copy is what was
+    /// keyed. A source not among them is walked here.
+    pub walked: &'a [(String, Vec<kiln_context::Entry>)],
 }
 
 /// Where a COPY's sources come from.
@@ -113,6 +120,8 @@ struct Placement {
     /// For context files: what identifies their content, so their hash can be taken while
     /// they are copied (one read instead of two on a cold build).
     stat: Option<kiln_context::StatKey>,
+    /// Names the source file had when walked (context files; 1 for everything else).
+    nlink: u64,
 }
 
 enum PlacementKind {
@@ -218,6 +227,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
                 mtime: (job.now, 0),
                 owner: None,
                 stat: None,
+                nlink: 1,
             });
             continue;
         }
@@ -231,7 +241,10 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
             }
         }
         let entries = match from {
-            CopyFrom::Context(context) => context_entries(context, source, &excludes)?,
+            CopyFrom::Context(context) => match job.walked.iter().find(|(m, _)| m == source) {
+                Some((_, walked)) => placements_of(walked.clone()),
+                None => context_entries(context, source, &excludes)?,
+            },
             CopyFrom::Stage(rootfs) => stage_entries(rootfs, source, &excludes)?,
         };
         let Some(first) = entries.first() else {
@@ -272,6 +285,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
                     mtime: (job.now, 0),
                     owner: None,
                     stat: None,
+                    nlink: 1,
                 });
                 continue;
             }
@@ -317,6 +331,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
             mtime: (file.mtime.unwrap_or(0), 0),
             owner: None,
             stat: None,
+            nlink: 1,
         });
     }
 
@@ -327,6 +342,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         chown: step.chown.is_some(),
         now: job.now,
         memo: job.memo,
+        reuse: job.reuse,
         context: match from {
             CopyFrom::Context(context) => Some(*context),
             CopyFrom::Stage(_) => None,
@@ -426,6 +442,7 @@ pub fn make_workdir(
         chown: true,
         context: None,
         memo: None,
+        reuse: None,
         now,
         dirs: std::collections::BTreeMap::new(),
         links: std::collections::HashMap::new(),
@@ -656,11 +673,16 @@ fn context_entries(
     source: &str,
     excludes: &IgnoreRules,
 ) -> Result<Vec<Placement>, ExecError> {
-    let entries = context.walk(source, excludes)?;
-    Ok(entries
+    Ok(placements_of(context.walk(source, excludes)?))
+}
+
+/// Walked context entries as placements relative to their source.
+fn placements_of(entries: Vec<kiln_context::Entry>) -> Vec<Placement> {
+    entries
         .into_iter()
         .map(|entry| Placement {
             stat: matches!(entry.kind, EntryKind::File).then_some(entry.stat),
+            nlink: entry.nlink,
             destination: entry.relative,
             kind: match entry.kind {
                 EntryKind::Dir => PlacementKind::Dir,
@@ -671,7 +693,7 @@ fn context_entries(
             mtime: (entry.mtime, entry.mtime_nsec),
             owner: None,
         })
-        .collect())
+        .collect()
 }
 
 /// Matches a source pattern against a stage's filesystem (wildcards per path segment).
@@ -757,6 +779,7 @@ fn stage_entries(
             mtime: meta.mtime,
             owner: Some(meta.owner),
             stat: None,
+            nlink: 1,
         });
         if meta.is_dir {
             let mut children: Vec<(PathBuf, PathBuf, source_meta::Meta)> = Vec::new();
@@ -823,6 +846,8 @@ struct SnapshotWriter<'a> {
     /// Context files are opened through it: beneath its root, never through a symlink.
     context: Option<&'a Context>,
     memo: Option<&'a dyn kiln_context::HashMemo>,
+    /// Unchanged files linked from the step's previous snapshot; what was written, recorded.
+    reuse: Option<&'a crate::reuse::SnapshotReuse>,
     now: i64,
     /// Directory metadata, applied by `finish` once everything inside is written (writing a
     /// child changes a directory's mtime). The last word on a directory wins.
@@ -839,6 +864,46 @@ struct SnapshotWriter<'a> {
 }
 
 impl SnapshotWriter<'_> {
+    /// Links a context file that did not change since the step's previous snapshot from there
+    /// (see [`crate::reuse`]); false when it must be copied.
+    fn link_unchanged(
+        &self,
+        placement: &Placement,
+        relative: &Path,
+        path: &Path,
+        mode: u32,
+        owner: Owner,
+    ) -> bool {
+        let (Some(reuse), Some(memo), Some(_), Some(stat)) =
+            (self.reuse, self.memo, self.context, placement.stat)
+        else {
+            return false;
+        };
+        // A file with several names goes through the copy's own hard-link handling.
+        if placement.nlink != 1 {
+            return false;
+        }
+        let Some(hash) = memo.get(&stat) else {
+            return false;
+        };
+        let wanted = crate::reuse::Wanted {
+            hash,
+            size: stat.size,
+            mode: mode & 0o7777,
+            uid: owner.uid,
+            gid: owner.gid,
+            mtime: placement.mtime,
+        };
+        match reuse.link(relative, path, &wanted) {
+            Some(meta) => {
+                // The layer writer learns what the link holds without reading it.
+                memo.put_written(StatKey::of(&meta), hash);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Stamps the directories, deepest first.
     fn finish(self) -> Result<(), ExecError> {
         let mut dirs: Vec<_> = self.dirs.into_iter().collect();
@@ -948,12 +1013,18 @@ impl SnapshotWriter<'_> {
             }
             Ok(meta) if meta.is_dir() => {
                 fs::remove_dir_all(&path).map_err(|e| io_at(&path, e))?;
+                if let Some(reuse) = self.reuse {
+                    reuse.forget(relative);
+                }
                 // Names below it are gone, and it may become a symlink: never link through it.
                 self.links.retain(|_, first| !first.starts_with(&path));
                 self.made.retain(|dir| !dir.starts_with(relative));
             }
             Ok(_) => {
                 fs::remove_file(&path).map_err(|e| io_at(&path, e))?;
+                if let Some(reuse) = self.reuse {
+                    reuse.forget(relative);
+                }
                 self.links.retain(|_, first| first != &path);
                 self.made.retain(|dir| !dir.starts_with(relative));
             }
@@ -966,6 +1037,10 @@ impl SnapshotWriter<'_> {
                 Ok(())
             }
             PlacementKind::File(source) => {
+                if self.link_unchanged(placement, relative, &path, mode, owner) {
+                    stats.files += 1;
+                    return Ok(());
+                }
                 // Never follow a link swapped in since the source was walked.
                 let mut input = match (self.context, placement.stat) {
                     (Some(context), Some(_)) => context.open_file(source),
@@ -1041,6 +1116,9 @@ impl SnapshotWriter<'_> {
                             memo.put_written(StatKey::of(&meta), digest);
                         }
                     }
+                }
+                if let (Some(reuse), Some(digest)) = (self.reuse, digest) {
+                    reuse.record(relative, digest);
                 }
                 Ok(())
             }
@@ -1185,6 +1263,8 @@ mod tests {
             fetched: &[],
             git_trees: &[],
             memo: None,
+            reuse: None,
+            walked: &[],
         };
         run_copy(&job, &CopyFrom::Context(ctx))?;
         Ok(snapshot)
@@ -1672,5 +1752,87 @@ mod tests {
             .to_string();
         assert!(error.contains("was not checked out"), "{error}");
         assert!(!error.contains("pw@"), "{error}");
+    }
+
+    /// Copies `src/` to `/app/` with a memo and `reuse`, into a fresh snapshot.
+    fn copy_reusing(
+        ctx: &Context,
+        memo: &kiln_context::MemoryMemo,
+        reuse: &crate::reuse::SnapshotReuse,
+    ) -> tempfile::TempDir {
+        let snapshot = tempfile::tempdir().unwrap();
+        let step = step(&["src/"], "/app/");
+        let job = CopyJob {
+            step: &step,
+            workdir: "/",
+            image: &Rootfs::default(),
+            users: &Rootfs::default(),
+            snapshot: snapshot.path(),
+            now: 1_700_000_000,
+            fetched: &[],
+            git_trees: &[],
+            memo: Some(memo),
+            reuse: Some(reuse),
+            walked: &[],
+        };
+        run_copy(&job, &CopyFrom::Context(ctx)).unwrap();
+        snapshot
+    }
+
+    #[test]
+    fn unchanged_files_are_linked_from_the_previous_snapshot_and_nothing_else() {
+        let (dir, ctx) = context(&[
+            ("src/a", "A"),
+            ("src/b", "B"),
+            ("src/c", "C"),
+            ("src/d", "D"),
+        ]);
+        let memo = kiln_context::MemoryMemo::default();
+        let first = crate::reuse::SnapshotReuse::recording();
+        let one = copy_reusing(&ctx, &memo, &first);
+        assert_eq!(first.linked(), 0);
+        let written = first.into_written();
+        assert_eq!(written.len(), 4, "{written:?}");
+
+        // b edited, c rewritten with the same bytes (a new mtime), d given another mode.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join("src/b"), "B2").unwrap();
+        fs::write(dir.path().join("src/c"), "C").unwrap();
+        fs::set_permissions(
+            dir.path().join("src/d"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let second = crate::reuse::SnapshotReuse::from_previous(one.path().to_path_buf(), written);
+        let two = copy_reusing(&ctx, &memo, &second);
+        assert_eq!(second.linked(), 1, "only a is unchanged");
+        let ino = |root: &Path, name: &str| {
+            fs::symlink_metadata(root.join("app").join(name))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(one.path(), "a"), ino(two.path(), "a"));
+        for name in ["b", "c", "d"] {
+            assert_ne!(ino(one.path(), name), ino(two.path(), name), "{name}");
+            let source = fs::metadata(dir.path().join("src").join(name)).unwrap();
+            let copied = fs::symlink_metadata(two.path().join("app").join(name)).unwrap();
+            assert_eq!(
+                (copied.mtime(), copied.mtime_nsec(), copied.mode() & 0o7777),
+                (source.mtime(), source.mtime_nsec(), source.mode() & 0o7777),
+                "{name}"
+            );
+        }
+        assert_eq!(read(two.path(), "app/b"), "B2");
+        // The new snapshot's record names every file with its content, linked or copied.
+        let mut recorded = second.into_written();
+        recorded.sort();
+        let names: Vec<_> = recorded.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            names,
+            ["app/a", "app/b", "app/c", "app/d"]
+                .map(PathBuf::from)
+                .to_vec()
+        );
     }
 }

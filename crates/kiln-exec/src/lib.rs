@@ -15,6 +15,7 @@ mod fsmeta;
 pub mod git;
 pub mod image;
 pub mod lookup;
+pub mod reuse;
 pub mod rootfs;
 pub mod run;
 pub mod run_settings;

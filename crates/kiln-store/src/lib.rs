@@ -24,10 +24,12 @@ mod attestations;
 mod cache_mount;
 mod chunks;
 mod multi;
+mod reuse;
 
 pub use cache_mount::CacheMount;
 pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
 pub use multi::{is_attestation_entry, platform_text, PlatformEntry};
+pub use reuse::ReuseHint;
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,
@@ -842,6 +844,7 @@ impl Store {
             }
         }
         snapshots.extend(linked);
+        self.prune_reuse_hints(&snapshots);
         for entry in fs::read_dir(self.root.join("blobs/sha256"))
             .map_err(io_at(&self.root.join("blobs")))?
             .flatten()

@@ -208,3 +208,85 @@ fn verify_clean(root: &std::path::Path, cwd: &std::path::Path) {
     let verify = kiln(&["--root", &r, "verify"], cwd, &[]);
     assert_eq!(verify.status, 0, "{}{}", verify.stdout, verify.stderr);
 }
+
+/// The first file of `app/` in a snapshot being built in a work area, if it is there already
+/// as a link to the previous snapshot's file.
+fn snapshot_linking(root: &std::path::Path) -> bool {
+    let Ok(areas) = std::fs::read_dir(root.join("tmp")) else {
+        return false;
+    };
+    areas.flatten().any(|area| {
+        std::fs::read_dir(area.path()).is_ok_and(|works| {
+            works.flatten().any(|work| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::symlink_metadata(work.path().join("snapshot/app/d00/f000.txt"))
+                    .is_ok_and(|m| m.nlink() > 1)
+            })
+        })
+    })
+}
+
+/// Layer digests of the image built from `ctx` into `root` (SOURCE_DATE_EPOCH far ahead, so
+/// two stores agree on the directories' times and files keep theirs).
+fn built_layers(ctx: &std::path::Path, root: &std::path::Path) -> Vec<String> {
+    let r = root.to_string_lossy().into_owned();
+    let run = kiln(
+        &["--root", &r, "build", "-o", "type=oci,dest=out.tar", "."],
+        ctx,
+        &[("SOURCE_DATE_EPOCH", "4000000000")],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let image =
+        kiln_oci::read_oci_archive(ctx.join("out.tar"), &kiln_oci::ReadOptions::default()).unwrap();
+    image
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect()
+}
+
+#[test]
+fn sigkill_while_a_snapshot_is_linked_from_the_previous_one_leaves_a_clean_store() {
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY src/ /app/\n")]);
+    for dir in 0..10 {
+        let path = ctx.path().join(format!("src/d{dir:02}"));
+        std::fs::create_dir_all(&path).unwrap();
+        for file in 0..1000 {
+            std::fs::write(
+                path.join(format!("f{file:03}.txt")),
+                format!("{dir} {file}\n"),
+            )
+            .unwrap();
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    built_layers(ctx.path(), root.path());
+    std::fs::write(ctx.path().join("src/d05/f500.txt"), "edited\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--root", &r, "build", "."])
+        .current_dir(ctx.path())
+        .env("SOURCE_DATE_EPOCH", "4000000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !snapshot_linking(root.path()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before a snapshot was seen being linked"
+        );
+        assert!(Instant::now() < deadline, "no snapshot was ever linked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    verify_clean(root.path(), ctx.path());
+    // The next build links from the same previous snapshot and makes what a cold build makes.
+    let again = built_layers(ctx.path(), root.path());
+    verify_clean(root.path(), ctx.path());
+    let cold = tempfile::tempdir().unwrap();
+    assert_eq!(again, built_layers(ctx.path(), cold.path()));
+}

@@ -152,7 +152,12 @@ impl Build<'_> {
         if !self.cache_sinks().is_empty() {
             // An exported cache holds every step's layer, shipped or not: their blobs now.
             let layer_options = crate::build::layer_options(options);
-            crate::lazy::make_record_blobs(self.store, &mut built.records, &layer_options)?;
+            crate::lazy::make_record_blobs(
+                self.store,
+                &built.memo,
+                &mut built.records,
+                &layer_options,
+            )?;
         }
         let attested = crate::attest::attest_build(
             &self.attest,
@@ -216,7 +221,12 @@ impl Build<'_> {
             // An exported cache holds every step's layer, shipped or not: their blobs now.
             let layer_options = crate::build::layer_options(options);
             for image in &mut images {
-                crate::lazy::make_record_blobs(self.store, &mut image.records, &layer_options)?;
+                crate::lazy::make_record_blobs(
+                    self.store,
+                    &image.memo,
+                    &mut image.records,
+                    &layer_options,
+                )?;
             }
         }
         let manifests: Vec<kiln_oci::Descriptor> =

@@ -27,6 +27,11 @@ lint:
 # small files onto /app, a RUN over them, one src file edited; and copy-tree with one small file
 # edited; beside BuildKit, about 10 minutes; KILN_BENCH_OLD_KILN=PATH adds cold copy-tree with an
 # older kiln) installs busybox-static and docker.io the same way.
+# benches/go.sh (the Go-style multi-stage build: `apt-get install golang-go` and `go build` in a
+# build stage on a debootstrapped Debian bookworm minbase, a FROM scratch final stage; cold,
+# beside BuildKit with `--network host` for the mirror, apt's own seconds shown per tool; about
+# 10 minutes, depending on the mirror) makes the Debian base with debootstrap once (kept in
+# /var/tmp/kiln-bench, shared with benches/run.sh) and needs docker.io.
 # benches/registry.sh (kiln push and pull of a 500 MB image through docker-registry on 127.0.0.1,
 # beside skopeo; about 2 minutes) installs docker-registry and skopeo the same way.
 # benches/platforms.sh (a two-platform linux/amd64,linux/arm64 build against amd64 alone, and an
@@ -40,6 +45,7 @@ bench: bench-parse-instructions
     bash benches/incremental.sh
     bash benches/registry.sh
     bash benches/lazy.sh
+    bash benches/go.sh
     bash benches/platforms.sh
 
 # Parse + plan instruction counts per line under callgrind (needs valgrind): linear growth shows

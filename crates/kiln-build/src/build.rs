@@ -282,6 +282,9 @@ pub struct Built {
     /// is then the image index listing them, and the other fields are the first platform's
     /// (`layers`: every platform's). Empty for one platform.
     pub platforms: Vec<Built>,
+    /// The build's hash memo, with the digests of the files its steps wrote: blobs made after
+    /// the build (`--cache-to`) use it instead of reading those files again.
+    pub memo: crate::lazy::SharedMemo,
 }
 
 /// URL sources of one ADD, downloaded; the files live as long as this does.
@@ -434,7 +437,7 @@ pub fn build_nodes(
         .filter_map(|i| plan.stages.get(*i))
         .map(|s| s.steps.len())
         .sum();
-    let memo = MemoryMemo::load(&store.hash_memo_path());
+    let memo = crate::lazy::SharedMemo::load(store);
     let blobs = crate::lazy::BlobMaker::new(store, &memo, layer_options(options));
     let builder = Builder {
         store,
@@ -478,6 +481,10 @@ pub fn build_nodes(
     })?;
     // Keep the file hashes for the next build; losing them only costs a re-read.
     let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
+    let mut built = built;
+    for image in &mut built {
+        image.memo = memo.clone();
+    }
     Ok(built)
 }
 
@@ -1980,6 +1987,7 @@ impl Builder<'_> {
             records,
             recorded: self.recorder.recorded(),
             platforms: Vec::new(),
+            memo: crate::lazy::SharedMemo::default(),
         })
     }
 }

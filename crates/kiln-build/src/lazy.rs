@@ -88,15 +88,43 @@ fn note_blob(store: &Store, key: &str, layer: &LayerRecord) -> Result<(), BuildE
         .map_err(BuildError::Store)
 }
 
+/// A build's hash memo, shared by its builder, its blob maker and what is done with the image
+/// after the build: it holds the digests of the files the build's steps wrote, which are never
+/// saved (snapshots come and go), so a memo read from disk again would not know them.
+#[derive(Clone, Default)]
+pub struct SharedMemo(Arc<MemoryMemo>);
+
+impl SharedMemo {
+    /// The store's saved memo.
+    pub(crate) fn load(store: &Store) -> Self {
+        SharedMemo(Arc::new(MemoryMemo::load(&store.hash_memo_path())))
+    }
+}
+
+impl std::ops::Deref for SharedMemo {
+    type Target = MemoryMemo;
+
+    fn deref(&self) -> &MemoryMemo {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SharedMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedMemo")
+    }
+}
+
 /// Makes the blob of every lazy record in `records` that has none (for `--cache-to`, which
-/// exports every step's layer), noting each in the store's record too.
+/// exports every step's layer), noting each in the store's record too. `memo` is the build's
+/// ([`crate::Built::memo`]): files its COPY steps wrote are not read again.
 pub fn make_record_blobs(
     store: &Store,
+    memo: &MemoryMemo,
     records: &mut [CacheRecord],
     options: &LayerOptions,
 ) -> Result<(), BuildError> {
     let mut made: BTreeMap<String, LayerRecord> = BTreeMap::new();
-    let memo = MemoryMemo::load(&store.hash_memo_path());
     for record in records.iter_mut() {
         let Some(snapshot) = &record.snapshot else {
             continue;
@@ -109,7 +137,7 @@ pub fn make_record_blobs(
             None => {
                 let layer = make_lazy_blob(
                     store,
-                    &memo,
+                    memo,
                     &record.key,
                     &store.snapshot_path(snapshot),
                     options,

@@ -316,7 +316,12 @@ fn write_to(
             };
             let file = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
             write(Out::File(file.as_file()))?;
-            file.as_file().sync_all().map_err(io_error)?;
+            // Not fsynced: an output is the user's file, not the store's. The store (blobs,
+            // snapshots, records) is what must survive a crash, and it does; an archive is
+            // made again from it in the time a copy takes. `docker save -o` (temp file and
+            // rename), buildx `-o type=oci,dest=` (written in place) and `cp` do not sync
+            // either, and syncing a 1 GiB archive costs more than writing it. The rename still
+            // means a failed build never leaves half an archive under the name.
             // Temp files are private (0600); an image archive is for other tools to read.
             use std::os::unix::fs::PermissionsExt;
             file.as_file()

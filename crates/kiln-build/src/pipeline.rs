@@ -171,8 +171,13 @@ impl Build<'_> {
         if !self.cache_sinks().is_empty() {
             // An exported cache holds every step's layer, shipped or not: their blobs now.
             let layer_options = crate::build::layer_options(options);
-            let records = &mut delivery.built.records;
-            crate::lazy::make_record_blobs(self.store, records, &layer_options)?;
+            let built = &mut delivery.built;
+            crate::lazy::make_record_blobs(
+                self.store,
+                &built.memo,
+                &mut built.records,
+                &layer_options,
+            )?;
         }
         self.deliver(plans, &delivery)?;
         Ok(delivery.built)

@@ -290,3 +290,159 @@ fn sigkill_while_a_snapshot_is_linked_from_the_previous_one_leaves_a_clean_store
     let cold = tempfile::tempdir().unwrap();
     assert_eq!(again, built_layers(ctx.path(), cold.path()));
 }
+
+/// Files in a work area's directory whose names start with `prefix` and hold more than `min`
+/// bytes: a blob (`.tmp`) or a chunk pack (`chunks-`) being written.
+fn in_the_making(root: &std::path::Path, prefix: &str, min: u64) -> bool {
+    let Ok(areas) = std::fs::read_dir(root.join("tmp")) else {
+        return false;
+    };
+    areas.flatten().any(|area| {
+        std::fs::read_dir(area.path()).is_ok_and(|files| {
+            files.flatten().any(|f| {
+                f.file_name().to_string_lossy().starts_with(prefix)
+                    && f.metadata().is_ok_and(|m| m.is_file() && m.len() > min)
+            })
+        })
+    })
+}
+
+/// A context of `count` incompressible files of 100 kB under src/ (a layer of many chunks),
+/// file `edited` different when `version` is.
+fn chunky_context(dir: &std::path::Path, count: u64, edited: u64, version: u64) {
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY src/ /src/\n").unwrap();
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..count {
+        let mut state =
+            (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ if i == edited { version } else { 0 };
+        let mut bytes = Vec::with_capacity(100_000);
+        while bytes.len() < 100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.extend_from_slice(&state.to_le_bytes());
+        }
+        let path = src.join(format!("f{i:05}.bin"));
+        std::fs::write(&path, &bytes).unwrap();
+        // One mtime for every version: only the content of the edited file differs.
+        let time = std::fs::FileTimes::new()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_times(time)
+            .unwrap();
+    }
+}
+
+/// Issue 14: a SIGKILL while a rebuild writes its layer from the chunks of the last one (and
+/// packs the chunks it had to compress again) leaves `kiln verify` clean, and the next build
+/// gives the image a cold build of the same context gives, byte for byte.
+#[test]
+fn sigkill_while_chunks_are_reused_leaves_a_clean_store_and_a_correct_next_build() {
+    const FILES: u64 = 300;
+    const EDITED: u64 = 150;
+    let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
+    // Killed as soon as the blob is being written, and once the pack of new chunks is.
+    for (kill_at, min) in [(".tmp", 1u64 << 20), ("chunks-", 0)] {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().to_string_lossy().into_owned();
+        let ctx = tempfile::tempdir().unwrap();
+        chunky_context(ctx.path(), FILES, EDITED, 0);
+        let first = kiln(
+            &[
+                "--root",
+                &r,
+                "build",
+                "-t",
+                "chunky:1",
+                "-o",
+                "type=oci,dest=v1.tar",
+                ".",
+            ],
+            ctx.path(),
+            &epoch,
+        );
+        assert_eq!(first.status, 0, "{}", first.stderr);
+        assert!(
+            root.path().join("chunks/index").is_file(),
+            "the first build kept no chunks"
+        );
+        chunky_context(ctx.path(), FILES, EDITED, 1);
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "--root",
+                &r,
+                "build",
+                "-t",
+                "chunky:1",
+                "-o",
+                "type=oci,dest=killed.tar",
+                ".",
+            ])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .current_dir(ctx.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !in_the_making(root.path(), kill_at, min) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the rebuild ended before {kill_at}* was seen in the making"
+            );
+            assert!(Instant::now() < deadline, "{kill_at}* never appeared");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        verify_clean(root.path(), ctx.path());
+
+        let again = kiln(
+            &[
+                "--root",
+                &r,
+                "build",
+                "-t",
+                "chunky:1",
+                "-o",
+                "type=oci,dest=again.tar",
+                ".",
+            ],
+            ctx.path(),
+            &epoch,
+        );
+        assert_eq!(again.status, 0, "{}", again.stderr);
+        verify_clean(root.path(), ctx.path());
+        let cold_root = tempfile::tempdir().unwrap();
+        let cold = kiln(
+            &[
+                "--root",
+                &cold_root.path().to_string_lossy(),
+                "build",
+                "-t",
+                "chunky:1",
+                "-o",
+                "type=oci,dest=cold.tar",
+                ".",
+            ],
+            ctx.path(),
+            &epoch,
+        );
+        assert_eq!(cold.status, 0, "{}", cold.stderr);
+        let again = std::fs::read(ctx.path().join("again.tar")).unwrap();
+        let cold = std::fs::read(ctx.path().join("cold.tar")).unwrap();
+        assert!(
+            again == cold,
+            "killed at {kill_at}: the next build's archive differs from a cold build's"
+        );
+        assert!(
+            !ctx.path().join("killed.tar").exists(),
+            "a killed build left its archive"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 use super::*;
 use std::path::PathBuf;
 
-const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+pub const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 
 /// Whether a binfmt_misc entry named `name` is registered, enabled, with the F flag.
 pub fn emulator_registered(name: &str) -> bool {

@@ -1240,8 +1240,10 @@ impl Builder<'_> {
         // is known: one read of each instead of two. On a cache hit the copy is dropped.
         let walks = self.context_walks(copy)?;
         let slot = format!("{}#{}:{position}", self.options.recipe_id, stage.label());
-        let reuse = self.copy_reuse(step, copy, image, &slot)?;
+        // The previous snapshot's hint is read only when the step copies (never on a hit).
+        let mut reuse = None;
         let speculative = if self.needs_hashing(copy, &walks) {
+            reuse = self.copy_reuse(step, copy, image, &slot)?;
             let files = reuse.as_ref().map(|r| &r.files);
             Some(self.copy_into_snapshot(step, copy, image, &walks, &[], &[], files)?)
         } else {
@@ -1264,6 +1266,7 @@ impl Builder<'_> {
                 let layer = match speculative {
                     Some((_work, snapshot)) => self.commit_layer(&snapshot, &key)?,
                     None => {
+                        reuse = self.copy_reuse(step, copy, image, &slot)?;
                         let (_work, snapshot) = self.copy_into_snapshot(
                             step,
                             copy,

@@ -1005,6 +1005,14 @@ impl SnapshotWriter<'_> {
             // Copying a directory's contents to `/`: nothing to create for the source itself.
             return Ok(());
         }
+        // An unchanged file linked from the previous snapshot; the link fails if anything is
+        // at its name already (then it goes the long way below: replaced, then linked).
+        if matches!(placement.kind, PlacementKind::File(_))
+            && self.link_unchanged(placement, relative, &path, mode, owner)
+        {
+            stats.files += 1;
+            return Ok(());
+        }
         // A later source replaces an earlier one, as in Docker; never write through it.
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() && matches!(placement.kind, PlacementKind::Dir) => {

@@ -114,15 +114,21 @@ impl SnapshotReuse {
         if !previous.taken.lock().ok()?.insert(inode) {
             return None;
         }
-        // A link across filesystems or past the inode's link limit fails: copy instead.
-        rustix::fs::linkat(
+        // Something already at the target (a name an earlier source wrote), a link across
+        // filesystems or past the inode's link limit: the copy takes over.
+        let made = rustix::fs::linkat(
             rustix::fs::CWD,
             &source,
             rustix::fs::CWD,
             target,
             rustix::fs::AtFlags::empty(),
-        )
-        .ok()?;
+        );
+        if made.is_err() {
+            if let Ok(mut taken) = previous.taken.lock() {
+                taken.remove(&inode);
+            }
+            return None;
+        }
         let linked = std::fs::symlink_metadata(target)
             .ok()
             .filter(|linked| (linked.dev(), linked.ino()) == inode);

@@ -20,7 +20,8 @@
 # BuildKit's "#N DONE" of it): the mirror's noise is visible, and "rest" (build + archive
 # minus apt) is what the tools themselves cost.
 #
-# Target: kiln <= 0.8x BuildKit (build + archive). Peak RSS of kiln < 100 MB.
+# Target: kiln <= 0.8x BuildKit (build + archive). (No peak RSS target here: the maxrss the
+# launcher sees includes the RUN's own processes, `go build` among them; benches/lazy.sh has it.)
 #
 # Knobs: KILN_BENCH_ROUNDS=3, KILN_BENCH_KILN=PATH, KILN_BENCH_STEP_TIMEOUT=1200,
 # KILN_BENCH_STRICT=0 (1: a failed target exits 1), KILN_BENCH_CACHE=/var/tmp/kiln-bench (where
@@ -65,7 +66,7 @@ kiln_binary
 mirror=${KILN_BENCH_DEBIAN_MIRROR:-}
 if [ -z "$mirror" ]; then
     mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
-        grep -o 'https\?://[^ ]*' | grep -v security | head -1 || true)
+        grep -v '^[[:space:]]*#' | grep -o 'https\?://[^ ]*' | grep -v security | head -1 || true)
     mirror=${mirror:-http://deb.debian.org/debian}
 fi
 rootfs=$CACHE/bookworm-minbase.tar
@@ -151,7 +152,7 @@ kiln_round() { # round logs
     rm -rf "$work/k"
     cp -a "$work/seed" "$work/k"
     sync
-    kmeasure "kiln go, cold, round $1" "$2/k.log" "$kiln" --root "$work/k" build \
+    measure "kiln go, cold, round $1" "$2/k.log" "$kiln" --root "$work/k" build \
         --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go"
     K+=("$R_WALL")
     KA+=("$(step_seconds "$2/k.log" "RUN apt-get")")
@@ -201,8 +202,6 @@ say ""
 say "== results: medians over $ROUNDS rounds; kiln/ref is the median of per-round ratios; load now $(cut -d' ' -f1-3 /proc/loadavg)"
 row "measurement" "kiln s" "ref s" "kiln/ref" "target" "result"
 for r in "${ROWS[@]}"; do say "$r"; done
-if awk "BEGIN { exit !($MAXRSS < 102400) }"; then v=PASS; else v=FAIL; fails=$((fails + 1)); fi
-row "peak RSS of any kiln run, MB" "$(calc %.1f "$MAXRSS / 1024")" "" "" "< 100" "$v"
 say "$fails target(s) failed"
 if [ "$STRICT" = 1 ] && [ "$fails" -gt 0 ]; then exit 1; fi
 exit 0

@@ -148,20 +148,33 @@ print(out)
 PY
 }
 
+# A round whose build failed is run again (up to 3 tries): apt's downloads fail now and then
+# (exit 100), which says nothing of the tools. Every retry is printed.
 kiln_round() { # round logs
-    rm -rf "$work/k"
-    cp -a "$work/seed" "$work/k"
-    sync
-    measure "kiln go, cold, round $1" "$2/k.log" "$kiln" --root "$work/k" build \
-        --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go"
+    local try
+    for try in 1 2 3; do
+        rm -rf "$work/k"
+        cp -a "$work/seed" "$work/k"
+        sync
+        MEASURE_MAY_FAIL=1 measure "kiln go, cold, round $1 (try $try)" "$2/k.log" "$kiln" --root "$work/k" build \
+            --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go" && break
+        [ "$try" != 3 ] || die "kiln go, round $1: failed 3 times"
+        : >"$2/k.log"
+    done
     K+=("$R_WALL")
     KA+=("$(step_seconds "$2/k.log" "RUN apt-get")")
     say "    kiln: apt step ${KA[-1]}s; archive $(stat -c %s "$work/k.tar") bytes"
     rm -f "$work/k.tar"
 }
 buildkit_round() { # round logs
-    buildkit_cold go
-    BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host buildkit_build "go, cold, round $1" "$2/d.log" "$work/ctx/go" go "$work/d.tar"
+    local try
+    for try in 1 2 3; do
+        buildkit_cold go
+        MEASURE_MAY_FAIL=1 BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host buildkit_build "go, cold, round $1 (try $try)" \
+            "$2/d.log" "$work/ctx/go" go "$work/d.tar" && break
+        [ "$try" != 3 ] || die "BuildKit go, round $1: failed 3 times"
+        : >"$2/d.log"
+    done
     D+=("$D_WALL")
     DA+=("$(buildkit_step_seconds "$2/d.log" "RUN apt-get")")
     say "    BuildKit: apt step ${DA[-1]}s; archive $(stat -c %s "$work/d.tar") bytes"

@@ -36,7 +36,12 @@ measure() { # name log cmd...; sets R_EXIT R_WALL R_CPU R_RSS (KiB)
     read -r R_EXIT R_WALL R_CPU R_RSS _ <"$work/result"
     printf '  %-50s %8.2fs  exit %-3s cpu %6.1fs  maxrss %7s\n' \
         "$name" "$R_WALL" "$R_EXIT" "$R_CPU" "$(calc '%.1f MB' "$R_RSS / 1024")"
-    [ "$R_EXIT" = 0 ] || { tail -n 5 "$log" | sed 's/^/    | /'; die "$name failed (exit $R_EXIT)"; }
+    if [ "$R_EXIT" != 0 ]; then
+        tail -n 5 "$log" | sed 's/^/    | /'
+        # MEASURE_MAY_FAIL=1: the caller decides (a mirror that failed a download, say).
+        [ "${MEASURE_MAY_FAIL:-0}" = 1 ] && return 1
+        die "$name failed (exit $R_EXIT)"
+    fi
 }
 kmeasure() { # like measure, for a kiln run: its peak RSS counts against the target
     measure "$@"
@@ -100,10 +105,10 @@ buildkit_build() { # label log ctx tag archive; sets D_WALL (build + save)
     local label=$1 log=$2 ctx=$3 tag=$4 out=$5 quiet=(-q)
     [ "${BUILDKIT_PLAIN:-0}" = 1 ] && quiet=(--progress plain)
     DOCKER_BUILDKIT=1 measure "BuildKit $label: build" "$log" "${docker_cmd[@]}" build \
-        --network "${BUILDKIT_NETWORK:-none}" "${quiet[@]}" -t "$tag" "$ctx"
+        --network "${BUILDKIT_NETWORK:-none}" "${quiet[@]}" -t "$tag" "$ctx" || return 1
     local build=$R_WALL
     rm -f "$out"
-    measure "BuildKit $label: save" "$log" "${docker_cmd[@]}" save -o "$out" "$tag"
+    measure "BuildKit $label: save" "$log" "${docker_cmd[@]}" save -o "$out" "$tag" || return 1
     D_WALL=$(calc %.3f "$build + $R_WALL")
 }
 buildkit_cold() { # drops BuildKit's cache and images but the base

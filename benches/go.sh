@@ -20,7 +20,8 @@
 # BuildKit's "#N DONE" of it): the mirror's noise is visible, and "rest" (build + archive
 # minus apt) is what the tools themselves cost.
 #
-# Target: kiln <= 0.8x BuildKit (build + archive). Peak RSS of kiln < 100 MB.
+# Target: kiln <= 0.8x BuildKit (build + archive). (No peak RSS target here: the maxrss the
+# launcher sees includes the RUN's own processes, `go build` among them; benches/lazy.sh has it.)
 #
 # Knobs: KILN_BENCH_ROUNDS=3, KILN_BENCH_KILN=PATH, KILN_BENCH_STEP_TIMEOUT=1200,
 # KILN_BENCH_STRICT=0 (1: a failed target exits 1), KILN_BENCH_CACHE=/var/tmp/kiln-bench (where
@@ -65,7 +66,7 @@ kiln_binary
 mirror=${KILN_BENCH_DEBIAN_MIRROR:-}
 if [ -z "$mirror" ]; then
     mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
-        grep -o 'https\?://[^ ]*' | grep -v security | head -1 || true)
+        grep -v '^[[:space:]]*#' | grep -o 'https\?://[^ ]*' | grep -v security | head -1 || true)
     mirror=${mirror:-http://deb.debian.org/debian}
 fi
 rootfs=$CACHE/bookworm-minbase.tar
@@ -147,20 +148,33 @@ print(out)
 PY
 }
 
+# A round whose build failed is run again (up to 3 tries): apt's downloads fail now and then
+# (exit 100), which says nothing of the tools. Every retry is printed.
 kiln_round() { # round logs
-    rm -rf "$work/k"
-    cp -a "$work/seed" "$work/k"
-    sync
-    kmeasure "kiln go, cold, round $1" "$2/k.log" "$kiln" --root "$work/k" build \
-        --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go"
+    local try
+    for try in 1 2 3; do
+        rm -rf "$work/k"
+        cp -a "$work/seed" "$work/k"
+        sync
+        MEASURE_MAY_FAIL=1 measure "kiln go, cold, round $1 (try $try)" "$2/k.log" "$kiln" --root "$work/k" build \
+            --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go" && break
+        [ "$try" != 3 ] || die "kiln go, round $1: failed 3 times"
+        : >"$2/k.log"
+    done
     K+=("$R_WALL")
     KA+=("$(step_seconds "$2/k.log" "RUN apt-get")")
     say "    kiln: apt step ${KA[-1]}s; archive $(stat -c %s "$work/k.tar") bytes"
     rm -f "$work/k.tar"
 }
 buildkit_round() { # round logs
-    buildkit_cold go
-    BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host buildkit_build "go, cold, round $1" "$2/d.log" "$work/ctx/go" go "$work/d.tar"
+    local try
+    for try in 1 2 3; do
+        buildkit_cold go
+        MEASURE_MAY_FAIL=1 BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host buildkit_build "go, cold, round $1 (try $try)" \
+            "$2/d.log" "$work/ctx/go" go "$work/d.tar" && break
+        [ "$try" != 3 ] || die "BuildKit go, round $1: failed 3 times"
+        : >"$2/d.log"
+    done
     D+=("$D_WALL")
     DA+=("$(buildkit_step_seconds "$2/d.log" "RUN apt-get")")
     say "    BuildKit: apt step ${DA[-1]}s; archive $(stat -c %s "$work/d.tar") bytes"
@@ -201,8 +215,6 @@ say ""
 say "== results: medians over $ROUNDS rounds; kiln/ref is the median of per-round ratios; load now $(cut -d' ' -f1-3 /proc/loadavg)"
 row "measurement" "kiln s" "ref s" "kiln/ref" "target" "result"
 for r in "${ROWS[@]}"; do say "$r"; done
-if awk "BEGIN { exit !($MAXRSS < 102400) }"; then v=PASS; else v=FAIL; fails=$((fails + 1)); fi
-row "peak RSS of any kiln run, MB" "$(calc %.1f "$MAXRSS / 1024")" "" "" "< 100" "$v"
 say "$fails target(s) failed"
 if [ "$STRICT" = 1 ] && [ "$fails" -gt 0 ]; then exit 1; fi
 exit 0

@@ -24,6 +24,7 @@
 #              run-steps (4 RUN steps writing 2,000 files and changing some), this kiln beside
 #              the kiln of KILN_BENCH_OLD (a binary) or KILN_BENCH_OLD_REV (a git revision built
 #              here with cargo, default `main`). Target: no slower (<= 1.05x, noise).
+# In cases 1 and 3 the tools take turns going first from round to round.
 # Every kiln run's peak resident set is kept: target < 100 MB.
 #
 # Rounds alternate the tools; tables show medians and kiln/ref is the median of per-round ratios.
@@ -140,23 +141,43 @@ if has_case 1; then
     say ""
     say "== case 1: build stage RUN writes $STAGE_MB MB that never ships, final stage copies one small file (cold)"
     K=() D=() RUNS=() O=()
-    for round in $(seq 1 "$ROUNDS"); do
-        logs=$work/logs/stage-$round
-        mkdir -p "$logs"
+    stage_kiln() {
         kiln_base "$work/k"
         kmeasure "kiln stage, cold, round $round" "$logs/k.log" "$kiln" --root "$work/k" build \
             --progress json -t stage -o "type=oci,dest=$work/k.tar" "$work/ctx/stage"
         K+=("$R_WALL")
         RUNS+=("$(step_seconds "$logs/k.log" "RUN ")")
-        if [ -n "$old" ]; then
-            kiln_base "$work/k"
-            measure "kiln (old) stage, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
-                --progress json -t stage -o "type=oci,dest=$work/o.tar" "$work/ctx/stage"
-            O+=("$R_WALL")
-        fi
-        buildkit_cold stage
+        rm -rf "$work/k"
+    }
+    stage_old() {
+        [ -n "$old" ] || return 0
+        kiln_base "$work/k"
+        measure "kiln (old) stage, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
+            --progress json -t stage -o "type=oci,dest=$work/o.tar" "$work/ctx/stage"
+        O+=("$R_WALL")
+        rm -rf "$work/k"
+    }
+    stage_buildkit() {
         buildkit_build "stage, cold, round $round" "$logs/d.log" "$work/ctx/stage" stage "$work/d.tar"
         D+=("$D_WALL")
+        # Its cache dropped now, so the deleting is not inside the next tool's time.
+        buildkit_cold stage
+    }
+    buildkit_cold stage
+    for round in $(seq 1 "$ROUNDS"); do
+        logs=$work/logs/stage-$round
+        mkdir -p "$logs"
+        # The tools take turns going first: whatever the one before left to the disk (writeback,
+        # deletions) falls on each in turn.
+        if ((round % 2)); then
+            stage_kiln
+            stage_old
+            stage_buildkit
+        else
+            stage_buildkit
+            stage_old
+            stage_kiln
+        fi
         say "    kiln archive $(stat -c %s "$work/k.tar") bytes; the build stage's RUN alone: ${RUNS[-1]}s"
         rm -f "$work"/*.tar
     done
@@ -223,14 +244,20 @@ if has_case 3; then
         for round in $(seq 1 "$ROUNDS"); do
             logs=$work/logs/$recipe-$round
             mkdir -p "$logs"
-            kiln_base "$work/k"
-            kmeasure "kiln (this) $recipe, cold, round $round" "$logs/n.log" "$kiln" --root "$work/k" build \
-                --progress json -t "$recipe" -o "type=oci,dest=$work/n.tar" "$work/ctx/$recipe"
-            N+=("$R_WALL")
-            kiln_base "$work/k"
-            measure "kiln (old) $recipe, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
-                --progress json -t "$recipe" -o "type=oci,dest=$work/o.tar" "$work/ctx/$recipe"
-            O+=("$R_WALL")
+            # Taking turns to go first, as in case 1.
+            for which in $( ((round % 2)) && echo "this old" || echo "old this"); do
+                kiln_base "$work/k"
+                if [ "$which" = this ]; then
+                    kmeasure "kiln (this) $recipe, cold, round $round" "$logs/n.log" "$kiln" --root "$work/k" build \
+                        --progress json -t "$recipe" -o "type=oci,dest=$work/n.tar" "$work/ctx/$recipe"
+                    N+=("$R_WALL")
+                else
+                    measure "kiln (old) $recipe, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
+                        --progress json -t "$recipe" -o "type=oci,dest=$work/o.tar" "$work/ctx/$recipe"
+                    O+=("$R_WALL")
+                fi
+                rm -rf "$work/k"
+            done
             [ "$round" != 1 ] || { cmp -s "$work/n.tar" "$work/o.tar" && say "    archives identical" || say "    archives differ"; }
             rm -f "$work"/*.tar
         done

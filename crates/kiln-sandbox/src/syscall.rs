@@ -126,6 +126,12 @@ impl Syscall for Linux {
             if userxattr {
                 fsconfig_set_flag(&fs, "userxattr")?;
             }
+            // fsync in the sandbox (dpkg syncs every file it unpacks) does not reach the disk:
+            // the upper dir is either discarded or committed into the store, which syncs the
+            // whole snapshot once (syncfs) before naming it. Best effort: a kernel without the
+            // option (before 5.10) mounts without it, and the work dir is fresh for every
+            // mount (a volatile one cannot be mounted again).
+            let _ = fsconfig_set_flag(&fs, "volatile");
             fsconfig_create(&fs)?;
             Ok(fsmount(
                 &fs,

@@ -1374,3 +1374,19 @@ fn workdir_makes_its_directory_owned_by_the_user_as_buildkit_does() {
     );
     assert!(!again.stderr.contains("running"), "{}", again.stderr);
 }
+
+/// Issue 14: the overlay a RUN writes to is mounted `volatile`, so fsync inside the step (dpkg
+/// syncs every file it unpacks) does not wait for the disk; the store syncs the snapshot once
+/// when it commits it. The root's mount options say so.
+#[test]
+fn run_on_overlay_mounts_it_volatile() {
+    let root = busybox_store("auto");
+    let (run, _ctx) = build_recipe(
+        root.path(),
+        "FROM busybox:test\nRUN grep ' / / ' /proc/self/mountinfo && grep ' / / .* overlay .*volatile' /proc/self/mountinfo && sync /bin && echo volatile-root\n",
+        &["--progress", "plain", "--snapshotter", "overlay"],
+        &[],
+        true,
+    );
+    assert!(run.stderr.contains("volatile-root"), "{}", run.stderr);
+}

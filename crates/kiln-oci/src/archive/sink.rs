@@ -57,6 +57,9 @@ impl Sink for FileSink<'_> {
     }
 
     fn copy_file(&mut self, from: &mut File, len: u64) -> io::Result<u64> {
+        // Read ahead further, as `cp` asks: a blob no longer in the page cache comes off the
+        // disk in bigger reads. Only advice; the copy is the same without it.
+        let _ = rustix::fs::fadvise(&*from, 0, None, rustix::fs::Advice::Sequential);
         let mut copied: u64 = 0;
         while copied < len {
             let want =

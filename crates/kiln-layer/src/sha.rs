@@ -88,7 +88,7 @@ impl Sha256Stream {
             block: [0; 64],
             filled: 0,
             len: 0,
-            batch: Vec::with_capacity(BATCH),
+            batch: vec![GenericArray::default(); BATCH],
         }
     }
 
@@ -129,17 +129,17 @@ impl Sha256Stream {
         }
         let mut blocks = data.chunks_exact(64);
         loop {
-            self.batch.clear();
-            self.batch.extend(
-                blocks
-                    .by_ref()
-                    .take(BATCH)
-                    .map(GenericArray::clone_from_slice),
-            );
-            if self.batch.is_empty() {
-                break;
+            // Whole blocks are copied into the batch with memcpy (`copy_from_slice`), never
+            // byte by byte through an iterator: this runs over every byte of every layer.
+            let mut count = 0usize;
+            for (slot, block) in self.batch.iter_mut().zip(blocks.by_ref()) {
+                slot.copy_from_slice(block);
+                count = count.saturating_add(1);
             }
-            sha2::compress256(&mut self.words, &self.batch);
+            let Some(full) = self.batch.get(..count).filter(|b| !b.is_empty()) else {
+                break;
+            };
+            sha2::compress256(&mut self.words, full);
         }
         let rest = blocks.remainder();
         self.block[..rest.len()].copy_from_slice(rest);

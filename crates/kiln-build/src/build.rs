@@ -1357,14 +1357,8 @@ impl Builder<'_> {
             KeyPart::Parent(image.chain_key.clone())
         });
         key.push(KeyPart::Instruction(instruction_digest(step)));
-        // A --chown by name depends on the image's /etc/passwd and /etc/group: key on the ids.
-        if let Some(spec) = &copy.chown {
-            let owner = crate::copy::resolve_chown(spec, &self.rootfs(image)?)
-                .map_err(crate::ExecError::Copy)?;
-            key.push(KeyPart::Chown {
-                uid: owner.uid,
-                gid: owner.gid,
-            });
+        if let Some(owner) = self.chown_part(copy, image)? {
+            key.push(owner);
         }
         self.common_parts(step, &mut key);
         for part in inputs {
@@ -1741,6 +1735,24 @@ impl Builder<'_> {
         }
     }
 
+    /// A COPY's `--chown` as the ids it resolves to: by name it depends on the image's
+    /// /etc/passwd and /etc/group, so keys carry the ids.
+    fn chown_part(
+        &self,
+        copy: &kiln_plan::CopyStep,
+        image: &StageImage,
+    ) -> Result<Option<KeyPart>, BuildError> {
+        let Some(spec) = &copy.chown else {
+            return Ok(None);
+        };
+        let owner = crate::copy::resolve_chown(spec, &self.rootfs(image)?)
+            .map_err(crate::ExecError::Copy)?;
+        Ok(Some(KeyPart::Chown {
+            uid: owner.uid,
+            gid: owner.gid,
+        }))
+    }
+
     /// A COPY from the context: its identity apart from what it reads and what is below it,
     /// and the previous snapshot of the same step to take unchanged files from (see
     /// [`crate::edit_reuse`]; each file taken is checked, so the identity only picks the
@@ -1762,13 +1774,8 @@ impl Builder<'_> {
         }
         let mut key = StepKey::new(StepKind::Layer);
         key.push(KeyPart::Instruction(instruction_digest(step)));
-        if let Some(spec) = &copy.chown {
-            let owner = crate::copy::resolve_chown(spec, &self.rootfs(image)?)
-                .map_err(crate::ExecError::Copy)?;
-            key.push(KeyPart::Chown {
-                uid: owner.uid,
-                gid: owner.gid,
-            });
+        if let Some(owner) = self.chown_part(copy, image)? {
+            key.push(owner);
         }
         self.common_parts(step, &mut key);
         let (identity, _) = key.finish();

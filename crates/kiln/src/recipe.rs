@@ -439,17 +439,7 @@ fn print_summary(name: &str, plan: &Plan, warnings: usize) {
     );
     for stage in &plan.stages {
         let built = plan.order.contains(&stage.index);
-        let base = match &stage.base {
-            Base::Scratch => "scratch".to_string(),
-            Base::Image(reference) => reference.clone(),
-            Base::Stage(index) => format!(
-                "stage {}",
-                plan.stages
-                    .get(*index)
-                    .map(|s| s.label())
-                    .unwrap_or_default()
-            ),
-        };
+        let base = base_text(plan, stage);
         let layers = stage.steps.iter().filter(|s| s.makes_layer()).count();
         let marker = if stage.index == plan.target {
             "target"

@@ -162,17 +162,9 @@ fn sigkill_while_a_lazy_blob_is_made_leaves_a_clean_store() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !blob_in_the_making(root.path()) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the build ended before a blob was seen in the making"
-        );
-        assert!(Instant::now() < deadline, "no blob was ever made");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when_seen(&mut child, "a blob being made", || {
+        blob_in_the_making(root.path())
+    });
     verify_clean(root.path(), ctx.path());
     // The step that committed is reused; its blob is made again, whole, and the image is good.
     let again = kiln(
@@ -201,6 +193,22 @@ fn sigkill_while_a_lazy_blob_is_made_leaves_a_clean_store() {
         let mut reader = image.open_layer(i).unwrap();
         std::io::copy(&mut reader, &mut std::io::sink()).expect("every layer matches its digest");
     }
+}
+
+/// Waits (five minutes at most) until `seen()` holds while `child` still runs, then kills it
+/// with SIGKILL: the moment each crash test wants to interrupt.
+fn kill_when_seen(child: &mut std::process::Child, what: &str, seen: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !seen() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before {what} was seen"
+        );
+        assert!(Instant::now() < deadline, "{what} was never seen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 fn verify_clean(root: &std::path::Path, cwd: &std::path::Path) {
@@ -272,17 +280,9 @@ fn sigkill_while_a_snapshot_is_linked_from_the_previous_one_leaves_a_clean_store
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !snapshot_linking(root.path()) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the build ended before a snapshot was seen being linked"
-        );
-        assert!(Instant::now() < deadline, "no snapshot was ever linked");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when_seen(&mut child, "a snapshot being linked", || {
+        snapshot_linking(root.path())
+    });
     verify_clean(root.path(), ctx.path());
     // The next build links from the same previous snapshot and makes what a cold build makes.
     let again = built_layers(ctx.path(), root.path());
@@ -389,17 +389,9 @@ fn sigkill_while_chunks_are_reused_leaves_a_clean_store_and_a_correct_next_build
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !in_the_making(root.path(), kill_at, min) {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the rebuild ended before {kill_at}* was seen in the making"
-            );
-            assert!(Instant::now() < deadline, "{kill_at}* never appeared");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_when_seen(&mut child, &format!("{kill_at}* being written"), || {
+            in_the_making(root.path(), kill_at, min)
+        });
         verify_clean(root.path(), ctx.path());
 
         let again = kiln(

@@ -32,7 +32,9 @@ packages=(ca-certificates git skopeo umoci podman runc busybox-static uidmap pro
   gcc libc6-dev qemu-user-static)
 # python3-yaml parses examples/ci/'s definitions for the test that runs them (ci_definitions.rs);
 # strip (binutils, with gcc) slims the kiln binary packed into kiln's own image (own_image.rs).
-packages+=(python3-yaml binutils)
+# chattr (e2fsprogs, present on most installs but not essential) makes the immutable directory
+# of the permission-error test (kiln-build tests/error_kinds.rs).
+packages+=(python3-yaml binutils e2fsprogs)
 
 if [ "$is_root" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()

@@ -8,14 +8,14 @@
 
 mod common;
 
-use common::registry::{free_port, RegistryAuth, TestRegistry};
+use common::git::{git_at, git_daemon, Server};
+use common::registry::{RegistryAuth, TestRegistry};
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "attest-secret-7f3a9c21e4b05d68";
@@ -41,23 +41,6 @@ fn kiln_ok(root: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run 
         run.stdout, run.stderr
     );
     run
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Serves `body` on 127.0.0.1 to any number of requests until the test ends (a thread that
@@ -89,25 +72,9 @@ fn serve(body: &'static [u8]) -> u16 {
     port
 }
 
+/// `git` at a fixed date, so commits (and the provenance naming them) are the same each run.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "kiln")
-        .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
-        .env("GIT_COMMITTER_NAME", "kiln")
-        .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
-        .env("GIT_AUTHOR_DATE", "@1600000000 +0000")
-        .env("GIT_COMMITTER_DATE", "@1600000000 +0000")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    git_at(dir, args, Some("@1600000000 +0000"))
 }
 
 /// A bare repository `repos/app.git` with one commit on `main`, served by `git daemon`;
@@ -133,23 +100,7 @@ fn git_source(dir: &Path) -> (Server, String, String) {
             "main",
         ],
     );
-    let port = free_port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(&repos)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    wait_for_port(port);
+    let (server, port) = git_daemon(&repos);
     (server, format!("git://127.0.0.1:{port}/app.git"), commit)
 }
 

@@ -5,63 +5,15 @@
 
 mod common;
 
+use common::git::{git_at, git_daemon, wait_for_port, Server};
 use common::registry::free_port;
 use common::*;
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A server process that is killed when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the server on port {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::process::{Command, Stdio};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     git_at(dir, args, None)
-}
-
-/// `git` with both commit dates set when `date` is given (`--date` sets only the author's).
-fn git_at(dir: &Path, args: &[&str], date: Option<&str>) -> String {
-    let mut command = Command::new("git");
-    if let Some(date) = date {
-        command
-            .env("GIT_AUTHOR_DATE", date)
-            .env("GIT_COMMITTER_DATE", date);
-    }
-    let out = command
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "kiln")
-        .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
-        .env("GIT_COMMITTER_NAME", "kiln")
-        .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
-        .output()
-        .expect("git is needed for these tests: apt-get install git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A bare repository `app.git` under `repos/`: `main` with two commits (the first tagged v1,
@@ -116,27 +68,6 @@ fn repository() -> Repo {
         main,
         dev,
     }
-}
-
-fn git_daemon(repos: &Path) -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(repos)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon is needed for these tests: apt-get install git");
-    let server = Server(child);
-    wait_for_port(port);
-    (server, port)
 }
 
 fn layer_files(image: &Image, layer: usize) -> Vec<(String, u32, i64)> {

@@ -6,6 +6,7 @@
 pub mod arm64;
 pub mod containers;
 pub mod debian;
+pub mod git;
 pub mod parity;
 pub mod registry;
 pub mod small_disk;

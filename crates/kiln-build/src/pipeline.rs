@@ -157,6 +157,17 @@ impl Build<'_> {
         context: &Context,
         options: &BuildOptions,
     ) -> Result<Built, BuildError> {
+        // One image and no attestations: no index to annotate, as BuildKit refuses too; said
+        // before anything is built.
+        if plans.len() == 1 && !self.attest.wanted() {
+            let annotations = crate::annotations::Annotations::split(&options.annotations);
+            let needing = annotations.needing_an_index();
+            if !needing.is_empty() {
+                return Err(BuildError::NoIndexToAnnotate {
+                    types: needing.join(", "),
+                });
+            }
+        }
         let images = match plans {
             [(_, plan)] => vec![build(plan, self.store, context, options, self.progress)?],
             _ => crate::platforms::build_platforms(
@@ -193,15 +204,6 @@ impl Build<'_> {
         options: &BuildOptions,
     ) -> Result<Delivery, BuildError> {
         let annotations = crate::annotations::Annotations::split(&options.annotations);
-        if images.len() == 1 && !self.attest.wanted() {
-            // One image and no attestations: no index to annotate, as BuildKit refuses too.
-            let needing = annotations.needing_an_index();
-            if !needing.is_empty() {
-                return Err(BuildError::NoIndexToAnnotate {
-                    types: needing.join(", "),
-                });
-            }
-        }
         let manifests: Vec<kiln_oci::Descriptor> = images
             .iter()
             .map(|image| {

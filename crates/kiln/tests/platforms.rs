@@ -1337,6 +1337,8 @@ fn index_annotations_go_on_the_index_its_entries_and_its_descriptor() {
         "{}",
         single.stderr
     );
+    // Refused before anything is built: no step is shown.
+    assert!(!single.stderr.contains("#1 "), "{}", single.stderr);
     let images = ok(
         kiln_root(root.path(), &["images"], ctx.path(), &[]),
         "images",

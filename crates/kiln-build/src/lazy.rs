@@ -50,7 +50,7 @@ pub fn make_blob(
     options: &LayerOptions,
 ) -> Result<LayerRecord, BuildError> {
     let blob = store.blob_writer().map_err(BuildError::Store)?;
-    let (layer, blob) =
+    let (layer, blob, chunks) =
         crate::chunk_reuse::write_layer(store, memo, snapshot, options, blob).map_err(
             crate::ExecError::layer(format!("writing the layer of {}", snapshot.display())),
         )?;
@@ -58,6 +58,7 @@ pub fn make_blob(
     store
         .commit_blob(blob, &digest)
         .map_err(BuildError::Store)?;
+    chunks.record(&digest);
     Ok(LayerRecord {
         digest: layer.digest,
         diff_id: layer.diff_id,

@@ -20,7 +20,8 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -32,8 +33,8 @@ use crate::entries::{Entries, Entry};
 use crate::error::LayerError;
 use crate::sha::{HashState, Sha256Stream};
 use crate::tarball::{
-    content_size, copy_contents, entry_header, padding, read_retry, CopyError, PlainSink, TarSink,
-    BLOCK,
+    content_size, copy_contents, entry_header, open_listed, padding, read_retry, CopyError,
+    PlainSink, TarSink, BLOCK,
 };
 use crate::{
     Compression, HashingWriter, Layer, LayerOptions, CHUNK_SIZE, GZIP_BLOCK_SIZE, QUEUE_DEPTH,
@@ -41,9 +42,15 @@ use crate::{
 
 /// A chunk is not cut before it holds this many tar bytes.
 pub const MIN_CHUNK: u64 = 256 * 1024;
-/// A chunk never holds more tar bytes than this, except one entry larger than it on its own
-/// (such chunks are compressed every time, never cached).
+/// A chunk never holds more tar bytes than this, except one entry larger than it on its own.
+/// Such an entry is a run of pieces of [`PIECE`] bytes each (the last shorter), cached one by
+/// one when its content digest is known.
 pub const MAX_CHUNK: u64 = 4 * 1024 * 1024;
+/// A piece of an entry larger than [`MAX_CHUNK`]: one compression block, so a piece ends where
+/// a block of the unpieced stream ends and the bytes are the same either way (the block after
+/// it still takes the piece's tail as dictionary: a piece ends a chunk but not the stream of
+/// blocks).
+pub const PIECE: u64 = GZIP_BLOCK_SIZE as u64;
 /// Past [`MIN_CHUNK`], a cut follows an entry whose header hash has these bits zero: one
 /// entry in 16.
 const CUT_MASK: u64 = 0xf;
@@ -64,6 +71,9 @@ const SHAPE: Shape = Shape {
 
 /// Names the chunk format in every key: a change of format gives new keys.
 const KEY_DOMAIN: &[u8] = b"kiln-chunk-v1";
+/// Names the pieces of a large entry (differs from [`KEY_DOMAIN`] at a fixed byte, so no
+/// piece key's input is a chunk key's).
+const PIECE_DOMAIN: &[u8] = b"kiln-chunk-piece-v1";
 
 /// A chunk's key: SHA-256 of what went into it.
 pub type ChunkKey = [u8; 32];
@@ -96,9 +106,26 @@ pub struct StoredChunk {
     pub uncompressed_len: u64,
 }
 
+/// Where a chunk just written sits in the layer's output, and what checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// Offset of its first compressed byte in the output.
+    pub offset: u64,
+    /// Its compressed length.
+    pub len: u64,
+    /// CRC-32 of the uncompressed bytes.
+    pub crc: u32,
+    /// Length of the uncompressed bytes.
+    pub uncompressed_len: u64,
+    /// CRC-32 of the compressed bytes: what a read of them is checked against (they sit in
+    /// a blob the store named by its digest; this catches a damaged or truncated file).
+    pub compressed_crc: u32,
+}
+
 /// Where chunks of earlier layers are found and new ones remembered. Best effort: a cache
 /// that forgets, or answers nothing, only costs reading and compressing again; a chunk it
-/// gives back must be the bytes it was given under that key (a store checks them).
+/// gives back must be the bytes of the place it was told of under that key (a store checks
+/// them).
 pub trait ChunkCache: Sync {
     /// The content SHA-256 of a snapshot file, if known without reading it.
     fn known_digest(&self, file: &FileIdentity) -> Option<[u8; 32]>;
@@ -106,8 +133,9 @@ pub trait ChunkCache: Sync {
     fn chunk(&self, key: &ChunkKey) -> Option<StoredChunk>;
     /// The diff_id hash state after the chunks whose key chain is `prefix`.
     fn hash_state(&self, prefix: &ChunkKey) -> Option<HashState>;
-    /// Remembers a chunk just compressed.
-    fn remember_chunk(&self, key: &ChunkKey, chunk: &StoredChunk);
+    /// Remembers where in this layer's output a chunk just compressed is (the cache reads it
+    /// from there once the layer is kept).
+    fn remember_chunk(&self, key: &ChunkKey, place: &ChunkPlace);
     /// Remembers the hash state after the chunks whose key chain is `prefix`.
     fn remember_state(&self, prefix: &ChunkKey, state: &HashState);
 }
@@ -117,16 +145,20 @@ enum Message {
     /// Tar bytes of the current chunk.
     Data { buf: Vec<u8>, len: usize },
     /// The current chunk ends; `key` when it may be cached, `prefix` when the chain of keys up
-    /// to here is known.
+    /// to here is known; `piece` when it is a piece of a large entry that goes on (the next
+    /// block keeps this one's tail as dictionary).
     End {
         key: Option<ChunkKey>,
         prefix: Option<ChunkKey>,
+        piece: bool,
     },
-    /// A whole chunk taken from the cache.
+    /// A whole chunk taken from the cache; `dict` is the tail of its tar bytes when it is a
+    /// piece of a large entry that goes on.
     Reused {
         prefix: Option<ChunkKey>,
         chunk: StoredChunk,
         diff: ResumeDiff,
+        dict: Option<Vec<u8>>,
     },
 }
 
@@ -159,10 +191,34 @@ pub(crate) fn write_shaped<W: Write + Send>(
 ) -> Result<(Layer, W), LayerError> {
     options.compression.validate()?;
     let cache = cache.filter(|_| options.compression != Compression::None);
-    let compressor = Compressor::new(HashingWriter::new(out), options, cache, shape.max)?;
     let epoch = options.source_date_epoch;
     let params = key_params(options.compression);
     std::thread::scope(|scope| {
+        // The output is hashed and written on a thread of its own, beside the diff_id's hash.
+        let (out_tx, out_rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+        let writer = std::thread::Builder::new()
+            .name("kiln-layer-out".into())
+            .spawn_scoped(
+                scope,
+                move || -> io::Result<(W, crate::Sha256Digest, u64)> {
+                    let mut hashing = HashingWriter::new(out);
+                    for bytes in out_rx {
+                        hashing.write_all(&bytes)?;
+                    }
+                    hashing.finish()
+                },
+            )
+            .map_err(|e| LayerError::ThreadPool(e.to_string()))?;
+        let output = Spool { tx: out_tx };
+        let compressor = match Compressor::new(output, options, cache, shape.max.max(PIECE)) {
+            Ok(compressor) => compressor,
+            Err(e) => {
+                return Err(match writer.join() {
+                    Ok(Err(out_err)) => LayerError::Output(out_err),
+                    _ => e,
+                })
+            }
+        };
         let (tx, rx) = sync_channel::<Message>(QUEUE_DEPTH);
         let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH.saturating_add(2));
         let producer = std::thread::Builder::new()
@@ -193,14 +249,24 @@ pub(crate) fn write_shaped<W: Write + Send>(
             .join()
             .map_err(|_| LayerError::Internal("layer tar thread panicked"))?;
         // A producer error is the cause when the consumer merely saw the stream end; a consumer
-        // (output) error is the cause when the producer merely saw the channel close.
-        let (compressor, diff) = match (consumed, produced) {
-            (Ok(done), Ok(())) => done,
-            (Ok(_), Err(e)) | (Err(e), _) => return Err(e),
+        // error is the cause when the producer merely saw the channel close; an output error is
+        // the cause when the consumer merely saw the output thread stop.
+        let finished = match (consumed, produced) {
+            (Ok((compressor, diff)), Ok(())) => compressor
+                .finish()
+                .map(|()| diff)
+                .map_err(LayerError::Output),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        };
+        let written = writer
+            .join()
+            .map_err(|_| LayerError::Internal("layer output thread panicked"))?;
+        let (diff, (out, digest, size)) = match (finished, written) {
+            (Ok(diff), Ok(written)) => (diff, written),
+            (_, Err(e)) => return Err(LayerError::Output(e)),
+            (Err(e), Ok(_)) => return Err(e),
         };
         let uncompressed_size = diff.len();
-        let hashing = compressor.finish().map_err(LayerError::Output)?;
-        let (out, digest, size) = hashing.finish().map_err(LayerError::Output)?;
         let diff_id = if options.compression == Compression::None {
             digest
         } else {
@@ -234,12 +300,12 @@ fn key_params(compression: Compression) -> [u8; 9] {
 }
 
 /// The consumer: hashes the tar (the diff_id), feeds the compressor, saves hash states.
-fn consume<'c, W: Write>(
+fn consume<'c>(
     rx: Receiver<Message>,
     recycle: &SyncSender<Vec<u8>>,
-    mut compressor: Compressor<'c, W>,
+    mut compressor: Compressor<'c>,
     cache: Option<&'c dyn ChunkCache>,
-) -> Result<(Compressor<'c, W>, Sha256Stream), LayerError> {
+) -> Result<(Compressor<'c>, Sha256Stream), LayerError> {
     let mut diff = Sha256Stream::new();
     for message in rx {
         match message {
@@ -249,8 +315,10 @@ fn consume<'c, W: Write>(
                 // If the pool of spare buffers is full, this one is simply dropped.
                 let _ = recycle.try_send(buf);
             }
-            Message::End { key, prefix } => {
-                compressor.end_chunk(key).map_err(LayerError::Output)?;
+            Message::End { key, prefix, piece } => {
+                compressor
+                    .end_chunk(key, piece)
+                    .map_err(LayerError::Output)?;
                 if let (Some(cache), Some(prefix)) = (cache, prefix) {
                     cache.remember_state(&prefix, &diff.state());
                 }
@@ -259,12 +327,13 @@ fn consume<'c, W: Write>(
                 prefix,
                 chunk,
                 diff: resume,
+                dict,
             } => {
                 match resume {
                     ResumeDiff::State(state) => diff = Sha256Stream::resume(&state),
                     ResumeDiff::Bytes(bytes) => diff.update(&bytes),
                 }
-                compressor.reused(chunk).map_err(LayerError::Output)?;
+                compressor.reused(chunk, dict).map_err(LayerError::Output)?;
                 if let (Some(cache), Some(prefix)) = (cache, prefix) {
                     cache.remember_state(&prefix, &diff.state());
                 }
@@ -435,6 +504,7 @@ impl Chunker<'_> {
                         prefix,
                         chunk,
                         diff,
+                        dict: None,
                     })
                     .map_err(LayerError::Output);
             }
@@ -444,10 +514,14 @@ impl Chunker<'_> {
     }
 
     fn end_chunk(&mut self, key: Option<ChunkKey>) -> Result<(), LayerError> {
+        self.end(key, false)
+    }
+
+    fn end(&mut self, key: Option<ChunkKey>, piece: bool) -> Result<(), LayerError> {
         self.sink.send_current().map_err(LayerError::Output)?;
         let prefix = self.prefix;
         self.sink
-            .send(Message::End { key, prefix })
+            .send(Message::End { key, prefix, piece })
             .map_err(LayerError::Output)
     }
 
@@ -472,29 +546,21 @@ impl Chunker<'_> {
         Ok(())
     }
 
-    /// An entry larger than [`MAX_CHUNK`]: a chunk of its own, streamed, never cached.
+    /// An entry larger than [`MAX_CHUNK`]: pieces of its own, cached when its content digest
+    /// is known without reading it; else streamed as one chunk, never cached.
     fn large(&mut self, entry: Entry, header: Vec<u8>) -> Result<(), LayerError> {
-        let known = self
-            .cache
-            .and_then(|cache| cache.known_digest(&identity(&entry)));
         let size = content_size(&entry);
-        let chunk_len = (header.len() as u64)
+        let entry_len = (header.len() as u64)
             .saturating_add(size)
             .saturating_add(padding(size) as u64);
-        self.total_len = self.total_len.saturating_add(chunk_len);
-        // Its key goes on in the chain only if its content is known without reading it.
-        self.prefix = match known {
-            Some(digest) => {
-                self.pending.push(Pending {
-                    header: header.clone(),
-                    content: Content::Later(Box::new(entry.clone()), Some(digest)),
-                });
-                let key = self.key();
-                self.pending.clear();
-                self.chain(&key)
-            }
-            None => None,
-        };
+        let known = self
+            .cache
+            .and_then(|cache| Some((cache, cache.known_digest(&identity(&entry))?)));
+        if let Some((cache, digest)) = known.filter(|_| size > 0) {
+            return self.pieces(cache, &entry, &header, &digest, entry_len);
+        }
+        self.total_len = self.total_len.saturating_add(entry_len);
+        self.prefix = None;
         self.write_entries(vec![Pending {
             header,
             content: if size == 0 {
@@ -505,6 +571,254 @@ impl Chunker<'_> {
         }])?;
         self.end_chunk(None)
     }
+
+    /// A large entry as pieces of [`PIECE`] tar bytes: each taken from the cache when it has
+    /// it, else read and compressed, and then remembered.
+    fn pieces(
+        &mut self,
+        cache: &dyn ChunkCache,
+        entry: &Entry,
+        header: &[u8],
+        digest: &[u8; 32],
+        entry_len: u64,
+    ) -> Result<(), LayerError> {
+        let listed = LargeEntry {
+            entry,
+            header,
+            file: open_listed(entry)?,
+        };
+        listed.check_size()?;
+        let mut offset = 0u64;
+        let mut index = 0u64;
+        while offset < entry_len {
+            let len = PIECE.min(entry_len.saturating_sub(offset));
+            let end = offset.saturating_add(len);
+            let last = end == entry_len;
+            let key = self.piece_key(header, digest, entry_len, index);
+            let prefix = self.chain(&key);
+            self.prefix = prefix;
+            self.total_len = self.total_len.saturating_add(len);
+            let found = cache.chunk(&key).filter(|c| c.uncompressed_len == len);
+            let reuse = match found {
+                Some(chunk) => {
+                    self.resume_piece(cache, &listed, chunk, prefix, offset, end, last)?
+                }
+                None => None,
+            };
+            match reuse {
+                Some(message) => {
+                    self.sink.send_current().map_err(LayerError::Output)?;
+                    self.sink.send(message).map_err(LayerError::Output)?;
+                }
+                None => {
+                    listed.write_range(&mut self.sink, offset, end)?;
+                    self.end(Some(key), !last)?;
+                }
+            }
+            offset = end;
+            index = index.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// The message that reuses a cached piece, or `None` when its bytes do not check out
+    /// (then it is written afresh).
+    #[allow(clippy::too_many_arguments)]
+    fn resume_piece(
+        &self,
+        cache: &dyn ChunkCache,
+        listed: &LargeEntry<'_>,
+        chunk: StoredChunk,
+        prefix: Option<ChunkKey>,
+        start: u64,
+        end: u64,
+        last: bool,
+    ) -> Result<Option<Message>, LayerError> {
+        let saved = prefix
+            .and_then(|p| cache.hash_state(&p))
+            .filter(|s| s.len() == self.total_len);
+        let dict_from = end.saturating_sub(DICT_SIZE as u64).max(start);
+        let (diff, dict) = match saved {
+            Some(state) => {
+                let dict = if last {
+                    None
+                } else {
+                    Some(listed.read_range(dict_from, end)?)
+                };
+                (ResumeDiff::State(state), dict)
+            }
+            None => {
+                // The piece's tar bytes, read from the file: they give the diff_id and check
+                // the cached chunk against the CRC it was stored with.
+                let bytes = listed.read_range(start, end)?;
+                if crc32fast::hash(&bytes) != chunk.crc {
+                    return Ok(None);
+                }
+                let tail = usize::try_from(dict_from.saturating_sub(start)).unwrap_or(0);
+                let dict = (!last).then(|| bytes.get(tail..).unwrap_or_default().to_vec());
+                (ResumeDiff::Bytes(bytes), dict)
+            }
+        };
+        Ok(Some(Message::Reused {
+            prefix,
+            chunk,
+            diff,
+            dict,
+        }))
+    }
+
+    /// The key of piece `index` of a large entry: its header, content digest and length name
+    /// every byte of it, and the block before it, whose tail is its dictionary.
+    fn piece_key(&self, header: &[u8], digest: &[u8; 32], entry_len: u64, index: u64) -> ChunkKey {
+        let mut h = Sha256::new();
+        h.update(PIECE_DOMAIN);
+        h.update(self.params);
+        h.update((header.len() as u64).to_le_bytes());
+        h.update(header);
+        h.update(digest);
+        h.update(entry_len.to_le_bytes());
+        h.update(index.to_le_bytes());
+        h.finalize().into()
+    }
+}
+
+/// A large entry's tar bytes, read by range: header, content from its (checked) file, padding.
+struct LargeEntry<'a> {
+    entry: &'a Entry,
+    header: &'a [u8],
+    file: File,
+}
+
+impl LargeEntry<'_> {
+    fn header_len(&self) -> u64 {
+        self.header.len() as u64
+    }
+
+    fn content_end(&self) -> u64 {
+        self.header_len().saturating_add(self.entry.size)
+    }
+
+    /// The file still has the size listed (its identity was checked when it was opened).
+    fn check_size(&self) -> Result<(), LayerError> {
+        let md = self
+            .file
+            .metadata()
+            .map_err(|err| LayerError::fs("stat", &self.entry.source, err))?;
+        if md.len() == self.entry.size {
+            Ok(())
+        } else {
+            Err(LayerError::Changed {
+                path: self.entry.source.clone(),
+                detail: "changed size",
+            })
+        }
+    }
+
+    /// The tar bytes `start..end` of the entry.
+    fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, LayerError> {
+        let len = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| LayerError::Internal("piece larger than memory"))?;
+        let mut out = Vec::with_capacity(len);
+        self.each_part(start, end, |part| match part {
+            Part::Bytes(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+            Part::Content(from, n) => {
+                let at = out.len();
+                out.resize(at.saturating_add(n), 0);
+                self.file
+                    .read_exact_at(&mut out[at..], from)
+                    .map_err(|err| self.read_error(err))
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Writes the tar bytes `start..end` of the entry to `sink`, the content straight from the
+    /// file into the sink's buffers.
+    fn write_range(
+        &self,
+        sink: &mut MessageWriter,
+        start: u64,
+        end: u64,
+    ) -> Result<(), LayerError> {
+        // A second handle on the same open file: the parts are read through it while `self`
+        // lends the header.
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|err| LayerError::fs("read", &self.entry.source, err))?;
+        self.each_part(start, end, |part| match part {
+            Part::Bytes(bytes) => sink.write_all(bytes).map_err(LayerError::Output),
+            Part::Content(from, n) => {
+                file.seek(SeekFrom::Start(from))
+                    .map_err(|err| LayerError::fs("seek", &self.entry.source, err))?;
+                let copied = sink
+                    .copy_from(&mut file, n as u64)
+                    .map_err(|err| match err {
+                        CopyError::Source(err) => LayerError::fs("read", &self.entry.source, err),
+                        CopyError::Sink(err) => LayerError::Output(err),
+                    })?;
+                if copied == n as u64 {
+                    Ok(())
+                } else {
+                    Err(self.read_error(io::ErrorKind::UnexpectedEof.into()))
+                }
+            }
+        })
+    }
+
+    fn read_error(&self, err: io::Error) -> LayerError {
+        if err.kind() == io::ErrorKind::UnexpectedEof {
+            LayerError::Changed {
+                path: self.entry.source.clone(),
+                detail: "shrank",
+            }
+        } else {
+            LayerError::fs("read", &self.entry.source, err)
+        }
+    }
+
+    /// Splits `start..end` into header bytes, content (file offset and length) and padding.
+    fn each_part(
+        &self,
+        start: u64,
+        end: u64,
+        mut each: impl FnMut(Part<'_>) -> Result<(), LayerError>,
+    ) -> Result<(), LayerError> {
+        const ZEROS: [u8; BLOCK] = [0u8; BLOCK];
+        let header_len = self.header_len();
+        let content_end = self.content_end();
+        if start < header_len {
+            let from = usize::try_from(start).unwrap_or(usize::MAX);
+            let to = usize::try_from(end.min(header_len)).unwrap_or(usize::MAX);
+            each(Part::Bytes(self.header.get(from..to).unwrap_or_default()))?;
+        }
+        let from = start.max(header_len);
+        let to = end.min(content_end);
+        if from < to {
+            let n = usize::try_from(to.saturating_sub(from))
+                .map_err(|_| LayerError::Internal("piece larger than memory"))?;
+            each(Part::Content(from.saturating_sub(header_len), n))?;
+        }
+        let from = start.max(content_end);
+        if from < end {
+            let n = usize::try_from(end.saturating_sub(from))
+                .unwrap_or(0)
+                .min(BLOCK);
+            each(Part::Bytes(&ZEROS[..n]))?;
+        }
+        Ok(())
+    }
+}
+
+/// A part of a large entry's tar bytes.
+enum Part<'a> {
+    /// Header or padding bytes.
+    Bytes(&'a [u8]),
+    /// Content: offset in the file and length.
+    Content(u64, usize),
 }
 
 /// The first 8 bytes of an entry header's SHA-256: decides the cuts.
@@ -651,8 +965,8 @@ enum Queued {
 /// Compresses chunks on all cores, each block of a chunk with the previous block of the same
 /// chunk as dictionary (gzip) and every block its own frame (zstd), and writes the blocks in
 /// order; gzip's header and trailer (CRC combined from the chunks') frame the whole.
-struct Compressor<'c, W: Write> {
-    out: W,
+struct Compressor<'c> {
+    out: Spool,
     compression: Compression,
     pool: Pool,
     block: Vec<u8>,
@@ -662,30 +976,36 @@ struct Compressor<'c, W: Write> {
     crc: crc32fast::Hasher,
     total_in: u64,
     cache: Option<&'c dyn ChunkCache>,
-    /// The chunk at the head of the output, kept to be remembered (up to [`MAX_CHUNK`]).
-    chunk_bytes: Vec<u8>,
+    /// Bytes written to the output so far.
+    written: u64,
+    /// The chunk at the head of the output, to be remembered: where it starts, the CRC-32 of
+    /// its compressed bytes, the CRC-32 and length of its tar bytes.
+    chunk_start: u64,
+    chunk_out_crc: crc32fast::Hasher,
     chunk_crc: crc32fast::Hasher,
     chunk_len: u64,
     /// Chunks longer than this are not remembered.
     max_chunk: u64,
 }
 
-impl<'c, W: Write> Compressor<'c, W> {
+impl<'c> Compressor<'c> {
     fn new(
-        mut out: W,
+        out: Spool,
         options: &LayerOptions,
         cache: Option<&'c dyn ChunkCache>,
         max_chunk: u64,
     ) -> Result<Self, LayerError> {
         let pool = Pool::new(options.threads)?;
+        let mut written = 0u64;
         if let Compression::Gzip { level } = options.compression {
             let xfl = match level {
                 9 => 2,
                 1 => 4,
                 _ => 0,
             };
-            out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])
-                .map_err(LayerError::Output)?;
+            let header = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255];
+            written = header.len() as u64;
+            out.send(header).map_err(LayerError::Output)?;
         }
         let max_queued = pool.threads().saturating_mul(2).saturating_add(2);
         Ok(Compressor {
@@ -699,7 +1019,9 @@ impl<'c, W: Write> Compressor<'c, W> {
             crc: crc32fast::Hasher::new(),
             total_in: 0,
             cache,
-            chunk_bytes: Vec::new(),
+            written,
+            chunk_start: written,
+            chunk_out_crc: crc32fast::Hasher::new(),
             chunk_crc: crc32fast::Hasher::new(),
             chunk_len: 0,
             max_chunk,
@@ -709,7 +1031,7 @@ impl<'c, W: Write> Compressor<'c, W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.compression == Compression::None {
             self.total_in = self.total_in.saturating_add(data.len() as u64);
-            return self.out.write_all(data);
+            return self.write_out(data.to_vec());
         }
         while !data.is_empty() {
             let room = GZIP_BLOCK_SIZE.saturating_sub(self.block.len());
@@ -746,7 +1068,7 @@ impl<'c, W: Write> Compressor<'c, W> {
                     let _ = tx.send(zstd_frame(level, &block));
                 });
             }
-            Compression::None => return self.out.write_all(&block),
+            Compression::None => return self.write_out(block),
         }
         self.push(Queued::Block(rx, len))
     }
@@ -759,21 +1081,31 @@ impl<'c, W: Write> Compressor<'c, W> {
         Ok(())
     }
 
-    fn end_chunk(&mut self, key: Option<ChunkKey>) -> io::Result<()> {
+    /// Ends a chunk; the next one starts without a dictionary (it must inflate on its own)
+    /// unless this is a piece of a large entry that goes on.
+    fn end_chunk(&mut self, key: Option<ChunkKey>, piece: bool) -> io::Result<()> {
         if self.compression == Compression::None {
             return Ok(());
         }
         self.dispatch()?;
-        // The next chunk starts without a dictionary: it must inflate on its own.
-        self.dict = None;
+        if !piece {
+            self.dict = None;
+        }
         self.push(Queued::End(key))
     }
 
-    fn reused(&mut self, chunk: StoredChunk) -> io::Result<()> {
+    /// A chunk from the cache; `dict` is its tail when it is a piece of a large entry that
+    /// goes on (the next block's dictionary, as if it had been compressed here).
+    fn reused(&mut self, chunk: StoredChunk, dict: Option<Vec<u8>>) -> io::Result<()> {
         self.dispatch()?;
-        self.dict = None;
+        self.dict = dict.map(Arc::from);
         self.total_in = self.total_in.saturating_add(chunk.uncompressed_len);
         self.push(Queued::Ready(chunk))
+    }
+
+    fn write_out(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        self.written = self.written.saturating_add(bytes.len() as u64);
+        self.out.send(bytes)
     }
 
     fn collect_one(&mut self) -> io::Result<()> {
@@ -787,27 +1119,30 @@ impl<'c, W: Write> Compressor<'c, W> {
                     .map_err(|_| io::Error::other("compression worker stopped"))?
                     .map_err(io::Error::other)?;
                 self.crc.combine(&crc);
-                self.out.write_all(&bytes)?;
                 if self.cache.is_some() {
                     self.chunk_len = self.chunk_len.saturating_add(len);
                     self.chunk_crc.combine(&crc);
                     if self.chunk_len <= self.max_chunk {
-                        self.chunk_bytes.extend_from_slice(&bytes);
+                        self.chunk_out_crc.update(&bytes);
                     }
                 }
+                self.write_out(bytes)?;
             }
             Queued::End(key) => {
-                let bytes = std::mem::take(&mut self.chunk_bytes);
+                let out_crc = std::mem::replace(&mut self.chunk_out_crc, crc32fast::Hasher::new());
                 let crc = std::mem::replace(&mut self.chunk_crc, crc32fast::Hasher::new());
                 let len = std::mem::take(&mut self.chunk_len);
+                let start = std::mem::replace(&mut self.chunk_start, self.written);
                 if let (Some(cache), Some(key)) = (self.cache, key) {
                     if len <= self.max_chunk {
-                        let chunk = StoredChunk {
-                            bytes,
+                        let place = ChunkPlace {
+                            offset: start,
+                            len: self.written.saturating_sub(start),
                             crc: crc.finalize(),
                             uncompressed_len: len,
+                            compressed_crc: out_crc.finalize(),
                         };
-                        cache.remember_chunk(&key, &chunk);
+                        cache.remember_chunk(&key, &place);
                     }
                 }
             }
@@ -816,28 +1151,41 @@ impl<'c, W: Write> Compressor<'c, W> {
                     chunk.crc,
                     chunk.uncompressed_len,
                 ));
-                self.out.write_all(&chunk.bytes)?;
+                self.write_out(chunk.bytes)?;
+                self.chunk_start = self.written;
             }
         }
         Ok(())
     }
 
-    /// Writes everything still queued, gzip's trailer, and gives the output back.
-    fn finish(mut self) -> io::Result<W> {
+    /// Writes everything still queued and gzip's trailer, and closes the output.
+    fn finish(mut self) -> io::Result<()> {
         self.dispatch()?;
         while !self.queue.is_empty() {
             self.collect_one()?;
         }
         if let Compression::Gzip { .. } = self.compression {
             // An empty final block with fixed codes: BFINAL=1, BTYPE=01, end-of-block, padding.
-            self.out.write_all(&[0x03, 0x00])?;
-            let crc = self.crc.clone().finalize();
-            self.out.write_all(&crc.to_le_bytes())?;
+            let mut trailer = vec![0x03, 0x00];
+            trailer.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
             // ISIZE is the input length modulo 2^32 (RFC 1952).
-            self.out.write_all(&(self.total_in as u32).to_le_bytes())?;
+            trailer.extend_from_slice(&(self.total_in as u32).to_le_bytes());
+            self.write_out(trailer)?;
         }
-        self.out.flush()?;
-        Ok(self.out)
+        Ok(())
+    }
+}
+
+/// The compressed output's way to the thread that hashes and writes it.
+struct Spool {
+    tx: SyncSender<Vec<u8>>,
+}
+
+impl Spool {
+    fn send(&self, bytes: Vec<u8>) -> io::Result<()> {
+        self.tx
+            .send(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer output stopped"))
     }
 }
 

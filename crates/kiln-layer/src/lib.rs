@@ -38,7 +38,8 @@ pub use blob::{
     MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD,
 };
 pub use chunked::{
-    write_layer_reusing, ChunkCache, ChunkKey, FileIdentity, StoredChunk, MAX_CHUNK, MIN_CHUNK,
+    write_layer_reusing, ChunkCache, ChunkKey, ChunkPlace, FileIdentity, StoredChunk, MAX_CHUNK,
+    MIN_CHUNK, PIECE,
 };
 pub use entries::{list_entries, Entries, Entry, EntryKind, Xattr, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use error::LayerError;

@@ -242,9 +242,9 @@ pub(crate) fn padding(len: u64) -> usize {
     }
 }
 
-/// Copies exactly `e.size` bytes of the file to `out`, checking it is still the file listed.
-pub(crate) fn copy_contents<S: TarSink>(e: &Entry, out: &mut S) -> Result<(), LayerError> {
-    let mut file = open_regular(&e.source)?;
+/// Opens the regular file an entry lists, checking it is that very inode.
+pub(crate) fn open_listed(e: &Entry) -> Result<File, LayerError> {
+    let file = open_regular(&e.source)?;
     let md = file
         .metadata()
         .map_err(|err| LayerError::fs("stat", &e.source, err))?;
@@ -254,6 +254,12 @@ pub(crate) fn copy_contents<S: TarSink>(e: &Entry, out: &mut S) -> Result<(), La
             detail: "replaced by another file",
         });
     }
+    Ok(file)
+}
+
+/// Copies exactly `e.size` bytes of the file to `out`, checking it is still the file listed.
+pub(crate) fn copy_contents<S: TarSink>(e: &Entry, out: &mut S) -> Result<(), LayerError> {
+    let mut file = open_listed(e)?;
     let copied = out.copy_from(&mut file, e.size).map_err(|err| match err {
         CopyError::Source(err) => LayerError::fs("read", &e.source, err),
         CopyError::Sink(err) => LayerError::Output(err),

@@ -1,54 +1,56 @@
-//! The chunk store: compressed chunks of layers written earlier, so a layer written again with
-//! most entries unchanged takes them instead of reading and compressing its files again.
+//! The chunk store: where the compressed chunks of layers written earlier are, so a layer
+//! written again with most entries unchanged takes them instead of reading and compressing its
+//! files again.
 //!
 //! ```text
-//! chunks/index              what is where: one line per pack, chunk and saved hash state
-//! chunks/packs/<id>.pack    the chunks one layer write added, back to back
-//! chunks/lock               flock'd while the index is merged and rewritten
+//! chunks/index    what is where: one line per blob, chunk and saved hash state
+//! chunks/lock     flock'd while the index is merged and rewritten
 //! ```
 //!
-//! A layer write appends its new chunks to a pack of its own in tmp/; at the end the pack is
-//! fsynced and renamed into `packs/`, then, under the lock, the index is read again, the new
-//! lines merged in, the least recently used packs evicted past the size budget, and the index
-//! written atomically. Every chunk read is checked against the SHA-256 the index holds for it,
-//! so a pack that is missing, truncated or damaged only means its chunks are written afresh
-//! (and dropped from the index at the next merge). Nothing here is needed for correctness:
-//! deleting `chunks/` loses nothing but time.
+//! A chunk's bytes are never copied here: they stay in the layer blob that was written with
+//! them (`blobs/`), and the index says at which offset. A layer write notes its chunks as it
+//! goes; once its blob is committed, under the lock the index is read again, the new lines
+//! merged in, lines of blobs that are gone (pruned) dropped, the least recently used blobs'
+//! lines evicted past the budget, and the index written atomically. Every chunk read is
+//! checked against the CRC-32 the index holds for it, so a blob that is missing, truncated or
+//! damaged only means its chunks are written afresh (and dropped from the index at the next
+//! merge). Nothing here is needed for correctness: deleting `chunks/` loses nothing but time.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest as _, Sha256};
+use kiln_oci::Digest;
 
 use crate::{io_at, Result, Store};
 
-/// Bytes of packs kept at most, unless `KILN_CHUNK_CACHE_MB` says otherwise.
+/// Bytes of chunks the index names at most, unless `KILN_CHUNK_CACHE_MB` says otherwise.
 pub const DEFAULT_BUDGET: u64 = 1 << 30;
-/// First line of the index: its format.
-const INDEX_HEADER: &str = "kiln-chunks 1";
-/// A pack file the index does not name is removed after this long (a writer that died
-/// between renaming its pack and merging the index).
-const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+/// First line of the index: its format (1 kept chunks in packs of their own).
+const INDEX_HEADER: &str = "kiln-chunks 2";
+/// A chunk holds at most 4 MiB of tar; compressed it is hardly larger. An index line naming
+/// more is damaged (and is not allowed to make a read allocate it).
+const MAX_CHUNK_BYTES: u64 = 16 << 20;
 
-/// Where a chunk is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a chunk is: a byte range of a layer blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Location {
-    pack: u64,
+    blob: String,
     offset: u64,
     len: u64,
     crc: u32,
     uncompressed_len: u64,
-    sha256: [u8; 32],
+    compressed_crc: u32,
 }
 
+/// What the index keeps of a blob it names chunks of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PackInfo {
+struct BlobInfo {
+    /// Bytes of its chunks the index names.
     size: u64,
     last_used: u64,
 }
@@ -56,9 +58,9 @@ struct PackInfo {
 /// The index as read from (and written to) `chunks/index`.
 #[derive(Debug, Default, Clone)]
 struct ChunkIndex {
-    packs: HashMap<u64, PackInfo>,
+    blobs: HashMap<String, BlobInfo>,
     chunks: HashMap<[u8; 32], Location>,
-    states: HashMap<[u8; 32], (u64, Vec<u8>)>,
+    states: HashMap<[u8; 32], (String, Vec<u8>)>,
 }
 
 /// A chunk as stored: compressed bytes, CRC-32 and length of the uncompressed bytes.
@@ -72,21 +74,33 @@ pub struct Chunk {
     pub uncompressed_len: u64,
 }
 
+/// Where a chunk just written sits in the blob being written, and what checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// Offset of its first compressed byte in the blob.
+    pub offset: u64,
+    /// Its compressed length.
+    pub len: u64,
+    /// CRC-32 of the uncompressed bytes.
+    pub crc: u32,
+    /// Length of the uncompressed bytes.
+    pub uncompressed_len: u64,
+    /// CRC-32 of the compressed bytes.
+    pub compressed_crc: u32,
+}
+
 /// What one layer write adds.
 #[derive(Default)]
 struct Session {
-    pack: Option<(PathBuf, BufWriter<File>)>,
-    pack_id: u64,
-    written: u64,
-    chunks: Vec<([u8; 32], Location)>,
+    chunks: Vec<([u8; 32], ChunkPlace)>,
     states: Vec<([u8; 32], Vec<u8>)>,
-    used: HashSet<u64>,
+    used: HashSet<String>,
     bad: HashSet<[u8; 32]>,
-    readers: HashMap<u64, File>,
+    readers: HashMap<String, File>,
 }
 
-/// The chunk store of one layer write: look chunks up, add new ones, then
-/// [`ChunkStore::commit`].
+/// The chunk store of one layer write: look chunks up, note new ones, then
+/// [`ChunkStore::commit`] with the blob they were written to.
 pub struct ChunkStore<'s> {
     store: &'s Store,
     dir: PathBuf,
@@ -105,7 +119,7 @@ impl Store {
         self.chunk_store_with_budget(budget)
     }
 
-    /// The chunk store, keeping at most `budget` bytes of packs.
+    /// The chunk store, naming at most `budget` bytes of chunks.
     pub fn chunk_store_with_budget(&self, budget: u64) -> ChunkStore<'_> {
         let dir = self.root.join("chunks");
         let index = read_index(&dir.join("index"));
@@ -120,15 +134,14 @@ impl Store {
 }
 
 impl ChunkStore<'_> {
-    /// The chunk stored under `key`, checked against its SHA-256; `None` when unknown or when
-    /// its pack is missing or damaged.
+    /// The chunk stored under `key`, checked against its CRC-32; `None` when unknown or when
+    /// its blob is missing or damaged.
     pub fn get(&self, key: &[u8; 32]) -> Option<Chunk> {
-        let location = *self.index.chunks.get(key)?;
+        let location = self.index.chunks.get(key)?;
         let mut session = self.session.lock().ok()?;
-        let bytes = read_chunk(&self.dir, &mut session.readers, &location);
-        match bytes {
+        match read_chunk(self.store, &mut session.readers, location) {
             Some(bytes) => {
-                session.used.insert(location.pack);
+                session.used.insert(location.blob.clone());
                 Some(Chunk {
                     bytes,
                     crc: location.crc,
@@ -144,59 +157,21 @@ impl ChunkStore<'_> {
 
     /// The hash state saved after the chunks whose key chain is `prefix`.
     pub fn state(&self, prefix: &[u8; 32]) -> Option<Vec<u8>> {
-        let (pack, state) = self.index.states.get(prefix)?;
+        let (blob, state) = self.index.states.get(prefix)?;
         if let Ok(mut session) = self.session.lock() {
-            session.used.insert(*pack);
+            session.used.insert(blob.clone());
         }
         Some(state.clone())
     }
 
-    /// Adds a chunk (best effort: a failure to write only loses the chance to reuse it).
-    pub fn put(&self, key: &[u8; 32], chunk: &Chunk) {
-        if self.index.chunks.contains_key(key) {
+    /// Notes a chunk of the blob being written (kept once [`ChunkStore::commit`] names it).
+    pub fn put(&self, key: &[u8; 32], place: &ChunkPlace) {
+        if self.index.chunks.contains_key(key) || place.offset.checked_add(place.len).is_none() {
             return;
         }
-        let Ok(mut session) = self.session.lock() else {
-            return;
-        };
-        if session.pack.is_none() {
-            let Ok(file) = tempfile::Builder::new()
-                .prefix("chunks-")
-                .tempfile_in(self.store.session.path())
-            else {
-                return;
-            };
-            let Ok((file, path)) = file.keep() else {
-                return;
-            };
-            session.pack_id = new_pack_id();
-            session.pack = Some((path, BufWriter::with_capacity(1 << 20, file)));
+        if let Ok(mut session) = self.session.lock() {
+            session.chunks.push((*key, *place));
         }
-        let offset = session.written;
-        let pack = session.pack_id;
-        let Some((_, writer)) = session.pack.as_mut() else {
-            return;
-        };
-        if writer.write_all(&chunk.bytes).is_err() {
-            // Drop the pack: nothing of it is trusted.
-            if let Some((path, _)) = session.pack.take() {
-                let _ = fs::remove_file(path);
-            }
-            session.chunks.clear();
-            return;
-        }
-        session.written = offset.saturating_add(chunk.bytes.len() as u64);
-        session.chunks.push((
-            *key,
-            Location {
-                pack,
-                offset,
-                len: chunk.bytes.len() as u64,
-                crc: chunk.crc,
-                uncompressed_len: chunk.uncompressed_len,
-                sha256: Sha256::digest(&chunk.bytes).into(),
-            },
-        ));
     }
 
     /// Saves a hash state after the chunks whose key chain is `prefix`.
@@ -209,43 +184,30 @@ impl ChunkStore<'_> {
         }
     }
 
-    /// Moves this write's pack into place and merges what it added (and which packs it used)
-    /// into the index, evicting the least recently used packs past the budget. Call it once
-    /// the layer is written; without it, nothing of this write is kept.
-    pub fn commit(self) -> Result<()> {
+    /// Merges what this write noted, as chunks of `blob` (committed to the store before this
+    /// is called), and which blobs it used into the index, dropping blobs that are gone and
+    /// evicting the least recently used past the budget. Without it, nothing of this write is
+    /// kept.
+    pub fn commit(self, blob: &Digest) -> Result<()> {
         let session = self
             .session
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Session {
-            pack,
-            pack_id,
-            written,
             chunks,
             states,
             used,
             bad,
             ..
         } = session;
-        let new_pack = match pack {
-            Some((tmp, writer)) => {
-                let packs = self.dir.join("packs");
-                fs::create_dir_all(&packs).map_err(io_at(&packs))?;
-                let file = writer
-                    .into_inner()
-                    .map_err(|e| io_at(&tmp)(e.into_error()))?;
-                file.sync_all().map_err(io_at(&tmp))?;
-                let path = pack_path(&self.dir, pack_id);
-                fs::rename(&tmp, &path).map_err(io_at(&path))?;
-                crate::sync_parent(&path)?;
-                true
-            }
-            None => false,
-        };
-        if !new_pack && used.is_empty() && bad.is_empty() {
+        let blob_name = blob.to_string();
+        let adds = self.store.has_blob(blob) && !(chunks.is_empty() && states.is_empty());
+        if !adds && used.is_empty() && bad.is_empty() {
             return Ok(());
         }
         fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+        // Chunks were kept in packs of their own before this format.
+        let _ = fs::remove_dir_all(self.dir.join("packs"));
         let lock_path = self.dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -262,138 +224,103 @@ impl ChunkStore<'_> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        // Packs another writer evicted meanwhile stay gone.
+        // Blobs pruned since stay gone.
         index
-            .packs
-            .retain(|id, _| pack_path(&self.dir, *id).is_file());
-        for id in &used {
-            if let Some(info) = index.packs.get_mut(id) {
+            .blobs
+            .retain(|name, _| Digest::parse(name).is_ok_and(|digest| self.store.has_blob(&digest)));
+        for name in &used {
+            if let Some(info) = index.blobs.get_mut(name) {
                 info.last_used = now;
             }
         }
-        if new_pack {
-            index.packs.insert(
-                pack_id,
-                PackInfo {
-                    size: written,
-                    last_used: now,
-                },
-            );
-            for (key, location) in chunks {
-                index.chunks.entry(key).or_insert(location);
+        if adds {
+            let info = index.blobs.entry(blob_name.clone()).or_insert(BlobInfo {
+                size: 0,
+                last_used: now,
+            });
+            info.last_used = now;
+            for (key, place) in chunks {
+                if index.chunks.contains_key(&key) {
+                    continue;
+                }
+                info.size = info.size.saturating_add(place.len);
+                index.chunks.insert(
+                    key,
+                    Location {
+                        blob: blob_name.clone(),
+                        offset: place.offset,
+                        len: place.len,
+                        crc: place.crc,
+                        uncompressed_len: place.uncompressed_len,
+                        compressed_crc: place.compressed_crc,
+                    },
+                );
             }
             for (prefix, state) in states {
-                index.states.entry(prefix).or_insert((pack_id, state));
+                index
+                    .states
+                    .entry(prefix)
+                    .or_insert((blob_name.clone(), state));
             }
         }
         for key in &bad {
             index.chunks.remove(key);
         }
-        evict(&mut index, self.budget, &self.dir);
+        evict(&mut index, self.budget);
         index
             .chunks
-            .retain(|_, l| index.packs.contains_key(&l.pack));
+            .retain(|_, l| index.blobs.contains_key(&l.blob));
         index
             .states
-            .retain(|_, (pack, _)| index.packs.contains_key(pack));
-        remove_orphans(&self.dir, &index);
+            .retain(|_, (blob, _)| index.blobs.contains_key(blob));
         self.store.write_atomic(&index_path, &index_text(&index))?;
         drop(lock);
         Ok(())
     }
 }
 
-/// Drops the least recently used packs until the rest fit the budget.
-fn evict(index: &mut ChunkIndex, budget: u64, dir: &Path) {
+/// Forgets the least recently used blobs until the chunks left fit the budget.
+fn evict(index: &mut ChunkIndex, budget: u64) {
     let mut total: u64 = index
-        .packs
+        .blobs
         .values()
-        .map(|p| p.size)
+        .map(|b| b.size)
         .fold(0, u64::saturating_add);
     if total <= budget {
         return;
     }
-    let mut by_age: Vec<(u64, u64, u64)> = index
-        .packs
+    let mut by_age: Vec<(u64, String, u64)> = index
+        .blobs
         .iter()
-        .map(|(id, p)| (p.last_used, *id, p.size))
+        .map(|(name, b)| (b.last_used, name.clone(), b.size))
         .collect();
     by_age.sort_unstable();
-    for (_, id, size) in by_age {
+    for (_, name, size) in by_age {
         if total <= budget {
             break;
         }
-        index.packs.remove(&id);
-        let _ = fs::remove_file(pack_path(dir, id));
+        index.blobs.remove(&name);
         total = total.saturating_sub(size);
     }
 }
 
-/// Removes pack files the index does not name once they are old enough not to be a pack
-/// another writer is about to merge.
-fn remove_orphans(dir: &Path, index: &ChunkIndex) {
-    let Ok(entries) = fs::read_dir(dir.join("packs")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let known = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".pack"))
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-            .is_some_and(|id| index.packs.contains_key(&id));
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > ORPHAN_AGE);
-        if !known && old {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn pack_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join("packs").join(format!("{id:016x}.pack"))
-}
-
-/// A pack id no other writer picks: hashed from the time, the process and a counter.
-fn new_pack_id() -> u64 {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = Sha256::new();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.update(nanos.to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(
-        COUNTER
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .to_le_bytes(),
-    );
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
-}
-
-/// Reads a chunk's bytes and checks them; `None` when the pack is missing, short or damaged.
+/// Reads a chunk's bytes from its blob and checks them; `None` when the blob is missing, short
+/// or damaged.
 fn read_chunk(
-    dir: &Path,
-    readers: &mut HashMap<u64, File>,
+    store: &Store,
+    readers: &mut HashMap<String, File>,
     location: &Location,
 ) -> Option<Vec<u8>> {
-    let file = match readers.entry(location.pack) {
+    let file = match readers.entry(location.blob.clone()) {
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(File::open(pack_path(dir, location.pack)).ok()?)
+            let digest = Digest::parse(&location.blob).ok()?;
+            v.insert(store.open_blob(&digest).ok()?)
         }
     };
     let mut bytes = vec![0u8; usize::try_from(location.len).ok()?];
     file.read_exact_at(&mut bytes, location.offset).ok()?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    (digest == location.sha256).then_some(bytes)
+    (crc32fast::hash(&bytes) == location.compressed_crc).then_some(bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -407,12 +334,20 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i.checked_add(2)?)?, 16).ok())
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?))
         .collect()
 }
 
@@ -422,27 +357,27 @@ fn key32(text: &str) -> Option<[u8; 32]> {
 
 fn index_text(index: &ChunkIndex) -> Vec<u8> {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(index.chunks.len().saturating_mul(200));
+    let mut out = String::with_capacity(index.chunks.len().saturating_mul(250));
     out.push_str(INDEX_HEADER);
     out.push('\n');
-    for (id, p) in &index.packs {
-        let _ = writeln!(out, "p {id:016x} {} {}", p.size, p.last_used);
+    for (name, b) in &index.blobs {
+        let _ = writeln!(out, "b {name} {} {}", b.size, b.last_used);
     }
     for (key, l) in &index.chunks {
         let _ = writeln!(
             out,
-            "c {} {:016x} {} {} {} {} {}",
+            "c {} {} {} {} {} {} {}",
             hex(key),
-            l.pack,
+            l.blob,
             l.offset,
             l.len,
             l.crc,
             l.uncompressed_len,
-            hex(&l.sha256)
+            l.compressed_crc
         );
     }
-    for (prefix, (pack, state)) in &index.states {
-        let _ = writeln!(out, "s {} {pack:016x} {}", hex(prefix), hex(state));
+    for (prefix, (blob, state)) in &index.states {
+        let _ = writeln!(out, "s {} {blob} {}", hex(prefix), hex(state));
     }
     out.into_bytes()
 }
@@ -462,39 +397,47 @@ fn read_index(path: &Path) -> ChunkIndex {
     }
     index
         .chunks
-        .retain(|_, l| index.packs.contains_key(&l.pack));
+        .retain(|_, l| index.blobs.contains_key(&l.blob));
     index
         .states
-        .retain(|_, (pack, _)| index.packs.contains_key(pack));
+        .retain(|_, (blob, _)| index.blobs.contains_key(blob));
     index
+}
+
+/// A blob name as the index holds it: a digest, so it names a file under `blobs/` only.
+fn blob_name(text: &str) -> Option<String> {
+    Digest::parse(text).ok().map(|d| d.to_string())
 }
 
 fn parse_line(index: &mut ChunkIndex, line: &str) -> Option<()> {
     let mut f = line.split(' ');
     match f.next()? {
-        "p" => {
-            let id = u64::from_str_radix(f.next()?, 16).ok()?;
+        "b" => {
+            let name = blob_name(f.next()?)?;
             let size = f.next()?.parse().ok()?;
             let last_used = f.next()?.parse().ok()?;
-            index.packs.insert(id, PackInfo { size, last_used });
+            index.blobs.insert(name, BlobInfo { size, last_used });
         }
         "c" => {
             let key = key32(f.next()?)?;
             let location = Location {
-                pack: u64::from_str_radix(f.next()?, 16).ok()?,
+                blob: blob_name(f.next()?)?,
                 offset: f.next()?.parse().ok()?,
                 len: f.next()?.parse().ok()?,
                 crc: f.next()?.parse().ok()?,
                 uncompressed_len: f.next()?.parse().ok()?,
-                sha256: key32(f.next()?)?,
+                compressed_crc: f.next()?.parse().ok()?,
             };
             location.offset.checked_add(location.len)?;
+            if location.len > MAX_CHUNK_BYTES {
+                return None;
+            }
             index.chunks.insert(key, location);
         }
         "s" => {
             let prefix = key32(f.next()?)?;
-            let pack = u64::from_str_radix(f.next()?, 16).ok()?;
-            index.states.insert(prefix, (pack, unhex(f.next()?)?));
+            let blob = blob_name(f.next()?)?;
+            index.states.insert(prefix, (blob, unhex(f.next()?)?));
         }
         _ => return None,
     }
@@ -504,6 +447,23 @@ fn parse_line(index: &mut ChunkIndex, line: &str) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blob of `chunks` back to back, committed to the store, and each chunk's place.
+    fn blob_of(store: &Store, chunks: &[Chunk]) -> (Digest, Vec<ChunkPlace>) {
+        let mut bytes = b"header".to_vec();
+        let mut places = Vec::new();
+        for chunk in chunks {
+            places.push(ChunkPlace {
+                offset: bytes.len() as u64,
+                len: chunk.bytes.len() as u64,
+                crc: chunk.crc,
+                uncompressed_len: chunk.uncompressed_len,
+                compressed_crc: crc32fast::hash(&chunk.bytes),
+            });
+            bytes.extend_from_slice(&chunk.bytes);
+        }
+        (store.put_blob(&bytes).unwrap(), places)
+    }
 
     fn chunk(n: u8) -> Chunk {
         Chunk {
@@ -518,33 +478,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let chunks = store.chunk_store();
-        chunks.put(&[1; 32], &chunk(1));
-        chunks.put(&[2; 32], &chunk(2));
+        let (blob, places) = blob_of(&store, &[chunk(1), chunk(2)]);
+        chunks.put(&[1; 32], &places[0]);
+        chunks.put(&[2; 32], &places[1]);
         chunks.put_state(&[9; 32], b"state");
         // Not visible before the commit.
         assert!(chunks.get(&[1; 32]).is_none());
-        chunks.commit().unwrap();
+        chunks.commit(&blob).unwrap();
 
         let chunks = store.chunk_store();
         assert_eq!(chunks.get(&[1; 32]), Some(chunk(1)));
         assert_eq!(chunks.get(&[2; 32]), Some(chunk(2)));
         assert_eq!(chunks.state(&[9; 32]).as_deref(), Some(&b"state"[..]));
         drop(chunks);
-
-        // Damage the pack: a flipped byte and a truncation are misses, never wrong bytes.
-        let packs: Vec<_> = fs::read_dir(dir.path().join("chunks/packs"))
+        // Nothing but the index is written: the bytes stay in the blob.
+        let names: Vec<_> = fs::read_dir(dir.path().join("chunks"))
             .unwrap()
-            .map(|e| e.unwrap().path())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "lock")
             .collect();
-        assert_eq!(packs.len(), 1);
-        let mut bytes = fs::read(&packs[0]).unwrap();
+        assert_eq!(names, ["index"]);
+
+        // Damage the blob: a flipped byte and a truncation are misses, never wrong bytes.
+        let path = store.blob_path(&blob);
+        let mut bytes = fs::read(&path).unwrap();
         bytes[10] ^= 1;
         bytes.truncate(1500);
-        fs::write(&packs[0], &bytes).unwrap();
+        fs::write(&path, &bytes).unwrap();
         let chunks = store.chunk_store();
         assert_eq!(chunks.get(&[1; 32]), None);
         assert_eq!(chunks.get(&[2; 32]), None);
-        chunks.commit().unwrap();
+        chunks.commit(&blob).unwrap();
         // The damaged chunks left the index.
         let index = read_index(&dir.path().join("chunks/index"));
         assert!(index.chunks.is_empty());
@@ -555,8 +519,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let chunks = store.chunk_store();
-        chunks.put(&[1; 32], &chunk(1));
-        chunks.commit().unwrap();
+        let (blob, places) = blob_of(&store, &[chunk(1)]);
+        chunks.put(&[1; 32], &places[0]);
+        chunks.commit(&blob).unwrap();
         let index_path = dir.path().join("chunks/index");
         let text = fs::read_to_string(&index_path).unwrap();
         // A torn line (as a writer that was not atomic would leave) is skipped.
@@ -564,31 +529,67 @@ mod tests {
         assert!(store.chunk_store().get(&[1; 32]).is_none());
         fs::write(&index_path, "garbage").unwrap();
         assert!(store.chunk_store().get(&[1; 32]).is_none());
+        // A line naming a huge chunk, or a blob outside blobs/, is damage too.
+        let huge = text.replace(" 1001 ", &format!(" {} ", 1u64 << 40));
+        fs::write(&index_path, huge).unwrap();
+        assert!(store.chunk_store().get(&[1; 32]).is_none());
+        let outside = text.replace(&blob.to_string(), "../../etc/passwd");
+        fs::write(&index_path, outside).unwrap();
+        assert!(store.chunk_store().get(&[1; 32]).is_none());
         // And a new commit writes a good one again.
         let chunks = store.chunk_store();
-        chunks.put(&[3; 32], &chunk(3));
-        chunks.commit().unwrap();
+        let (blob, places) = blob_of(&store, &[chunk(3)]);
+        chunks.put(&[3; 32], &places[0]);
+        chunks.commit(&blob).unwrap();
         assert_eq!(store.chunk_store().get(&[3; 32]), Some(chunk(3)));
     }
 
     #[test]
-    fn least_recently_used_packs_go_past_the_budget() {
+    fn least_recently_used_blobs_go_past_the_budget_and_pruned_ones_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let mut blobs = Vec::new();
         for n in 1..=5u8 {
             let chunks = store.chunk_store_with_budget(3000);
-            chunks.put(&[n; 32], &chunk(n));
-            chunks.commit().unwrap();
+            let (blob, places) = blob_of(&store, &[chunk(n)]);
+            chunks.put(&[n; 32], &places[0]);
+            chunks.commit(&blob).unwrap();
+            blobs.push(blob);
         }
         let chunks = store.chunk_store_with_budget(3000);
         let kept: Vec<u8> = (1..=5u8)
             .filter(|n| chunks.get(&[*n; 32]).is_some())
             .collect();
-        assert_eq!(kept.len(), 2, "{kept:?}");
-        assert!(kept.contains(&5));
-        let files = fs::read_dir(dir.path().join("chunks/packs"))
-            .unwrap()
-            .count();
-        assert_eq!(files, 2);
+        assert_eq!(kept, [4, 5]);
+        drop(chunks);
+        // The blobs themselves are the store's: eviction only forgets where chunks are.
+        assert!(blobs.iter().all(|b| store.has_blob(b)));
+
+        // A blob removed (as prune does) takes its lines with it at the next merge.
+        fs::remove_file(store.blob_path(&blobs[4])).unwrap();
+        let chunks = store.chunk_store_with_budget(3000);
+        let (blob, places) = blob_of(&store, &[chunk(6)]);
+        chunks.put(&[6; 32], &places[0]);
+        chunks.commit(&blob).unwrap();
+        let index = read_index(&dir.path().join("chunks/index"));
+        assert!(!index.blobs.contains_key(&blobs[4].to_string()));
+        assert!(index.chunks.contains_key(&[4; 32]));
+        assert!(!index.chunks.contains_key(&[5; 32]));
+    }
+
+    #[test]
+    fn an_index_of_the_old_format_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::create_dir_all(dir.path().join("chunks/packs")).unwrap();
+        fs::write(dir.path().join("chunks/packs/00.pack"), b"old").unwrap();
+        fs::write(dir.path().join("chunks/index"), "kiln-chunks 1\np 00 3 1\n").unwrap();
+        assert!(store.chunk_store().get(&[1; 32]).is_none());
+        let chunks = store.chunk_store();
+        let (blob, places) = blob_of(&store, &[chunk(1)]);
+        chunks.put(&[1; 32], &places[0]);
+        chunks.commit(&blob).unwrap();
+        assert_eq!(store.chunk_store().get(&[1; 32]), Some(chunk(1)));
+        assert!(!dir.path().join("chunks/packs").exists());
     }
 }

@@ -9,8 +9,8 @@
 //!                            (a lazy layer: its blob is made only when something ships it)
 //! cache/<key hex>.json       a step's cache record: key → snapshot, and layer blob once made
 //! cache-mounts/<id hex>/     a `RUN --mount=type=cache` directory, and <id hex>.lock beside it
-//! chunks/                    compressed chunks of layers written before, reused on edits
-//!                            (see [`ChunkStore`]; bounded, and only ever a cache)
+//! chunks/index               where compressed chunks of layers written before are (ranges of
+//!                            blobs), reused on edits (see [`ChunkStore`]; only ever a cache)
 //! tmp/                       work areas; whatever a killed build left is removed on open
 //! lock                       flock'd while index.json is rewritten
 //! ```
@@ -27,7 +27,7 @@ mod multi;
 mod reuse;
 
 pub use cache_mount::CacheMount;
-pub use chunks::{Chunk, ChunkStore, DEFAULT_BUDGET};
+pub use chunks::{Chunk, ChunkPlace, ChunkStore, DEFAULT_BUDGET};
 pub use multi::{is_attestation_entry, platform_text, PlatformEntry};
 pub use reuse::ReuseHint;
 

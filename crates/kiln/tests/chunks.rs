@@ -1,6 +1,6 @@
 //! Chunk reuse in real builds: a rebuild after an edit takes the unchanged chunks from the
-//! store's `chunks/` and still writes the layer a cold build writes; damage to `chunks/` costs
-//! only time.
+//! blobs the store's `chunks/index` points into and still writes the layer a cold build
+//! writes; damage to `chunks/` costs only time.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -50,14 +50,15 @@ fn layers(archive: &Path) -> Vec<(String, String)> {
     digests.zip(diff_ids).collect()
 }
 
-fn pack_sizes(root: &Path) -> Vec<u64> {
-    let mut sizes: Vec<u64> = fs::read_dir(root.join("chunks/packs"))
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().metadata().unwrap().len())
-                .collect()
-        })
-        .unwrap_or_default();
+/// Bytes of chunks the index names in each blob (`b <digest> <bytes> <last used>` lines),
+/// smallest first.
+fn chunk_bytes_per_blob(root: &Path) -> Vec<u64> {
+    let index = fs::read_to_string(root.join("chunks/index")).unwrap_or_default();
+    let mut sizes: Vec<u64> = index
+        .lines()
+        .filter_map(|line| line.strip_prefix("b "))
+        .map(|rest| rest.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
     sizes.sort_unstable();
     sizes
 }
@@ -74,21 +75,28 @@ fn an_edit_rebuild_reuses_chunks_and_writes_the_cold_build_layer() {
     let ctx = big_context();
     let root = tempfile::tempdir().unwrap();
     build(ctx.path(), root.path(), &[], EPOCH);
-    let first_packs = pack_sizes(root.path());
-    assert_eq!(first_packs.len(), 1, "one pack for the one layer written");
+    let first = chunk_bytes_per_blob(root.path());
+    assert_eq!(first.len(), 1, "chunks of the one layer written");
+    // Nothing but the index: the chunks' bytes stay in the blob.
+    let mut kept: Vec<_> = fs::read_dir(root.path().join("chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["index", "lock"]);
 
     edit_middle(ctx.path());
     let out = root.path().join("edited.tar");
     let dest = format!("type=oci,dest={}", out.display());
     build(ctx.path(), root.path(), &["-o", &dest], EPOCH);
-    let packs = pack_sizes(root.path());
-    assert_eq!(packs.len(), 2, "{packs:?}");
+    let blobs = chunk_bytes_per_blob(root.path());
+    assert_eq!(blobs.len(), 2, "{blobs:?}");
     // Only the chunk around the edit was compressed again.
     assert!(
-        packs[0] * 10 < packs[1],
+        blobs[0] * 10 < blobs[1],
         "the rebuild added {} bytes of chunks, the cold build {}",
-        packs[0],
-        packs[1]
+        blobs[0],
+        blobs[1]
     );
 
     let cold_root = tempfile::tempdir().unwrap();
@@ -112,19 +120,30 @@ fn damaged_chunks_cost_only_time() {
     let ctx = big_context();
     let root = tempfile::tempdir().unwrap();
     build(ctx.path(), root.path(), &[], EPOCH);
-    // A pack cut short (as a crash mid-write that was renamed anyway would leave) and bytes
-    // flipped in the middle of it.
-    let pack = fs::read_dir(root.path().join("chunks/packs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut bytes = fs::read(&pack).unwrap();
-    let half = bytes.len() / 2;
-    bytes[half / 2] ^= 0xff;
-    bytes.truncate(half);
-    fs::write(&pack, &bytes).unwrap();
+    // An index whose chunks point one byte off, or past the end of their blob: every read is
+    // checked, so none of them is taken.
+    let index_path = root.path().join("chunks/index");
+    let index = fs::read_to_string(&index_path).unwrap();
+    let damaged: Vec<String> = index
+        .lines()
+        .enumerate()
+        .map(|(n, line)| match line.strip_prefix("c ") {
+            Some(rest) => {
+                let mut f: Vec<String> = rest.split(' ').map(str::to_owned).collect();
+                let offset: u64 = f[2].parse().unwrap();
+                f[2] = if n % 2 == 0 {
+                    offset + 1
+                } else {
+                    offset + (1 << 40)
+                }
+                .to_string();
+                format!("c {}", f.join(" "))
+            }
+            None => line.to_owned(),
+        })
+        .collect();
+    assert!(damaged.iter().filter(|l| l.starts_with("c ")).count() > 10);
+    fs::write(&index_path, damaged.join("\n") + "\n").unwrap();
 
     edit_middle(ctx.path());
     let out = root.path().join("edited.tar");

@@ -307,17 +307,18 @@ fn in_the_making(root: &std::path::Path, prefix: &str, min: u64) -> bool {
     })
 }
 
-/// A context of `count` incompressible files of 100 kB under src/ (a layer of many chunks),
-/// file `edited` different when `version` is.
-fn chunky_context(dir: &std::path::Path, count: u64, edited: u64, version: u64) {
+/// A context of `count` incompressible files of `size` bytes under src/ (files of 100 kB make
+/// a layer of many chunks; files larger than a chunk, runs of pieces), file `edited` different
+/// when `version` is.
+fn chunky_context(dir: &std::path::Path, count: u64, size: usize, edited: u64, version: u64) {
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY src/ /src/\n").unwrap();
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..count {
         let mut state =
             (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ if i == edited { version } else { 0 };
-        let mut bytes = Vec::with_capacity(100_000);
-        while bytes.len() < 100_000 {
+        let mut bytes = Vec::with_capacity(size);
+        while bytes.len() < size {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
@@ -337,20 +338,24 @@ fn chunky_context(dir: &std::path::Path, count: u64, edited: u64, version: u64) 
     }
 }
 
-/// Issue 14: a SIGKILL while a rebuild writes its layer from the chunks of the last one (and
-/// packs the chunks it had to compress again) leaves `kiln verify` clean, and the next build
-/// gives the image a cold build of the same context gives, byte for byte.
+/// Issue 14: a SIGKILL while a rebuild writes its layer from the chunks of the last one (read
+/// from the last blob, which the chunk index points into) leaves `kiln verify` clean, and the
+/// next build gives the image a cold build of the same context gives, byte for byte.
 #[test]
 fn sigkill_while_chunks_are_reused_leaves_a_clean_store_and_a_correct_next_build() {
-    const FILES: u64 = 300;
-    const EDITED: u64 = 150;
     let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
-    // Killed as soon as the blob is being written, and once the pack of new chunks is.
-    for (kill_at, min) in [(".tmp", 1u64 << 20), ("chunks-", 0)] {
+    // Killed as soon as the blob is being written: 300 files of 100 kB, the middle one
+    // edited; and 4 files of 12 MB, the first edited, once the reused pieces of the others
+    // are being written.
+    for (files, size, edited, min) in [
+        (300u64, 100_000usize, 150u64, 1u64 << 20),
+        (4, 12 << 20, 0, 16 << 20),
+    ] {
+        let kill_at = ".tmp";
         let root = tempfile::tempdir().unwrap();
         let r = root.path().to_string_lossy().into_owned();
         let ctx = tempfile::tempdir().unwrap();
-        chunky_context(ctx.path(), FILES, EDITED, 0);
+        chunky_context(ctx.path(), files, size, edited, 0);
         let first = kiln(
             &[
                 "--root",
@@ -370,7 +375,7 @@ fn sigkill_while_chunks_are_reused_leaves_a_clean_store_and_a_correct_next_build
             root.path().join("chunks/index").is_file(),
             "the first build kept no chunks"
         );
-        chunky_context(ctx.path(), FILES, EDITED, 1);
+        chunky_context(ctx.path(), files, size, edited, 1);
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -430,7 +435,7 @@ fn sigkill_while_chunks_are_reused_leaves_a_clean_store_and_a_correct_next_build
         let cold = std::fs::read(ctx.path().join("cold.tar")).unwrap();
         assert!(
             again == cold,
-            "killed at {kill_at}: the next build's archive differs from a cold build's"
+            "killed past {min} bytes: the next build's archive differs from a cold build's"
         );
         assert!(
             !ctx.path().join("killed.tar").exists(),

@@ -23,6 +23,8 @@ const SMALL: Shape = Shape {
 #[derive(Default)]
 struct MemoryCache {
     chunks: Mutex<HashMap<ChunkKey, StoredChunk>>,
+    /// Places told during a write, kept (sliced from its output) by [`MemoryCache::keep`].
+    places: Mutex<Vec<(ChunkKey, ChunkPlace)>>,
     states: Mutex<HashMap<ChunkKey, HashState>>,
     digests: Mutex<HashMap<FileIdentity, [u8; 32]>>,
     hits: AtomicUsize,
@@ -41,6 +43,26 @@ impl MemoryCache {
                     .unwrap()
                     .insert(identity(&entry), Sha256::digest(&bytes).into());
             }
+        }
+    }
+
+    /// Keeps the chunks the last write told of, read from its output and checked, as a store
+    /// does once the blob is committed.
+    fn keep(&self, output: &[u8]) {
+        for (key, place) in self.places.lock().unwrap().drain(..) {
+            let start = usize::try_from(place.offset).unwrap();
+            let bytes = output[start..start + usize::try_from(place.len).unwrap()].to_vec();
+            assert_eq!(
+                crc32fast::hash(&bytes),
+                place.compressed_crc,
+                "the place's CRC-32 is its bytes'"
+            );
+            let chunk = StoredChunk {
+                bytes,
+                crc: place.crc,
+                uncompressed_len: place.uncompressed_len,
+            };
+            self.chunks.lock().unwrap().entry(key).or_insert(chunk);
         }
     }
 
@@ -72,8 +94,8 @@ impl ChunkCache for MemoryCache {
         }
         found
     }
-    fn remember_chunk(&self, key: &ChunkKey, chunk: &StoredChunk) {
-        self.chunks.lock().unwrap().insert(*key, chunk.clone());
+    fn remember_chunk(&self, key: &ChunkKey, place: &ChunkPlace) {
+        self.places.lock().unwrap().push((*key, *place));
     }
     fn remember_state(&self, prefix: &ChunkKey, state: &HashState) {
         self.states.lock().unwrap().insert(*prefix, state.clone());
@@ -249,9 +271,14 @@ fn apply(root: &Path, change: Change, at: usize, rng: &mut Rng) {
 fn write(
     root: &Path,
     options: &LayerOptions,
-    cache: Option<&dyn ChunkCache>,
+    cache: Option<&MemoryCache>,
 ) -> (crate::Layer, Vec<u8>) {
-    write_shaped(root, options, cache, SMALL, Vec::new()).unwrap()
+    let dyn_cache = cache.map(|c| c as &dyn ChunkCache);
+    let (layer, bytes) = write_shaped(root, options, dyn_cache, SMALL, Vec::new()).unwrap();
+    if let Some(cache) = cache {
+        cache.keep(&bytes);
+    }
+    (layer, bytes)
 }
 
 fn uncompressed(compression: Compression, blob: &[u8]) -> Vec<u8> {
@@ -428,4 +455,131 @@ fn cuts_do_not_depend_on_the_cache_or_threads() {
             uncompressed(compression, &a)
         );
     }
+}
+
+/// A tree with files larger than a chunk (text, random bytes, one just past a piece with its
+/// header) among small ones.
+fn tree_with_large_files(root: &Path, rng: &mut Rng) {
+    make_tree(root, rng);
+    let big = root.join("big");
+    fs::create_dir_all(&big).unwrap();
+    fs::write(big.join("a-text.bin"), text(rng, 2 * 1024 * 1024 + 777)).unwrap();
+    let random: Vec<u8> = (0..1536 * 1024).map(|_| rng.next() as u8).collect();
+    fs::write(big.join("b-random.bin"), random).unwrap();
+    fs::write(big.join("c-edge.bin"), text(rng, 1024 * 1024 - 512)).unwrap();
+    fs::write(big.join("d-small-large.bin"), text(rng, 100 * 1024)).unwrap();
+    fs::write(root.join("zz-after.txt"), text(rng, 3000)).unwrap();
+    settle_times(root);
+}
+
+/// Files larger than a chunk are cut into pieces that are reused one by one: an edit before
+/// them (no saved hash state: the pieces are read to hash them) or after them (the states
+/// resume), or in one of them, writes the bytes of a cold write and compresses again only
+/// what changed.
+#[test]
+fn pieces_of_large_files_are_reused_and_give_the_cold_bytes() {
+    for (round, compression) in [
+        Compression::Gzip { level: 1 },
+        Compression::Zstd { level: 1 },
+        Compression::Gzip { level: 6 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng(0xb16_f11e5 + round as u64);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        tree_with_large_files(root, &mut rng);
+        let options = LayerOptions {
+            compression,
+            source_date_epoch: Some(0),
+            threads: 2,
+        };
+        let cache = MemoryCache::default();
+        cache.learn_digests(root);
+        let (first, first_bytes) = write(root, &options, Some(&cache));
+        let (cold, cold_bytes) = write(root, &options, None);
+        assert_eq!(first, cold);
+        assert!(
+            first_bytes == cold_bytes,
+            "round {round}: pieces changed the bytes"
+        );
+        // 3 + 2 + 2 + 1 pieces: each remembered.
+        let piece_count = 8;
+        assert!(cache.chunks.lock().unwrap().len() >= piece_count);
+
+        for (what, target) in [
+            ("an edit before them", "d0/f000.txt"),
+            ("an edit after them", "zz-after.txt"),
+            ("an edit in one", "big/a-text.bin"),
+        ] {
+            let path = root.join(target);
+            let mut bytes = fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x20;
+            fs::write(&path, bytes).unwrap();
+            settle_times(root);
+            cache.learn_digests(root);
+            cache.reset_counts();
+            let (again, again_bytes) = write(root, &options, Some(&cache));
+            let (cold, cold_bytes) = write(root, &options, None);
+            let what = format!("round {round}, {what}");
+            assert_eq!(again, cold, "{what}");
+            assert!(again_bytes == cold_bytes, "{what}: bytes differ");
+            let tar = uncompressed(compression, &cold_bytes);
+            assert_eq!(Sha256Digest::of(&tar).to_string(), cold.diff_id, "{what}");
+            let hits = cache.hits.load(Ordering::SeqCst);
+            let misses = cache.misses.load(Ordering::SeqCst);
+            // The edited file's pieces (3 for a-text) and a chunk or two around a small edit.
+            assert!(misses <= 4, "{what}: {misses} written again, {hits} reused");
+            assert!(hits >= piece_count - 3, "{what}: only {hits} reused");
+        }
+
+        // A cache that lost every other chunk: reused pieces and pieces compressed afresh
+        // alternate, each fresh one taking the reused one's tail as dictionary; with the saved
+        // hash states, then without them.
+        for keep_states in [true, false] {
+            let mut keys: Vec<ChunkKey> = cache.chunks.lock().unwrap().keys().copied().collect();
+            keys.sort_unstable();
+            let lost: HashMap<ChunkKey, StoredChunk> = keys
+                .iter()
+                .step_by(2)
+                .filter_map(|k| Some((*k, cache.chunks.lock().unwrap().remove(k)?)))
+                .collect();
+            if !keep_states {
+                cache.states.lock().unwrap().clear();
+            }
+            cache.reset_counts();
+            let (again, again_bytes) = write(root, &options, Some(&cache));
+            let (cold, cold_bytes) = write(root, &options, None);
+            assert_eq!(
+                again, cold,
+                "round {round}, half lost, states {keep_states}"
+            );
+            assert!(again_bytes == cold_bytes, "round {round}: bytes differ");
+            assert!(cache.hits.load(Ordering::SeqCst) >= 3);
+            assert!(cache.misses.load(Ordering::SeqCst) >= 3);
+            cache.chunks.lock().unwrap().extend(lost);
+        }
+    }
+}
+
+/// A cached piece whose bytes are damaged is noticed when its tar bytes are read to hash them
+/// (their CRC-32 is not the chunk's) and written afresh.
+#[test]
+fn a_damaged_piece_is_written_afresh() {
+    let mut rng = Rng(4242);
+    let dir = tempfile::tempdir().unwrap();
+    tree_with_large_files(dir.path(), &mut rng);
+    let options = LayerOptions::default();
+    let cache = MemoryCache::default();
+    cache.learn_digests(dir.path());
+    let (cold, cold_bytes) = write(dir.path(), &options, Some(&cache));
+    for chunk in cache.chunks.lock().unwrap().values_mut() {
+        chunk.crc ^= 1;
+    }
+    cache.states.lock().unwrap().clear();
+    let (again, again_bytes) = write(dir.path(), &options, Some(&cache));
+    assert_eq!(again, cold);
+    assert!(again_bytes == cold_bytes);
 }

@@ -557,7 +557,7 @@ impl Chunker<'_> {
             .cache
             .and_then(|cache| Some((cache, cache.known_digest(&identity(&entry))?)));
         if let Some((cache, digest)) = known.filter(|_| size > 0) {
-            return self.pieces(cache, &entry, &header, &digest, entry_len);
+            return self.pieces(cache, &entry, &header, &digest);
         }
         self.total_len = self.total_len.saturating_add(entry_len);
         self.prefix = None;
@@ -580,7 +580,6 @@ impl Chunker<'_> {
         entry: &Entry,
         header: &[u8],
         digest: &[u8; 32],
-        entry_len: u64,
     ) -> Result<(), LayerError> {
         let listed = LargeEntry {
             entry,
@@ -588,6 +587,7 @@ impl Chunker<'_> {
             file: open_listed(entry)?,
         };
         listed.check_size()?;
+        let entry_len = listed.tar_len();
         let mut offset = 0u64;
         let mut index = 0u64;
         while offset < entry_len {
@@ -600,9 +600,7 @@ impl Chunker<'_> {
             self.total_len = self.total_len.saturating_add(len);
             let found = cache.chunk(&key).filter(|c| c.uncompressed_len == len);
             let reuse = match found {
-                Some(chunk) => {
-                    self.resume_piece(cache, &listed, chunk, prefix, offset, end, last)?
-                }
+                Some(chunk) => self.resume_piece(cache, &listed, chunk, prefix, offset..end)?,
                 None => None,
             };
             match reuse {
@@ -621,19 +619,19 @@ impl Chunker<'_> {
         Ok(())
     }
 
-    /// The message that reuses a cached piece, or `None` when its bytes do not check out
-    /// (then it is written afresh).
-    #[allow(clippy::too_many_arguments)]
+    /// The message that reuses a cached piece (tar bytes `range` of the entry), or `None` when
+    /// its bytes do not check out (then it is written afresh).
     fn resume_piece(
         &self,
         cache: &dyn ChunkCache,
         listed: &LargeEntry<'_>,
         chunk: StoredChunk,
         prefix: Option<ChunkKey>,
-        start: u64,
-        end: u64,
-        last: bool,
+        range: std::ops::Range<u64>,
     ) -> Result<Option<Message>, LayerError> {
+        let std::ops::Range { start, end } = range;
+        // The last piece ends the entry's chunk: the next chunk starts without a dictionary.
+        let last = end == listed.tar_len();
         let saved = prefix
             .and_then(|p| cache.hash_state(&p))
             .filter(|s| s.len() == self.total_len);
@@ -696,6 +694,12 @@ impl LargeEntry<'_> {
 
     fn content_end(&self) -> u64 {
         self.header_len().saturating_add(self.entry.size)
+    }
+
+    /// Header, content and padding.
+    fn tar_len(&self) -> u64 {
+        self.content_end()
+            .saturating_add(padding(self.entry.size) as u64)
     }
 
     /// The file still has the size listed (its identity was checked when it was opened).

@@ -479,8 +479,11 @@ pub fn build_nodes(
         blobs.close();
         built
     })?;
-    // Keep the file hashes for the next build; losing them only costs a re-read.
-    let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
+    // Keep the file hashes for the next build (when it learnt some); losing them only costs
+    // a re-read.
+    if let Some(bytes) = builder.memo.bytes_if_changed() {
+        let _ = store.write_atomic(&store.hash_memo_path(), &bytes);
+    }
     let mut built = built;
     for image in &mut built {
         image.memo = memo.clone();
@@ -1195,21 +1198,22 @@ impl Builder<'_> {
                         self.context,
                         entries,
                         self.memo,
+                        MAX_FILE_PARTS,
                     )?;
                     parts.push(KeyPart::ContextSource {
                         pattern: matched.clone(),
                         digest: detail.digest,
                     });
                     // Per-file hashes let a miss name the file that changed.
-                    for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
-                        let shown = if path.as_os_str().is_empty() {
+                    for (entry, hash) in entries.iter().zip(&detail.files) {
+                        let shown = if entry.relative.as_os_str().is_empty() {
                             matched.clone()
                         } else {
-                            format!("{matched}/{}", path.display())
+                            format!("{matched}/{}", entry.relative.display())
                         };
                         parts.push(KeyPart::ContextFile {
                             path: shown,
-                            digest: hash,
+                            digest: kiln_context::hash::sha256_text(hash),
                         });
                     }
                 }
@@ -1477,16 +1481,12 @@ impl Builder<'_> {
                         .context
                         .walk(&path, &IgnoreRules::default())
                         .map_err(bad)?;
-                    let detail = kiln_context::hash::content_digest_detailed(
-                        self.context,
-                        &entries,
-                        self.memo,
-                    )
-                    .map_err(bad)?;
+                    let digest = kiln_context::content_digest(self.context, &entries, self.memo)
+                        .map_err(bad)?;
                     key.push(KeyPart::MountContext {
                         index,
                         path: shown.to_string(),
-                        digest: detail.digest,
+                        digest,
                     });
                     // What `.dockerignore` leaves out is not seen through the mount either.
                     let filtered = if self.context.ignore().is_empty() {

@@ -20,8 +20,12 @@ pub use ignore::{clean, IgnoreRules};
 pub use scope::{resolve_scoped, DirTree, Node, ScopeError, ScopedTree};
 
 use globset::GlobMatcher;
-use std::ffi::OsString;
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, StatxFlags};
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -180,26 +184,41 @@ impl Context {
     /// and refuses any symlink on the way, so a link swapped in after the walk cannot lead
     /// out of the context.
     pub fn open_file(&self, absolute: &Path) -> std::io::Result<std::fs::File> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::fs::OFlags;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.open_beneath(absolute, flags).map(std::fs::File::from)
+    }
+
+    /// Opens a directory a walk found, for listing, as [`Context::open_file`] opens a file.
+    fn open_dir(&self, absolute: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::OFlags;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.open_beneath(absolute, flags)
+    }
+
+    fn open_beneath(
+        &self,
+        absolute: &Path,
+        flags: rustix::fs::OFlags,
+    ) -> std::io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, ResolveFlags};
         let relative = absolute.strip_prefix(&self.root).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("{} is outside the build context", absolute.display()),
             )
         })?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let relative = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         match rustix::fs::openat2(&self.root_fd, relative, flags, Mode::empty(), resolve) {
-            Ok(fd) => Ok(std::fs::File::from(fd)),
+            Ok(fd) => Ok(fd),
             // Kernels before 5.6 lack openat2: the last component is still not followed.
-            Err(rustix::io::Errno::NOSYS) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(flags.bits() as i32)
-                    .open(absolute)
-            }
+            Err(rustix::io::Errno::NOSYS) => Ok(rustix::fs::open(absolute, flags, Mode::empty())?),
             Err(e) => Err(e.into()),
         }
     }
@@ -325,77 +344,245 @@ impl Context {
     /// contents sorted by name), leaving out what `.dockerignore` or `excludes` (patterns
     /// relative to the source, as `COPY --exclude` takes them) exclude. The source itself is
     /// followed if it is a symlink; links inside it are kept as links.
+    ///
+    /// Each entry is stat'ed once, by its name in its open directory (no lookup of the whole
+    /// path), and directories are walked on all cores; the order is the same whatever runs
+    /// first.
     pub fn walk(&self, source: &str, excludes: &IgnoreRules) -> Result<Vec<Entry>, ContextError> {
         let absolute = self.resolve(source, true)?;
         let context_relative = self.relative_of(&absolute);
-        let mut entries = Vec::new();
         let meta = fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?;
         let Some(entry) = entry_of(PathBuf::new(), &absolute, &meta)? else {
-            return Ok(entries);
+            return Ok(Vec::new());
         };
-        let is_dir = entry.kind == EntryKind::Dir;
-        entries.push(entry);
-        if is_dir {
-            self.walk_dir(
-                &absolute,
-                &context_relative,
-                Path::new(""),
-                excludes,
-                &mut entries,
-            )?;
+        if entry.kind != EntryKind::Dir {
+            return Ok(vec![entry]);
         }
+        let walk = Walk {
+            context: self,
+            context_relative: &context_relative,
+            excludes,
+            descend_excluded: self.ignore.has_exceptions() || excludes.has_exceptions(),
+        };
+        let below = walk.below(&absolute)?;
+        let mut entries = Vec::with_capacity(below.len() + 1);
+        entries.push(entry);
+        entries.extend(below);
         Ok(entries)
     }
+}
 
-    fn walk_dir(
-        &self,
-        dir: &Path,
-        context_relative: &str,
-        relative: &Path,
-        excludes: &IgnoreRules,
-        entries: &mut Vec<Entry>,
-    ) -> Result<(), ContextError> {
-        let mut names: Vec<OsString> = Vec::new();
-        for item in fs::read_dir(dir).map_err(io_error(dir))? {
-            names.push(item.map_err(io_error(dir))?.file_name());
+/// One walk below a source directory (see [`Context::walk`]).
+struct Walk<'a> {
+    context: &'a Context,
+    /// The source's path relative to the context root (empty for the root).
+    context_relative: &'a str,
+    excludes: &'a IgnoreRules,
+    /// Whether excluded directories are still walked: a `!` rule may re-include inside.
+    descend_excluded: bool,
+}
+
+/// An entry of a directory, as its listing and one stat found it.
+struct Child {
+    entry: Entry,
+    excluded: bool,
+    /// For a directory: which listing holds what is inside it.
+    inside: Option<usize>,
+}
+
+impl Walk<'_> {
+    /// The entries below the directory at `absolute`, in walk order: sorted by name, each
+    /// directory followed by what is inside it. Directories are listed a level at a time, the
+    /// level's directories on all cores, and then put in order without recursion, so a deep
+    /// tree costs neither stack nor open files.
+    fn below(&self, absolute: &Path) -> Result<Vec<Entry>, ContextError> {
+        let mut listings: Vec<Vec<Child>> = Vec::new();
+        let mut level = vec![(absolute.to_path_buf(), PathBuf::new())];
+        while !level.is_empty() {
+            let listed = level
+                .par_iter()
+                .map(|(absolute, relative)| self.list(absolute, relative))
+                .collect::<Result<Vec<_>, ContextError>>()?;
+            // The next level's listings come after this level's, in this order.
+            let first_next = listings.len() + listed.len();
+            let mut next = Vec::new();
+            for mut children in listed {
+                for child in &mut children {
+                    if child.entry.kind == EntryKind::Dir {
+                        child.inside = Some(first_next + next.len());
+                        next.push((child.entry.absolute.clone(), child.entry.relative.clone()));
+                    }
+                }
+                listings.push(children);
+            }
+            level = next;
         }
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        let descend_excluded = self.ignore.has_exceptions() || excludes.has_exceptions();
-        for name in names {
-            let child_relative = relative.join(&name);
-            let child_absolute = dir.join(&name);
-            let context_path = if context_relative.is_empty() {
-                child_relative.to_string_lossy().into_owned()
-            } else {
-                format!("{context_relative}/{}", child_relative.to_string_lossy())
-            };
-            let excluded = self.ignore.is_excluded(&context_path)
-                || excludes.is_excluded(&child_relative.to_string_lossy());
-            let meta = fs::symlink_metadata(&child_absolute).map_err(io_error(&child_absolute))?;
-            let Some(entry) = entry_of(child_relative.clone(), &child_absolute, &meta)? else {
-                continue;
-            };
-            if entry.kind == EntryKind::Dir {
-                if excluded && !descend_excluded {
+        // Inner listings come after outer ones: putting them together from the last, each
+        // directory's contents are complete when its parent takes them.
+        let mut done: Vec<Option<Vec<Entry>>> = Vec::with_capacity(listings.len());
+        done.resize_with(listings.len(), || None);
+        for (id, children) in listings.into_iter().enumerate().rev() {
+            let mut entries = Vec::with_capacity(children.len());
+            for child in children {
+                let Some(inner) = child.inside else {
+                    entries.push(child.entry);
                     continue;
-                }
-                let position = entries.len();
-                self.walk_dir(
-                    &child_absolute,
-                    context_relative,
-                    &child_relative,
-                    excludes,
-                    entries,
-                )?;
+                };
+                let inside = done
+                    .get_mut(inner)
+                    .and_then(Option::take)
+                    .unwrap_or_default();
                 // An excluded directory still appears when something inside it is re-included.
-                if !excluded || entries.len() > position {
-                    entries.insert(position, entry);
+                if !child.excluded || !inside.is_empty() {
+                    entries.push(child.entry);
                 }
-            } else if !excluded {
-                entries.push(entry);
+                entries.extend(inside);
+            }
+            if let Some(slot) = done.get_mut(id) {
+                *slot = Some(entries);
             }
         }
-        Ok(())
+        Ok(done.into_iter().next().flatten().unwrap_or_default())
+    }
+
+    /// What the walk keeps of the directory at `absolute` (`relative` to the source), sorted
+    /// by name, each entry stat'ed by its name in the open directory.
+    fn list(&self, absolute: &Path, relative: &Path) -> Result<Vec<Child>, ContextError> {
+        let fd = self
+            .context
+            .open_dir(absolute)
+            .map_err(io_error(absolute))?;
+        let mut listing = rustix::fs::Dir::new(fd).map_err(|e| io_error(absolute)(e.into()))?;
+        let mut names: Vec<OsString> = Vec::new();
+        while let Some(item) = listing.read() {
+            let item = item.map_err(|e| io_error(absolute)(e.into()))?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_os_string());
+            }
+        }
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        let dir_fd = listing.fd().map_err(|e| io_error(absolute)(e.into()))?;
+        let children = names
+            .par_iter()
+            .map(|name| self.child(dir_fd, absolute, relative, name))
+            .collect::<Result<Vec<_>, ContextError>>()?;
+        Ok(children.into_iter().flatten().collect())
+    }
+
+    /// The entry `name` of the directory open as `dir_fd`, if the walk keeps it (or, for an
+    /// excluded directory, may keep what is inside it).
+    fn child(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_absolute: &Path,
+        dir_relative: &Path,
+        name: &OsStr,
+    ) -> Result<Option<Child>, ContextError> {
+        let relative = dir_relative.join(name);
+        let excluded = self.is_excluded(&relative);
+        if excluded && !self.descend_excluded {
+            return Ok(None);
+        }
+        let absolute = dir_absolute.join(name);
+        let meta = match rustix::fs::statx(
+            dir_fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        ) {
+            Ok(stat) => EntryMeta::of_statx(&stat),
+            // Kernels before 4.11 lack statx.
+            Err(rustix::io::Errno::NOSYS) => {
+                EntryMeta::of(&fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?)
+            }
+            Err(e) => return Err(io_error(&absolute)(e.into())),
+        };
+        let kind = match meta.file_type {
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile if !excluded => EntryKind::File,
+            FileType::Symlink if !excluded => {
+                let target = rustix::fs::readlinkat(dir_fd, name, Vec::new())
+                    .map_err(|e| io_error(&absolute)(e.into()))?;
+                EntryKind::Symlink(PathBuf::from(OsString::from_vec(target.into_bytes())))
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Child {
+            entry: meta.entry(relative, absolute, kind),
+            excluded,
+            inside: None,
+        }))
+    }
+
+    fn is_excluded(&self, relative: &Path) -> bool {
+        let ignore = &self.context.ignore;
+        if ignore.is_empty() && self.excludes.is_empty() {
+            return false;
+        }
+        let relative = relative.to_string_lossy();
+        let context_path = if self.context_relative.is_empty() {
+            relative.to_string()
+        } else {
+            format!("{}/{relative}", self.context_relative)
+        };
+        ignore.is_excluded(&context_path) || self.excludes.is_excluded(&relative)
+    }
+}
+
+/// What a stat says of a walked entry.
+struct EntryMeta {
+    file_type: FileType,
+    mode: u32,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    stat: StatKey,
+    nlink: u64,
+}
+
+impl EntryMeta {
+    fn of(meta: &fs::Metadata) -> Self {
+        EntryMeta {
+            file_type: FileType::from_raw_mode(meta.mode()),
+            mode: meta.mode(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            stat: StatKey::of(meta),
+            nlink: meta.nlink(),
+        }
+    }
+
+    fn of_statx(stat: &rustix::fs::Statx) -> Self {
+        let mode = u32::from(stat.stx_mode);
+        EntryMeta {
+            file_type: FileType::from_raw_mode(mode),
+            mode,
+            size: stat.stx_size,
+            mtime: stat.stx_mtime.tv_sec,
+            mtime_nsec: i64::from(stat.stx_mtime.tv_nsec),
+            stat: StatKey::of_statx(stat),
+            nlink: u64::from(stat.stx_nlink),
+        }
+    }
+
+    fn entry(&self, relative: PathBuf, absolute: PathBuf, kind: EntryKind) -> Entry {
+        Entry {
+            size: if kind == EntryKind::File {
+                self.size
+            } else {
+                0
+            },
+            relative,
+            absolute,
+            kind,
+            mode: self.mode & 0o7777,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            stat: self.stat,
+            nlink: self.nlink,
+        }
     }
 }
 
@@ -404,27 +591,16 @@ fn entry_of(
     absolute: &Path,
     meta: &fs::Metadata,
 ) -> Result<Option<Entry>, ContextError> {
-    let file_type = meta.file_type();
-    let kind = if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink(fs::read_link(absolute).map_err(io_error(absolute))?)
-    } else {
-        return Ok(None);
+    let meta = EntryMeta::of(meta);
+    let kind = match meta.file_type {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        FileType::Symlink => {
+            EntryKind::Symlink(fs::read_link(absolute).map_err(io_error(absolute))?)
+        }
+        _ => return Ok(None),
     };
-    Ok(Some(Entry {
-        relative,
-        absolute: absolute.to_path_buf(),
-        kind,
-        mode: meta.mode() & 0o7777,
-        size: if file_type.is_file() { meta.size() } else { 0 },
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec(),
-        stat: StatKey::of(meta),
-        nlink: meta.nlink(),
-    }))
+    Ok(Some(meta.entry(relative, absolute.to_path_buf(), kind)))
 }
 
 #[cfg(test)]
@@ -609,5 +785,189 @@ mod tests {
         assert!(!ctx.ignore().is_excluded("a"));
         let ctx = Context::open(dir.path(), Some(&dir.path().join("Dockerfile"))).unwrap();
         assert!(ctx.ignore().is_excluded("a"));
+    }
+    /// The walk as it was written before the directory-relative one: a path lookup per entry,
+    /// one directory at a time. The walk must give exactly what this gives.
+    fn reference_walk(ctx: &Context, source: &str, excludes: &IgnoreRules) -> Vec<Entry> {
+        fn walk_dir(
+            ctx: &Context,
+            dir: &Path,
+            context_relative: &str,
+            relative: &Path,
+            excludes: &IgnoreRules,
+            entries: &mut Vec<Entry>,
+        ) {
+            let mut names: Vec<OsString> = fs::read_dir(dir)
+                .unwrap()
+                .map(|item| item.unwrap().file_name())
+                .collect();
+            names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+            let descend_excluded = ctx.ignore.has_exceptions() || excludes.has_exceptions();
+            for name in names {
+                let child_relative = relative.join(&name);
+                let child_absolute = dir.join(&name);
+                let context_path = if context_relative.is_empty() {
+                    child_relative.to_string_lossy().into_owned()
+                } else {
+                    format!("{context_relative}/{}", child_relative.to_string_lossy())
+                };
+                let excluded = ctx.ignore.is_excluded(&context_path)
+                    || excludes.is_excluded(&child_relative.to_string_lossy());
+                let meta = fs::symlink_metadata(&child_absolute).unwrap();
+                let Some(entry) = entry_of(child_relative.clone(), &child_absolute, &meta).unwrap()
+                else {
+                    continue;
+                };
+                if entry.kind == EntryKind::Dir {
+                    if excluded && !descend_excluded {
+                        continue;
+                    }
+                    let position = entries.len();
+                    walk_dir(
+                        ctx,
+                        &child_absolute,
+                        context_relative,
+                        &child_relative,
+                        excludes,
+                        entries,
+                    );
+                    if !excluded || entries.len() > position {
+                        entries.insert(position, entry);
+                    }
+                } else if !excluded {
+                    entries.push(entry);
+                }
+            }
+        }
+        let absolute = ctx.resolve(source, true).unwrap();
+        let context_relative = ctx.relative_of(&absolute);
+        let meta = fs::symlink_metadata(&absolute).unwrap();
+        let entry = entry_of(PathBuf::new(), &absolute, &meta).unwrap().unwrap();
+        let is_dir = entry.kind == EntryKind::Dir;
+        let mut entries = vec![entry];
+        if is_dir {
+            walk_dir(
+                ctx,
+                &absolute,
+                &context_relative,
+                Path::new(""),
+                excludes,
+                &mut entries,
+            );
+        }
+        entries
+    }
+
+    #[test]
+    fn the_walk_gives_exactly_what_a_path_by_path_walk_gives() {
+        let files: Vec<(String, String)> = [
+            "a",
+            "a.b",
+            "a-b/c",
+            "b/c/d/e.txt",
+            "b/c/d/f.md",
+            "b/c/keep/g.txt",
+            "b/z",
+            "docs/a.txt",
+            "docs/keep/b.txt",
+            "docs/keep/deep/c.txt",
+            "empty/",
+            "node_modules/x/y.js",
+            "src/main.rs",
+            "src/target/big",
+            "src/\u{e9}t\u{e9}.txt",
+            "src/sp ace",
+            "Z",
+            "_",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), format!("content {i}")))
+        .collect();
+        let file_refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let ignores = [
+            "",
+            "docs\n!docs/keep\n",
+            "**/target\n*.md\nb/c/*\n!b/c/keep\n",
+            "node_modules\nb\n!b/c/d/e.txt\n",
+            "*\n!src\n",
+        ];
+        let excludes = ["", "**/*.txt", "*\n!keep", "d\n!d/e.txt"];
+        for ignore in ignores {
+            let (dir, ctx) = context(&file_refs, ignore);
+            symlink("b/c", dir.path().join("link-to-dir")).unwrap();
+            symlink("/etc/passwd", dir.path().join("src/abs-link")).unwrap();
+            symlink("missing", dir.path().join("b/c/dangling")).unwrap();
+            fs::set_permissions(
+                dir.path().join("src/main.rs"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+            )
+            .unwrap();
+            let socket_path = dir.path().join("b/socket");
+            let _socket = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+            for exclude in excludes {
+                let exclude = IgnoreRules::parse(exclude).unwrap();
+                for source in ["", "b", "b/c", "docs", "link-to-dir", "src", "a", "empty"] {
+                    if ctx.sources(source).is_err() {
+                        continue;
+                    }
+                    let expected = reference_walk(&ctx, source, &exclude);
+                    let walked = ctx.walk(source, &exclude).unwrap();
+                    assert_eq!(
+                        walked,
+                        expected,
+                        "source {source:?}, ignore {ignore:?}, excludes {:?}",
+                        exclude.patterns().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_without_running_out_of_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        // Deeper than the usual 1024 open files, in short names so the path stays valid.
+        let mut path = dir.path().to_path_buf();
+        let mut expected = vec![String::new()];
+        let mut relative = PathBuf::new();
+        for _ in 0..1100 {
+            path.push("d");
+            relative.push("d");
+            expected.push(relative.to_string_lossy().into_owned());
+        }
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("f"), "x").unwrap();
+        expected.push(relative.join("f").to_string_lossy().into_owned());
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let walked = ctx.walk("", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), expected);
+    }
+
+    #[test]
+    fn the_walk_refuses_a_directory_swapped_for_a_link() {
+        let (dir, ctx) = context(&[("sub/inner/file", "x")], "");
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("secret"), "HOST").unwrap();
+        // What a swap between the stat and the open would leave: the walk opens directories
+        // beneath the root and never through a link.
+        fs::remove_dir_all(dir.path().join("sub/inner")).unwrap();
+        symlink(host.path(), dir.path().join("sub/inner")).unwrap();
+        let walk = Walk {
+            context: &ctx,
+            context_relative: "sub",
+            excludes: &IgnoreRules::default(),
+            descend_excluded: false,
+        };
+        assert!(walk
+            .list(&ctx.root().join("sub/inner"), Path::new("inner"))
+            .is_err());
+        // Walked afresh, the link is an entry, not a way in.
+        let walked = ctx.walk("sub", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), ["", "inner"]);
+        assert!(matches!(walked[1].kind, EntryKind::Symlink(_)));
     }
 }

@@ -1903,10 +1903,11 @@ impl Builder<'_> {
             let CopySource::Path(pattern) = source else {
                 continue;
             };
-            for matched in crate::copy::context_sources(self.context, pattern, &excludes)? {
-                let entries = self.context.walk(&matched, &excludes)?;
-                walks.push((matched, entries));
-            }
+            walks.extend(crate::copy::context_walks(
+                self.context,
+                pattern,
+                &excludes,
+            )?);
         }
         Ok(walks)
     }

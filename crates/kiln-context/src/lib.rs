@@ -231,9 +231,30 @@ impl Context {
     /// The real location of context-relative `path`. `..` stops at the root and symlinks are
     /// followed inside the root; the last component is followed only with `follow_last`.
     pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
+        Ok(self.resolve_with_metadata(path, follow_last)?.0)
+    }
+
+    /// [`Context::resolve`], with the metadata of what the path names when the resolution
+    /// ended by looking at it (so a caller needs no second stat of it).
+    fn resolve_with_metadata(
+        &self,
+        path: &str,
+        follow_last: bool,
+    ) -> Result<(PathBuf, Option<fs::Metadata>), ContextError> {
         let cleaned = clean(path);
-        match resolve_scoped(&DirTree(&self.root), Path::new(&cleaned), follow_last) {
-            Ok((relative, true)) => Ok(self.root.join(relative)),
+        let tree = RecordingTree {
+            root: &self.root,
+            last: std::cell::RefCell::new(None),
+        };
+        match resolve_scoped(&tree, Path::new(&cleaned), follow_last) {
+            Ok((relative, true)) => {
+                let meta = tree
+                    .last
+                    .into_inner()
+                    .filter(|(seen, _)| *seen == relative)
+                    .map(|(_, meta)| meta);
+                Ok((self.root.join(relative), meta))
+            }
             Ok((_, false)) => Err(ContextError::NotFound {
                 path: path.to_string(),
             }),
@@ -266,13 +287,7 @@ impl Context {
         let cleaned = clean(pattern);
         let segments: Vec<&str> = cleaned.split('/').filter(|s| !s.is_empty()).collect();
         let Some(first_wild) = segments.iter().position(|s| has_wildcard(s)) else {
-            let absolute = self.resolve(&cleaned, true)?;
-            let relative = self.relative_of(&absolute);
-            if self.ignore.is_excluded(&cleaned) || self.ignore.is_excluded(&relative) {
-                return Err(ContextError::Excluded {
-                    path: pattern.to_string(),
-                });
-            }
+            self.plain_source(pattern)?;
             return Ok(vec![cleaned]);
         };
         let prefix = segments[..first_wild].join("/");
@@ -290,6 +305,37 @@ impl Context {
             });
         }
         Ok(found)
+    }
+
+    /// A source without wildcards: where it really is and, when resolving it looked at it,
+    /// its metadata. Excluded sources are an error.
+    fn plain_source(&self, pattern: &str) -> Result<(PathBuf, Option<fs::Metadata>), ContextError> {
+        let cleaned = clean(pattern);
+        let (absolute, meta) = self.resolve_with_metadata(&cleaned, true)?;
+        let relative = self.relative_of(&absolute);
+        if self.ignore.is_excluded(&cleaned) || self.ignore.is_excluded(&relative) {
+            return Err(ContextError::Excluded {
+                path: pattern.to_string(),
+            });
+        }
+        Ok((absolute, meta))
+    }
+
+    /// [`Context::sources`] then [`Context::walk`] of each match, for a source with no
+    /// wildcard: the path is resolved once and what it names is stat'ed once (a file named in
+    /// a COPY costs one stat). `None` for a wildcard pattern (walk each of its sources).
+    pub fn walk_plain_source(
+        &self,
+        pattern: &str,
+        excludes: &IgnoreRules,
+    ) -> Result<Option<(String, Vec<Entry>)>, ContextError> {
+        let cleaned = clean(pattern);
+        if cleaned.split('/').any(has_wildcard) {
+            return Ok(None);
+        }
+        let (absolute, meta) = self.plain_source(pattern)?;
+        let entries = self.walk_resolved(absolute, meta, excludes)?;
+        Ok(Some((cleaned, entries)))
     }
 
     fn match_segments(
@@ -349,9 +395,22 @@ impl Context {
     /// path), and directories are walked on all cores; the order is the same whatever runs
     /// first.
     pub fn walk(&self, source: &str, excludes: &IgnoreRules) -> Result<Vec<Entry>, ContextError> {
-        let absolute = self.resolve(source, true)?;
+        let (absolute, meta) = self.resolve_with_metadata(source, true)?;
+        self.walk_resolved(absolute, meta, excludes)
+    }
+
+    /// [`Context::walk`] of a resolved source, with its metadata if known already.
+    fn walk_resolved(
+        &self,
+        absolute: PathBuf,
+        meta: Option<fs::Metadata>,
+        excludes: &IgnoreRules,
+    ) -> Result<Vec<Entry>, ContextError> {
         let context_relative = self.relative_of(&absolute);
-        let meta = fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?;
+        let meta = match meta {
+            Some(meta) => meta,
+            None => fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?,
+        };
         let Some(entry) = entry_of(PathBuf::new(), &absolute, &meta)? else {
             return Ok(Vec::new());
         };
@@ -369,6 +428,34 @@ impl Context {
         entries.push(entry);
         entries.extend(below);
         Ok(entries)
+    }
+}
+
+/// The context directory as a tree to resolve in, remembering the metadata of the last
+/// thing (not a link) it looked at: when that is what a path resolved to, it need not be
+/// stat'ed again.
+struct RecordingTree<'a> {
+    root: &'a Path,
+    last: std::cell::RefCell<Option<(PathBuf, fs::Metadata)>>,
+}
+
+impl ScopedTree for RecordingTree<'_> {
+    fn node(&self, relative: &Path) -> std::io::Result<Node> {
+        let path = self.root.join(relative);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(Node::Symlink(fs::read_link(&path)?)),
+            Ok(meta) => {
+                *self.last.borrow_mut() = Some((relative.to_path_buf(), meta));
+                Ok(Node::Other)
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                Ok(Node::Missing)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -969,5 +1056,55 @@ mod tests {
         let walked = ctx.walk("sub", &IgnoreRules::default()).unwrap();
         assert_eq!(rels(&walked), ["", "inner"]);
         assert!(matches!(walked[1].kind, EntryKind::Symlink(_)));
+    }
+    #[test]
+    fn a_plain_source_walks_as_sources_then_walk_and_is_looked_at_once() {
+        let (dir, ctx) = context(
+            &[
+                ("dir/a", "1"),
+                ("dir/sub/b", "2"),
+                ("file", "3"),
+                ("secret", "4"),
+            ],
+            "secret\n",
+        );
+        symlink("dir", dir.path().join("alias")).unwrap();
+        symlink("file", dir.path().join("file-link")).unwrap();
+        let none = IgnoreRules::default();
+        for source in [
+            "dir",
+            "dir/",
+            "./dir/sub",
+            "alias",
+            "file",
+            "file-link",
+            "/file",
+            ".",
+        ] {
+            let (matched, walked) = ctx.walk_plain_source(source, &none).unwrap().unwrap();
+            assert_eq!(
+                vec![matched.clone()],
+                ctx.sources(source).unwrap(),
+                "{source}"
+            );
+            assert_eq!(walked, ctx.walk(&matched, &none).unwrap(), "{source}");
+        }
+        // What resolving looked at last is what the source is: its stat is not taken again.
+        let (absolute, meta) = ctx.resolve_with_metadata("file-link", true).unwrap();
+        assert_eq!(absolute, ctx.root().join("file"));
+        let meta = meta.expect("the resolution saw the file");
+        assert_eq!(
+            StatKey::of(&meta),
+            StatKey::of(&fs::symlink_metadata(&absolute).unwrap())
+        );
+        assert!(matches!(
+            ctx.walk_plain_source("secret", &none),
+            Err(ContextError::Excluded { .. })
+        ));
+        assert!(matches!(
+            ctx.walk_plain_source("missing", &none),
+            Err(ContextError::NotFound { .. })
+        ));
+        assert!(ctx.walk_plain_source("dir/*", &none).unwrap().is_none());
     }
 }

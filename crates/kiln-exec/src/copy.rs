@@ -644,6 +644,24 @@ pub fn context_sources(
     Ok(without_excluded(matches, pattern, excludes))
 }
 
+/// Each context path a COPY/ADD source pattern names (as [`context_sources`]) with its walk.
+/// A plain path is resolved once and a file it names is stat'ed once.
+pub fn context_walks(
+    context: &Context,
+    pattern: &str,
+    excludes: &IgnoreRules,
+) -> Result<Vec<(String, Vec<kiln_context::Entry>)>, ExecError> {
+    if let Some(walked) = context.walk_plain_source(pattern, excludes)? {
+        return Ok(vec![walked]);
+    }
+    let mut walks = Vec::new();
+    for matched in context_sources(context, pattern, excludes)? {
+        let entries = context.walk(&matched, excludes)?;
+        walks.push((matched, entries));
+    }
+    Ok(walks)
+}
+
 /// Wildcard matches minus the excluded ones; `--exclude` patterns are relative to the
 /// directory the wildcard starts in (`COPY --exclude=*.txt hom* /dst/` skips homework.txt).
 fn without_excluded(matches: Vec<String>, pattern: &str, excludes: &IgnoreRules) -> Vec<String> {
@@ -895,9 +913,9 @@ impl SnapshotWriter<'_> {
             mtime: placement.mtime,
         };
         match reuse.link(relative, path, &wanted) {
-            Some(meta) => {
+            Some(linked) => {
                 // The layer writer learns what the link holds without reading it.
-                memo.put_written(StatKey::of(&meta), hash);
+                memo.put_written(linked.stat, hash);
                 true
             }
             None => false,

@@ -351,6 +351,8 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         links: std::collections::HashMap::new(),
         resolved: std::collections::HashMap::new(),
         made: std::collections::HashSet::new(),
+        fresh: std::collections::HashSet::new(),
+        placed: std::collections::HashSet::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -367,15 +369,40 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
     }
     // An archive may have put anything under the destination: check directories afresh.
     writer.made.clear();
-    for placement in placements {
+    // Unchanged files linked from the previous snapshot are linked many at a time, on all
+    // cores: creating the names is most of an edit's copy. Only files whose place nothing
+    // else can take meanwhile wait in the batch (see `pending_link`); anything else first
+    // lets the batch finish, so the snapshot is what placing one by one makes.
+    let mut batch = Vec::new();
+    for (index, placement) in placements.iter().enumerate() {
         let mode = match &chmod {
             Some(chmod) if !matches!(placement.kind, PlacementKind::Symlink(_)) => {
                 chmod.apply(placement.mode, matches!(placement.kind, PlacementKind::Dir))
             }
             _ => placement.mode,
         };
-        writer.place(&placement, mode, &mut stats)?;
+        let placed = match writer.pending_link(index, placement, mode) {
+            Ok(Some(pending)) => {
+                batch.push(pending);
+                continue;
+            }
+            Ok(None) => writer.target_of(placement),
+            Err(e) => Err(e),
+        };
+        // What goes wrong is told in the order of the placements.
+        let resolved = match placed {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                writer.link_batch(&placements, batch, &mut stats)?;
+                return Err(e);
+            }
+        };
+        if !batch.is_empty() && !writer.places_apart(placement, &resolved) {
+            writer.link_batch(&placements, std::mem::take(&mut batch), &mut stats)?;
+        }
+        writer.place_at(placement, resolved, mode, &mut stats)?;
     }
+    writer.link_batch(&placements, batch, &mut stats)?;
     writer.finish()?;
     Ok(stats)
 }
@@ -448,6 +475,8 @@ pub fn make_workdir(
         links: std::collections::HashMap::new(),
         resolved: std::collections::HashMap::new(),
         made: std::collections::HashSet::new(),
+        fresh: std::collections::HashSet::new(),
+        placed: std::collections::HashSet::new(),
     };
     writer.ensure_dir(&resolved)?;
     writer.finish()?;
@@ -879,7 +908,26 @@ struct SnapshotWriter<'a> {
     /// Snapshot directories known to be real directories (made or checked by this copy);
     /// forgotten when something at or above them is replaced.
     made: std::collections::HashSet<PathBuf>,
+    /// Snapshot directories this copy created (so they held only what it put there since);
+    /// forgotten when something at or above them is replaced.
+    fresh: std::collections::HashSet<PathBuf>,
+    /// Snapshot paths this copy placed something at (or is about to link at).
+    placed: std::collections::HashSet<PathBuf>,
 }
+
+/// A file to link from the previous snapshot, its place settled (see
+/// [`SnapshotWriter::pending_link`]).
+struct PendingLink {
+    /// Its position in the copy's placements.
+    index: usize,
+    relative: PathBuf,
+    path: PathBuf,
+    mode: u32,
+    owner: Owner,
+}
+
+/// Pending links made on all cores at least (fewer are not worth the threads).
+const PARALLEL_LINKS: usize = 64;
 
 impl SnapshotWriter<'_> {
     /// Links a context file that did not change since the step's previous snapshot from there
@@ -922,6 +970,122 @@ impl SnapshotWriter<'_> {
         }
     }
 
+    /// Where a placement goes in the snapshot (relative to it): directories the image has as
+    /// symlinks are followed, inside the image; the entry itself, unless it is a directory,
+    /// replaces whatever the image has at its name.
+    fn target_of(&mut self, placement: &Placement) -> Result<PathBuf, ExecError> {
+        Ok(
+            match (
+                &placement.kind,
+                placement.destination.parent(),
+                placement.destination.file_name(),
+            ) {
+                (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
+                    self.image
+                        .resolve(&placement.destination, true)
+                        .map_err(ExecError::Copy)?
+                        .0
+                }
+                (_, Some(parent), Some(name)) => match self.resolved.get(parent) {
+                    Some(resolved) => resolved.join(name),
+                    None => {
+                        let resolved = self.image.resolve(parent, true).map_err(ExecError::Copy)?.0;
+                        let joined = resolved.join(name);
+                        self.resolved.insert(parent.to_path_buf(), resolved);
+                        joined
+                    }
+                },
+            },
+        )
+    }
+
+    /// A context file that may be linked from the previous snapshot, when its link can wait
+    /// in a batch: its directory was created by this copy and nothing was placed at its name,
+    /// so nothing is there and nothing else in the batch goes there. Its directories are made
+    /// now, in order; `None` when it must be placed in order instead.
+    fn pending_link(
+        &mut self,
+        index: usize,
+        placement: &Placement,
+        mode: u32,
+    ) -> Result<Option<PendingLink>, ExecError> {
+        let linkable = self.reuse.is_some()
+            && self.memo.is_some()
+            && self.context.is_some()
+            && placement.stat.is_some()
+            && placement.nlink == 1
+            && matches!(placement.kind, PlacementKind::File(_));
+        if !linkable {
+            return Ok(None);
+        }
+        let relative = self.target_of(placement)?;
+        let Some(parent) = relative.parent() else {
+            return Ok(None);
+        };
+        self.ensure_dir(parent)?;
+        if !self.fresh.contains(parent) || !self.placed.insert(relative.clone()) {
+            return Ok(None);
+        }
+        let owner = match placement.owner {
+            Some(own) if !self.chown => own,
+            _ => self.owner,
+        };
+        Ok(Some(PendingLink {
+            index,
+            path: self.root.join(&relative),
+            relative,
+            mode,
+            owner,
+        }))
+    }
+
+    /// Whether placing this now cannot touch what a pending link goes to: a directory made
+    /// at a new name inside a directory this copy created (a pending link's directory only
+    /// ever gains names).
+    fn places_apart(&self, placement: &Placement, relative: &Path) -> bool {
+        matches!(placement.kind, PlacementKind::Dir)
+            && relative
+                .parent()
+                .is_some_and(|parent| self.fresh.contains(parent))
+            && !self.placed.contains(relative)
+    }
+
+    /// Links the batch's files from the previous snapshot (on all cores when there are many);
+    /// those that cannot be linked are then placed one by one, in order.
+    fn link_batch(
+        &mut self,
+        placements: &[Placement],
+        batch: Vec<PendingLink>,
+        stats: &mut CopyStats,
+    ) -> Result<(), ExecError> {
+        let placement_of = |pending: &PendingLink| placements.get(pending.index);
+        let link = |pending: &PendingLink| {
+            placement_of(pending).is_some_and(|placement| {
+                self.link_unchanged(
+                    placement,
+                    &pending.relative,
+                    &pending.path,
+                    pending.mode,
+                    pending.owner,
+                )
+            })
+        };
+        let linked: Vec<bool> = if batch.len() >= PARALLEL_LINKS {
+            use rayon::prelude::*;
+            batch.par_iter().map(link).collect()
+        } else {
+            batch.iter().map(link).collect()
+        };
+        for (pending, linked) in batch.iter().zip(linked) {
+            if linked {
+                stats.files += 1;
+            } else if let Some(placement) = placement_of(pending) {
+                self.place(placement, pending.mode, stats)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stamps the directories, deepest first.
     fn finish(self) -> Result<(), ExecError> {
         let mut dirs: Vec<_> = self.dirs.into_iter().collect();
@@ -959,6 +1123,10 @@ impl SnapshotWriter<'_> {
                 Err(e) => return Err(io_at(&path, e)),
             }
             fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
+            self.fresh.insert(view.clone());
+            if self.reuse.is_some() {
+                self.placed.insert(view.clone());
+            }
             let stamp = match self.image.lstat(&view) {
                 Some(found) if found.meta.is_dir() => {
                     let meta = &found.meta;
@@ -987,30 +1155,23 @@ impl SnapshotWriter<'_> {
         stats: &mut CopyStats,
     ) -> Result<(), ExecError> {
         // Directories the image has as symlinks are followed, inside the image (a tree copied
-        // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`); the entry
-        // itself, unless it is a directory, replaces whatever the image has at its name.
-        let resolved = match (
-            &placement.kind,
-            placement.destination.parent(),
-            placement.destination.file_name(),
-        ) {
-            (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
-                self.image
-                    .resolve(&placement.destination, true)
-                    .map_err(ExecError::Copy)?
-                    .0
-            }
-            (_, Some(parent), Some(name)) => match self.resolved.get(parent) {
-                Some(resolved) => resolved.join(name),
-                None => {
-                    let resolved = self.image.resolve(parent, true).map_err(ExecError::Copy)?.0;
-                    let joined = resolved.join(name);
-                    self.resolved.insert(parent.to_path_buf(), resolved);
-                    joined
-                }
-            },
-        };
+        // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`).
+        let resolved = self.target_of(placement)?;
+        self.place_at(placement, resolved, mode, stats)
+    }
+
+    /// [`SnapshotWriter::place`] at `resolved`, the placement's [`SnapshotWriter::target_of`].
+    fn place_at(
+        &mut self,
+        placement: &Placement,
+        resolved: PathBuf,
+        mode: u32,
+        stats: &mut CopyStats,
+    ) -> Result<(), ExecError> {
         let relative = &resolved;
+        if self.reuse.is_some() {
+            self.placed.insert(resolved.clone());
+        }
         if let Some(parent) = relative.parent() {
             self.ensure_dir(parent)?;
         }
@@ -1045,6 +1206,7 @@ impl SnapshotWriter<'_> {
                 // Names below it are gone, and it may become a symlink: never link through it.
                 self.links.retain(|_, first| !first.starts_with(&path));
                 self.made.retain(|dir| !dir.starts_with(relative));
+                self.fresh.retain(|dir| !dir.starts_with(relative));
             }
             Ok(_) => {
                 fs::remove_file(&path).map_err(|e| io_at(&path, e))?;
@@ -1053,12 +1215,14 @@ impl SnapshotWriter<'_> {
                 }
                 self.links.retain(|_, first| first != &path);
                 self.made.retain(|dir| !dir.starts_with(relative));
+                self.fresh.retain(|dir| !dir.starts_with(relative));
             }
             Err(_) => {}
         }
         match &placement.kind {
             PlacementKind::Dir => {
                 fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
+                self.fresh.insert(relative.clone());
                 self.dirs.insert(path, (mode, owner, placement.mtime));
                 Ok(())
             }
@@ -1860,5 +2024,107 @@ mod tests {
                 .map(PathBuf::from)
                 .to_vec()
         );
+    }
+    /// Every entry of a snapshot: path, kind, mode, time, and content or link target.
+    fn tree_of(root: &Path) -> Vec<(PathBuf, String, u32, i64, i64)> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    stack.push(path.clone());
+                    "dir".to_string()
+                } else if meta.file_type().is_symlink() {
+                    format!("-> {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    fs::read_to_string(&path).unwrap()
+                };
+                found.push((
+                    path.strip_prefix(root).unwrap().to_path_buf(),
+                    what,
+                    meta.mode(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                ));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn batched_links_make_the_snapshot_placing_one_by_one_makes() {
+        // Enough unchanged files for links on all cores, and a second source that replaces
+        // a linked file, a whole linked directory, and puts a directory where a file was.
+        let mut files: Vec<(String, String)> = Vec::new();
+        for d in 0..4 {
+            for f in 0..40 {
+                files.push((format!("src/d{d}/f{f:02}"), format!("{d}/{f}")));
+            }
+        }
+        files.push(("src/top".into(), "top".into()));
+        files.push(("over/d1/f05".into(), "replaced".into()));
+        files.push(("over/d2".into(), "a file where a directory was".into()));
+        files.push((
+            "over/top/inner".into(),
+            "a directory where a file was".into(),
+        ));
+        files.push(("over/d3/new".into(), "added".into()));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let (dir, ctx) = context(&refs);
+        std::os::unix::fs::symlink("f00", dir.path().join("src/d0/link")).unwrap();
+        let step = step(&["src/", "over/"], "/app/");
+        let copy_with = |memo: &kiln_context::MemoryMemo,
+                         reuse: Option<&crate::reuse::SnapshotReuse>| {
+            let snapshot = tempfile::tempdir().unwrap();
+            let job = CopyJob {
+                step: &step,
+                workdir: "/",
+                image: &Rootfs::default(),
+                users: &Rootfs::default(),
+                snapshot: snapshot.path(),
+                now: 1_700_000_000,
+                fetched: &[],
+                git_trees: &[],
+                memo: Some(memo),
+                reuse,
+                walked: &[],
+            };
+            run_copy(&job, &CopyFrom::Context(&ctx)).unwrap();
+            snapshot
+        };
+        let memo = kiln_context::MemoryMemo::default();
+        let first = crate::reuse::SnapshotReuse::recording();
+        let one = copy_with(&memo, Some(&first));
+        // One file edited: the rest is linked.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join("src/d0/f07"), "edited").unwrap();
+        let second = crate::reuse::SnapshotReuse::from_previous(
+            one.path().to_path_buf(),
+            first.into_written(),
+        );
+        let reused = copy_with(&memo, Some(&second));
+        let plain = copy_with(&kiln_context::MemoryMemo::default(), None);
+        assert!(second.linked() > 100, "linked {}", second.linked());
+        assert_eq!(tree_of(reused.path()), tree_of(plain.path()));
+        assert_eq!(read(reused.path(), "app/d0/f07"), "edited");
+        assert_eq!(read(reused.path(), "app/d1/f05"), "replaced");
+        assert_eq!(
+            read(reused.path(), "app/d2"),
+            "a file where a directory was"
+        );
+        // Nothing in the new snapshot shares an inode with another name in it.
+        let mut inodes = std::collections::HashSet::new();
+        for (path, what, ..) in tree_of(reused.path()) {
+            if what != "dir" {
+                let meta = fs::symlink_metadata(reused.path().join(&path)).unwrap();
+                assert!(inodes.insert(meta.ino()), "{}", path.display());
+            }
+        }
     }
 }

@@ -353,6 +353,7 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         made: std::collections::HashSet::new(),
         fresh: std::collections::HashSet::new(),
         placed: std::collections::HashSet::new(),
+        absent: std::collections::HashSet::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -477,6 +478,7 @@ pub fn make_workdir(
         made: std::collections::HashSet::new(),
         fresh: std::collections::HashSet::new(),
         placed: std::collections::HashSet::new(),
+        absent: std::collections::HashSet::new(),
     };
     writer.ensure_dir(&resolved)?;
     writer.finish()?;
@@ -913,6 +915,9 @@ struct SnapshotWriter<'a> {
     fresh: std::collections::HashSet<PathBuf>,
     /// Snapshot paths this copy placed something at (or is about to link at).
     placed: std::collections::HashSet<PathBuf>,
+    /// Paths (resolved in the image) the image does not have: nothing below them needs
+    /// looking up through its layers.
+    absent: std::collections::HashSet<PathBuf>,
 }
 
 /// A file to link from the previous snapshot, its place settled (see
@@ -974,29 +979,57 @@ impl SnapshotWriter<'_> {
     /// symlinks are followed, inside the image; the entry itself, unless it is a directory,
     /// replaces whatever the image has at its name.
     fn target_of(&mut self, placement: &Placement) -> Result<PathBuf, ExecError> {
-        Ok(
-            match (
-                &placement.kind,
-                placement.destination.parent(),
-                placement.destination.file_name(),
-            ) {
-                (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
-                    self.image
-                        .resolve(&placement.destination, true)
-                        .map_err(ExecError::Copy)?
-                        .0
-                }
-                (_, Some(parent), Some(name)) => match self.resolved.get(parent) {
-                    Some(resolved) => resolved.join(name),
-                    None => {
-                        let resolved = self.image.resolve(parent, true).map_err(ExecError::Copy)?.0;
-                        let joined = resolved.join(name);
-                        self.resolved.insert(parent.to_path_buf(), resolved);
-                        joined
-                    }
-                },
-            },
-        )
+        let (Some(parent), Some(name)) = (
+            placement.destination.parent(),
+            placement.destination.file_name(),
+        ) else {
+            return self.resolve_in_image(&placement.destination);
+        };
+        let parent = match self.resolved.get(parent) {
+            Some(resolved) => resolved.clone(),
+            None => {
+                let resolved = self.resolve_in_image(parent)?;
+                self.resolved.insert(parent.to_path_buf(), resolved.clone());
+                resolved
+            }
+        };
+        let joined = parent.join(name);
+        if !matches!(placement.kind, PlacementKind::Dir) {
+            return Ok(joined);
+        }
+        // A directory is followed if the image has a symlink at its name; below a path the
+        // image does not have, it has nothing.
+        if self.absent.contains(&parent) {
+            self.absent.insert(joined.clone());
+            return Ok(joined);
+        }
+        self.resolve_in_image(&placement.destination)
+    }
+
+    /// `path` resolved in the image (symlinks followed inside it), remembering when the image
+    /// does not have it.
+    fn resolve_in_image(&mut self, path: &Path) -> Result<PathBuf, ExecError> {
+        let (resolved, found) = self.image.resolve(path, true).map_err(ExecError::Copy)?;
+        if found.is_none() {
+            self.absent.insert(resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    /// What the image has at `relative` (resolved), looked up only when its parent is there.
+    fn image_entry(&mut self, relative: &Path) -> Option<crate::rootfs::Found> {
+        if relative
+            .parent()
+            .is_some_and(|parent| self.absent.contains(parent))
+        {
+            self.absent.insert(relative.to_path_buf());
+            return None;
+        }
+        let found = self.image.lstat(relative);
+        if found.is_none() {
+            self.absent.insert(relative.to_path_buf());
+        }
+        found
     }
 
     /// A context file that may be linked from the previous snapshot, when its link can wait
@@ -1127,7 +1160,7 @@ impl SnapshotWriter<'_> {
             if self.reuse.is_some() {
                 self.placed.insert(view.clone());
             }
-            let stamp = match self.image.lstat(&view) {
+            let stamp = match self.image_entry(&view) {
                 Some(found) if found.meta.is_dir() => {
                     let meta = &found.meta;
                     let owner = Owner {
@@ -1585,6 +1618,64 @@ mod tests {
             "the image's /lib link stays a link"
         );
         assert_eq!(read(out.path(), "etc/conf"), "C");
+    }
+
+    #[test]
+    fn new_directories_below_links_and_below_what_the_image_lacks_land_where_they_should() {
+        let (_c, ctx) = context(&[
+            ("tree/opt/link/new/deep/f", "F"),
+            ("tree/opt/real/g", "G"),
+            ("tree/fresh/a/b/c", "C"),
+            ("tree/fresh/a/d", "D"),
+        ]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("opt/real")).unwrap();
+        fs::set_permissions(
+            image_dir.path().join("opt/real"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("real", image_dir.path().join("opt/link")).unwrap();
+        // A lower layer has a directory an upper one whites out: not there in the image.
+        let lower = tempfile::tempdir().unwrap();
+        fs::create_dir_all(lower.path().join("fresh/a/b")).unwrap();
+        fs::set_permissions(
+            lower.path().join("fresh/a"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            image_dir.path().join("fresh"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .expect("a whiteout (char device 0/0) can be made here");
+        let image = Rootfs::new(vec![lower.path().into(), image_dir.path().into()]);
+        let out = copy(&step(&["tree"], "/"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "opt/real/new/deep/f"), "F");
+        assert_eq!(read(out.path(), "opt/real/g"), "G");
+        assert_eq!(read(out.path(), "fresh/a/b/c"), "C");
+        assert_eq!(read(out.path(), "fresh/a/d"), "D");
+        assert!(!out.path().join("opt/link").exists());
+        // Directories a copy needs keep the image's metadata where the image has them, and
+        // are new (0755) below what the image lacks, whatever a covered lower layer holds.
+        let mode = |out: &Path, p: &str| fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
+        let out = copy(
+            &step(&["tree/fresh/a/d"], "/opt/link/sub/"),
+            &ctx,
+            &image,
+            "/",
+        )
+        .unwrap();
+        assert_eq!(read(out.path(), "opt/real/sub/d"), "D");
+        assert_eq!(mode(out.path(), "opt/real"), 0o700);
+        assert_eq!(mode(out.path(), "opt/real/sub"), 0o755);
+        let out = copy(&step(&["tree/fresh/a/d"], "/fresh/a/b/"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "fresh/a/b/d"), "D");
+        assert_eq!(mode(out.path(), "fresh"), 0o755);
+        assert_eq!(mode(out.path(), "fresh/a"), 0o755);
     }
 
     #[test]

@@ -1918,13 +1918,20 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         walks: &[(String, Vec<kiln_context::Entry>)],
     ) -> bool {
-        copy.sources
+        let all_paths = copy
+            .sources
             .iter()
-            .all(|s| matches!(s, CopySource::Path(_)))
-            && walks.iter().flat_map(|(_, entries)| entries).any(|e| {
-                e.kind == kiln_context::EntryKind::File
-                    && kiln_context::HashMemo::get(self.memo, &e.stat).is_none()
-            })
+            .all(|s| matches!(s, CopySource::Path(_)));
+        all_paths && {
+            let mut files = walks
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .filter(|e| e.kind == kiln_context::EntryKind::File)
+                .map(|e| &e.stat);
+            kiln_context::HashMemo::get_many(self.memo, &mut files)
+                .iter()
+                .any(Option::is_none)
+        }
     }
 
     fn finish(&self, image: StageImage) -> Result<Built, BuildError> {

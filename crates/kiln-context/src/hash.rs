@@ -64,6 +64,10 @@ impl StatKey {
 pub trait HashMemo: Sync {
     /// The content hash of the file with this key, if known.
     fn get(&self, key: &StatKey) -> Option<[u8; 32]>;
+    /// [`HashMemo::get`] of many keys at once (one lock for all of them, where there is one).
+    fn get_many(&self, keys: &mut dyn Iterator<Item = &StatKey>) -> Vec<Option<[u8; 32]>> {
+        keys.map(|key| self.get(key)).collect()
+    }
     /// Remembers a file's content hash.
     fn put(&self, key: StatKey, hash: [u8; 32]);
     /// Told how many bytes were read to hash a file the memo did not know.
@@ -274,6 +278,13 @@ impl HashMemo for MemoryMemo {
         self.hashes.read().ok()?.get(key).copied()
     }
 
+    fn get_many(&self, keys: &mut dyn Iterator<Item = &StatKey>) -> Vec<Option<[u8; 32]>> {
+        match self.hashes.read() {
+            Ok(hashes) => keys.map(|key| hashes.get(key).copied()).collect(),
+            Err(_) => keys.map(|_| None).collect(),
+        }
+    }
+
     fn put(&self, key: StatKey, hash: [u8; 32]) {
         if let Ok(mut hashes) = self.hashes.write() {
             if hashes.insert(key, hash) != Some(hash) {
@@ -356,12 +367,15 @@ pub fn content_digest_detailed(
 ) -> Result<DetailedDigest, ContextError> {
     // Per entry: its content hash (files), and its own hash if it is among the named.
     type Hashes = (Option<[u8; 32]>, Option<[u8; 32]>);
+    // What the memo knows, looked up in one go (on a warm build, every file).
+    let known = memo.get_many(&mut entries.iter().map(|entry| &entry.stat));
     let hashes: Vec<Hashes> = entries
         .par_iter()
+        .zip(known)
         .enumerate()
-        .map(|(index, entry)| {
+        .map(|(index, (entry, known))| {
             let content = match entry.kind {
-                EntryKind::File => match memo.get(&entry.stat) {
+                EntryKind::File => match known {
                     Some(hash) => Some(hash),
                     None => {
                         let (hash, read) = file_sha256(context, &entry.absolute)?;
@@ -663,5 +677,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(StatKey::of_statx(&stat), StatKey::of(&meta));
+    }
+    #[test]
+    fn many_keys_at_once_give_what_each_gives() {
+        struct OneByOne(MemoryMemo);
+        impl HashMemo for OneByOne {
+            fn get(&self, key: &StatKey) -> Option<[u8; 32]> {
+                self.0.get(key)
+            }
+            fn put(&self, key: StatKey, hash: [u8; 32]) {
+                self.0.put(key, hash)
+            }
+        }
+        let memo = MemoryMemo::default();
+        for ino in (0..200).step_by(3) {
+            memo.put(key(ino), [ino as u8; 32]);
+        }
+        let keys: Vec<StatKey> = (0..200).map(key).collect();
+        let each: Vec<_> = keys.iter().map(|k| memo.get(k)).collect();
+        assert_eq!(memo.get_many(&mut keys.iter()), each);
+        assert_eq!(each.iter().filter(|h| h.is_some()).count(), 67);
+        let default = OneByOne(memo);
+        assert_eq!(default.get_many(&mut keys.iter()), each);
     }
 }

@@ -423,11 +423,7 @@ impl Context {
             excludes,
             descend_excluded: self.ignore.has_exceptions() || excludes.has_exceptions(),
         };
-        let below = walk.below(&absolute)?;
-        let mut entries = Vec::with_capacity(below.len() + 1);
-        entries.push(entry);
-        entries.extend(below);
-        Ok(entries)
+        walk.below(&absolute, entry)
     }
 }
 
@@ -478,11 +474,12 @@ struct Child {
 }
 
 impl Walk<'_> {
-    /// The entries below the directory at `absolute`, in walk order: sorted by name, each
-    /// directory followed by what is inside it. Directories are listed a level at a time, the
-    /// level's directories on all cores, and then put in order without recursion, so a deep
-    /// tree costs neither stack nor open files.
-    fn below(&self, absolute: &Path) -> Result<Vec<Entry>, ContextError> {
+    /// `first` (the directory's own entry), then the entries below the directory at
+    /// `absolute`, in walk order: sorted by name, each directory followed by what is inside
+    /// it. Directories are listed a level at a time, the level's directories on all cores,
+    /// and then put in order without recursion, so a deep tree costs neither stack nor open
+    /// files.
+    fn below(&self, absolute: &Path, first: Entry) -> Result<Vec<Entry>, ContextError> {
         let mut listings: Vec<Vec<Child>> = Vec::new();
         let mut level = vec![(absolute.to_path_buf(), PathBuf::new())];
         while !level.is_empty() {
@@ -504,32 +501,48 @@ impl Walk<'_> {
             }
             level = next;
         }
-        // Inner listings come after outer ones: putting them together from the last, each
-        // directory's contents are complete when its parent takes them.
-        let mut done: Vec<Option<Vec<Entry>>> = Vec::with_capacity(listings.len());
-        done.resize_with(listings.len(), || None);
-        for (id, children) in listings.into_iter().enumerate().rev() {
-            let mut entries = Vec::with_capacity(children.len());
+        // Inner listings come after outer ones: counting from the last, each directory knows
+        // how many entries it keeps (an excluded one is kept only for what is inside it)
+        // before its parent needs to.
+        let mut kept = vec![0usize; listings.len()];
+        for (id, children) in listings.iter().enumerate().rev() {
+            let mut count = 0usize;
             for child in children {
-                let Some(inner) = child.inside else {
-                    entries.push(child.entry);
-                    continue;
+                count += match child.inside {
+                    Some(inner) => {
+                        let inside = kept.get(inner).copied().unwrap_or(0);
+                        usize::from(!child.excluded || inside > 0) + inside
+                    }
+                    None => 1,
                 };
-                let inside = done
-                    .get_mut(inner)
-                    .and_then(Option::take)
-                    .unwrap_or_default();
-                // An excluded directory still appears when something inside it is re-included.
-                if !child.excluded || !inside.is_empty() {
-                    entries.push(child.entry);
-                }
-                entries.extend(inside);
             }
-            if let Some(slot) = done.get_mut(id) {
-                *slot = Some(entries);
+            if let Some(slot) = kept.get_mut(id) {
+                *slot = count;
             }
         }
-        Ok(done.into_iter().next().flatten().unwrap_or_default())
+        // Then each entry moves once, in walk order: a directory, then what is inside it.
+        let mut entries = Vec::with_capacity(kept.first().copied().unwrap_or(0) + 1);
+        entries.push(first);
+        let mut pending: Vec<std::vec::IntoIter<Child>> =
+            listings.into_iter().map(Vec::into_iter).collect();
+        let mut open = vec![0usize];
+        while let Some(&id) = open.last() {
+            let Some(child) = pending.get_mut(id).and_then(Iterator::next) else {
+                open.pop();
+                continue;
+            };
+            match child.inside {
+                Some(inner) => {
+                    let inside = kept.get(inner).copied().unwrap_or(0);
+                    if !child.excluded || inside > 0 {
+                        entries.push(child.entry);
+                    }
+                    open.push(inner);
+                }
+                None => entries.push(child.entry),
+            }
+        }
+        Ok(entries)
     }
 
     /// What the walk keeps of the directory at `absolute` (`relative` to the source), sorted

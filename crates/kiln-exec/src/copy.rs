@@ -945,18 +945,42 @@ impl SnapshotWriter<'_> {
         mode: u32,
         owner: Owner,
     ) -> bool {
-        let (Some(reuse), Some(memo), Some(_), Some(stat)) =
-            (self.reuse, self.memo, self.context, placement.stat)
-        else {
+        let (Some(memo), Some(stat)) = (self.memo, placement.stat) else {
             return false;
         };
-        // A file with several names goes through the copy's own hard-link handling.
-        if placement.nlink != 1 {
-            return false;
-        }
         let Some(hash) = memo.get(&stat) else {
             return false;
         };
+        match self.link_known(placement, relative, path, mode, owner, hash) {
+            Some(linked) => {
+                // The layer writer learns what the link holds without reading it.
+                memo.put_written(linked, hash);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`SnapshotWriter::link_unchanged`] of a file whose content hash (from the memo) is
+    /// `hash`: the new name's key when it was linked (for the memo's written files).
+    fn link_known(
+        &self,
+        placement: &Placement,
+        relative: &Path,
+        path: &Path,
+        mode: u32,
+        owner: Owner,
+        hash: [u8; 32],
+    ) -> Option<StatKey> {
+        let (Some(reuse), Some(_), Some(_), Some(stat)) =
+            (self.reuse, self.memo, self.context, placement.stat)
+        else {
+            return None;
+        };
+        // A file with several names goes through the copy's own hard-link handling.
+        if placement.nlink != 1 {
+            return None;
+        }
         let wanted = crate::reuse::Wanted {
             hash,
             size: stat.size,
@@ -965,14 +989,9 @@ impl SnapshotWriter<'_> {
             gid: owner.gid,
             mtime: placement.mtime,
         };
-        match reuse.link(relative, path, &wanted) {
-            Some(linked) => {
-                // The layer writer learns what the link holds without reading it.
-                memo.put_written(linked.stat, hash);
-                true
-            }
-            None => false,
-        }
+        reuse
+            .link(relative, path, &wanted)
+            .map(|linked| linked.stat)
     }
 
     /// Where a placement goes in the snapshot (relative to it): directories the image has as
@@ -1092,28 +1111,57 @@ impl SnapshotWriter<'_> {
         stats: &mut CopyStats,
     ) -> Result<(), ExecError> {
         let placement_of = |pending: &PendingLink| placements.get(pending.index);
-        let link = |pending: &PendingLink| {
-            placement_of(pending).is_some_and(|placement| {
-                self.link_unchanged(
-                    placement,
-                    &pending.relative,
-                    &pending.path,
-                    pending.mode,
-                    pending.owner,
-                )
-            })
+        // The memo is asked once for the whole batch and told what was linked from this
+        // thread, rather than locked by every link on every core.
+        let known = match self.memo {
+            Some(memo) => memo.get_many(
+                &mut batch
+                    .iter()
+                    .filter_map(|pending| placement_of(pending).and_then(|p| p.stat.as_ref())),
+            ),
+            None => Vec::new(),
         };
-        let linked: Vec<bool> = if batch.len() >= PARALLEL_LINKS {
+        let mut known = known.into_iter();
+        let hashes: Vec<Option<[u8; 32]>> = batch
+            .iter()
+            .map(|pending| match placement_of(pending).and_then(|p| p.stat) {
+                Some(_) => known.next().flatten(),
+                None => None,
+            })
+            .collect();
+        let link = |(pending, hash): (&PendingLink, &Option<[u8; 32]>)| {
+            let placement = placement_of(pending)?;
+            let hash = (*hash)?;
+            let linked = self.link_known(
+                placement,
+                &pending.relative,
+                &pending.path,
+                pending.mode,
+                pending.owner,
+                hash,
+            )?;
+            Some((linked, hash))
+        };
+        let linked: Vec<Option<(StatKey, [u8; 32])>> = if batch.len() >= PARALLEL_LINKS {
             use rayon::prelude::*;
-            batch.par_iter().map(link).collect()
+            batch.par_iter().zip(&hashes).map(link).collect()
         } else {
-            batch.iter().map(link).collect()
+            batch.iter().zip(&hashes).map(link).collect()
         };
         for (pending, linked) in batch.iter().zip(linked) {
-            if linked {
-                stats.files += 1;
-            } else if let Some(placement) = placement_of(pending) {
-                self.place(placement, pending.mode, stats)?;
+            match linked {
+                Some((written, hash)) => {
+                    // The layer writer learns what the link holds without reading it.
+                    if let Some(memo) = self.memo {
+                        memo.put_written(written, hash);
+                    }
+                    stats.files += 1;
+                }
+                None => {
+                    if let Some(placement) = placement_of(pending) {
+                        self.place(placement, pending.mode, stats)?;
+                    }
+                }
             }
         }
         Ok(())

@@ -1051,6 +1051,12 @@ impl SnapshotWriter<'_> {
         found
     }
 
+    /// Whether files may be linked from a previous snapshot, in batches (then what is placed
+    /// where is tracked).
+    fn links_in_batches(&self) -> bool {
+        self.reuse.is_some_and(|reuse| reuse.has_previous())
+    }
+
     /// A context file that may be linked from the previous snapshot, when its link can wait
     /// in a batch: its directory was created by this copy and nothing was placed at its name,
     /// so nothing is there and nothing else in the batch goes there. Its directories are made
@@ -1061,7 +1067,7 @@ impl SnapshotWriter<'_> {
         placement: &Placement,
         mode: u32,
     ) -> Result<Option<PendingLink>, ExecError> {
-        let linkable = self.reuse.is_some()
+        let linkable = self.links_in_batches()
             && self.memo.is_some()
             && self.context.is_some()
             && placement.stat.is_some()
@@ -1205,7 +1211,7 @@ impl SnapshotWriter<'_> {
             }
             fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
             self.fresh.insert(view.clone());
-            if self.reuse.is_some() {
+            if self.links_in_batches() {
                 self.placed.insert(view.clone());
             }
             let stamp = match self.image_entry(&view) {
@@ -1250,7 +1256,7 @@ impl SnapshotWriter<'_> {
         stats: &mut CopyStats,
     ) -> Result<(), ExecError> {
         let relative = &resolved;
-        if self.reuse.is_some() {
+        if self.links_in_batches() {
             self.placed.insert(resolved.clone());
         }
         if let Some(parent) = relative.parent() {

@@ -67,6 +67,11 @@ impl SnapshotReuse {
         }
     }
 
+    /// Whether there is a previous snapshot to link from (else the copy only records).
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
     /// Files linked from the previous snapshot.
     pub fn linked(&self) -> u64 {
         self.linked.load(Ordering::Relaxed)

@@ -479,8 +479,11 @@ pub fn build_nodes(
         blobs.close();
         built
     })?;
-    // Keep the file hashes for the next build; losing them only costs a re-read.
-    let _ = store.write_atomic(&store.hash_memo_path(), &builder.memo.to_bytes());
+    // Keep the file hashes for the next build (when it learnt some); losing them only costs
+    // a re-read.
+    if let Some(bytes) = builder.memo.bytes_if_changed() {
+        let _ = store.write_atomic(&store.hash_memo_path(), &bytes);
+    }
     let mut built = built;
     for image in &mut built {
         image.memo = memo.clone();
@@ -1195,21 +1198,22 @@ impl Builder<'_> {
                         self.context,
                         entries,
                         self.memo,
+                        MAX_FILE_PARTS,
                     )?;
                     parts.push(KeyPart::ContextSource {
                         pattern: matched.clone(),
                         digest: detail.digest,
                     });
                     // Per-file hashes let a miss name the file that changed.
-                    for (path, hash) in detail.files.into_iter().take(MAX_FILE_PARTS) {
-                        let shown = if path.as_os_str().is_empty() {
+                    for (entry, hash) in entries.iter().zip(&detail.files) {
+                        let shown = if entry.relative.as_os_str().is_empty() {
                             matched.clone()
                         } else {
-                            format!("{matched}/{}", path.display())
+                            format!("{matched}/{}", entry.relative.display())
                         };
                         parts.push(KeyPart::ContextFile {
                             path: shown,
-                            digest: hash,
+                            digest: kiln_context::hash::sha256_text(hash),
                         });
                     }
                 }
@@ -1477,16 +1481,12 @@ impl Builder<'_> {
                         .context
                         .walk(&path, &IgnoreRules::default())
                         .map_err(bad)?;
-                    let detail = kiln_context::hash::content_digest_detailed(
-                        self.context,
-                        &entries,
-                        self.memo,
-                    )
-                    .map_err(bad)?;
+                    let digest = kiln_context::content_digest(self.context, &entries, self.memo)
+                        .map_err(bad)?;
                     key.push(KeyPart::MountContext {
                         index,
                         path: shown.to_string(),
-                        digest: detail.digest,
+                        digest,
                     });
                     // What `.dockerignore` leaves out is not seen through the mount either.
                     let filtered = if self.context.ignore().is_empty() {
@@ -1903,10 +1903,11 @@ impl Builder<'_> {
             let CopySource::Path(pattern) = source else {
                 continue;
             };
-            for matched in crate::copy::context_sources(self.context, pattern, &excludes)? {
-                let entries = self.context.walk(&matched, &excludes)?;
-                walks.push((matched, entries));
-            }
+            walks.extend(crate::copy::context_walks(
+                self.context,
+                pattern,
+                &excludes,
+            )?);
         }
         Ok(walks)
     }
@@ -1917,13 +1918,20 @@ impl Builder<'_> {
         copy: &kiln_plan::CopyStep,
         walks: &[(String, Vec<kiln_context::Entry>)],
     ) -> bool {
-        copy.sources
+        let all_paths = copy
+            .sources
             .iter()
-            .all(|s| matches!(s, CopySource::Path(_)))
-            && walks.iter().flat_map(|(_, entries)| entries).any(|e| {
-                e.kind == kiln_context::EntryKind::File
-                    && kiln_context::HashMemo::get(self.memo, &e.stat).is_none()
-            })
+            .all(|s| matches!(s, CopySource::Path(_)));
+        all_paths && {
+            let mut files = walks
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .filter(|e| e.kind == kiln_context::EntryKind::File)
+                .map(|e| &e.stat);
+            kiln_context::HashMemo::get_many(self.memo, &mut files)
+                .iter()
+                .any(Option::is_none)
+        }
     }
 
     fn finish(&self, image: StageImage) -> Result<Built, BuildError> {

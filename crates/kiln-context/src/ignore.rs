@@ -92,6 +92,9 @@ impl IgnoreRules {
 
     /// Whether the cleaned relative `path` is excluded.
     pub fn is_excluded(&self, path: &str) -> bool {
+        if self.rules.is_empty() {
+            return false;
+        }
         let path = clean(path);
         if path.is_empty() {
             return false;

@@ -20,8 +20,12 @@ pub use ignore::{clean, IgnoreRules};
 pub use scope::{resolve_scoped, DirTree, Node, ScopeError, ScopedTree};
 
 use globset::GlobMatcher;
-use std::ffi::OsString;
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, StatxFlags};
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -180,26 +184,41 @@ impl Context {
     /// and refuses any symlink on the way, so a link swapped in after the walk cannot lead
     /// out of the context.
     pub fn open_file(&self, absolute: &Path) -> std::io::Result<std::fs::File> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::fs::OFlags;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.open_beneath(absolute, flags).map(std::fs::File::from)
+    }
+
+    /// Opens a directory a walk found, for listing, as [`Context::open_file`] opens a file.
+    fn open_dir(&self, absolute: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::OFlags;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.open_beneath(absolute, flags)
+    }
+
+    fn open_beneath(
+        &self,
+        absolute: &Path,
+        flags: rustix::fs::OFlags,
+    ) -> std::io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, ResolveFlags};
         let relative = absolute.strip_prefix(&self.root).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("{} is outside the build context", absolute.display()),
             )
         })?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let relative = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         match rustix::fs::openat2(&self.root_fd, relative, flags, Mode::empty(), resolve) {
-            Ok(fd) => Ok(std::fs::File::from(fd)),
+            Ok(fd) => Ok(fd),
             // Kernels before 5.6 lack openat2: the last component is still not followed.
-            Err(rustix::io::Errno::NOSYS) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(flags.bits() as i32)
-                    .open(absolute)
-            }
+            Err(rustix::io::Errno::NOSYS) => Ok(rustix::fs::open(absolute, flags, Mode::empty())?),
             Err(e) => Err(e.into()),
         }
     }
@@ -212,9 +231,30 @@ impl Context {
     /// The real location of context-relative `path`. `..` stops at the root and symlinks are
     /// followed inside the root; the last component is followed only with `follow_last`.
     pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
+        Ok(self.resolve_with_metadata(path, follow_last)?.0)
+    }
+
+    /// [`Context::resolve`], with the metadata of what the path names when the resolution
+    /// ended by looking at it (so a caller needs no second stat of it).
+    fn resolve_with_metadata(
+        &self,
+        path: &str,
+        follow_last: bool,
+    ) -> Result<(PathBuf, Option<fs::Metadata>), ContextError> {
         let cleaned = clean(path);
-        match resolve_scoped(&DirTree(&self.root), Path::new(&cleaned), follow_last) {
-            Ok((relative, true)) => Ok(self.root.join(relative)),
+        let tree = RecordingTree {
+            root: &self.root,
+            last: std::cell::RefCell::new(None),
+        };
+        match resolve_scoped(&tree, Path::new(&cleaned), follow_last) {
+            Ok((relative, true)) => {
+                let meta = tree
+                    .last
+                    .into_inner()
+                    .filter(|(seen, _)| *seen == relative)
+                    .map(|(_, meta)| meta);
+                Ok((self.root.join(relative), meta))
+            }
             Ok((_, false)) => Err(ContextError::NotFound {
                 path: path.to_string(),
             }),
@@ -247,13 +287,7 @@ impl Context {
         let cleaned = clean(pattern);
         let segments: Vec<&str> = cleaned.split('/').filter(|s| !s.is_empty()).collect();
         let Some(first_wild) = segments.iter().position(|s| has_wildcard(s)) else {
-            let absolute = self.resolve(&cleaned, true)?;
-            let relative = self.relative_of(&absolute);
-            if self.ignore.is_excluded(&cleaned) || self.ignore.is_excluded(&relative) {
-                return Err(ContextError::Excluded {
-                    path: pattern.to_string(),
-                });
-            }
+            self.plain_source(pattern)?;
             return Ok(vec![cleaned]);
         };
         let prefix = segments[..first_wild].join("/");
@@ -271,6 +305,37 @@ impl Context {
             });
         }
         Ok(found)
+    }
+
+    /// A source without wildcards: where it really is and, when resolving it looked at it,
+    /// its metadata. Excluded sources are an error.
+    fn plain_source(&self, pattern: &str) -> Result<(PathBuf, Option<fs::Metadata>), ContextError> {
+        let cleaned = clean(pattern);
+        let (absolute, meta) = self.resolve_with_metadata(&cleaned, true)?;
+        let relative = self.relative_of(&absolute);
+        if self.ignore.is_excluded(&cleaned) || self.ignore.is_excluded(&relative) {
+            return Err(ContextError::Excluded {
+                path: pattern.to_string(),
+            });
+        }
+        Ok((absolute, meta))
+    }
+
+    /// [`Context::sources`] then [`Context::walk`] of each match, for a source with no
+    /// wildcard: the path is resolved once and what it names is stat'ed once (a file named in
+    /// a COPY costs one stat). `None` for a wildcard pattern (walk each of its sources).
+    pub fn walk_plain_source(
+        &self,
+        pattern: &str,
+        excludes: &IgnoreRules,
+    ) -> Result<Option<(String, Vec<Entry>)>, ContextError> {
+        let cleaned = clean(pattern);
+        if cleaned.split('/').any(has_wildcard) {
+            return Ok(None);
+        }
+        let (absolute, meta) = self.plain_source(pattern)?;
+        let entries = self.walk_resolved(absolute, meta, excludes)?;
+        Ok(Some((cleaned, entries)))
     }
 
     fn match_segments(
@@ -325,77 +390,299 @@ impl Context {
     /// contents sorted by name), leaving out what `.dockerignore` or `excludes` (patterns
     /// relative to the source, as `COPY --exclude` takes them) exclude. The source itself is
     /// followed if it is a symlink; links inside it are kept as links.
+    ///
+    /// Each entry is stat'ed once, by its name in its open directory (no lookup of the whole
+    /// path), and directories are walked on all cores; the order is the same whatever runs
+    /// first.
     pub fn walk(&self, source: &str, excludes: &IgnoreRules) -> Result<Vec<Entry>, ContextError> {
-        let absolute = self.resolve(source, true)?;
+        let (absolute, meta) = self.resolve_with_metadata(source, true)?;
+        self.walk_resolved(absolute, meta, excludes)
+    }
+
+    /// [`Context::walk`] of a resolved source, with its metadata if known already.
+    fn walk_resolved(
+        &self,
+        absolute: PathBuf,
+        meta: Option<fs::Metadata>,
+        excludes: &IgnoreRules,
+    ) -> Result<Vec<Entry>, ContextError> {
         let context_relative = self.relative_of(&absolute);
-        let mut entries = Vec::new();
-        let meta = fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?;
-        let Some(entry) = entry_of(PathBuf::new(), &absolute, &meta)? else {
-            return Ok(entries);
+        let meta = match meta {
+            Some(meta) => meta,
+            None => fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?,
         };
-        let is_dir = entry.kind == EntryKind::Dir;
-        entries.push(entry);
-        if is_dir {
-            self.walk_dir(
-                &absolute,
-                &context_relative,
-                Path::new(""),
-                excludes,
-                &mut entries,
-            )?;
+        let Some(entry) = entry_of(PathBuf::new(), &absolute, &meta)? else {
+            return Ok(Vec::new());
+        };
+        if entry.kind != EntryKind::Dir {
+            return Ok(vec![entry]);
+        }
+        let walk = Walk {
+            context: self,
+            context_relative: &context_relative,
+            excludes,
+            descend_excluded: self.ignore.has_exceptions() || excludes.has_exceptions(),
+        };
+        walk.below(&absolute, entry)
+    }
+}
+
+/// The context directory as a tree to resolve in, remembering the metadata of the last
+/// thing (not a link) it looked at: when that is what a path resolved to, it need not be
+/// stat'ed again.
+struct RecordingTree<'a> {
+    root: &'a Path,
+    last: std::cell::RefCell<Option<(PathBuf, fs::Metadata)>>,
+}
+
+impl ScopedTree for RecordingTree<'_> {
+    fn node(&self, relative: &Path) -> std::io::Result<Node> {
+        let path = self.root.join(relative);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(Node::Symlink(fs::read_link(&path)?)),
+            Ok(meta) => {
+                *self.last.borrow_mut() = Some((relative.to_path_buf(), meta));
+                Ok(Node::Other)
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                Ok(Node::Missing)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One walk below a source directory (see [`Context::walk`]).
+struct Walk<'a> {
+    context: &'a Context,
+    /// The source's path relative to the context root (empty for the root).
+    context_relative: &'a str,
+    excludes: &'a IgnoreRules,
+    /// Whether excluded directories are still walked: a `!` rule may re-include inside.
+    descend_excluded: bool,
+}
+
+/// An entry of a directory, as its listing and one stat found it.
+struct Child {
+    entry: Entry,
+    excluded: bool,
+    /// For a directory: which listing holds what is inside it.
+    inside: Option<usize>,
+}
+
+impl Walk<'_> {
+    /// `first` (the directory's own entry), then the entries below the directory at
+    /// `absolute`, in walk order: sorted by name, each directory followed by what is inside
+    /// it. Directories are listed a level at a time, the level's directories on all cores,
+    /// and then put in order without recursion, so a deep tree costs neither stack nor open
+    /// files.
+    fn below(&self, absolute: &Path, first: Entry) -> Result<Vec<Entry>, ContextError> {
+        let mut listings: Vec<Vec<Child>> = Vec::new();
+        let mut level = vec![(absolute.to_path_buf(), PathBuf::new())];
+        while !level.is_empty() {
+            let listed = level
+                .par_iter()
+                .map(|(absolute, relative)| self.list(absolute, relative))
+                .collect::<Result<Vec<_>, ContextError>>()?;
+            // The next level's listings come after this level's, in this order.
+            let first_next = listings.len() + listed.len();
+            let mut next = Vec::new();
+            for mut children in listed {
+                for child in &mut children {
+                    if child.entry.kind == EntryKind::Dir {
+                        child.inside = Some(first_next + next.len());
+                        next.push((child.entry.absolute.clone(), child.entry.relative.clone()));
+                    }
+                }
+                listings.push(children);
+            }
+            level = next;
+        }
+        // Inner listings come after outer ones: counting from the last, each directory knows
+        // how many entries it keeps (an excluded one is kept only for what is inside it)
+        // before its parent needs to.
+        let mut kept = vec![0usize; listings.len()];
+        for (id, children) in listings.iter().enumerate().rev() {
+            let mut count = 0usize;
+            for child in children {
+                count += match child.inside {
+                    Some(inner) => {
+                        let inside = kept.get(inner).copied().unwrap_or(0);
+                        usize::from(!child.excluded || inside > 0) + inside
+                    }
+                    None => 1,
+                };
+            }
+            if let Some(slot) = kept.get_mut(id) {
+                *slot = count;
+            }
+        }
+        // Then each entry moves once, in walk order: a directory, then what is inside it.
+        let mut entries = Vec::with_capacity(kept.first().copied().unwrap_or(0) + 1);
+        entries.push(first);
+        let mut pending: Vec<std::vec::IntoIter<Child>> =
+            listings.into_iter().map(Vec::into_iter).collect();
+        let mut open = vec![0usize];
+        while let Some(&id) = open.last() {
+            let Some(child) = pending.get_mut(id).and_then(Iterator::next) else {
+                open.pop();
+                continue;
+            };
+            match child.inside {
+                Some(inner) => {
+                    let inside = kept.get(inner).copied().unwrap_or(0);
+                    if !child.excluded || inside > 0 {
+                        entries.push(child.entry);
+                    }
+                    open.push(inner);
+                }
+                None => entries.push(child.entry),
+            }
         }
         Ok(entries)
     }
 
-    fn walk_dir(
-        &self,
-        dir: &Path,
-        context_relative: &str,
-        relative: &Path,
-        excludes: &IgnoreRules,
-        entries: &mut Vec<Entry>,
-    ) -> Result<(), ContextError> {
+    /// What the walk keeps of the directory at `absolute` (`relative` to the source), sorted
+    /// by name, each entry stat'ed by its name in the open directory.
+    fn list(&self, absolute: &Path, relative: &Path) -> Result<Vec<Child>, ContextError> {
+        let fd = self
+            .context
+            .open_dir(absolute)
+            .map_err(io_error(absolute))?;
+        let mut listing = rustix::fs::Dir::new(fd).map_err(|e| io_error(absolute)(e.into()))?;
         let mut names: Vec<OsString> = Vec::new();
-        for item in fs::read_dir(dir).map_err(io_error(dir))? {
-            names.push(item.map_err(io_error(dir))?.file_name());
-        }
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        let descend_excluded = self.ignore.has_exceptions() || excludes.has_exceptions();
-        for name in names {
-            let child_relative = relative.join(&name);
-            let child_absolute = dir.join(&name);
-            let context_path = if context_relative.is_empty() {
-                child_relative.to_string_lossy().into_owned()
-            } else {
-                format!("{context_relative}/{}", child_relative.to_string_lossy())
-            };
-            let excluded = self.ignore.is_excluded(&context_path)
-                || excludes.is_excluded(&child_relative.to_string_lossy());
-            let meta = fs::symlink_metadata(&child_absolute).map_err(io_error(&child_absolute))?;
-            let Some(entry) = entry_of(child_relative.clone(), &child_absolute, &meta)? else {
-                continue;
-            };
-            if entry.kind == EntryKind::Dir {
-                if excluded && !descend_excluded {
-                    continue;
-                }
-                let position = entries.len();
-                self.walk_dir(
-                    &child_absolute,
-                    context_relative,
-                    &child_relative,
-                    excludes,
-                    entries,
-                )?;
-                // An excluded directory still appears when something inside it is re-included.
-                if !excluded || entries.len() > position {
-                    entries.insert(position, entry);
-                }
-            } else if !excluded {
-                entries.push(entry);
+        while let Some(item) = listing.read() {
+            let item = item.map_err(|e| io_error(absolute)(e.into()))?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_os_string());
             }
         }
-        Ok(())
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        let dir_fd = listing.fd().map_err(|e| io_error(absolute)(e.into()))?;
+        let children = names
+            .par_iter()
+            .map(|name| self.child(dir_fd, absolute, relative, name))
+            .collect::<Result<Vec<_>, ContextError>>()?;
+        Ok(children.into_iter().flatten().collect())
+    }
+
+    /// The entry `name` of the directory open as `dir_fd`, if the walk keeps it (or, for an
+    /// excluded directory, may keep what is inside it).
+    fn child(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_absolute: &Path,
+        dir_relative: &Path,
+        name: &OsStr,
+    ) -> Result<Option<Child>, ContextError> {
+        let relative = dir_relative.join(name);
+        let excluded = self.is_excluded(&relative);
+        if excluded && !self.descend_excluded {
+            return Ok(None);
+        }
+        let absolute = dir_absolute.join(name);
+        let meta = match rustix::fs::statx(
+            dir_fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        ) {
+            Ok(stat) => EntryMeta::of_statx(&stat),
+            // Kernels before 4.11 lack statx.
+            Err(rustix::io::Errno::NOSYS) => {
+                EntryMeta::of(&fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?)
+            }
+            Err(e) => return Err(io_error(&absolute)(e.into())),
+        };
+        let kind = match meta.file_type {
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile if !excluded => EntryKind::File,
+            FileType::Symlink if !excluded => {
+                let target = rustix::fs::readlinkat(dir_fd, name, Vec::new())
+                    .map_err(|e| io_error(&absolute)(e.into()))?;
+                EntryKind::Symlink(PathBuf::from(OsString::from_vec(target.into_bytes())))
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Child {
+            entry: meta.entry(relative, absolute, kind),
+            excluded,
+            inside: None,
+        }))
+    }
+
+    fn is_excluded(&self, relative: &Path) -> bool {
+        let ignore = &self.context.ignore;
+        if ignore.is_empty() && self.excludes.is_empty() {
+            return false;
+        }
+        let relative = relative.to_string_lossy();
+        let context_path = if self.context_relative.is_empty() {
+            relative.to_string()
+        } else {
+            format!("{}/{relative}", self.context_relative)
+        };
+        ignore.is_excluded(&context_path) || self.excludes.is_excluded(&relative)
+    }
+}
+
+/// What a stat says of a walked entry.
+struct EntryMeta {
+    file_type: FileType,
+    mode: u32,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    stat: StatKey,
+    nlink: u64,
+}
+
+impl EntryMeta {
+    fn of(meta: &fs::Metadata) -> Self {
+        EntryMeta {
+            file_type: FileType::from_raw_mode(meta.mode()),
+            mode: meta.mode(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            stat: StatKey::of(meta),
+            nlink: meta.nlink(),
+        }
+    }
+
+    fn of_statx(stat: &rustix::fs::Statx) -> Self {
+        let mode = u32::from(stat.stx_mode);
+        EntryMeta {
+            file_type: FileType::from_raw_mode(mode),
+            mode,
+            size: stat.stx_size,
+            mtime: stat.stx_mtime.tv_sec,
+            mtime_nsec: i64::from(stat.stx_mtime.tv_nsec),
+            stat: StatKey::of_statx(stat),
+            nlink: u64::from(stat.stx_nlink),
+        }
+    }
+
+    fn entry(&self, relative: PathBuf, absolute: PathBuf, kind: EntryKind) -> Entry {
+        Entry {
+            size: if kind == EntryKind::File {
+                self.size
+            } else {
+                0
+            },
+            relative,
+            absolute,
+            kind,
+            mode: self.mode & 0o7777,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            stat: self.stat,
+            nlink: self.nlink,
+        }
     }
 }
 
@@ -404,27 +691,16 @@ fn entry_of(
     absolute: &Path,
     meta: &fs::Metadata,
 ) -> Result<Option<Entry>, ContextError> {
-    let file_type = meta.file_type();
-    let kind = if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink(fs::read_link(absolute).map_err(io_error(absolute))?)
-    } else {
-        return Ok(None);
+    let meta = EntryMeta::of(meta);
+    let kind = match meta.file_type {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        FileType::Symlink => {
+            EntryKind::Symlink(fs::read_link(absolute).map_err(io_error(absolute))?)
+        }
+        _ => return Ok(None),
     };
-    Ok(Some(Entry {
-        relative,
-        absolute: absolute.to_path_buf(),
-        kind,
-        mode: meta.mode() & 0o7777,
-        size: if file_type.is_file() { meta.size() } else { 0 },
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec(),
-        stat: StatKey::of(meta),
-        nlink: meta.nlink(),
-    }))
+    Ok(Some(meta.entry(relative, absolute.to_path_buf(), kind)))
 }
 
 #[cfg(test)]
@@ -609,5 +885,239 @@ mod tests {
         assert!(!ctx.ignore().is_excluded("a"));
         let ctx = Context::open(dir.path(), Some(&dir.path().join("Dockerfile"))).unwrap();
         assert!(ctx.ignore().is_excluded("a"));
+    }
+    /// The walk as it was written before the directory-relative one: a path lookup per entry,
+    /// one directory at a time. The walk must give exactly what this gives.
+    fn reference_walk(ctx: &Context, source: &str, excludes: &IgnoreRules) -> Vec<Entry> {
+        fn walk_dir(
+            ctx: &Context,
+            dir: &Path,
+            context_relative: &str,
+            relative: &Path,
+            excludes: &IgnoreRules,
+            entries: &mut Vec<Entry>,
+        ) {
+            let mut names: Vec<OsString> = fs::read_dir(dir)
+                .unwrap()
+                .map(|item| item.unwrap().file_name())
+                .collect();
+            names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+            let descend_excluded = ctx.ignore.has_exceptions() || excludes.has_exceptions();
+            for name in names {
+                let child_relative = relative.join(&name);
+                let child_absolute = dir.join(&name);
+                let context_path = if context_relative.is_empty() {
+                    child_relative.to_string_lossy().into_owned()
+                } else {
+                    format!("{context_relative}/{}", child_relative.to_string_lossy())
+                };
+                let excluded = ctx.ignore.is_excluded(&context_path)
+                    || excludes.is_excluded(&child_relative.to_string_lossy());
+                let meta = fs::symlink_metadata(&child_absolute).unwrap();
+                let Some(entry) = entry_of(child_relative.clone(), &child_absolute, &meta).unwrap()
+                else {
+                    continue;
+                };
+                if entry.kind == EntryKind::Dir {
+                    if excluded && !descend_excluded {
+                        continue;
+                    }
+                    let position = entries.len();
+                    walk_dir(
+                        ctx,
+                        &child_absolute,
+                        context_relative,
+                        &child_relative,
+                        excludes,
+                        entries,
+                    );
+                    if !excluded || entries.len() > position {
+                        entries.insert(position, entry);
+                    }
+                } else if !excluded {
+                    entries.push(entry);
+                }
+            }
+        }
+        let absolute = ctx.resolve(source, true).unwrap();
+        let context_relative = ctx.relative_of(&absolute);
+        let meta = fs::symlink_metadata(&absolute).unwrap();
+        let entry = entry_of(PathBuf::new(), &absolute, &meta).unwrap().unwrap();
+        let is_dir = entry.kind == EntryKind::Dir;
+        let mut entries = vec![entry];
+        if is_dir {
+            walk_dir(
+                ctx,
+                &absolute,
+                &context_relative,
+                Path::new(""),
+                excludes,
+                &mut entries,
+            );
+        }
+        entries
+    }
+
+    #[test]
+    fn the_walk_gives_exactly_what_a_path_by_path_walk_gives() {
+        let files: Vec<(String, String)> = [
+            "a",
+            "a.b",
+            "a-b/c",
+            "b/c/d/e.txt",
+            "b/c/d/f.md",
+            "b/c/keep/g.txt",
+            "b/z",
+            "docs/a.txt",
+            "docs/keep/b.txt",
+            "docs/keep/deep/c.txt",
+            "empty/",
+            "node_modules/x/y.js",
+            "src/main.rs",
+            "src/target/big",
+            "src/\u{e9}t\u{e9}.txt",
+            "src/sp ace",
+            "Z",
+            "_",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), format!("content {i}")))
+        .collect();
+        let file_refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let ignores = [
+            "",
+            "docs\n!docs/keep\n",
+            "**/target\n*.md\nb/c/*\n!b/c/keep\n",
+            "node_modules\nb\n!b/c/d/e.txt\n",
+            "*\n!src\n",
+        ];
+        let excludes = ["", "**/*.txt", "*\n!keep", "d\n!d/e.txt"];
+        for ignore in ignores {
+            let (dir, ctx) = context(&file_refs, ignore);
+            symlink("b/c", dir.path().join("link-to-dir")).unwrap();
+            symlink("/etc/passwd", dir.path().join("src/abs-link")).unwrap();
+            symlink("missing", dir.path().join("b/c/dangling")).unwrap();
+            fs::set_permissions(
+                dir.path().join("src/main.rs"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+            )
+            .unwrap();
+            let socket_path = dir.path().join("b/socket");
+            let _socket = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+            for exclude in excludes {
+                let exclude = IgnoreRules::parse(exclude).unwrap();
+                for source in ["", "b", "b/c", "docs", "link-to-dir", "src", "a", "empty"] {
+                    if ctx.sources(source).is_err() {
+                        continue;
+                    }
+                    let expected = reference_walk(&ctx, source, &exclude);
+                    let walked = ctx.walk(source, &exclude).unwrap();
+                    assert_eq!(
+                        walked,
+                        expected,
+                        "source {source:?}, ignore {ignore:?}, excludes {:?}",
+                        exclude.patterns().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_without_running_out_of_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        // Deeper than the usual 1024 open files, in short names so the path stays valid.
+        let mut path = dir.path().to_path_buf();
+        let mut expected = vec![String::new()];
+        let mut relative = PathBuf::new();
+        for _ in 0..1100 {
+            path.push("d");
+            relative.push("d");
+            expected.push(relative.to_string_lossy().into_owned());
+        }
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("f"), "x").unwrap();
+        expected.push(relative.join("f").to_string_lossy().into_owned());
+        let ctx = Context::new(dir.path(), IgnoreRules::default()).unwrap();
+        let walked = ctx.walk("", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), expected);
+    }
+
+    #[test]
+    fn the_walk_refuses_a_directory_swapped_for_a_link() {
+        let (dir, ctx) = context(&[("sub/inner/file", "x")], "");
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("secret"), "HOST").unwrap();
+        // What a swap between the stat and the open would leave: the walk opens directories
+        // beneath the root and never through a link.
+        fs::remove_dir_all(dir.path().join("sub/inner")).unwrap();
+        symlink(host.path(), dir.path().join("sub/inner")).unwrap();
+        let walk = Walk {
+            context: &ctx,
+            context_relative: "sub",
+            excludes: &IgnoreRules::default(),
+            descend_excluded: false,
+        };
+        assert!(walk
+            .list(&ctx.root().join("sub/inner"), Path::new("inner"))
+            .is_err());
+        // Walked afresh, the link is an entry, not a way in.
+        let walked = ctx.walk("sub", &IgnoreRules::default()).unwrap();
+        assert_eq!(rels(&walked), ["", "inner"]);
+        assert!(matches!(walked[1].kind, EntryKind::Symlink(_)));
+    }
+    #[test]
+    fn a_plain_source_walks_as_sources_then_walk_and_is_looked_at_once() {
+        let (dir, ctx) = context(
+            &[
+                ("dir/a", "1"),
+                ("dir/sub/b", "2"),
+                ("file", "3"),
+                ("secret", "4"),
+            ],
+            "secret\n",
+        );
+        symlink("dir", dir.path().join("alias")).unwrap();
+        symlink("file", dir.path().join("file-link")).unwrap();
+        let none = IgnoreRules::default();
+        for source in [
+            "dir",
+            "dir/",
+            "./dir/sub",
+            "alias",
+            "file",
+            "file-link",
+            "/file",
+            ".",
+        ] {
+            let (matched, walked) = ctx.walk_plain_source(source, &none).unwrap().unwrap();
+            assert_eq!(
+                vec![matched.clone()],
+                ctx.sources(source).unwrap(),
+                "{source}"
+            );
+            assert_eq!(walked, ctx.walk(&matched, &none).unwrap(), "{source}");
+        }
+        // What resolving looked at last is what the source is: its stat is not taken again.
+        let (absolute, meta) = ctx.resolve_with_metadata("file-link", true).unwrap();
+        assert_eq!(absolute, ctx.root().join("file"));
+        let meta = meta.expect("the resolution saw the file");
+        assert_eq!(
+            StatKey::of(&meta),
+            StatKey::of(&fs::symlink_metadata(&absolute).unwrap())
+        );
+        assert!(matches!(
+            ctx.walk_plain_source("secret", &none),
+            Err(ContextError::Excluded { .. })
+        ));
+        assert!(matches!(
+            ctx.walk_plain_source("missing", &none),
+            Err(ContextError::NotFound { .. })
+        ));
+        assert!(ctx.walk_plain_source("dir/*", &none).unwrap().is_none());
     }
 }

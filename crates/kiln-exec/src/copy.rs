@@ -351,6 +351,9 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
         links: std::collections::HashMap::new(),
         resolved: std::collections::HashMap::new(),
         made: std::collections::HashSet::new(),
+        fresh: std::collections::HashSet::new(),
+        placed: std::collections::HashSet::new(),
+        absent: std::collections::HashSet::new(),
     };
     let mut stats = CopyStats::default();
     if into_dir || !archives.is_empty() {
@@ -367,15 +370,40 @@ pub fn run_copy(job: &CopyJob<'_>, from: &CopyFrom<'_>) -> Result<CopyStats, Exe
     }
     // An archive may have put anything under the destination: check directories afresh.
     writer.made.clear();
-    for placement in placements {
+    // Unchanged files linked from the previous snapshot are linked many at a time, on all
+    // cores: creating the names is most of an edit's copy. Only files whose place nothing
+    // else can take meanwhile wait in the batch (see `pending_link`); anything else first
+    // lets the batch finish, so the snapshot is what placing one by one makes.
+    let mut batch = Vec::new();
+    for (index, placement) in placements.iter().enumerate() {
         let mode = match &chmod {
             Some(chmod) if !matches!(placement.kind, PlacementKind::Symlink(_)) => {
                 chmod.apply(placement.mode, matches!(placement.kind, PlacementKind::Dir))
             }
             _ => placement.mode,
         };
-        writer.place(&placement, mode, &mut stats)?;
+        let placed = match writer.pending_link(index, placement, mode) {
+            Ok(Some(pending)) => {
+                batch.push(pending);
+                continue;
+            }
+            Ok(None) => writer.target_of(placement),
+            Err(e) => Err(e),
+        };
+        // What goes wrong is told in the order of the placements.
+        let resolved = match placed {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                writer.link_batch(&placements, batch, &mut stats)?;
+                return Err(e);
+            }
+        };
+        if !batch.is_empty() && !writer.places_apart(placement, &resolved) {
+            writer.link_batch(&placements, std::mem::take(&mut batch), &mut stats)?;
+        }
+        writer.place_at(placement, resolved, mode, &mut stats)?;
     }
+    writer.link_batch(&placements, batch, &mut stats)?;
     writer.finish()?;
     Ok(stats)
 }
@@ -448,6 +476,9 @@ pub fn make_workdir(
         links: std::collections::HashMap::new(),
         resolved: std::collections::HashMap::new(),
         made: std::collections::HashSet::new(),
+        fresh: std::collections::HashSet::new(),
+        placed: std::collections::HashSet::new(),
+        absent: std::collections::HashSet::new(),
     };
     writer.ensure_dir(&resolved)?;
     writer.finish()?;
@@ -642,6 +673,24 @@ pub fn context_sources(
 ) -> Result<Vec<String>, ExecError> {
     let matches = context.sources(pattern)?;
     Ok(without_excluded(matches, pattern, excludes))
+}
+
+/// Each context path a COPY/ADD source pattern names (as [`context_sources`]) with its walk.
+/// A plain path is resolved once and a file it names is stat'ed once.
+pub fn context_walks(
+    context: &Context,
+    pattern: &str,
+    excludes: &IgnoreRules,
+) -> Result<Vec<(String, Vec<kiln_context::Entry>)>, ExecError> {
+    if let Some(walked) = context.walk_plain_source(pattern, excludes)? {
+        return Ok(vec![walked]);
+    }
+    let mut walks = Vec::new();
+    for matched in context_sources(context, pattern, excludes)? {
+        let entries = context.walk(&matched, excludes)?;
+        walks.push((matched, entries));
+    }
+    Ok(walks)
 }
 
 /// Wildcard matches minus the excluded ones; `--exclude` patterns are relative to the
@@ -861,7 +910,29 @@ struct SnapshotWriter<'a> {
     /// Snapshot directories known to be real directories (made or checked by this copy);
     /// forgotten when something at or above them is replaced.
     made: std::collections::HashSet<PathBuf>,
+    /// Snapshot directories this copy created (so they held only what it put there since);
+    /// forgotten when something at or above them is replaced.
+    fresh: std::collections::HashSet<PathBuf>,
+    /// Snapshot paths this copy placed something at (or is about to link at).
+    placed: std::collections::HashSet<PathBuf>,
+    /// Paths (resolved in the image) the image does not have: nothing below them needs
+    /// looking up through its layers.
+    absent: std::collections::HashSet<PathBuf>,
 }
+
+/// A file to link from the previous snapshot, its place settled (see
+/// [`SnapshotWriter::pending_link`]).
+struct PendingLink {
+    /// Its position in the copy's placements.
+    index: usize,
+    relative: PathBuf,
+    path: PathBuf,
+    mode: u32,
+    owner: Owner,
+}
+
+/// Pending links made on all cores at least (fewer are not worth the threads).
+const PARALLEL_LINKS: usize = 64;
 
 impl SnapshotWriter<'_> {
     /// Links a context file that did not change since the step's previous snapshot from there
@@ -874,18 +945,42 @@ impl SnapshotWriter<'_> {
         mode: u32,
         owner: Owner,
     ) -> bool {
-        let (Some(reuse), Some(memo), Some(_), Some(stat)) =
-            (self.reuse, self.memo, self.context, placement.stat)
-        else {
+        let (Some(memo), Some(stat)) = (self.memo, placement.stat) else {
             return false;
         };
-        // A file with several names goes through the copy's own hard-link handling.
-        if placement.nlink != 1 {
-            return false;
-        }
         let Some(hash) = memo.get(&stat) else {
             return false;
         };
+        match self.link_known(placement, relative, path, mode, owner, hash) {
+            Some(linked) => {
+                // The layer writer learns what the link holds without reading it.
+                memo.put_written(linked, hash);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`SnapshotWriter::link_unchanged`] of a file whose content hash (from the memo) is
+    /// `hash`: the new name's key when it was linked (for the memo's written files).
+    fn link_known(
+        &self,
+        placement: &Placement,
+        relative: &Path,
+        path: &Path,
+        mode: u32,
+        owner: Owner,
+        hash: [u8; 32],
+    ) -> Option<StatKey> {
+        let (Some(reuse), Some(_), Some(_), Some(stat)) =
+            (self.reuse, self.memo, self.context, placement.stat)
+        else {
+            return None;
+        };
+        // A file with several names goes through the copy's own hard-link handling.
+        if placement.nlink != 1 {
+            return None;
+        }
         let wanted = crate::reuse::Wanted {
             hash,
             size: stat.size,
@@ -894,14 +989,188 @@ impl SnapshotWriter<'_> {
             gid: owner.gid,
             mtime: placement.mtime,
         };
-        match reuse.link(relative, path, &wanted) {
-            Some(meta) => {
-                // The layer writer learns what the link holds without reading it.
-                memo.put_written(StatKey::of(&meta), hash);
-                true
+        reuse
+            .link(relative, path, &wanted)
+            .map(|linked| linked.stat)
+    }
+
+    /// Where a placement goes in the snapshot (relative to it): directories the image has as
+    /// symlinks are followed, inside the image; the entry itself, unless it is a directory,
+    /// replaces whatever the image has at its name.
+    fn target_of(&mut self, placement: &Placement) -> Result<PathBuf, ExecError> {
+        let (Some(parent), Some(name)) = (
+            placement.destination.parent(),
+            placement.destination.file_name(),
+        ) else {
+            return self.resolve_in_image(&placement.destination);
+        };
+        let parent = match self.resolved.get(parent) {
+            Some(resolved) => resolved.clone(),
+            None => {
+                let resolved = self.resolve_in_image(parent)?;
+                self.resolved.insert(parent.to_path_buf(), resolved.clone());
+                resolved
             }
-            None => false,
+        };
+        let joined = parent.join(name);
+        if !matches!(placement.kind, PlacementKind::Dir) {
+            return Ok(joined);
         }
+        // A directory is followed if the image has a symlink at its name; below a path the
+        // image does not have, it has nothing.
+        if self.absent.contains(&parent) {
+            self.absent.insert(joined.clone());
+            return Ok(joined);
+        }
+        self.resolve_in_image(&placement.destination)
+    }
+
+    /// `path` resolved in the image (symlinks followed inside it), remembering when the image
+    /// does not have it.
+    fn resolve_in_image(&mut self, path: &Path) -> Result<PathBuf, ExecError> {
+        let (resolved, found) = self.image.resolve(path, true).map_err(ExecError::Copy)?;
+        if found.is_none() {
+            self.absent.insert(resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    /// What the image has at `relative` (resolved), looked up only when its parent is there.
+    fn image_entry(&mut self, relative: &Path) -> Option<crate::rootfs::Found> {
+        if relative
+            .parent()
+            .is_some_and(|parent| self.absent.contains(parent))
+        {
+            self.absent.insert(relative.to_path_buf());
+            return None;
+        }
+        let found = self.image.lstat(relative);
+        if found.is_none() {
+            self.absent.insert(relative.to_path_buf());
+        }
+        found
+    }
+
+    /// Whether files may be linked from a previous snapshot, in batches (then what is placed
+    /// where is tracked).
+    fn links_in_batches(&self) -> bool {
+        self.reuse.is_some_and(|reuse| reuse.has_previous())
+    }
+
+    /// A context file that may be linked from the previous snapshot, when its link can wait
+    /// in a batch: its directory was created by this copy and nothing was placed at its name,
+    /// so nothing is there and nothing else in the batch goes there. Its directories are made
+    /// now, in order; `None` when it must be placed in order instead.
+    fn pending_link(
+        &mut self,
+        index: usize,
+        placement: &Placement,
+        mode: u32,
+    ) -> Result<Option<PendingLink>, ExecError> {
+        let linkable = self.links_in_batches()
+            && self.memo.is_some()
+            && self.context.is_some()
+            && placement.stat.is_some()
+            && placement.nlink == 1
+            && matches!(placement.kind, PlacementKind::File(_));
+        if !linkable {
+            return Ok(None);
+        }
+        let relative = self.target_of(placement)?;
+        let Some(parent) = relative.parent() else {
+            return Ok(None);
+        };
+        self.ensure_dir(parent)?;
+        if !self.fresh.contains(parent) || !self.placed.insert(relative.clone()) {
+            return Ok(None);
+        }
+        let owner = match placement.owner {
+            Some(own) if !self.chown => own,
+            _ => self.owner,
+        };
+        Ok(Some(PendingLink {
+            index,
+            path: self.root.join(&relative),
+            relative,
+            mode,
+            owner,
+        }))
+    }
+
+    /// Whether placing this now cannot touch what a pending link goes to: a directory made
+    /// at a new name inside a directory this copy created (a pending link's directory only
+    /// ever gains names).
+    fn places_apart(&self, placement: &Placement, relative: &Path) -> bool {
+        matches!(placement.kind, PlacementKind::Dir)
+            && relative
+                .parent()
+                .is_some_and(|parent| self.fresh.contains(parent))
+            && !self.placed.contains(relative)
+    }
+
+    /// Links the batch's files from the previous snapshot (on all cores when there are many);
+    /// those that cannot be linked are then placed one by one, in order.
+    fn link_batch(
+        &mut self,
+        placements: &[Placement],
+        batch: Vec<PendingLink>,
+        stats: &mut CopyStats,
+    ) -> Result<(), ExecError> {
+        let placement_of = |pending: &PendingLink| placements.get(pending.index);
+        // The memo is asked once for the whole batch and told what was linked from this
+        // thread, rather than locked by every link on every core.
+        let known = match self.memo {
+            Some(memo) => memo.get_many(
+                &mut batch
+                    .iter()
+                    .filter_map(|pending| placement_of(pending).and_then(|p| p.stat.as_ref())),
+            ),
+            None => Vec::new(),
+        };
+        let mut known = known.into_iter();
+        let hashes: Vec<Option<[u8; 32]>> = batch
+            .iter()
+            .map(|pending| match placement_of(pending).and_then(|p| p.stat) {
+                Some(_) => known.next().flatten(),
+                None => None,
+            })
+            .collect();
+        let link = |(pending, hash): (&PendingLink, &Option<[u8; 32]>)| {
+            let placement = placement_of(pending)?;
+            let hash = (*hash)?;
+            let linked = self.link_known(
+                placement,
+                &pending.relative,
+                &pending.path,
+                pending.mode,
+                pending.owner,
+                hash,
+            )?;
+            Some((linked, hash))
+        };
+        let linked: Vec<Option<(StatKey, [u8; 32])>> = if batch.len() >= PARALLEL_LINKS {
+            use rayon::prelude::*;
+            batch.par_iter().zip(&hashes).map(link).collect()
+        } else {
+            batch.iter().zip(&hashes).map(link).collect()
+        };
+        for (pending, linked) in batch.iter().zip(linked) {
+            match linked {
+                Some((written, hash)) => {
+                    // The layer writer learns what the link holds without reading it.
+                    if let Some(memo) = self.memo {
+                        memo.put_written(written, hash);
+                    }
+                    stats.files += 1;
+                }
+                None => {
+                    if let Some(placement) = placement_of(pending) {
+                        self.place(placement, pending.mode, stats)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stamps the directories, deepest first.
@@ -941,7 +1210,11 @@ impl SnapshotWriter<'_> {
                 Err(e) => return Err(io_at(&path, e)),
             }
             fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
-            let stamp = match self.image.lstat(&view) {
+            self.fresh.insert(view.clone());
+            if self.links_in_batches() {
+                self.placed.insert(view.clone());
+            }
+            let stamp = match self.image_entry(&view) {
                 Some(found) if found.meta.is_dir() => {
                     let meta = &found.meta;
                     let owner = Owner {
@@ -969,30 +1242,23 @@ impl SnapshotWriter<'_> {
         stats: &mut CopyStats,
     ) -> Result<(), ExecError> {
         // Directories the image has as symlinks are followed, inside the image (a tree copied
-        // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`); the entry
-        // itself, unless it is a directory, replaces whatever the image has at its name.
-        let resolved = match (
-            &placement.kind,
-            placement.destination.parent(),
-            placement.destination.file_name(),
-        ) {
-            (PlacementKind::Dir, _, _) | (_, None, _) | (_, _, None) => {
-                self.image
-                    .resolve(&placement.destination, true)
-                    .map_err(ExecError::Copy)?
-                    .0
-            }
-            (_, Some(parent), Some(name)) => match self.resolved.get(parent) {
-                Some(resolved) => resolved.join(name),
-                None => {
-                    let resolved = self.image.resolve(parent, true).map_err(ExecError::Copy)?.0;
-                    let joined = resolved.join(name);
-                    self.resolved.insert(parent.to_path_buf(), resolved);
-                    joined
-                }
-            },
-        };
+        // to `/` whose `lib/` meets a `/lib -> usr/lib` link lands in `usr/lib`).
+        let resolved = self.target_of(placement)?;
+        self.place_at(placement, resolved, mode, stats)
+    }
+
+    /// [`SnapshotWriter::place`] at `resolved`, the placement's [`SnapshotWriter::target_of`].
+    fn place_at(
+        &mut self,
+        placement: &Placement,
+        resolved: PathBuf,
+        mode: u32,
+        stats: &mut CopyStats,
+    ) -> Result<(), ExecError> {
         let relative = &resolved;
+        if self.links_in_batches() {
+            self.placed.insert(resolved.clone());
+        }
         if let Some(parent) = relative.parent() {
             self.ensure_dir(parent)?;
         }
@@ -1027,6 +1293,7 @@ impl SnapshotWriter<'_> {
                 // Names below it are gone, and it may become a symlink: never link through it.
                 self.links.retain(|_, first| !first.starts_with(&path));
                 self.made.retain(|dir| !dir.starts_with(relative));
+                self.fresh.retain(|dir| !dir.starts_with(relative));
             }
             Ok(_) => {
                 fs::remove_file(&path).map_err(|e| io_at(&path, e))?;
@@ -1035,12 +1302,14 @@ impl SnapshotWriter<'_> {
                 }
                 self.links.retain(|_, first| first != &path);
                 self.made.retain(|dir| !dir.starts_with(relative));
+                self.fresh.retain(|dir| !dir.starts_with(relative));
             }
             Err(_) => {}
         }
         match &placement.kind {
             PlacementKind::Dir => {
                 fs::create_dir(&path).map_err(|e| io_at(&path, e))?;
+                self.fresh.insert(relative.clone());
                 self.dirs.insert(path, (mode, owner, placement.mtime));
                 Ok(())
             }
@@ -1403,6 +1672,64 @@ mod tests {
             "the image's /lib link stays a link"
         );
         assert_eq!(read(out.path(), "etc/conf"), "C");
+    }
+
+    #[test]
+    fn new_directories_below_links_and_below_what_the_image_lacks_land_where_they_should() {
+        let (_c, ctx) = context(&[
+            ("tree/opt/link/new/deep/f", "F"),
+            ("tree/opt/real/g", "G"),
+            ("tree/fresh/a/b/c", "C"),
+            ("tree/fresh/a/d", "D"),
+        ]);
+        let image_dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(image_dir.path().join("opt/real")).unwrap();
+        fs::set_permissions(
+            image_dir.path().join("opt/real"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("real", image_dir.path().join("opt/link")).unwrap();
+        // A lower layer has a directory an upper one whites out: not there in the image.
+        let lower = tempfile::tempdir().unwrap();
+        fs::create_dir_all(lower.path().join("fresh/a/b")).unwrap();
+        fs::set_permissions(
+            lower.path().join("fresh/a"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            image_dir.path().join("fresh"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .expect("a whiteout (char device 0/0) can be made here");
+        let image = Rootfs::new(vec![lower.path().into(), image_dir.path().into()]);
+        let out = copy(&step(&["tree"], "/"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "opt/real/new/deep/f"), "F");
+        assert_eq!(read(out.path(), "opt/real/g"), "G");
+        assert_eq!(read(out.path(), "fresh/a/b/c"), "C");
+        assert_eq!(read(out.path(), "fresh/a/d"), "D");
+        assert!(!out.path().join("opt/link").exists());
+        // Directories a copy needs keep the image's metadata where the image has them, and
+        // are new (0755) below what the image lacks, whatever a covered lower layer holds.
+        let mode = |out: &Path, p: &str| fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
+        let out = copy(
+            &step(&["tree/fresh/a/d"], "/opt/link/sub/"),
+            &ctx,
+            &image,
+            "/",
+        )
+        .unwrap();
+        assert_eq!(read(out.path(), "opt/real/sub/d"), "D");
+        assert_eq!(mode(out.path(), "opt/real"), 0o700);
+        assert_eq!(mode(out.path(), "opt/real/sub"), 0o755);
+        let out = copy(&step(&["tree/fresh/a/d"], "/fresh/a/b/"), &ctx, &image, "/").unwrap();
+        assert_eq!(read(out.path(), "fresh/a/b/d"), "D");
+        assert_eq!(mode(out.path(), "fresh"), 0o755);
+        assert_eq!(mode(out.path(), "fresh/a"), 0o755);
     }
 
     #[test]
@@ -1842,5 +2169,107 @@ mod tests {
                 .map(PathBuf::from)
                 .to_vec()
         );
+    }
+    /// Every entry of a snapshot: path, kind, mode, time, and content or link target.
+    fn tree_of(root: &Path) -> Vec<(PathBuf, String, u32, i64, i64)> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    stack.push(path.clone());
+                    "dir".to_string()
+                } else if meta.file_type().is_symlink() {
+                    format!("-> {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    fs::read_to_string(&path).unwrap()
+                };
+                found.push((
+                    path.strip_prefix(root).unwrap().to_path_buf(),
+                    what,
+                    meta.mode(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                ));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn batched_links_make_the_snapshot_placing_one_by_one_makes() {
+        // Enough unchanged files for links on all cores, and a second source that replaces
+        // a linked file, a whole linked directory, and puts a directory where a file was.
+        let mut files: Vec<(String, String)> = Vec::new();
+        for d in 0..4 {
+            for f in 0..40 {
+                files.push((format!("src/d{d}/f{f:02}"), format!("{d}/{f}")));
+            }
+        }
+        files.push(("src/top".into(), "top".into()));
+        files.push(("over/d1/f05".into(), "replaced".into()));
+        files.push(("over/d2".into(), "a file where a directory was".into()));
+        files.push((
+            "over/top/inner".into(),
+            "a directory where a file was".into(),
+        ));
+        files.push(("over/d3/new".into(), "added".into()));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let (dir, ctx) = context(&refs);
+        std::os::unix::fs::symlink("f00", dir.path().join("src/d0/link")).unwrap();
+        let step = step(&["src/", "over/"], "/app/");
+        let copy_with = |memo: &kiln_context::MemoryMemo,
+                         reuse: Option<&crate::reuse::SnapshotReuse>| {
+            let snapshot = tempfile::tempdir().unwrap();
+            let job = CopyJob {
+                step: &step,
+                workdir: "/",
+                image: &Rootfs::default(),
+                users: &Rootfs::default(),
+                snapshot: snapshot.path(),
+                now: 1_700_000_000,
+                fetched: &[],
+                git_trees: &[],
+                memo: Some(memo),
+                reuse,
+                walked: &[],
+            };
+            run_copy(&job, &CopyFrom::Context(&ctx)).unwrap();
+            snapshot
+        };
+        let memo = kiln_context::MemoryMemo::default();
+        let first = crate::reuse::SnapshotReuse::recording();
+        let one = copy_with(&memo, Some(&first));
+        // One file edited: the rest is linked.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join("src/d0/f07"), "edited").unwrap();
+        let second = crate::reuse::SnapshotReuse::from_previous(
+            one.path().to_path_buf(),
+            first.into_written(),
+        );
+        let reused = copy_with(&memo, Some(&second));
+        let plain = copy_with(&kiln_context::MemoryMemo::default(), None);
+        assert!(second.linked() > 100, "linked {}", second.linked());
+        assert_eq!(tree_of(reused.path()), tree_of(plain.path()));
+        assert_eq!(read(reused.path(), "app/d0/f07"), "edited");
+        assert_eq!(read(reused.path(), "app/d1/f05"), "replaced");
+        assert_eq!(
+            read(reused.path(), "app/d2"),
+            "a file where a directory was"
+        );
+        // Nothing in the new snapshot shares an inode with another name in it.
+        let mut inodes = std::collections::HashSet::new();
+        for (path, what, ..) in tree_of(reused.path()) {
+            if what != "dir" {
+                let meta = fs::symlink_metadata(reused.path().join(&path)).unwrap();
+                assert!(inodes.insert(meta.ino()), "{}", path.display());
+            }
+        }
     }
 }

@@ -12,8 +12,9 @@
 //! snapshot is taken at most once, and only for a context file with a single name (files with
 //! several names go through the copy's own hard-link handling).
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -32,6 +33,8 @@ struct Previous {
     files: HashMap<PathBuf, [u8; 32]>,
     /// Inodes of the previous snapshot already linked into this one.
     taken: Mutex<HashSet<(u64, u64)>>,
+    /// The directory pairs files were last linked between, most recent last.
+    open: Mutex<Vec<std::sync::Arc<DirPair>>>,
 }
 
 /// What the copy would write for one file.
@@ -58,9 +61,15 @@ impl SnapshotReuse {
                 root,
                 files: files.into_iter().collect(),
                 taken: Mutex::new(HashSet::new()),
+                open: Mutex::new(Vec::new()),
             }),
             ..SnapshotReuse::default()
         }
+    }
+
+    /// Whether there is a previous snapshot to link from (else the copy only records).
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// Files linked from the previous snapshot.
@@ -88,40 +97,58 @@ impl SnapshotReuse {
 
     /// Links `relative` of the previous snapshot to `target` when it is what the copy would
     /// write there. Returns the new name's metadata when it did.
+    ///
+    /// Every call works on the two parent directories held open (the last few pairs are kept):
+    /// each file costs lookups of its name alone, not of the whole snapshot path.
     pub(crate) fn link(
         &self,
         relative: &Path,
         target: &Path,
         wanted: &Wanted,
-    ) -> Option<std::fs::Metadata> {
+    ) -> Option<LinkedMeta> {
         let previous = self.previous.as_ref()?;
         if previous.files.get(relative) != Some(&wanted.hash) {
             return None;
         }
-        let source = previous.root.join(relative);
-        let meta = std::fs::symlink_metadata(&source).ok()?;
-        let same = meta.file_type().is_file()
-            && meta.len() == wanted.size
-            && meta.mode() & 0o7777 == wanted.mode
-            && meta.uid() == wanted.uid
-            && meta.gid() == wanted.gid
-            && (meta.mtime(), meta.mtime_nsec()) == wanted.mtime
+        let (Some(name), Some(target_name)) = (relative.file_name(), target.file_name()) else {
+            return None;
+        };
+        let dirs = previous.dirs(relative.parent()?, target.parent()?)?;
+        // Opened (never through a link) to read its metadata and attributes without a second
+        // lookup; a file that cannot be opened is copied instead.
+        let source = rustix::fs::openat(
+            &dirs.previous,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let meta =
+            rustix::fs::statx(&source, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).ok()?;
+        let same = FileType::from_raw_mode(u32::from(meta.stx_mode)) == FileType::RegularFile
+            && meta.stx_size == wanted.size
+            && u32::from(meta.stx_mode) & 0o7777 == wanted.mode
+            && meta.stx_uid == wanted.uid
+            && meta.stx_gid == wanted.gid
+            && (meta.stx_mtime.tv_sec, i64::from(meta.stx_mtime.tv_nsec)) == wanted.mtime
             && !has_xattrs(&source);
+        drop(source);
         if !same {
             return None;
         }
-        let inode = (meta.dev(), meta.ino());
+        let inode = identity(&meta);
         if !previous.taken.lock().ok()?.insert(inode) {
             return None;
         }
         // Something already at the target (a name an earlier source wrote), a link across
-        // filesystems or past the inode's link limit: the copy takes over.
+        // filesystems or past the inode's link limit: the copy takes over. The name linked is
+        // the one just checked: snapshots never change, and the link is checked below.
         let made = rustix::fs::linkat(
-            rustix::fs::CWD,
-            &source,
-            rustix::fs::CWD,
-            target,
-            rustix::fs::AtFlags::empty(),
+            &dirs.previous,
+            name,
+            &dirs.target,
+            target_name,
+            AtFlags::empty(),
         );
         if made.is_err() {
             if let Ok(mut taken) = previous.taken.lock() {
@@ -129,22 +156,225 @@ impl SnapshotReuse {
             }
             return None;
         }
-        let linked = std::fs::symlink_metadata(target)
-            .ok()
-            .filter(|linked| (linked.dev(), linked.ino()) == inode);
+        let linked = rustix::fs::statx(
+            &dirs.target,
+            target_name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        )
+        .ok()
+        .filter(|linked| identity(linked) == inode);
         let Some(linked) = linked else {
             // Not what was linked (cannot happen in a private work directory): copy instead.
-            let _ = std::fs::remove_file(target);
+            let _ = rustix::fs::unlinkat(&dirs.target, target_name, AtFlags::empty());
             return None;
         };
         self.linked.fetch_add(1, Ordering::Relaxed);
         self.record(relative, wanted.hash);
-        Some(linked)
+        Some(LinkedMeta {
+            stat: kiln_context::StatKey::of_statx(&linked),
+        })
     }
 }
 
-/// Whether the file has any extended attribute (a COPY writes none).
-fn has_xattrs(path: &Path) -> bool {
+/// What a file linked from the previous snapshot is, under its new name.
+pub(crate) struct LinkedMeta {
+    /// Its key for the memo.
+    pub stat: kiln_context::StatKey,
+}
+
+/// A directory of the previous snapshot and the directory of the new one its files are
+/// linked into, both held open.
+struct DirPair {
+    /// The directory's path in the previous snapshot.
+    relative: PathBuf,
+    /// The new snapshot's directory, as the copy names it.
+    target_path: PathBuf,
+    previous: OwnedFd,
+    target: OwnedFd,
+}
+
+/// Directory pairs kept open at most: a walk comes back to a directory after the
+/// subdirectories sorted between its files.
+const OPEN_PAIRS: usize = 8;
+
+impl Previous {
+    /// The open pair for files of `relative` (in the previous snapshot) linked into
+    /// `target_dir`; `None` when one of them cannot be opened (then the file is copied).
+    fn dirs(&self, relative: &Path, target_dir: &Path) -> Option<std::sync::Arc<DirPair>> {
+        let mut open = self.open.lock().ok()?;
+        if let Some(pair) = open
+            .iter()
+            .find(|p| p.relative == relative && p.target_path == target_dir)
+        {
+            return Some(pair.clone());
+        }
+        // Private directories (the store's snapshot, the step's work directory): opened by
+        // path once, the last component never followed.
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let previous = rustix::fs::open(self.root.join(relative), flags, Mode::empty()).ok()?;
+        let target = rustix::fs::open(target_dir, flags, Mode::empty()).ok()?;
+        let pair = std::sync::Arc::new(DirPair {
+            relative: relative.to_path_buf(),
+            target_path: target_dir.to_path_buf(),
+            previous,
+            target,
+        });
+        if open.len() >= OPEN_PAIRS {
+            open.remove(0);
+        }
+        open.push(pair.clone());
+        Some(pair)
+    }
+}
+
+/// A file's (device, inode).
+fn identity(stat: &rustix::fs::Statx) -> (u64, u64) {
+    (
+        rustix::fs::makedev(stat.stx_dev_major, stat.stx_dev_minor),
+        stat.stx_ino,
+    )
+}
+
+/// Whether the open file has any extended attribute (a COPY writes none).
+fn has_xattrs(file: &OwnedFd) -> bool {
     let mut names = [0u8; 256];
-    !matches!(rustix::fs::llistxattr(path, &mut names), Ok(0))
+    !matches!(rustix::fs::flistxattr(file, &mut names), Ok(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    fn wanted_of(path: &Path, hash: [u8; 32]) -> Wanted {
+        let meta = fs::symlink_metadata(path).unwrap();
+        Wanted {
+            hash,
+            size: meta.size(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+
+    /// A previous snapshot of `dirs` directories of `per_dir` files each, and an empty new one
+    /// with the same directories.
+    fn snapshots(
+        dirs: usize,
+        per_dir: usize,
+    ) -> (tempfile::TempDir, tempfile::TempDir, Vec<PathBuf>) {
+        let previous = tempfile::tempdir().unwrap();
+        let next = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for d in 0..dirs {
+            let dir = PathBuf::from(format!("app/d{d}"));
+            fs::create_dir_all(previous.path().join(&dir)).unwrap();
+            fs::create_dir_all(next.path().join(&dir)).unwrap();
+            for f in 0..per_dir {
+                let relative = dir.join(format!("f{f}"));
+                fs::write(previous.path().join(&relative), format!("{d} {f}")).unwrap();
+                files.push(relative);
+            }
+        }
+        (previous, next, files)
+    }
+
+    #[test]
+    fn files_of_many_directories_in_any_order_are_linked_with_their_new_names_stat() {
+        let (previous, next, files) = snapshots(OPEN_PAIRS * 2 + 1, 3);
+        let hash =
+            |p: &Path| <[u8; 32]>::from(sha2::Sha256::digest(p.as_os_str().as_encoded_bytes()));
+        let reuse = SnapshotReuse::from_previous(
+            previous.path().to_path_buf(),
+            files.iter().map(|f| (f.clone(), hash(f))).collect(),
+        );
+        // Back and forth between directories, as a walk comes back to a parent after its
+        // subdirectories: more pairs than are kept open.
+        let mut order: Vec<&PathBuf> = files.iter().step_by(2).collect();
+        order.extend(files.iter().skip(1).step_by(2).rev());
+        for relative in &order {
+            let wanted = wanted_of(&previous.path().join(relative), hash(relative));
+            let target = next.path().join(relative);
+            let linked = reuse.link(relative, &target, &wanted).expect("linked");
+            let meta = fs::symlink_metadata(&target).unwrap();
+            assert_eq!(linked.stat, kiln_context::StatKey::of(&meta));
+            assert_eq!(
+                meta.ino(),
+                fs::symlink_metadata(previous.path().join(relative))
+                    .unwrap()
+                    .ino()
+            );
+        }
+        assert_eq!(reuse.linked(), files.len() as u64);
+        let mut written = reuse.into_written();
+        written.sort();
+        let mut expected: Vec<_> = files.iter().map(|f| (f.clone(), hash(f))).collect();
+        expected.sort();
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn a_file_unlike_what_the_copy_would_write_is_not_linked() {
+        let (previous, next, files) = snapshots(1, 6);
+        let reuse = SnapshotReuse::from_previous(
+            previous.path().to_path_buf(),
+            files.iter().map(|f| (f.clone(), [1; 32])).collect(),
+        );
+        let wanted = |i: usize| wanted_of(&previous.path().join(&files[i]), [1; 32]);
+        let target = |i: usize| next.path().join(&files[i]);
+        // Another content hash, size, mode, owner or time: copied, not linked.
+        let mut other = wanted(0);
+        other.hash = [2; 32];
+        assert!(reuse.link(&files[0], &target(0), &other).is_none());
+        let mut other = wanted(1);
+        other.size += 1;
+        assert!(reuse.link(&files[1], &target(1), &other).is_none());
+        let mut other = wanted(2);
+        other.mode ^= 0o100;
+        assert!(reuse.link(&files[2], &target(2), &other).is_none());
+        let mut other = wanted(3);
+        other.mtime.1 += 1;
+        assert!(reuse.link(&files[3], &target(3), &other).is_none());
+        // An extended attribute (a COPY writes none).
+        rustix::fs::setxattr(
+            previous.path().join(&files[4]),
+            "user.kiln-test",
+            b"x",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .expect("user extended attributes on the test's filesystem");
+        assert!(reuse.link(&files[4], &target(4), &wanted(4)).is_none());
+        // Something at the target already.
+        fs::write(target(5), "earlier").unwrap();
+        assert!(reuse.link(&files[5], &target(5), &wanted(5)).is_none());
+        assert_eq!(fs::read_to_string(target(5)).unwrap(), "earlier");
+        assert_eq!(reuse.linked(), 0);
+        // Nothing was made but what was there.
+        let names: Vec<_> = fs::read_dir(next.path().join("app/d0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f5"]);
+    }
+
+    #[test]
+    fn an_inode_is_taken_once() {
+        let (previous, next, files) = snapshots(1, 1);
+        let reuse = SnapshotReuse::from_previous(
+            previous.path().to_path_buf(),
+            vec![(files[0].clone(), [3; 32])],
+        );
+        let wanted = wanted_of(&previous.path().join(&files[0]), [3; 32]);
+        assert!(reuse
+            .link(&files[0], &next.path().join(&files[0]), &wanted)
+            .is_some());
+        // The same file again under another name would become a tar hard link.
+        assert!(reuse
+            .link(&files[0], &next.path().join("app/d0/again"), &wanted)
+            .is_none());
+    }
 }

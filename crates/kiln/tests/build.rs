@@ -79,12 +79,20 @@ fn cached_rebuild_runs_nothing_and_writes_the_same_bytes() {
         "{}",
         first.stderr
     );
+    // The file-hash memo learnt nothing from the second build: it is not written again.
+    let memo = root.path().join("hashes/memo");
+    let identity = |m: fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+    };
+    let saved = identity(fs::metadata(&memo).unwrap());
     let second = build(
         ctx.path(),
         root.path(),
         &["-o", "type=oci,dest=two.tar", "--provenance=false"],
         &[],
     );
+    assert_eq!(identity(fs::metadata(&memo).unwrap()), saved);
     assert!(
         !second.stderr.contains("running:"),
         "a step ran again:\n{}",

@@ -217,8 +217,11 @@ impl Context {
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         match rustix::fs::openat2(&self.root_fd, relative, flags, Mode::empty(), resolve) {
             Ok(fd) => Ok(fd),
-            // Kernels before 5.6 lack openat2: the last component is still not followed.
-            Err(rustix::io::Errno::NOSYS) => Ok(rustix::fs::open(absolute, flags, Mode::empty())?),
+            // Kernels before 5.6 lack openat2, and some container seccomp profiles refuse it
+            // with EPERM: the last component is still not followed.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                Ok(rustix::fs::open(absolute, flags, Mode::empty())?)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -592,8 +595,9 @@ impl Walk<'_> {
             StatxFlags::BASIC_STATS,
         ) {
             Ok(stat) => EntryMeta::of_statx(&stat),
-            // Kernels before 4.11 lack statx.
-            Err(rustix::io::Errno::NOSYS) => {
+            // Kernels before 4.11 lack statx, and old container seccomp profiles refuse it
+            // with EPERM.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
                 EntryMeta::of(&fs::symlink_metadata(&absolute).map_err(io_error(&absolute))?)
             }
             Err(e) => return Err(io_error(&absolute)(e.into())),

@@ -2095,8 +2095,18 @@ mod tests {
         memo: &kiln_context::MemoryMemo,
         reuse: &crate::reuse::SnapshotReuse,
     ) -> tempfile::TempDir {
+        copy_sources_reusing(ctx, &["src/"], memo, Some(reuse))
+    }
+
+    /// Copies `sources` to `/app/` with a memo and, if given, `reuse`, into a fresh snapshot.
+    fn copy_sources_reusing(
+        ctx: &Context,
+        sources: &[&str],
+        memo: &kiln_context::MemoryMemo,
+        reuse: Option<&crate::reuse::SnapshotReuse>,
+    ) -> tempfile::TempDir {
         let snapshot = tempfile::tempdir().unwrap();
-        let step = step(&["src/"], "/app/");
+        let step = step(sources, "/app/");
         let job = CopyJob {
             step: &step,
             workdir: "/",
@@ -2107,7 +2117,7 @@ mod tests {
             fetched: &[],
             git_trees: &[],
             memo: Some(memo),
-            reuse: Some(reuse),
+            reuse,
             walked: &[],
         };
         run_copy(&job, &CopyFrom::Context(ctx)).unwrap();
@@ -2223,25 +2233,9 @@ mod tests {
             .collect();
         let (dir, ctx) = context(&refs);
         std::os::unix::fs::symlink("f00", dir.path().join("src/d0/link")).unwrap();
-        let step = step(&["src/", "over/"], "/app/");
         let copy_with = |memo: &kiln_context::MemoryMemo,
                          reuse: Option<&crate::reuse::SnapshotReuse>| {
-            let snapshot = tempfile::tempdir().unwrap();
-            let job = CopyJob {
-                step: &step,
-                workdir: "/",
-                image: &Rootfs::default(),
-                users: &Rootfs::default(),
-                snapshot: snapshot.path(),
-                now: 1_700_000_000,
-                fetched: &[],
-                git_trees: &[],
-                memo: Some(memo),
-                reuse,
-                walked: &[],
-            };
-            run_copy(&job, &CopyFrom::Context(&ctx)).unwrap();
-            snapshot
+            copy_sources_reusing(&ctx, &["src/", "over/"], memo, reuse)
         };
         let memo = kiln_context::MemoryMemo::default();
         let first = crate::reuse::SnapshotReuse::recording();

@@ -37,6 +37,11 @@ fn stop_on_signals() {
     });
 }
 
+/// mimalloc: fewer page faults and no arena lock contention when the warm walk allocates on all
+/// cores.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The sandbox's helper processes are this executable with a hidden first argument; they
     // must start before anything creates a thread.

@@ -357,7 +357,8 @@ impl Store {
     /// `ref_name` is the layout's `org.opencontainers.image.ref.name` (the tag).
     pub fn tag(&self, name: &str, ref_name: &str, manifest: &Descriptor) -> Result<()> {
         let _lock = self.lock()?;
-        let mut index = self.index()?;
+        let before = self.index()?;
+        let mut index = before.clone();
         index.manifests.retain(|d| {
             d.annotations
                 .get(annotations::CONTAINERD_IMAGE_NAME)
@@ -376,6 +377,11 @@ impl Store {
         index
             .manifests
             .sort_by(|a, b| a.annotations.cmp(&b.annotations));
+        // A rebuild that names the same image again writes nothing: no fsync that would wait
+        // for other writers' dirty data.
+        if index == before {
+            return Ok(());
+        }
         self.write_index(&index)
     }
 
@@ -1050,6 +1056,25 @@ mod tests {
         fs::write(store.blob_path(&digest), b"tampered").unwrap();
         assert!(store.read_blob(&digest).is_err());
         assert_eq!(store.verify().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn naming_the_same_image_again_leaves_the_index_file_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = store.put_blob(b"{}").unwrap();
+        let two = store.put_blob(b"{\"a\":1}").unwrap();
+        let manifest =
+            |d: &Digest| Descriptor::new(kiln_oci::media_types::OCI_MANIFEST, d.clone(), 2);
+        let index_inode = || fs::metadata(dir.path().join("index.json")).unwrap().ino();
+        store.tag("example.com/a:1", "1", &manifest(&one)).unwrap();
+        let first = index_inode();
+        store.tag("example.com/a:1", "1", &manifest(&one)).unwrap();
+        assert_eq!(index_inode(), first, "an unchanged index was rewritten");
+        store.tag("example.com/a:1", "1", &manifest(&two)).unwrap();
+        assert_ne!(index_inode(), first, "a changed tag was not written");
+        assert_eq!(store.images().unwrap()[0].manifest.digest, two);
     }
 
     #[test]

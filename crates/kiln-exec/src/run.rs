@@ -1052,6 +1052,51 @@ fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
     names
 }
 
+/// How often a running step's writes are pushed to the disk.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `run` while a thread writes the file system of `dir` out every [`FLUSH_INTERVAL`].
+/// The store syncs a step's snapshot once before naming it; with memory to spare the kernel
+/// would hold all of a long RUN's writes (apt's 600 MB) until then, so that sync sat on the
+/// critical path (0.57 s here). Flushing on the way uses the disk while the step computes.
+fn flushing_while<T>(dir: &Path, run: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsFd;
+    match std::fs::File::open(dir) {
+        Ok(handle) => repeating_while(
+            FLUSH_INTERVAL,
+            move || {
+                let _ = rustix::fs::syncfs(handle.as_fd());
+            },
+            run,
+        ),
+        Err(_) => run(),
+    }
+}
+
+/// Runs `run` while a thread does `action` every `interval`; the thread is stopped (and
+/// joined) when `run` returns.
+fn repeating_while<T>(
+    interval: std::time::Duration,
+    action: impl Fn() + Send,
+    run: impl FnOnce() -> T,
+) -> T {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let (stop, stopped) = channel::<()>();
+    std::thread::scope(|scope| {
+        // Without the thread the step only loses the head start.
+        let _ = std::thread::Builder::new()
+            .name("kiln-flush".into())
+            .spawn_scoped(scope, move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    action();
+                }
+            });
+        let result = run();
+        drop(stop);
+        result
+    })
+}
+
 enum RunFailure {
     Overlay(String),
     Build(ExecError),
@@ -1066,11 +1111,13 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
         on_line: job.on_line,
         lines: 0,
     };
-    let result = sandbox.run_until(
-        spec,
-        Output::Stream(&mut |bytes| log.take(bytes)),
-        job.cancel,
-    );
+    let result = flushing_while(base, || {
+        sandbox.run_until(
+            spec,
+            Output::Stream(&mut |bytes| log.take(bytes)),
+            job.cancel,
+        )
+    });
     log.finish();
     let exit = match result {
         Ok(exit) => exit,
@@ -1221,6 +1268,38 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn the_flusher_works_while_the_step_runs_and_stops_with_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::time::{Duration, Instant};
+        let flushes = AtomicUsize::new(0);
+        let interval = Duration::from_millis(5);
+        let answer = repeating_while(
+            interval,
+            || {
+                flushes.fetch_add(1, Ordering::SeqCst);
+            },
+            || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while flushes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                42
+            },
+        );
+        assert_eq!(answer, 42);
+        let after = flushes.load(Ordering::SeqCst);
+        assert!(after >= 2, "the flusher ran {after} times during the step");
+        std::thread::sleep(interval * 4);
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            after,
+            "the flusher outlived the step"
+        );
+        // A directory that cannot be opened: the step still runs.
+        assert_eq!(flushing_while(Path::new("/nonexistent/kiln"), || 7), 7);
+    }
+
     use super::*;
 
     fn image_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {

@@ -201,8 +201,9 @@ fn children(dir: &Path) -> Result<BTreeMap<OsString, fs::Metadata>, ExecError> {
     let mut out = BTreeMap::new();
     for item in fs::read_dir(dir).map_err(|e| io_at(dir, e))? {
         let item = item.map_err(|e| io_at(dir, e))?;
-        let path = item.path();
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_at(&path, e))?;
+        // Stat'ed by name in the open directory (symlinks not followed), not by a path the
+        // kernel walks again from the root for every entry.
+        let meta = item.metadata().map_err(|e| io_at(&item.path(), e))?;
         out.insert(item.file_name(), meta);
     }
     Ok(out)

@@ -104,6 +104,8 @@ buildkit_stop() {
 buildkit_build() { # label log ctx tag archive; sets D_WALL (build + save)
     local label=$1 log=$2 ctx=$3 tag=$4 out=$5 quiet=(-q)
     [ "${BUILDKIT_PLAIN:-0}" = 1 ] && quiet=(--progress plain)
+    # A cold build without deleting the cache (see `fresh_path` in benches/lib.sh).
+    [ "${BUILDKIT_NO_CACHE:-0}" = 1 ] && quiet+=(--no-cache)
     DOCKER_BUILDKIT=1 measure "BuildKit $label: build" "$log" "${docker_cmd[@]}" build \
         --network "${BUILDKIT_NETWORK:-none}" "${quiet[@]}" -t "$tag" "$ctx" || return 1
     local build=$R_WALL

@@ -12,7 +12,9 @@
 # BuildKit: `DOCKER_BUILDKIT=1 docker build --network host --progress plain -t go CTX` +
 # `docker save -o FILE go`. Both start from the same base image, built by kiln from the
 # debootstrap tar (`FROM scratch` + `ADD rootfs.tar /`) and loaded into dockerd with
-# `kiln save --format docker | docker load`; BuildKit's build cache is pruned before each build.
+# `kiln save --format docker | docker load`. Each kiln build has a store of its own (a copy of
+# the one holding the base); BuildKit builds with `--no-cache`. Nothing is deleted while the
+# tools are measured (see `fresh_path` in benches/lib.sh why).
 #
 # apt needs the mirror: kiln's RUN has the host's network by default; dockerd runs with
 # `--bridge=none`, so its builds take `--network host` (BuildKit allows it in dockerd 20.10).
@@ -153,10 +155,10 @@ PY
 kiln_round() { # round logs
     local try
     for try in 1 2 3; do
-        rm -rf "$work/k"
-        cp -a "$work/seed" "$work/k"
+        store=$(fresh_path k)
+        cp -a "$work/seed" "$store"
         sync
-        MEASURE_MAY_FAIL=1 measure "kiln go, cold, round $1 (try $try)" "$2/k.log" "$kiln" --root "$work/k" build \
+        MEASURE_MAY_FAIL=1 measure "kiln go, cold, round $1 (try $try)" "$2/k.log" "$kiln" --root "$store" build \
             --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go" && break
         [ "$try" != 3 ] || die "kiln go, round $1: failed 3 times"
         : >"$2/k.log"
@@ -169,8 +171,8 @@ kiln_round() { # round logs
 buildkit_round() { # round logs
     local try
     for try in 1 2 3; do
-        buildkit_cold go
-        MEASURE_MAY_FAIL=1 BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host buildkit_build "go, cold, round $1 (try $try)" \
+        sync
+        MEASURE_MAY_FAIL=1 BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host BUILDKIT_NO_CACHE=1 buildkit_build "go, cold, round $1 (try $try)" \
             "$2/d.log" "$work/ctx/go" go "$work/d.tar" && break
         [ "$try" != 3 ] || die "BuildKit go, round $1: failed 3 times"
         : >"$2/d.log"
@@ -196,7 +198,6 @@ for round in $(seq 1 "$ROUNDS"); do
         kiln_round "$round" "$logs"
     fi
 done
-rm -rf "$work/k"
 
 rest() { # "totals" "apt seconds" -> "total - apt" per round
     local -a t=($1) a=($2) out=()

@@ -142,33 +142,33 @@ if has_case 1; then
     say "== case 1: build stage RUN writes $STAGE_MB MB that never ships, final stage copies one small file (cold)"
     K=() D=() RUNS=() O=()
     stage_kiln() {
-        kiln_base "$work/k"
-        kmeasure "kiln stage, cold, round $round" "$logs/k.log" "$kiln" --root "$work/k" build \
+        local store
+        store=$(fresh_path k)
+        kiln_base "$store"
+        kmeasure "kiln stage, cold, round $round" "$logs/k.log" "$kiln" --root "$store" build \
             --progress json -t stage -o "type=oci,dest=$work/k.tar" "$work/ctx/stage"
         K+=("$R_WALL")
         RUNS+=("$(step_seconds "$logs/k.log" "RUN ")")
-        rm -rf "$work/k"
     }
     stage_old() {
         [ -n "$old" ] || return 0
-        kiln_base "$work/k"
-        measure "kiln (old) stage, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
+        local store
+        store=$(fresh_path k)
+        kiln_base "$store"
+        measure "kiln (old) stage, cold, round $round" "$logs/o.log" "$old" --root "$store" build \
             --progress json -t stage -o "type=oci,dest=$work/o.tar" "$work/ctx/stage"
         O+=("$R_WALL")
-        rm -rf "$work/k"
     }
     stage_buildkit() {
-        buildkit_build "stage, cold, round $round" "$logs/d.log" "$work/ctx/stage" stage "$work/d.tar"
+        BUILDKIT_NO_CACHE=1 buildkit_build "stage, cold, round $round" "$logs/d.log" "$work/ctx/stage" stage "$work/d.tar"
         D+=("$D_WALL")
-        # Its cache dropped now, so the deleting is not inside the next tool's time.
-        buildkit_cold stage
     }
     buildkit_cold stage
     for round in $(seq 1 "$ROUNDS"); do
         logs=$work/logs/stage-$round
         mkdir -p "$logs"
-        # The tools take turns going first: whatever the one before left to the disk (writeback,
-        # deletions) falls on each in turn.
+        # The tools take turns going first: whatever the one before left to the disk (writeback)
+        # falls on each in turn. Nothing is deleted until the end (`fresh_path`, benches/lib.sh).
         if ((round % 2)); then
             stage_kiln
             stage_old
@@ -184,7 +184,6 @@ if has_case 1; then
     add_row "stage: cold, build + archive" "${K[*]}" "${D[*]}" BuildKit "<= 1.0" "<= 1.0x"
     [ -z "$old" ] || add_row "stage: cold, this kiln vs the old one" "${K[*]}" "${O[*]}" "old kiln" "" "info"
     ROWS+=("$(row "stage: the RUN's own seconds (kiln)" "$(median "${RUNS[@]}")" "" "" "info" "")")
-    rm -rf "$work/k"
 fi
 
 # --- case 2: everything cached, a 1 GiB archive --------------------------------------------------
@@ -246,24 +245,23 @@ if has_case 3; then
             mkdir -p "$logs"
             # Taking turns to go first, as in case 1.
             for which in $( ((round % 2)) && echo "this old" || echo "old this"); do
-                kiln_base "$work/k"
+                store=$(fresh_path k)
+                kiln_base "$store"
                 if [ "$which" = this ]; then
-                    kmeasure "kiln (this) $recipe, cold, round $round" "$logs/n.log" "$kiln" --root "$work/k" build \
+                    kmeasure "kiln (this) $recipe, cold, round $round" "$logs/n.log" "$kiln" --root "$store" build \
                         --progress json -t "$recipe" -o "type=oci,dest=$work/n.tar" "$work/ctx/$recipe"
                     N+=("$R_WALL")
                 else
-                    measure "kiln (old) $recipe, cold, round $round" "$logs/o.log" "$old" --root "$work/k" build \
+                    measure "kiln (old) $recipe, cold, round $round" "$logs/o.log" "$old" --root "$store" build \
                         --progress json -t "$recipe" -o "type=oci,dest=$work/o.tar" "$work/ctx/$recipe"
                     O+=("$R_WALL")
                 fi
-                rm -rf "$work/k"
             done
             [ "$round" != 1 ] || { cmp -s "$work/n.tar" "$work/o.tar" && say "    archives identical" || say "    archives differ"; }
             rm -f "$work"/*.tar
         done
         add_row "$recipe: cold, build + archive" "${N[*]}" "${O[*]}" "old kiln" "<= 1.05" "<= 1.0x"
     done
-    rm -rf "$work/k"
 fi
 
 # --- the table --------------------------------------------------------------------------------------

@@ -25,3 +25,15 @@ for line in sys.stdin:
 }
 
 # Every timed command runs under benches/measure.py (see there what it writes).
+
+# A path for a store (or tree) of its own, made by no one yet: the benches delete nothing
+# while they measure; what they made goes with $work at the end. Without a journal (this
+# machine's root file system), ext4 will not reuse an inode freed in the last 60 s (360 s
+# while its inode table block is dirty), and it looks each such inode up to skip it, on every
+# create: a build that creates thousands of files after a store of thousands was removed
+# spends seconds in the kernel (`recently_deleted` in `perf record -a`; apt's unpack took
+# 16-23 s instead of 9-11 s, a cold copy-tree 17-20 s instead of 5 s). Removing each round's
+# store afterwards would put that cost on whichever tool builds next.
+fresh_path() { # name
+    mktemp -u "$work/$1.XXXXXX"
+}

@@ -14,7 +14,8 @@
 # debootstrap tar (`FROM scratch` + `ADD rootfs.tar /`) and loaded into dockerd with
 # `kiln save --format docker | docker load`. Each kiln build has a store of its own (a copy of
 # the one holding the base); BuildKit builds with `--no-cache`. Nothing is deleted while the
-# tools are measured (see `fresh_path` in benches/lib.sh why).
+# tools are measured, and each build starts a minute after the one before (see `fresh_path`
+# and `settle` in benches/lib.sh why).
 #
 # apt needs the mirror: kiln's RUN has the host's network by default; dockerd runs with
 # `--bridge=none`, so its builds take `--network host` (BuildKit allows it in dockerd 20.10).
@@ -157,7 +158,7 @@ kiln_round() { # round logs
     for try in 1 2 3; do
         store=$(fresh_path k)
         cp -a "$work/seed" "$store"
-        sync
+        settle
         MEASURE_MAY_FAIL=1 measure "kiln go, cold, round $1 (try $try)" "$2/k.log" "$kiln" --root "$store" build \
             --progress json -t go -o "type=oci,dest=$work/k.tar" "$work/ctx/go" && break
         [ "$try" != 3 ] || die "kiln go, round $1: failed 3 times"
@@ -171,7 +172,7 @@ kiln_round() { # round logs
 buildkit_round() { # round logs
     local try
     for try in 1 2 3; do
-        sync
+        settle
         MEASURE_MAY_FAIL=1 BUILDKIT_PLAIN=1 BUILDKIT_NETWORK=host BUILDKIT_NO_CACHE=1 buildkit_build "go, cold, round $1 (try $try)" \
             "$2/d.log" "$work/ctx/go" go "$work/d.tar" && break
         [ "$try" != 3 ] || die "BuildKit go, round $1: failed 3 times"

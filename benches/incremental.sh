@@ -139,6 +139,9 @@ find "$work/inc" "$work/tree" -type f -exec cat {} + >/dev/null
 kiln_run() {
     local name=$1 bin=$2 store=$3 ctx=$4 log=$work/$1.log
     local start end
+    # What the tool before left unwritten is written now, untimed: kiln syncs its snapshot
+    # with syncfs, which would otherwise also write out the other tool's last build.
+    sync
     start=$(date +%s.%N)
     if ! timeout "$STEP_TIMEOUT" "$bin" --root "$store" build --progress json -t "bench-$name" "$ctx" >"$log" 2>&1; then
         tail -n 5 "$log" | sed 's/^/    | /'
@@ -175,6 +178,7 @@ buildkit_run() {
     local name=$1 ctx=$2 start end
     D_WALL=""
     [ "$buildkit_on" = 1 ] || return 0
+    sync
     start=$(date +%s.%N)
     if ! DOCKER_BUILDKIT=1 timeout "$STEP_TIMEOUT" "${docker_cmd[@]}" build --network none -q -t "bench-$name" "$ctx" >"$work/bk-$name.log" 2>&1; then
         tail -n 5 "$work/bk-$name.log" | sed 's/^/    | /'

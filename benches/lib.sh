@@ -37,3 +37,12 @@ for line in sys.stdin:
 fresh_path() { # name
     mktemp -u "$work/$1.XXXXXX"
 }
+
+# The builds themselves free inodes too (`go build` makes and removes thousands of temporary
+# files; so does dpkg): before a timed cold build, `sync` (the freed inodes' table blocks
+# become clean) and wait out ext4's 60 s window, so no tool pays for the build before it.
+# KILN_BENCH_SETTLE=seconds (default 61; 0: only sync).
+settle() {
+    sync
+    sleep "${KILN_BENCH_SETTLE:-61}"
+}

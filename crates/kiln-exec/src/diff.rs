@@ -571,7 +571,8 @@ impl Canon<'_> {
             let child = rel.join(name);
             let child_path = path.join(name);
             read_xattrs(&child_path, true)?;
-            let lower_child = if child_visible {
+            // A name the lower listing lacks is not below (no lookup through the layers).
+            let lower_child = if child_visible && lower_names.contains(name) {
                 self.lower.lstat(&child)
             } else {
                 None

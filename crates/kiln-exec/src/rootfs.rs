@@ -12,6 +12,7 @@ use crate::fsmeta::{find_whiteout, is_opaque, whiteout_of, WHITEOUT_PREFIX};
 use kiln_context::scope::components;
 use kiln_context::{resolve_scoped, Node, ScopedTree};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 
 /// Snapshot directories, bottom layer first.
 #[derive(Debug, Clone, Default)]
@@ -49,19 +50,22 @@ fn probe(layer: &Path, parts: &[OsString]) -> InLayer {
         };
     };
     let mut path = layer.to_path_buf();
-    let mut opaque_above = false;
-    for part in ancestors {
+    for (depth, part) in ancestors.iter().enumerate() {
         path.push(part);
         match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => opaque_above |= is_opaque(&path),
+            Ok(meta) if meta.is_dir() => {}
             Ok(_) => return InLayer::Covered,
-            Err(_) if opaque_above || find_whiteout(&path).is_some() => return InLayer::Covered,
+            Err(_)
+                if opaque_among(layer, &ancestors[..depth]) || find_whiteout(&path).is_some() =>
+            {
+                return InLayer::Covered
+            }
             Err(_) => return InLayer::Absent,
         }
     }
     // `.wh.` names are markers (OCI-form whiteouts and opaque markers), never entries.
     if last.as_bytes().starts_with(WHITEOUT_PREFIX) {
-        return if opaque_above {
+        return if opaque_among(layer, ancestors) {
             InLayer::Covered
         } else {
             InLayer::Absent
@@ -71,9 +75,22 @@ fn probe(layer: &Path, parts: &[OsString]) -> InLayer {
     match fs::symlink_metadata(&path) {
         Ok(meta) if whiteout_of(last, &meta).is_some() => InLayer::Covered,
         Ok(meta) => InLayer::Entry(path, meta),
-        Err(_) if opaque_above || find_whiteout(&path).is_some() => InLayer::Covered,
+        Err(_) if opaque_among(layer, ancestors) || find_whiteout(&path).is_some() => {
+            InLayer::Covered
+        }
         Err(_) => InLayer::Absent,
     }
+}
+
+/// Whether one of the directories `layer/dirs[0]`, `layer/dirs[0]/dirs[1]`, ... is opaque.
+/// Asked only when a name is missing from the layer: an entry that is there is found
+/// without reading any directory's xattrs.
+fn opaque_among(layer: &Path, dirs: &[OsString]) -> bool {
+    let mut path = layer.to_path_buf();
+    dirs.iter().any(|dir| {
+        path.push(dir);
+        is_opaque(&path)
+    })
 }
 
 impl ScopedTree for Rootfs {
@@ -141,10 +158,16 @@ impl Rootfs {
                     if hidden.contains(&name) || names.contains(&name) {
                         continue;
                     }
-                    let meta = item.metadata().ok();
-                    if let Some(gone) = meta.as_ref().and_then(|m| whiteout_of(&name, m)) {
-                        hidden.insert(gone.to_os_string());
-                        continue;
+                    // Only a character device or a `.wh.` name can be a whiteout: the others
+                    // need no stat (the type comes with the listing).
+                    let maybe_whiteout = name.as_bytes().starts_with(WHITEOUT_PREFIX)
+                        || item.file_type().map_or(true, |kind| kind.is_char_device());
+                    if maybe_whiteout {
+                        let meta = item.metadata().ok();
+                        if let Some(gone) = meta.as_ref().and_then(|m| whiteout_of(&name, m)) {
+                            hidden.insert(gone.to_os_string());
+                            continue;
+                        }
                     }
                     // Other `.wh.` names (the opaque marker) are markers too, never entries.
                     if name.as_bytes().starts_with(WHITEOUT_PREFIX) {

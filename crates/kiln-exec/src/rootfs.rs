@@ -291,6 +291,50 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_and_a_lookup_agree_below_opaque_and_missing_directories() {
+        let low = layer(&[
+            ("a/b/c/file", "low"),
+            ("a/b/d", "low"),
+            ("a/e", "low"),
+            ("k/l/m", "low"),
+            ("k/n", "low"),
+        ]);
+        // `a` is opaque two levels above `a/b/c/file`, and `a/b` is not in the high layer at
+        // all; `k/l` is whited out, `k` itself is not opaque.
+        let high = layer(&[("a/f", "high"), ("k/o", "high")]);
+        rustix::fs::setxattr(
+            high.path().join("a"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        whiteout(&high.path().join("k"), "l");
+        let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
+        for path in ["a/b/c/file", "a/b/d", "a/b", "a/e", "k/l/m", "k/l"] {
+            assert!(view.lstat(Path::new(path)).is_none(), "{path} is hidden");
+        }
+        for path in ["a/f", "k/n", "k/o"] {
+            assert!(view.lstat(Path::new(path)).is_some(), "{path} is there");
+        }
+        // Every name of every directory of either layer: found exactly when listed.
+        for dir in ["", "a", "a/b", "a/b/c", "k", "k/l"] {
+            let listed = view.list(Path::new(dir));
+            for name in [
+                "a", "b", "c", "d", "e", "f", "file", "k", "l", "m", "n", "o",
+            ] {
+                let path = Path::new(dir).join(name);
+                assert_eq!(
+                    view.lstat(&path).is_some(),
+                    listed.iter().any(|n| n == name),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_symlink_in_one_layer_never_leads_to_the_host() {
         // Reviewer's case: a lower layer has `x -> /host-dir`, an upper one a real `x/` dir.
         let host = tempfile::tempdir().unwrap();

@@ -1268,6 +1268,8 @@ pub fn run_image(store: &Store, request: &RunImage) -> Result<kiln_sandbox::Exit
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_flusher_works_while_the_step_runs_and_stops_with_it() {
         use std::sync::atomic::AtomicUsize;
@@ -1299,8 +1301,6 @@ mod tests {
         // A directory that cannot be opened: the step still runs.
         assert_eq!(flushing_while(Path::new("/nonexistent/kiln"), || 7), 7);
     }
-
-    use super::*;
 
     fn image_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {
         let dir = tempfile::tempdir().unwrap();

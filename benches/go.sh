@@ -30,6 +30,7 @@
 # KILN_BENCH_STRICT=0 (1: a failed target exits 1), KILN_BENCH_CACHE=/var/tmp/kiln-bench (where
 # the Debian rootfs tar is kept between runs, shared with benches/run.sh),
 # KILN_BENCH_DEBIAN_MIRROR (default: the first mirror of /etc/apt/sources.list*),
+# KILN_BENCH_SETTLE=61 (seconds before each cold build; see benches/lib.sh),
 # SOURCE_DATE_EPOCH=1700000000, TMPDIR (default /var/tmp: a disk, where the store would be).
 
 set -euo pipefail

@@ -1065,12 +1065,34 @@ fn flushing_while<T>(dir: &Path, run: impl FnOnce() -> T) -> T {
         Ok(handle) => repeating_while(
             FLUSH_INTERVAL,
             move || {
-                let _ = rustix::fs::syncfs(handle.as_fd());
+                // Steps running side by side write to the same store: one flush serves them all.
+                if flush_due(&LAST_FLUSH, FLUSH_INTERVAL / 2) {
+                    let _ = rustix::fs::syncfs(handle.as_fd());
+                }
             },
             run,
         ),
         Err(_) => run(),
     }
+}
+
+/// When a step of this process last flushed.
+static LAST_FLUSH: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Whether no flush was made within `gap` (and, if so, notes one now).
+fn flush_due(
+    last: &std::sync::Mutex<Option<std::time::Instant>>,
+    gap: std::time::Duration,
+) -> bool {
+    let now = std::time::Instant::now();
+    let Ok(mut last) = last.lock() else {
+        return true;
+    };
+    if last.is_some_and(|at| now.duration_since(at) < gap) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 /// Runs `run` while a thread does `action` every `interval`; the thread is stopped (and
@@ -1300,6 +1322,20 @@ mod tests {
         );
         // A directory that cannot be opened: the step still runs.
         assert_eq!(flushing_while(Path::new("/nonexistent/kiln"), || 7), 7);
+    }
+
+    #[test]
+    fn steps_side_by_side_share_one_flush() {
+        use std::time::Duration;
+        let last = std::sync::Mutex::new(None);
+        let gap = Duration::from_millis(20);
+        assert!(flush_due(&last, gap), "the first flush is due");
+        assert!(
+            !flush_due(&last, gap),
+            "a second step right after flushes nothing"
+        );
+        std::thread::sleep(gap + Duration::from_millis(5));
+        assert!(flush_due(&last, gap), "after the gap a flush is due again");
     }
 
     fn image_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {

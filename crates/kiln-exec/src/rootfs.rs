@@ -276,13 +276,7 @@ mod tests {
         let low = layer(&[("etc/a", "low"), ("etc/b", "low"), ("var/x", "low")]);
         let high = layer(&[("var/y", "high")]);
         whiteout(&high.path().join("etc").tap_create(), "a");
-        rustix::fs::setxattr(
-            high.path().join("var"),
-            "trusted.overlay.opaque",
-            b"y",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        make_opaque(&high.path().join("var"));
         let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
         assert!(view.lstat(Path::new("etc/a")).is_none());
         assert_eq!(view.list(Path::new("etc")), ["b"]);
@@ -302,13 +296,7 @@ mod tests {
         // `a` is opaque two levels above `a/b/c/file`, and `a/b` is not in the high layer at
         // all; `k/l` is whited out, `k` itself is not opaque.
         let high = layer(&[("a/f", "high"), ("k/o", "high")]);
-        rustix::fs::setxattr(
-            high.path().join("a"),
-            "trusted.overlay.opaque",
-            b"y",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        make_opaque(&high.path().join("a"));
         whiteout(&high.path().join("k"), "l");
         let view = Rootfs::new(vec![low.path().into(), high.path().into()]);
         for path in ["a/b/c/file", "a/b/d", "a/b", "a/e", "k/l/m", "k/l"] {
@@ -361,6 +349,17 @@ mod tests {
         assert_eq!(view.read_file("rel").as_deref(), Some("inside"));
         symlink("loop", root.path().join("loop")).unwrap();
         assert!(view.resolve(Path::new("loop"), true).is_err());
+    }
+
+    /// Marks `dir` opaque the way overlayfs does as root.
+    fn make_opaque(dir: &Path) {
+        rustix::fs::setxattr(
+            dir,
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
     }
 
     trait TapCreate {

@@ -2037,10 +2037,12 @@ impl Builder<'_> {
         let options = layer_options(self.options);
         let blob = self.store.blob_writer().map_err(BuildError::Store)?;
         let (layer, blob) =
-            write_layer(&merged, &options, blob).map_err(crate::ExecError::layer(format!(
-                "writing the squashed layer of {}",
-                merged.display()
-            )))?;
+            kiln_store::writing_back(blob, |blob| write_layer(&merged, &options, blob)).map_err(
+                crate::ExecError::layer(format!(
+                    "writing the squashed layer of {}",
+                    merged.display()
+                )),
+            )?;
         let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
         let diff_id =
             Digest::parse(&layer.diff_id).map_err(crate::ExecError::oci(&layer.diff_id))?;

@@ -1062,7 +1062,7 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 fn flushing_while<T>(dir: &Path, run: impl FnOnce() -> T) -> T {
     use std::os::fd::AsFd;
     match std::fs::File::open(dir) {
-        Ok(handle) => repeating_while(
+        Ok(handle) => kiln_store::repeating_while(
             FLUSH_INTERVAL,
             move || {
                 // Steps running side by side write to the same store: one flush serves them all.
@@ -1093,30 +1093,6 @@ fn flush_due(
     }
     *last = Some(now);
     true
-}
-
-/// Runs `run` while a thread does `action` every `interval`; the thread is stopped (and
-/// joined) when `run` returns.
-fn repeating_while<T>(
-    interval: std::time::Duration,
-    action: impl Fn() + Send,
-    run: impl FnOnce() -> T,
-) -> T {
-    use std::sync::mpsc::{channel, RecvTimeoutError};
-    let (stop, stopped) = channel::<()>();
-    std::thread::scope(|scope| {
-        // Without the thread the step only loses the head start.
-        let _ = std::thread::Builder::new()
-            .name("kiln-flush".into())
-            .spawn_scoped(scope, move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    action();
-                }
-            });
-        let result = run();
-        drop(stop);
-        result
-    })
 }
 
 enum RunFailure {
@@ -1293,34 +1269,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_flusher_works_while_the_step_runs_and_stops_with_it() {
-        use std::sync::atomic::AtomicUsize;
-        use std::time::{Duration, Instant};
-        let flushes = AtomicUsize::new(0);
-        let interval = Duration::from_millis(5);
-        let answer = repeating_while(
-            interval,
-            || {
-                flushes.fetch_add(1, Ordering::SeqCst);
-            },
-            || {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while flushes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                42
-            },
-        );
-        assert_eq!(answer, 42);
-        let after = flushes.load(Ordering::SeqCst);
-        assert!(after >= 2, "the flusher ran {after} times during the step");
-        std::thread::sleep(interval * 4);
-        assert_eq!(
-            flushes.load(Ordering::SeqCst),
-            after,
-            "the flusher outlived the step"
-        );
-        // A directory that cannot be opened: the step still runs.
+    fn a_step_whose_directory_cannot_be_opened_still_runs() {
+        // The flusher itself is tested with kiln_store::repeating_while.
         assert_eq!(flushing_while(Path::new("/nonexistent/kiln"), || 7), 7);
     }
 

@@ -20,8 +20,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -166,8 +165,15 @@ enum Message {
 enum ResumeDiff {
     /// From the state saved after it.
     State(HashState),
-    /// By hashing its bytes (inflated from the chunk).
+    /// By hashing its bytes (read from the files of a piece).
     Bytes(Vec<u8>),
+    /// By hashing its bytes inflated from the chunk, on the consumer's thread: the tar thread
+    /// goes on listing meanwhile. Should the chunk not inflate to what it was stored with,
+    /// `entries` are written afresh instead, as a chunk under `key`.
+    Inflate {
+        key: ChunkKey,
+        entries: Vec<Pending>,
+    },
 }
 
 /// [`crate::write_layer`] taking unchanged chunks from `cache` (when given and the layer is
@@ -228,7 +234,6 @@ pub(crate) fn write_shaped<W: Write + Send>(
                     sink: MessageWriter::new(tx, recycle_rx),
                     cache,
                     shape,
-                    compression: options.compression,
                     params,
                     epoch,
                     pending: Vec::new(),
@@ -332,6 +337,24 @@ fn consume<'c>(
                 match resume {
                     ResumeDiff::State(state) => diff = Sha256Stream::resume(&state),
                     ResumeDiff::Bytes(bytes) => diff.update(&bytes),
+                    ResumeDiff::Inflate { key, entries } => {
+                        match inflate(compressor.compression, &chunk) {
+                            Some(bytes) => diff.update(&bytes),
+                            None => {
+                                let mut bytes = Vec::new();
+                                write_pending(entries, &mut PlainSink(&mut bytes))?;
+                                diff.update(&bytes);
+                                compressor.write(&bytes).map_err(LayerError::Output)?;
+                                compressor
+                                    .end_chunk(Some(key), false)
+                                    .map_err(LayerError::Output)?;
+                                if let (Some(cache), Some(prefix)) = (cache, prefix) {
+                                    cache.remember_state(&prefix, &diff.state());
+                                }
+                                continue;
+                            }
+                        }
+                    }
                 }
                 compressor.reused(chunk, dict).map_err(LayerError::Output)?;
                 if let (Some(cache), Some(prefix)) = (cache, prefix) {
@@ -364,7 +387,6 @@ struct Chunker<'c> {
     sink: MessageWriter,
     cache: Option<&'c dyn ChunkCache>,
     shape: Shape,
-    compression: Compression,
     params: [u8; 9],
     epoch: Option<i64>,
     pending: Vec<Pending>,
@@ -492,22 +514,23 @@ impl Chunker<'_> {
             let saved = prefix
                 .and_then(|p| cache.hash_state(&p))
                 .filter(|s| s.len() == self.total_len);
-            let resume = match saved {
-                Some(state) => Some(ResumeDiff::State(state)),
-                None => inflate(self.compression, &chunk).map(ResumeDiff::Bytes),
+            let diff = match saved {
+                Some(state) => ResumeDiff::State(state),
+                None => ResumeDiff::Inflate {
+                    key,
+                    entries: pending,
+                },
             };
-            if let Some(diff) = resume {
-                self.sink.send_current().map_err(LayerError::Output)?;
-                return self
-                    .sink
-                    .send(Message::Reused {
-                        prefix,
-                        chunk,
-                        diff,
-                        dict: None,
-                    })
-                    .map_err(LayerError::Output);
-            }
+            self.sink.send_current().map_err(LayerError::Output)?;
+            return self
+                .sink
+                .send(Message::Reused {
+                    prefix,
+                    chunk,
+                    diff,
+                    dict: None,
+                })
+                .map_err(LayerError::Output);
         }
         self.write_entries(pending)?;
         self.end_chunk(Some(key))
@@ -526,24 +549,7 @@ impl Chunker<'_> {
     }
 
     fn write_entries(&mut self, pending: Vec<Pending>) -> Result<(), LayerError> {
-        for p in pending {
-            self.sink.write_all(&p.header).map_err(LayerError::Output)?;
-            let size = match p.content {
-                Content::Nothing => continue,
-                Content::Loaded(bytes) => {
-                    self.sink.write_all(&bytes).map_err(LayerError::Output)?;
-                    bytes.len() as u64
-                }
-                Content::Later(entry, _) => {
-                    copy_contents(&entry, &mut self.sink)?;
-                    entry.size
-                }
-            };
-            self.sink
-                .write_all(&[0u8; BLOCK][..padding(size)])
-                .map_err(LayerError::Output)?;
-        }
-        Ok(())
+        write_pending(pending, &mut self.sink)
     }
 
     /// An entry larger than [`MAX_CHUNK`]: pieces of its own, cached when its content digest
@@ -729,11 +735,18 @@ impl LargeEntry<'_> {
                 Ok(())
             }
             Part::Content(from, n) => {
-                let at = out.len();
-                out.resize(at.saturating_add(n), 0);
-                self.file
-                    .read_exact_at(&mut out[at..], from)
-                    .map_err(|err| self.read_error(err))
+                // Read into the spare capacity: no zeroing of bytes about to be overwritten.
+                let mut file = &self.file;
+                file.seek(SeekFrom::Start(from))
+                    .map_err(|err| LayerError::fs("seek", &self.entry.source, err))?;
+                let read = io::Read::take(file, n as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|err| self.read_error(err))?;
+                if read == n {
+                    Ok(())
+                } else {
+                    Err(self.read_error(io::ErrorKind::UnexpectedEof.into()))
+                }
             }
         })?;
         Ok(out)
@@ -823,6 +836,27 @@ enum Part<'a> {
     Bytes(&'a [u8]),
     /// Content: offset in the file and length.
     Content(u64, usize),
+}
+
+/// Writes the tar bytes of `pending` entries: header, content, padding.
+fn write_pending<S: TarSink>(pending: Vec<Pending>, sink: &mut S) -> Result<(), LayerError> {
+    for p in pending {
+        sink.write_all(&p.header).map_err(LayerError::Output)?;
+        let size = match p.content {
+            Content::Nothing => continue,
+            Content::Loaded(bytes) => {
+                sink.write_all(&bytes).map_err(LayerError::Output)?;
+                bytes.len() as u64
+            }
+            Content::Later(entry, _) => {
+                copy_contents(&entry, sink)?;
+                entry.size
+            }
+        };
+        sink.write_all(&[0u8; BLOCK][..padding(size)])
+            .map_err(LayerError::Output)?;
+    }
+    Ok(())
 }
 
 /// The first 8 bytes of an entry header's SHA-256: decides the cuts.

@@ -25,11 +25,13 @@ mod cache_mount;
 mod chunks;
 mod multi;
 mod reuse;
+mod writeback;
 
 pub use cache_mount::CacheMount;
 pub use chunks::{Chunk, ChunkPlace, ChunkStore, DEFAULT_BUDGET};
 pub use multi::{is_attestation_entry, platform_text, PlatformEntry};
 pub use reuse::ReuseHint;
+pub use writeback::{repeating_while, writing_back, BLOB_WRITEBACK_INTERVAL};
 
 use kiln_oci::{
     annotations, from_json_slice, to_canonical_json, Algorithm, Descriptor, Digest, DigestHasher,

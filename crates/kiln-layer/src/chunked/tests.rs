@@ -398,24 +398,36 @@ fn reuse_gives_the_cold_bytes_for_every_change_shape() {
 }
 
 /// A chunk the cache gives back damaged is noticed (length and CRC of its inflated bytes) and
-/// the chunk written afresh: the layer is still right.
+/// the chunk written afresh: the layer is still right. Its entries are then written by the
+/// thread that found the damage, whether their contents were read for their digests or are
+/// known (and read only now).
 #[test]
 fn a_damaged_cached_chunk_is_written_afresh() {
-    let mut rng = Rng(99);
-    let dir = tempfile::tempdir().unwrap();
-    make_tree(dir.path(), &mut rng);
-    let options = LayerOptions::default();
-    let cache = MemoryCache::default();
-    let (cold, cold_bytes) = write(dir.path(), &options, Some(&cache));
-    for chunk in cache.chunks.lock().unwrap().values_mut() {
-        let last = chunk.bytes.len() - 1;
-        chunk.bytes[last / 2] ^= 0x55;
+    for digests_known in [false, true] {
+        let mut rng = Rng(99);
+        let dir = tempfile::tempdir().unwrap();
+        make_tree(dir.path(), &mut rng);
+        let options = LayerOptions::default();
+        let cache = MemoryCache::default();
+        if digests_known {
+            cache.learn_digests(dir.path());
+        }
+        let (cold, cold_bytes) = write(dir.path(), &options, Some(&cache));
+        for chunk in cache.chunks.lock().unwrap().values_mut() {
+            let last = chunk.bytes.len() - 1;
+            chunk.bytes[last / 2] ^= 0x55;
+        }
+        // No saved states: every reused chunk has to be inflated, and fails its check.
+        cache.states.lock().unwrap().clear();
+        cache.reset_counts();
+        let (again, again_bytes) = write(dir.path(), &options, Some(&cache));
+        assert!(
+            cache.hits.load(Ordering::SeqCst) > 1,
+            "the damaged chunks were offered"
+        );
+        assert_eq!(again, cold, "digests known: {digests_known}");
+        assert!(again_bytes == cold_bytes, "digests known: {digests_known}");
     }
-    // No saved states: every reused chunk has to be inflated, and fails its check.
-    cache.states.lock().unwrap().clear();
-    let (again, again_bytes) = write(dir.path(), &options, Some(&cache));
-    assert_eq!(again, cold);
-    assert!(again_bytes == cold_bytes);
 }
 
 /// Where the cuts fall does not depend on the cache: with a cache that holds everything, or

@@ -2036,18 +2036,17 @@ impl Builder<'_> {
         }
         let options = layer_options(self.options);
         let blob = self.store.blob_writer().map_err(BuildError::Store)?;
-        let (layer, blob) =
-            kiln_store::writing_back(blob, |blob| write_layer(&merged, &options, blob)).map_err(
-                crate::ExecError::layer(format!(
-                    "writing the squashed layer of {}",
-                    merged.display()
-                )),
-            )?;
+        let (written, written_back) =
+            kiln_store::writing_back(blob, |blob| write_layer(&merged, &options, blob));
+        let (layer, blob) = written.map_err(crate::ExecError::layer(format!(
+            "writing the squashed layer of {}",
+            merged.display()
+        )))?;
         let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
         let diff_id =
             Digest::parse(&layer.diff_id).map_err(crate::ExecError::oci(&layer.diff_id))?;
         self.store
-            .commit_blob(blob, &digest)
+            .commit_written_back(blob, &digest, written_back)
             .map_err(BuildError::Store)?;
         let snapshot = self
             .store

@@ -51,16 +51,16 @@ pub fn make_blob(
 ) -> Result<LayerRecord, BuildError> {
     let blob = store.blob_writer().map_err(BuildError::Store)?;
     // Written out on the way, so the sync before the blob is named waits only for its tail.
-    let (layer, blob, chunks) = kiln_store::writing_back(blob, |blob| {
+    let (written, written_back) = kiln_store::writing_back(blob, |blob| {
         crate::chunk_reuse::write_layer(store, memo, snapshot, options, blob)
-    })
-    .map_err(crate::ExecError::layer(format!(
+    });
+    let (layer, blob, chunks) = written.map_err(crate::ExecError::layer(format!(
         "writing the layer of {}",
         snapshot.display()
     )))?;
     let digest = Digest::parse(&layer.digest).map_err(crate::ExecError::oci(&layer.digest))?;
     store
-        .commit_blob(blob, &digest)
+        .commit_written_back(blob, &digest, written_back)
         .map_err(BuildError::Store)?;
     chunks.record(&digest);
     Ok(LayerRecord {

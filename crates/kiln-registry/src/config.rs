@@ -609,9 +609,33 @@ erase)
   else echo "credentials not found in native keychain"; exit 1; fi ;;
 esac
 "#;
-        let path = dir.join("docker-credential-test");
-        fs::write(&path, script).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&dir.join("docker-credential-test"), script);
+    }
+
+    /// Writes an executable file from a child process. Written here, its write descriptor
+    /// would live on in any child another test thread forks meanwhile, until that child
+    /// execs, and running the file then fails with ETXTBSY ("Text file busy"); a child's
+    /// descriptor is gone once it has exited.
+    fn write_executable(path: &Path, content: &str) {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(content.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "writing {}",
+            path.display()
+        );
     }
 
     #[test]
@@ -683,9 +707,10 @@ esac
     }
 
     fn script(dir: &Path, name: &str, body: &str) {
-        let path = dir.join(format!("docker-credential-{name}"));
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(
+            &dir.join(format!("docker-credential-{name}")),
+            &format!("#!/bin/sh\n{body}\n"),
+        );
     }
 
     #[test]

@@ -316,6 +316,19 @@ impl Store {
         sync_parent(&path)
     }
 
+    /// [`Store::commit_blob`] for a blob written under [`writing_back`]: `written_back` is what
+    /// writing it out on the way met. A write error there is the blob's (the sync here would
+    /// not see it again), so the blob is not named.
+    pub fn commit_written_back(
+        &self,
+        file: tempfile::NamedTempFile,
+        digest: &Digest,
+        written_back: io::Result<()>,
+    ) -> Result<()> {
+        written_back.map_err(io_at(file.path()))?;
+        self.commit_blob(file, digest)
+    }
+
     /// Opens the blob `digest` for reading (unchecked: a reader verifies as it reads).
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.blob_path(digest);

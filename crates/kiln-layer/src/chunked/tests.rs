@@ -399,8 +399,9 @@ fn reuse_gives_the_cold_bytes_for_every_change_shape() {
 
 /// A chunk the cache gives back damaged is noticed (length and CRC of its inflated bytes) and
 /// the chunk written afresh: the layer is still right. Its entries are then written by the
-/// thread that found the damage, whether their contents were read for their digests or are
-/// known (and read only now).
+/// consumer, whether their contents were read for their digests or are known (and read only
+/// then); the chunks so written are remembered with their keys and the hash states after
+/// them, so a third write reuses them and resumes the diff_id from those states.
 #[test]
 fn a_damaged_cached_chunk_is_written_afresh() {
     for digests_known in [false, true] {
@@ -420,13 +421,35 @@ fn a_damaged_cached_chunk_is_written_afresh() {
         // No saved states: every reused chunk has to be inflated, and fails its check.
         cache.states.lock().unwrap().clear();
         cache.reset_counts();
-        let (again, again_bytes) = write(dir.path(), &options, Some(&cache));
+        let dyn_cache: &dyn ChunkCache = &cache;
+        let (again, again_bytes) =
+            write_shaped(dir.path(), &options, Some(dyn_cache), SMALL, Vec::new()).unwrap();
         assert!(
             cache.hits.load(Ordering::SeqCst) > 1,
             "the damaged chunks were offered"
         );
         assert_eq!(again, cold, "digests known: {digests_known}");
         assert!(again_bytes == cold_bytes, "digests known: {digests_known}");
+        // Only what the second write remembered: its chunks (read from its output) and the
+        // states after them.
+        cache.chunks.lock().unwrap().clear();
+        cache.keep(&again_bytes);
+        assert!(
+            cache.chunks.lock().unwrap().len() > 1,
+            "the chunks written afresh were remembered"
+        );
+        cache.reset_counts();
+        let (third, third_bytes) = write(dir.path(), &options, Some(&cache));
+        assert!(
+            cache.hits.load(Ordering::SeqCst) > 1,
+            "the third write reused them"
+        );
+        assert!(
+            cache.state_hits.load(Ordering::SeqCst) > 1,
+            "and resumed from the states saved after them"
+        );
+        assert_eq!(third, cold);
+        assert!(third_bytes == cold_bytes);
     }
 }
 

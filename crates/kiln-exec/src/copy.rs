@@ -1280,7 +1280,10 @@ impl SnapshotWriter<'_> {
             return Ok(());
         }
         // A later source replaces an earlier one, as in Docker; never write through it.
-        match fs::symlink_metadata(&path) {
+        let existing = fs::symlink_metadata(&path);
+        // Only a name that was in the way makes a second try at linking worth it.
+        let replaced = existing.is_ok();
+        match existing {
             Ok(meta) if meta.is_dir() && matches!(placement.kind, PlacementKind::Dir) => {
                 self.dirs.insert(path, (mode, owner, placement.mtime));
                 return Ok(());
@@ -1314,7 +1317,7 @@ impl SnapshotWriter<'_> {
                 Ok(())
             }
             PlacementKind::File(source) => {
-                if self.link_unchanged(placement, relative, &path, mode, owner) {
+                if replaced && self.link_unchanged(placement, relative, &path, mode, owner) {
                     stats.files += 1;
                     return Ok(());
                 }

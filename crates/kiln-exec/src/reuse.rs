@@ -5,13 +5,15 @@
 //! would write: the same path, content (SHA-256, from the hint and the build's memo), size,
 //! mode, owner and modification time; anything else is copied as before. Extended attributes
 //! are not looked at: the copy writes none, and the previous snapshot's files are what that
-//! copy wrote (their contents are trusted the same way, by the hashes it recorded). Snapshots never change once committed and nothing writes into a file it did not
-//! create (the copy sets metadata only on files it creates; RUN writes into an overlay's upper
-//! directory; squash and flatten link or copy out of snapshots and never stamp a file), so a
-//! file shared by two snapshots stays what both say. Two names linked into one snapshot from
-//! one inode would become a tar hard link in the layer, so each inode of the previous
-//! snapshot is taken at most once, and only for a context file with a single name (files with
-//! several names go through the copy's own hard-link handling).
+//! copy wrote (their contents are trusted the same way, by the hashes it recorded). What the
+//! system itself puts on every file (a security module's label) a fresh copy gets as well.
+//! Snapshots never change once committed and nothing writes into a file it did not create (the
+//! copy sets metadata only on files it creates; RUN writes into an overlay's upper directory;
+//! squash and flatten link or copy out of snapshots and never stamp a file), so a file shared
+//! by two snapshots stays what both say. Two names linked into one snapshot from one inode
+//! would become a tar hard link in the layer, so each inode of the previous snapshot is taken
+//! at most once, and only for a context file with a single name (files with several names go
+//! through the copy's own hard-link handling).
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 use std::collections::{HashMap, HashSet};
@@ -303,41 +305,50 @@ mod tests {
 
     #[test]
     fn a_file_unlike_what_the_copy_would_write_is_not_linked() {
-        let (previous, next, files) = snapshots(1, 6);
+        let (previous, next, files) = snapshots(1, 9);
+        // The last name of the previous snapshot is a symlink, not a file.
+        fs::remove_file(previous.path().join(&files[8])).unwrap();
+        std::os::unix::fs::symlink("f0", previous.path().join(&files[8])).unwrap();
         let reuse = SnapshotReuse::from_previous(
             previous.path().to_path_buf(),
             files.iter().map(|f| (f.clone(), [1; 32])).collect(),
         );
         let wanted = |i: usize| wanted_of(&previous.path().join(&files[i]), [1; 32]);
         let target = |i: usize| next.path().join(&files[i]);
-        // Another content hash, size, mode, owner or time: copied, not linked.
-        let mut other = wanted(0);
-        other.hash = [2; 32];
-        assert!(reuse.link(&files[0], &target(0), &other).is_none());
-        let mut other = wanted(1);
-        other.size += 1;
-        assert!(reuse.link(&files[1], &target(1), &other).is_none());
-        let mut other = wanted(2);
-        other.mode ^= 0o100;
-        assert!(reuse.link(&files[2], &target(2), &other).is_none());
-        let mut other = wanted(3);
-        other.mtime.1 += 1;
-        assert!(reuse.link(&files[3], &target(3), &other).is_none());
-        // Another owner.
-        let mut other = wanted(4);
-        other.uid += 1;
-        assert!(reuse.link(&files[4], &target(4), &other).is_none());
+        // Another content hash, size, mode, owner, group, time (seconds or nanoseconds), or
+        // not a regular file: copied, not linked.
+        type Change = fn(&mut Wanted);
+        let mismatches: [(usize, Change); 8] = [
+            (0, |w| w.hash = [2; 32]),
+            (1, |w| w.size += 1),
+            (2, |w| w.mode ^= 0o100),
+            (3, |w| w.mtime.1 += 1),
+            (4, |w| w.uid += 1),
+            (5, |w| w.gid += 1),
+            (6, |w| w.mtime.0 -= 1),
+            (8, |_| {}),
+        ];
+        for (i, change) in mismatches {
+            let mut other = wanted(i);
+            change(&mut other);
+            assert!(
+                reuse.link(&files[i], &target(i), &other).is_none(),
+                "file {i}"
+            );
+        }
         // Something at the target already.
-        fs::write(target(5), "earlier").unwrap();
-        assert!(reuse.link(&files[5], &target(5), &wanted(5)).is_none());
-        assert_eq!(fs::read_to_string(target(5)).unwrap(), "earlier");
+        fs::write(target(7), "earlier").unwrap();
+        assert!(reuse.link(&files[7], &target(7), &wanted(7)).is_none());
+        assert_eq!(fs::read_to_string(target(7)).unwrap(), "earlier");
         assert_eq!(reuse.linked(), 0);
         // Nothing was made but what was there.
         let names: Vec<_> = fs::read_dir(next.path().join("app/d0"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["f5"]);
+        assert_eq!(names, ["f7"]);
+        // A file refused once is not used up: asked again with what it is, it is linked.
+        assert!(reuse.link(&files[4], &target(4), &wanted(4)).is_some());
     }
 
     #[test]

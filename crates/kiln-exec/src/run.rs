@@ -1059,40 +1059,82 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 /// The store syncs a step's snapshot once before naming it; with memory to spare the kernel
 /// would hold all of a long RUN's writes (apt's 600 MB) until then, so that sync sat on the
 /// critical path (0.57 s here). Flushing on the way uses the disk while the step computes.
-fn flushing_while<T>(dir: &Path, run: impl FnOnce() -> T) -> T {
+///
+/// Returns what `run` returned and the first error any flush of this process met. A write
+/// error is reported once, to whichever sync sees it first: one a flush saw would not reach the
+/// sync before the snapshot is named, so the step must fail on it instead. It stays the
+/// process's (which step's files were lost is not known), so every step after it fails too.
+fn flushing_while<T>(dir: &Path, run: impl FnOnce() -> T) -> (T, Option<rustix::io::Errno>) {
+    flushing_with(
+        &SHARED_FLUSH,
+        FLUSH_INTERVAL,
+        |fd| rustix::fs::syncfs(fd),
+        dir,
+        run,
+    )
+}
+
+fn flushing_with<T>(
+    shared: &std::sync::Mutex<SharedFlush>,
+    interval: std::time::Duration,
+    sync: impl Fn(std::os::fd::BorrowedFd<'_>) -> rustix::io::Result<()> + Sync,
+    dir: &Path,
+    run: impl FnOnce() -> T,
+) -> (T, Option<rustix::io::Errno>) {
     use std::os::fd::AsFd;
-    match std::fs::File::open(dir) {
+    let result = match std::fs::File::open(dir) {
         Ok(handle) => kiln_store::repeating_while(
-            FLUSH_INTERVAL,
-            move || {
+            interval,
+            || {
                 // Steps running side by side write to the same store: one flush serves them all.
-                if flush_due(&LAST_FLUSH, FLUSH_INTERVAL / 2) {
-                    let _ = rustix::fs::syncfs(handle.as_fd());
+                if flush_due(shared, interval / 2) {
+                    if let Err(errno) = sync(handle.as_fd()) {
+                        note_failure(shared, errno);
+                    }
                 }
             },
             run,
         ),
         Err(_) => run(),
-    }
+    };
+    let failed = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .failed;
+    (result, failed)
 }
 
-/// When a step of this process last flushed.
-static LAST_FLUSH: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+/// What the RUN steps of this process share about flushing.
+struct SharedFlush {
+    /// When one last flushed.
+    last: Option<std::time::Instant>,
+    /// The first error a flush met.
+    failed: Option<rustix::io::Errno>,
+}
+
+static SHARED_FLUSH: std::sync::Mutex<SharedFlush> = std::sync::Mutex::new(SharedFlush {
+    last: None,
+    failed: None,
+});
 
 /// Whether no flush was made within `gap` (and, if so, notes one now).
-fn flush_due(
-    last: &std::sync::Mutex<Option<std::time::Instant>>,
-    gap: std::time::Duration,
-) -> bool {
+fn flush_due(shared: &std::sync::Mutex<SharedFlush>, gap: std::time::Duration) -> bool {
     let now = std::time::Instant::now();
-    let Ok(mut last) = last.lock() else {
-        return true;
-    };
-    if last.is_some_and(|at| now.duration_since(at) < gap) {
+    let mut shared = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if shared.last.is_some_and(|at| now.duration_since(at) < gap) {
         return false;
     }
-    *last = Some(now);
+    shared.last = Some(now);
     true
+}
+
+fn note_failure(shared: &std::sync::Mutex<SharedFlush>, errno: rustix::io::Errno) {
+    let mut shared = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    shared.failed.get_or_insert(errno);
 }
 
 enum RunFailure {
@@ -1109,7 +1151,7 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
         on_line: job.on_line,
         lines: 0,
     };
-    let result = flushing_while(base, || {
+    let (result, flush_failed) = flushing_while(base, || {
         sandbox.run_until(
             spec,
             Output::Stream(&mut |bytes| log.take(bytes)),
@@ -1117,6 +1159,13 @@ fn run_in(sandbox: &Sandbox, spec: &Spec, job: &RunJob<'_>, base: &Path) -> Resu
         )
     });
     log.finish();
+    if let Some(errno) = flush_failed {
+        let error = std::io::Error::new(
+            std::io::Error::from(errno).kind(),
+            format!("writing the step's files to the disk: {errno}"),
+        );
+        return Err(RunFailure::Build(io_at(base, error)));
+    }
     let exit = match result {
         Ok(exit) => exit,
         Err(kiln_sandbox::SandboxError::Cancelled) => {
@@ -1270,22 +1319,73 @@ mod tests {
 
     #[test]
     fn a_step_whose_directory_cannot_be_opened_still_runs() {
-        // The flusher itself is tested with kiln_store::repeating_while.
-        assert_eq!(flushing_while(Path::new("/nonexistent/kiln"), || 7), 7);
+        // The repeating itself is tested with kiln_store::repeating_while.
+        let shared = std::sync::Mutex::new(SharedFlush {
+            last: None,
+            failed: None,
+        });
+        let (answer, failed) = flushing_with(
+            &shared,
+            std::time::Duration::from_millis(1),
+            |_| Ok(()),
+            Path::new("/nonexistent/kiln"),
+            || 7,
+        );
+        assert_eq!((answer, failed), (7, None));
     }
 
     #[test]
     fn steps_side_by_side_share_one_flush() {
         use std::time::Duration;
-        let last = std::sync::Mutex::new(None);
+        let shared = std::sync::Mutex::new(SharedFlush {
+            last: None,
+            failed: None,
+        });
         let gap = Duration::from_millis(20);
-        assert!(flush_due(&last, gap), "the first flush is due");
+        assert!(flush_due(&shared, gap), "the first flush is due");
         assert!(
-            !flush_due(&last, gap),
+            !flush_due(&shared, gap),
             "a second step right after flushes nothing"
         );
         std::thread::sleep(gap + Duration::from_millis(5));
-        assert!(flush_due(&last, gap), "after the gap a flush is due again");
+        assert!(
+            flush_due(&shared, gap),
+            "after the gap a flush is due again"
+        );
+    }
+
+    #[test]
+    fn an_error_a_flush_meets_fails_this_step_and_the_next() {
+        use std::sync::atomic::AtomicUsize;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = std::sync::Mutex::new(SharedFlush {
+            last: None,
+            failed: None,
+        });
+        let interval = Duration::from_millis(2);
+        let flushes = AtomicUsize::new(0);
+        let (answer, failed) = flushing_with(
+            &shared,
+            interval,
+            |_| {
+                flushes.fetch_add(1, Ordering::SeqCst);
+                Err(rustix::io::Errno::IO)
+            },
+            dir.path(),
+            || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while flushes.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                42
+            },
+        );
+        assert_eq!(answer, 42, "the step itself runs to its end");
+        assert_eq!(failed, Some(rustix::io::Errno::IO));
+        // A later step whose own flushes succeed: the files lost are nobody's in particular.
+        let (_, failed) = flushing_with(&shared, interval, |_| Ok(()), dir.path(), || ());
+        assert_eq!(failed, Some(rustix::io::Errno::IO));
     }
 
     fn image_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {

@@ -43,6 +43,7 @@ pub fn repeating_while<T>(
 /// after). Returns what `run` returned and what the writing out met: a write error is reported
 /// once per open file, to whichever sync sees it first, so one the thread saw would not reach
 /// the sync before naming — the caller must not name the blob then.
+#[must_use = "an error writing out met must keep the blob from being named"]
 pub fn writing_back<F: AsFd, T>(file: F, run: impl FnOnce(F) -> T) -> (T, io::Result<()>) {
     writing_back_with(
         file,
